@@ -1,0 +1,4 @@
+//! Shared pieces of Switchyard that more than one binary needs.
+
+pub mod config_layer;
+pub mod dsn;

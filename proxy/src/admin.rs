@@ -1,0 +1,101 @@
+//! The admin HTTP server: Prometheus metrics, a health probe and the status API.
+
+use crate::backend::Role;
+use crate::shared::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/api/status", get(status))
+        .with_state(AdminState { shared, metrics })
+}
+
+async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    match &s.metrics {
+        Some(h) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "metrics recorder not installed: another recorder was set by the embedding program\n".to_string(),
+        ),
+    }
+}
+
+/// 200 while accepting clients, 503 once shutting down (so load balancers drain us).
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.shared.shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    instance_id: String,
+    uptime_secs: u64,
+    shutting_down: bool,
+    sessions: Sessions,
+    backends: Backends,
+    classifier_cache_entries: usize,
+}
+
+#[derive(Serialize)]
+struct Sessions {
+    active: usize,
+    total: u64,
+    max: usize,
+}
+
+#[derive(Serialize)]
+struct Backends {
+    old: Backend,
+    new: Backend,
+}
+
+#[derive(Serialize)]
+struct Backend {
+    /// The URL without its password.
+    url: String,
+    #[serde(flatten)]
+    health: crate::health::BackendHealth,
+}
+
+async fn status(State(s): State<AdminState>) -> Json<Status> {
+    let sh = &s.shared;
+    let backend = |role: Role| Backend { url: sh.dsn(role).to_string(), health: sh.health.get(role) };
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        instance_id: sh.instance_id.clone(),
+        uptime_secs: sh.started.elapsed().as_secs(),
+        shutting_down: sh.shutting_down(),
+        sessions: Sessions {
+            active: sh.sessions_active.load(Ordering::Relaxed),
+            total: sh.sessions_total.load(Ordering::Relaxed),
+            max: sh.config.max_client_connections,
+        },
+        backends: Backends { old: backend(Role::Old), new: backend(Role::New) },
+        classifier_cache_entries: sh.classifier.len(),
+    })
+}

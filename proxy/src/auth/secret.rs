@@ -1,0 +1,177 @@
+//! What the proxy keeps per user: a SCRAM verifier and, when it can, an MD5 hash. Plain
+//! passwords from the config are turned into these once at start.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+const ITERATIONS: u32 = 4096;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    #[error("password must not be empty")]
+    Empty,
+    #[error("malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<storedkey>:<serverkey>)")]
+    BadVerifier,
+}
+
+/// The keys SCRAM needs; never the password itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramVerifier(***)")
+    }
+}
+
+/// A user's secret in the forms the auth methods need.
+#[derive(Clone)]
+pub struct Secret {
+    pub scram: Option<ScramVerifier>,
+    /// `md5(password || user)` as 32 hex digits, as PostgreSQL stores it.
+    pub md5: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+/// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's `Hi()`.
+fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut first = salt.to_vec();
+    first.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = hmac(password, &first);
+    let mut out = u;
+    for _ in 1..iterations {
+        u = hmac(password, &u);
+        for (o, x) in out.iter_mut().zip(u.iter()) {
+            *o ^= x;
+        }
+    }
+    out
+}
+
+impl ScramVerifier {
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {
+        let salted = hi(password.as_bytes(), salt, iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        ScramVerifier {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: Sha256::digest(client_key).into(),
+            server_key: hmac(&salted, b"Server Key"),
+        }
+    }
+
+    /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$stored:server` form.
+    pub fn parse(s: &str) -> Result<Self, SecretError> {
+        let rest = s
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or(SecretError::BadVerifier)?;
+        let (iter_salt, keys) = rest.split_once('$').ok_or(SecretError::BadVerifier)?;
+        let (iter, salt) = iter_salt.split_once(':').ok_or(SecretError::BadVerifier)?;
+        let (stored, server) = keys.split_once(':').ok_or(SecretError::BadVerifier)?;
+        let key = |k: &str| -> Result<[u8; 32], SecretError> {
+            B64.decode(k)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or(SecretError::BadVerifier)
+        };
+        Ok(ScramVerifier {
+            iterations: iter.parse().map_err(|_| SecretError::BadVerifier)?,
+            salt: B64.decode(salt).map_err(|_| SecretError::BadVerifier)?,
+            stored_key: key(stored)?,
+            server_key: key(server)?,
+        })
+    }
+}
+
+impl Secret {
+    /// Builds the secret for `user` from a configured password or verifier.
+    pub fn parse(user: &str, configured: &str) -> Result<Self, SecretError> {
+        if configured.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        if configured.starts_with("SCRAM-SHA-256$") {
+            return Ok(Secret {
+                scram: Some(ScramVerifier::parse(configured)?),
+                md5: None,
+            });
+        }
+        if configured.len() == 35
+            && configured.starts_with("md5")
+            && configured[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok(Secret {
+                scram: None,
+                md5: Some(configured[3..].to_ascii_lowercase()),
+            });
+        }
+        let salt: [u8; 16] = rand::random();
+        Ok(Secret {
+            scram: Some(ScramVerifier::from_password(configured, &salt, ITERATIONS)),
+            md5: Some(super::md5_hex(&[configured.as_bytes(), user.as_bytes()])),
+        })
+    }
+
+    /// A stand-in for a user that does not exist, so the exchange looks the same and the
+    /// client learns nothing about which users exist (as PostgreSQL does).
+    pub fn mock(user: &str, nonce_secret: &[u8]) -> Self {
+        let salt = hmac(nonce_secret, user.as_bytes());
+        let keys = hmac(nonce_secret, &salt);
+        Secret {
+            scram: Some(ScramVerifier {
+                iterations: ITERATIONS,
+                salt: salt[..16].to_vec(),
+                stored_key: keys,
+                server_key: keys,
+            }),
+            md5: Some(super::md5_hex(&[&keys])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_round_trip_and_rejects() {
+        let v = ScramVerifier::from_password("pw", b"0123456789abcdef", 4096);
+        let text = format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            v.iterations,
+            B64.encode(&v.salt),
+            B64.encode(v.stored_key),
+            B64.encode(v.server_key)
+        );
+        assert!(ScramVerifier::parse(&text).expect("parses") == v);
+        assert_eq!(ScramVerifier::parse("SCRAM-SHA-256$x"), Err(SecretError::BadVerifier));
+        assert!(matches!(Secret::parse("u", ""), Err(SecretError::Empty)));
+    }
+
+    #[test]
+    fn md5_secret_matches_postgres_format() {
+        // PostgreSQL stores md5(password || user): md5("secretalice").
+        let s = Secret::parse("alice", "secret").expect("plain password");
+        assert_eq!(s.md5, Some(crate::auth::md5_hex(&[b"secret", b"alice"])));
+        let h = Secret::parse("alice", "md5ABCDEF0123456789abcdef0123456789").expect("md5 hash");
+        assert_eq!(h.md5.as_deref(), Some("abcdef0123456789abcdef0123456789"));
+        assert!(h.scram.is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! Opening a connection to a database and running its startup: TCP, StartupMessage,
+//! authentication, then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
+
+use super::auth::{respond, AuthState};
+use super::{BackendError, Role};
+use crate::protocol::backend::BackendMessage;
+use crate::protocol::startup::StartupRequest;
+use crate::protocol::Frame;
+use bytes::{Bytes, BytesMut};
+use std::time::Duration;
+use switchyard_core::dsn::Dsn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Limits for one connection attempt.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub timeout: Duration,
+    pub max_message_size: usize,
+}
+
+/// A started, authenticated connection, ready for queries.
+pub struct BackendConn {
+    pub role: Role,
+    pub stream: TcpStream,
+    /// Bytes read past the first ReadyForQuery (normally none).
+    pub read_buf: BytesMut,
+    /// ParameterStatus values the server reported at startup, in order.
+    pub params: Vec<(String, String)>,
+    pub pid: i32,
+    pub key: Bytes,
+    /// `host:port`, for cancel requests.
+    pub addr: String,
+}
+
+/// Connects to `dsn` as its user, passing `startup_params` (e.g. application_name) along.
+pub async fn connect(
+    role: Role,
+    dsn: &Dsn,
+    startup_params: &[(String, String)],
+    opts: &ConnectOptions,
+) -> Result<BackendConn, BackendError> {
+    let addr = dsn.address();
+    match tokio::time::timeout(opts.timeout, connect_inner(role, dsn, startup_params, opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout { role, addr }),
+    }
+}
+
+async fn connect_inner(
+    role: Role,
+    dsn: &Dsn,
+    startup_params: &[(String, String)],
+    opts: &ConnectOptions,
+) -> Result<BackendConn, BackendError> {
+    let addr = dsn.address();
+    let mut stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|source| BackendError::Connect {
+            role,
+            addr: addr.clone(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let io = |source| BackendError::Io { role, source };
+
+    let mut params = vec![
+        ("user".to_string(), dsn.user.clone()),
+        ("database".to_string(), dsn.dbname.clone()),
+    ];
+    params.extend(
+        startup_params
+            .iter()
+            .filter(|(k, _)| k != "user" && k != "database")
+            .cloned(),
+    );
+    let mut out = BytesMut::new();
+    StartupRequest::Startup {
+        major: 3,
+        minor: 0,
+        params,
+    }
+    .encode(&mut out);
+    stream.write_all(&out).await.map_err(io)?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut auth = AuthState::Start;
+    let mut server_params = Vec::new();
+    let mut key_data = None;
+    loop {
+        let frame = loop {
+            match Frame::parse(&mut buf, opts.max_message_size)
+                .map_err(|source| BackendError::Protocol { role, source })?
+            {
+                Some(f) => break f,
+                None => {
+                    if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                        return Err(BackendError::Closed { role });
+                    }
+                }
+            }
+        };
+        let msg =
+            BackendMessage::decode(&frame).map_err(|source| BackendError::Protocol { role, source })?;
+        match msg {
+            BackendMessage::Authentication(a) => {
+                out.clear();
+                respond(role, &mut auth, a, &dsn.user, dsn.password.as_deref(), &mut out)?;
+                if !out.is_empty() {
+                    stream.write_all(&out).await.map_err(io)?;
+                }
+            }
+            BackendMessage::ParameterStatus { name, value } => server_params.push((name, value)),
+            BackendMessage::BackendKeyData { pid, key } => key_data = Some((pid, key)),
+            BackendMessage::ErrorResponse(fields) => return Err(BackendError::Server { role, fields }),
+            BackendMessage::ReadyForQuery(_) => {
+                let (pid, key) = key_data.unwrap_or((0, Bytes::new()));
+                return Ok(BackendConn {
+                    role,
+                    stream,
+                    read_buf: buf,
+                    params: server_params,
+                    pid,
+                    key,
+                    addr,
+                });
+            }
+            // Notices and protocol negotiation during startup are informational.
+            _ => {}
+        }
+    }
+}
+
+/// Sends a CancelRequest for a backend; the server answers by closing the connection.
+pub async fn send_cancel(addr: &str, pid: i32, key: &Bytes, timeout: Duration) -> std::io::Result<()> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut out = BytesMut::new();
+        StartupRequest::Cancel { pid, key: key.clone() }.encode(&mut out);
+        s.write_all(&out).await?;
+        // Wait for the server to close, so the cancel is delivered before we return.
+        let mut sink = [0u8; 16];
+        let _ = s.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out")))
+}

@@ -1,0 +1,235 @@
+//! The proxy's configuration: every key, its default, and the checks on its value. Loaded
+//! from a TOML file, `SWITCHYARD_*` environment variables and flags (flags win).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchyard_core::config_layer::{ConfigError, Origin, Validate};
+use switchyard_core::dsn::Dsn;
+
+/// How clients prove who they are to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// No password; only for local demos. Used automatically when no users are configured,
+    /// and then only loopback clients are accepted.
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+/// A client user of the proxy. The proxy reaches the databases with the credentials in the
+/// `old` and `new` URLs, whoever the client is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plain text, or a PostgreSQL SCRAM verifier (`SCRAM-SHA-256$4096:salt$stored:server`),
+    /// or an MD5 hash (`md5` + 32 hex digits, md5 auth only).
+    pub password: String,
+}
+
+/// Everything `switchyard-proxy` reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// URL of the old (current primary) database, e.g. `postgres://u:p@host:5432/db`.
+    pub old: String,
+    /// URL of the new database.
+    pub new: String,
+    /// Address clients connect to.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address of the admin HTTP server (`/metrics`, `/healthz`, `/api/status`); empty
+    /// disables it.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Name of this proxy instance in status and metrics; defaults to host:port of `listen`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Largest protocol message accepted from a client, in bytes.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Client connections beyond this are refused with SQLSTATE 53300.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
+    /// Close a client connection idle (outside a transaction) this long, in seconds;
+    /// 0 disables.
+    #[serde(default)]
+    pub idle_timeout_secs: u64,
+    /// On SIGTERM, how long sessions in a transaction may take to finish, in seconds.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+    /// Timeout for connecting and authenticating to a database, in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// PEM certificate chain for TLS to clients; TLS is offered only when set (with key).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Client authentication method when users are configured.
+    #[serde(default = "default_auth_method")]
+    pub auth_method: AuthMethod,
+    /// Client users; when empty, loopback clients may connect without a password as the
+    /// user and database of the `old` URL.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Distinct statement shapes whose classification is cached.
+    #[serde(default = "default_classifier_cache")]
+    pub classifier_cache_size: usize,
+    /// Seconds between reachability checks of old and new.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_max_message_size() -> usize {
+    64 << 20
+}
+fn default_max_client_connections() -> usize {
+    2000
+}
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::ScramSha256
+}
+fn default_classifier_cache() -> usize {
+    10_000
+}
+fn default_health_interval() -> u64 {
+    5
+}
+
+impl ProxyConfig {
+    /// A config with defaults for everything but the two databases.
+    pub fn new(old: impl Into<String>, new: impl Into<String>) -> Self {
+        ProxyConfig {
+            old: old.into(),
+            new: new.into(),
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            instance_id: None,
+            max_message_size: default_max_message_size(),
+            max_client_connections: default_max_client_connections(),
+            idle_timeout_secs: 0,
+            shutdown_timeout_secs: default_shutdown_timeout(),
+            connect_timeout_secs: default_connect_timeout(),
+            tls_cert: None,
+            tls_key: None,
+            auth_method: default_auth_method(),
+            users: Vec::new(),
+            classifier_cache_size: default_classifier_cache(),
+            health_check_interval_secs: default_health_interval(),
+        }
+    }
+
+    /// The parsed `old` URL. Valid after `validate` passed.
+    pub fn old_dsn(&self) -> Result<Dsn, switchyard_core::dsn::DsnError> {
+        Dsn::parse(&self.old)
+    }
+
+    pub fn new_dsn(&self) -> Result<Dsn, switchyard_core::dsn::DsnError> {
+        Dsn::parse(&self.new)
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0).then(|| Duration::from_secs(self.idle_timeout_secs))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+
+    /// The method actually in force: trust when no users are configured.
+    pub fn effective_auth(&self) -> AuthMethod {
+        if self.users.is_empty() {
+            AuthMethod::Trust
+        } else {
+            self.auth_method
+        }
+    }
+}
+
+impl Validate for ProxyConfig {
+    fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError {
+                key: key.to_string(),
+                origin: origin_of(key),
+                message,
+            })
+        };
+        for (key, url) in [("old", &self.old), ("new", &self.new)] {
+            if let Err(e) = Dsn::parse(url) {
+                bad(key, e.to_string());
+            }
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            bad("listen", format!("{:?} is not an address like 127.0.0.1:6432", self.listen));
+        }
+        if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "admin_listen",
+                format!("{:?} is not an address like 127.0.0.1:9187", self.admin_listen),
+            );
+        }
+        if self.max_message_size < 1024 || self.max_message_size > (1 << 30) {
+            bad("max_message_size", "must be between 1024 and 1073741824 bytes".into());
+        }
+        if self.max_client_connections == 0 {
+            bad("max_client_connections", "must be at least 1".into());
+        }
+        if self.classifier_cache_size == 0 {
+            bad("classifier_cache_size", "must be at least 1".into());
+        }
+        if self.health_check_interval_secs == 0 {
+            bad("health_check_interval_secs", "must be at least 1".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => bad("tls_key", "tls_cert is set but tls_key is not".into()),
+            (None, Some(_)) => bad("tls_cert", "tls_key is set but tls_cert is not".into()),
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls_cert", c), ("tls_key", k)] {
+                    if !p.is_file() {
+                        bad(key, format!("{} is not a readable file", p.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if !self.users.is_empty() && self.auth_method == AuthMethod::Trust {
+            bad("auth_method", "trust cannot be combined with configured users".into());
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                bad(&format!("users[{i}].name"), "must not be empty".into());
+            }
+            if let Err(e) = crate::auth::Secret::parse(&u.name, &u.password) {
+                bad(&format!("users[{i}].password"), e.to_string());
+            } else if self.auth_method == AuthMethod::Md5 && u.password.starts_with("SCRAM-SHA-256$")
+            {
+                bad(
+                    &format!("users[{i}].password"),
+                    "a SCRAM verifier cannot answer md5 authentication; give the password or an md5 hash".into(),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! One client session after startup: two pumps, client→primary and primary→client, running
+//! concurrently so neither side can stall the other (a server blocked writing results must
+//! still be read while the client keeps sending). Each pump forwards whole messages in the
+//! batches they arrived in, one write per read, and looks only at the messages it must:
+//! statements to classify, transaction status, errors, and the end of each request.
+
+use super::reply::{fatal, send_error};
+use super::stream::ClientStream;
+use crate::backend::BackendConn;
+use crate::classify::{Classified, StatementClass};
+use crate::metrics::{
+    CLASSIFIER_CACHE_TOTAL, PROTOCOL_ERRORS_TOTAL, REQUEST_DURATION, SERVER_ERRORS_TOTAL, STATEMENTS_TOTAL,
+    STATEMENTS_UNPARSED_TOTAL,
+};
+use crate::protocol::frontend::{bind_names, execute_portal, is_known_tag};
+use crate::protocol::{Frame, ProtocolError};
+use crate::shared::Shared;
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What both pumps need to see: requests awaiting their ReadyForQuery, and the transaction
+/// status the server last reported.
+struct Flow {
+    pending: VecDeque<(Instant, Option<StatementClass>)>,
+    txn_status: u8,
+}
+
+impl Flow {
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.txn_status == b'I'
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    ClientTerminated,
+    ServerClosed,
+    IdleTimeout,
+    Shutdown,
+    ClientProtocol(ProtocolError),
+    Io(&'static str, std::io::Error),
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    client: ClientStream,
+    client_buf: BytesMut,
+    backend: BackendConn,
+    peer: SocketAddr,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, client: ClientStream, client_buf: BytesMut, backend: BackendConn, peer: SocketAddr) -> Self {
+        Session { shared, client, client_buf, backend, peer }
+    }
+
+    pub async fn run(self) {
+        let Session { shared, client, client_buf, backend, peer } = self;
+        let flow = Mutex::new(Flow { pending: VecDeque::new(), txn_status: b'I' });
+        let (client_r, client_w) = tokio::io::split(client);
+        let (server_r, server_w) = backend.stream.into_split();
+        let mut up = Upstream {
+            shared: &shared,
+            flow: &flow,
+            client: client_r,
+            buf: client_buf,
+            server: server_w,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+        };
+        let mut down = Downstream { shared: &shared, flow: &flow, server: server_r, buf: backend.read_buf, client: client_w };
+        let end = tokio::select! {
+            e = up.run() => e,
+            e = down.run() => e,
+        };
+        match &end {
+            End::ClientProtocol(e) => {
+                tracing::warn!(%peer, error = %e, "Closing a client that broke the protocol.");
+                metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "client").increment(1);
+                send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
+            }
+            End::IdleTimeout => {
+                send_error(&mut down.client, &fatal("57P05", "terminating connection due to idle-session timeout")).await;
+            }
+            End::Shutdown => {
+                send_error(&mut down.client, &fatal("57P01", "terminating connection due to administrator command")).await;
+            }
+            End::Io(side, e) => tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error."),
+            End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
+        }
+        if !matches!(end, End::ClientTerminated | End::ServerClosed) {
+            // Let the server end the backend cleanly rather than log an unexpected EOF.
+            let _ = up.server.write_all(b"X\0\0\0\x04").await;
+        }
+        let _ = down.client.shutdown().await;
+        tracing::debug!(%peer, ?end, "Session closed.");
+    }
+}
+
+/// Client → primary.
+struct Upstream<'a> {
+    shared: &'a Shared,
+    flow: &'a Mutex<Flow>,
+    client: ReadHalf<ClientStream>,
+    buf: BytesMut,
+    server: OwnedWriteHalf,
+    /// Classification of each prepared statement, by name ("" is the unnamed one).
+    statements: HashMap<String, Arc<[Classified]>>,
+    portals: HashMap<String, Arc<[Classified]>>,
+}
+
+impl Upstream<'_> {
+    async fn run(&mut self) -> End {
+        let idle_timeout = self.shared.config.idle_timeout();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut shutdown_seen = false;
+        loop {
+            // Whatever whole messages are buffered go out in one write.
+            let (chunk, err, terminate) = self.take_frames();
+            if let Some(chunk) = chunk {
+                if let Err(e) = self.server.write_all(&chunk).await {
+                    return End::Io("primary", e);
+                }
+            }
+            if terminate {
+                return End::ClientTerminated;
+            }
+            if let Some(e) = err {
+                return End::ClientProtocol(e);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let idle = self.flow.lock().map(|f| f.idle()).unwrap_or(false);
+            let read = self.client.read_buf(&mut self.buf);
+            let timeout = async {
+                match idle_timeout {
+                    Some(t) if idle => tokio::time::sleep(t).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let stop = async {
+                if shutdown_seen {
+                    std::future::pending::<()>().await;
+                }
+                crate::shared::stopped(&mut shutdown).await;
+            };
+            tokio::select! {
+                r = read => match r {
+                    Ok(0) => return End::ClientClosed,
+                    Ok(_) => {}
+                    Err(e) => return End::Io("client", e),
+                },
+                _ = timeout => return End::IdleTimeout,
+                _ = stop => {
+                    if idle {
+                        return End::Shutdown;
+                    }
+                    // Busy: keep serving; the downstream pump ends the session when the
+                    // transaction is over.
+                    shutdown_seen = true;
+                }
+            }
+        }
+    }
+
+    /// Splits off the complete messages at the front of the buffer, inspecting each.
+    /// Returns them as one chunk, the protocol error that stopped the scan (if any), and
+    /// whether the client asked to terminate.
+    fn take_frames(&mut self) -> (Option<Bytes>, Option<ProtocolError>, bool) {
+        let max = self.shared.config.max_message_size;
+        let mut end = 0;
+        let mut err = None;
+        let mut terminate = false;
+        let mut frames = Vec::new();
+        while let Some(header) = self.buf.get(end..end + Frame::HEADER) {
+            let tag = header[0];
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            if !is_known_tag(tag) {
+                err = Some(ProtocolError::UnknownFrontendTag(tag));
+                break;
+            }
+            if len < 4 {
+                err = Some(ProtocolError::BadLength { tag: tag as char, len: i64::from(len) });
+                break;
+            }
+            let total = len as usize + 1;
+            if total > max {
+                err = Some(ProtocolError::TooLarge { len: total, max });
+                break;
+            }
+            if self.buf.len() < end + total {
+                self.buf.reserve(end + total - self.buf.len());
+                break;
+            }
+            frames.push((end, total));
+            end += total;
+            if tag == b'X' {
+                terminate = true;
+                break;
+            }
+        }
+        if end == 0 {
+            return (None, err, terminate);
+        }
+        let chunk = self.buf.split_to(end).freeze();
+        for (start, len) in frames {
+            let frame = Frame::from_encoded(chunk.slice(start..start + len));
+            self.inspect(&frame);
+        }
+        (Some(chunk), err, terminate)
+    }
+
+    /// Bookkeeping for one client message: classification, and the requests that will
+    /// each end in a ReadyForQuery.
+    fn inspect(&mut self, frame: &Frame) {
+        match frame.tag() {
+            b'Q' => {
+                let body = frame.body();
+                let sql = body.strip_suffix(&[0]).and_then(|s| std::str::from_utf8(s).ok());
+                let first = sql.and_then(|sql| {
+                    let classes = self.classify(sql);
+                    for c in classes.iter() {
+                        count_statement(c);
+                    }
+                    classes.first().map(|c| c.class)
+                });
+                self.begin_request(first);
+            }
+            b'P' => {
+                let body = frame.body();
+                let mut parts = body.splitn(3, |&b| b == 0);
+                let name = parts.next().and_then(|n| std::str::from_utf8(n).ok());
+                let sql = parts.next().and_then(|s| std::str::from_utf8(s).ok());
+                if let (Some(name), Some(sql)) = (name, sql) {
+                    let classes = self.classify(sql);
+                    self.statements.insert(name.to_string(), classes);
+                }
+            }
+            b'B' => {
+                if let Ok((portal, statement)) = bind_names(frame) {
+                    match self.statements.get(&statement) {
+                        Some(c) => {
+                            let c = c.clone();
+                            self.portals.insert(portal, c);
+                        }
+                        None => {
+                            self.portals.remove(&portal);
+                        }
+                    }
+                }
+            }
+            b'E' => {
+                if let Ok(portal) = execute_portal(frame) {
+                    if let Some(classes) = self.portals.get(&portal) {
+                        for c in classes.iter() {
+                            count_statement(c);
+                        }
+                        if let Ok(mut f) = self.flow.lock() {
+                            if let Some(last) = f.pending.back_mut().filter(|p| p.1.is_none()) {
+                                last.1 = classes.first().map(|c| c.class);
+                            }
+                        }
+                    }
+                }
+            }
+            b'C' => {
+                let body = frame.body();
+                if let (Some(&kind), Some(name)) = (body.first(), body.get(1..body.len().saturating_sub(1))) {
+                    if let Ok(name) = std::str::from_utf8(name) {
+                        if kind == b'S' {
+                            self.statements.remove(name);
+                        } else {
+                            self.portals.remove(name);
+                        }
+                    }
+                }
+            }
+            b'S' | b'F' => self.begin_request(None),
+            _ => {}
+        }
+    }
+
+    fn begin_request(&self, class: Option<StatementClass>) {
+        if let Ok(mut f) = self.flow.lock() {
+            f.pending.push_back((Instant::now(), class));
+        }
+    }
+
+    fn classify(&self, sql: &str) -> Arc<[Classified]> {
+        let (classes, hit) = self.shared.classifier.classify(sql);
+        metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => if hit { "hit" } else { "miss" }).increment(1);
+        classes
+    }
+}
+
+fn count_statement(c: &Classified) {
+    metrics::counter!(STATEMENTS_TOTAL, "class" => c.class.as_str()).increment(1);
+    if !c.parsed {
+        metrics::counter!(STATEMENTS_UNPARSED_TOTAL).increment(1);
+    }
+}
+
+/// Primary → client.
+struct Downstream<'a> {
+    shared: &'a Shared,
+    flow: &'a Mutex<Flow>,
+    server: OwnedReadHalf,
+    buf: BytesMut,
+    client: WriteHalf<ClientStream>,
+}
+
+impl Downstream<'_> {
+    async fn run(&mut self) -> End {
+        loop {
+            let mut end = 0;
+            let mut became_idle = false;
+            while let Some(header) = self.buf.get(end..end + Frame::HEADER) {
+                let tag = header[0];
+                let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                if len < 4 {
+                    return End::Io("primary", std::io::Error::other(format!("invalid message length {len}")));
+                }
+                let total = len as usize + 1;
+                if self.buf.len() < end + total {
+                    self.buf.reserve(end + total - self.buf.len());
+                    break;
+                }
+                match tag {
+                    b'Z' => became_idle |= self.ready_for_query(self.buf.get(end + 5).copied().unwrap_or(b'I')),
+                    b'E' => count_server_error(&self.buf[end + 5..end + total]),
+                    _ => {}
+                }
+                end += total;
+            }
+            if end > 0 {
+                let chunk = self.buf.split_to(end);
+                if let Err(e) = write_flush(&mut self.client, &chunk).await {
+                    return End::Io("client", e);
+                }
+            }
+            if became_idle && self.shared.shutting_down() {
+                return End::Shutdown;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.server.read_buf(&mut self.buf).await {
+                Ok(0) => return End::ServerClosed,
+                Ok(_) => {}
+                Err(e) => return End::Io("primary", e),
+            }
+        }
+    }
+
+    /// Ends the oldest pending request; true if the session is now idle.
+    fn ready_for_query(&self, status: u8) -> bool {
+        let Ok(mut f) = self.flow.lock() else { return false };
+        f.txn_status = status;
+        if let Some((started, class)) = f.pending.pop_front() {
+            let label = class.map(StatementClass::as_str).unwrap_or("other");
+            metrics::histogram!(REQUEST_DURATION, "class" => label).record(started.elapsed().as_secs_f64());
+        }
+        f.idle()
+    }
+}
+
+/// Counts an ErrorResponse by SQLSTATE without decoding the rest of it.
+fn count_server_error(body: &[u8]) {
+    let mut rest = body;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(nul) = tail.iter().position(|&b| b == 0) else { break };
+        if code == b'C' {
+            if let Ok(state) = std::str::from_utf8(&tail[..nul]) {
+                metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string()).increment(1);
+            }
+            return;
+        }
+        rest = &tail[nul + 1..];
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+

@@ -1,0 +1,174 @@
+//! A client's first packets: SSL/GSS negotiation, cancel requests, the StartupMessage and
+//! authentication; then the primary connection is opened and the session starts.
+
+use super::auth::authenticate;
+use super::reply::{fatal, send_error};
+use super::session::Session;
+use super::stream::ClientStream;
+use crate::backend::{connect, send_cancel, Role};
+use crate::cancel::CancelTarget;
+use crate::metrics::{
+    BACKEND_CONNECT_ERRORS_TOTAL, CANCEL_REQUESTS_TOTAL, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL,
+    PROTOCOL_ERRORS_TOTAL,
+};
+use crate::protocol::backend::{Authentication, BackendMessage};
+use crate::protocol::startup::StartupRequest;
+use crate::protocol::ProtocolError;
+use crate::shared::Shared;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A client has this long to finish startup and authentication, as PostgreSQL's
+/// authentication_timeout default.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves one client connection from its first byte to its last.
+pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    metrics::counter!(CLIENT_CONNECTIONS_TOTAL).increment(1);
+    let started = tokio::time::timeout(STARTUP_TIMEOUT, startup(&shared, tcp, peer)).await;
+    let (client, buf, params) = match started {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, "Client did not finish startup in time; closing.");
+            return;
+        }
+    };
+    let mut client = client;
+    let mut params = params;
+    let auth = authenticate(&shared, &mut client, &params, peer).await;
+    if auth.is_err() {
+        return;
+    }
+    // The client's own user and database were checked; the databases see the URLs' ones.
+    params.retain(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."));
+    let backend = match connect(Role::Old, &shared.old, &params, &shared.connect_options()).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "Cannot open the primary connection for a client.");
+            metrics::counter!(BACKEND_CONNECT_ERRORS_TOTAL, "role" => "old", "kind" => e.kind())
+                .increment(1);
+            send_error(&mut client, &e.client_fields()).await;
+            return;
+        }
+    };
+    let (pid, key) = shared.cancel.register(CancelTarget {
+        addr: backend.addr.clone(),
+        pid: backend.pid,
+        key: backend.key.clone(),
+    });
+    let mut out = BytesMut::new();
+    BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
+    for (name, value) in &backend.params {
+        BackendMessage::ParameterStatus { name: name.clone(), value: value.clone() }.encode(&mut out);
+    }
+    BackendMessage::BackendKeyData { pid, key }.encode(&mut out);
+    BackendMessage::ReadyForQuery(b'I').encode(&mut out);
+    if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+        shared.cancel.unregister(pid);
+        return;
+    }
+    shared.sessions_active.fetch_add(1, Ordering::Relaxed);
+    shared.sessions_total.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
+    Session::new(shared.clone(), client, buf, backend, peer).run().await;
+    metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
+    shared.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    shared.cancel.unregister(pid);
+}
+
+type Started = (ClientStream, BytesMut, Vec<(String, String)>);
+
+/// Reads packets until a StartupMessage; answers SSL/GSS requests and serves cancels.
+async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Option<Started> {
+    let mut stream = ClientStream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tls_done = false;
+    loop {
+        let req = loop {
+            match StartupRequest::parse(&mut buf) {
+                Ok(Some(r)) => break r,
+                Ok(None) => match stream.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "Rejected a bad startup packet.");
+                    metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "startup").increment(1);
+                    let code = if matches!(e, ProtocolError::UnsupportedVersion { .. }) {
+                        "0A000"
+                    } else {
+                        "08P01"
+                    };
+                    send_error(&mut stream, &fatal(code, e.to_string())).await;
+                    return None;
+                }
+            }
+        };
+        match req {
+            StartupRequest::Ssl | StartupRequest::GssEnc => {
+                let offer_tls = matches!(req, StartupRequest::Ssl) && !tls_done && shared.tls.is_some();
+                let answer: &[u8] = if offer_tls { b"S" } else { b"N" };
+                if stream.write_all(answer).await.is_err() {
+                    return None;
+                }
+                if offer_tls {
+                    // Bytes sent before the handshake would be read as plaintext after it:
+                    // refuse them (the same guard PostgreSQL has).
+                    if !buf.is_empty() {
+                        tracing::warn!(%peer, "Client sent data before the TLS handshake.");
+                        return None;
+                    }
+                    let (ClientStream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.as_ref()) else {
+                        return None;
+                    };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => stream = ClientStream::Tls(Box::new(tls)),
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed.");
+                            return None;
+                        }
+                    }
+                    tls_done = true;
+                }
+            }
+            StartupRequest::Cancel { pid, key } => {
+                metrics::counter!(CANCEL_REQUESTS_TOTAL).increment(1);
+                if let Some(target) = shared.cancel.lookup(pid, &key) {
+                    if let Err(e) = send_cancel(&target.addr, target.pid, &target.key, shared.config.connect_timeout()).await {
+                        tracing::info!(error = %e, "Could not forward a cancel request.");
+                    }
+                } else {
+                    tracing::info!(%peer, "Cancel request for an unknown session ignored.");
+                }
+                return None;
+            }
+            StartupRequest::Startup { minor, params, .. } => {
+                let unrecognized: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if minor > 0 || !unrecognized.is_empty() {
+                    // We speak 3.0: tell a 3.2 client so, as PostgreSQL 15 would.
+                    let mut out = BytesMut::new();
+                    BackendMessage::NegotiateProtocolVersion { newest_minor: 0, unrecognized }.encode(&mut out);
+                    if stream.write_all(&out).await.is_err() {
+                        return None;
+                    }
+                }
+                if params.iter().any(|(k, v)| k == "replication" && v != "false" && v != "off" && v != "0") {
+                    send_error(&mut stream, &fatal("0A000", "switchyard does not proxy replication connections")).await;
+                    return None;
+                }
+                return Some((stream, buf, params));
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! switchyard-proxy: a PostgreSQL wire-protocol proxy that sits in front of an application
+//! during a database move. `main.rs` only parses arguments; everything runs from here so
+//! tests can start a proxy in-process.
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod frontend;
+mod frontend_limits;
+pub mod health;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod shared;
+pub mod tls;
+
+pub use config::ProxyConfig;
+pub use server::{start, RunningProxy, StartError};

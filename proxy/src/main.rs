@@ -1,0 +1,52 @@
+//! `switchyard-proxy`: parse flags, load config, run until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use std::process::ExitCode;
+use switchyard_proxy::cli::Args;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match args.load(std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("switchyard-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: switchyard_proxy::ProxyConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let proxy = switchyard_proxy::start(config).await.context("starting the proxy")?;
+        let stop = proxy.shutdown_sender();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("Signal received: draining sessions.");
+            let _ = stop.send(true);
+        });
+        proxy.wait().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,43 @@
+//! Metric names, and the Prometheus recorder shared by every proxy in the process.
+//! Labels never carry SQL text, keys or credentials: classes, SQLSTATEs and roles only.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const CLIENT_CONNECTIONS: &str = "switchyard_client_connections";
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "switchyard_client_connections_total";
+pub const CLIENT_REJECTED_TOTAL: &str = "switchyard_client_connections_rejected_total";
+pub const AUTH_FAILURES_TOTAL: &str = "switchyard_auth_failures_total";
+pub const STATEMENTS_TOTAL: &str = "switchyard_statements_total";
+pub const STATEMENTS_UNPARSED_TOTAL: &str = "switchyard_statements_unparsed_total";
+pub const CLASSIFIER_CACHE_TOTAL: &str = "switchyard_classifier_cache_total";
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const SERVER_ERRORS_TOTAL: &str = "switchyard_server_errors_total";
+pub const PROTOCOL_ERRORS_TOTAL: &str = "switchyard_protocol_errors_total";
+pub const BACKEND_CONNECT_ERRORS_TOTAL: &str = "switchyard_backend_connect_errors_total";
+pub const BACKEND_UP: &str = "switchyard_backend_up";
+pub const CANCEL_REQUESTS_TOTAL: &str = "switchyard_cancel_requests_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls (more proxies in one test process)
+/// share it. `None` if another recorder was installed first by the embedding program.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}

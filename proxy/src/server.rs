@@ -1,0 +1,222 @@
+//! Starting and stopping a proxy: listeners, the accept loop with its connection limit,
+//! the admin server, health checks, and graceful shutdown.
+
+use crate::auth::{Secret, SecretError};
+use crate::classify::Classifier;
+use crate::config::{AuthMethod, ProxyConfig};
+use crate::frontend::handle_client;
+use crate::frontend_limits::refuse_too_many;
+use crate::health::Health;
+use crate::metrics::CLIENT_REJECTED_TOTAL;
+use crate::shared::Shared;
+use crate::tls::TlsError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_core::dsn::DsnError;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid URL for {which}: {source}")]
+    Url { which: &'static str, source: DsnError },
+    #[error("invalid password for user {user:?}: {source}")]
+    User { user: String, source: SecretError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A proxy serving in the background. Dropping it without `shutdown` aborts it.
+pub struct RunningProxy {
+    listen_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl RunningProxy {
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.shared.sessions_active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets sessions finish their transactions, and closes whatever is left
+    /// at the configured deadline.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Runs until a shutdown was requested elsewhere (e.g. by SIGTERM through `shutdown`).
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown_tx.clone()
+    }
+
+    pub async fn wait(mut self) {
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            let _ = self.shutdown_tx.send(true);
+        }
+    }
+}
+
+/// Binds the listeners and starts serving. The config must have passed validation.
+pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
+    let old = config.old_dsn().map_err(|source| StartError::Url { which: "old", source })?;
+    let new = config.new_dsn().map_err(|source| StartError::Url { which: "new", source })?;
+    let mut users = HashMap::new();
+    for u in &config.users {
+        let secret = Secret::parse(&u.name, &u.password)
+            .map_err(|source| StartError::User { user: u.name.clone(), source })?;
+        users.insert(u.name.clone(), secret);
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+    let admin_listener = if config.admin_listen.is_empty() {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&config.admin_listen)
+                .await
+                .map_err(|source| StartError::Bind { addr: config.admin_listen.clone(), source })?,
+        )
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if config.effective_auth() == AuthMethod::Trust {
+        tracing::warn!(
+            user = %old.user,
+            database = %old.dbname,
+            "No users are configured: local clients may connect as this user and database without a password."
+        );
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        instance_id: config.instance_id.clone().unwrap_or_else(|| listen_addr.to_string()),
+        classifier: Classifier::new(config.classifier_cache_size),
+        connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
+        old,
+        new,
+        users,
+        mock_secret: rand::random(),
+        tls,
+        cancel: Default::default(),
+        health: Health::default(),
+        sessions_active: AtomicUsize::new(0),
+        sessions_total: AtomicU64::new(0),
+        started: Instant::now(),
+        shutdown: shutdown_rx,
+        config,
+    });
+    let metrics = crate::metrics::handle();
+    let task = tokio::spawn(serve(shared.clone(), listener, admin_listener, metrics));
+    tracing::info!(listen = %listen_addr, admin = ?admin_addr, old = %shared.old, new = %shared.new, "Switchyard proxy started.");
+    Ok(RunningProxy { listen_addr, admin_addr, shutdown_tx, task: Some(task), shared })
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut background = JoinSet::new();
+    if let Some(admin) = admin {
+        let router = crate::admin::router(shared.clone(), metrics);
+        let mut stop = shutdown.clone();
+        background.spawn(async move {
+            let served = axum::serve(admin, router)
+                .with_graceful_shutdown(async move { crate::shared::stopped(&mut stop).await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "Admin server failed.");
+            }
+        });
+    }
+    background.spawn(crate::health::run(
+        shared.clone(),
+        Duration::from_secs(shared.config.health_check_interval_secs),
+    ));
+
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "Accept failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                match shared.connection_slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        sessions.spawn(async move {
+                            handle_client(shared, tcp, peer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        metrics::counter!(CLIENT_REJECTED_TOTAL, "reason" => "max_client_connections").increment(1);
+                        sessions.spawn(refuse_too_many(tcp));
+                    }
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = crate::shared::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    let deadline = tokio::time::sleep(shared.config.shutdown_timeout());
+    tokio::pin!(deadline);
+    tracing::info!(sessions = sessions.len(), "Shutting down: waiting for sessions to finish their transactions.");
+    loop {
+        tokio::select! {
+            next = sessions.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(sessions = sessions.len(), "Shutdown deadline reached: closing the remaining sessions.");
+                sessions.abort_all();
+                while sessions.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    background.abort_all();
+    while background.join_next().await.is_some() {}
+    tracing::info!("Switchyard proxy stopped.");
+}

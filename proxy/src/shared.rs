@@ -1,0 +1,61 @@
+//! State every session and the admin server share: config, users, caches, counters, and the
+//! shutdown signal.
+
+use crate::auth::Secret;
+use crate::backend::{ConnectOptions, Role};
+use crate::cancel::CancelRegistry;
+use crate::classify::Classifier;
+use crate::config::ProxyConfig;
+use crate::health::Health;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_core::dsn::Dsn;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+pub struct Shared {
+    pub config: ProxyConfig,
+    pub old: Dsn,
+    pub new: Dsn,
+    pub instance_id: String,
+    pub users: HashMap<String, Secret>,
+    /// Keyed by a per-process secret so mock SCRAM challenges for unknown users are stable
+    /// but unpredictable.
+    pub mock_secret: [u8; 32],
+    pub tls: Option<TlsAcceptor>,
+    pub classifier: Classifier,
+    pub cancel: CancelRegistry,
+    pub health: Health,
+    pub connection_slots: Arc<Semaphore>,
+    pub sessions_active: AtomicUsize,
+    pub sessions_total: AtomicU64,
+    pub started: Instant,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            timeout: self.config.connect_timeout(),
+            max_message_size: self.config.max_message_size,
+        }
+    }
+
+    pub fn dsn(&self, role: Role) -> &Dsn {
+        match role {
+            Role::Old => &self.old,
+            Role::New => &self.new,
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Resolves once shutdown was requested (or the sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -1,0 +1,31 @@
+//! Shared end-to-end test harness: throwaway PostgreSQL clusters, a real Kafka-protocol broker, free ports and polling helpers.
+//!
+//! Everything here starts real processes on 127.0.0.1 and cleans up on drop (also when a test
+//! panics). `.ci/setup` installs what it needs. Environment:
+//! - `SWITCHYARD_KEEP_CLUSTERS=1`: keep the temporary directories (data, logs) for debugging;
+//!   their paths are printed to stderr on drop.
+//! - `SWITCHYARD_PG_BIN`: PostgreSQL server binaries (default `/usr/lib/postgresql/15/bin`).
+//! - `SWITCHYARD_PG_TMPDIR`: where cluster directories go (default `/dev/shm`, see
+//!   [`pg::clusters_parent_dir`]).
+//! - `SWITCHYARD_TANSU_BIN`, `SWITCHYARD_CACHE`: where the tansu broker is (see
+//!   [`broker::tansu_bin`]).
+
+pub mod broker;
+pub mod logs;
+pub mod pg;
+pub mod ports;
+pub mod process;
+pub mod reap;
+pub mod wait;
+
+pub use broker::Broker;
+pub use pg::{Auth, PgCluster, PgClusterBuilder};
+pub use ports::free_port;
+
+/// True when `SWITCHYARD_KEEP_CLUSTERS=1` (or `true`): temporary directories are kept on drop.
+pub fn keep_dirs() -> bool {
+    matches!(
+        std::env::var("SWITCHYARD_KEEP_CLUSTERS").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
