@@ -14,9 +14,11 @@ pub mod broker;
 pub mod logs;
 pub mod pg;
 pub mod ports;
+pub mod proxy;
 pub mod process;
 pub mod reap;
 pub mod wait;
+pub mod wire;
 
 pub use broker::Broker;
 pub use pg::{Auth, PgCluster, PgClusterBuilder};

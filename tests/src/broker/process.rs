@@ -111,7 +111,8 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            // tansu reads a `.env` from its working directory: give it an empty one.
+            // tansu loads a `.env` file (dotenv: the working directory and its parents): run it
+            // in its own directory so that the repository's `.env`, if any, is not read.
             .current_dir(&self.dir)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             // Plain log lines (its tracing output is coloured by default, even into a file).
@@ -122,10 +123,11 @@ impl Broker {
             .stderr(Stdio::from(log_err))
             .spawn()
             .with_context(|| format!("spawning {}", self.bin.display()))?;
-        let pid_file = self.dir.join(PID_FILE);
-        std::fs::write(&pid_file, child.id().to_string())
-            .with_context(|| format!("writing {}", pid_file.display()))?;
+        let pid = child.id();
         self.child = Some(child);
+        let pid_file = self.dir.join(PID_FILE);
+        std::fs::write(&pid_file, pid.to_string())
+            .with_context(|| format!("writing {}", pid_file.display()))?;
         self.wait_ready()
     }
 
