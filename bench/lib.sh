@@ -101,6 +101,9 @@ stop_pid() {
   return 1
 }
 
+# stop_job PID: stop_pid, only if PID is still a background job of this shell.
+stop_job() { jobs -p | grep -qx "$1" && stop_pid "$1" 5; return 0; }
+
 # rss_kib PID: resident set size (VmRSS) in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2; found=1} END {if (!found) exit 1}' "/proc/$1/status"; }
 
@@ -316,6 +319,59 @@ pgbench_threads() {
   n=$(nproc)
   [ "$c" -lt "$n" ] && n=$c
   echo "$n"
+}
+
+# ---------------------------------------------------------------- CPU accounting
+# The machine is shared (2 cores): other processes (a compiler, say) skew a run. These
+# helpers measure how much CPU the rest of the machine used while a run went on.
+
+# cpu_busy_ticks: busy clock ticks of all CPUs so far (/proc/stat: all but idle and iowait).
+cpu_busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# proc_ticks PID...: CPU ticks used by each PID (all threads), its reaped children, and its
+# live children (one level: postmaster -> backends, this shell -> proxy, pgbouncer).
+proc_ticks() {
+  local total=0 pid kid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(_stat_ticks "$pid" 1)))
+    for kid in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+      total=$((total + $(_stat_ticks "$kid" 0)))
+    done
+  done
+  echo "$total"
+}
+# _stat_ticks PID WITH_CHILDREN: utime+stime (+cutime+cstime) from /proc/PID/stat.
+_stat_ticks() {
+  local line kids=$2
+  line=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return 0; }
+  line=${line##*) } # skip "pid (comm) ": $1 is now field 3 (state), utime field 14 is $12
+  # shellcheck disable=SC2086
+  set -- $line
+  if [ "$kids" = 1 ]; then echo $((${12} + ${13} + ${14} + ${15})); else echo $((${12} + ${13})); fi
+}
+
+# postmaster_pid CLUSTER
+postmaster_pid() { head -n 1 "$(cluster_dir "$1")/postmaster.pid" 2>/dev/null; }
+
+# cpu_busy_pct SECONDS: how busy the whole machine is over SECONDS, in % of all cores.
+cpu_busy_pct() {
+  local t0 t1 secs=${1:-2}
+  t0=$(cpu_busy_ticks); sleep "$secs"; t1=$(cpu_busy_ticks)
+  awk -v d=$((t1 - t0)) -v s="$secs" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", 100 * d / (s * hz * n)}'
+}
+
+# wait_for_quiet MAX_SECONDS [THRESHOLD_PCT]: waits (up to MAX_SECONDS) until the machine is
+# less than THRESHOLD_PCT (default 10) busy over 3 s. Prints the last busy %; returns 1 if
+# it never got quiet.
+wait_for_quiet() {
+  local max=$1 thr=${2:-10} start busy
+  start=$(date +%s)
+  while :; do
+    busy=$(cpu_busy_pct 3)
+    [ "$busy" -lt "$thr" ] && { echo "$busy"; return 0; }
+    [ $(($(date +%s) - start)) -ge "$max" ] && { echo "$busy"; return 1; }
+  done
 }
 
 # ---------------------------------------------------------------- reporting

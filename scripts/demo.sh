@@ -59,7 +59,7 @@ SQL
 pg_dump -h 127.0.0.1 -p "${PORT[old]}" -U postgres --schema-only app | psql -X -q -h 127.0.0.1 -p "${PORT[new]}" -U postgres app >/dev/null
 
 echo "==> starting switchyard-proxy on 127.0.0.1:$LISTEN_PORT (admin on 127.0.0.1:$ADMIN_PORT)"
-./target/release/switchyard-proxy \
+"${CARGO_TARGET_DIR:-target}/release/switchyard-proxy" \
   --old "postgres://postgres@127.0.0.1:${PORT[old]}/app" \
   --new "postgres://postgres@127.0.0.1:${PORT[new]}/app" \
   --listen "127.0.0.1:$LISTEN_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2>"$WORK/proxy.log" &

@@ -408,14 +408,21 @@ mod tests {
         let f = write("listen = \"x\"\nmax = \"lots\"\nbogus = 1\n");
         let err = Layers::new()
             .file(&f.0)
-            .env("SWITCHYARD_", vec![("SWITCHYARD_SHADOW__RATE".into(), "abc".into())])
+            .env(
+                "SWITCHYARD_",
+                vec![("SWITCHYARD_SHADOW__RATE".into(), "abc".into())],
+            )
             .build::<Sample>()
             .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert!(keys.contains(&"max"), "{err}");
         assert!(keys.contains(&"bogus"), "{err}");
         assert!(keys.contains(&"shadow.rate"), "{err}");
-        let rate = err.0.iter().find(|e| e.key == "shadow.rate").expect("rate error");
+        let rate = err
+            .0
+            .iter()
+            .find(|e| e.key == "shadow.rate")
+            .expect("rate error");
         assert_eq!(rate.origin, Origin::Env("SWITCHYARD_SHADOW__RATE".into()));
     }
 
@@ -439,7 +446,10 @@ mod tests {
             .expect_err("missing file");
         assert!(err.to_string().contains("cannot read"), "{err}");
         let f = write("listen = [\n");
-        let err = Layers::new().file(&f.0).build::<Sample>().expect_err("bad toml");
+        let err = Layers::new()
+            .file(&f.0)
+            .build::<Sample>()
+            .expect_err("bad toml");
         assert!(err.to_string().contains("not valid TOML"), "{err}");
     }
 }

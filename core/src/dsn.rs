@@ -184,7 +184,10 @@ mod tests {
     #[test]
     fn defaults_port_user_and_db() {
         let d = Dsn::parse("postgresql://localhost").expect("valid url");
-        assert_eq!((d.user.as_str(), d.port, d.dbname.as_str()), ("postgres", 5432, "postgres"));
+        assert_eq!(
+            (d.user.as_str(), d.port, d.dbname.as_str()),
+            ("postgres", 5432, "postgres")
+        );
     }
 
     #[test]
@@ -197,7 +200,10 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(Dsn::parse("mysql://x"), Err(DsnError::Scheme));
-        assert_eq!(Dsn::parse("postgres://h:notaport/db"), Err(DsnError::Port("notaport".into())));
+        assert_eq!(
+            Dsn::parse("postgres://h:notaport/db"),
+            Err(DsnError::Port("notaport".into()))
+        );
         assert_eq!(Dsn::parse("postgres://u@/db"), Err(DsnError::NoHost));
         assert_eq!(Dsn::parse("postgres://u%zz@h/db"), Err(DsnError::Escape));
     }

@@ -36,7 +36,8 @@ async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/plain")],
-            "metrics recorder not installed: another recorder was set by the embedding program\n".to_string(),
+            "metrics recorder not installed: another recorder was set by the embedding program\n"
+                .to_string(),
         ),
     }
 }
@@ -84,7 +85,10 @@ struct Backend {
 
 async fn status(State(s): State<AdminState>) -> Json<Status> {
     let sh = &s.shared;
-    let backend = |role: Role| Backend { url: sh.dsn(role).to_string(), health: sh.health.get(role) };
+    let backend = |role: Role| Backend {
+        url: sh.dsn(role).to_string(),
+        health: sh.health.get(role),
+    };
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),
         instance_id: sh.instance_id.clone(),
@@ -95,7 +99,10 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             total: sh.sessions_total.load(Ordering::Relaxed),
             max: sh.config.max_client_connections,
         },
-        backends: Backends { old: backend(Role::Old), new: backend(Role::New) },
+        backends: Backends {
+            old: backend(Role::Old),
+            new: backend(Role::New),
+        },
         classifier_cache_entries: sh.classifier.len(),
     })
 }

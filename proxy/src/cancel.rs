@@ -22,7 +22,11 @@ pub struct CancelRegistry {
 impl CancelRegistry {
     /// Allocates the client-facing key for a new session.
     pub fn register(&self, target: CancelTarget) -> (i32, Bytes) {
-        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let pid = self
+            .next_pid
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1);
         let key = Bytes::copy_from_slice(&rand::random::<[u8; 4]>());
         self.sessions.insert(pid, (key.clone(), target));
         (pid, key)
@@ -37,7 +41,11 @@ impl CancelRegistry {
         let entry = self.sessions.get(&pid)?;
         let (expected, target) = entry.value();
         (expected.len() == key.len()
-            && expected.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+            && expected
+                .iter()
+                .zip(key)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0)
             .then(|| target.clone())
     }
 
@@ -57,7 +65,11 @@ mod tests {
     #[test]
     fn only_the_right_key_cancels() {
         let r = CancelRegistry::default();
-        let t = CancelTarget { addr: "h:1".into(), pid: 42, key: Bytes::from_static(b"abcd") };
+        let t = CancelTarget {
+            addr: "h:1".into(),
+            pid: 42,
+            key: Bytes::from_static(b"abcd"),
+        };
         let (pid, key) = r.register(t);
         assert_eq!(r.lookup(pid, &key).map(|t| t.pid), Some(42));
         assert!(r.lookup(pid, b"zzzz").is_none());

@@ -94,7 +94,8 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("switchyard-proxy").chain(list.iter().copied())).expect("valid flags")
+        Args::try_parse_from(std::iter::once("switchyard-proxy").chain(list.iter().copied()))
+            .expect("valid flags")
     }
 
     #[test]
@@ -108,12 +109,25 @@ mod tests {
 
     #[test]
     fn flags_win_over_env() {
-        let cfg = args(&["--old", "postgres://u@h/db", "--new", "postgres://u@h/db", "--listen", "127.0.0.1:7000"])
-            .load(vec![
-                ("SWITCHYARD_LISTEN".to_string(), "127.0.0.1:8000".to_string()),
-                ("SWITCHYARD_MAX_CLIENT_CONNECTIONS".to_string(), "5".to_string()),
-            ])
-            .expect("valid");
+        let cfg = args(&[
+            "--old",
+            "postgres://u@h/db",
+            "--new",
+            "postgres://u@h/db",
+            "--listen",
+            "127.0.0.1:7000",
+        ])
+        .load(vec![
+            (
+                "SWITCHYARD_LISTEN".to_string(),
+                "127.0.0.1:8000".to_string(),
+            ),
+            (
+                "SWITCHYARD_MAX_CLIENT_CONNECTIONS".to_string(),
+                "5".to_string(),
+            ),
+        ])
+        .expect("valid");
         assert_eq!(cfg.listen, "127.0.0.1:7000");
         assert_eq!(cfg.max_client_connections, 5);
     }
@@ -121,17 +135,34 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported_with_its_key() {
         let err = args(&["--new", "mysql://x", "--listen", "nowhere"])
-            .load(vec![("SWITCHYARD_MAX_MESSAGE_SIZE".to_string(), "12".to_string())])
+            .load(vec![(
+                "SWITCHYARD_MAX_MESSAGE_SIZE".to_string(),
+                "12".to_string(),
+            )])
             .expect_err("invalid");
         let text = err.to_string();
         // `old` is missing entirely: serde reports it; the rest come from validation only
         // once types are right, so check the type-level one first.
         assert!(text.contains("old"), "{text}");
-        let err = args(&["--old", "postgres://u@h/db", "--new", "mysql://x", "--listen", "nowhere"])
-            .load(vec![("SWITCHYARD_MAX_MESSAGE_SIZE".to_string(), "12".to_string())])
-            .expect_err("invalid");
+        let err = args(&[
+            "--old",
+            "postgres://u@h/db",
+            "--new",
+            "mysql://x",
+            "--listen",
+            "nowhere",
+        ])
+        .load(vec![(
+            "SWITCHYARD_MAX_MESSAGE_SIZE".to_string(),
+            "12".to_string(),
+        )])
+        .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["new", "listen", "max_message_size"], "{err}");
-        assert!(err.to_string().contains("environment variable SWITCHYARD_MAX_MESSAGE_SIZE"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("environment variable SWITCHYARD_MAX_MESSAGE_SIZE"),
+            "{err}"
+        );
     }
 }

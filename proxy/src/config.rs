@@ -182,16 +182,25 @@ impl Validate for ProxyConfig {
             }
         }
         if self.listen.parse::<SocketAddr>().is_err() {
-            bad("listen", format!("{:?} is not an address like 127.0.0.1:6432", self.listen));
+            bad(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:6432", self.listen),
+            );
         }
         if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
             bad(
                 "admin_listen",
-                format!("{:?} is not an address like 127.0.0.1:9187", self.admin_listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9187",
+                    self.admin_listen
+                ),
             );
         }
         if self.max_message_size < 1024 || self.max_message_size > (1 << 30) {
-            bad("max_message_size", "must be between 1024 and 1073741824 bytes".into());
+            bad(
+                "max_message_size",
+                "must be between 1024 and 1073741824 bytes".into(),
+            );
         }
         if self.max_client_connections == 0 {
             bad("max_client_connections", "must be at least 1".into());
@@ -215,7 +224,10 @@ impl Validate for ProxyConfig {
             (None, None) => {}
         }
         if !self.users.is_empty() && self.auth_method == AuthMethod::Trust {
-            bad("auth_method", "trust cannot be combined with configured users".into());
+            bad(
+                "auth_method",
+                "trust cannot be combined with configured users".into(),
+            );
         }
         for (i, u) in self.users.iter().enumerate() {
             if u.name.is_empty() {
@@ -223,7 +235,8 @@ impl Validate for ProxyConfig {
             }
             if let Err(e) = crate::auth::Secret::parse(&u.name, &u.password) {
                 bad(&format!("users[{i}].password"), e.to_string());
-            } else if self.auth_method == AuthMethod::Md5 && u.password.starts_with("SCRAM-SHA-256$")
+            } else if self.auth_method == AuthMethod::Md5
+                && u.password.starts_with("SCRAM-SHA-256$")
             {
                 bad(
                     &format!("users[{i}].password"),

@@ -33,7 +33,10 @@ impl Health {
     }
 
     pub fn get(&self, role: Role) -> BackendHealth {
-        self.slot(role).read().map(|g| g.clone()).unwrap_or_default()
+        self.slot(role)
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_default()
     }
 
     fn set(&self, role: Role, h: BackendHealth) {
@@ -45,7 +48,10 @@ impl Health {
     /// Checks one database now.
     pub async fn check(&self, role: Role, dsn: &Dsn, opts: &ConnectOptions) {
         let start = std::time::Instant::now();
-        let params = [("application_name".to_string(), "switchyard-health".to_string())];
+        let params = [(
+            "application_name".to_string(),
+            "switchyard-health".to_string(),
+        )];
         let result = connect(role, dsn, &params, opts).await;
         let checked_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -68,17 +74,17 @@ impl Health {
                 checked_at,
             },
         };
-        metrics::gauge!(BACKEND_UP, "role" => role.as_str())
-            .set(if h.reachable == Some(true) { 1.0 } else { 0.0 });
+        metrics::gauge!(BACKEND_UP, "role" => role.as_str()).set(if h.reachable == Some(true) {
+            1.0
+        } else {
+            0.0
+        });
         self.set(role, h);
     }
 }
 
 /// Checks both databases every `interval` until the shutdown signal.
-pub async fn run(
-    shared: Arc<crate::shared::Shared>,
-    interval: Duration,
-) {
+pub async fn run(shared: Arc<crate::shared::Shared>, interval: Duration) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let opts = shared.connect_options();

@@ -24,11 +24,17 @@ use tokio::task::JoinSet;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid URL for {which}: {source}")]
-    Url { which: &'static str, source: DsnError },
+    Url {
+        which: &'static str,
+        source: DsnError,
+    },
     #[error("invalid password for user {user:?}: {source}")]
     User { user: String, source: SecretError },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -52,7 +58,9 @@ impl RunningProxy {
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.shared.sessions_active.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .sessions_active
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops accepting, lets sessions finish their transactions, and closes whatever is left
@@ -86,12 +94,20 @@ impl Drop for RunningProxy {
 
 /// Binds the listeners and starts serving. The config must have passed validation.
 pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
-    let old = config.old_dsn().map_err(|source| StartError::Url { which: "old", source })?;
-    let new = config.new_dsn().map_err(|source| StartError::Url { which: "new", source })?;
+    let old = config.old_dsn().map_err(|source| StartError::Url {
+        which: "old",
+        source,
+    })?;
+    let new = config.new_dsn().map_err(|source| StartError::Url {
+        which: "new",
+        source,
+    })?;
     let mut users = HashMap::new();
     for u in &config.users {
-        let secret = Secret::parse(&u.name, &u.password)
-            .map_err(|source| StartError::User { user: u.name.clone(), source })?;
+        let secret = Secret::parse(&u.name, &u.password).map_err(|source| StartError::User {
+            user: u.name.clone(),
+            source,
+        })?;
         users.insert(u.name.clone(), secret);
     }
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -100,17 +116,24 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     };
     let listener = TcpListener::bind(&config.listen)
         .await
-        .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
-    let listen_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr: config.listen.clone(), source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
     let admin_listener = if config.admin_listen.is_empty() {
         None
     } else {
         Some(
             TcpListener::bind(&config.admin_listen)
                 .await
-                .map_err(|source| StartError::Bind { addr: config.admin_listen.clone(), source })?,
+                .map_err(|source| StartError::Bind {
+                    addr: config.admin_listen.clone(),
+                    source,
+                })?,
         )
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -123,7 +146,10 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        instance_id: config.instance_id.clone().unwrap_or_else(|| listen_addr.to_string()),
+        instance_id: config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| listen_addr.to_string()),
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
         old,
@@ -142,7 +168,13 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let metrics = crate::metrics::handle();
     let task = tokio::spawn(serve(shared.clone(), listener, admin_listener, metrics));
     tracing::info!(listen = %listen_addr, admin = ?admin_addr, old = %shared.old, new = %shared.new, "Switchyard proxy started.");
-    Ok(RunningProxy { listen_addr, admin_addr, shutdown_tx, task: Some(task), shared })
+    Ok(RunningProxy {
+        listen_addr,
+        admin_addr,
+        shutdown_tx,
+        task: Some(task),
+        shared,
+    })
 }
 
 async fn serve(
@@ -204,7 +236,10 @@ async fn serve(
     drop(listener);
     let deadline = tokio::time::sleep(shared.config.shutdown_timeout());
     tokio::pin!(deadline);
-    tracing::info!(sessions = sessions.len(), "Shutting down: waiting for sessions to finish their transactions.");
+    tracing::info!(
+        sessions = sessions.len(),
+        "Shutting down: waiting for sessions to finish their transactions."
+    );
     loop {
         tokio::select! {
             next = sessions.join_next() => if next.is_none() { break },

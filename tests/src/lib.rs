@@ -11,11 +11,13 @@
 //!   [`broker::tansu_bin`]).
 
 pub mod broker;
+pub mod clients;
+pub mod http;
 pub mod logs;
 pub mod pg;
 pub mod ports;
-pub mod proxy;
 pub mod process;
+pub mod proxy;
 pub mod reap;
 pub mod wait;
 pub mod wire;

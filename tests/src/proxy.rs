@@ -44,7 +44,9 @@ impl Pair {
 
 /// Starts a proxy inside the test process.
 pub async fn start_proxy(config: ProxyConfig) -> Result<RunningProxy> {
-    switchyard_proxy::start(config).await.context("starting the proxy in-process")
+    switchyard_proxy::start(config)
+        .await
+        .context("starting the proxy in-process")
 }
 
 /// A libpq-style URL for connecting to a proxy as `user` (no password: trust mode).
@@ -53,7 +55,11 @@ pub fn proxy_url(proxy: &RunningProxy, user: &str) -> String {
 }
 
 /// A tokio-postgres config pointing at a proxy.
-pub fn proxy_config(proxy: &RunningProxy, user: &str, password: Option<&str>) -> tokio_postgres::Config {
+pub fn proxy_config(
+    proxy: &RunningProxy,
+    user: &str,
+    password: Option<&str>,
+) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     c.host("127.0.0.1")
         .port(proxy.listen_addr().port())
@@ -130,13 +136,25 @@ impl ProxyProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("spawning switchyard-proxy")?;
-        let mut p = ProxyProcess { child: Some(child), port, admin_port, log };
-        poll_until("the proxy to accept connections", Duration::from_secs(20), || {
-            if let Some(status) = p.try_wait()? {
-                bail!("switchyard-proxy exited with {status} during start:\n{}", p.log_text());
-            }
-            Ok(crate::ports::accepts_connections(port).then_some(()))
-        })?;
+        let mut p = ProxyProcess {
+            child: Some(child),
+            port,
+            admin_port,
+            log,
+        };
+        poll_until(
+            "the proxy to accept connections",
+            Duration::from_secs(20),
+            || {
+                if let Some(status) = p.try_wait()? {
+                    bail!(
+                        "switchyard-proxy exited with {status} during start:\n{}",
+                        p.log_text()
+                    );
+                }
+                Ok(crate::ports::accepts_connections(port).then_some(()))
+            },
+        )?;
         Ok(p)
     }
 
@@ -184,6 +202,10 @@ pub fn run_proxy_to_exit(args: &[&str], env: &[(&str, &str)]) -> Result<(ExitSta
         cmd.env(k, v);
     }
     let out = cmd.output().context("running switchyard-proxy")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok((out.status, text))
 }

@@ -21,30 +21,45 @@ impl Wire {
     pub async fn connect(addr: std::net::SocketAddr) -> Result<Wire> {
         let stream = TcpStream::connect(addr).await.context("connecting")?;
         stream.set_nodelay(true)?;
-        Ok(Wire { stream, buf: BytesMut::new() })
+        Ok(Wire {
+            stream,
+            buf: BytesMut::new(),
+        })
     }
 
     /// Connects and completes a trust startup as `user` on `db`, up to ReadyForQuery.
     pub async fn startup(addr: std::net::SocketAddr, user: &str, db: &str) -> Result<Wire> {
         let mut w = Wire::connect(addr).await?;
-        w.send_startup(3, 0, &[("user", user), ("database", db)]).await?;
+        w.send_startup(3, 0, &[("user", user), ("database", db)])
+            .await?;
         w.read_until_ready().await?;
         Ok(w)
     }
 
-    pub async fn send_startup(&mut self, major: u16, minor: u16, params: &[(&str, &str)]) -> Result<()> {
+    pub async fn send_startup(
+        &mut self,
+        major: u16,
+        minor: u16,
+        params: &[(&str, &str)],
+    ) -> Result<()> {
         let mut out = BytesMut::new();
         StartupRequest::Startup {
             major,
             minor,
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
         .encode(&mut out);
         self.send_raw(&out).await
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes).await.context("writing to the proxy")?;
+        self.stream
+            .write_all(bytes)
+            .await
+            .context("writing to the proxy")?;
         Ok(())
     }
 
@@ -71,7 +86,10 @@ impl Wire {
             match self.read().await? {
                 Some(f) if f.tag() == b'Z' => return Ok(got),
                 Some(f) => got.push(f),
-                None => bail!("connection closed before ReadyForQuery; got tags {:?}", tags(&got)),
+                None => bail!(
+                    "connection closed before ReadyForQuery; got tags {:?}",
+                    tags(&got)
+                ),
             }
         }
     }
@@ -88,14 +106,15 @@ impl Wire {
     /// Sends a simple Query.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Frame>> {
         let mut out = BytesMut::new();
-        switchyard_proxy::protocol::frontend::FrontendMessage::Query(sql.to_string()).encode(&mut out);
+        switchyard_proxy::protocol::frontend::FrontendMessage::Query(sql.to_string())
+            .encode(&mut out);
         self.send_raw(&out).await?;
         self.read_until_ready().await
     }
 
     /// True once the peer has closed (reads EOF within the timeout).
     pub async fn closed(&mut self) -> bool {
-        matches!(self.read_until_closed().await, Ok(_))
+        self.read_until_closed().await.is_ok()
     }
 }
 

@@ -30,23 +30,35 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Handles the client-first-message; returns the exchange and the server-first-message.
-    pub fn first(verifier: ScramVerifier, client_first: &[u8]) -> Result<(Self, String), ScramError> {
-        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    pub fn first(
+        verifier: ScramVerifier,
+        client_first: &[u8],
+    ) -> Result<(Self, String), ScramError> {
+        let msg =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         // gs2-header: "n,," (no binding), "y,," (client could, server did not offer),
         // "p=..." (binding demanded: refuse, we offered none).
-        let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (flag, rest) = msg
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         match flag {
             "n" | "y" => {}
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad gs2 flag")),
         }
-        let (_authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (_authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no gs2 header"))?;
         let gs2_header = format!("{flag},{_authzid},");
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
             .ok_or(ScramError::Malformed("no client nonce"))?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        {
             return Err(ScramError::Malformed("bad client nonce"));
         }
         let server_nonce: [u8; 18] = rand::random();
@@ -70,7 +82,8 @@ impl ScramServer {
 
     /// Checks the client-final-message; returns the server-final-message (`v=...`).
     pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
-        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
@@ -85,12 +98,16 @@ impl ScramServer {
         }
         let binding = binding.ok_or(ScramError::Malformed("no channel binding attribute"))?;
         if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed("channel binding does not match gs2 header"));
+            return Err(ScramError::Malformed(
+                "channel binding does not match gs2 header",
+            ));
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Nonce);
         }
-        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof not base64"))?;
+        let proof = B64
+            .decode(proof)
+            .map_err(|_| ScramError::Malformed("proof not base64"))?;
         if proof.len() != 32 {
             return Err(ScramError::Malformed("proof length"));
         }
@@ -125,9 +142,13 @@ mod tests {
         let verifier = ScramVerifier::from_password(server_pw, b"saltsaltsaltsalt", 4096);
         let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
         let (server, first) = ScramServer::first(verifier, client.message())?;
-        client.update(first.as_bytes()).expect("client accepts server-first");
+        client
+            .update(first.as_bytes())
+            .expect("client accepts server-first");
         let last = server.finish(client.message())?;
-        client.finish(last.as_bytes()).expect("client verifies server signature");
+        client
+            .finish(last.as_bytes())
+            .expect("client verifies server signature");
         Ok(())
     }
 

@@ -161,7 +161,10 @@ mod tests {
             B64.encode(v.server_key)
         );
         assert!(ScramVerifier::parse(&text).expect("parses") == v);
-        assert_eq!(ScramVerifier::parse("SCRAM-SHA-256$x"), Err(SecretError::BadVerifier));
+        assert_eq!(
+            ScramVerifier::parse("SCRAM-SHA-256$x"),
+            Err(SecretError::BadVerifier)
+        );
         assert!(matches!(Secret::parse("u", ""), Err(SecretError::Empty)));
     }
 

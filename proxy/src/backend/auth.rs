@@ -38,7 +38,8 @@ pub(super) fn respond(
         }
         Authentication::Md5Password { salt } => {
             let pw = need_pw()?;
-            let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt);
+            let hash =
+                postgres_protocol::authentication::md5_hash(user.as_bytes(), pw.as_bytes(), salt);
             tagged(out, b'p', |w| {
                 w.extend_from_slice(hash.as_bytes());
                 w.extend_from_slice(&[0]);
@@ -63,21 +64,33 @@ pub(super) fn respond(
         }
         Authentication::SaslContinue(data) => {
             let AuthState::Scram(scram) = state else {
-                return Err(BackendError::Auth { role, detail: "unexpected SASL continue".into() });
+                return Err(BackendError::Auth {
+                    role,
+                    detail: "unexpected SASL continue".into(),
+                });
             };
-            scram.update(&data).map_err(|e| BackendError::Auth { role, detail: e.to_string() })?;
+            scram.update(&data).map_err(|e| BackendError::Auth {
+                role,
+                detail: e.to_string(),
+            })?;
             let msg = scram.message().to_vec();
             tagged(out, b'p', |w| w.extend_from_slice(&msg));
         }
         Authentication::SaslFinal(data) => {
             let AuthState::Scram(scram) = state else {
-                return Err(BackendError::Auth { role, detail: "unexpected SASL final".into() });
+                return Err(BackendError::Auth {
+                    role,
+                    detail: "unexpected SASL final".into(),
+                });
             };
-            scram
-                .finish(&data)
-                .map_err(|e| BackendError::Auth { role, detail: format!("server signature check failed: {e}") })?;
+            scram.finish(&data).map_err(|e| BackendError::Auth {
+                role,
+                detail: format!("server signature check failed: {e}"),
+            })?;
         }
-        Authentication::Unsupported(code) => return Err(BackendError::UnsupportedAuth { role, code }),
+        Authentication::Unsupported(code) => {
+            return Err(BackendError::UnsupportedAuth { role, code })
+        }
     }
     Ok(())
 }

@@ -100,19 +100,28 @@ async fn connect_inner(
                 }
             }
         };
-        let msg =
-            BackendMessage::decode(&frame).map_err(|source| BackendError::Protocol { role, source })?;
+        let msg = BackendMessage::decode(&frame)
+            .map_err(|source| BackendError::Protocol { role, source })?;
         match msg {
             BackendMessage::Authentication(a) => {
                 out.clear();
-                respond(role, &mut auth, a, &dsn.user, dsn.password.as_deref(), &mut out)?;
+                respond(
+                    role,
+                    &mut auth,
+                    a,
+                    &dsn.user,
+                    dsn.password.as_deref(),
+                    &mut out,
+                )?;
                 if !out.is_empty() {
                     stream.write_all(&out).await.map_err(io)?;
                 }
             }
             BackendMessage::ParameterStatus { name, value } => server_params.push((name, value)),
             BackendMessage::BackendKeyData { pid, key } => key_data = Some((pid, key)),
-            BackendMessage::ErrorResponse(fields) => return Err(BackendError::Server { role, fields }),
+            BackendMessage::ErrorResponse(fields) => {
+                return Err(BackendError::Server { role, fields })
+            }
             BackendMessage::ReadyForQuery(_) => {
                 let (pid, key) = key_data.unwrap_or((0, Bytes::new()));
                 return Ok(BackendConn {
@@ -132,11 +141,20 @@ async fn connect_inner(
 }
 
 /// Sends a CancelRequest for a backend; the server answers by closing the connection.
-pub async fn send_cancel(addr: &str, pid: i32, key: &Bytes, timeout: Duration) -> std::io::Result<()> {
+pub async fn send_cancel(
+    addr: &str,
+    pid: i32,
+    key: &Bytes,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
         let mut out = BytesMut::new();
-        StartupRequest::Cancel { pid, key: key.clone() }.encode(&mut out);
+        StartupRequest::Cancel {
+            pid,
+            key: key.clone(),
+        }
+        .encode(&mut out);
         s.write_all(&out).await?;
         // Wait for the server to close, so the cancel is delivered before we return.
         let mut sink = [0u8; 16];
@@ -145,5 +163,10 @@ pub async fn send_cancel(addr: &str, pid: i32, key: &Bytes, timeout: Duration) -
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "cancel timed out",
+            ))
+        })
 }

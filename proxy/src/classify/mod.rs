@@ -126,8 +126,7 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
         NodeEnum::SelectStmt(s) => {
             if s.into_clause.is_some() {
                 StatementClass::Ddl
-            } else if writes_rows || !s.locking_clause.is_empty() || calls_any(WRITING_FUNCTIONS)
-            {
+            } else if writes_rows || !s.locking_clause.is_empty() || calls_any(WRITING_FUNCTIONS) {
                 StatementClass::Write
             } else if calls_any(SESSION_FUNCTIONS) {
                 StatementClass::Session
@@ -185,7 +184,10 @@ mod tests {
     use super::*;
 
     fn class(sql: &str) -> Vec<StatementClass> {
-        classify_uncached(sql).into_iter().map(|c| c.class).collect()
+        classify_uncached(sql)
+            .into_iter()
+            .map(|c| c.class)
+            .collect()
     }
 
     #[test]
@@ -195,14 +197,20 @@ mod tests {
         assert_eq!(class("SELECT * FROM t FOR UPDATE"), vec![Write]);
         assert_eq!(class("SELECT nextval('s')"), vec![Write]);
         assert_eq!(class("SELECT set_config('a.b', '1', false)"), vec![Session]);
-        assert_eq!(class("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x"), vec![Write]);
+        assert_eq!(
+            class("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x"),
+            vec![Write]
+        );
         assert_eq!(class("INSERT INTO t VALUES (1)"), vec![Write]);
         assert_eq!(class("SELECT * INTO t2 FROM t"), vec![Ddl]);
         assert_eq!(class("CREATE TABLE t (id int)"), vec![Ddl]);
         assert_eq!(class("TRUNCATE t"), vec![Ddl]);
         assert_eq!(class("COPY t FROM STDIN"), vec![Write]);
         assert_eq!(class("COPY t TO STDOUT"), vec![Read]);
-        assert_eq!(class("BEGIN; UPDATE t SET a = 1; COMMIT"), vec![Transaction, Write, Transaction]);
+        assert_eq!(
+            class("BEGIN; UPDATE t SET a = 1; COMMIT"),
+            vec![Transaction, Write, Transaction]
+        );
         assert_eq!(class("SET search_path = x"), vec![Session]);
         assert_eq!(class("VACUUM ANALYZE t"), vec![Other]);
         assert_eq!(class("REFRESH MATERIALIZED VIEW v"), vec![Ddl]);

@@ -77,9 +77,7 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
                 // E'...' takes backslash escapes; B'', X'', N'', U&'' are plain literals.
                 if b.get(i) == Some(&b'\'') {
                     let escapes = word.eq_ignore_ascii_case("e");
-                    if escapes
-                        || ["b", "x", "n"].iter().any(|p| word.eq_ignore_ascii_case(p))
-                    {
+                    if escapes || ["b", "x", "n"].iter().any(|p| word.eq_ignore_ascii_case(p)) {
                         i = skip_quoted(b, i, escapes)?;
                         out.push('?');
                         continue;
@@ -187,15 +185,27 @@ mod tests {
             key("SELECT abalance FROM pgbench_accounts WHERE aid = 4711;"),
             key("SELECT abalance FROM pgbench_accounts WHERE aid = 12;")
         );
-        assert_eq!(key("select 'a''b', 1.5e-3, .5"), Some("select ?, ?, ?".into()));
-        assert_eq!(key("select E'it\\'s', $x$ a ' b $x$"), Some("select ?, ?".into()));
+        assert_eq!(
+            key("select 'a''b', 1.5e-3, .5"),
+            Some("select ?, ?, ?".into())
+        );
+        assert_eq!(
+            key("select E'it\\'s', $x$ a ' b $x$"),
+            Some("select ?, ?".into())
+        );
     }
 
     #[test]
     fn structure_stays() {
         assert_ne!(key("SELECT 1"), key("UPDATE t SET a = 1"));
-        assert_eq!(key("select \"t1\".a2 from t1 where x = $1"), Some("select \"t1\".a2 from t1 where x = $1".into()));
-        assert_eq!(key("select 1 -- comment\n, 2 /* c /* nested */ */"), Some("select ? \n, ?  ".into()));
+        assert_eq!(
+            key("select \"t1\".a2 from t1 where x = $1"),
+            Some("select \"t1\".a2 from t1 where x = $1".into())
+        );
+        assert_eq!(
+            key("select 1 -- comment\n, 2 /* c /* nested */ */"),
+            Some("select ? \n, ?  ".into())
+        );
         assert_eq!(key("select 'héllo', ü"), Some("select ?, ü".into()));
     }
 

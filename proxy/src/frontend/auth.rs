@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Refused;
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 pub async fn authenticate(
@@ -27,9 +30,19 @@ pub async fn authenticate(
     peer: SocketAddr,
 ) -> Result<(), Refused> {
     let Some(user) = param(params, "user").filter(|u| !u.is_empty()) else {
-        return refuse(client, "no_user", fatal("28000", "no PostgreSQL user name specified in startup packet")).await;
+        return refuse(
+            client,
+            "no_user",
+            fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        )
+        .await;
     };
-    let database = param(params, "database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let database = param(params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
     match shared.config.effective_auth() {
         AuthMethod::Trust => {
             if !peer.ip().is_loopback() {
@@ -40,7 +53,12 @@ pub async fn authenticate(
                 return refuse(client, "trust_remote", fatal("28000", msg)).await;
             }
             if user != shared.old.user {
-                return refuse(client, "unknown_user", fatal("28000", format!("role \"{user}\" does not exist"))).await;
+                return refuse(
+                    client,
+                    "unknown_user",
+                    fatal("28000", format!("role \"{user}\" does not exist")),
+                )
+                .await;
             }
         }
         method => {
@@ -52,11 +70,18 @@ pub async fn authenticate(
                 AuthMethod::Md5 => md5_exchange(client, &secret).await,
                 _ => scram_exchange(client, &secret).await,
             };
-            let failed = fatal("28P01", format!("password authentication failed for user \"{user}\""));
+            let failed = fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            );
             match ok {
                 Ok(true) if known => {}
                 Ok(_) => {
-                    let reason = if known { "wrong_password" } else { "unknown_user" };
+                    let reason = if known {
+                        "wrong_password"
+                    } else {
+                        "unknown_user"
+                    };
                     tracing::info!(%peer, user, reason, "Client authentication failed.");
                     return refuse(client, reason, failed).await;
                 }
@@ -68,12 +93,21 @@ pub async fn authenticate(
         }
     }
     if database != shared.old.dbname {
-        return refuse(client, "unknown_database", fatal("3D000", format!("database \"{database}\" does not exist"))).await;
+        return refuse(
+            client,
+            "unknown_database",
+            fatal("3D000", format!("database \"{database}\" does not exist")),
+        )
+        .await;
     }
     Ok(())
 }
 
-async fn refuse(client: &mut ClientStream, reason: &'static str, fields: crate::protocol::backend::ErrorFields) -> Result<(), Refused> {
+async fn refuse(
+    client: &mut ClientStream,
+    reason: &'static str,
+    fields: crate::protocol::backend::ErrorFields,
+) -> Result<(), Refused> {
     metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
     send_error(client, &fields).await;
     Err(Refused)
@@ -106,23 +140,38 @@ async fn read_password_message(client: &mut ClientStream) -> Result<Bytes, &'sta
 
 async fn md5_exchange(client: &mut ClientStream, secret: &Secret) -> Result<bool, &'static str> {
     let salt: [u8; 4] = rand::random();
-    send(client, BackendMessage::Authentication(Authentication::Md5Password { salt })).await?;
+    send(
+        client,
+        BackendMessage::Authentication(Authentication::Md5Password { salt }),
+    )
+    .await?;
     let body = read_password_message(client).await?;
     let answer = body.strip_suffix(&[0]).ok_or("password not terminated")?;
     let answer = std::str::from_utf8(answer).map_err(|_| "password not UTF-8")?;
-    Ok(secret.md5.as_deref().is_some_and(|stored| md5_challenge_response_matches(stored, salt, answer)))
+    Ok(secret
+        .md5
+        .as_deref()
+        .is_some_and(|stored| md5_challenge_response_matches(stored, salt, answer)))
 }
 
 async fn scram_exchange(client: &mut ClientStream, secret: &Secret) -> Result<bool, &'static str> {
-    let verifier = secret.scram.clone().ok_or("no SCRAM verifier for this user")?;
+    let verifier = secret
+        .scram
+        .clone()
+        .ok_or("no SCRAM verifier for this user")?;
     send(
         client,
-        BackendMessage::Authentication(Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] }),
+        BackendMessage::Authentication(Authentication::Sasl {
+            mechanisms: vec!["SCRAM-SHA-256".into()],
+        }),
     )
     .await?;
     let mut body = read_password_message(client).await?;
     // SASLInitialResponse: mechanism name, then a length-prefixed client-first-message.
-    let nul = body.iter().position(|&b| b == 0).ok_or("bad SASLInitialResponse")?;
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("bad SASLInitialResponse")?;
     if &body[..nul] != b"SCRAM-SHA-256" {
         return Err("unsupported SASL mechanism");
     }
@@ -134,16 +183,26 @@ async fn scram_exchange(client: &mut ClientStream, secret: &Secret) -> Result<bo
     if len < 0 || len as usize != body.len() {
         return Err("bad SASLInitialResponse length");
     }
-    let (server, first) = ScramServer::first(verifier, &body).map_err(|_| "bad client-first-message")?;
-    send(client, BackendMessage::Authentication(Authentication::SaslContinue(Bytes::from(first)))).await?;
+    let (server, first) =
+        ScramServer::first(verifier, &body).map_err(|_| "bad client-first-message")?;
+    send(
+        client,
+        BackendMessage::Authentication(Authentication::SaslContinue(Bytes::from(first))),
+    )
+    .await?;
     let final_msg = read_password_message(client).await?;
     match server.finish(&final_msg) {
         Ok(server_final) => {
-            send(client, BackendMessage::Authentication(Authentication::SaslFinal(Bytes::from(server_final)))).await?;
+            send(
+                client,
+                BackendMessage::Authentication(Authentication::SaslFinal(Bytes::from(
+                    server_final,
+                ))),
+            )
+            .await?;
             Ok(true)
         }
         Err(crate::auth::ScramError::WrongPassword) => Ok(false),
         Err(_) => Err("bad client-final-message"),
     }
 }
-

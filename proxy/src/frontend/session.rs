@@ -9,8 +9,8 @@ use super::stream::ClientStream;
 use crate::backend::BackendConn;
 use crate::classify::{Classified, StatementClass};
 use crate::metrics::{
-    CLASSIFIER_CACHE_TOTAL, PROTOCOL_ERRORS_TOTAL, REQUEST_DURATION, SERVER_ERRORS_TOTAL, STATEMENTS_TOTAL,
-    STATEMENTS_UNPARSED_TOTAL,
+    CLASSIFIER_CACHE_TOTAL, PROTOCOL_ERRORS_TOTAL, REQUEST_DURATION, SERVER_ERRORS_TOTAL,
+    STATEMENTS_TOTAL, STATEMENTS_UNPARSED_TOTAL,
 };
 use crate::protocol::frontend::{bind_names, execute_portal, is_known_tag};
 use crate::protocol::{Frame, ProtocolError};
@@ -31,6 +31,10 @@ struct Flow {
     pending: VecDeque<(Instant, Option<StatementClass>)>,
     txn_status: u8,
 }
+
+/// Wakes the upstream pump when the session turns idle, so an idle timeout or a pending
+/// shutdown is re-armed without waiting for the client's next message.
+type IdleSignal = tokio::sync::Notify;
 
 impl Flow {
     fn idle(&self) -> bool {
@@ -59,25 +63,56 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, client: ClientStream, client_buf: BytesMut, backend: BackendConn, peer: SocketAddr) -> Self {
-        Session { shared, client, client_buf, backend, peer }
+    pub fn new(
+        shared: Arc<Shared>,
+        client: ClientStream,
+        client_buf: BytesMut,
+        backend: BackendConn,
+        peer: SocketAddr,
+    ) -> Self {
+        Session {
+            shared,
+            client,
+            client_buf,
+            backend,
+            peer,
+        }
     }
 
     pub async fn run(self) {
-        let Session { shared, client, client_buf, backend, peer } = self;
-        let flow = Mutex::new(Flow { pending: VecDeque::new(), txn_status: b'I' });
+        let Session {
+            shared,
+            client,
+            client_buf,
+            backend,
+            peer,
+        } = self;
+        let flow = Mutex::new(Flow {
+            pending: VecDeque::new(),
+            txn_status: b'I',
+        });
+        let became_idle = IdleSignal::new();
         let (client_r, client_w) = tokio::io::split(client);
         let (server_r, server_w) = backend.stream.into_split();
         let mut up = Upstream {
             shared: &shared,
             flow: &flow,
+            became_idle: &became_idle,
             client: client_r,
             buf: client_buf,
             server: server_w,
             statements: HashMap::new(),
             portals: HashMap::new(),
         };
-        let mut down = Downstream { shared: &shared, flow: &flow, server: server_r, buf: backend.read_buf, client: client_w };
+        let mut down = Downstream {
+            shared: &shared,
+            flow: &flow,
+            became_idle: &became_idle,
+            server: server_r,
+            buf: backend.read_buf,
+            client: client_w,
+            wants_idle_signal: shared.config.idle_timeout().is_some(),
+        };
         let end = tokio::select! {
             e = up.run() => e,
             e = down.run() => e,
@@ -89,12 +124,28 @@ impl Session {
                 send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
             }
             End::IdleTimeout => {
-                send_error(&mut down.client, &fatal("57P05", "terminating connection due to idle-session timeout")).await;
+                send_error(
+                    &mut down.client,
+                    &fatal(
+                        "57P05",
+                        "terminating connection due to idle-session timeout",
+                    ),
+                )
+                .await;
             }
             End::Shutdown => {
-                send_error(&mut down.client, &fatal("57P01", "terminating connection due to administrator command")).await;
+                send_error(
+                    &mut down.client,
+                    &fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    ),
+                )
+                .await;
             }
-            End::Io(side, e) => tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error."),
+            End::Io(side, e) => {
+                tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
+            }
             End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
         }
         if !matches!(end, End::ClientTerminated | End::ServerClosed) {
@@ -110,6 +161,7 @@ impl Session {
 struct Upstream<'a> {
     shared: &'a Shared,
     flow: &'a Mutex<Flow>,
+    became_idle: &'a IdleSignal,
     client: ReadHalf<ClientStream>,
     buf: BytesMut,
     server: OwnedWriteHalf,
@@ -161,8 +213,9 @@ impl Upstream<'_> {
                     Err(e) => return End::Io("client", e),
                 },
                 _ = timeout => return End::IdleTimeout,
+                _ = self.became_idle.notified(), if !idle => {}
                 _ = stop => {
-                    if idle {
+                    if self.flow.lock().map(|f| f.idle()).unwrap_or(true) {
                         return End::Shutdown;
                     }
                     // Busy: keep serving; the downstream pump ends the session when the
@@ -190,7 +243,10 @@ impl Upstream<'_> {
                 break;
             }
             if len < 4 {
-                err = Some(ProtocolError::BadLength { tag: tag as char, len: i64::from(len) });
+                err = Some(ProtocolError::BadLength {
+                    tag: tag as char,
+                    len: i64::from(len),
+                });
                 break;
             }
             let total = len as usize + 1;
@@ -226,7 +282,9 @@ impl Upstream<'_> {
         match frame.tag() {
             b'Q' => {
                 let body = frame.body();
-                let sql = body.strip_suffix(&[0]).and_then(|s| std::str::from_utf8(s).ok());
+                let sql = body
+                    .strip_suffix(&[0])
+                    .and_then(|s| std::str::from_utf8(s).ok());
                 let first = sql.and_then(|sql| {
                     let classes = self.classify(sql);
                     for c in classes.iter() {
@@ -275,7 +333,9 @@ impl Upstream<'_> {
             }
             b'C' => {
                 let body = frame.body();
-                if let (Some(&kind), Some(name)) = (body.first(), body.get(1..body.len().saturating_sub(1))) {
+                if let (Some(&kind), Some(name)) =
+                    (body.first(), body.get(1..body.len().saturating_sub(1)))
+                {
                     if let Ok(name) = std::str::from_utf8(name) {
                         if kind == b'S' {
                             self.statements.remove(name);
@@ -298,7 +358,8 @@ impl Upstream<'_> {
 
     fn classify(&self, sql: &str) -> Arc<[Classified]> {
         let (classes, hit) = self.shared.classifier.classify(sql);
-        metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => if hit { "hit" } else { "miss" }).increment(1);
+        metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => if hit { "hit" } else { "miss" })
+            .increment(1);
         classes
     }
 }
@@ -314,6 +375,9 @@ fn count_statement(c: &Classified) {
 struct Downstream<'a> {
     shared: &'a Shared,
     flow: &'a Mutex<Flow>,
+    became_idle: &'a IdleSignal,
+    /// Only an idle timeout needs the wake-up; without one, skip the cost per request.
+    wants_idle_signal: bool,
     server: OwnedReadHalf,
     buf: BytesMut,
     client: WriteHalf<ClientStream>,
@@ -328,7 +392,10 @@ impl Downstream<'_> {
                 let tag = header[0];
                 let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
                 if len < 4 {
-                    return End::Io("primary", std::io::Error::other(format!("invalid message length {len}")));
+                    return End::Io(
+                        "primary",
+                        std::io::Error::other(format!("invalid message length {len}")),
+                    );
                 }
                 let total = len as usize + 1;
                 if self.buf.len() < end + total {
@@ -336,7 +403,10 @@ impl Downstream<'_> {
                     break;
                 }
                 match tag {
-                    b'Z' => became_idle |= self.ready_for_query(self.buf.get(end + 5).copied().unwrap_or(b'I')),
+                    b'Z' => {
+                        became_idle |=
+                            self.ready_for_query(self.buf.get(end + 5).copied().unwrap_or(b'I'))
+                    }
                     b'E' => count_server_error(&self.buf[end + 5..end + total]),
                     _ => {}
                 }
@@ -348,8 +418,13 @@ impl Downstream<'_> {
                     return End::Io("client", e);
                 }
             }
-            if became_idle && self.shared.shutting_down() {
-                return End::Shutdown;
+            if became_idle {
+                if self.shared.shutting_down() {
+                    return End::Shutdown;
+                }
+                if self.wants_idle_signal {
+                    self.became_idle.notify_one();
+                }
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
                 self.buf.reserve(READ_CHUNK);
@@ -364,11 +439,14 @@ impl Downstream<'_> {
 
     /// Ends the oldest pending request; true if the session is now idle.
     fn ready_for_query(&self, status: u8) -> bool {
-        let Ok(mut f) = self.flow.lock() else { return false };
+        let Ok(mut f) = self.flow.lock() else {
+            return false;
+        };
         f.txn_status = status;
         if let Some((started, class)) = f.pending.pop_front() {
             let label = class.map(StatementClass::as_str).unwrap_or("other");
-            metrics::histogram!(REQUEST_DURATION, "class" => label).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(REQUEST_DURATION, "class" => label)
+                .record(started.elapsed().as_secs_f64());
         }
         f.idle()
     }
@@ -381,10 +459,13 @@ fn count_server_error(body: &[u8]) {
         if code == 0 {
             break;
         }
-        let Some(nul) = tail.iter().position(|&b| b == 0) else { break };
+        let Some(nul) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
         if code == b'C' {
             if let Ok(state) = std::str::from_utf8(&tail[..nul]) {
-                metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string()).increment(1);
+                metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string())
+                    .increment(1);
             }
             return;
         }
@@ -396,4 +477,3 @@ async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::
     w.write_all(data).await?;
     w.flush().await
 }
-

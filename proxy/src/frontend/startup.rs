@@ -8,8 +8,8 @@ use super::stream::ClientStream;
 use crate::backend::{connect, send_cancel, Role};
 use crate::cancel::CancelTarget;
 use crate::metrics::{
-    BACKEND_CONNECT_ERRORS_TOTAL, CANCEL_REQUESTS_TOTAL, CLIENT_CONNECTIONS, CLIENT_CONNECTIONS_TOTAL,
-    PROTOCOL_ERRORS_TOTAL,
+    BACKEND_CONNECT_ERRORS_TOTAL, CANCEL_REQUESTS_TOTAL, CLIENT_CONNECTIONS,
+    CLIENT_CONNECTIONS_TOTAL, PROTOCOL_ERRORS_TOTAL,
 };
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::startup::StartupRequest;
@@ -66,7 +66,11 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     let mut out = BytesMut::new();
     BackendMessage::Authentication(Authentication::Ok).encode(&mut out);
     for (name, value) in &backend.params {
-        BackendMessage::ParameterStatus { name: name.clone(), value: value.clone() }.encode(&mut out);
+        BackendMessage::ParameterStatus {
+            name: name.clone(),
+            value: value.clone(),
+        }
+        .encode(&mut out);
     }
     BackendMessage::BackendKeyData { pid, key }.encode(&mut out);
     BackendMessage::ReadyForQuery(b'I').encode(&mut out);
@@ -77,7 +81,9 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     shared.sessions_active.fetch_add(1, Ordering::Relaxed);
     shared.sessions_total.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
-    Session::new(shared.clone(), client, buf, backend, peer).run().await;
+    Session::new(shared.clone(), client, buf, backend, peer)
+        .run()
+        .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
     shared.sessions_active.fetch_sub(1, Ordering::Relaxed);
     shared.cancel.unregister(pid);
@@ -113,7 +119,8 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
         };
         match req {
             StartupRequest::Ssl | StartupRequest::GssEnc => {
-                let offer_tls = matches!(req, StartupRequest::Ssl) && !tls_done && shared.tls.is_some();
+                let offer_tls =
+                    matches!(req, StartupRequest::Ssl) && !tls_done && shared.tls.is_some();
                 let answer: &[u8] = if offer_tls { b"S" } else { b"N" };
                 if stream.write_all(answer).await.is_err() {
                     return None;
@@ -125,7 +132,8 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
                         tracing::warn!(%peer, "Client sent data before the TLS handshake.");
                         return None;
                     }
-                    let (ClientStream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.as_ref()) else {
+                    let (ClientStream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.as_ref())
+                    else {
                         return None;
                     };
                     match acceptor.accept(tcp).await {
@@ -141,7 +149,14 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
             StartupRequest::Cancel { pid, key } => {
                 metrics::counter!(CANCEL_REQUESTS_TOTAL).increment(1);
                 if let Some(target) = shared.cancel.lookup(pid, &key) {
-                    if let Err(e) = send_cancel(&target.addr, target.pid, &target.key, shared.config.connect_timeout()).await {
+                    if let Err(e) = send_cancel(
+                        &target.addr,
+                        target.pid,
+                        &target.key,
+                        shared.config.connect_timeout(),
+                    )
+                    .await
+                    {
                         tracing::info!(error = %e, "Could not forward a cancel request.");
                     }
                 } else {
@@ -158,13 +173,24 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
                 if minor > 0 || !unrecognized.is_empty() {
                     // We speak 3.0: tell a 3.2 client so, as PostgreSQL 15 would.
                     let mut out = BytesMut::new();
-                    BackendMessage::NegotiateProtocolVersion { newest_minor: 0, unrecognized }.encode(&mut out);
+                    BackendMessage::NegotiateProtocolVersion {
+                        newest_minor: 0,
+                        unrecognized,
+                    }
+                    .encode(&mut out);
                     if stream.write_all(&out).await.is_err() {
                         return None;
                     }
                 }
-                if params.iter().any(|(k, v)| k == "replication" && v != "false" && v != "off" && v != "0") {
-                    send_error(&mut stream, &fatal("0A000", "switchyard does not proxy replication connections")).await;
+                if params
+                    .iter()
+                    .any(|(k, v)| k == "replication" && v != "false" && v != "off" && v != "0")
+                {
+                    send_error(
+                        &mut stream,
+                        &fatal("0A000", "switchyard does not proxy replication connections"),
+                    )
+                    .await;
                     return None;
                 }
                 return Some((stream, buf, params));

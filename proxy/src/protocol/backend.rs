@@ -11,8 +11,12 @@ use bytes::{Bytes, BytesMut};
 pub enum Authentication {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
     SaslContinue(Bytes),
     SaslFinal(Bytes),
     /// Kerberos, GSS, SSPI: not supported by the proxy; the code is kept for the error.
@@ -86,13 +90,22 @@ impl ErrorFields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendMessage {
     Authentication(Authentication),
-    BackendKeyData { pid: i32, key: Bytes },
-    ParameterStatus { name: String, value: String },
+    BackendKeyData {
+        pid: i32,
+        key: Bytes,
+    },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
     /// `I` idle, `T` in a transaction, `E` in a failed transaction.
     ReadyForQuery(u8),
     ErrorResponse(ErrorFields),
     NoticeResponse(ErrorFields),
-    NegotiateProtocolVersion { newest_minor: i32, unrecognized: Vec<String> },
+    NegotiateProtocolVersion {
+        newest_minor: i32,
+        unrecognized: Vec<String>,
+    },
     CommandComplete(String),
     CopyInResponse(Bytes),
     CopyOutResponse(Bytes),

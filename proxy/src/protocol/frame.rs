@@ -74,7 +74,9 @@ mod tests {
         let mut b = BytesMut::from(&b"Q\0\0\0\x09SEL"[..]);
         assert_eq!(Frame::parse(&mut b, 1024), Ok(None));
         b.extend_from_slice(b"E\0");
-        let f = Frame::parse(&mut b, 1024).expect("valid").expect("complete");
+        let f = Frame::parse(&mut b, 1024)
+            .expect("valid")
+            .expect("complete");
         assert_eq!(f.tag(), b'Q');
         assert_eq!(&f.body()[..], b"SELE\0");
         assert!(b.is_empty());
@@ -97,6 +99,9 @@ mod tests {
             Frame::parse(&mut b, 1 << 20),
             Err(ProtocolError::TooLarge { .. })
         ));
-        assert!(b.capacity() < 1 << 20, "must not allocate for a bogus length");
+        assert!(
+            b.capacity() < 1 << 20,
+            "must not allocate for a bogus length"
+        );
     }
 }

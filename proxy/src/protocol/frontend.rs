@@ -82,7 +82,18 @@ pub enum FrontendMessage {
 pub fn is_known_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'X' | b'd' | b'c' | b'f' | b'F'
+        b'Q' | b'P'
+            | b'B'
+            | b'D'
+            | b'E'
+            | b'C'
+            | b'S'
+            | b'H'
+            | b'X'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'F'
             | b'p'
     )
 }
@@ -166,7 +177,10 @@ impl FrontendMessage {
             }
             b'S' | b'H' | b'X' | b'c' => {
                 if !body.is_empty() {
-                    return Err(ProtocolError::malformed("Sync/Flush/Terminate/CopyDone", "body must be empty"));
+                    return Err(ProtocolError::malformed(
+                        "Sync/Flush/Terminate/CopyDone",
+                        "body must be empty",
+                    ));
                 }
                 match frame.tag() {
                     b'S' => FrontendMessage::Sync,

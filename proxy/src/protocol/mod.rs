@@ -1,8 +1,8 @@
 //! The PostgreSQL v3 wire protocol as the proxy needs it: framing, startup packets, and the
 //! frontend and backend messages it reads or writes. Pure functions over byte buffers; no I/O.
 
-mod buf;
 pub mod backend;
+mod buf;
 pub mod error;
 pub mod frame;
 pub mod frontend;

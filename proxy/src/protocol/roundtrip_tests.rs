@@ -23,13 +23,16 @@ fn target() -> impl Strategy<Value = Target> {
 fn frontend() -> impl Strategy<Value = FrontendMessage> {
     prop_oneof![
         cstring().prop_map(FrontendMessage::Query),
-        (cstring(), cstring(), prop::collection::vec(any::<i32>(), 0..8)).prop_map(
-            |(name, query, param_types)| FrontendMessage::Parse {
+        (
+            cstring(),
+            cstring(),
+            prop::collection::vec(any::<i32>(), 0..8)
+        )
+            .prop_map(|(name, query, param_types)| FrontendMessage::Parse {
                 name,
                 query,
                 param_types
-            }
-        ),
+            }),
         (
             cstring(),
             cstring(),
@@ -37,15 +40,17 @@ fn frontend() -> impl Strategy<Value = FrontendMessage> {
             prop::collection::vec(value(), 0..6),
             prop::collection::vec(0i16..2, 0..4)
         )
-            .prop_map(|(portal, statement, param_formats, params, result_formats)| {
-                FrontendMessage::Bind(Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
-                })
-            }),
+            .prop_map(
+                |(portal, statement, param_formats, params, result_formats)| {
+                    FrontendMessage::Bind(Bind {
+                        portal,
+                        statement,
+                        param_formats,
+                        params,
+                        result_formats,
+                    })
+                }
+            ),
         (target(), cstring()).prop_map(|(target, name)| FrontendMessage::Describe { target, name }),
         (target(), cstring()).prop_map(|(target, name)| FrontendMessage::Close { target, name }),
         (cstring(), any::<i32>())
@@ -82,8 +87,12 @@ fn backend() -> impl Strategy<Value = BackendMessage> {
         prop::collection::vec("[a-zA-Z0-9-]{1,16}", 0..3).prop_map(|mechanisms| {
             BackendMessage::Authentication(Authentication::Sasl { mechanisms })
         }),
-        (any::<i32>(), prop::collection::vec(any::<u8>(), 4..8))
-            .prop_map(|(pid, key)| BackendMessage::BackendKeyData { pid, key: key.into() }),
+        (any::<i32>(), prop::collection::vec(any::<u8>(), 4..8)).prop_map(|(pid, key)| {
+            BackendMessage::BackendKeyData {
+                pid,
+                key: key.into(),
+            }
+        }),
         (cstring(), cstring())
             .prop_map(|(name, value)| BackendMessage::ParameterStatus { name, value }),
         prop_oneof![Just(b'I'), Just(b'T'), Just(b'E')].prop_map(BackendMessage::ReadyForQuery),

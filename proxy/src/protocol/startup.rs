@@ -123,7 +123,10 @@ mod tests {
         let req = StartupRequest::Startup {
             major: 3,
             minor: 0,
-            params: vec![("user".into(), "app".into()), ("database".into(), "db".into())],
+            params: vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "db".into()),
+            ],
         };
         let mut b = BytesMut::new();
         req.encode(&mut b);
