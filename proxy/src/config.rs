@@ -16,6 +16,7 @@ pub enum AuthMethod {
     /// and then only loopback clients are accepted.
     Trust,
     Md5,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 
@@ -241,6 +242,11 @@ impl Validate for ProxyConfig {
                 bad(
                     &format!("users[{i}].password"),
                     "a SCRAM verifier cannot answer md5 authentication; give the password or an md5 hash".into(),
+                );
+            } else if self.auth_method == AuthMethod::ScramSha256 && u.password.starts_with("md5") && u.password.len() == 35 {
+                bad(
+                    &format!("users[{i}].password"),
+                    "an md5 hash cannot answer scram-sha-256 authentication; give the password or a SCRAM verifier".into(),
                 );
             }
         }
