@@ -174,9 +174,14 @@ mod example_config {
     /// The example shipped in the repository must stay loadable.
     #[test]
     fn example_config_loads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../switchyard.example.toml");
-        let args = Args::try_parse_from(["switchyard-proxy", "--config", path.to_str().expect("utf-8 path")])
-            .expect("flags");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../switchyard.example.toml");
+        let args = Args::try_parse_from([
+            "switchyard-proxy",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+        ])
+        .expect("flags");
         let cfg = args.load(Vec::new()).expect("example config is valid");
         assert_eq!(cfg.users.len(), 2);
         assert_eq!(cfg.listen, "0.0.0.0:6432");

@@ -243,7 +243,10 @@ impl Validate for ProxyConfig {
                     &format!("users[{i}].password"),
                     "a SCRAM verifier cannot answer md5 authentication; give the password or an md5 hash".into(),
                 );
-            } else if self.auth_method == AuthMethod::ScramSha256 && u.password.starts_with("md5") && u.password.len() == 35 {
+            } else if self.auth_method == AuthMethod::ScramSha256
+                && u.password.starts_with("md5")
+                && u.password.len() == 35
+            {
                 bad(
                     &format!("users[{i}].password"),
                     "an md5 hash cannot answer scram-sha-256 authentication; give the password or a SCRAM verifier".into(),
