@@ -41,3 +41,37 @@ pub fn handle() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// Handles for the metrics touched on every statement, resolved once: looking a metric up by
+/// name and labels costs a hash of the key each time, which adds up at tens of thousands of
+/// statements per second.
+pub struct HotMetrics {
+    pub statements: [metrics::Counter; 6],
+    pub request_duration: [metrics::Histogram; 6],
+    pub cache_hit: metrics::Counter,
+    pub cache_miss: metrics::Counter,
+}
+
+static HOT: OnceLock<HotMetrics> = OnceLock::new();
+
+/// The hot-path handles; call only after `handle()` installed the recorder.
+pub fn hot() -> &'static HotMetrics {
+    use crate::classify::StatementClass as C;
+    HOT.get_or_init(|| {
+        let classes = [
+            C::Read,
+            C::Write,
+            C::Ddl,
+            C::Transaction,
+            C::Session,
+            C::Other,
+        ];
+        HotMetrics {
+            statements: classes.map(|c| metrics::counter!(STATEMENTS_TOTAL, "class" => c.as_str())),
+            request_duration: classes
+                .map(|c| metrics::histogram!(REQUEST_DURATION, "class" => c.as_str())),
+            cache_hit: metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => "hit"),
+            cache_miss: metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => "miss"),
+        }
+    })
+}

@@ -29,6 +29,11 @@ pub enum StatementClass {
 }
 
 impl StatementClass {
+    /// Position in per-class metric arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Stable label for metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,10 +8,7 @@ use super::reply::{fatal, send_error};
 use super::stream::ClientStream;
 use crate::backend::BackendConn;
 use crate::classify::{Classified, StatementClass};
-use crate::metrics::{
-    CLASSIFIER_CACHE_TOTAL, PROTOCOL_ERRORS_TOTAL, REQUEST_DURATION, SERVER_ERRORS_TOTAL,
-    STATEMENTS_TOTAL, STATEMENTS_UNPARSED_TOTAL,
-};
+use crate::metrics::{PROTOCOL_ERRORS_TOTAL, SERVER_ERRORS_TOTAL, STATEMENTS_UNPARSED_TOTAL};
 use crate::protocol::frontend::{bind_names, execute_portal, is_known_tag};
 use crate::protocol::{Frame, ProtocolError};
 use crate::shared::Shared;
@@ -103,6 +100,7 @@ impl Session {
             server: server_w,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            batch_class: None,
         };
         let mut down = Downstream {
             shared: &shared,
@@ -168,6 +166,9 @@ struct Upstream<'a> {
     /// Classification of each prepared statement, by name ("" is the unnamed one).
     statements: HashMap<String, Arc<[Classified]>>,
     portals: HashMap<String, Arc<[Classified]>>,
+    /// Class of the first statement executed since the last Sync: labels that request's
+    /// latency.
+    batch_class: Option<StatementClass>,
 }
 
 impl Upstream<'_> {
@@ -306,27 +307,30 @@ impl Upstream<'_> {
             }
             b'B' => {
                 if let Ok((portal, statement)) = bind_names(frame) {
-                    match self.statements.get(&statement) {
+                    match self.statements.get(statement) {
                         Some(c) => {
                             let c = c.clone();
-                            self.portals.insert(portal, c);
+                            match self.portals.get_mut(portal) {
+                                Some(slot) => *slot = c,
+                                None => {
+                                    self.portals.insert(portal.to_string(), c);
+                                }
+                            }
                         }
                         None => {
-                            self.portals.remove(&portal);
+                            self.portals.remove(portal);
                         }
                     }
                 }
             }
             b'E' => {
                 if let Ok(portal) = execute_portal(frame) {
-                    if let Some(classes) = self.portals.get(&portal) {
+                    if let Some(classes) = self.portals.get(portal) {
                         for c in classes.iter() {
                             count_statement(c);
                         }
-                        if let Ok(mut f) = self.flow.lock() {
-                            if let Some(last) = f.pending.back_mut().filter(|p| p.1.is_none()) {
-                                last.1 = classes.first().map(|c| c.class);
-                            }
+                        if self.batch_class.is_none() {
+                            self.batch_class = classes.first().map(|c| c.class);
                         }
                     }
                 }
@@ -345,7 +349,11 @@ impl Upstream<'_> {
                     }
                 }
             }
-            b'S' | b'F' => self.begin_request(None),
+            b'S' => {
+                let class = self.batch_class.take();
+                self.begin_request(class);
+            }
+            b'F' => self.begin_request(None),
             _ => {}
         }
     }
@@ -358,14 +366,14 @@ impl Upstream<'_> {
 
     fn classify(&self, sql: &str) -> Arc<[Classified]> {
         let (classes, hit) = self.shared.classifier.classify(sql);
-        metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => if hit { "hit" } else { "miss" })
-            .increment(1);
+        let hot = crate::metrics::hot();
+        if hit { &hot.cache_hit } else { &hot.cache_miss }.increment(1);
         classes
     }
 }
 
 fn count_statement(c: &Classified) {
-    metrics::counter!(STATEMENTS_TOTAL, "class" => c.class.as_str()).increment(1);
+    crate::metrics::hot().statements[c.class.index()].increment(1);
     if !c.parsed {
         metrics::counter!(STATEMENTS_UNPARSED_TOTAL).increment(1);
     }
@@ -444,8 +452,8 @@ impl Downstream<'_> {
         };
         f.txn_status = status;
         if let Some((started, class)) = f.pending.pop_front() {
-            let label = class.map(StatementClass::as_str).unwrap_or("other");
-            metrics::histogram!(REQUEST_DURATION, "class" => label)
+            let class = class.unwrap_or(StatementClass::Other);
+            crate::metrics::hot().request_duration[class.index()]
                 .record(started.elapsed().as_secs_f64());
         }
         f.idle()

@@ -303,20 +303,31 @@ impl FrontendMessage {
     }
 }
 
-/// The first two fields of a Bind (portal, statement), read without decoding parameters;
-/// the hot path needs only these.
-pub fn bind_names(frame: &Frame) -> Result<(String, String), ProtocolError> {
-    let body = frame.body();
-    let mut r = Reader::new(&body, "Bind");
-    Ok((r.cstr()?, r.cstr()?))
+/// The first two fields of a Bind (portal, statement), borrowed from the frame; the hot
+/// path needs only these and should not allocate for them.
+pub fn bind_names(frame: &Frame) -> Result<(&str, &str), ProtocolError> {
+    let body = &frame.raw()[Frame::HEADER..];
+    let (portal, rest) = split_cstr(body, "Bind")?;
+    let (statement, _) = split_cstr(rest, "Bind")?;
+    Ok((portal, statement))
 }
 
-/// The portal an Execute runs, without allocating for the common unnamed portal.
-pub fn execute_portal(frame: &Frame) -> Result<String, ProtocolError> {
-    let body = frame.body();
-    let mut r = Reader::new(&body, "Execute");
-    let p = r.cstr()?;
-    r.i32()?;
-    r.finish()?;
-    Ok(p)
+/// The portal an Execute runs, borrowed from the frame.
+pub fn execute_portal(frame: &Frame) -> Result<&str, ProtocolError> {
+    let body = &frame.raw()[Frame::HEADER..];
+    let (portal, rest) = split_cstr(body, "Execute")?;
+    if rest.len() != 4 {
+        return Err(ProtocolError::malformed("Execute", "bad row limit"));
+    }
+    Ok(portal)
+}
+
+fn split_cstr<'a>(b: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8]), ProtocolError> {
+    let nul = b
+        .iter()
+        .position(|&c| c == 0)
+        .ok_or(ProtocolError::malformed(what, "string not terminated"))?;
+    let s = std::str::from_utf8(&b[..nul])
+        .map_err(|_| ProtocolError::malformed(what, "invalid UTF-8"))?;
+    Ok((s, &b[nul + 1..]))
 }
