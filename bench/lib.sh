@@ -298,8 +298,9 @@ run_pgbench() {
 }
 
 # Parsers for pgbench (PostgreSQL 15) output files.
-# TPS excluding the initial connection time: "tps = 1234.56 (without initial connection time)".
-pgbench_tps() { awk '/^tps = .*without initial connection time/ {print $3; exit}' "$1"; }
+# "tps = 1234.56 (without initial connection time)", or with -C (a new connection per
+# transaction) "tps = 456.78 (including reconnection times)".
+pgbench_tps() { awk '/^tps = / {print $3; exit}' "$1"; }
 # "latency average = 0.412 ms"
 pgbench_latency_ms() { awk '/^latency average = / {print $4; exit}' "$1"; }
 # "latency stddev = 0.101 ms" (only with -P / -r / -L)
@@ -311,7 +312,7 @@ pgbench_conn_ms() { awk '/^initial connection time = / {print $5; exit}' "$1"; }
 # "number of transactions actually processed: 12345"
 pgbench_transactions() { awk -F': ' '/^number of transactions actually processed:/ {split($2, a, "/"); print a[1]; exit}' "$1"; }
 # Progress lines (-P) reporting 0 TPS: intervals in which nothing completed (stalls).
-pgbench_stalls() { grep -cE '^progress: .* 0\.0 tps' "$1" || true; }
+pgbench_stalls() { grep -cE '^progress: [0-9.]+ s, 0\.0 tps' "$1" || true; }
 
 # pgbench_threads CLIENTS: a sensible -j on this machine: min(clients, cores).
 pgbench_threads() {
@@ -361,14 +362,14 @@ cpu_busy_pct() {
   awk -v d=$((t1 - t0)) -v s="$secs" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", 100 * d / (s * hz * n)}'
 }
 
-# wait_for_quiet MAX_SECONDS [THRESHOLD_PCT]: waits (up to MAX_SECONDS) until the machine is
-# less than THRESHOLD_PCT (default 10) busy over 3 s. Prints the last busy %; returns 1 if
-# it never got quiet.
+# wait_for_quiet MAX_SECONDS [THRESHOLD_PCT] [SAMPLE_SECONDS]: waits (up to MAX_SECONDS)
+# until the machine is less than THRESHOLD_PCT (default 10) busy over SAMPLE_SECONDS
+# (default 3). Prints the last busy %; returns 1 if it never got quiet.
 wait_for_quiet() {
-  local max=$1 thr=${2:-10} start busy
+  local max=$1 thr=${2:-10} sample=${3:-3} start busy
   start=$(date +%s)
   while :; do
-    busy=$(cpu_busy_pct 3)
+    busy=$(cpu_busy_pct "$sample")
     [ "$busy" -lt "$thr" ] && { echo "$busy"; return 0; }
     [ $(($(date +%s) - start)) -ge "$max" ] && { echo "$busy"; return 1; }
   done
@@ -382,6 +383,11 @@ machine_summary() {
   cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
   mem=$(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
   echo "$(nproc) cores ($cpu), $mem RAM, $(uname -sr)"
+}
+
+# binary_summary PATH: modification time and short sha256 of a binary (which build ran).
+binary_summary() {
+  echo "built $(date -u -r "$1" '+%Y-%m-%d %H:%M UTC'), sha256 $(sha256sum "$1" | cut -c1-12)"
 }
 
 # git_describe: the checked-out commit of the repository (plus "-dirty" when modified).

@@ -27,6 +27,7 @@
 #   DURABLE [0]           1 = keep fsync/synchronous_commit/full_page_writes on
 #   FAIL_FAST [0]         1 = stop at the first failed run
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before starting
+#   RUN_QUIET_WAIT [30]   the same before each measured run (1 s samples; 0 = don't wait)
 #   RESULTS_DIR [bench/results]   KEEP_WORK [0]   SWITCHYARD_PROXY, PGBOUNCER, PGBENCH, PSQL
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -155,6 +156,9 @@ measure() {
   [ "$workload" = select-only ] && args+=(-S)
   out=$RUNS/$round-$workload-$mode-c$clients-$target.out
   [ "$workload" = tpcb-like ] && reset_tpcb
+  if [ "${RUN_QUIET_WAIT:-30}" -gt 0 ] && ! wait_for_quiet "${RUN_QUIET_WAIT:-30}" 10 1 >/dev/null; then
+    warn "machine still busy after ${RUN_QUIET_WAIT:-30} s: measuring anyway"
+  fi
   t0=$(cpu_busy_ticks); o0=$(our_ticks); w0=$(date +%s.%N)
   if ! target_alive "$target"; then
     status=FAIL
@@ -383,7 +387,7 @@ fi
   echo "# Passthrough benchmark, $(date '+%Y-%m-%d %H:%M %Z')"
   echo
   echo "- machine: $(machine_summary); pgbench, both PostgreSQL clusters, PgBouncer and the proxy share the cores"
-  echo "- PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (pool_mode=session), switchyard-proxy at $(git_describe)"
+  echo "- PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (pool_mode=session), switchyard-proxy at $(git_describe) (binary $(binary_summary "$SWITCHYARD_PROXY"))"
   echo "- $settings"
   echo "- durability: $durability"
   echo "- TPS excludes the initial connection time; latency is pgbench's average; ratios are Switchyard / direct and Switchyard / PgBouncer; PgB-direct and SY-direct (1 client only) are the latency each proxy adds per transaction"

@@ -68,6 +68,9 @@ pub trait Validate {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin);
 }
 
+/// Variables under the prefix that configure something other than the config itself.
+const NOT_SETTINGS: &[&str] = &["LOG"];
+
 /// The merged table plus, for each top-level-or-nested key, the layer that set it.
 #[derive(Debug, Default)]
 pub struct Layers {
@@ -116,6 +119,7 @@ impl Layers {
         let mut vars: Vec<_> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with(prefix) && k.len() > prefix.len())
+            .filter(|(k, _)| !NOT_SETTINGS.contains(&&k[prefix.len()..]))
             .collect();
         vars.sort();
         for (name, raw) in vars {
@@ -157,7 +161,17 @@ impl Layers {
 
     /// Deserializes and validates, reporting every bad value found.
     pub fn build<T: DeserializeOwned + Validate>(self) -> Result<T, ConfigErrors> {
+        self.build_with_warnings().map(|(cfg, _)| cfg)
+    }
+
+    /// Like `build`, and also returns the environment variables that were ignored: a
+    /// `SWITCHYARD_*` variable naming no setting is a warning, not an error, because other
+    /// tools (test harnesses, the other binaries) share the prefix.
+    pub fn build_with_warnings<T: DeserializeOwned + Validate>(
+        self,
+    ) -> Result<(T, Vec<ConfigError>), ConfigErrors> {
         let mut errors = self.early_errors.clone();
+        let mut warnings = Vec::new();
         let mut table = self.table.clone();
         // Bounded: each round removes one key, and a config has few keys.
         for _ in 0..64 {
@@ -168,7 +182,7 @@ impl Layers {
                         cfg.validate(&mut errors, &|k| self.origin_of(k));
                     }
                     return if errors.is_empty() {
-                        Ok(cfg)
+                        Ok((cfg, warnings))
                     } else {
                         Err(ConfigErrors(errors))
                     };
@@ -183,11 +197,22 @@ impl Layers {
                         (true, Some(f)) if !key.ends_with(f.as_str()) => format!("{key}.{f}"),
                         _ => key.clone(),
                     };
-                    errors.push(ConfigError {
-                        origin: self.origin_of(&full_key),
+                    let origin = self.origin_of(&full_key);
+                    let ignorable = unknown && matches!(origin, Origin::Env(_));
+                    let entry = ConfigError {
+                        origin,
                         key: full_key.clone(),
-                        message,
-                    });
+                        message: if ignorable {
+                            "names no setting; ignored".to_string()
+                        } else {
+                            message
+                        },
+                    };
+                    if ignorable {
+                        warnings.push(entry);
+                    } else {
+                        errors.push(entry);
+                    }
                     if full_key.is_empty() || !remove_path(&mut table, &full_key) {
                         break;
                     }
@@ -424,6 +449,21 @@ mod tests {
             .find(|e| e.key == "shadow.rate")
             .expect("rate error");
         assert_eq!(rate.origin, Origin::Env("SWITCHYARD_SHADOW__RATE".into()));
+    }
+
+    #[test]
+    fn unknown_env_variables_are_warnings() {
+        let (cfg, warnings) = Layers::new()
+            .flag("listen", "x")
+            .env(
+                "SWITCHYARD_",
+                vec![("SWITCHYARD_CACHE".into(), "/tmp".into())],
+            )
+            .build_with_warnings::<Sample>()
+            .expect("an unknown env var is not fatal");
+        assert_eq!(cfg.listen, "x");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].origin, Origin::Env("SWITCHYARD_CACHE".into()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::config::ProxyConfig;
 use clap::Parser;
 use std::path::PathBuf;
-use switchyard_core::config_layer::{ConfigErrors, Layers};
+use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 
 /// PostgreSQL wire-protocol proxy for moving a live database: point the application here.
 ///
@@ -57,6 +57,17 @@ impl Args {
     where
         I: IntoIterator<Item = (String, String)>,
     {
+        self.load_with_warnings(env).map(|(c, _)| c)
+    }
+
+    /// `load`, plus the ignored environment variables to warn about.
+    pub fn load_with_warnings<I>(
+        &self,
+        env: I,
+    ) -> Result<(ProxyConfig, Vec<ConfigError>), ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
         let mut layers = Layers::new();
         if let Some(path) = &self.config {
             layers = layers.file(path);
@@ -85,7 +96,7 @@ impl Args {
         flag!(shutdown_timeout_secs as |v: &u64| *v as i64);
         flag!(tls_cert as |v: &PathBuf| v.display().to_string());
         flag!(tls_key as |v: &PathBuf| v.display().to_string());
-        layers.build()
+        layers.build_with_warnings()
     }
 }
 

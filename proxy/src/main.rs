@@ -14,8 +14,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = match args.load(std::env::vars()) {
-        Ok(c) => c,
+    let config = match args.load_with_warnings(std::env::vars()) {
+        Ok((c, warnings)) => {
+            for w in warnings {
+                tracing::warn!(variable = %w.origin, "Environment variable names no setting; ignored.");
+            }
+            c
+        }
         Err(e) => {
             eprint!("switchyard-proxy: {e}");
             return ExitCode::from(2);

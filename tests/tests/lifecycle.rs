@@ -205,7 +205,11 @@ async fn binary_flags_signals_and_bad_config() -> anyhow::Result<()> {
     let pair = Pair::start_with(PgCluster::builder().auth(Auth::Scram), PgCluster::builder())?;
     let old = pair.old.url(DB);
     let new = pair.new.url(DB);
-    let mut p = ProxyProcess::spawn(&["--old", &old, "--new", &new], &[])?;
+    // A stray SWITCHYARD_* variable (other tools share the prefix) is a warning, not fatal.
+    let mut p = ProxyProcess::spawn(
+        &["--old", &old, "--new", &new],
+        &[("SWITCHYARD_NOT_A_SETTING", "1")],
+    )?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("psql")
@@ -225,6 +229,10 @@ async fn binary_flags_signals_and_bad_config() -> anyhow::Result<()> {
     assert!(status.success(), "exit status {status}");
     let log = p.log_text();
     assert!(log.contains("No users are configured"), "{log}");
+    assert!(
+        log.contains("SWITCHYARD_NOT_A_SETTING") && log.contains("names no setting"),
+        "{log}"
+    );
     assert!(
         !log.contains(PgCluster::PASSWORD),
         "password leaked into the log:\n{log}"

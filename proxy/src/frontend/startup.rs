@@ -42,9 +42,20 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     };
     let mut client = client;
     let mut params = params;
-    let auth = authenticate(&shared, &mut client, &params, peer).await;
-    if auth.is_err() {
-        return;
+    // The same deadline covers authentication, so a client stalling mid-SASL cannot hold a
+    // connection slot.
+    match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        authenticate(&shared, &mut client, &params, peer),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::info!(%peer, "Client did not finish authentication in time; closing.");
+            return;
+        }
     }
     // The client's own user and database were checked; the databases see the URLs' ones.
     params.retain(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."));
