@@ -20,7 +20,23 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Read buffers start small, so thousands of idle sessions stay cheap, and grow while reads
+/// keep filling them (large results, COPY), up to `MAX_READ_CHUNK`.
+const MIN_READ_CHUNK: usize = 4 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
+
+/// Makes room for the next read: `chunk` free bytes, doubled after a read that filled the
+/// buffer and reset to the minimum after one that did not.
+fn make_room(buf: &mut BytesMut, chunk: &mut usize, last_read: usize) {
+    if last_read >= *chunk {
+        *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
+    } else if last_read < *chunk / 4 {
+        *chunk = MIN_READ_CHUNK;
+    }
+    if buf.capacity() - buf.len() < *chunk / 2 {
+        buf.reserve(*chunk);
+    }
+}
 
 /// What both pumps need to see: requests awaiting their ReadyForQuery, and the transaction
 /// status the server last reported.
@@ -176,6 +192,8 @@ impl Upstream<'_> {
         let idle_timeout = self.shared.config.idle_timeout();
         let mut shutdown = self.shared.shutdown.clone();
         let mut shutdown_seen = false;
+        let mut room = MIN_READ_CHUNK;
+        let mut last_read = 0;
         loop {
             // Whatever whole messages are buffered go out in one write.
             let (chunk, err, terminate) = self.take_frames();
@@ -190,9 +208,7 @@ impl Upstream<'_> {
             if let Some(e) = err {
                 return End::ClientProtocol(e);
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut self.buf, &mut room, last_read);
             let idle = self.flow.lock().map(|f| f.idle()).unwrap_or(false);
             let read = self.client.read_buf(&mut self.buf);
             let timeout = async {
@@ -210,7 +226,7 @@ impl Upstream<'_> {
             tokio::select! {
                 r = read => match r {
                     Ok(0) => return End::ClientClosed,
-                    Ok(_) => {}
+                    Ok(n) => last_read = n,
                     Err(e) => return End::Io("client", e),
                 },
                 _ = timeout => return End::IdleTimeout,
@@ -393,6 +409,8 @@ struct Downstream<'a> {
 
 impl Downstream<'_> {
     async fn run(&mut self) -> End {
+        let mut room = MIN_READ_CHUNK;
+        let mut last_read = 0;
         loop {
             let mut end = 0;
             let mut became_idle = false;
@@ -434,12 +452,10 @@ impl Downstream<'_> {
                     self.became_idle.notify_one();
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut self.buf, &mut room, last_read);
             match self.server.read_buf(&mut self.buf).await {
                 Ok(0) => return End::ServerClosed,
-                Ok(_) => {}
+                Ok(n) => last_read = n,
                 Err(e) => return End::Io("primary", e),
             }
         }
