@@ -375,25 +375,6 @@ wait_for_quiet() {
   done
 }
 
-# start_spinners [N]: N (default: cores) busy loops at nice 19, which keep the vCPUs out
-# of their idle state. On this VM a ping-pong between two processes (1 pgbench client and
-# its server) is about 3x faster when the CPUs are kept busy: waking an idle vCPU costs
-# ~0.1 ms. stop_spinners ends them.
-declare -ga BENCH_SPINNERS=()
-start_spinners() {
-  local n=${1:-$(nproc)} i
-  for ((i = 0; i < n; i++)); do
-    nice -n 19 sh -c 'while :; do :; done' &
-    BENCH_SPINNERS+=($!)
-    bench_defer "stop_job $!"
-  done
-}
-stop_spinners() {
-  local p
-  for p in "${BENCH_SPINNERS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  BENCH_SPINNERS=()
-}
-
 # ---------------------------------------------------------------- reporting
 
 # machine_summary: one line describing the machine (for result files).

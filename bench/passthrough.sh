@@ -28,9 +28,6 @@
 #   FAIL_FAST [0]         1 = stop at the first failed run
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before starting
 #   RUN_QUIET_WAIT [30]   the same before each measured run (1 s samples; 0 = don't wait)
-#   KEEP_AWAKE [0]        1 = run niced busy loops during the 1-client runs, so that the
-#                         vCPUs never idle: on this VM waking an idle vCPU adds ~0.1 ms to
-#                         each round trip, which otherwise dominates 1-client latency
 #   RESULTS_DIR [bench/results]   KEEP_WORK [0]   SWITCHYARD_PROXY, PGBOUNCER, PGBENCH, PSQL
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -48,7 +45,6 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 IDLE_HOLD=${IDLE_HOLD:-30}
 DURABLE=${DURABLE:-0}
 FAIL_FAST=${FAIL_FAST:-0}
-KEEP_AWAKE=${KEEP_AWAKE:-0}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 DB=bench
 
@@ -163,7 +159,6 @@ measure() {
   if [ "${RUN_QUIET_WAIT:-30}" -gt 0 ] && ! wait_for_quiet "${RUN_QUIET_WAIT:-30}" 10 1 >/dev/null; then
     warn "machine still busy after ${RUN_QUIET_WAIT:-30} s: measuring anyway"
   fi
-  [ "$KEEP_AWAKE" = 1 ] && [ "$clients" = 1 ] && start_spinners
   t0=$(cpu_busy_ticks); o0=$(our_ticks); w0=$(date +%s.%N)
   if ! target_alive "$target"; then
     status=FAIL
@@ -174,7 +169,6 @@ measure() {
     tail -n 5 "$out" | sed 's/^/    /' >&2
   fi
   t1=$(cpu_busy_ticks); o1=$(our_ticks); w1=$(date +%s.%N)
-  stop_spinners
   # CPU used by processes other than this benchmark's, in % of all cores.
   other=$(awk -v d=$(((t1 - t0) - (o1 - o0))) -v w0="$w0" -v w1="$w1" -v n="$(nproc)" -v hz="$HZ" \
     'BEGIN {p = 100 * d / ((w1 - w0) * hz * n); if (p < 0) p = 0; printf "%.0f", p}')
@@ -396,10 +390,9 @@ fi
   echo "- PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (pool_mode=session), switchyard-proxy at $(git_describe) (binary $(binary_summary "$SWITCHYARD_PROXY"))"
   echo "- $settings"
   echo "- durability: $durability"
-  [ "$KEEP_AWAKE" = 1 ] && echo "- KEEP_AWAKE=1: $(nproc) busy loops at nice 19 ran during the 1-client runs (vCPUs never idle)"
   echo "- TPS excludes the initial connection time; latency is pgbench's average; ratios are Switchyard / direct and Switchyard / PgBouncer; PgB-direct and SY-direct (1 client only) are the latency each proxy adds per transaction"
   echo "- other CPU %: the most CPU that processes outside the benchmark (other work on the machine) used during one of the row's three runs, in % of all cores; the machine was ${START_BUSY}% busy just before the start"
-  echo "- command: \`SCALE=$SCALE DURATION=$DURATION CLIENTS=\"$CLIENTS\" MODES=\"$MODES\" TPCB_CLIENTS=\"$TPCB_CLIENTS\" ROUNDS=$ROUNDS IDLE_CONNS=$IDLE_CONNS KEEP_AWAKE=$KEEP_AWAKE bench/passthrough.sh\`"
+  echo "- command: \`SCALE=$SCALE DURATION=$DURATION CLIENTS=\"$CLIENTS\" MODES=\"$MODES\" TPCB_CLIENTS=\"$TPCB_CLIENTS\" ROUNDS=$ROUNDS IDLE_CONNS=$IDLE_CONNS bench/passthrough.sh\`"
   echo
   render md
   if [ -s "$MEM" ]; then

@@ -49,6 +49,9 @@ pub struct Args {
     /// Name of this instance in status and metrics.
     #[arg(long)]
     pub instance_id: Option<String>,
+    /// Threads serving sessions; 0 = one per CPU core [default: 0]
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Args {
@@ -91,6 +94,7 @@ impl Args {
         flag!(admin_listen);
         flag!(instance_id);
         flag!(max_client_connections as |v: &usize| *v as i64);
+        flag!(worker_threads as |v: &usize| *v as i64);
         flag!(max_message_size as |v: &usize| *v as i64);
         flag!(idle_timeout_secs as |v: &u64| *v as i64);
         flag!(shutdown_timeout_secs as |v: &u64| *v as i64);

@@ -84,6 +84,10 @@ pub struct ProxyConfig {
     /// Seconds between reachability checks of old and new.
     #[serde(default = "default_health_interval")]
     pub health_check_interval_secs: u64,
+    /// Threads serving sessions; 0 means one per CPU core. (Read by the binary when it
+    /// builds its runtime; an embedding program brings its own runtime.)
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 fn default_listen() -> String {
@@ -134,6 +138,7 @@ impl ProxyConfig {
             users: Vec::new(),
             classifier_cache_size: default_classifier_cache(),
             health_check_interval_secs: default_health_interval(),
+            worker_threads: 0,
         }
     }
 

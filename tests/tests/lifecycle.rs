@@ -189,8 +189,39 @@ async fn admin_endpoints_and_new_database_down() -> anyhow::Result<()> {
         "{metrics}"
     );
 
-    // Old goes down: a new client gets a clear connection error, not a hang.
-    pair.old.stop_immediate()?;
+    // A session's server process dies without a word (SIGKILL): its client is told what
+    // happened rather than seeing a bare EOF.
+    let mut raw = switchyard_tests::wire::Wire::connect(proxy.listen_addr()).await?;
+    raw.send_startup(
+        3,
+        0,
+        &[
+            ("user", PgCluster::USER),
+            ("database", DB),
+            ("application_name", "doomed"),
+        ],
+    )
+    .await?;
+    raw.read_until_ready().await?;
+    let pid: i32 = pair
+        .old
+        .psql(
+            DB,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'doomed'",
+        )?
+        .parse()?;
+    switchyard_tests::process::send_signal(pid, nix::sys::signal::Signal::SIGKILL)?;
+    let got = raw.read_until_closed().await?;
+    let e = switchyard_tests::wire::first_error(&got).expect("an error before the close");
+    assert_eq!(e.code(), "08006");
+    assert!(
+        e.message()
+            .contains("connection to the old database was lost"),
+        "{}",
+        e.message()
+    );
+    pair.old.kill()?;
+    // A new client gets a clear connection error, not a hang.
     let e = connect_proxy(&proxy).await.expect_err("old down");
     let text = format!("{e:?}");
     assert!(

@@ -126,6 +126,7 @@ impl Session {
             buf: backend.read_buf,
             client: client_w,
             wants_idle_signal: shared.config.idle_timeout().is_some(),
+            server_said_fatal: false,
         };
         let end = tokio::select! {
             e = up.run() => e,
@@ -159,6 +160,14 @@ impl Session {
             }
             End::Io(side, e) => {
                 tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
+            }
+            End::ServerClosed if !down.server_said_fatal => {
+                tracing::warn!(%peer, "The old database closed a session's connection without an error.");
+                let fields = fatal(
+                    "08006",
+                    "switchyard: the connection to the old database was lost",
+                );
+                send_error(&mut down.client, &fields).await;
             }
             End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
         }
@@ -402,6 +411,8 @@ struct Downstream<'a> {
     became_idle: &'a IdleSignal,
     /// Only an idle timeout needs the wake-up; without one, skip the cost per request.
     wants_idle_signal: bool,
+    /// The server explained itself before closing; otherwise the proxy tells the client.
+    server_said_fatal: bool,
     server: OwnedReadHalf,
     buf: BytesMut,
     client: WriteHalf<ClientStream>,
@@ -433,7 +444,10 @@ impl Downstream<'_> {
                         became_idle |=
                             self.ready_for_query(self.buf.get(end + 5).copied().unwrap_or(b'I'))
                     }
-                    b'E' => count_server_error(&self.buf[end + 5..end + total]),
+                    b'E' => {
+                        self.server_said_fatal |=
+                            count_server_error(&self.buf[end + 5..end + total])
+                    }
                     _ => {}
                 }
                 end += total;
@@ -476,9 +490,11 @@ impl Downstream<'_> {
     }
 }
 
-/// Counts an ErrorResponse by SQLSTATE without decoding the rest of it.
-fn count_server_error(body: &[u8]) {
+/// Counts an ErrorResponse by SQLSTATE without decoding the rest of it; returns whether it
+/// ends the connection (severity FATAL or PANIC).
+fn count_server_error(body: &[u8]) -> bool {
     let mut rest = body;
+    let mut fatal = false;
     while let Some((&code, tail)) = rest.split_first() {
         if code == 0 {
             break;
@@ -486,15 +502,20 @@ fn count_server_error(body: &[u8]) {
         let Some(nul) = tail.iter().position(|&b| b == 0) else {
             break;
         };
-        if code == b'C' {
-            if let Ok(state) = std::str::from_utf8(&tail[..nul]) {
-                metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string())
-                    .increment(1);
+        let value = &tail[..nul];
+        match code {
+            b'S' => fatal = value == b"FATAL" || value == b"PANIC",
+            b'C' => {
+                if let Ok(state) = std::str::from_utf8(value) {
+                    metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string())
+                        .increment(1);
+                }
             }
-            return;
+            _ => {}
         }
         rest = &tail[nul + 1..];
     }
+    fatal
 }
 
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
