@@ -12,16 +12,19 @@
 # jobs) is stopped and the temp dir removed when the script exits, however it exits.
 # Progress goes to stderr (`log`), so a script's stdout can carry only its results.
 #
-# Environment: SWITCHYARD_PG_BIN (PostgreSQL server binaries, default
-# /usr/lib/postgresql/15/bin), PGBENCH, PSQL, PGBOUNCER, SWITCHYARD_PROXY (binary paths),
-# KEEP_WORK=1 (keep the temp dir, with all logs, after exit).
+# Environment: PG_BIN (PostgreSQL server binaries; default $SWITCHYARD_PG_BIN as in
+# scripts/demo.sh, else /usr/lib/postgresql/15/bin), PGBENCH, PSQL, PGBOUNCER, PROXY_BIN
+# (binary paths), KEEP_WORK=1 (keep the temp dir, with all logs, after exit).
+# Not SWITCHYARD_*: the proxy reads every SWITCHYARD_* variable as a setting (and the
+# helpers start it with none of them, so that the caller's environment does not change
+# what is measured).
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=${SWITCHYARD_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_BIN=${PG_BIN:-${SWITCHYARD_PG_BIN:-/usr/lib/postgresql/15/bin}}
 PGBENCH=${PGBENCH:-$(command -v pgbench || echo "$PG_BIN/pgbench")}
 PSQL=${PSQL:-$(command -v psql || echo "$PG_BIN/psql")}
 PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
-SWITCHYARD_PROXY=${SWITCHYARD_PROXY:-$BENCH_ROOT/target/release/switchyard-proxy}
+PROXY_BIN=${PROXY_BIN:-$BENCH_ROOT/target/release/switchyard-proxy}
 
 BENCH_WORK=
 declare -ga BENCH_CLEANUP=()     # commands run in reverse order at exit
@@ -40,7 +43,7 @@ as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 # bench_init NAME: creates $BENCH_WORK and installs the cleanup trap.
 bench_init() {
   local name=${1:-bench}
-  [ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found in $PG_BIN (set SWITCHYARD_PG_BIN)"
+  [ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found in $PG_BIN (set PG_BIN)"
   [ -x "$PGBENCH" ] || die "pgbench not found (set PGBENCH)"
   [ -x "$PSQL" ] || die "psql not found (set PSQL)"
   BENCH_WORK=$(mktemp -d "/tmp/switchyard-$name.XXXXXX")
@@ -231,11 +234,17 @@ stop_pgbouncer() { stop_pid "${BENCH_PID[$1]}" 10 || warn "pgbouncer $1 needed S
 # ---------------------------------------------------------------- switchyard-proxy
 
 # start_switchyard NAME PORT ADMIN_PORT OLD_CLUSTER NEW_CLUSTER DB [EXTRA ARGS...]:
-# switchyard-proxy listening on 127.0.0.1:PORT, log in $BENCH_WORK/NAME.log.
+# switchyard-proxy listening on 127.0.0.1:PORT, log in $BENCH_WORK/NAME.log. It runs
+# without the caller's SWITCHYARD_* variables (it would read them as settings); pass
+# settings as EXTRA ARGS.
 start_switchyard() {
-  local name=$1 port=$2 aport=$3 old=$4 new=$5 db=$6 pid; shift 6
-  [ -x "$SWITCHYARD_PROXY" ] || die "$SWITCHYARD_PROXY not found: cargo build --release -p switchyard-proxy"
-  "$SWITCHYARD_PROXY" \
+  local name=$1 port=$2 aport=$3 old=$4 new=$5 db=$6 pid v; shift 6
+  local unset_env=()
+  [ -x "$PROXY_BIN" ] || die "$PROXY_BIN not found: cargo build --release -p switchyard-proxy"
+  for v in $(compgen -e); do
+    case $v in SWITCHYARD_*) unset_env+=(-u "$v") ;; esac
+  done
+  env "${unset_env[@]}" "$PROXY_BIN" \
     --old "postgres://postgres@127.0.0.1:${BENCH_PORT[$old]}/$db" \
     --new "postgres://postgres@127.0.0.1:${BENCH_PORT[$new]}/$db" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" "$@" \

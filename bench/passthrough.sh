@@ -28,7 +28,7 @@
 #   FAIL_FAST [0]         1 = stop at the first failed run
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before starting
 #   RUN_QUIET_WAIT [30]   the same before each measured run (1 s samples; 0 = don't wait)
-#   RESULTS_DIR [bench/results]   KEEP_WORK [0]   SWITCHYARD_PROXY, PGBOUNCER, PGBENCH, PSQL
+#   RESULTS_DIR [bench/results]   KEEP_WORK [0]   PROXY_BIN, PGBOUNCER, PGBENCH, PSQL, PG_BIN
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -373,7 +373,7 @@ durability="fsync=off, synchronous_commit=off, full_page_writes=off"
 settings="scale $SCALE, $DURATION s per run, $ROUNDS round(s) (median per cell), -n -P 5, -j min(clients, $(nproc)); old cluster: ${pg_settings[*]}"
 
 echo
-echo "Passthrough: direct vs PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (session) vs switchyard-proxy $(git_describe)"
+echo "Passthrough: direct vs PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (session) vs switchyard-proxy (binary $(binary_summary "$PROXY_BIN"))"
 echo "$(machine_summary); $settings"
 echo
 render text
@@ -387,7 +387,7 @@ fi
   echo "# Passthrough benchmark, $(date '+%Y-%m-%d %H:%M %Z')"
   echo
   echo "- machine: $(machine_summary); pgbench, both PostgreSQL clusters, PgBouncer and the proxy share the cores"
-  echo "- PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (pool_mode=session), switchyard-proxy at $(git_describe) (binary $(binary_summary "$SWITCHYARD_PROXY"))"
+  echo "- PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1 {print $2}') (pool_mode=session), switchyard-proxy binary $(binary_summary "$PROXY_BIN") (work tree at $(git_describe) when the run started)"
   echo "- $settings"
   echo "- durability: $durability"
   echo "- TPS excludes the initial connection time; latency is pgbench's average; ratios are Switchyard / direct and Switchyard / PgBouncer; PgB-direct and SY-direct (1 client only) are the latency each proxy adds per transaction"
