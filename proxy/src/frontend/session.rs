@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Read buffers start small, so thousands of idle sessions stay cheap, and grow while reads
@@ -100,92 +100,116 @@ impl Session {
             backend,
             peer,
         } = self;
-        let flow = Mutex::new(Flow {
-            pending: VecDeque::new(),
-            txn_status: b'I',
-        });
-        let became_idle = IdleSignal::new();
-        let (client_r, client_w) = tokio::io::split(client);
-        let (server_r, server_w) = backend.stream.into_split();
-        let mut up = Upstream {
-            shared: &shared,
-            flow: &flow,
-            became_idle: &became_idle,
-            client: client_r,
-            buf: client_buf,
-            server: server_w,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
-            batch_class: None,
-        };
-        let mut down = Downstream {
-            shared: &shared,
-            flow: &flow,
-            became_idle: &became_idle,
-            server: server_r,
-            buf: backend.read_buf,
-            client: client_w,
-            wants_idle_signal: shared.config.idle_timeout().is_some(),
-            server_said_fatal: false,
-        };
-        let end = tokio::select! {
-            e = up.run() => e,
-            e = down.run() => e,
-        };
-        match &end {
-            End::ClientProtocol(e) => {
-                tracing::warn!(%peer, error = %e, "Closing a client that broke the protocol.");
-                metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "client").increment(1);
-                send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
+        // Plain TCP splits into owned halves without a lock; TLS needs the shared split.
+        match client {
+            ClientStream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                pump(shared, r, w, client_buf, backend, peer).await
             }
-            End::IdleTimeout => {
-                send_error(
-                    &mut down.client,
-                    &fatal(
-                        "57P05",
-                        "terminating connection due to idle-session timeout",
-                    ),
-                )
-                .await;
+            ClientStream::Tls(tls) => {
+                let (r, w) = tokio::io::split(*tls);
+                pump(shared, r, w, client_buf, backend, peer).await
             }
-            End::Shutdown => {
-                send_error(
-                    &mut down.client,
-                    &fatal(
-                        "57P01",
-                        "terminating connection due to administrator command",
-                    ),
-                )
-                .await;
-            }
-            End::Io(side, e) => {
-                tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
-            }
-            End::ServerClosed if !down.server_said_fatal => {
-                tracing::warn!(%peer, "The old database closed a session's connection without an error.");
-                let fields = fatal(
-                    "08006",
-                    "switchyard: the connection to the old database was lost",
-                );
-                send_error(&mut down.client, &fields).await;
-            }
-            End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
         }
-        if !matches!(end, End::ClientTerminated | End::ServerClosed) {
-            // Let the server end the backend cleanly rather than log an unexpected EOF.
-            let _ = up.server.write_all(b"X\0\0\0\x04").await;
-        }
-        let _ = down.client.shutdown().await;
-        tracing::debug!(%peer, ?end, "Session closed.");
     }
 }
 
+/// Runs both directions until either ends, then closes the session cleanly.
+async fn pump<R, W>(
+    shared: Arc<Shared>,
+    client_r: R,
+    client_w: W,
+    client_buf: BytesMut,
+    backend: BackendConn,
+    peer: SocketAddr,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let flow = Mutex::new(Flow {
+        pending: VecDeque::new(),
+        txn_status: b'I',
+    });
+    let became_idle = IdleSignal::new();
+    let (server_r, server_w) = backend.stream.into_split();
+    let mut up = Upstream {
+        shared: &shared,
+        flow: &flow,
+        became_idle: &became_idle,
+        client: client_r,
+        buf: client_buf,
+        server: server_w,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        batch_class: None,
+    };
+    let mut down = Downstream {
+        shared: &shared,
+        flow: &flow,
+        became_idle: &became_idle,
+        server: server_r,
+        buf: backend.read_buf,
+        client: client_w,
+        wants_idle_signal: shared.config.idle_timeout().is_some(),
+        server_said_fatal: false,
+    };
+    let end = tokio::select! {
+        e = up.run() => e,
+        e = down.run() => e,
+    };
+    match &end {
+        End::ClientProtocol(e) => {
+            tracing::warn!(%peer, error = %e, "Closing a client that broke the protocol.");
+            metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "client").increment(1);
+            send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
+        }
+        End::IdleTimeout => {
+            send_error(
+                &mut down.client,
+                &fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout",
+                ),
+            )
+            .await;
+        }
+        End::Shutdown => {
+            send_error(
+                &mut down.client,
+                &fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+            )
+            .await;
+        }
+        End::Io(side, e) => {
+            tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
+        }
+        End::ServerClosed if !down.server_said_fatal => {
+            tracing::warn!(%peer, "The old database closed a session's connection without an error.");
+            let fields = fatal(
+                "08006",
+                "switchyard: the connection to the old database was lost",
+            );
+            send_error(&mut down.client, &fields).await;
+        }
+        End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
+    }
+    if !matches!(end, End::ClientTerminated | End::ServerClosed) {
+        // Let the server end the backend cleanly rather than log an unexpected EOF.
+        let _ = up.server.write_all(b"X\0\0\0\x04").await;
+    }
+    let _ = down.client.shutdown().await;
+    tracing::debug!(%peer, ?end, "Session closed.");
+}
+
 /// Client → primary.
-struct Upstream<'a> {
+struct Upstream<'a, R> {
     shared: &'a Shared,
     flow: &'a Mutex<Flow>,
     became_idle: &'a IdleSignal,
-    client: ReadHalf<ClientStream>,
+    client: R,
     buf: BytesMut,
     server: OwnedWriteHalf,
     /// Classification of each prepared statement, by name ("" is the unnamed one).
@@ -196,7 +220,7 @@ struct Upstream<'a> {
     batch_class: Option<StatementClass>,
 }
 
-impl Upstream<'_> {
+impl<R: AsyncRead + Unpin> Upstream<'_, R> {
     async fn run(&mut self) -> End {
         let idle_timeout = self.shared.config.idle_timeout();
         let mut shutdown = self.shared.shutdown.clone();
@@ -239,7 +263,7 @@ impl Upstream<'_> {
                     Err(e) => return End::Io("client", e),
                 },
                 _ = timeout => return End::IdleTimeout,
-                _ = self.became_idle.notified(), if !idle => {}
+                _ = self.became_idle.notified(), if !idle && idle_timeout.is_some() => {}
                 _ = stop => {
                     if self.flow.lock().map(|f| f.idle()).unwrap_or(true) {
                         return End::Shutdown;
@@ -405,7 +429,7 @@ fn count_statement(c: &Classified) {
 }
 
 /// Primary → client.
-struct Downstream<'a> {
+struct Downstream<'a, W> {
     shared: &'a Shared,
     flow: &'a Mutex<Flow>,
     became_idle: &'a IdleSignal,
@@ -415,10 +439,10 @@ struct Downstream<'a> {
     server_said_fatal: bool,
     server: OwnedReadHalf,
     buf: BytesMut,
-    client: WriteHalf<ClientStream>,
+    client: W,
 }
 
-impl Downstream<'_> {
+impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
     async fn run(&mut self) -> End {
         let mut room = MIN_READ_CHUNK;
         let mut last_read = 0;
