@@ -312,3 +312,35 @@ async fn binary_flags_signals_and_bad_config() -> anyhow::Result<()> {
     assert!(text.contains("cannot read"), "{text}");
     Ok(())
 }
+
+/// `--worker-threads 1` runs the proxy on a single-threaded runtime: same behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_on_a_single_threaded_runtime() -> anyhow::Result<()> {
+    let pair = Pair::start()?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut p = ProxyProcess::spawn(
+        &["--old", &old, "--new", &new, "--worker-threads", "1"],
+        &[],
+    )?;
+    let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-At",
+                &url,
+                "-c",
+                "SELECT count(*) FROM generate_series(1, 1000)",
+            ])
+            .output()
+    })
+    .await??;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1000",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(p.terminate(Duration::from_secs(20))?.success());
+    Ok(())
+}
