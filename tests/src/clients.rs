@@ -120,3 +120,18 @@ pub async fn run_client(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// Runs `psql -X -At URL -c SQL` off the async runtime and returns its output (exit status,
+/// stdout, stderr) for the caller to check.
+pub async fn psql_url(url: &str, sql: &str) -> Result<std::process::Output> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(psql_bin())
+            .args(["-X", "-At", &url, "-c", &sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .context("running psql")
+    })
+    .await
+    .context("psql task")?
+}

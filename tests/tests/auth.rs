@@ -3,6 +3,7 @@
 //! credentials. Failures carry PostgreSQL's own SQLSTATEs and messages.
 
 use switchyard_proxy::config::{AuthMethod, UserConfig};
+use switchyard_tests::clients::psql_url;
 use switchyard_tests::proxy::{proxy_config, start_proxy, Pair, DB};
 use switchyard_tests::{Auth, PgCluster};
 use tokio_postgres::NoTls;
@@ -177,14 +178,6 @@ async fn proxy_authenticates_to_scram_and_md5_databases() -> anyhow::Result<()> 
     Ok(())
 }
 
-fn psql(url: &str, sql: &str) -> std::process::Output {
-    std::process::Command::new("psql")
-        .args(["-X", "-At", url, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("psql runs")
-}
-
 /// TLS to the proxy where a certificate is configured; `sslmode=require` against a proxy
 /// without one fails with libpq's clear message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +200,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         proxy.listen_addr()
     );
-    let out = tokio::task::spawn_blocking(move || psql(&url, "SELECT 'over tls'")).await?;
+    let out = psql_url(&url, "SELECT 'over tls'").await?;
     assert!(
         out.status.success(),
         "{}",
@@ -219,12 +212,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         proxy.listen_addr()
     );
-    let info = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("psql")
-            .args(["-X", &url, "-c", "\\conninfo"])
-            .output()
-    })
-    .await??;
+    let info = psql_url(&url, "\\conninfo").await?;
     assert!(
         String::from_utf8_lossy(&info.stdout).contains("SSL connection"),
         "{}",
@@ -238,7 +226,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         plain.listen_addr()
     );
-    let out = tokio::task::spawn_blocking(move || psql(&url, "SELECT 1")).await?;
+    let out = psql_url(&url, "SELECT 1").await?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -251,7 +239,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         plain.listen_addr()
     );
-    let out = tokio::task::spawn_blocking(move || psql(&url, "SELECT 1")).await?;
+    let out = psql_url(&url, "SELECT 1").await?;
     assert!(
         out.status.success(),
         "{}",

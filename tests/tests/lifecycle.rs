@@ -2,6 +2,7 @@
 //! the admin endpoints, a database that is down, and the real binary's flags and signals.
 
 use std::time::{Duration, Instant};
+use switchyard_tests::clients::psql_url;
 use switchyard_tests::http;
 use switchyard_tests::proxy::{
     connect_proxy, run_proxy_to_exit, start_proxy, Pair, ProxyProcess, DB,
@@ -244,12 +245,7 @@ async fn binary_flags_signals_and_bad_config() -> anyhow::Result<()> {
         &[("SWITCHYARD_NOT_A_SETTING", "1")],
     )?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("psql")
-            .args(["-X", "-At", &url, "-c", "SELECT 40 + 2"])
-            .output()
-    })
-    .await??;
+    let out = psql_url(&url, "SELECT 40 + 2").await?;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "42",
@@ -323,18 +319,7 @@ async fn binary_on_a_single_threaded_runtime() -> anyhow::Result<()> {
         &[],
     )?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-At",
-                &url,
-                "-c",
-                "SELECT count(*) FROM generate_series(1, 1000)",
-            ])
-            .output()
-    })
-    .await??;
+    let out = psql_url(&url, "SELECT count(*) FROM generate_series(1, 1000)").await?;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "1000",
