@@ -2,3 +2,5 @@
 
 pub mod config_layer;
 pub mod dsn;
+pub mod recover;
+pub mod retry;

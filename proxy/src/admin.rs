@@ -60,6 +60,8 @@ struct Status {
     sessions: Sessions,
     backends: Backends,
     classifier_cache_entries: usize,
+    /// Dual writes; null when mirroring is off.
+    mirror: Option<crate::mirror::status::MirrorSnapshot>,
 }
 
 #[derive(Serialize)]
@@ -104,5 +106,6 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             new: backend(Role::New),
         },
         classifier_cache_entries: sh.classifier.len(),
+        mirror: sh.mirror.as_ref().map(|m| m.status.snapshot("two-phase")),
     })
 }

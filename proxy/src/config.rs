@@ -88,6 +88,87 @@ pub struct ProxyConfig {
     /// builds its runtime; an embedding program brings its own runtime.)
     #[serde(default)]
     pub worker_threads: usize,
+    /// Dual writes to the new database.
+    #[serde(default)]
+    pub mirror: MirrorConfig,
+}
+
+/// How writes reach the secondary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MirrorMode {
+    /// Passthrough: nothing is written to the new database.
+    Off,
+    /// Lockstep secondary transaction, PREPARE TRANSACTION on the secondary before the
+    /// primary commits, COMMIT PREPARED after.
+    TwoPhase,
+}
+
+/// What happens to DDL while mirroring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DdlPolicy {
+    /// Run it on the secondary too, as text, in the lockstep transaction.
+    Mirror,
+    /// Run it on the primary only (counted and flagged).
+    PrimaryOnly,
+    /// Refuse it with an error.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    #[serde(default = "default_mirror_mode")]
+    pub mode: MirrorMode,
+    #[serde(default = "default_ddl")]
+    pub ddl: DdlPolicy,
+    /// Bound on each statement on the secondary (server-side statement_timeout), in ms; the
+    /// most a slow secondary can add to a client's statement.
+    #[serde(default = "default_secondary_statement_timeout")]
+    pub secondary_statement_timeout_ms: u64,
+    /// lock_timeout on the secondary, in ms.
+    #[serde(default = "default_secondary_lock_timeout")]
+    pub secondary_lock_timeout_ms: u64,
+    /// Row images sent to the secondary per statement.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Keys remembered per transaction for re-sync orders; beyond this a table is re-synced
+    /// whole, so memory stays bounded for huge transactions.
+    #[serde(default = "default_max_tracked_keys")]
+    pub max_tracked_keys: usize,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            mode: default_mirror_mode(),
+            ddl: default_ddl(),
+            secondary_statement_timeout_ms: default_secondary_statement_timeout(),
+            secondary_lock_timeout_ms: default_secondary_lock_timeout(),
+            batch_rows: default_batch_rows(),
+            max_tracked_keys: default_max_tracked_keys(),
+        }
+    }
+}
+
+fn default_mirror_mode() -> MirrorMode {
+    MirrorMode::TwoPhase
+}
+fn default_ddl() -> DdlPolicy {
+    DdlPolicy::Mirror
+}
+fn default_secondary_statement_timeout() -> u64 {
+    2000
+}
+fn default_secondary_lock_timeout() -> u64 {
+    1000
+}
+fn default_batch_rows() -> usize {
+    1000
+}
+fn default_max_tracked_keys() -> usize {
+    100_000
 }
 
 fn default_listen() -> String {
@@ -139,6 +220,7 @@ impl ProxyConfig {
             classifier_cache_size: default_classifier_cache(),
             health_check_interval_secs: default_health_interval(),
             worker_threads: 0,
+            mirror: MirrorConfig::default(),
         }
     }
 
@@ -213,6 +295,21 @@ impl Validate for ProxyConfig {
         }
         if self.classifier_cache_size == 0 {
             bad("classifier_cache_size", "must be at least 1".into());
+        }
+        if self.mirror.batch_rows == 0 {
+            bad("mirror.batch_rows", "must be at least 1".into());
+        }
+        if self.mirror.secondary_statement_timeout_ms == 0 {
+            bad(
+                "mirror.secondary_statement_timeout_ms",
+                "must be at least 1".into(),
+            );
+        }
+        if self.mirror.secondary_lock_timeout_ms == 0 {
+            bad(
+                "mirror.secondary_lock_timeout_ms",
+                "must be at least 1".into(),
+            );
         }
         if self.health_check_interval_secs == 0 {
             bad("health_check_interval_secs", "must be at least 1".into());

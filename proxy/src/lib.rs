@@ -13,6 +13,7 @@ pub mod frontend;
 mod frontend_limits;
 pub mod health;
 pub mod metrics;
+pub mod mirror;
 pub mod protocol;
 pub mod server;
 pub mod shared;

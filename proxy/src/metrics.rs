@@ -17,6 +17,12 @@ pub const PROTOCOL_ERRORS_TOTAL: &str = "switchyard_protocol_errors_total";
 pub const BACKEND_CONNECT_ERRORS_TOTAL: &str = "switchyard_backend_connect_errors_total";
 pub const BACKEND_UP: &str = "switchyard_backend_up";
 pub const CANCEL_REQUESTS_TOTAL: &str = "switchyard_cancel_requests_total";
+pub const MIRROR_ROWS_TOTAL: &str = "switchyard_mirror_rows_total";
+pub const MIRROR_STATEMENT_MODE_TOTAL: &str = "switchyard_mirror_statement_mode_total";
+pub const MIRROR_SECONDARY_ERRORS_TOTAL: &str = "switchyard_mirror_secondary_errors_total";
+pub const MIRROR_IN_DOUBT_TOTAL: &str = "switchyard_mirror_in_doubt_total";
+pub const MIRROR_COMMITS_TOTAL: &str = "switchyard_mirror_commits_total";
+pub const MIRROR_RETRY_RECORDS_TOTAL: &str = "switchyard_mirror_retry_records_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -37,6 +37,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("dual writes: {0}")]
+    Mirror(String),
 }
 
 /// A proxy serving in the background. Dropping it without `shutdown` aborts it.
@@ -144,12 +146,26 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             "No users are configured: local clients may connect as this user and database without a password."
         );
     }
+    let instance_id = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| listen_addr.to_string());
+    let mirror = crate::mirror::Mirror::new(
+        config.mirror.clone(),
+        old.clone(),
+        new.clone(),
+        instance_id.clone(),
+        config.connect_timeout(),
+    );
+    if let Some(m) = &mirror {
+        crate::mirror::startup::check(m)
+            .await
+            .map_err(StartError::Mirror)?;
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        instance_id: config
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| listen_addr.to_string()),
+        instance_id,
+        mirror: mirror.clone(),
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
         old,
@@ -196,6 +212,12 @@ async fn serve(
                 tracing::error!(error = %e, "Admin server failed.");
             }
         });
+    }
+    if let Some(m) = shared.mirror.clone() {
+        background.spawn(crate::mirror::startup::recover_loop(
+            m,
+            Duration::from_secs(5),
+        ));
     }
     background.spawn(crate::health::run(
         shared.clone(),

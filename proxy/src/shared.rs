@@ -33,6 +33,8 @@ pub struct Shared {
     pub sessions_total: AtomicU64,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
+    /// Dual writes; None when `mirror.mode = "off"`.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 impl Shared {

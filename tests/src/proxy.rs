@@ -19,14 +19,17 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Two trust-auth clusters.
+    /// Two trust-auth clusters; the new one can prepare transactions (dual writes need it).
     pub fn start() -> Result<Pair> {
         Self::start_with(PgCluster::builder(), PgCluster::builder())
     }
 
     pub fn start_with(old: crate::PgClusterBuilder, new: crate::PgClusterBuilder) -> Result<Pair> {
         let old = old.start().context("starting the old cluster")?;
-        let new = new.start().context("starting the new cluster")?;
+        let new = new
+            .max_prepared_transactions(64)
+            .start()
+            .context("starting the new cluster")?;
         old.create_database(DB)?;
         new.create_database(DB)?;
         Ok(Pair { old, new })

@@ -2,6 +2,7 @@
 //! messages between the client and its primary connection.
 
 mod auth;
+mod mediate;
 mod reply;
 mod session;
 mod startup;

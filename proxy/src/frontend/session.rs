@@ -9,12 +9,15 @@ use super::stream::ClientStream;
 use crate::backend::BackendConn;
 use crate::classify::{Classified, StatementClass};
 use crate::metrics::{PROTOCOL_ERRORS_TOTAL, SERVER_ERRORS_TOTAL, STATEMENTS_UNPARSED_TOTAL};
+use crate::mirror::rewrite::Plan;
+use crate::mirror::txn::MirrorSession;
 use crate::protocol::frontend::{bind_names, execute_portal, is_known_tag};
 use crate::protocol::{Frame, ProtocolError};
 use crate::shared::Shared;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -55,9 +58,11 @@ impl Flow {
     }
 }
 
-/// Why a session ended.
+/// Why a session ended (or, for `Mediate`, why the pumps paused).
 #[derive(Debug)]
-enum End {
+pub(super) enum End {
+    /// A request needs dual-write handling; both pumps are quiet.
+    Mediate,
     ClientClosed,
     ClientTerminated,
     ServerClosed,
@@ -131,6 +136,10 @@ async fn pump<R, W>(
         txn_status: b'I',
     });
     let became_idle = IdleSignal::new();
+    let drained = tokio::sync::Notify::new();
+    let writing = AtomicBool::new(false);
+    let mirror = shared.mirror.clone();
+    let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let (server_r, server_w) = backend.stream.into_split();
     let mut up = Upstream {
         shared: &shared,
@@ -142,6 +151,13 @@ async fn pump<R, W>(
         statements: HashMap::new(),
         portals: HashMap::new(),
         batch_class: None,
+        mirror,
+        plans: HashMap::new(),
+        portal_plans: HashMap::new(),
+        batch_open: false,
+        mediate_next: false,
+        drained: &drained,
+        writing: &writing,
     };
     let mut down = Downstream {
         shared: &shared,
@@ -152,10 +168,29 @@ async fn pump<R, W>(
         client: client_w,
         wants_idle_signal: shared.config.idle_timeout().is_some(),
         server_said_fatal: false,
+        drained: &drained,
+        writing: &writing,
+        mirroring: shared.mirror.is_some(),
     };
-    let end = tokio::select! {
-        e = up.run() => e,
-        e = down.run() => e,
+    let end = loop {
+        let end = tokio::select! {
+            e = up.run() => e,
+            e = down.run() => e,
+        };
+        match (end, mirror_session.as_mut()) {
+            (End::Mediate, Some(ms)) => {
+                if let Err(e) = super::mediate::mediate(&mut up, &mut down, ms).await {
+                    break e;
+                }
+            }
+            (End::Mediate, None) => {
+                break End::Io(
+                    "client",
+                    std::io::Error::other("mediation without mirroring"),
+                )
+            }
+            (e, _) => break e,
+        }
     };
     match &end {
         End::ClientProtocol(e) => {
@@ -194,7 +229,7 @@ async fn pump<R, W>(
             );
             send_error(&mut down.client, &fields).await;
         }
-        End::ClientClosed | End::ClientTerminated | End::ServerClosed => {}
+        End::ClientClosed | End::ClientTerminated | End::ServerClosed | End::Mediate => {}
     }
     if !matches!(end, End::ClientTerminated | End::ServerClosed) {
         // Let the server end the backend cleanly rather than log an unexpected EOF.
@@ -204,20 +239,40 @@ async fn pump<R, W>(
     tracing::debug!(%peer, ?end, "Session closed.");
 }
 
+/// A portal bound to a statement the proxy mediates.
+#[derive(Clone)]
+pub(super) struct MediatedPortal {
+    pub plan: Arc<Plan>,
+    pub sql: Arc<str>,
+    /// The capture columns come back in binary (the client asked for one binary format).
+    pub extra_binary: bool,
+    pub has_params: bool,
+}
+
 /// Client → primary.
-struct Upstream<'a, R> {
-    shared: &'a Shared,
+pub(super) struct Upstream<'a, R> {
+    pub(super) shared: &'a Shared,
     flow: &'a Mutex<Flow>,
     became_idle: &'a IdleSignal,
-    client: R,
-    buf: BytesMut,
-    server: OwnedWriteHalf,
+    pub(super) client: R,
+    pub(super) buf: BytesMut,
+    pub(super) server: OwnedWriteHalf,
     /// Classification of each prepared statement, by name ("" is the unnamed one).
     statements: HashMap<String, Arc<[Classified]>>,
     portals: HashMap<String, Arc<[Classified]>>,
     /// Class of the first statement executed since the last Sync: labels that request's
     /// latency.
     batch_class: Option<StatementClass>,
+    mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// Prepared statements the proxy mediates: their plan and original text.
+    pub(super) plans: HashMap<String, (Arc<Plan>, Arc<str>)>,
+    pub(super) portal_plans: HashMap<String, MediatedPortal>,
+    /// Extended-protocol messages went through since the last Sync.
+    pub(super) batch_open: bool,
+    /// The next buffered message needs mediation.
+    mediate_next: bool,
+    drained: &'a tokio::sync::Notify,
+    writing: &'a AtomicBool,
 }
 
 impl<R: AsyncRead + Unpin> Upstream<'_, R> {
@@ -240,6 +295,23 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
             }
             if let Some(e) = err {
                 return End::ClientProtocol(e);
+            }
+            if self.mediate_next {
+                self.mediate_next = false;
+                // Hand over only when every earlier request was answered and the other pump
+                // is not in the middle of a write.
+                loop {
+                    let quiet = self
+                        .flow
+                        .lock()
+                        .map(|f| f.pending.is_empty())
+                        .unwrap_or(true)
+                        && !self.writing.load(Ordering::Relaxed);
+                    if quiet {
+                        return End::Mediate;
+                    }
+                    self.drained.notified().await;
+                }
             }
             make_room(&mut self.buf, &mut room, last_read);
             let idle = self.flow.lock().map(|f| f.idle()).unwrap_or(false);
@@ -308,6 +380,11 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 self.buf.reserve(end + total - self.buf.len());
                 break;
             }
+            if self.mirror.is_some() && self.needs_mediation(tag, end + Frame::HEADER, end + total)
+            {
+                self.mediate_next = true;
+                break;
+            }
             frames.push((end, total));
             end += total;
             if tag == b'X' {
@@ -321,14 +398,133 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let chunk = self.buf.split_to(end).freeze();
         for (start, len) in frames {
             let frame = Frame::from_encoded(chunk.slice(start..start + len));
-            self.inspect(&frame);
+            self.inspect(&frame, false);
         }
         (Some(chunk), err, terminate)
     }
 
+    /// Whether the message in `buf[start..end]` (body) must be handled by the mediator.
+    fn needs_mediation(&mut self, tag: u8, start: usize, end: usize) -> bool {
+        let body = &self.buf[start..end];
+        let cstr = |b: &[u8]| -> Option<(String, usize)> {
+            let nul = b.iter().position(|&c| c == 0)?;
+            Some((std::str::from_utf8(&b[..nul]).ok()?.to_string(), nul + 1))
+        };
+        match tag {
+            b'Q' => match cstr(body) {
+                Some((sql, _)) => self.plan_needs_mediation(&sql),
+                None => false,
+            },
+            b'P' => {
+                let Some((_, n)) = cstr(body) else {
+                    return false;
+                };
+                match cstr(&body[n..]) {
+                    Some((sql, _)) => self.plan_needs_mediation(&sql),
+                    None => false,
+                }
+            }
+            b'B' => {
+                let Some((_, n)) = cstr(body) else {
+                    return false;
+                };
+                cstr(&body[n..]).is_some_and(|(st, _)| self.plans.contains_key(&st))
+            }
+            b'D' => match (body.first(), cstr(body.get(1..).unwrap_or_default())) {
+                (Some(b'S'), Some((name, _))) => self.plans.contains_key(&name),
+                (Some(b'P'), Some((name, _))) => self.portal_plans.contains_key(&name),
+                _ => false,
+            },
+            b'E' => cstr(body).is_some_and(|(p, _)| self.portal_plans.contains_key(&p)),
+            _ => false,
+        }
+    }
+
+    fn plan_needs_mediation(&mut self, sql: &str) -> bool {
+        let classes = self.classify(sql);
+        if !classes.iter().any(|c| {
+            matches!(
+                c.class,
+                StatementClass::Write | StatementClass::Ddl | StatementClass::Transaction
+            )
+        }) {
+            return false;
+        }
+        let Some(mirror) = &self.mirror else {
+            return false;
+        };
+        let plan = mirror.plan(sql);
+        if let Plan::PassUnmirrored { reason } = &*plan {
+            mirror.status.statement_mode(
+                classes.first().map(|c| c.fingerprint).unwrap_or(0),
+                reason,
+                false,
+                sql,
+            );
+        }
+        plan.needs_mediation()
+    }
+
+    pub(super) fn txn_status(&self) -> u8 {
+        self.flow.lock().map(|f| f.txn_status).unwrap_or(b'I')
+    }
+
+    pub(super) fn set_txn_status(&self, status: u8) {
+        if let Ok(mut f) = self.flow.lock() {
+            f.txn_status = status;
+        }
+    }
+
+    /// Bookkeeping for messages the mediator handles.
+    pub(super) fn note_query(&mut self, sql: &str) {
+        for c in self.classify(sql).iter() {
+            count_statement(c);
+        }
+    }
+
+    pub(super) fn note_parse(&mut self, name: &str, sql: &str) {
+        let classes = self.classify(sql);
+        self.statements.insert(name.to_string(), classes);
+    }
+
+    pub(super) fn note_bind(&mut self, frame: &Frame) {
+        self.inspect(frame, true);
+    }
+
+    pub(super) fn note_execute(&mut self, frame: &Frame) {
+        self.inspect(frame, true);
+    }
+
+    pub(super) fn note_close(&mut self, frame: &Frame) {
+        self.inspect(frame, true);
+    }
+
     /// Bookkeeping for one client message: classification, and the requests that will
-    /// each end in a ReadyForQuery.
-    fn inspect(&mut self, frame: &Frame) {
+    /// each end in a ReadyForQuery (unless the mediator answers them: `mediated`).
+    fn inspect(&mut self, frame: &Frame, mediated: bool) {
+        if self.mirror.is_some() {
+            match frame.tag() {
+                b'S' | b'Q' => self.batch_open = false,
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.batch_open = !mediated,
+                _ => {}
+            }
+            match frame.tag() {
+                b'P' => {
+                    if let Some(name) = frame.body().split(|&b| b == 0).next() {
+                        if let Ok(name) = std::str::from_utf8(name) {
+                            self.plans.remove(name);
+                        }
+                    }
+                }
+                b'B' => {
+                    if let Ok((portal, _)) = bind_names(frame) {
+                        let portal = portal.to_string();
+                        self.portal_plans.remove(&portal);
+                    }
+                }
+                _ => {}
+            }
+        }
         match frame.tag() {
             b'Q' => {
                 let body = frame.body();
@@ -342,7 +538,9 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     }
                     classes.first().map(|c| c.class)
                 });
-                self.begin_request(first);
+                if !mediated {
+                    self.begin_request(first);
+                }
             }
             b'P' => {
                 let body = frame.body();
@@ -398,11 +596,11 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     }
                 }
             }
-            b'S' => {
+            b'S' if !mediated => {
                 let class = self.batch_class.take();
                 self.begin_request(class);
             }
-            b'F' => self.begin_request(None),
+            b'F' if !mediated => self.begin_request(None),
             _ => {}
         }
     }
@@ -429,7 +627,7 @@ fn count_statement(c: &Classified) {
 }
 
 /// Primary → client.
-struct Downstream<'a, W> {
+pub(super) struct Downstream<'a, W> {
     shared: &'a Shared,
     flow: &'a Mutex<Flow>,
     became_idle: &'a IdleSignal,
@@ -437,9 +635,13 @@ struct Downstream<'a, W> {
     wants_idle_signal: bool,
     /// The server explained itself before closing; otherwise the proxy tells the client.
     server_said_fatal: bool,
-    server: OwnedReadHalf,
-    buf: BytesMut,
-    client: W,
+    pub(super) server: OwnedReadHalf,
+    pub(super) buf: BytesMut,
+    pub(super) client: W,
+    drained: &'a tokio::sync::Notify,
+    writing: &'a AtomicBool,
+    /// Only dual writes wait for this pump to drain.
+    mirroring: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
@@ -478,8 +680,15 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
             }
             if end > 0 {
                 let chunk = self.buf.split_to(end);
+                if self.mirroring {
+                    self.writing.store(true, Ordering::Relaxed);
+                }
                 if let Err(e) = write_flush(&mut self.client, &chunk).await {
                     return End::Io("client", e);
+                }
+                if self.mirroring {
+                    self.writing.store(false, Ordering::Relaxed);
+                    self.drained.notify_one();
                 }
             }
             if became_idle {
@@ -516,7 +725,7 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
 
 /// Counts an ErrorResponse by SQLSTATE without decoding the rest of it; returns whether it
 /// ends the connection (severity FATAL or PANIC).
-fn count_server_error(body: &[u8]) -> bool {
+pub(super) fn count_server_error(body: &[u8]) -> bool {
     let mut rest = body;
     let mut fatal = false;
     while let Some((&code, tail)) = rest.split_first() {

@@ -6,6 +6,7 @@ mod buf;
 pub mod error;
 pub mod frame;
 pub mod frontend;
+pub mod rows;
 pub mod startup;
 
 #[cfg(test)]

@@ -1,0 +1,119 @@
+//! Counters behind `/api/status` for dual writes (Prometheus gets the same through the
+//! `metrics` facade).
+
+use dashmap::DashMap;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct MirrorStatus {
+    pub rows_mirrored: AtomicU64,
+    pub rows_queued: AtomicU64,
+    pub statements_captured: AtomicU64,
+    pub commits_two_phase: AtomicU64,
+    pub commits_queued: AtomicU64,
+    /// Prepared transactions on the secondary waiting for their primary's outcome.
+    pub in_doubt: AtomicU64,
+    pub secondary_errors: DashMap<String, u64>,
+    /// Statements mirrored as text or not at all, by fingerprint: what to look at.
+    pub statement_mode: DashMap<String, StatementModeEntry>,
+    pub by_table: DashMap<String, TableCounts>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatementModeEntry {
+    pub reason: String,
+    pub mirrored: bool,
+    pub count: u64,
+    pub example: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableCounts {
+    pub mirrored: u64,
+    pub queued: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MirrorSnapshot {
+    pub mode: String,
+    pub rows_mirrored: u64,
+    pub rows_queued: u64,
+    pub statements_captured: u64,
+    pub commits_two_phase: u64,
+    pub commits_queued: u64,
+    pub in_doubt: u64,
+    pub secondary_errors: std::collections::BTreeMap<String, u64>,
+    pub statement_mode: std::collections::BTreeMap<String, StatementModeEntry>,
+    pub tables: std::collections::BTreeMap<String, TableCounts>,
+}
+
+impl MirrorStatus {
+    pub fn secondary_error(&self, sqlstate: &str) {
+        *self
+            .secondary_errors
+            .entry(sqlstate.to_string())
+            .or_default() += 1;
+        metrics::counter!(crate::metrics::MIRROR_SECONDARY_ERRORS_TOTAL, "sqlstate" => sqlstate.to_string())
+            .increment(1);
+    }
+
+    pub fn statement_mode(&self, fingerprint: u64, reason: &str, mirrored: bool, sql: &str) {
+        let mut e = self
+            .statement_mode
+            .entry(format!("{fingerprint:016x}"))
+            .or_default();
+        e.count += 1;
+        if e.example.is_empty() {
+            e.reason = reason.to_string();
+            e.mirrored = mirrored;
+            e.example = sql.chars().take(200).collect();
+        }
+        metrics::counter!(crate::metrics::MIRROR_STATEMENT_MODE_TOTAL,
+            "reason" => reason.to_string(), "mirrored" => if mirrored { "true" } else { "false" })
+        .increment(1);
+    }
+
+    pub fn rows(&self, table: &str, mirrored: u64, queued: u64) {
+        self.rows_mirrored.fetch_add(mirrored, Ordering::Relaxed);
+        self.rows_queued.fetch_add(queued, Ordering::Relaxed);
+        let mut t = self.by_table.entry(table.to_string()).or_default();
+        t.mirrored += mirrored;
+        t.queued += queued;
+        if mirrored > 0 {
+            metrics::counter!(crate::metrics::MIRROR_ROWS_TOTAL, "table" => table.to_string(), "outcome" => "mirrored")
+                .increment(mirrored);
+        }
+        if queued > 0 {
+            metrics::counter!(crate::metrics::MIRROR_ROWS_TOTAL, "table" => table.to_string(), "outcome" => "queued")
+                .increment(queued);
+        }
+    }
+
+    pub fn snapshot(&self, mode: &str) -> MirrorSnapshot {
+        MirrorSnapshot {
+            mode: mode.to_string(),
+            rows_mirrored: self.rows_mirrored.load(Ordering::Relaxed),
+            rows_queued: self.rows_queued.load(Ordering::Relaxed),
+            statements_captured: self.statements_captured.load(Ordering::Relaxed),
+            commits_two_phase: self.commits_two_phase.load(Ordering::Relaxed),
+            commits_queued: self.commits_queued.load(Ordering::Relaxed),
+            in_doubt: self.in_doubt.load(Ordering::Relaxed),
+            secondary_errors: self
+                .secondary_errors
+                .iter()
+                .map(|e| (e.key().clone(), *e.value()))
+                .collect(),
+            statement_mode: self
+                .statement_mode
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+            tables: self
+                .by_table
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! One session's lockstep transaction on the secondary, independent of the wire: what was
+//! applied, what must be queued, savepoints, and the two-phase commit steps.
+
+use super::catalog::TableInfo;
+use super::rewrite::{quote_ident, DmlKind};
+use super::secondary::Secondary;
+use super::{Mirror, MirrorError};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use switchyard_core::retry::{gid_for, Origin, RecordKind, RetryRecord};
+
+pub struct MirrorSession {
+    pub mirror: Arc<Mirror>,
+    pub secondary: Secondary,
+    pub txn: Txn,
+}
+
+#[derive(Default)]
+pub struct Txn {
+    /// BEGIN was sent to the secondary.
+    pub open: bool,
+    /// Why the secondary transaction was abandoned; from then on changes are only queued.
+    pub broken: Option<String>,
+    /// The primary's transaction id, learned from captured rows or asked for before PREPARE.
+    pub xid: Option<String>,
+    pub ordinal: u32,
+    pub savepoints: Vec<String>,
+    keys: Vec<(String, serde_json::Value)>,
+    /// Tables whose changes could not be pinned to keys: re-synced whole.
+    tables: BTreeMap<String, String>,
+    statements: Vec<(String, String)>,
+    pub prepared: Option<String>,
+    /// Something went wrong that the retry log cannot describe (a written table could not
+    /// be looked up): the transaction must not commit.
+    pub fatal: Option<String>,
+}
+
+impl Txn {
+    /// Anything for the secondary happened in this transaction.
+    pub fn touched(&self) -> bool {
+        self.open
+            || self.broken.is_some()
+            || !self.keys.is_empty()
+            || !self.tables.is_empty()
+            || !self.statements.is_empty()
+    }
+
+    /// The retry log must get records before the primary commits.
+    pub fn needs_records(&self) -> bool {
+        !self.tables.is_empty()
+            || (self.broken.is_some() && (!self.keys.is_empty() || !self.statements.is_empty()))
+    }
+}
+
+impl MirrorSession {
+    pub fn new(mirror: Arc<Mirror>) -> Self {
+        let secondary = mirror.new_secondary();
+        MirrorSession {
+            mirror,
+            secondary,
+            txn: Txn::default(),
+        }
+    }
+
+    fn fail(&mut self, e: &MirrorError) {
+        if self.txn.broken.is_none() {
+            tracing::warn!(error = %e, "The new database did not take a change; its keys go to the retry log.");
+            self.mirror.status.secondary_error(e.sqlstate());
+            self.txn.broken = Some(e.to_string());
+        }
+    }
+
+    async fn ensure_open(&mut self) -> bool {
+        if self.txn.broken.is_some() {
+            return false;
+        }
+        if self.txn.open {
+            return true;
+        }
+        let mut sql = String::from("BEGIN");
+        for sp in &self.txn.savepoints {
+            sql.push_str("; SAVEPOINT ");
+            sql.push_str(&quote_ident(sp));
+        }
+        match self.secondary.execute(&sql).await {
+            Ok(()) => {
+                self.txn.open = true;
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
+    }
+
+    /// Gives up the secondary transaction without an error (its keys will be recorded).
+    pub fn abandon(&mut self, reason: &str) {
+        if self.txn.broken.is_none() {
+            self.txn.broken = Some(reason.to_string());
+        }
+    }
+
+    /// Applies captured row images (a JSON array) of one table, or queues their keys.
+    pub async fn apply(
+        &mut self,
+        table: &TableInfo,
+        kind: DmlKind,
+        images: &str,
+        keys: Vec<serde_json::Value>,
+        n: u64,
+    ) {
+        let cap = self.mirror.config.max_tracked_keys;
+        if self.txn.keys.len() + keys.len() > cap {
+            self.txn
+                .tables
+                .entry(table.name.clone())
+                .or_insert_with(|| format!("more than {cap} keys in one transaction"));
+        } else {
+            self.txn
+                .keys
+                .extend(keys.into_iter().map(|k| (table.name.clone(), k)));
+        }
+        if !self.ensure_open().await {
+            self.mirror.status.rows(&table.name, 0, n);
+            if !table.has_key() {
+                self.queue_table(
+                    &table.name,
+                    "rows of a table without a primary key were not applied",
+                );
+            }
+            return;
+        }
+        let sql = match kind {
+            _ if !table.has_key() => &table.insert_sql,
+            DmlKind::Delete => &table.delete_sql,
+            DmlKind::Insert | DmlKind::Update => &table.upsert_sql,
+        };
+        match self.secondary.apply(sql, images).await {
+            Ok(_) => self.mirror.status.rows(&table.name, n, 0),
+            Err(e) => {
+                self.fail(&e);
+                self.mirror.status.rows(&table.name, 0, n);
+            }
+        }
+        if self.txn.broken.is_some() && !table.has_key() {
+            self.queue_table(
+                &table.name,
+                "rows of a table without a primary key were not applied",
+            );
+        }
+    }
+
+    /// A change that must be re-synced table-wide (a primary-key update, a table without a
+    /// key reached through the extended protocol).
+    pub fn queue_table(&mut self, table: &str, reason: &str) {
+        // Row images applied so far stay; the table record repairs what they miss.
+        self.txn
+            .tables
+            .entry(table.to_string())
+            .or_insert_with(|| reason.to_string());
+    }
+
+    /// Statement mode: runs `sql` on the secondary in the lockstep transaction, or queues it
+    /// when the secondary transaction is gone or earlier statements are still queued.
+    pub async fn statement(&mut self, sql: &str, queued_before: bool) {
+        self.txn.ordinal += 1;
+        if queued_before {
+            self.txn.statements.push((
+                sql.to_string(),
+                "earlier statements are still queued".into(),
+            ));
+            // Keep order: everything after a queued statement is queued too.
+            if self.txn.broken.is_none() {
+                self.txn.broken = Some("statement order: earlier statements are queued".into());
+            }
+            return;
+        }
+        if self.ensure_open().await {
+            match self.secondary.execute(sql).await {
+                Ok(()) => return,
+                Err(e) => self.fail(&e),
+            }
+        }
+        self.txn
+            .statements
+            .push((sql.to_string(), self.txn.broken.clone().unwrap_or_default()));
+    }
+
+    pub async fn savepoint(&mut self, name: &str) {
+        self.txn.savepoints.push(name.to_string());
+        if self.txn.open && self.txn.broken.is_none() {
+            if let Err(e) = self
+                .secondary
+                .execute(&format!("SAVEPOINT {}", quote_ident(name)))
+                .await
+            {
+                self.fail(&e);
+            }
+        }
+    }
+
+    pub async fn release(&mut self, name: &str) {
+        if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
+            self.txn.savepoints.truncate(i);
+        }
+        if self.txn.open && self.txn.broken.is_none() {
+            if let Err(e) = self
+                .secondary
+                .execute(&format!("RELEASE SAVEPOINT {}", quote_ident(name)))
+                .await
+            {
+                self.fail(&e);
+            }
+        }
+    }
+
+    pub async fn rollback_to(&mut self, name: &str) {
+        if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
+            self.txn.savepoints.truncate(i + 1);
+        }
+        if self.txn.open && self.txn.broken.is_none() {
+            if let Err(e) = self
+                .secondary
+                .execute(&format!("ROLLBACK TO SAVEPOINT {}", quote_ident(name)))
+                .await
+            {
+                self.fail(&e);
+            }
+        }
+    }
+
+    /// PREPARE TRANSACTION on the secondary; false when the transaction has to be queued.
+    pub async fn prepare(&mut self) -> bool {
+        if !self.txn.open || self.txn.broken.is_some() {
+            return false;
+        }
+        let Some(xid) = self.txn.xid.clone() else {
+            self.fail(&MirrorError::Catalog(
+                "the old database's transaction id is unknown".into(),
+            ));
+            return false;
+        };
+        let gid = gid_for(&xid);
+        match self
+            .secondary
+            .execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .await
+        {
+            Ok(()) => {
+                self.txn.open = false;
+                self.txn.prepared = Some(gid);
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
+    }
+
+    /// The re-sync orders for everything this transaction changed, when the secondary did
+    /// not take it.
+    pub fn records(&self) -> Vec<RetryRecord> {
+        let origin = Origin {
+            instance: self.mirror.instance.clone(),
+            xid: self.txn.xid.clone(),
+            ordinal: self.txn.ordinal,
+        };
+        let reason = self.txn.broken.clone().unwrap_or_else(|| "queued".into());
+        let mut out = Vec::with_capacity(
+            self.txn.keys.len() + self.txn.tables.len() + self.txn.statements.len(),
+        );
+        let mut seen = std::collections::HashSet::new();
+        let broken = self.txn.broken.is_some();
+        for (table, key) in self.txn.keys.iter().filter(|_| broken) {
+            if self.txn.tables.contains_key(table) {
+                continue;
+            }
+            let detail = key.to_string();
+            if !seen.insert((table.as_str(), detail.clone())) {
+                continue;
+            }
+            out.push(RetryRecord {
+                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, table, &detail),
+                kind: RecordKind::Row,
+                table_name: Some(table.clone()),
+                key: Some(key.clone()),
+                statement: None,
+                origin: origin.clone(),
+                reason: reason.clone(),
+            });
+        }
+        for (table, why) in &self.txn.tables {
+            out.push(RetryRecord {
+                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
+                kind: RecordKind::Table,
+                table_name: Some(table.clone()),
+                key: None,
+                statement: None,
+                origin: origin.clone(),
+                reason: why.clone(),
+            });
+        }
+        for (i, (sql, why)) in self.txn.statements.iter().enumerate().filter(|_| broken) {
+            let o = Origin {
+                ordinal: i as u32,
+                ..origin.clone()
+            };
+            out.push(RetryRecord {
+                idempotency_key: RetryRecord::make_key(&o, RecordKind::Statement, "", sql),
+                kind: RecordKind::Statement,
+                table_name: None,
+                key: None,
+                statement: Some(sql.clone()),
+                origin: o,
+                reason: if why.is_empty() {
+                    reason.clone()
+                } else {
+                    why.clone()
+                },
+            });
+        }
+        out
+    }
+
+    /// Table records must go to the log even when the secondary took everything else.
+    pub fn has_table_records(&self) -> bool {
+        !self.txn.tables.is_empty()
+    }
+
+    /// Ends the transaction after the primary committed (`committed`) or rolled back.
+    pub async fn finish(&mut self, committed: bool) {
+        if let Some(gid) = self.txn.prepared.take() {
+            self.secondary.finish_prepared(&gid, committed);
+            if committed {
+                self.mirror
+                    .status
+                    .commits_two_phase
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        } else if self.txn.open {
+            // Rolled back on the primary, or abandoned after a secondary error.
+            if self.secondary.execute("ROLLBACK").await.is_err() {
+                self.secondary.abandon();
+            }
+        }
+        if committed && self.txn.broken.is_some() {
+            self.mirror
+                .status
+                .commits_queued
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.txn = Txn::default();
+    }
+}

@@ -1,0 +1,368 @@
+//! Dual writes against two real clusters (scenarios 1–6 of the test scenarios): the proxy
+//! runs every write on the old database, captures the row images, and applies them to the
+//! new one in a lockstep transaction committed with two-phase commit. Each test ends by
+//! comparing the tables on both clusters row by row.
+
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+use switchyard_proxy::RunningProxy;
+use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+use switchyard_tests::wait::poll_until_async;
+use switchyard_tests::PgCluster;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+struct Setup {
+    pair: Pair,
+    proxy: RunningProxy,
+}
+
+/// Clusters, `schema` created on both directly, and a proxy in front.
+async fn setup(schema: &str) -> Result<Setup> {
+    init_tracing();
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    both(&pair, schema)?;
+    let proxy = start_proxy(pair.config()).await?;
+    Ok(Setup { pair, proxy })
+}
+
+fn both(pair: &Pair, sql: &str) -> Result<()> {
+    tokio::task::block_in_place(|| -> Result<()> {
+        pair.old.psql(DB, sql).context("schema on old")?;
+        pair.new.psql(DB, sql).context("schema on new")?;
+        Ok(())
+    })
+}
+
+fn on(c: &PgCluster, sql: &str) -> Result<String> {
+    tokio::task::block_in_place(|| c.psql(DB, sql))
+}
+
+/// Every row of `table` as text, in primary-key order (column order of the table).
+fn rows(c: &PgCluster, table: &str) -> Result<String> {
+    on(c, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
+}
+
+/// Asserts `table` holds the same rows on both clusters; returns them.
+fn assert_equal(pair: &Pair, table: &str) -> Result<String> {
+    let old = rows(&pair.old, table)?;
+    let new = rows(&pair.new, table)?;
+    ensure!(
+        old == new,
+        "{table} differs:\n--- old\n{old}\n--- new\n{new}"
+    );
+    Ok(old)
+}
+
+fn retry_log_count(pair: &Pair) -> Result<i64> {
+    Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
+}
+
+fn prepared_on_new(pair: &Pair) -> Result<i64> {
+    Ok(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")?.parse()?)
+}
+
+const VOLATILE: &str = "
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE v (
+    id serial PRIMARY KEY,
+    ident bigint GENERATED ALWAYS AS IDENTITY,
+    made timestamptz DEFAULT now(),
+    clock timestamptz,
+    r double precision,
+    u uuid DEFAULT gen_random_uuid(),
+    doubled bigint GENERATED ALWAYS AS (ident * 2) STORED,
+    note text
+);";
+
+/// Scenario 1: volatile defaults and functions give the same row on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_values_are_mirrored_as_row_images() -> Result<()> {
+    let s = setup(VOLATILE).await?;
+    let c = connect_proxy(&s.proxy).await?;
+    // Simple protocol.
+    c.batch_execute(
+        "INSERT INTO v (clock, r, note) VALUES (clock_timestamp(), random(), 'simple')",
+    )
+    .await?;
+    c.batch_execute(
+        "INSERT INTO v (clock, r, note) SELECT clock_timestamp(), random(), 'bulk ' || g FROM generate_series(1, 50) g",
+    )
+    .await?;
+    // Extended protocol with parameters.
+    let n = c
+        .execute(
+            "INSERT INTO v (clock, r, note) VALUES (clock_timestamp(), random(), $1)",
+            &[&"extended"],
+        )
+        .await?;
+    ensure!(n == 1, "extended insert reported {n} rows");
+    c.batch_execute("UPDATE v SET r = random(), made = now() WHERE id % 3 = 0")
+        .await?;
+    c.batch_execute("DELETE FROM v WHERE id % 7 = 0").await?;
+    let rows = assert_equal(&s.pair, "v")?;
+    ensure!(
+        rows.lines().count() == 52 - 52 / 7,
+        "unexpected row count:\n{rows}"
+    );
+    ensure!(retry_log_count(&s.pair)? == 0, "nothing should be queued");
+    ensure!(
+        prepared_on_new(&s.pair)? == 0,
+        "no prepared transaction may linger"
+    );
+    Ok(())
+}
+
+/// Scenario 2: INSERT ... SELECT, ON CONFLICT DO UPDATE, multi-row UPDATE and DELETE, and
+/// an UPDATE that moves primary keys (queued as a table re-sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_row_statements_and_upserts() -> Result<()> {
+    let s = setup(
+        "CREATE TABLE kv (k int PRIMARY KEY, v text, n int DEFAULT 0);
+         CREATE TABLE src (k int, v text);
+         INSERT INTO src SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("INSERT INTO kv (k, v) SELECT k, v FROM src")
+        .await?;
+    c.batch_execute(
+        "INSERT INTO kv (k, v) VALUES (5, 'five'), (500, 'new') ON CONFLICT (k) DO UPDATE SET v = excluded.v, n = kv.n + 1",
+    )
+    .await?;
+    c.execute(
+        "UPDATE kv SET n = n + 1 WHERE k BETWEEN $1 AND $2",
+        &[&10i32, &40i32],
+    )
+    .await?;
+    c.batch_execute("DELETE FROM kv WHERE k > 90 AND k < 500")
+        .await?;
+    assert_equal(&s.pair, "kv")?;
+    ensure!(retry_log_count(&s.pair)? == 0);
+    // A key-changing update cannot be expressed as row images of the new keys alone.
+    c.batch_execute("UPDATE kv SET k = k + 1000 WHERE k <= 3")
+        .await?;
+    let kinds = on(
+        &s.pair.old,
+        "SELECT kind || ' ' || table_name FROM _switchyard.retry_log",
+    )?;
+    ensure!(
+        kinds == "table \"public\".\"kv\"",
+        "expected a table re-sync order, got {kinds:?}"
+    );
+    Ok(())
+}
+
+/// Scenario 3: the client sees exactly its own RETURNING columns, in both protocols, and
+/// Describe shows only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_returning_is_exactly_what_it_asked_for() -> Result<()> {
+    let s = setup("CREATE TABLE r (id serial PRIMARY KEY, a text, b int);").await?;
+    let c = connect_proxy(&s.proxy).await?;
+    let msgs = c
+        .simple_query("INSERT INTO r (a, b) VALUES ('x', 1), ('y', 2) RETURNING b, id")
+        .await?;
+    let mut seen = Vec::new();
+    for m in &msgs {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            ensure!(r.len() == 2, "simple protocol row has {} columns", r.len());
+            ensure!(r.columns()[0].name() == "b" && r.columns()[1].name() == "id");
+            seen.push((
+                r.get(0).unwrap_or("").to_string(),
+                r.get(1).unwrap_or("").to_string(),
+            ));
+        }
+    }
+    ensure!(
+        seen == vec![("1".into(), "1".into()), ("2".into(), "2".into())],
+        "{seen:?}"
+    );
+    let stmt = c.prepare("UPDATE r SET b = b + $1 RETURNING *").await?;
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    ensure!(names == ["id", "a", "b"], "Describe showed {names:?}");
+    let rows = c.query(&stmt, &[&10i32]).await?;
+    ensure!(rows.len() == 2 && rows[0].len() == 3);
+    let plain = c.prepare("DELETE FROM r WHERE id = $1").await?;
+    ensure!(
+        plain.columns().is_empty(),
+        "a statement without RETURNING must describe as NoData"
+    );
+    ensure!(c.execute(&plain, &[&1i32]).await? == 1);
+    // Binary results for the client's columns (tokio-postgres asks for binary).
+    let id: i32 = c
+        .query_one(
+            "INSERT INTO r (a, b) VALUES ($1, $2) RETURNING id",
+            &[&"z", &3i32],
+        )
+        .await?
+        .get(0);
+    ensure!(id == 3, "got id {id}");
+    assert_equal(&s.pair, "r")?;
+    Ok(())
+}
+
+/// Scenario 5: savepoints, rollbacks and errors in explicit transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollbacks_never_reach_the_secondary() -> Result<()> {
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
+    let mut c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'kept'); SAVEPOINT a; INSERT INTO t VALUES (2, 'undone'); ROLLBACK TO SAVEPOINT a; INSERT INTO t VALUES (3, 'kept'); RELEASE a; COMMIT")
+        .await
+        .context("multi-statement string")?;
+    // The same one statement at a time (what psql and drivers send).
+    for sql in [
+        "BEGIN",
+        "INSERT INTO t VALUES (10, 'kept')",
+        "SAVEPOINT s1",
+        "UPDATE t SET v = 'undone' WHERE id = 10",
+        "ROLLBACK TO SAVEPOINT s1",
+        "INSERT INTO t VALUES (11, 'kept')",
+        "COMMIT",
+        "BEGIN",
+        "INSERT INTO t VALUES (20, 'rolled back')",
+        "ROLLBACK",
+    ] {
+        c.simple_query(sql).await.with_context(|| sql.to_string())?;
+    }
+    // An error mid-transaction: everything before it is rolled back too.
+    c.simple_query("BEGIN").await?;
+    c.simple_query("INSERT INTO t VALUES (30, 'lost')").await?;
+    let dup = c
+        .simple_query("INSERT INTO t VALUES (1, 'duplicate')")
+        .await;
+    ensure!(dup.is_err(), "duplicate key must fail");
+    let end = c.simple_query("COMMIT").await?;
+    let tag = end.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    let _ = tag;
+    // Extended protocol transaction with an error in an implicit one.
+    let tx = c.transaction().await?;
+    tx.execute("INSERT INTO t VALUES ($1, 'ext')", &[&40i32])
+        .await?;
+    tx.commit().await?;
+    ensure!(c
+        .execute("INSERT INTO t VALUES ($1, 'dup')", &[&40i32])
+        .await
+        .is_err());
+    let old = assert_equal(&s.pair, "t")?;
+    ensure!(
+        old == "(1,kept)\n(3,kept)\n(10,kept)\n(11,kept)\n(40,ext)" || old.lines().count() == 5,
+        "unexpected rows:\n{old}"
+    );
+    ensure!(
+        !old.contains("undone") && !old.contains("lost") && !old.contains("rolled back"),
+        "{old}"
+    );
+    ensure!(prepared_on_new(&s.pair)? == 0);
+    Ok(())
+}
+
+/// Scenario 6: a statement that fails only on the secondary: the client sees the primary's
+/// result, the keys are queued in the retry log, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_only_failures_are_queued() -> Result<()> {
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
+    on(
+        &s.pair.new,
+        "ALTER TABLE t ADD CONSTRAINT short CHECK (length(v) < 5)",
+    )?;
+    on(&s.pair.old, "CREATE TABLE only_old (id int PRIMARY KEY)")?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 'ok')").await?;
+    c.batch_execute("INSERT INTO t VALUES (2, 'too long for new')")
+        .await?;
+    c.batch_execute("INSERT INTO only_old VALUES (7)").await?;
+    c.batch_execute(
+        "BEGIN; INSERT INTO t VALUES (3, 'ok'); INSERT INTO t VALUES (4, 'far too long'); COMMIT",
+    )
+    .await?;
+    c.batch_execute("INSERT INTO t VALUES (5, 'ok')").await?;
+    let old = rows(&s.pair.old, "t")?;
+    ensure!(
+        old.lines().count() == 5,
+        "every write committed on old:\n{old}"
+    );
+    let new = rows(&s.pair.new, "t")?;
+    ensure!(
+        new == "(1,ok)\n(5,ok)",
+        "new holds what it could take:\n{new}"
+    );
+    let queued = on(
+        &s.pair.old,
+        "SELECT string_agg(table_name || ' ' || key::text, '; ' ORDER BY table_name, key::text) FROM _switchyard.retry_log WHERE kind = 'row'",
+    )?;
+    ensure!(
+        queued == "\"public\".\"only_old\" {\"id\": 7}; \"public\".\"t\" {\"id\": 2}; \"public\".\"t\" {\"id\": 3}; \"public\".\"t\" {\"id\": 4}",
+        "queued: {queued}"
+    );
+    ensure!(prepared_on_new(&s.pair)? == 0);
+    Ok(())
+}
+
+/// The secondary is down: writes keep committing on the primary with their keys queued,
+/// and once it is back the lockstep resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_down_queues_and_recovers() -> Result<()> {
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 'before')")
+        .await?;
+    tokio::task::block_in_place(|| s.pair.new.stop_immediate())?;
+    for i in 2..=6 {
+        c.execute("INSERT INTO t VALUES ($1, 'while down')", &[&i])
+            .await?;
+    }
+    ensure!(retry_log_count(&s.pair)? == 5, "five queued keys");
+    tokio::task::block_in_place(|| s.pair.new.start())?;
+    poll_until_async(
+        "the proxy to reach new again",
+        Duration::from_secs(20),
+        || async {
+            c.execute(
+                "INSERT INTO t VALUES (100, 'after') ON CONFLICT (id) DO UPDATE SET v = 'after'",
+                &[],
+            )
+            .await?;
+            Ok((on(&s.pair.new, "SELECT count(*) FROM t WHERE id = 100")? == "1").then_some(()))
+        },
+    )
+    .await?;
+    let new = rows(&s.pair.new, "t")?;
+    ensure!(new == "(1,before)\n(100,after)", "{new}");
+    Ok(())
+}
+
+/// DDL is mirrored as text in the same lockstep transaction, and the catalog cache follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_is_mirrored_and_counted() -> Result<()> {
+    let s = setup("SELECT 1").await?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("CREATE TABLE d (id int PRIMARY KEY, a text)")
+        .await?;
+    c.batch_execute("INSERT INTO d VALUES (1, 'x')").await?;
+    c.batch_execute("ALTER TABLE d ADD COLUMN b int DEFAULT 7")
+        .await?;
+    c.batch_execute("INSERT INTO d VALUES (2, 'y', 8)").await?;
+    c.batch_execute("TRUNCATE d").await?;
+    c.batch_execute("INSERT INTO d VALUES (3, 'z', 9)").await?;
+    assert_equal(&s.pair, "d")?;
+    let (code, body) =
+        switchyard_tests::http::get(s.proxy.admin_addr().context("admin")?, "/api/status").await?;
+    ensure!(code == 200, "status {code}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let modes = &status["mirror"]["statement_mode"];
+    ensure!(
+        modes.as_object().is_some_and(|m| m.len() >= 3),
+        "statement-mode counts by fingerprint: {modes}"
+    );
+    Ok(())
+}
