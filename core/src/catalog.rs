@@ -95,7 +95,10 @@ pub enum CatalogError {
         source: tokio_postgres::Error,
     },
     #[error("unexpected catalog value for {table}: {detail}")]
-    Unexpected { table: QualifiedName, detail: String },
+    Unexpected {
+        table: QualifiedName,
+        detail: String,
+    },
 }
 
 fn query_error(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
@@ -158,12 +161,16 @@ pub async fn load_table(client: &Client, table: &QualifiedName) -> Result<TableM
     let mut primary_key = Vec::with_capacity(rows.len());
     for row in rows {
         let attnum: i16 = row.get(0);
-        let index = attnums.iter().position(|&a| a == attnum).ok_or_else(|| {
-            CatalogError::Unexpected {
-                table: table.clone(),
-                detail: format!("primary key names column number {attnum}, which is not a column"),
-            }
-        })?;
+        let index =
+            attnums
+                .iter()
+                .position(|&a| a == attnum)
+                .ok_or_else(|| CatalogError::Unexpected {
+                    table: table.clone(),
+                    detail: format!(
+                        "primary key names column number {attnum}, which is not a column"
+                    ),
+                })?;
         primary_key.push(index);
     }
     Ok(TableMeta {

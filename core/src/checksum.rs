@@ -190,18 +190,17 @@ impl RangeQueries {
     /// Smallest and largest key of a single-column integer key; `None` for an empty table.
     pub async fn int_bounds(&self, client: &Client) -> Result<Option<(i64, i64)>, ChecksumError> {
         let k = self.key.names(None);
-        let sql = format!(
-            "SELECT min({k})::int8, max({k})::int8 FROM {}",
-            self.table
-        );
+        let sql = format!("SELECT min({k})::int8, max({k})::int8 FROM {}", self.table);
         let row = client
             .query_one(&sql, &[])
             .await
             .map_err(self.err("key bounds"))?;
-        Ok(match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
-            (Some(lo), Some(hi)) => Some((lo, hi)),
-            _ => None,
-        })
+        Ok(
+            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                (Some(lo), Some(hi)) => Some((lo, hi)),
+                _ => None,
+            },
+        )
     }
 
     /// The planner's row estimate (`pg_class.reltuples`); 0 when never analysed.

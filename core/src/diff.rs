@@ -176,10 +176,16 @@ pub async fn diff_table(
     for p in pairs {
         pin_settings(&p.old)
             .await
-            .map_err(|source| DiffError::Session { side: "old", source })?;
+            .map_err(|source| DiffError::Session {
+                side: "old",
+                source,
+            })?;
         pin_settings(&p.new)
             .await
-            .map_err(|source| DiffError::Session { side: "new", source })?;
+            .map_err(|source| DiffError::Session {
+                side: "new",
+                source,
+            })?;
     }
     let ctx = Arc::new(Ctx {
         q: RangeQueries::new(table, columns),
@@ -246,10 +252,8 @@ pub async fn diff_table(
 /// `chunk_rows`-th key of the larger side in byte order.
 async fn top_ranges(sides: &Sides, ctx: &Ctx) -> Result<Vec<KeyRange>, DiffError> {
     let q = &ctx.q;
-    let (est_old, est_new) = tokio::try_join!(
-        q.estimated_rows(&sides.old),
-        q.estimated_rows(&sides.new)
-    )?;
+    let (est_old, est_new) =
+        tokio::try_join!(q.estimated_rows(&sides.old), q.estimated_rows(&sides.new))?;
     let chunk = ctx.opts.chunk_rows.max(1);
     if q.has_int_key() {
         let (b_old, b_new) = tokio::try_join!(q.int_bounds(&sides.old), q.int_bounds(&sides.new))?;
@@ -262,10 +266,8 @@ async fn top_ranges(sides: &Sides, ctx: &Ctx) -> Result<Vec<KeyRange>, DiffError
         if est == 0 {
             // Never analysed: count (one scan) rather than guess from a sparse key span.
             let all = KeyRange::all();
-            let (c_old, c_new) = tokio::try_join!(
-                q.checksum(&sides.old, &all),
-                q.checksum(&sides.new, &all)
-            )?;
+            let (c_old, c_new) =
+                tokio::try_join!(q.checksum(&sides.old, &all), q.checksum(&sides.new, &all))?;
             est = c_old.rows.max(c_new.rows) as u64;
         }
         let parts = est.div_ceil(chunk).max(1);
@@ -322,7 +324,11 @@ async fn check_range(
     }
     let larger = a.rows.max(b.rows) as u64;
     if larger > ctx.opts.leaf_rows {
-        let client = if b.rows > a.rows { &sides.new } else { &sides.old };
+        let client = if b.rows > a.rows {
+            &sides.new
+        } else {
+            &sides.old
+        };
         let every = larger.div_ceil(ctx.opts.bisection_factor.max(2)) as i64;
         let points = q.split_points(client, range, every).await?;
         if !points.is_empty() {

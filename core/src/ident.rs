@@ -135,10 +135,7 @@ mod tests {
             QualifiedName::parse("\"My.Schema\".\"Tab\"\"le\"").unwrap(),
             QualifiedName::new("My.Schema", "Tab\"le")
         );
-        assert_eq!(
-            QualifiedName::parse("a.b").unwrap().quoted(),
-            "\"a\".\"b\""
-        );
+        assert_eq!(QualifiedName::parse("a.b").unwrap().quoted(), "\"a\".\"b\"");
         assert_eq!(QualifiedName::parse(" "), Err(NameError::Empty));
         assert!(matches!(
             QualifiedName::parse("a.b.c"),

@@ -248,7 +248,10 @@ mod tests {
         let mut none = Vec::new();
         assert_eq!(k.range_predicate(&KeyRange::all(), 1, &mut none), "TRUE");
         assert!(none.is_empty());
-        assert_eq!(k.text_select(Some("t")), "t.\"Region\"::text, t.\"id\"::text");
+        assert_eq!(
+            k.text_select(Some("t")),
+            "t.\"Region\"::text, t.\"id\"::text"
+        );
     }
 
     #[test]

@@ -201,7 +201,11 @@ impl Statements {
         }
     }
 
-    fn err(&self, side: Side, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ResyncError {
+    fn err(
+        &self,
+        side: Side,
+        what: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> ResyncError {
         let table = self.table.clone();
         move |source| ResyncError::Query {
             side,
@@ -261,7 +265,11 @@ impl Statements {
 
     /// Deletes `keys`; returns the keys actually deleted (text forms as the target prints
     /// them).
-    async fn delete(&self, tx: &Transaction<'_>, keys: &[KeyText]) -> Result<Vec<KeyText>, ResyncError> {
+    async fn delete(
+        &self,
+        tx: &Transaction<'_>,
+        keys: &[KeyText],
+    ) -> Result<Vec<KeyText>, ResyncError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -272,7 +280,11 @@ impl Statements {
             .map_err(self.err(Side::Target, "deleting rows"))?;
         Ok(rows
             .iter()
-            .map(|r| (0..self.arity).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .map(|r| {
+                (0..self.arity)
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect()
+            })
             .collect())
     }
 }

@@ -226,9 +226,16 @@ mod tests {
         assert_eq!(cfg.reconciler.max_keys, 5);
         assert!(warnings.is_empty(), "{warnings:?}");
 
-        let err = verify_args(&["--old", "mysql://x", "--new", "postgres://u@h/db", "--jobs", "0"])
-            .load(Vec::new())
-            .expect_err("invalid");
+        let err = verify_args(&[
+            "--old",
+            "mysql://x",
+            "--new",
+            "postgres://u@h/db",
+            "--jobs",
+            "0",
+        ])
+        .load(Vec::new())
+        .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["old", "reconciler.jobs"], "{err}");
     }

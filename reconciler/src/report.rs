@@ -181,12 +181,23 @@ impl Report {
     pub fn prometheus(&self) -> String {
         let mut s = String::new();
         let cmd = self.command;
-        let _ = writeln!(s, "# HELP switchyard_reconciler_rows Rows seen per table and side in the last {cmd}.");
+        let _ = writeln!(
+            s,
+            "# HELP switchyard_reconciler_rows Rows seen per table and side in the last {cmd}."
+        );
         let _ = writeln!(s, "# TYPE switchyard_reconciler_rows gauge");
         for t in &self.tables {
             let table = label(&t.table);
-            let _ = writeln!(s, "switchyard_reconciler_rows{{command=\"{cmd}\",table=\"{table}\",side=\"old\"}} {}", t.rows_old);
-            let _ = writeln!(s, "switchyard_reconciler_rows{{command=\"{cmd}\",table=\"{table}\",side=\"new\"}} {}", t.rows_new);
+            let _ = writeln!(
+                s,
+                "switchyard_reconciler_rows{{command=\"{cmd}\",table=\"{table}\",side=\"old\"}} {}",
+                t.rows_old
+            );
+            let _ = writeln!(
+                s,
+                "switchyard_reconciler_rows{{command=\"{cmd}\",table=\"{table}\",side=\"new\"}} {}",
+                t.rows_new
+            );
         }
         let _ = writeln!(s, "# HELP switchyard_reconciler_differences Differing rows per table and kind in the last {cmd}.");
         let _ = writeln!(s, "# TYPE switchyard_reconciler_differences gauge");
@@ -200,20 +211,34 @@ impl Report {
                 let _ = writeln!(s, "switchyard_reconciler_differences{{command=\"{cmd}\",table=\"{table}\",kind=\"{kind}\"}} {n}");
             }
         }
-        let _ = writeln!(s, "# HELP switchyard_reconciler_table_seconds Time spent per table in the last {cmd}.");
+        let _ = writeln!(
+            s,
+            "# HELP switchyard_reconciler_table_seconds Time spent per table in the last {cmd}."
+        );
         let _ = writeln!(s, "# TYPE switchyard_reconciler_table_seconds gauge");
         for t in &self.tables {
-            let _ = writeln!(s, "switchyard_reconciler_table_seconds{{command=\"{cmd}\",table=\"{}\"}} {:.3}", label(&t.table), t.seconds);
+            let _ = writeln!(
+                s,
+                "switchyard_reconciler_table_seconds{{command=\"{cmd}\",table=\"{}\"}} {:.3}",
+                label(&t.table),
+                t.seconds
+            );
         }
         let _ = writeln!(s, "# HELP switchyard_reconciler_exit_code Exit code of the last {cmd} (0 equal, 1 differences, 2 error).");
         let _ = writeln!(s, "# TYPE switchyard_reconciler_exit_code gauge");
-        let _ = writeln!(s, "switchyard_reconciler_exit_code{{command=\"{cmd}\"}} {}", self.exit_code());
+        let _ = writeln!(
+            s,
+            "switchyard_reconciler_exit_code{{command=\"{cmd}\"}} {}",
+            self.exit_code()
+        );
         s
     }
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The human lines for the schema check (printed before any data is read).
@@ -231,7 +256,12 @@ pub fn human_table(t: &TableReport) -> String {
     match t.status {
         Status::SchemaDifferent => return human_schema(t),
         Status::Error => {
-            let _ = write!(s, "{}: ERROR: {}", t.table, t.error.as_deref().unwrap_or("unknown"));
+            let _ = write!(
+                s,
+                "{}: ERROR: {}",
+                t.table,
+                t.error.as_deref().unwrap_or("unknown")
+            );
             return s;
         }
         Status::Equal => {
@@ -250,7 +280,11 @@ pub fn human_table(t: &TableReport) -> String {
         }
     }
     if t.transient > 0 {
-        let _ = write!(s, "\n  {} row(s) differed at first and were equal when re-read (writes in flight)", t.transient);
+        let _ = write!(
+            s,
+            "\n  {} row(s) differed at first and were equal when re-read (writes in flight)",
+            t.transient
+        );
     }
     for (kind, label) in [
         ("missing_in_new", "missing in new"),
@@ -266,16 +300,32 @@ pub fn human_table(t: &TableReport) -> String {
             .take(HUMAN_KEYS)
             .map(|r| DisplayKey(&r.key).to_string())
             .collect();
-        let _ = write!(s, "\n  {label} ({}): {}", t.key_columns.join(", "), shown.join("; "));
+        let _ = write!(
+            s,
+            "\n  {label} ({}): {}",
+            t.key_columns.join(", "),
+            shown.join("; ")
+        );
         if keys.len() > HUMAN_KEYS {
-            let _ = write!(s, "; ... {} more (see --format json)", keys.len() - HUMAN_KEYS);
+            let _ = write!(
+                s,
+                "; ... {} more (see --format json)",
+                keys.len() - HUMAN_KEYS
+            );
         }
     }
     if t.truncated {
-        let _ = write!(s, "\n  (more rows differ than are listed: raise --max-keys to list them)");
+        let _ = write!(
+            s,
+            "\n  (more rows differ than are listed: raise --max-keys to list them)"
+        );
     }
     if let Some(r) = &t.repair {
-        let verb = if r.dry_run { "would upsert" } else { "upserted" };
+        let verb = if r.dry_run {
+            "would upsert"
+        } else {
+            "upserted"
+        };
         let verb2 = if r.dry_run { "would delete" } else { "deleted" };
         let _ = write!(
             s,
@@ -284,7 +334,11 @@ pub fn human_table(t: &TableReport) -> String {
             r.upserted,
             r.deleted,
             r.unchanged,
-            if r.dry_run { " (dry run: nothing changed)" } else { "" }
+            if r.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            }
         );
     }
     s

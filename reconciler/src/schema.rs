@@ -40,12 +40,17 @@ pub fn compare(old: Option<&TableMeta>, new: Option<&TableMeta>) -> SchemaCheck 
     }
     for c in &new.columns {
         if old.column(&c.name).is_none() {
-            problems.push(format!("column {:?} is missing in old (extra in new)", c.name));
+            problems.push(format!(
+                "column {:?} is missing in old (extra in new)",
+                c.name
+            ));
         }
     }
     let (ko, kn) = (key_names(old), key_names(new));
     match (ko.is_empty(), kn.is_empty()) {
-        (true, true) => problems.push("no primary key on either side: rows cannot be matched".into()),
+        (true, true) => {
+            problems.push("no primary key on either side: rows cannot be matched".into())
+        }
         (true, false) => problems.push("no primary key in old".into()),
         (false, true) => problems.push("no primary key in new".into()),
         (false, false) if ko != kn => problems.push(format!(

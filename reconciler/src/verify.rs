@@ -69,7 +69,11 @@ async fn run_inner(
     let tables: Vec<QualifiedName> = if requested.is_empty() {
         let (a, b) = tokio::try_join!(list_user_tables(&meta_old), list_user_tables(&meta_new))
             .context("listing the tables")?;
-        a.into_iter().chain(b).collect::<BTreeSet<_>>().into_iter().collect()
+        a.into_iter()
+            .chain(b)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     } else {
         requested
     };
@@ -208,7 +212,9 @@ fn needs_upsert(source: SourceSide, kind: DiffKind) -> bool {
     match (source, kind) {
         (_, DiffKind::Different) => true,
         (SourceSide::Old, DiffKind::MissingInNew) | (SourceSide::New, DiffKind::ExtraInNew) => true,
-        (SourceSide::Old, DiffKind::ExtraInNew) | (SourceSide::New, DiffKind::MissingInNew) => false,
+        (SourceSide::Old, DiffKind::ExtraInNew) | (SourceSide::New, DiffKind::MissingInNew) => {
+            false
+        }
     }
 }
 

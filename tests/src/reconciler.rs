@@ -71,7 +71,9 @@ pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<Reconcil
     let child = cmd.spawn().context("starting switchyard-reconciler")?;
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .with_context(|| format!("switchyard-reconciler {args:?} did not finish within {timeout:?}"))?
+        .with_context(|| {
+            format!("switchyard-reconciler {args:?} did not finish within {timeout:?}")
+        })?
         .context("waiting for switchyard-reconciler")?;
     Ok(ReconcilerRun {
         status: out.status,

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::clients::{python_bin, run_client};
+use switchyard_tests::free_port;
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
-use switchyard_tests::free_port;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -204,7 +204,16 @@ async fn finds_exactly_the_injected_differences_and_repairs_them() -> Result<()>
     let (code, bisected) = reconciler_json(
         &pair,
         "verify",
-        &["--chunk-rows", "64", "--leaf-rows", "8", "--bisection-factor", "3", "--jobs", "3"],
+        &[
+            "--chunk-rows",
+            "64",
+            "--leaf-rows",
+            "8",
+            "--bisection-factor",
+            "3",
+            "--jobs",
+            "3",
+        ],
     )
     .await?;
     assert_eq!(code, 1);
@@ -224,7 +233,11 @@ async fn finds_exactly_the_injected_differences_and_repairs_them() -> Result<()>
         "{}",
         human.text()
     );
-    assert!(human.stdout.contains("public.t_empty: equal, 0 rows"), "{}", human.text());
+    assert!(
+        human.stdout.contains("public.t_empty: equal, 0 rows"),
+        "{}",
+        human.text()
+    );
 
     // Dry run: reports the plan, changes nothing.
     let (code, dry) = reconciler_json(&pair, "repair", &["--dry-run"]).await?;
@@ -250,8 +263,14 @@ async fn finds_exactly_the_injected_differences_and_repairs_them() -> Result<()>
     assert_eq!(after["equal"], true);
     // The identity row came back with its own id and the generated column recomputed.
     assert_eq!(
-        pair.new.psql(DB, "SELECT id, v, g FROM t_ident WHERE id IN (10, 20) ORDER BY id")?,
-        pair.old.psql(DB, "SELECT id, v, g FROM t_ident WHERE id IN (10, 20) ORDER BY id")?
+        pair.new.psql(
+            DB,
+            "SELECT id, v, g FROM t_ident WHERE id IN (10, 20) ORDER BY id"
+        )?,
+        pair.old.psql(
+            DB,
+            "SELECT id, v, g FROM t_ident WHERE id IN (10, 20) ORDER BY id"
+        )?
     );
     // Repair is idempotent: a second run finds nothing to do.
     let (code, _) = reconciler_json(&pair, "repair", &[]).await?;
@@ -270,8 +289,15 @@ async fn finds_exactly_the_injected_differences_and_repairs_them() -> Result<()>
     assert_eq!(fix["source"], "new");
     assert_eq!(fix["upserted"], 2, "{from_new:#}");
     assert_eq!(fix["deleted"], 1, "{from_new:#}");
-    assert_eq!(pair.old.psql(DB, "SELECT v FROM t_text WHERE k = '日本'")?, "999");
-    assert_eq!(pair.old.psql(DB, "SELECT count(*) FROM t_text WHERE k = 'ß'")?, "0");
+    assert_eq!(
+        pair.old.psql(DB, "SELECT v FROM t_text WHERE k = '日本'")?,
+        "999"
+    );
+    assert_eq!(
+        pair.old
+            .psql(DB, "SELECT count(*) FROM t_text WHERE k = 'ß'")?,
+        "0"
+    );
     let (code, _) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 0);
     Ok(())
@@ -294,7 +320,10 @@ async fn equal_and_empty_tables_exit_zero() -> Result<()> {
          ANALYZE full_a;",
     )?;
     // Switchyard's own schema is not compared even when it differs.
-    pair.old.psql(DB, "CREATE SCHEMA _switchyard; CREATE TABLE _switchyard.retry (id int PRIMARY KEY)")?;
+    pair.old.psql(
+        DB,
+        "CREATE SCHEMA _switchyard; CREATE TABLE _switchyard.retry (id int PRIMARY KEY)",
+    )?;
     let (code, json) = reconciler_json(&pair, "verify", &["--jobs", "2"]).await?;
     assert_eq!(code, 0, "{json:#}");
     assert_eq!(json["tables"].as_array().map(Vec::len), Some(3), "{json:#}");
@@ -352,8 +381,14 @@ async fn schema_differences_are_reported_plainly() -> Result<()> {
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect())
     };
-    assert_eq!(problems("public.s_missing")?, vec!["table is missing in new"]);
-    assert_eq!(problems("public.s_col")?, vec!["column \"b\" is missing in new"]);
+    assert_eq!(
+        problems("public.s_missing")?,
+        vec!["table is missing in new"]
+    );
+    assert_eq!(
+        problems("public.s_col")?,
+        vec!["column \"b\" is missing in new"]
+    );
     assert_eq!(
         problems("public.s_type")?,
         vec!["column \"a\" has type integer in old, bigint in new"]
@@ -367,26 +402,45 @@ async fn schema_differences_are_reported_plainly() -> Result<()> {
     // Human format: schema findings come before any data result.
     let run = reconciler(&pair, "verify", &[]).await?;
     assert_eq!(run.code(), Some(1), "{}", run.text());
-    let schema_at = run.stdout.find("public.s_type: schema differs").context(run.text())?;
+    let schema_at = run
+        .stdout
+        .find("public.s_type: schema differs")
+        .context(run.text())?;
     let data_at = run.stdout.find("public.s_ok: equal").context(run.text())?;
     assert!(schema_at < data_at, "{}", run.text());
 
     // A table that exists nowhere is a usage error: exit 2.
     let run = reconciler(&pair, "verify", &["--tables", "s_ok,nosuch"]).await?;
     assert_eq!(run.code(), Some(2), "{}", run.text());
-    assert!(run.stdout.contains("public.nosuch: ERROR: table public.nosuch exists on neither database"), "{}", run.text());
+    assert!(
+        run.stdout
+            .contains("public.nosuch: ERROR: table public.nosuch exists on neither database"),
+        "{}",
+        run.text()
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
     let run = run_reconciler(
-        &["verify", "--old", "mysql://u:pw@h/db", "--new", "postgres://u@h/db"],
+        &[
+            "verify",
+            "--old",
+            "mysql://u:pw@h/db",
+            "--new",
+            "postgres://u@h/db",
+        ],
         RUN_TIMEOUT,
     )
     .await?;
     assert_eq!(run.code(), Some(2), "{}", run.text());
-    assert!(run.stderr.contains("old: connection URL must start with postgres://"), "{}", run.text());
+    assert!(
+        run.stderr
+            .contains("old: connection URL must start with postgres://"),
+        "{}",
+        run.text()
+    );
 
     let port = free_port();
     let old = format!("postgres://postgres:sekrit-pw@127.0.0.1:{port}/app");
@@ -398,8 +452,15 @@ async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
     assert_eq!(run.code(), Some(2), "{}", run.text());
     let json: Value = serde_json::from_str(&run.stdout).context(run.text())?;
     let error = json["error"].as_str().context(run.text())?;
-    assert!(error.contains("connecting to the old database at postgres://postgres:***@127.0.0.1"), "{error}");
-    assert!(!run.text().contains("sekrit-pw"), "password printed: {}", run.text());
+    assert!(
+        error.contains("connecting to the old database at postgres://postgres:***@127.0.0.1"),
+        "{error}"
+    );
+    assert!(
+        !run.text().contains("sekrit-pw"),
+        "password printed: {}",
+        run.text()
+    );
 
     // Missing flags, and the subcommands still to come.
     let run = run_reconciler(&["verify"], RUN_TIMEOUT).await?;
@@ -408,7 +469,11 @@ async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
     for cmd in ["replay", "recover"] {
         let run = run_reconciler(&[cmd], RUN_TIMEOUT).await?;
         assert_eq!(run.code(), Some(2), "{}", run.text());
-        assert!(run.stderr.contains("not implemented yet (issue #3)"), "{}", run.text());
+        assert!(
+            run.stderr.contains("not implemented yet (issue #3)"),
+            "{}",
+            run.text()
+        );
     }
     Ok(())
 }
@@ -419,11 +484,16 @@ fn parse_reladiff(table: &str, key_cols: usize, out: &str) -> Result<Found> {
     let mut minus = BTreeSet::new();
     let mut plus = BTreeSet::new();
     for line in out.lines().filter(|l| l.starts_with('[')) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("reladiff line {line}"))?;
+        let v: Value =
+            serde_json::from_str(line).with_context(|| format!("reladiff line {line}"))?;
         let row = v[1].as_array().context("reladiff row")?;
         let k: Vec<String> = row[..key_cols]
             .iter()
-            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
             .collect();
         match v[0].as_str() {
             Some("-") => minus.insert(k),
@@ -473,7 +543,10 @@ async fn agrees_with_reladiff() -> Result<()> {
 
     let reladiff = python_bin()?.with_file_name("reladiff");
     let mut theirs = Found::new();
-    for (name, keys, cols) in [("r_int", &["id"][..], &["v", "n"][..]), ("r_comp", &["region", "id"][..], &["v"][..])] {
+    for (name, keys, cols) in [
+        ("r_int", &["id"][..], &["v", "n"][..]),
+        ("r_comp", &["region", "id"][..], &["v"][..]),
+    ] {
         let mut cmd = tokio::process::Command::new(&reladiff);
         cmd.arg(pair.old.url(DB).replace("postgres://", "postgresql://"))
             .arg(name)
@@ -528,11 +601,15 @@ async fn live_writes_raise_no_false_alarm() -> Result<()> {
                 new.execute(update, &[&id, &note]).await?;
                 // Inserts and deletes too, at the top of the key space.
                 let extra = 100_000 + (n % 50) as i32;
-                let (sql, args): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]) = if n % 100 < 50 {
-                    ("INSERT INTO live VALUES ($1, 0, 'ins') ON CONFLICT (id) DO NOTHING", &[&extra])
-                } else {
-                    ("DELETE FROM live WHERE id = $1", &[&extra])
-                };
+                let (sql, args): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]) =
+                    if n % 100 < 50 {
+                        (
+                            "INSERT INTO live VALUES ($1, 0, 'ins') ON CONFLICT (id) DO NOTHING",
+                            &[&extra],
+                        )
+                    } else {
+                        ("DELETE FROM live WHERE id = $1", &[&extra])
+                    };
                 via_proxy.execute(sql, args).await?;
                 new.execute(sql, args).await?;
                 writes.fetch_add(1, Ordering::Relaxed);
@@ -545,17 +622,29 @@ async fn live_writes_raise_no_false_alarm() -> Result<()> {
     let (mut transient, mut overlapped) = (0, 0);
     for round in 0..30 {
         let before = writes.load(Ordering::Relaxed);
-        let (code, json) =
-            reconciler_json(&pair, "verify", &["--tables", "live", "--chunk-rows", "2000"]).await?;
+        let (code, json) = reconciler_json(
+            &pair,
+            "verify",
+            &["--tables", "live", "--chunk-rows", "2000"],
+        )
+        .await?;
         overlapped += writes.load(Ordering::Relaxed) - before;
-        assert_eq!(code, 0, "round {round}: false alarm under live writes:\n{json:#}");
+        assert_eq!(
+            code, 0,
+            "round {round}: false alarm under live writes:\n{json:#}"
+        );
         assert!(found(&json)?.is_empty());
-        transient += table(&json, "public.live")?["transient"].as_u64().unwrap_or(0);
+        transient += table(&json, "public.live")?["transient"]
+            .as_u64()
+            .unwrap_or(0);
         if round >= 2 && overlapped >= 200 {
             break;
         }
     }
-    assert!(overlapped >= 200, "only {overlapped} writes overlapped the verify runs");
+    assert!(
+        overlapped >= 200,
+        "only {overlapped} writes overlapped the verify runs"
+    );
     stop.store(true, Ordering::Relaxed);
     writer.await.context("writer task")??;
     eprintln!("rows seen in flight and cleared by the re-check: {transient}");
