@@ -10,7 +10,7 @@
 //! differing keys listed per table (beyond that they are counted, not listed).
 
 use crate::catalog::TableMeta;
-use crate::checksum::{int_split_points, RangeQueries};
+use crate::checksum::{int_split_points, server_version_num, RangeQueries};
 use crate::key::{KeyRange, KeyText};
 use crate::session::pin_settings;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
-pub use crate::checksum::ChecksumError;
+pub use crate::checksum::{ChecksumError, RowHash};
 
 /// One connection to each server; a diff runs one range at a time per pair.
 pub struct Sides {
@@ -44,6 +44,8 @@ pub struct DiffOptions {
     pub rechecks: u32,
     /// Pause before each re-read.
     pub recheck_delay: Duration,
+    /// How rows are hashed; `None` picks the fastest both servers support.
+    pub row_hash: Option<RowHash>,
 }
 
 impl Default for DiffOptions {
@@ -55,6 +57,7 @@ impl Default for DiffOptions {
             max_keys: 10_000,
             rechecks: 2,
             recheck_delay: Duration::from_millis(200),
+            row_hash: None,
         }
     }
 }
@@ -174,21 +177,29 @@ pub async fn diff_table(
     }
     let first = pairs.first().ok_or(DiffError::NoConnections)?.clone();
     for p in pairs {
-        pin_settings(&p.old)
-            .await
-            .map_err(|source| DiffError::Session {
-                side: "old",
-                source,
-            })?;
-        pin_settings(&p.new)
-            .await
-            .map_err(|source| DiffError::Session {
-                side: "new",
-                source,
-            })?;
+        for (side, client) in [("old", &p.old), ("new", &p.new)] {
+            pin_settings(client)
+                .await
+                .map_err(|source| DiffError::Session { side, source })?;
+            // Thousands of small queries: JIT compilation would cost more than it saves.
+            client
+                .batch_execute("SET jit = off")
+                .await
+                .map_err(|source| DiffError::Session { side, source })?;
+        }
     }
+    let mode = match opts.row_hash {
+        Some(mode) => mode,
+        None => {
+            let (v_old, v_new) = tokio::try_join!(
+                server_version_num(&first.old),
+                server_version_num(&first.new)
+            )?;
+            RowHash::for_versions(v_old, v_new)
+        }
+    };
     let ctx = Arc::new(Ctx {
-        q: RangeQueries::new(table, columns),
+        q: RangeQueries::new(table, columns, mode),
         opts: opts.clone(),
         budget: AtomicUsize::new(opts.max_keys),
     });

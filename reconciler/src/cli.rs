@@ -40,6 +40,13 @@ pub enum Format {
     Json,
 }
 
+/// `--row-hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RowHashArg {
+    Record,
+    Text,
+}
+
 /// Which database is right when they differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum SourceSide {
@@ -95,6 +102,10 @@ pub struct VerifyArgs {
     /// Milliseconds to wait before each re-read [default: 200]
     #[arg(long)]
     pub recheck_delay_ms: Option<u64>,
+    /// Row hashing: `record` (PostgreSQL 14+) or `text` (any version) [default: the
+    /// fastest both servers support]. For tests and comparisons.
+    #[arg(long, value_enum, hide = true)]
+    pub row_hash: Option<RowHashArg>,
     /// Also write the results in Prometheus text format to this file (for node_exporter's
     /// textfile collector).
     #[arg(long)]
@@ -238,6 +249,34 @@ mod tests {
         .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["old", "reconciler.jobs"], "{err}");
+    }
+
+    #[test]
+    fn config_file_is_read_and_flags_win() {
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-reconciler-test-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "old = \"postgres://u@file-old/db\"\nnew = \"postgres://u@file-new/db\"\n\
+             listen = \"127.0.0.1:6432\"\n[reconciler]\njobs = 7\ntables = [\"a\", \"b\"]\n",
+        )
+        .expect("write temp config");
+        let path_arg = path.to_str().expect("utf-8 path").to_string();
+        let loaded = verify_args(&["--config", &path_arg, "--tables", "c"]).load(Vec::new());
+        let bad = {
+            std::fs::write(&path, "old = \"postgres://u@h/db\"\nnew = \"postgres://u@h/db\"\n[reconciler]\njbos = 1\n")
+                .expect("write temp config");
+            verify_args(&["--config", &path_arg]).load(Vec::new())
+        };
+        let _ = std::fs::remove_file(&path);
+        let (cfg, _) = loaded.expect("valid");
+        assert_eq!(cfg.old, "postgres://u@file-old/db");
+        assert_eq!(cfg.reconciler.jobs, 7);
+        assert_eq!(cfg.reconciler.tables, vec!["c"]);
+        let err = bad.expect_err("unknown key in [reconciler]");
+        assert!(err.to_string().contains("jbos"), "{err}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl ReconcilerConfig {
             max_keys: s.max_keys,
             rechecks: s.rechecks,
             recheck_delay: Duration::from_millis(s.recheck_delay_ms),
+            row_hash: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod verify;
 
 use cli::{Cli, Command, Format, VerifyArgs};
 use std::io::Write;
+use switchyard_core::diff::RowHash;
 use verify::RepairMode;
 
 /// Exit status when verify or repair could not do its work.
@@ -74,7 +75,11 @@ where
             let _ = out.flush();
         }
     };
-    let report = runtime.block_on(verify::run(&cfg, repair, &mut print));
+    let row_hash = args.row_hash.map(|r| match r {
+        cli::RowHashArg::Record => RowHash::Record,
+        cli::RowHashArg::Text => RowHash::Text,
+    });
+    let report = runtime.block_on(verify::run(&cfg, row_hash, repair, &mut print));
     if human {
         if let Some(e) = &report.error {
             eprintln!("switchyard-reconciler: {e}");

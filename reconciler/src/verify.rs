@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::catalog::{list_user_tables, load_table, CatalogError, TableMeta};
-use switchyard_core::diff::{diff_table, DiffKind, Sides, TableDiff};
+use switchyard_core::diff::{diff_table, DiffKind, RowHash, Sides, TableDiff};
 use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::KeyText;
 use switchyard_core::resync::{resync_keys, ResyncCounts};
@@ -40,6 +40,7 @@ struct Comparable {
 /// databases cannot be reached) end up in `Report::error`.
 pub async fn run(
     cfg: &ReconcilerConfig,
+    row_hash: Option<RowHash>,
     repair: Option<RepairMode>,
     progress: &mut dyn FnMut(&TableReport),
 ) -> Report {
@@ -49,7 +50,7 @@ pub async fn run(
         tables: Vec::new(),
         error: None,
     };
-    if let Err(e) = run_inner(cfg, repair, progress, &mut report).await {
+    if let Err(e) = run_inner(cfg, row_hash, repair, progress, &mut report).await {
         report.error = Some(format!("{e:#}"));
     }
     report.equal = report.exit_code() == 0;
@@ -58,6 +59,7 @@ pub async fn run(
 
 async fn run_inner(
     cfg: &ReconcilerConfig,
+    row_hash: Option<RowHash>,
     repair: Option<RepairMode>,
     progress: &mut dyn FnMut(&TableReport),
     report: &mut Report,
@@ -133,7 +135,8 @@ async fn run_inner(
         Some(m) if !m.dry_run => Some((meta_old, meta_new)),
         _ => None,
     };
-    let opts = cfg.diff_options();
+    let mut opts = cfg.diff_options();
+    opts.row_hash = row_hash;
     for c in comparable {
         let started = Instant::now();
         let t = &mut report.tables[c.report_index];

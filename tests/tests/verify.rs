@@ -223,6 +223,11 @@ async fn finds_exactly_the_injected_differences_and_repairs_them() -> Result<()>
         .context("ranges_checked")?;
     assert!(ranges > 50, "bisection did not run: {ranges} ranges");
 
+    // The text row hash (servers before PostgreSQL 14) finds the same rows.
+    let (code, text_mode) = reconciler_json(&pair, "verify", &["--row-hash", "text"]).await?;
+    assert_eq!(code, 1);
+    assert_eq!(found(&text_mode)?, expected, "{text_mode:#}");
+
     // The human summary names the table and its counts.
     let human = reconciler(&pair, "verify", &["--tables", "t_int,t_empty"]).await?;
     assert_eq!(human.code(), Some(1), "{}", human.text());
@@ -324,9 +329,24 @@ async fn equal_and_empty_tables_exit_zero() -> Result<()> {
         DB,
         "CREATE SCHEMA _switchyard; CREATE TABLE _switchyard.retry (id int PRIMARY KEY)",
     )?;
-    let (code, json) = reconciler_json(&pair, "verify", &["--jobs", "2"]).await?;
+    let metrics = tempfile::NamedTempFile::new()?;
+    let metrics_path = metrics.path().to_str().context("temp path")?.to_string();
+    let (code, json) = reconciler_json(
+        &pair,
+        "verify",
+        &["--jobs", "2", "--metrics-file", &metrics_path],
+    )
+    .await?;
     assert_eq!(code, 0, "{json:#}");
     assert_eq!(json["tables"].as_array().map(Vec::len), Some(3), "{json:#}");
+    let prom = std::fs::read_to_string(metrics.path())?;
+    for line in [
+        "switchyard_reconciler_rows{command=\"verify\",table=\"public.full_a\",side=\"new\"} 25000",
+        "switchyard_reconciler_differences{command=\"verify\",table=\"public.full_a\",kind=\"different\"} 0",
+        "switchyard_reconciler_exit_code{command=\"verify\"} 0",
+    ] {
+        assert!(prom.lines().any(|l| l == line), "{line} not in:\n{prom}");
+    }
     assert_eq!(table(&json, "public.full_a")?["rows_new"], 25000);
     // Several first-pass ranges ran (25000 rows at 10000 per range).
     assert!(table(&json, "public.full_a")?["ranges_checked"].as_u64() >= Some(3));
