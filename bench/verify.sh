@@ -18,6 +18,8 @@
 #   CHANGED [100]         rows changed on new for the second pair of runs
 #   JOBS [4]              switchyard --jobs
 #   RELADIFF_THREADS [1]  reladiff --threads (1 is reladiff's default)
+#   VERIFY_ARGS [""]      extra flags for switchyard verify (tuning: "--leaf-rows 1000")
+#   TOOLS ["switchyard reladiff"]   which tools to run
 #   ROUNDS [1]            runs per tool and data set; the table shows the median time
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before each run
 #   RESULTS_DIR [bench/results]   KEEP_WORK [0]
@@ -31,6 +33,8 @@ SCALE=${SCALE:-100}
 CHANGED=${CHANGED:-100}
 JOBS=${JOBS:-4}
 RELADIFF_THREADS=${RELADIFF_THREADS:-1}
+VERIFY_ARGS=${VERIFY_ARGS:-}
+TOOLS=${TOOLS:-"switchyard reladiff"}
 ROUNDS=${ROUNDS:-1}
 QUIET_WAIT=${QUIET_WAIT:-120}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
@@ -90,7 +94,7 @@ run_tool() {
   case $tool in
     switchyard)
       "$RECONCILER_BIN" verify --old "$OLD_URL" --new "$NEW_URL" --tables "$TABLE" \
-        --jobs "$JOBS" --format json >"$out" 2>"$out.err" || rc=$?
+        --jobs "$JOBS" --format json $VERIFY_ARGS >"$out" 2>"$out.err" || rc=$?
       t1=$(date +%s.%N)
       # exit 1 means differences found, which is expected on the changed data set
       [ "$rc" -le 1 ] || { cat "$out.err" >&2; warn "switchyard exited $rc"; FAILED=1; }
@@ -118,10 +122,11 @@ for data in identical changed; do
   fi
   for round in $(seq "$ROUNDS"); do
     # alternate which tool goes first
-    if [ $((round % 2)) = 1 ]; then order="switchyard reladiff"; else order="reladiff switchyard"; fi
+    order=$TOOLS
+    [ $((round % 2)) = 1 ] || order=$(echo "$TOOLS" | tr ' ' '\n' | tac | tr '\n' ' ')
     for tool in $order; do run_tool "$tool" "$data" "$round"; done
   done
-  for tool in switchyard reladiff; do
+  for tool in $TOOLS; do
     awk -F'\t' -v d="$data" -v t="$tool" -v e="$expected" '$1 == d && $2 == t && $5 != e {bad = 1} END {exit bad}' "$RAW" ||
       { warn "$tool found a different number of differences than the $expected made on $data data"; FAILED=1; }
   done
@@ -151,7 +156,7 @@ PY
 {
   echo "# verify benchmark $STAMP"
   echo
-  echo "\`SCALE=$SCALE CHANGED=$CHANGED JOBS=$JOBS RELADIFF_THREADS=$RELADIFF_THREADS ROUNDS=$ROUNDS bench/verify.sh\`, $ROWS rows in $TABLE per side"
+  echo "\`SCALE=$SCALE CHANGED=$CHANGED JOBS=$JOBS RELADIFF_THREADS=$RELADIFF_THREADS ROUNDS=$ROUNDS VERIFY_ARGS=\"$VERIFY_ARGS\" bench/verify.sh\`, $ROWS rows in $TABLE per side"
   echo "machine: $(machine_summary); commit $(git_describe)"
   echo "switchyard-reconciler: $(binary_summary "$RECONCILER_BIN"); reladiff $("$RELADIFF" --version 2>/dev/null | tr -d '\n' || echo '?')"
   echo
