@@ -1,6 +1,22 @@
 //! Shared pieces of Switchyard that more than one binary needs.
+//!
+//! - [`catalog`]: what a table looks like (columns, types, primary key).
+//! - [`checksum`]: order-independent checksums of primary-key ranges, computed in the
+//!   database, and the split points that cut a table into ranges.
+//! - [`diff`]: compares a table on two servers: range checksums, bisection, row
+//!   comparison and the re-check that keeps live writes from raising false alarms.
+//! - [`resync`]: copies the current image of given rows from a source to a target under
+//!   row locks (repair, retry-log replay).
+//! - [`session`]: settings pinned on every connection whose text output is compared.
 
+pub mod catalog;
+pub mod checksum;
 pub mod config_layer;
+pub mod diff;
 pub mod dsn;
+pub mod ident;
+pub mod key;
 pub mod recover;
+pub mod resync;
 pub mod retry;
+pub mod session;

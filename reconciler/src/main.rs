@@ -1,22 +1,18 @@
-//! `switchyard-reconciler`: replays the retry log, resolves in-doubt commits, verifies and repairs tables.
-//! Not built yet (the reconciler issues); the binary exists so the workspace layout and
-//! the interfaces are in place, and it says so plainly rather than pretending to work.
+//! `switchyard-reconciler`: parse flags, run the subcommand, exit with its status.
 
 use clap::Parser;
 use std::process::ExitCode;
-
-/// Replay, recover, verify and repair (not implemented yet).
-#[derive(Debug, Parser)]
-#[command(name = "switchyard-reconciler", version)]
-struct Args {
-    #[arg(long)]
-    old: Option<String>,
-    #[arg(long)]
-    new: Option<String>,
-}
+use switchyard_reconciler::cli::Cli;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let _ = Args::parse();
-    eprintln!("switchyard-reconciler: not implemented in this version; see the reconciler issues");
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    ExitCode::from(switchyard_reconciler::run(cli, std::env::vars()))
 }

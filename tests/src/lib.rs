@@ -19,6 +19,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod reap;
+pub mod reconciler;
 pub mod wait;
 pub mod wire;
 

@@ -1,0 +1,102 @@
+//! `switchyard-reconciler`: verifies that tables on the old and new databases are equal
+//! (range checksums, bisection, row comparison, re-check of live rows) and repairs the
+//! differences from the source of truth. Retry-log replay and in-doubt commit recovery
+//! are still to come (issue #3).
+
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod report;
+pub mod schema;
+pub mod verify;
+
+use cli::{Cli, Command, Format, VerifyArgs};
+use std::io::Write;
+use switchyard_core::diff::RowHash;
+use verify::RepairMode;
+
+/// Exit status when verify or repair could not do its work.
+pub const EXIT_ERROR: u8 = 2;
+
+/// Runs a parsed command line; `env` is the process environment (injected for tests).
+/// Returns the exit status: 0 equal (or repaired), 1 differences, 2 error.
+pub fn run<I>(cli: Cli, env: I) -> u8
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    match cli.command {
+        Command::Verify(args) => run_verify(&args, None, env),
+        Command::Repair(args) => run_verify(
+            &args.verify,
+            Some(RepairMode {
+                source: args.source,
+                dry_run: args.dry_run,
+            }),
+            env,
+        ),
+        Command::Replay(_) | Command::Recover(_) => {
+            eprintln!("switchyard-reconciler: not implemented yet (issue #3)");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn run_verify<I>(args: &VerifyArgs, repair: Option<RepairMode>, env: I) -> u8
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let cfg = match args.load(env) {
+        Ok((cfg, warnings)) => {
+            for w in warnings {
+                tracing::warn!(variable = %w.origin, "Environment variable names no setting; ignored.");
+            }
+            cfg
+        }
+        Err(e) => {
+            eprint!("switchyard-reconciler: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard-reconciler: starting the async runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let human = args.format == Format::Human;
+    let mut print = |t: &report::TableReport| {
+        if human {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", report::human_table(t));
+            let _ = out.flush();
+        }
+    };
+    let row_hash = args.row_hash.map(|r| match r {
+        cli::RowHashArg::Record => RowHash::Record,
+        cli::RowHashArg::Text => RowHash::Text,
+    });
+    let report = runtime.block_on(verify::run(&cfg, row_hash, repair, &mut print));
+    if human {
+        if let Some(e) = &report.error {
+            eprintln!("switchyard-reconciler: {e}");
+        }
+        println!("{}", report.summary());
+    } else {
+        println!("{}", report.json());
+    }
+    let code = report.exit_code();
+    if let Some(path) = &args.metrics_file {
+        if let Err(e) = std::fs::write(path, report.prometheus()) {
+            eprintln!(
+                "switchyard-reconciler: writing the metrics file {}: {e}",
+                path.display()
+            );
+            return EXIT_ERROR;
+        }
+    }
+    code
+}

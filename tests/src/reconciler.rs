@@ -1,0 +1,83 @@
+//! The real `switchyard-reconciler` binary, run to completion.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+/// Path of the `switchyard-reconciler` binary: `SWITCHYARD_RECONCILER_BIN`, else next to
+/// the test executable's target directory (`cargo build --workspace --bins` puts it there).
+pub fn reconciler_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SWITCHYARD_RECONCILER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test> → target/<profile>/switchyard-reconciler
+    let candidate = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("switchyard-reconciler"))
+        .context("test executable has no target directory")?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "{} not found: build it first with `cargo build --workspace --bins` (or set SWITCHYARD_RECONCILER_BIN)",
+            candidate.display()
+        )
+    }
+}
+
+/// What a reconciler run printed and how it exited.
+#[derive(Debug)]
+pub struct ReconcilerRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ReconcilerRun {
+    /// The exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Both outputs, for assertion messages.
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Runs `switchyard-reconciler ARGS` without blocking the runtime (killed after
+/// `timeout`). `SWITCHYARD_*` variables of the test's environment are removed so they
+/// cannot change what is tested.
+pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<ReconcilerRun> {
+    let mut cmd = tokio::process::Command::new(reconciler_bin()?);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHYARD_") && k != "SWITCHYARD_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd.spawn().context("starting switchyard-reconciler")?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| {
+            format!("switchyard-reconciler {args:?} did not finish within {timeout:?}")
+        })?
+        .context("waiting for switchyard-reconciler")?;
+    Ok(ReconcilerRun {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
