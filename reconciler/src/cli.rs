@@ -24,10 +24,42 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Find differing rows like verify, then fix them from the source of truth.
     Repair(RepairArgs),
-    /// Replay the retry log (not implemented yet).
-    Replay(CommonArgs),
-    /// Resolve in-doubt prepared transactions (not implemented yet).
-    Recover(CommonArgs),
+    /// Drain the retry log: re-sync queued keys from old to new, apply queued statements.
+    Replay(ReplayArgs),
+    /// Finish prepared transactions the proxy left on new, as old's commit status says.
+    Recover(RecoverArgs),
+}
+
+/// Flags of replay.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Keep running and replay new records as they arrive.
+    #[arg(long)]
+    pub follow: bool,
+    /// Records claimed per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: i64,
+    /// Attempts before a record is dead-lettered.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: i32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+/// Flags of recover.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Leave prepared transactions younger than this alone (a live proxy is finishing them).
+    #[arg(long, default_value_t = 2.0)]
+    pub min_age_secs: f64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 /// Output format of verify and repair.

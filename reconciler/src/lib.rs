@@ -6,6 +6,8 @@
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod recover;
+pub mod replay;
 pub mod report;
 pub mod schema;
 pub mod verify;
@@ -34,8 +36,102 @@ where
             }),
             env,
         ),
-        Command::Replay(_) | Command::Recover(_) => {
-            eprintln!("switchyard-reconciler: not implemented yet (issue #3)");
+        Command::Replay(args) => run_replay(&args, env),
+        Command::Recover(args) => run_recover(&args, env),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("switchyard-reconciler: starting the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn load_common<I>(args: &cli::CommonArgs, env: I) -> Option<config::ReconcilerConfig>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    match args.load(env) {
+        Ok((cfg, _)) => Some(cfg),
+        Err(e) => {
+            eprint!("switchyard-reconciler: {e}");
+            None
+        }
+    }
+}
+
+fn run_replay<I>(args: &cli::ReplayArgs, env: I) -> u8
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let (Some(cfg), Some(rt)) = (load_common(&args.common, env), runtime()) else {
+        return EXIT_ERROR;
+    };
+    let opts = replay::ReplayOptions {
+        batch: args.batch.max(1),
+        max_attempts: args.max_attempts.max(1),
+        follow: args.follow,
+    };
+    match rt.block_on(replay::run(&cfg, &opts)) {
+        Ok(r) => {
+            if args.format == Format::Json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "replayed {} records in {:.2}s ({} rows re-synced, {} tables repaired, {} statements applied); {} failed, {} dead-lettered; backlog {}",
+                    r.records_done, r.seconds, r.rows_resynced, r.tables_repaired, r.statements_applied,
+                    r.records_failed, r.records_dead, r.backlog
+                );
+            }
+            if r.backlog == 0 && r.records_dead == 0 {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("switchyard-reconciler: replay: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn run_recover<I>(args: &cli::RecoverArgs, env: I) -> u8
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let (Some(cfg), Some(rt)) = (load_common(&args.common, env), runtime()) else {
+        return EXIT_ERROR;
+    };
+    let min_age = std::time::Duration::from_secs_f64(args.min_age_secs.max(0.0));
+    match rt.block_on(recover::run(&cfg, min_age)) {
+        Ok(r) => {
+            if args.format == Format::Json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "committed {}, rolled back {}, still pending {}, unknown {}",
+                    r.committed.len(),
+                    r.rolled_back.len(),
+                    r.pending.len(),
+                    r.unknown.len()
+                );
+            }
+            if r.pending.is_empty() && r.unknown.is_empty() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("switchyard-reconciler: recover: {e:#}");
             EXIT_ERROR
         }
     }

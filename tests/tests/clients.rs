@@ -252,11 +252,13 @@ async fn psql_script_through_proxy() -> Result<()> {
         old_psql(&s.pair, "SELECT v FROM other.notes").await?,
         "resolved through search_path"
     );
-    // The new cluster is untouched (passthrough proxy).
-    let new_tables = tokio::task::block_in_place(|| {
-        s.pair.new.psql(DB, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
-    })?;
-    assert_eq!(new_tables, "0");
+    // Dual writes mirrored the script's DDL: new has the same tables as old.
+    let tables_sql =
+        "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1, 2) FROM pg_tables \
+                      WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_switchyard')";
+    let old_tables = old_psql(&s.pair, tables_sql).await?;
+    let new_tables = tokio::task::block_in_place(|| s.pair.new.psql(DB, tables_sql))?;
+    assert_eq!(new_tables, old_tables);
     // The session ended: its temp table went with its backend.
     let pair = &s.pair;
     poll_until_async(

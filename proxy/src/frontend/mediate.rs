@@ -84,6 +84,8 @@ struct CaptureRun {
     rows: u64,
     /// Images in the current batch.
     pending: u64,
+    /// `table` holds the lookup result for `oid` (None: not visible yet).
+    looked_up: bool,
 }
 
 impl CaptureRun {
@@ -104,9 +106,23 @@ impl CaptureRun {
             no_key_tables: Vec::new(),
             rows: 0,
             pending: 0,
+            looked_up: false,
         }))
     }
 }
+
+/// A row image whose table the proxy's own connection could not see yet.
+struct Deferred {
+    kind: DmlKind,
+    updated_columns: Vec<String>,
+    original_sql: Option<String>,
+    oid: u32,
+    image: String,
+}
+
+/// At most this many images wait for their table's lookup; beyond, the table is queued
+/// for a whole-table re-sync instead.
+const MAX_DEFERRED: usize = 100_000;
 
 enum CommitHow {
     /// The proxy opened the transaction (an implicit one) and commits it.
@@ -135,6 +151,10 @@ struct Mediation<'m, 'a, R, W> {
     injected_values: Vec<Option<String>>,
     /// The ReadyForQuery of the current Query was already written.
     ready_sent: bool,
+    deferred: Vec<Deferred>,
+    /// Oids whose images overflowed `MAX_DEFERRED`.
+    overflowed: Vec<u32>,
+    resolving: bool,
     max: usize,
 }
 
@@ -169,6 +189,9 @@ where
         swallowed_error: None,
         injected_values: Vec::new(),
         ready_sent: false,
+        deferred: Vec::new(),
+        overflowed: Vec::new(),
+        resolving: false,
         max,
     };
     let result = m.run().await;
@@ -371,6 +394,107 @@ where
                 self.failed = true;
             }
         }
+        if !self.deferred.is_empty() && !self.resolving {
+            self.resolving = true;
+            let r = Box::pin(self.resolve_deferred()).await;
+            self.resolving = false;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Looks up, on the client's own connection, tables its transaction created, then
+    /// mirrors their rows in the order they were written.
+    async fn resolve_deferred(&mut self) -> Result<(), End> {
+        let deferred = std::mem::take(&mut self.deferred);
+        let overflowed = std::mem::take(&mut self.overflowed);
+        let mut run: Option<Box<CaptureRun>> = None;
+        let mut i = 0;
+        while i < deferred.len() {
+            let d = &deferred[i];
+            let same = run.as_ref().is_some_and(|r| {
+                r.oid == d.oid && r.kind == d.kind && r.updated_columns == d.updated_columns
+            });
+            if !same {
+                if let Some(mut r) = run.take() {
+                    self.finish_capture(&mut r).await;
+                }
+                let table = match self
+                    .ms
+                    .mirror
+                    .catalog
+                    .table(&self.ms.mirror.control, d.oid)
+                    .await
+                {
+                    Ok(Some(t)) => Some(t),
+                    _ => {
+                        if self
+                            .inject(&crate::mirror::catalog::lookup_sql(d.oid))
+                            .await?
+                        {
+                            let values = std::mem::take(&mut self.injected_values);
+                            self.ms.mirror.catalog.from_values(d.oid, &values).ok()
+                        } else {
+                            None
+                        }
+                    }
+                };
+                let Some(table) = table else {
+                    self.ms.txn.fatal = Some(format!("table oid {} could not be looked up", d.oid));
+                    i += 1;
+                    continue;
+                };
+                let r = Box::new(CaptureRun {
+                    kind: d.kind,
+                    client_returning: false,
+                    updated_columns: d.updated_columns.clone(),
+                    extra_binary: false,
+                    original_sql: d.original_sql.clone(),
+                    table: Some(table.clone()),
+                    oid: d.oid,
+                    images: String::new(),
+                    keys: Vec::new(),
+                    no_key_tables: Vec::new(),
+                    rows: 0,
+                    pending: 0,
+                    looked_up: true,
+                });
+                if r.kind == DmlKind::Update
+                    && r.updated_columns
+                        .iter()
+                        .any(|c| table.primary_key.contains(c))
+                {
+                    self.ms
+                        .queue_table(&table.name, "UPDATE of primary-key columns");
+                }
+                run = Some(r);
+            }
+            if let Some(r) = run.as_mut() {
+                if let Some(t) = r.table.clone() {
+                    self.add_image(r, &t, deferred[i].image.clone()).await;
+                }
+            }
+            i += 1;
+        }
+        if let Some(mut r) = run.take() {
+            self.finish_capture(&mut r).await;
+        }
+        for oid in overflowed {
+            if let Ok(Some(t)) = self
+                .ms
+                .mirror
+                .catalog
+                .table(&self.ms.mirror.control, oid)
+                .await
+            {
+                self.ms.queue_table(
+                    &t.name,
+                    "too many rows written to a table created in the same transaction",
+                );
+            } else {
+                self.ms.txn.fatal = Some(format!("table oid {oid} could not be looked up"));
+            }
+        }
         Ok(())
     }
 
@@ -454,7 +578,11 @@ where
                             self.capture_row(run, &f).await?;
                         } else if sink == Sink::Swallow {
                             let body = &f.raw()[Frame::HEADER..];
-                            let v = split_data_row(body, 1, None).map_err(proto)?;
+                            let n = body
+                                .get(..2)
+                                .map(|b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+                                .unwrap_or(0);
+                            let v = split_data_row(body, n, None).map_err(proto)?;
                             self.injected_values = v
                                 .iter()
                                 .map(|x| x.map(|b| String::from_utf8_lossy(b).into_owned()))
@@ -547,8 +675,11 @@ where
         };
         let image = String::from_utf8_lossy(image).into_owned();
         run.rows += 1;
-        if run.table.is_none() || run.oid != oid {
+        if !run.looked_up || run.oid != oid {
             self.flush_batch(run).await;
+            run.table = None;
+            run.oid = oid;
+            run.looked_up = true;
             match self
                 .ms
                 .mirror
@@ -556,7 +687,7 @@ where
                 .table(&self.ms.mirror.control, oid)
                 .await
             {
-                Ok(t) => {
+                Ok(Some(t)) => {
                     if run.kind == DmlKind::Update
                         && run
                             .updated_columns
@@ -568,19 +699,36 @@ where
                     }
                     run.table = Some(t);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot look up a written table; the transaction will fail rather than commit unrecorded.");
                     self.ms.txn.fatal = Some(e.to_string());
-                    run.table = None;
+                    return Ok(());
                 }
             }
-            run.oid = oid;
         }
         let Some(table) = run.table.clone() else {
+            // Not visible to the proxy's own connection yet: resolved after this request.
+            if self.deferred.len() < MAX_DEFERRED {
+                self.deferred.push(Deferred {
+                    kind: run.kind,
+                    updated_columns: run.updated_columns.clone(),
+                    original_sql: run.original_sql.clone(),
+                    oid,
+                    image,
+                });
+            } else if !self.overflowed.contains(&oid) {
+                self.overflowed.push(oid);
+            }
             return Ok(());
         };
+        self.add_image(run, &table, image).await;
+        Ok(())
+    }
+
+    async fn add_image(&mut self, run: &mut CaptureRun, table: &Arc<TableInfo>, image: String) {
         if table.temporary {
-            return Ok(());
+            return;
         }
         if !table.has_key() {
             if run.kind == DmlKind::Insert {
@@ -595,7 +743,7 @@ where
             } else if !run.no_key_tables.contains(&table.name) {
                 run.no_key_tables.push(table.name.clone());
             }
-            return Ok(());
+            return;
         }
         let key = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&image) {
             Ok(map) => serde_json::Value::Object(
@@ -613,7 +761,7 @@ where
             Err(e) => {
                 self.ms
                     .queue_table(&table.name, &format!("row image not readable: {e}"));
-                return Ok(());
+                return;
             }
         };
         run.images
@@ -624,7 +772,6 @@ where
         if run.pending >= self.ms.mirror.config.batch_rows as u64 {
             self.flush_batch(run).await;
         }
-        Ok(())
     }
 
     async fn flush_batch(&mut self, run: &mut CaptureRun) {
@@ -944,11 +1091,7 @@ where
         self.forward_client(&frame, simple).await?;
         let ok = !self.error_seen;
         match op {
-            TxnOp::Begin => {
-                if ok && !simple {
-                    self.status = b'T';
-                }
-            }
+            TxnOp::Begin if ok && !simple => self.status = b'T',
             TxnOp::Commit | TxnOp::Rollback | TxnOp::TwoPhase => {
                 let committed = ok && self.last_tag == "COMMIT";
                 self.ms.finish(committed).await;

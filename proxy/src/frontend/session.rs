@@ -27,6 +27,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 /// keep filling them (large results, COPY), up to `MAX_READ_CHUNK`.
 const MIN_READ_CHUNK: usize = 4 * 1024;
 const MAX_READ_CHUNK: usize = 256 * 1024;
+/// Largest unfinished extended-protocol batch held back while mirroring; beyond it the
+/// batch is forwarded as it comes.
+const HOLD_LIMIT: usize = 1 << 20;
 
 /// Makes room for the next read: `chunk` free bytes, doubled after a read that filled the
 /// buffer and reset to the minimum after one that did not.
@@ -357,6 +360,11 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let mut err = None;
         let mut terminate = false;
         let mut frames = Vec::new();
+        // With dual writes, an extended-protocol batch is forwarded only once its Sync or
+        // Flush is buffered, so a batch that turns out to need mediation is handed over
+        // whole (the server holds results until then anyway).
+        let hold_batches = self.mirror.is_some();
+        let mut boundary = (0usize, 0usize);
         while let Some(header) = self.buf.get(end..end + Frame::HEADER) {
             let tag = header[0];
             let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
@@ -380,18 +388,39 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 self.buf.reserve(end + total - self.buf.len());
                 break;
             }
-            if self.mirror.is_some() && self.needs_mediation(tag, end + Frame::HEADER, end + total)
-            {
+            if hold_batches && self.needs_mediation(tag, end + Frame::HEADER, end + total) {
                 self.mediate_next = true;
-                break;
+                if !self.batch_open {
+                    // Hand over from the start of this batch.
+                    frames.truncate(boundary.1);
+                    end = boundary.0;
+                }
+                return self.split_frames(end, frames, err, false);
             }
             frames.push((end, total));
             end += total;
+            if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') {
+                boundary = (end, frames.len());
+            }
             if tag == b'X' {
                 terminate = true;
                 break;
             }
         }
+        if hold_batches && end > boundary.0 && end - boundary.0 < HOLD_LIMIT && !self.batch_open {
+            frames.truncate(boundary.1);
+            end = boundary.0;
+        }
+        self.split_frames(end, frames, err, terminate)
+    }
+
+    fn split_frames(
+        &mut self,
+        end: usize,
+        frames: Vec<(usize, usize)>,
+        err: Option<ProtocolError>,
+        terminate: bool,
+    ) -> (Option<Bytes>, Option<ProtocolError>, bool) {
         if end == 0 {
             return (None, err, terminate);
         }
@@ -416,19 +445,29 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 None => false,
             },
             b'P' => {
-                let Some((_, n)) = cstr(body) else {
+                let Some((name, n)) = cstr(body) else {
                     return false;
                 };
-                match cstr(&body[n..]) {
+                let needed = match cstr(&body[n..]) {
                     Some((sql, _)) => self.plan_needs_mediation(&sql),
                     None => false,
+                };
+                if !needed {
+                    // Forget a mediated statement this name replaces, before later messages
+                    // in the same read are judged.
+                    self.plans.remove(&name);
                 }
+                needed
             }
             b'B' => {
-                let Some((_, n)) = cstr(body) else {
+                let Some((portal, n)) = cstr(body) else {
                     return false;
                 };
-                cstr(&body[n..]).is_some_and(|(st, _)| self.plans.contains_key(&st))
+                let needed = cstr(&body[n..]).is_some_and(|(st, _)| self.plans.contains_key(&st));
+                if !needed {
+                    self.portal_plans.remove(&portal);
+                }
+                needed
             }
             b'D' => match (body.first(), cstr(body.get(1..).unwrap_or_default())) {
                 (Some(b'S'), Some((name, _))) => self.plans.contains_key(&name),

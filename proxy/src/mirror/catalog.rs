@@ -68,22 +68,44 @@ impl Catalog {
         self.tables.clear();
     }
 
-    pub async fn table(&self, control: &Control, oid: u32) -> Result<Arc<TableInfo>, MirrorError> {
+    /// The table with this oid, or None when the proxy's own connection cannot see it (a
+    /// table created in the client's still-open transaction, or a temporary table): then
+    /// the session looks it up itself with [`lookup_sql`].
+    pub async fn table(
+        &self,
+        control: &Control,
+        oid: u32,
+    ) -> Result<Option<Arc<TableInfo>>, MirrorError> {
         if let Some(t) = self.tables.get(&oid) {
-            return Ok(t.clone());
+            return Ok(Some(t.clone()));
         }
         let client = control.client().await?;
-        let row = client
+        let Some(row) = client
             .query_opt(LOOKUP_SQL, &[&oid])
             .await
             .map_err(|e| MirrorError::Catalog(format!("looking up table oid {oid}: {e}")))?
-            .ok_or_else(|| MirrorError::Catalog(format!("table oid {oid} not found")))?;
-        let schema: String = row.get(0);
-        let table: String = row.get(1);
-        let persistence: String = row.get(2);
-        let columns: Vec<Column> = serde_json::from_str(row.get::<_, &str>(3))
+        else {
+            return Ok(None);
+        };
+        let values: Vec<Option<String>> = (0..5).map(|i| row.get::<_, Option<String>>(i)).collect();
+        self.from_values(oid, &values).map(Some)
+    }
+
+    /// Builds (and caches) a table from the five columns of the lookup query.
+    pub fn from_values(
+        &self,
+        oid: u32,
+        values: &[Option<String>],
+    ) -> Result<Arc<TableInfo>, MirrorError> {
+        let get = |i: usize| {
+            values.get(i).cloned().flatten().ok_or_else(|| {
+                MirrorError::Catalog(format!("table oid {oid}: incomplete catalog row"))
+            })
+        };
+        let (schema, table, persistence) = (get(0)?, get(1)?, get(2)?);
+        let columns: Vec<Column> = serde_json::from_str(&get(3)?)
             .map_err(|e| MirrorError::Catalog(format!("columns of {schema}.{table}: {e}")))?;
-        let primary_key: Vec<String> = serde_json::from_str(row.get::<_, &str>(4))
+        let primary_key: Vec<String> = serde_json::from_str(&get(4)?)
             .map_err(|e| MirrorError::Catalog(format!("key of {schema}.{table}: {e}")))?;
         let info = Arc::new(build(
             &schema,
@@ -98,6 +120,11 @@ impl Catalog {
         self.tables.insert(oid, info.clone());
         Ok(info)
     }
+}
+
+/// The lookup for one oid as plain SQL, for the session's own connection.
+pub fn lookup_sql(oid: u32) -> String {
+    LOOKUP_SQL.replace("$1", &oid.to_string())
 }
 
 impl Default for Catalog {

@@ -125,10 +125,7 @@ impl MirrorSession {
         if !self.ensure_open().await {
             self.mirror.status.rows(&table.name, 0, n);
             if !table.has_key() {
-                self.queue_table(
-                    &table.name,
-                    "rows of a table without a primary key were not applied",
-                );
+                self.queue_keyless(table, images);
             }
             return;
         }
@@ -145,11 +142,24 @@ impl MirrorSession {
             }
         }
         if self.txn.broken.is_some() && !table.has_key() {
-            self.queue_table(
-                &table.name,
-                "rows of a table without a primary key were not applied",
-            );
+            self.queue_keyless(table, images);
         }
+    }
+
+    /// Inserted rows of a table without a primary key cannot be re-read by key; the
+    /// record carries the insert itself, row images inlined, replayed once.
+    fn queue_keyless(&mut self, table: &TableInfo, images: &str) {
+        let mut tag = String::from("sy");
+        while images.contains(&format!("${tag}$")) {
+            tag.push('x');
+        }
+        let sql = table
+            .insert_sql
+            .replace("$1::text::json", &format!("${tag}${images}${tag}$::json"));
+        self.txn.ordinal += 1;
+        self.txn
+            .statements
+            .push((sql, "rows of a table without a primary key".into()));
     }
 
     /// A change that must be re-synced table-wide (a primary-key update, a table without a

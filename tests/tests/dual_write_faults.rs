@@ -1,0 +1,235 @@
+//! Dual writes under faults, ending with the reconciler's verify comparing both databases
+//! (scenarios 7, 9, 11, 14): the proxy killed between the secondary PREPARE and the primary
+//! COMMIT and between that COMMIT and COMMIT PREPARED, the secondary down under load then
+//! replayed, and pgbench in all query modes through the mirroring proxy.
+
+use anyhow::{ensure, Result};
+use std::time::Duration;
+use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, ProxyProcess, DB};
+use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
+use switchyard_tests::wait::poll_until;
+use switchyard_tests::PgCluster;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn on(c: &PgCluster, sql: &str) -> Result<String> {
+    tokio::task::block_in_place(|| c.psql(DB, sql))
+}
+
+async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut args = vec![cmd, "--old", &old, "--new", &new];
+    args.extend_from_slice(extra);
+    run_reconciler(&args, RUN_TIMEOUT).await
+}
+
+/// `verify` must find both databases equal.
+async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
+    let run = reconciler(pair, "verify", &["--tables", tables]).await?;
+    ensure!(
+        run.code() == Some(0),
+        "verify found differences:\n{}",
+        run.text()
+    );
+    Ok(())
+}
+
+async fn pair_with(schema: &str) -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    on(&pair.old, schema)?;
+    on(&pair.new, schema)?;
+    Ok(pair)
+}
+
+/// Runs one INSERT through a proxy binary that aborts at `failpoint`; returns once the
+/// proxy process is gone.
+async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::spawn(
+            &["--old", &old, "--new", &new],
+            &[("SWITCHYARD_FAILPOINT", failpoint)],
+        )
+    })?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{DB}",
+        PgCluster::USER,
+        proxy.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let r = client
+        .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
+        .await;
+    ensure!(r.is_err(), "the proxy should have died at {failpoint}");
+    tokio::task::block_in_place(|| {
+        poll_until("the proxy to exit", Duration::from_secs(10), || {
+            Ok(proxy.try_wait()?.map(|_| ()))
+        })
+    })?;
+    Ok(())
+}
+
+/// Scenario 9, first half: killed after PREPARE, before the primary COMMIT. The primary
+/// rolled back (its connection died), so recovery rolls the prepared transaction back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_prepare_and_commit_is_rolled_back() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    crash_at(&pair, "after-prepare", 1).await?;
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "1",
+        "one in-doubt transaction"
+    );
+    ensure!(on(&pair.old, "SELECT count(*) FROM t")? == "0");
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(run.stdout.contains("rolled back 1"), "{}", run.text());
+    ensure!(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0");
+    assert_verified(&pair, "t").await?;
+    ensure!(on(&pair.new, "SELECT count(*) FROM t")? == "0");
+    Ok(())
+}
+
+/// Scenario 9, second half: killed after the primary COMMIT, before COMMIT PREPARED.
+/// Recovery commits the prepared transaction; the proxy's own recovery loop does the same
+/// when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_commit_prepared_is_committed() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    crash_at(&pair, "after-primary-commit", 1).await?;
+    ensure!(
+        on(&pair.old, "SELECT count(*) FROM t")? == "1",
+        "committed on old"
+    );
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM t")? == "0",
+        "not yet visible on new"
+    );
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
+    ensure!(run.stdout.contains("committed 1"), "{}", run.text());
+    assert_verified(&pair, "t").await?;
+
+    // Again, and this time the restarted proxy resolves it by itself.
+    crash_at(&pair, "after-primary-commit", 2).await?;
+    let proxy = start_proxy(pair.config()).await?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the proxy to resolve the in-doubt commit",
+            Duration::from_secs(30),
+            || Ok((pair.new.psql(DB, "SELECT count(*) FROM t")? == "2").then_some(())),
+        )
+    })?;
+    drop(proxy);
+    assert_verified(&pair, "t").await?;
+    Ok(())
+}
+
+/// Scenarios 7 and 11: the secondary stopped (immediate) under pgbench load and restarted;
+/// no client error, the retry log replays (twice: duplicates are harmless), verify equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let pgbench = pgbench_bin();
+    let init = |c: &PgCluster| -> Result<()> {
+        let out = std::process::Command::new(&pgbench)
+            .args(["-i", "-s", "1", "-q"])
+            .arg(c.url(DB))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    tokio::task::block_in_place(|| -> Result<()> {
+        init(&pair.old)?;
+        init(&pair.new)
+    })?;
+    let proxy = start_proxy(pair.config()).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    let load = {
+        let url = url.clone();
+        let bin = pgbench.clone();
+        tokio::spawn(async move {
+            run_client(
+                tokio::process::Command::new(bin)
+                    .args(["-c", "4", "-T", "6", "-M", "prepared", "-n"])
+                    .arg(&url),
+                "pgbench under fault",
+                Duration::from_secs(120),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let out = load
+        .await??
+        .success("pgbench while the secondary was killed")?;
+    ensure!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "pgbench saw errors:\n{}",
+        out.stdout
+    );
+    drop(proxy);
+    let queued: i64 = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?;
+    ensure!(queued > 0, "the outage should have queued records");
+    // In-doubt transactions from the moment of the kill are resolved first.
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    Ok(())
+}
+
+/// Scenario 14 with mirroring: pgbench tpcb-like in every query mode through the proxy
+/// leaves the two databases equal with nothing queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_modes_mirror_exactly() -> Result<()> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    for c in [&pair.old, &pair.new] {
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(pgbench_bin())
+                .args(["-i", "-s", "1", "-q"])
+                .arg(c.url(DB))
+                .output()
+        })?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let proxy = start_proxy(pair.config()).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    for mode in ["simple", "extended", "prepared"] {
+        run_client(
+            tokio::process::Command::new(pgbench_bin())
+                .args(["-c", "4", "-t", "50", "-n", "-M", mode])
+                .arg(&url),
+            "pgbench",
+            Duration::from_secs(120),
+        )
+        .await?
+        .success(&format!("pgbench -M {mode}"))?;
+    }
+    ensure!(
+        on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
+        "nothing queued"
+    );
+    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
+    ensure!(
+        hist(&pair.old)? == hist(&pair.new)?,
+        "history (no primary key, mirrored by image) differs"
+    );
+    Ok(())
+}
