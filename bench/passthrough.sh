@@ -124,7 +124,7 @@ free_port P_ADM
 log "starting PgBouncer on port $P_PGB (session mode, pool $max_clients)"
 start_pgbouncer pgb "$P_PGB" "$P_OLD" "$DB" "$max_clients"
 log "starting switchyard-proxy on port $P_SY (admin $P_ADM)"
-start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
+start_switchyard sy "$P_SY" "$P_ADM" old new "$DB" --mirror-mode off
 
 declare -A TARGET_PORT=([direct]=$P_OLD [pgbouncer]=$P_PGB [switchyard]=$P_SY)
 

@@ -52,6 +52,10 @@ pub struct Args {
     /// Threads serving sessions; 0 = one per CPU core [default: 0]
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Dual writes: "two-phase" (mirror every write to --new) or "off" (passthrough)
+    /// [default: two-phase]
+    #[arg(long, value_parser = ["two-phase", "off"])]
+    pub mirror_mode: Option<String>,
 }
 
 impl Args {
@@ -100,6 +104,9 @@ impl Args {
         flag!(shutdown_timeout_secs as |v: &u64| *v as i64);
         flag!(tls_cert as |v: &PathBuf| v.display().to_string());
         flag!(tls_key as |v: &PathBuf| v.display().to_string());
+        if let Some(m) = &self.mirror_mode {
+            layers = layers.flag("mirror.mode", m.clone());
+        }
         layers.build_with_warnings()
     }
 }
@@ -111,6 +118,25 @@ mod tests {
     fn args(list: &[&str]) -> Args {
         Args::try_parse_from(std::iter::once("switchyard-proxy").chain(list.iter().copied()))
             .expect("valid flags")
+    }
+
+    #[test]
+    fn mirror_mode_flag() {
+        let cfg = args(&[
+            "--old",
+            "postgres://u@h/db",
+            "--new",
+            "postgres://u@h2/db",
+            "--mirror-mode",
+            "off",
+        ])
+        .load(Vec::new())
+        .expect("valid");
+        assert_eq!(cfg.mirror.mode, crate::config::MirrorMode::Off);
+        let cfg = args(&["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"])
+            .load(Vec::new())
+            .expect("valid");
+        assert_eq!(cfg.mirror.mode, crate::config::MirrorMode::TwoPhase);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Txn {
     keys: Vec<(String, serde_json::Value)>,
     /// Tables whose changes could not be pinned to keys: re-synced whole.
     tables: BTreeMap<String, String>,
+    /// Tables with more keys than are tracked: re-synced whole if the secondary fails.
+    overflow: BTreeMap<String, String>,
     statements: Vec<(String, String)>,
     pub prepared: Option<String>,
     /// Something went wrong that the retry log cannot describe (a written table could not
@@ -49,7 +51,10 @@ impl Txn {
     /// The retry log must get records before the primary commits.
     pub fn needs_records(&self) -> bool {
         !self.tables.is_empty()
-            || (self.broken.is_some() && (!self.keys.is_empty() || !self.statements.is_empty()))
+            || (self.broken.is_some()
+                && (!self.keys.is_empty()
+                    || !self.statements.is_empty()
+                    || !self.overflow.is_empty()))
     }
 }
 
@@ -114,7 +119,7 @@ impl MirrorSession {
         let cap = self.mirror.config.max_tracked_keys;
         if self.txn.keys.len() + keys.len() > cap {
             self.txn
-                .tables
+                .overflow
                 .entry(table.name.clone())
                 .or_insert_with(|| format!("more than {cap} keys in one transaction"));
         } else {
@@ -285,7 +290,7 @@ impl MirrorSession {
         let mut seen = std::collections::HashSet::new();
         let broken = self.txn.broken.is_some();
         for (table, key) in self.txn.keys.iter().filter(|_| broken) {
-            if self.txn.tables.contains_key(table) {
+            if self.txn.tables.contains_key(table) || self.txn.overflow.contains_key(table) {
                 continue;
             }
             let detail = key.to_string();
@@ -302,7 +307,8 @@ impl MirrorSession {
                 reason: reason.clone(),
             });
         }
-        for (table, why) in &self.txn.tables {
+        let overflow = self.txn.overflow.iter().filter(|_| broken);
+        for (table, why) in self.txn.tables.iter().chain(overflow) {
             out.push(RetryRecord {
                 idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
                 kind: RecordKind::Table,
