@@ -23,6 +23,8 @@ pub const MIRROR_SECONDARY_ERRORS_TOTAL: &str = "switchyard_mirror_secondary_err
 pub const MIRROR_IN_DOUBT_TOTAL: &str = "switchyard_mirror_in_doubt_total";
 pub const MIRROR_COMMITS_TOTAL: &str = "switchyard_mirror_commits_total";
 pub const MIRROR_RETRY_RECORDS_TOTAL: &str = "switchyard_mirror_retry_records_total";
+pub const MIRROR_RETRY_BACKLOG: &str = "switchyard_mirror_retry_backlog";
+pub const MIRROR_RETRY_OLDEST_SECONDS: &str = "switchyard_mirror_retry_oldest_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -322,6 +322,20 @@ async fn secondary_down_queues_and_recovers() -> Result<()> {
             .await?;
     }
     ensure!(retry_log_count(&s.pair)? == 5, "five queued keys");
+    let admin = s.proxy.admin_addr().context("admin")?;
+    poll_until_async(
+        "the status page to show the backlog",
+        Duration::from_secs(20),
+        || async {
+            let (_, body) = switchyard_tests::http::get(admin, "/api/status").await?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            Ok(
+                (v["mirror"]["retry_backlog"] == 5 && v["mirror"]["rows_queued"] == 5)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
     tokio::task::block_in_place(|| s.pair.new.start())?;
     poll_until_async(
         "the proxy to reach new again",
@@ -364,5 +378,137 @@ async fn ddl_is_mirrored_and_counted() -> Result<()> {
         modes.as_object().is_some_and(|m| m.len() >= 3),
         "statement-mode counts by fingerprint: {modes}"
     );
+    Ok(())
+}
+
+/// Scenario 4: writes the proxy cannot see (a trigger writing another table on old only,
+/// a function called from SELECT) are not mirrored; verify shows exactly those rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseen_writes_show_up_in_verify() -> Result<()> {
+    let s = setup(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE audit (id int PRIMARY KEY, what text);",
+    )
+    .await?;
+    on(
+        &s.pair.old,
+        "CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           INSERT INTO audit VALUES (NEW.id, 'insert'); RETURN NEW; END $$; \
+         CREATE TRIGGER t_audit AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION log_it(); \
+         CREATE FUNCTION sneaky(i int) RETURNS int LANGUAGE sql AS $$ INSERT INTO t VALUES (i, 'sneaky') RETURNING i $$;",
+    )?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 'seen')").await?;
+    c.batch_execute("SELECT sneaky(2)").await?;
+    ensure!(
+        rows(&s.pair.new, "t")? == "(1,seen)",
+        "the row image of the INSERT is mirrored"
+    );
+    let run = switchyard_tests::reconciler::run_reconciler(
+        &[
+            "verify",
+            "--old",
+            &s.pair.old.url(DB),
+            "--new",
+            &s.pair.new.url(DB),
+            "--tables",
+            "t,audit",
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        run.code() == Some(1),
+        "verify must report the unseen rows:\n{}",
+        run.text()
+    );
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    let missing: u64 = json["tables"]
+        .as_array()
+        .context("tables")?
+        .iter()
+        .map(|t| t["missing_in_new"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        missing == 3,
+        "audit rows 1, 2 and t row 2 are missing on new:\n{json:#}"
+    );
+    Ok(())
+}
+
+/// The `ddl` policy: `reject` refuses DDL with 0A000 and changes nothing; `primary-only`
+/// runs it on old alone and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_policies() -> Result<()> {
+    init_tracing();
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let mut cfg = pair.config();
+    cfg.mirror.ddl = switchyard_proxy::config::DdlPolicy::Reject;
+    let proxy = start_proxy(cfg).await?;
+    let c = connect_proxy(&proxy).await?;
+    let err = c
+        .batch_execute("CREATE TABLE nope (id int)")
+        .await
+        .err()
+        .context("DDL must be refused")?;
+    ensure!(err.code().map(|c| c.code()) == Some("0A000"), "{err}");
+    c.batch_execute("SELECT 1")
+        .await
+        .context("the session goes on")?;
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'nope'"
+        )? == "0"
+    );
+    drop(c);
+    drop(proxy);
+
+    let mut cfg = pair.config();
+    cfg.mirror.ddl = switchyard_proxy::config::DdlPolicy::PrimaryOnly;
+    let proxy = start_proxy(cfg).await?;
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute("CREATE TABLE only_old (id int PRIMARY KEY)")
+        .await?;
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'only_old'"
+        )? == "1"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'only_old'"
+        )? == "0"
+    );
+    Ok(())
+}
+
+/// A new database that cannot prepare transactions: the proxy refuses to start and says
+/// what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_secondary_without_prepared_transactions() -> Result<()> {
+    init_tracing();
+    let old = PgCluster::builder().start()?;
+    let new = PgCluster::builder().max_prepared_transactions(0).start()?;
+    old.create_database(DB)?;
+    new.create_database(DB)?;
+    let mut cfg = switchyard_proxy::ProxyConfig::new(old.url(DB), new.url(DB));
+    cfg.listen = "127.0.0.1:0".into();
+    cfg.admin_listen = String::new();
+    let err = match start_proxy(cfg.clone()).await {
+        Ok(_) => {
+            anyhow::bail!("the proxy started against a secondary without max_prepared_transactions")
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("max_prepared_transactions = 0"), "{err}");
+    cfg.mirror.mode = switchyard_proxy::config::MirrorMode::Off;
+    start_proxy(cfg)
+        .await
+        .context("passthrough needs no prepared transactions")?;
     Ok(())
 }

@@ -56,6 +56,22 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
     let timeout = Duration::from_secs(5);
     loop {
         let primary = m.control.client().await;
+        if let Ok(p) = &primary {
+            if let Ok(row) = p
+                .query_one(
+                    "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 \
+                     FROM _switchyard.retry_log WHERE NOT dead",
+                    &[],
+                )
+                .await
+            {
+                let (n, age): (i64, f64) = (row.get(0), row.get(1));
+                m.status.retry_backlog.store(n.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+                m.status.retry_oldest_secs.store(age.max(0.0) as u64, std::sync::atomic::Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::MIRROR_RETRY_BACKLOG).set(n as f64);
+                metrics::gauge!(crate::metrics::MIRROR_RETRY_OLDEST_SECONDS).set(age);
+            }
+        }
         let secondary = connect(&m.new, "switchyard-recover", None, timeout).await;
         if let (Ok(p), Ok(s)) = (primary, secondary) {
             match switchyard_core::recover::resolve_in_doubt(&p, &s, Duration::from_secs(2)).await {

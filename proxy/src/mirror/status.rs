@@ -14,6 +14,10 @@ pub struct MirrorStatus {
     pub commits_queued: AtomicU64,
     /// Prepared transactions on the secondary waiting for their primary's outcome.
     pub in_doubt: AtomicU64,
+    /// Records waiting in the embedded retry log, and the age of the oldest, in seconds
+    /// (sampled every few seconds).
+    pub retry_backlog: AtomicU64,
+    pub retry_oldest_secs: AtomicU64,
     pub secondary_errors: DashMap<String, u64>,
     /// Statements mirrored as text or not at all, by fingerprint: what to look at.
     pub statement_mode: DashMap<String, StatementModeEntry>,
@@ -43,6 +47,8 @@ pub struct MirrorSnapshot {
     pub commits_two_phase: u64,
     pub commits_queued: u64,
     pub in_doubt: u64,
+    pub retry_backlog: u64,
+    pub retry_oldest_secs: u64,
     pub secondary_errors: std::collections::BTreeMap<String, u64>,
     pub statement_mode: std::collections::BTreeMap<String, StatementModeEntry>,
     pub tables: std::collections::BTreeMap<String, TableCounts>,
@@ -99,6 +105,8 @@ impl MirrorStatus {
             commits_two_phase: self.commits_two_phase.load(Ordering::Relaxed),
             commits_queued: self.commits_queued.load(Ordering::Relaxed),
             in_doubt: self.in_doubt.load(Ordering::Relaxed),
+            retry_backlog: self.retry_backlog.load(Ordering::Relaxed),
+            retry_oldest_secs: self.retry_oldest_secs.load(Ordering::Relaxed),
             secondary_errors: self
                 .secondary_errors
                 .iter()

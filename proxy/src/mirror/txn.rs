@@ -368,6 +368,12 @@ impl MirrorSession {
                 .commits_queued
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let outcome = match (committed, self.txn.broken.is_some()) {
+            (true, false) => "two_phase",
+            (true, true) => "queued",
+            (false, _) => "rolled_back",
+        };
+        metrics::counter!(crate::metrics::MIRROR_COMMITS_TOTAL, "outcome" => outcome).increment(1);
         self.txn = Txn::default();
     }
 }
