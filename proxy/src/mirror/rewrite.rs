@@ -235,6 +235,19 @@ fn plan_one(
         NodeEnum::CopyStmt(c) if c.is_from => Plan::PassUnmirrored {
             reason: "COPY FROM",
         },
+        // Temporary tables live and die with the session: nothing to migrate (and a
+        // transaction that touched one cannot be prepared).
+        NodeEnum::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| r.relpersistence == "t") => {
+            Plan::Pass
+        }
+        NodeEnum::CreateTableAsStmt(c)
+            if c.into
+                .as_ref()
+                .and_then(|i| i.rel.as_ref())
+                .is_some_and(|r| r.relpersistence == "t") =>
+        {
+            Plan::Pass
+        }
         // Cannot run inside the transaction block mirroring would wrap it in.
         NodeEnum::IndexStmt(i) if i.concurrent => Plan::Unmirrored {
             reason: "CREATE INDEX CONCURRENTLY",
@@ -407,6 +420,12 @@ mod tests {
             Plan::Txn(TxnOp::RollbackTo("a".into()))
         );
         assert_eq!(plan("SET x.y = 1"), Plan::Pass);
+        assert_eq!(plan("CREATE TEMP TABLE s (id int)"), Plan::Pass);
+        assert_eq!(plan("CREATE TEMPORARY TABLE s AS SELECT 1"), Plan::Pass);
+        assert!(matches!(
+            plan("CREATE UNLOGGED TABLE s (id int)"),
+            Plan::Statement { ddl: true, .. }
+        ));
         assert!(matches!(
             plan("COPY t FROM STDIN"),
             Plan::PassUnmirrored { .. }

@@ -1,26 +1,47 @@
-//! A session's connection to the secondary: opened at the session's first mirrored write,
-//! every call bounded by the configured timeout. A call that fails or times out leaves the
-//! secondary transaction abandoned; the caller queues re-sync orders instead.
+//! A session's connection to the secondary: opened at the session's first mirrored write.
+//! Changes are queued, not awaited: each runs in order behind the previous one while the
+//! client's next statement already goes to the primary, and the session waits for all of
+//! them (`sync`) only before PREPARE TRANSACTION. Every operation is bounded by the
+//! configured timeout; the first failure makes the rest of the queue fail without running,
+//! and the caller then queues re-sync orders instead.
 
 use super::control::connect;
 use super::MirrorError;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
+
+type Statements = Arc<Mutex<HashMap<String, Statement>>>;
 
 pub struct Secondary {
     dsn: Dsn,
     timeout: Duration,
     options: String,
     client: Option<Arc<Client>>,
-    statements: HashMap<String, Statement>,
+    statements: Statements,
     /// After a failed connect, don't try again before this instant: a secondary that is down
     /// must not cost every statement a connect timeout.
     retry_after: Option<Instant>,
-    /// A COMMIT/ROLLBACK PREPARED sent without waiting; the next call waits for it.
-    finishing: Option<tokio::task::JoinHandle<()>>,
+    /// The last queued operation; it waits for the one before it.
+    pending: Option<JoinHandle<Result<(), MirrorError>>>,
+}
+
+fn secondary_error(what: &str, e: tokio_postgres::Error) -> MirrorError {
+    let sqlstate = e.code().map(|c| c.code().to_string());
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    MirrorError::Secondary {
+        what: what.to_string(),
+        sqlstate,
+        message,
+    }
 }
 
 impl Secondary {
@@ -37,22 +58,18 @@ impl Secondary {
             timeout: statement_timeout + Duration::from_millis(500),
             options,
             client: None,
-            statements: HashMap::new(),
+            statements: Arc::default(),
             retry_after: None,
-            finishing: None,
+            pending: None,
         }
     }
 
     async fn client(&mut self) -> Result<Arc<Client>, MirrorError> {
-        if let Some(h) = self.finishing.take() {
-            let _ = tokio::time::timeout(self.timeout, h).await;
-        }
         if let Some(c) = &self.client {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
-            self.client = None;
-            self.statements.clear();
+            self.abandon();
         }
         if let Some(t) = self.retry_after {
             if Instant::now() < t {
@@ -85,31 +102,115 @@ impl Secondary {
     /// Drops the connection (its open transaction dies with it).
     pub fn abandon(&mut self) {
         self.client = None;
-        self.statements.clear();
+        self.statements = Arc::default();
+        if let Some(h) = self.pending.take() {
+            h.abort();
+        }
     }
 
-    async fn bounded<T, F>(&mut self, what: &str, f: F) -> Result<T, MirrorError>
+    /// Queues `op` behind everything queued before it.
+    fn chain<F, Fut>(&mut self, client: Arc<Client>, what: &'static str, op: F)
     where
-        F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+        F: FnOnce(Arc<Client>, Statements) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
     {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let state = e.code().map(|c| c.code().to_string());
-                let msg = match e.as_db_error() {
-                    Some(db) => db.message().to_string(),
-                    None => e.to_string(),
-                };
-                Err(MirrorError::Secondary {
-                    what: what.to_string(),
-                    sqlstate: state,
-                    message: msg,
-                })
+        let prev = self.pending.take();
+        let timeout = self.timeout;
+        let statements = self.statements.clone();
+        self.pending = Some(tokio::spawn(async move {
+            if let Some(p) = prev {
+                match p.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(MirrorError::Secondary {
+                            what: what.into(),
+                            sqlstate: None,
+                            message: format!("an earlier operation was lost: {e}"),
+                        })
+                    }
+                }
             }
+            match tokio::time::timeout(timeout, op(client, statements)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(secondary_error(what, e)),
+                Err(_) => Err(MirrorError::Secondary {
+                    what: what.into(),
+                    sqlstate: None,
+                    message: format!("no answer within {timeout:?}"),
+                }),
+            }
+        }));
+    }
+
+    /// Queues statements that return nothing (BEGIN, SAVEPOINT, DDL in statement mode...).
+    /// Fails at once only when there is no connection.
+    pub async fn queue_execute(
+        &mut self,
+        what: &'static str,
+        sql: String,
+    ) -> Result<(), MirrorError> {
+        let c = self.client().await?;
+        self.chain(
+            c,
+            what,
+            move |c, _| async move { c.batch_execute(&sql).await },
+        );
+        Ok(())
+    }
+
+    /// Queues one batch of row images (a JSON array) for a prepared statement.
+    pub async fn queue_apply(&mut self, sql: &str, images: String) -> Result<(), MirrorError> {
+        let c = self.client().await?;
+        let sql = sql.to_string();
+        self.chain(c, "apply", move |c, statements| async move {
+            let stmt = {
+                let mut cache = statements.lock().await;
+                match cache.get(&sql) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = c.prepare(&sql).await?;
+                        cache.insert(sql.clone(), s.clone());
+                        s
+                    }
+                }
+            };
+            c.execute(&stmt, &[&images]).await.map(|_| ())
+        });
+        Ok(())
+    }
+
+    /// Waits for everything queued; the first failure, if any. A failure without a
+    /// SQLSTATE (timeout, lost connection) also drops the connection.
+    pub async fn sync(&mut self) -> Result<(), MirrorError> {
+        let Some(h) = self.pending.take() else {
+            return Ok(());
+        };
+        let r = match h.await {
+            Ok(r) => r,
+            Err(e) => Err(MirrorError::Secondary {
+                what: "apply".into(),
+                sqlstate: None,
+                message: format!("lost: {e}"),
+            }),
+        };
+        if let Err(MirrorError::Secondary { sqlstate: None, .. }) = &r {
+            self.abandon();
+        }
+        r
+    }
+
+    /// Waits for the queue, then runs `sql` and waits for it too.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), MirrorError> {
+        self.sync().await?;
+        let c = self.client().await?;
+        match tokio::time::timeout(self.timeout, c.batch_execute(sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(secondary_error(sql_head(sql), e)),
             Err(_) => {
                 self.abandon();
                 Err(MirrorError::Secondary {
-                    what: what.to_string(),
+                    what: sql_head(sql).to_string(),
                     sqlstate: None,
                     message: format!("no answer within {:?}", self.timeout),
                 })
@@ -117,28 +218,9 @@ impl Secondary {
         }
     }
 
-    /// Runs statements that return nothing (BEGIN, SAVEPOINT, DDL in statement mode...).
-    pub async fn execute(&mut self, sql: &str) -> Result<(), MirrorError> {
-        let c = self.client().await?;
-        self.bounded(sql_head(sql), c.batch_execute(sql)).await
-    }
-
-    /// Applies one batch of row images (a JSON array) with a prepared statement.
-    pub async fn apply(&mut self, sql: &str, images: &str) -> Result<u64, MirrorError> {
-        let c = self.client().await?;
-        let stmt = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.bounded("prepare", c.prepare(sql)).await?;
-                self.statements.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
-        self.bounded("apply", c.execute(&stmt, &[&images])).await
-    }
-
-    /// Finishes a prepared transaction without waiting (COMMIT/ROLLBACK PREPARED); a failure
-    /// leaves it in doubt for recovery, which is logged.
+    /// Finishes a prepared transaction (COMMIT/ROLLBACK PREPARED) without waiting; later
+    /// operations queue behind it. A failure leaves it in doubt for recovery, which is
+    /// logged, and does not fail what comes after.
     pub fn finish_prepared(&mut self, gid: &str, commit: bool) {
         let Some(c) = self.client.clone() else {
             return;
@@ -150,18 +232,17 @@ impl Secondary {
         );
         let timeout = self.timeout;
         let gid = gid.to_string();
-        self.finishing = Some(tokio::spawn(async move {
-            match tokio::time::timeout(timeout, c.batch_execute(&sql)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(gid, error = %e, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
-                    metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
-                }
-                Err(_) => {
-                    tracing::warn!(gid, "Finishing a prepared transaction on the new database timed out; recovery will resolve it.");
-                    metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
-                }
+        let prev = self.pending.take();
+        self.pending = Some(tokio::spawn(async move {
+            if let Some(p) = prev {
+                let _ = p.await;
             }
+            let outcome = tokio::time::timeout(timeout, c.batch_execute(&sql)).await;
+            if !matches!(outcome, Ok(Ok(()))) {
+                tracing::warn!(gid, ?outcome, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
+                metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
+            }
+            Ok(())
         }));
     }
 }

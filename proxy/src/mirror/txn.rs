@@ -31,6 +31,8 @@ pub struct Txn {
     tables: BTreeMap<String, String>,
     /// Tables with more keys than are tracked: re-synced whole if the secondary fails.
     overflow: BTreeMap<String, String>,
+    /// Rows queued to the secondary and not yet confirmed, by table (for the counters).
+    unconfirmed: Vec<(String, u64)>,
     statements: Vec<(String, String)>,
     pub prepared: Option<String>,
     /// Something went wrong that the retry log cannot describe (a written table could not
@@ -88,7 +90,7 @@ impl MirrorSession {
             sql.push_str("; SAVEPOINT ");
             sql.push_str(&quote_ident(sp));
         }
-        match self.secondary.execute(&sql).await {
+        match self.secondary.queue_execute("BEGIN", sql).await {
             Ok(()) => {
                 self.txn.open = true;
                 true
@@ -98,6 +100,27 @@ impl MirrorSession {
                 false
             }
         }
+    }
+
+    /// Waits for the queued secondary work; false (and the transaction marked broken) if
+    /// any of it failed.
+    async fn sync(&mut self) -> bool {
+        if self.txn.broken.is_some() {
+            return false;
+        }
+        let result = self.secondary.sync().await;
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            self.fail(&e);
+        }
+        for (table, n) in std::mem::take(&mut self.txn.unconfirmed) {
+            if ok {
+                self.mirror.status.rows(&table, n, 0);
+            } else {
+                self.mirror.status.rows(&table, 0, n);
+            }
+        }
+        ok
     }
 
     /// Gives up the secondary transaction without an error (its keys will be recorded).
@@ -127,11 +150,12 @@ impl MirrorSession {
                 .keys
                 .extend(keys.into_iter().map(|k| (table.name.clone(), k)));
         }
+        if !table.has_key() {
+            // Kept as a statement to replay should the secondary transaction fail later.
+            self.keep_keyless(table, images);
+        }
         if !self.ensure_open().await {
             self.mirror.status.rows(&table.name, 0, n);
-            if !table.has_key() {
-                self.queue_keyless(table, images);
-            }
             return;
         }
         let sql = match kind {
@@ -139,21 +163,18 @@ impl MirrorSession {
             DmlKind::Delete => &table.delete_sql,
             DmlKind::Insert | DmlKind::Update => &table.upsert_sql,
         };
-        match self.secondary.apply(sql, images).await {
-            Ok(_) => self.mirror.status.rows(&table.name, n, 0),
+        match self.secondary.queue_apply(sql, images.to_string()).await {
+            Ok(()) => self.txn.unconfirmed.push((table.name.clone(), n)),
             Err(e) => {
                 self.fail(&e);
                 self.mirror.status.rows(&table.name, 0, n);
             }
         }
-        if self.txn.broken.is_some() && !table.has_key() {
-            self.queue_keyless(table, images);
-        }
     }
 
     /// Inserted rows of a table without a primary key cannot be re-read by key; the
     /// record carries the insert itself, row images inlined, replayed once.
-    fn queue_keyless(&mut self, table: &TableInfo, images: &str) {
+    fn keep_keyless(&mut self, table: &TableInfo, images: &str) {
         let mut tag = String::from("sy");
         while images.contains(&format!("${tag}$")) {
             tag.push('x');
@@ -192,63 +213,57 @@ impl MirrorSession {
             }
             return;
         }
+        // Waited for: DDL is rare, and later row images may depend on it.
         if self.ensure_open().await {
-            match self.secondary.execute(sql).await {
-                Ok(()) => return,
-                Err(e) => self.fail(&e),
+            if let Err(e) = self.secondary.execute(sql).await {
+                self.fail(&e);
             }
         }
+        // Kept even when applied: if the secondary transaction fails later, it is replayed.
         self.txn
             .statements
             .push((sql.to_string(), self.txn.broken.clone().unwrap_or_default()));
     }
 
-    pub async fn savepoint(&mut self, name: &str) {
-        self.txn.savepoints.push(name.to_string());
+    async fn queue_savepoint_op(&mut self, what: &'static str, sql: String) {
         if self.txn.open && self.txn.broken.is_none() {
-            if let Err(e) = self
-                .secondary
-                .execute(&format!("SAVEPOINT {}", quote_ident(name)))
-                .await
-            {
+            if let Err(e) = self.secondary.queue_execute(what, sql).await {
                 self.fail(&e);
             }
         }
+    }
+
+    pub async fn savepoint(&mut self, name: &str) {
+        self.txn.savepoints.push(name.to_string());
+        self.queue_savepoint_op("SAVEPOINT", format!("SAVEPOINT {}", quote_ident(name)))
+            .await;
     }
 
     pub async fn release(&mut self, name: &str) {
         if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
             self.txn.savepoints.truncate(i);
         }
-        if self.txn.open && self.txn.broken.is_none() {
-            if let Err(e) = self
-                .secondary
-                .execute(&format!("RELEASE SAVEPOINT {}", quote_ident(name)))
-                .await
-            {
-                self.fail(&e);
-            }
-        }
+        self.queue_savepoint_op(
+            "RELEASE",
+            format!("RELEASE SAVEPOINT {}", quote_ident(name)),
+        )
+        .await;
     }
 
     pub async fn rollback_to(&mut self, name: &str) {
         if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
             self.txn.savepoints.truncate(i + 1);
         }
-        if self.txn.open && self.txn.broken.is_none() {
-            if let Err(e) = self
-                .secondary
-                .execute(&format!("ROLLBACK TO SAVEPOINT {}", quote_ident(name)))
-                .await
-            {
-                self.fail(&e);
-            }
-        }
+        self.queue_savepoint_op(
+            "ROLLBACK TO",
+            format!("ROLLBACK TO SAVEPOINT {}", quote_ident(name)),
+        )
+        .await;
     }
 
     /// PREPARE TRANSACTION on the secondary; false when the transaction has to be queued.
     pub async fn prepare(&mut self) -> bool {
-        if !self.txn.open || self.txn.broken.is_some() {
+        if !self.txn.open || !self.sync().await {
             return false;
         }
         let Some(xid) = self.txn.xid.clone() else {
@@ -358,6 +373,8 @@ impl MirrorSession {
             }
         } else if self.txn.open {
             // Rolled back on the primary, or abandoned after a secondary error.
+            self.txn.unconfirmed.clear();
+            let _ = self.secondary.sync().await;
             if self.secondary.execute("ROLLBACK").await.is_err() {
                 self.secondary.abandon();
             }
