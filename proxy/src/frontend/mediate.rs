@@ -1088,6 +1088,41 @@ where
                 }
             }
         }
+        if !simple
+            && matches!(
+                op,
+                TxnOp::Begin
+                    | TxnOp::Savepoint(_)
+                    | TxnOp::Release(_)
+                    | TxnOp::RollbackTo(_)
+                    | TxnOp::Rollback
+            )
+        {
+            // Extended protocol: the result comes with the batch's Sync; these cannot fail
+            // in a way that matters to the secondary (a failed transaction is rolled back
+            // whole), so the secondary follows at once.
+            self.send(frame.raw());
+            self.expect.push_back(Expect::Results {
+                capture: None,
+                sink: Sink::Client,
+                until_ready: false,
+            });
+            match op {
+                TxnOp::Begin => self.status = b'T',
+                TxnOp::Savepoint(n) if self.status != b'E' => self.ms.savepoint(&n).await,
+                TxnOp::Release(n) if self.status != b'E' => self.ms.release(&n).await,
+                TxnOp::RollbackTo(n) => {
+                    self.ms.rollback_to(&n).await;
+                    self.status = b'T';
+                }
+                TxnOp::Rollback => {
+                    self.ms.finish(false).await;
+                    self.status = b'I';
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         self.forward_client(&frame, simple).await?;
         let ok = !self.error_seen;
         match op {
@@ -1397,7 +1432,10 @@ where
                 self.failed = true;
             }
             Plan::Txn(op) => {
-                self.settle().await?;
+                // Only a commit must know how the statements before it ended.
+                if matches!(op, TxnOp::Commit | TxnOp::TwoPhase) {
+                    self.settle().await?;
+                }
                 if !self.failed {
                     self.txn_op(op.clone(), frame, false).await?;
                 }
@@ -1431,6 +1469,10 @@ where
     /// Opens a transaction around an implicit one, so the secondary can be prepared before
     /// the primary commits.
     async fn ensure_transaction(&mut self) -> Result<(), End> {
+        // Inside a transaction nothing needs waiting for: the statement just follows.
+        if self.failed || self.status != b'I' {
+            return Ok(());
+        }
         self.settle().await?;
         if self.failed || self.status != b'I' {
             return Ok(());

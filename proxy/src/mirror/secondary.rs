@@ -29,7 +29,14 @@ pub struct Secondary {
     retry_after: Option<Instant>,
     /// The last queued operation; it waits for the one before it.
     pending: Option<JoinHandle<Result<(), MirrorError>>>,
+    /// Operations queued since the last `sync`.
+    queued: usize,
 }
+
+/// Queued operations (each up to `batch_rows` row images) before the session waits for the
+/// secondary to catch up: bounds memory when the primary streams faster than the
+/// secondary applies.
+const MAX_QUEUED: usize = 8;
 
 fn secondary_error(what: &str, e: tokio_postgres::Error) -> MirrorError {
     let sqlstate = e.code().map(|c| c.code().to_string());
@@ -61,6 +68,7 @@ impl Secondary {
             statements: Arc::default(),
             retry_after: None,
             pending: None,
+            queued: 0,
         }
     }
 
@@ -117,6 +125,7 @@ impl Secondary {
         let prev = self.pending.take();
         let timeout = self.timeout;
         let statements = self.statements.clone();
+        self.queued += 1;
         self.pending = Some(tokio::spawn(async move {
             if let Some(p) = prev {
                 match p.await {
@@ -161,6 +170,9 @@ impl Secondary {
 
     /// Queues one batch of row images (a JSON array) for a prepared statement.
     pub async fn queue_apply(&mut self, sql: &str, images: String) -> Result<(), MirrorError> {
+        if self.queued >= MAX_QUEUED {
+            self.sync().await?;
+        }
         let c = self.client().await?;
         let sql = sql.to_string();
         self.chain(c, "apply", move |c, statements| async move {
@@ -183,6 +195,7 @@ impl Secondary {
     /// Waits for everything queued; the first failure, if any. A failure without a
     /// SQLSTATE (timeout, lost connection) also drops the connection.
     pub async fn sync(&mut self) -> Result<(), MirrorError> {
+        self.queued = 0;
         let Some(h) = self.pending.take() else {
             return Ok(());
         };
