@@ -80,6 +80,24 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
         if rows.is_empty() {
             tx.commit().await?;
             if opts.follow {
+                // The running loop also finishes prepared transactions a proxy left behind.
+                match switchyard_core::recover::resolve_in_doubt(
+                    &claim,
+                    &target,
+                    std::time::Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(r) if !r.committed.is_empty() || !r.rolled_back.is_empty() => {
+                        tracing::info!(
+                            committed = r.committed.len(),
+                            rolled_back = r.rolled_back.len(),
+                            "Resolved in-doubt transactions."
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Resolving in-doubt transactions failed."),
+                }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }

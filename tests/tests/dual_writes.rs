@@ -512,3 +512,54 @@ async fn refuses_a_secondary_without_prepared_transactions() -> Result<()> {
         .context("passthrough needs no prepared transactions")?;
     Ok(())
 }
+
+/// DDL applied on the secondary early in a transaction whose later change fails there is
+/// rolled back with it; its statement record replays it, so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_before_a_secondary_failure_are_recorded() -> Result<()> {
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
+    on(
+        &s.pair.new,
+        "ALTER TABLE t ADD CONSTRAINT short CHECK (length(v) < 5)",
+    )?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("BEGIN").await?;
+    c.batch_execute("CREATE TABLE made_here (id int PRIMARY KEY)")
+        .await?;
+    c.batch_execute("INSERT INTO made_here VALUES (1)").await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 'far too long')")
+        .await?;
+    c.batch_execute("COMMIT").await?;
+    ensure!(
+        on(
+            &s.pair.new,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'made_here'"
+        )? == "0",
+        "the secondary transaction was rolled back"
+    );
+    let kinds = on(
+        &s.pair.old,
+        "SELECT string_agg(kind, ',' ORDER BY id) FROM _switchyard.retry_log",
+    )?;
+    ensure!(
+        kinds.contains("statement") && kinds.contains("row"),
+        "records: {kinds}"
+    );
+    // The new side's constraint is the operator's to fix; then replay converges.
+    on(&s.pair.new, "ALTER TABLE t DROP CONSTRAINT short")?;
+    let run = switchyard_tests::reconciler::run_reconciler(
+        &[
+            "replay",
+            "--old",
+            &s.pair.old.url(DB),
+            "--new",
+            &s.pair.new.url(DB),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_equal(&s.pair, "made_here")?;
+    assert_equal(&s.pair, "t")?;
+    Ok(())
+}
