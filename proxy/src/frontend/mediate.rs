@@ -26,6 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Name of the statement and portal the proxy uses for its own injected statements.
 const OWN: &str = "__switchyard";
 
+/// COPY FROM data kept for the secondary; a larger COPY re-syncs its table whole.
+const COPY_KEEP_MAX: usize = 64 << 20;
+
 /// Where CommandComplete and other results of an expectation go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sink {
@@ -991,6 +994,7 @@ where
                     self.finish_implicit().await?;
                 }
             }
+            Plan::CopyIn { relation } => self.copy_in(raw, sql, relation).await?,
             Plan::Rejected => {
                 error_response(&mut self.out, &rejected());
                 self.error_seen = true;
@@ -1022,6 +1026,96 @@ where
             Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) => {
                 self.pass_query(raw).await?
             }
+        }
+        Ok(())
+    }
+
+    /// COPY ... FROM STDIN: relays the data to the primary, keeps it (up to
+    /// `COPY_KEEP_MAX` bytes), and once the primary took it feeds it to the secondary.
+    async fn copy_in(&mut self, raw: &[u8], sql: &str, relation: &str) -> Result<(), End> {
+        let implicit = self.status == b'I';
+        if implicit {
+            self.send_msg(&FrontendMessage::Query("BEGIN".into()));
+            self.expect.push_back(Expect::Swallow);
+            self.expect.push_back(Expect::Ready { forward: false });
+            self.begun_here = true;
+            self.settle().await?;
+        }
+        self.send(raw);
+        let first = self.response().await?;
+        if first.tag() != b'G' {
+            // An error (or no COPY at all): the rest is an ordinary result.
+            self.pushback = Some(first);
+            self.expect.push_back(Expect::Results {
+                capture: None,
+                sink: Sink::Client,
+                until_ready: true,
+            });
+            self.expect.push_back(Expect::Ready { forward: false });
+            self.settle().await?;
+        } else {
+            self.out.put_slice(first.raw());
+            self.flush_client().await?;
+            let mut data = Some(Vec::new());
+            let mut kept = 0usize;
+            loop {
+                let f = self.client_frame().await?;
+                self.send(f.raw());
+                match f.tag() {
+                    b'd' => {
+                        kept += f.raw().len();
+                        if kept > COPY_KEEP_MAX {
+                            data = None;
+                        } else if let Some(d) = data.as_mut() {
+                            d.push(f.raw().slice(Frame::HEADER..));
+                        }
+                        if self.to_primary.len() > 256 * 1024 {
+                            self.flush_primary().await?;
+                        }
+                    }
+                    b'c' | b'f' => break,
+                    // Flush and Sync are ignored by the server during COPY.
+                    b'H' | b'S' => {}
+                    _ => break,
+                }
+            }
+            self.expect.push_back(Expect::Results {
+                capture: None,
+                sink: if self.begun_here {
+                    Sink::HoldComplete
+                } else {
+                    Sink::Client
+                },
+                until_ready: true,
+            });
+            self.expect.push_back(Expect::Ready { forward: false });
+            self.settle().await?;
+            if !self.error_seen && self.status != b'E' {
+                let lookup = format!(
+                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = {relation}"
+                );
+                let table = if self.inject(&lookup).await? {
+                    self.injected_values.first().cloned().flatten()
+                } else {
+                    None
+                };
+                match table {
+                    Some(t) => {
+                        self.ms.mirror.status.statement_mode(
+                            xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
+                            "COPY FROM",
+                            true,
+                            sql,
+                        );
+                        self.ms.copy(sql, data, &t).await;
+                    }
+                    None => self.ms.txn.fatal = Some(format!("cannot name the table of {sql:?}")),
+                }
+            }
+        }
+        if implicit {
+            self.finish_implicit().await?;
         }
         Ok(())
     }
@@ -1454,7 +1548,7 @@ where
                     until_ready: false,
                 });
             }
-            Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) => {
+            Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) | Plan::CopyIn { .. } => {
                 self.send(frame.raw());
                 self.expect.push_back(Expect::Results {
                     capture: None,

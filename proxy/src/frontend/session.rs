@@ -441,7 +441,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         };
         match tag {
             b'Q' => match cstr(body) {
-                Some((sql, _)) => self.plan_needs_mediation(&sql),
+                Some((sql, _)) => self.plan_needs_mediation(&sql, false),
                 None => false,
             },
             b'P' => {
@@ -449,7 +449,9 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     return false;
                 };
                 let needed = match cstr(&body[n..]) {
-                    Some((sql, _)) => self.plan_needs_mediation(&sql),
+                    // COPY through the extended protocol streams on the passthrough path
+                    // (not mirrored; counted).
+                    Some((sql, _)) => self.plan_needs_mediation(&sql, true),
                     None => false,
                 };
                 if !needed {
@@ -479,7 +481,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         }
     }
 
-    fn plan_needs_mediation(&mut self, sql: &str) -> bool {
+    fn plan_needs_mediation(&mut self, sql: &str, extended: bool) -> bool {
         let classes = self.classify(sql);
         if !classes.iter().any(|c| {
             matches!(
@@ -493,13 +495,19 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
             return false;
         };
         let plan = mirror.plan(sql);
-        if let Plan::PassUnmirrored { reason } = &*plan {
+        let unmirrored = match &*plan {
+            Plan::PassUnmirrored { reason } => Some(*reason),
+            Plan::CopyIn { .. } if extended => Some("COPY FROM STDIN (extended protocol)"),
+            _ => None,
+        };
+        if let Some(reason) = unmirrored {
             mirror.status.statement_mode(
                 classes.first().map(|c| c.fingerprint).unwrap_or(0),
                 reason,
                 false,
                 sql,
             );
+            return false;
         }
         plan.needs_mediation()
     }

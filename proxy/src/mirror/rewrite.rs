@@ -68,6 +68,11 @@ pub enum Plan {
     PassUnmirrored {
         reason: &'static str,
     },
+    /// COPY ... FROM STDIN: the data stream goes to the primary and, once it committed
+    /// the COPY there, the same stream to the secondary. `relation` is a regclass literal.
+    CopyIn {
+        relation: String,
+    },
     /// A simple-protocol string of several statements that write or control transactions:
     /// the proxy runs them one by one, each with its own plan.
     Multi(Vec<String>),
@@ -232,8 +237,20 @@ fn plan_one(
                 Plan::Pass
             }
         }
-        NodeEnum::CopyStmt(c) if c.is_from => Plan::PassUnmirrored {
-            reason: "COPY FROM",
+        NodeEnum::CopyStmt(c) if c.is_from => match &c.relation {
+            Some(r) if c.filename.is_empty() && !c.is_program => {
+                let name = if r.schemaname.is_empty() {
+                    quote_ident(&r.relname)
+                } else {
+                    format!("{}.{}", quote_ident(&r.schemaname), quote_ident(&r.relname))
+                };
+                Plan::CopyIn {
+                    relation: format!("'{}'::regclass", name.replace('\'', "''")),
+                }
+            }
+            _ => Plan::Unmirrored {
+                reason: "COPY FROM a server-side file or program",
+            },
         },
         // Temporary tables live and die with the session: nothing to migrate (and a
         // transaction that touched one cannot be prepared).
@@ -426,9 +443,15 @@ mod tests {
             plan("CREATE UNLOGGED TABLE s (id int)"),
             Plan::Statement { ddl: true, .. }
         ));
+        assert_eq!(
+            plan("COPY s.T FROM STDIN"),
+            Plan::CopyIn {
+                relation: "'\"s\".\"t\"'::regclass".into()
+            }
+        );
         assert!(matches!(
-            plan("COPY t FROM STDIN"),
-            Plan::PassUnmirrored { .. }
+            plan("COPY t FROM '/tmp/x'"),
+            Plan::Unmirrored { .. }
         ));
         assert_eq!(
             plan("BEGIN; INSERT INTO t VALUES (1);COMMIT"),

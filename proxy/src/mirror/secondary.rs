@@ -192,6 +192,25 @@ impl Secondary {
         Ok(())
     }
 
+    /// Queues a COPY ... FROM STDIN fed with `data` (the client's CopyData payloads).
+    pub async fn queue_copy(
+        &mut self,
+        sql: String,
+        data: Vec<bytes::Bytes>,
+    ) -> Result<(), MirrorError> {
+        use futures_util::SinkExt;
+        let c = self.client().await?;
+        self.chain(c, "COPY", move |c, _| async move {
+            let sink = c.copy_in::<_, bytes::Bytes>(sql.as_str()).await?;
+            futures_util::pin_mut!(sink);
+            for chunk in data {
+                sink.send(chunk).await?;
+            }
+            sink.as_mut().finish().await.map(|_| ())
+        });
+        Ok(())
+    }
+
     /// Waits for everything queued; the first failure, if any. A failure without a
     /// SQLSTATE (timeout, lost connection) also drops the connection.
     pub async fn sync(&mut self) -> Result<(), MirrorError> {

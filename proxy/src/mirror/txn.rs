@@ -233,6 +233,27 @@ impl MirrorSession {
         }
     }
 
+    /// COPY FROM STDIN the primary took: the same data to the secondary in the lockstep
+    /// transaction. `data` is None when it was too large to keep; then, as when the
+    /// secondary fails, the table is re-synced whole.
+    pub async fn copy(&mut self, sql: &str, data: Option<Vec<bytes::Bytes>>, table: &str) {
+        self.txn.ordinal += 1;
+        let Some(data) = data else {
+            self.queue_table(table, "COPY FROM larger than the proxy keeps");
+            return;
+        };
+        self.txn
+            .overflow
+            .entry(table.to_string())
+            .or_insert_with(|| "COPY FROM not applied".into());
+        if !self.ensure_open().await {
+            return;
+        }
+        if let Err(e) = self.secondary.queue_copy(sql.to_string(), data).await {
+            self.fail(&e);
+        }
+    }
+
     pub async fn savepoint(&mut self, name: &str) {
         self.txn.savepoints.push(name.to_string());
         self.queue_savepoint_op("SAVEPOINT", format!("SAVEPOINT {}", quote_ident(name)))
