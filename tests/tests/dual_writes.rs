@@ -369,6 +369,19 @@ async fn ddl_is_mirrored_and_counted() -> Result<()> {
     c.batch_execute("TRUNCATE d").await?;
     c.batch_execute("INSERT INTO d VALUES (3, 'z', 9)").await?;
     assert_equal(&s.pair, "d")?;
+    // DDL text resolves names with the client session's search_path, on new too.
+    c.batch_execute("CREATE SCHEMA other").await?;
+    c.batch_execute("SET search_path = other, public").await?;
+    c.batch_execute("CREATE TABLE inother (id int PRIMARY KEY)")
+        .await?;
+    c.batch_execute("INSERT INTO inother VALUES (1)").await?;
+    assert_equal(&s.pair, "other.inother")?;
+    ensure!(
+        on(
+            &s.pair.new,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'inother' AND schemaname = 'other'"
+        )? == "1"
+    );
     let (code, body) =
         switchyard_tests::http::get(s.proxy.admin_addr().context("admin")?, "/api/status").await?;
     ensure!(code == 200, "status {code}");

@@ -988,7 +988,7 @@ where
                 self.expect.push_back(Expect::Ready { forward: false });
                 self.settle().await?;
                 if !self.error_seen && self.status != b'E' {
-                    self.statement_mode(sql, reason, *ddl).await;
+                    self.statement_mode(sql, reason, *ddl).await?;
                 }
                 if implicit {
                     self.finish_implicit().await?;
@@ -1108,7 +1108,8 @@ where
                             true,
                             sql,
                         );
-                        self.ms.copy(sql, data, &t).await;
+                        let pin = self.pin_search_path("").await?;
+                        self.ms.copy(sql, data, &t, pin.trim_end_matches(' ')).await;
                     }
                     None => self.ms.txn.fatal = Some(format!("cannot name the table of {sql:?}")),
                 }
@@ -1135,18 +1136,45 @@ where
         self.settle().await
     }
 
-    async fn statement_mode(&mut self, sql: &str, reason: &str, ddl: bool) {
+    async fn statement_mode(&mut self, sql: &str, reason: &str, ddl: bool) -> Result<(), End> {
         self.ms.mirror.status.statement_mode(
             xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
             reason,
             true,
             sql,
         );
+        let pinned = self.pin_search_path(sql).await?;
         let queued = self.statements_queued().await;
-        self.ms.statement(sql, queued).await;
+        self.ms.statement(&pinned, queued).await;
         if ddl {
             self.ms.mirror.catalog.invalidate();
         }
+        Ok(())
+    }
+
+    /// The client session's search_path, set locally in front of `sql`: statement text
+    /// names objects as the client's session resolves them, on the secondary and on replay.
+    async fn pin_search_path(&mut self, sql: &str) -> Result<String, End> {
+        let path = if self
+            .inject("SELECT pg_catalog.current_setting('search_path')")
+            .await?
+        {
+            self.injected_values.first().cloned().flatten()
+        } else {
+            None
+        };
+        Ok(match path {
+            Some(p) => {
+                let mut tag = String::from("sp");
+                while p.contains(&format!("${tag}$")) {
+                    tag.push('x');
+                }
+                format!(
+                    "SELECT pg_catalog.set_config('search_path', ${tag}${p}${tag}$, true); {sql}"
+                )
+            }
+            None => sql.to_string(),
+        })
     }
 
     /// Ends a transaction the proxy opened around an implicit one.
@@ -1516,7 +1544,7 @@ where
                             &p.sql,
                         );
                     } else {
-                        self.statement_mode(&p.sql.clone(), reason, *ddl).await;
+                        self.statement_mode(&p.sql.clone(), reason, *ddl).await?;
                     }
                 }
             }

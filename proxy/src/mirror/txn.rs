@@ -236,7 +236,13 @@ impl MirrorSession {
     /// COPY FROM STDIN the primary took: the same data to the secondary in the lockstep
     /// transaction. `data` is None when it was too large to keep; then, as when the
     /// secondary fails, the table is re-synced whole.
-    pub async fn copy(&mut self, sql: &str, data: Option<Vec<bytes::Bytes>>, table: &str) {
+    pub async fn copy(
+        &mut self,
+        sql: &str,
+        data: Option<Vec<bytes::Bytes>>,
+        table: &str,
+        search_path: &str,
+    ) {
         self.txn.ordinal += 1;
         let Some(data) = data else {
             self.queue_table(table, "COPY FROM larger than the proxy keeps");
@@ -248,6 +254,16 @@ impl MirrorSession {
             .or_insert_with(|| "COPY FROM not applied".into());
         if !self.ensure_open().await {
             return;
+        }
+        if !search_path.is_empty() {
+            if let Err(e) = self
+                .secondary
+                .queue_execute("SET search_path", search_path.to_string())
+                .await
+            {
+                self.fail(&e);
+                return;
+            }
         }
         if let Err(e) = self.secondary.queue_copy(sql.to_string(), data).await {
             self.fail(&e);
