@@ -85,10 +85,15 @@ async fn replay_converges_whatever_the_records() -> Result<()> {
         .await?;
     c.batch_execute("UPDATE t SET n = n + 1 WHERE id = 1")
         .await?;
-    ensure!(
-        on(&pair.new, "SELECT n FROM t WHERE id = 1")? == "2",
-        "applied twice"
-    );
+    // Applied twice (polled: COMMIT PREPARED follows the client's answer by a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on(&pair.new, "SELECT n FROM t WHERE id = 1")? != "2" {
+        ensure!(
+            Instant::now() < deadline,
+            "n = n + 1 twice must give 2 on new"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(c);
     drop(proxy);
     // Drift the proxy did not cause, and records that name it, several times over.
@@ -160,7 +165,14 @@ async fn opposite_order_updates_stay_in_order() -> Result<()> {
         queued == "0",
         "{queued} records queued: the secondary should have kept up"
     );
-    ensure!(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? != "0" {
+        ensure!(
+            Instant::now() < deadline,
+            "prepared transactions linger on new"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_verified(&pair, "t").await
 }
 

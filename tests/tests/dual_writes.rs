@@ -50,23 +50,43 @@ fn rows(c: &PgCluster, table: &str) -> Result<String> {
     on(c, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
 }
 
-/// Asserts `table` holds the same rows on both clusters; returns them.
+/// Asserts `table` holds the same rows on both clusters; returns them. The proxy answers
+/// the client once the old database committed and the new one prepared; COMMIT PREPARED
+/// follows a moment later, so the new side is polled until it shows the rows.
 fn assert_equal(pair: &Pair, table: &str) -> Result<String> {
-    let old = rows(&pair.old, table)?;
-    let new = rows(&pair.new, table)?;
-    ensure!(
-        old == new,
-        "{table} differs:\n--- old\n{old}\n--- new\n{new}"
-    );
-    Ok(old)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let old = rows(&pair.old, table)?;
+        let new = rows(&pair.new, table)?;
+        if old == new {
+            return Ok(old);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{table} differs:\n--- old\n{old}\n--- new\n{new}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `sql` on `c` until it returns `want` (see `assert_equal` on why).
+fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = on(c, sql)?;
+        if got == want {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{sql}: got {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn retry_log_count(pair: &Pair) -> Result<i64> {
     Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
-}
-
-fn prepared_on_new(pair: &Pair) -> Result<i64> {
-    Ok(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")?.parse()?)
 }
 
 const VOLATILE: &str = "
@@ -113,10 +133,7 @@ async fn volatile_values_are_mirrored_as_row_images() -> Result<()> {
         "unexpected row count:\n{rows}"
     );
     ensure!(retry_log_count(&s.pair)? == 0, "nothing should be queued");
-    ensure!(
-        prepared_on_new(&s.pair)? == 0,
-        "no prepared transaction may linger"
-    );
+    eventually(&s.pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     Ok(())
 }
 
@@ -262,7 +279,7 @@ async fn rollbacks_never_reach_the_secondary() -> Result<()> {
         !old.contains("undone") && !old.contains("lost") && !old.contains("rolled back"),
         "{old}"
     );
-    ensure!(prepared_on_new(&s.pair)? == 0);
+    eventually(&s.pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     Ok(())
 }
 
@@ -291,11 +308,12 @@ async fn secondary_only_failures_are_queued() -> Result<()> {
         old.lines().count() == 5,
         "every write committed on old:\n{old}"
     );
-    let new = rows(&s.pair.new, "t")?;
-    ensure!(
-        new == "(1,ok)\n(5,ok)",
-        "new holds what it could take:\n{new}"
-    );
+    // New holds what it could take.
+    eventually(
+        &s.pair.new,
+        "SELECT t::text FROM t t ORDER BY 1",
+        "(1,ok)\n(5,ok)",
+    )?;
     let queued = on(
         &s.pair.old,
         "SELECT string_agg(table_name || ' ' || key::text, '; ' ORDER BY table_name, key::text) FROM _switchyard.retry_log WHERE kind = 'row'",
@@ -304,7 +322,7 @@ async fn secondary_only_failures_are_queued() -> Result<()> {
         queued == "\"public\".\"only_old\" {\"id\": 7}; \"public\".\"t\" {\"id\": 2}; \"public\".\"t\" {\"id\": 3}; \"public\".\"t\" {\"id\": 4}",
         "queued: {queued}"
     );
-    ensure!(prepared_on_new(&s.pair)? == 0);
+    eventually(&s.pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     Ok(())
 }
 
@@ -350,8 +368,11 @@ async fn secondary_down_queues_and_recovers() -> Result<()> {
         },
     )
     .await?;
-    let new = rows(&s.pair.new, "t")?;
-    ensure!(new == "(1,before)\n(100,after)", "{new}");
+    eventually(
+        &s.pair.new,
+        "SELECT t::text FROM t t ORDER BY 1",
+        "(1,before)\n(100,after)",
+    )?;
     Ok(())
 }
 
@@ -413,10 +434,12 @@ async fn unseen_writes_show_up_in_verify() -> Result<()> {
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO t VALUES (1, 'seen')").await?;
     c.batch_execute("SELECT sneaky(2)").await?;
-    ensure!(
-        rows(&s.pair.new, "t")? == "(1,seen)",
-        "the row image of the INSERT is mirrored"
-    );
+    // The row image of the INSERT is mirrored.
+    eventually(
+        &s.pair.new,
+        "SELECT t::text FROM t t ORDER BY 1",
+        "(1,seen)",
+    )?;
     let run = switchyard_tests::reconciler::run_reconciler(
         &[
             "verify",
