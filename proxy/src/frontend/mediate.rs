@@ -82,7 +82,7 @@ struct CaptureRun {
     table: Option<Arc<TableInfo>>,
     oid: u32,
     images: String,
-    keys: Vec<serde_json::Value>,
+    keys: Vec<String>,
     no_key_tables: Vec<String>,
     rows: u64,
     /// Images in the current batch.
@@ -770,7 +770,7 @@ where
         run.images
             .push(if run.images.is_empty() { '[' } else { ',' });
         run.images.push_str(&image);
-        run.keys.push(key);
+        run.keys.push(key.to_string());
         run.pending += 1;
         if run.pending >= self.ms.mirror.config.batch_rows as u64 {
             self.flush_batch(run).await;

@@ -21,6 +21,8 @@ struct Column {
 pub struct TableInfo {
     /// Quoted, schema-qualified name; the partition root for a partition.
     pub name: String,
+    /// `name`, shared by the keys a transaction tracks.
+    pub shared_name: Arc<str>,
     /// Temporary tables live and die with the session; they are not mirrored.
     pub temporary: bool,
     pub primary_key: Vec<String>,
@@ -184,6 +186,7 @@ fn build(
          (SELECT {key} FROM json_populate_recordset(NULL::{name}, $1::text::json))"
     );
     TableInfo {
+        shared_name: Arc::from(name.as_str()),
         name,
         temporary,
         primary_key,

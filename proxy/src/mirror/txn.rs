@@ -26,7 +26,9 @@ pub struct Txn {
     pub xid: Option<String>,
     pub ordinal: u32,
     pub savepoints: Vec<String>,
-    keys: Vec<(String, serde_json::Value)>,
+    /// Keys touched, as compact JSON text with a shared table name: up to
+    /// `max_tracked_keys` of them live for the whole transaction.
+    keys: Vec<(Arc<str>, Box<str>)>,
     /// Tables whose changes could not be pinned to keys: re-synced whole.
     tables: BTreeMap<String, String>,
     /// Tables with more keys than are tracked: re-synced whole if the secondary fails.
@@ -136,7 +138,7 @@ impl MirrorSession {
         table: &TableInfo,
         kind: DmlKind,
         images: &str,
-        keys: Vec<serde_json::Value>,
+        keys: Vec<String>,
         n: u64,
     ) {
         let cap = self.mirror.config.max_tracked_keys;
@@ -146,9 +148,10 @@ impl MirrorSession {
                 .entry(table.name.clone())
                 .or_insert_with(|| format!("more than {cap} keys in one transaction"));
         } else {
-            self.txn
-                .keys
-                .extend(keys.into_iter().map(|k| (table.name.clone(), k)));
+            self.txn.keys.extend(
+                keys.into_iter()
+                    .map(|k| (table.shared_name.clone(), k.into_boxed_str())),
+            );
         }
         if !table.has_key() {
             // Kept as a statement to replay should the secondary transaction fail later.
@@ -342,18 +345,17 @@ impl MirrorSession {
         let mut seen = std::collections::HashSet::new();
         let broken = self.txn.broken.is_some();
         for (table, key) in self.txn.keys.iter().filter(|_| broken) {
-            if self.txn.tables.contains_key(table) || self.txn.overflow.contains_key(table) {
+            if self.txn.tables.contains_key(&**table) || self.txn.overflow.contains_key(&**table) {
                 continue;
             }
-            let detail = key.to_string();
-            if !seen.insert((table.as_str(), detail.clone())) {
+            if !seen.insert((&**table, &**key)) {
                 continue;
             }
             out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, table, &detail),
+                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, table, key),
                 kind: RecordKind::Row,
-                table_name: Some(table.clone()),
-                key: Some(key.clone()),
+                table_name: Some(table.to_string()),
+                key: serde_json::from_str(key).ok(),
                 statement: None,
                 origin: origin.clone(),
                 reason: reason.clone(),
