@@ -44,6 +44,10 @@ pub struct ReplayArgs {
     /// Attempts before a record is dead-lettered.
     #[arg(long, default_value_t = 10)]
     pub max_attempts: i32,
+    /// Also write the run's figures as Prometheus text to this file (backlog, records
+    /// applied / failed / dead-lettered, oldest record age, records per second).
+    #[arg(long)]
+    pub metrics_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,

@@ -90,6 +90,15 @@ where
                     r.records_failed, r.records_dead, r.backlog
                 );
             }
+            if let Some(path) = &args.metrics_file {
+                if let Err(e) = std::fs::write(path, r.prometheus()) {
+                    eprintln!(
+                        "switchyard-reconciler: writing the metrics file {}: {e}",
+                        path.display()
+                    );
+                    return EXIT_ERROR;
+                }
+            }
             if r.backlog == 0 && r.records_dead == 0 {
                 0
             } else {

@@ -35,7 +35,46 @@ pub struct ReplayReport {
     pub records_failed: u64,
     pub records_dead: u64,
     pub backlog: i64,
+    /// Age of the oldest record still waiting, in seconds (0 when none).
+    pub oldest_age_secs: f64,
     pub seconds: f64,
+}
+
+impl ReplayReport {
+    /// Records replayed per second of this run.
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.records_done as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Prometheus text exposition of this run.
+    pub fn prometheus(&self) -> String {
+        format!(
+            "# HELP switchyard_replay_records_total Retry records handled by this replay run.\n\
+             # TYPE switchyard_replay_records_total counter\n\
+             switchyard_replay_records_total{{outcome=\"applied\"}} {}\n\
+             switchyard_replay_records_total{{outcome=\"failed\"}} {}\n\
+             switchyard_replay_records_total{{outcome=\"dead\"}} {}\n\
+             # HELP switchyard_replay_backlog Records still waiting in the retry log.\n\
+             # TYPE switchyard_replay_backlog gauge\n\
+             switchyard_replay_backlog {}\n\
+             # HELP switchyard_replay_oldest_record_age_seconds Age of the oldest waiting record.\n\
+             # TYPE switchyard_replay_oldest_record_age_seconds gauge\n\
+             switchyard_replay_oldest_record_age_seconds {:.3}\n\
+             # HELP switchyard_replay_records_per_second Records replayed per second in this run.\n\
+             # TYPE switchyard_replay_records_per_second gauge\n\
+             switchyard_replay_records_per_second {:.1}\n",
+            self.records_done,
+            self.records_failed,
+            self.records_dead,
+            self.backlog,
+            self.oldest_age_secs,
+            self.rate()
+        )
+    }
 }
 
 struct Claimed {
@@ -218,13 +257,15 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
             break;
         }
     }
-    report.backlog = claim
+    let row = claim
         .query_one(
-            "SELECT count(*) FROM _switchyard.retry_log WHERE NOT dead",
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 \
+             FROM _switchyard.retry_log WHERE NOT dead",
             &[],
         )
-        .await?
-        .get(0);
+        .await?;
+    report.backlog = row.get(0);
+    report.oldest_age_secs = row.get(1);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -116,8 +116,16 @@ async fn replay_converges_whatever_the_records() -> Result<()> {
             on(&pair.old, &record(id, n))?;
         }
     }
-    let run = reconciler(&pair, "replay", &[]).await?;
+    let metrics = tempfile::NamedTempFile::new()?;
+    let path = metrics.path().to_string_lossy().to_string();
+    let run = reconciler(&pair, "replay", &["--metrics-file", &path]).await?;
     ensure!(run.code() == Some(0), "{}", run.text());
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(
+        text.contains("switchyard_replay_backlog 0")
+            && text.contains("switchyard_replay_records_total{outcome=\"applied\"} 14"),
+        "metrics file:\n{text}"
+    );
     // A second run over the same (re-inserted) records changes nothing.
     on(&pair.old, &record(2, 9))?;
     let run = reconciler(&pair, "replay", &[]).await?;
