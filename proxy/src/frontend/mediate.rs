@@ -801,21 +801,15 @@ where
         for table in std::mem::take(&mut run.no_key_tables) {
             match run.original_sql.clone() {
                 Some(sql) => {
-                    self.ms.mirror.status.statement_mode(
-                        xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
-                        "table without a primary key",
-                        true,
-                        &sql,
-                    );
+                    self.count_mode(&sql, "table without a primary key", true);
                     let queued = self.statements_queued().await;
                     self.ms.statement(&sql, queued).await;
                 }
                 None => {
-                    self.ms.mirror.status.statement_mode(
-                        xxhash_rust::xxh3::xxh3_64(table.as_bytes()),
+                    self.count_mode(
+                        &table,
                         "table without a primary key (extended protocol)",
                         false,
-                        &table,
                     );
                     self.ms.queue_table(&table, "table without a primary key");
                 }
@@ -915,11 +909,8 @@ where
                     .iter()
                     .any(|p| matches!(*self.ms.mirror.plan(p), Plan::Txn(_) | Plan::Multi(_)));
             if group {
-                self.send_msg(&FrontendMessage::Query("BEGIN".into()));
-                self.expect.push_back(Expect::Swallow);
-                self.expect.push_back(Expect::Ready { forward: false });
+                self.begin_simple();
                 self.settle().await?;
-                self.begun_here = true;
             }
             for piece in pieces {
                 let raw = query_frame(piece);
@@ -943,29 +934,14 @@ where
 
     /// One statement of a Query; the ReadyForQuery is left to the caller.
     async fn one_query(&mut self, raw: &[u8], sql: &str, plan: &Arc<Plan>) -> Result<(), End> {
-        let hold = |m: &Self| {
-            if m.begun_here {
-                Sink::HoldComplete
-            } else {
-                Sink::Client
-            }
-        };
         match &**plan {
             Plan::Capture(c) => {
                 let implicit = self.status == b'I';
                 if implicit {
-                    self.send_msg(&FrontendMessage::Query("BEGIN".into()));
-                    self.expect.push_back(Expect::Swallow);
-                    self.expect.push_back(Expect::Ready { forward: false });
-                    self.begun_here = true;
+                    self.begin_simple();
                 }
                 self.send_msg(&FrontendMessage::Query(c.sql.clone()));
-                self.expect.push_back(Expect::Results {
-                    capture: CaptureRun::new(plan, false, Some(sql.to_string())),
-                    sink: hold(self),
-                    until_ready: true,
-                });
-                self.expect.push_back(Expect::Ready { forward: false });
+                self.expect_query(CaptureRun::new(plan, false, Some(sql.to_string())));
                 self.settle().await?;
                 if implicit {
                     self.finish_implicit().await?;
@@ -974,18 +950,10 @@ where
             Plan::Statement { reason, ddl } => {
                 let implicit = self.status == b'I';
                 if implicit {
-                    self.send_msg(&FrontendMessage::Query("BEGIN".into()));
-                    self.expect.push_back(Expect::Swallow);
-                    self.expect.push_back(Expect::Ready { forward: false });
-                    self.begun_here = true;
+                    self.begin_simple();
                 }
                 self.send(raw);
-                self.expect.push_back(Expect::Results {
-                    capture: None,
-                    sink: hold(self),
-                    until_ready: true,
-                });
-                self.expect.push_back(Expect::Ready { forward: false });
+                self.expect_query(None);
                 self.settle().await?;
                 if !self.error_seen && self.status != b'E' {
                     self.statement_mode(sql, reason, *ddl).await?;
@@ -1015,12 +983,7 @@ where
                 self.txn_op(op.clone(), frame, true).await?
             }
             Plan::Unmirrored { reason } => {
-                self.ms.mirror.status.statement_mode(
-                    xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
-                    reason,
-                    false,
-                    sql,
-                );
+                self.count_mode(sql, reason, false);
                 self.pass_query(raw).await?;
             }
             Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) => {
@@ -1035,10 +998,7 @@ where
     async fn copy_in(&mut self, raw: &[u8], sql: &str, relation: &str) -> Result<(), End> {
         let implicit = self.status == b'I';
         if implicit {
-            self.send_msg(&FrontendMessage::Query("BEGIN".into()));
-            self.expect.push_back(Expect::Swallow);
-            self.expect.push_back(Expect::Ready { forward: false });
-            self.begun_here = true;
+            self.begin_simple();
             self.settle().await?;
         }
         self.send(raw);
@@ -1079,16 +1039,7 @@ where
                     _ => break,
                 }
             }
-            self.expect.push_back(Expect::Results {
-                capture: None,
-                sink: if self.begun_here {
-                    Sink::HoldComplete
-                } else {
-                    Sink::Client
-                },
-                until_ready: true,
-            });
-            self.expect.push_back(Expect::Ready { forward: false });
+            self.expect_query(None);
             self.settle().await?;
             if !self.error_seen && self.status != b'E' {
                 let lookup = format!(
@@ -1102,12 +1053,7 @@ where
                 };
                 match table {
                     Some(t) => {
-                        self.ms.mirror.status.statement_mode(
-                            xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
-                            "COPY FROM",
-                            true,
-                            sql,
-                        );
+                        self.count_mode(sql, "COPY FROM", true);
                         let pin = self.pin_search_path("").await?;
                         self.ms.copy(sql, data, &t, pin.trim_end_matches(' ')).await;
                     }
@@ -1121,10 +1067,19 @@ where
         Ok(())
     }
 
-    async fn pass_query(&mut self, raw: &[u8]) -> Result<(), End> {
-        self.send(raw);
+    /// BEGIN in front of an implicit transaction the proxy must be able to prepare.
+    fn begin_simple(&mut self) {
+        self.send_msg(&FrontendMessage::Query("BEGIN".into()));
+        self.expect.push_back(Expect::Swallow);
+        self.expect.push_back(Expect::Ready { forward: false });
+        self.begun_here = true;
+    }
+
+    /// The results of a Query through its ReadyForQuery (which the caller answers);
+    /// CommandComplete waits for the proxy's own commit when the proxy began the transaction.
+    fn expect_query(&mut self, capture: Option<Box<CaptureRun>>) {
         self.expect.push_back(Expect::Results {
-            capture: None,
+            capture,
             sink: if self.begun_here {
                 Sink::HoldComplete
             } else {
@@ -1133,16 +1088,38 @@ where
             until_ready: true,
         });
         self.expect.push_back(Expect::Ready { forward: false });
+    }
+
+    /// The results of one Execute, for the client.
+    fn expect_execute(&mut self, capture: Option<Box<CaptureRun>>) {
+        self.expect.push_back(Expect::Results {
+            capture,
+            sink: Sink::Client,
+            until_ready: false,
+        });
+    }
+
+    /// Counts a statement mirrored as text (or not at all), by its fingerprint.
+    fn count_mode(&self, sql: &str, reason: &str, mirrored: bool) {
+        let (classes, _) = self.up.shared.classifier.classify(sql);
+        let fingerprint = classes
+            .first()
+            .map(|c| c.fingerprint)
+            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(sql.as_bytes()));
+        self.ms
+            .mirror
+            .status
+            .statement_mode(fingerprint, reason, mirrored, sql);
+    }
+
+    async fn pass_query(&mut self, raw: &[u8]) -> Result<(), End> {
+        self.send(raw);
+        self.expect_query(None);
         self.settle().await
     }
 
     async fn statement_mode(&mut self, sql: &str, reason: &str, ddl: bool) -> Result<(), End> {
-        self.ms.mirror.status.statement_mode(
-            xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
-            reason,
-            true,
-            sql,
-        );
+        self.count_mode(sql, reason, true);
         let pinned = self.pin_search_path(sql).await?;
         let queued = self.statements_queued().await;
         self.ms.statement(&pinned, queued).await;
@@ -1224,11 +1201,7 @@ where
             // in a way that matters to the secondary (a failed transaction is rolled back
             // whole), so the secondary follows at once.
             self.send(frame.raw());
-            self.expect.push_back(Expect::Results {
-                capture: None,
-                sink: Sink::Client,
-                until_ready: false,
-            });
+            self.expect_execute(None);
             match op {
                 TxnOp::Begin => self.status = b'T',
                 TxnOp::Savepoint(n) if self.status != b'E' => self.ms.savepoint(&n).await,
@@ -1496,11 +1469,7 @@ where
     async fn execute(&mut self, frame: Frame, portal: String, max_rows: i32) -> Result<(), End> {
         let Some(p) = self.up.portal_plans.get(&portal).cloned() else {
             self.send(frame.raw());
-            self.expect.push_back(Expect::Results {
-                capture: None,
-                sink: Sink::Client,
-                until_ready: false,
-            });
+            self.expect_execute(None);
             return Ok(());
         };
         self.up.note_execute(&frame);
@@ -1517,11 +1486,7 @@ where
                     portal,
                     max_rows: 0,
                 });
-                self.expect.push_back(Expect::Results {
-                    capture: CaptureRun::new(&p.plan, p.extra_binary, None),
-                    sink: Sink::Client,
-                    until_ready: false,
-                });
+                self.expect_execute(CaptureRun::new(&p.plan, p.extra_binary, None));
             }
             Plan::Statement { reason, ddl } => {
                 self.ensure_transaction().await?;
@@ -1529,19 +1494,14 @@ where
                     return Ok(());
                 }
                 self.send(frame.raw());
-                self.expect.push_back(Expect::Results {
-                    capture: None,
-                    sink: Sink::Client,
-                    until_ready: false,
-                });
+                self.expect_execute(None);
                 self.settle().await?;
                 if !self.failed {
                     if p.has_params {
-                        self.ms.mirror.status.statement_mode(
-                            xxhash_rust::xxh3::xxh3_64(p.sql.as_bytes()),
+                        self.count_mode(
+                            &p.sql,
                             "statement with parameters (extended protocol)",
                             false,
-                            &p.sql,
                         );
                     } else {
                         self.statement_mode(&p.sql.clone(), reason, *ddl).await?;
@@ -1563,26 +1523,13 @@ where
                 }
             }
             Plan::Unmirrored { reason } => {
-                self.ms.mirror.status.statement_mode(
-                    xxhash_rust::xxh3::xxh3_64(p.sql.as_bytes()),
-                    reason,
-                    false,
-                    &p.sql,
-                );
+                self.count_mode(&p.sql, reason, false);
                 self.send(frame.raw());
-                self.expect.push_back(Expect::Results {
-                    capture: None,
-                    sink: Sink::Client,
-                    until_ready: false,
-                });
+                self.expect_execute(None);
             }
             Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) | Plan::CopyIn { .. } => {
                 self.send(frame.raw());
-                self.expect.push_back(Expect::Results {
-                    capture: None,
-                    sink: Sink::Client,
-                    until_ready: false,
-                });
+                self.expect_execute(None);
             }
         }
         Ok(())

@@ -139,82 +139,47 @@ fn plan_one(
     node: &NodeEnum,
     parsed: &pg_query::ParseResult,
 ) -> Plan {
-    let writable_cte = |with: &Option<pg_query::protobuf::WithClause>| {
-        with.as_ref().is_some_and(|w| {
-            w.ctes.iter().any(|c| match c.node.as_ref() {
-                Some(NodeEnum::CommonTableExpr(cte)) => matches!(
-                    cte.ctequery.as_ref().and_then(|q| q.node.as_ref()),
-                    Some(
-                        NodeEnum::InsertStmt(_)
-                            | NodeEnum::UpdateStmt(_)
-                            | NodeEnum::DeleteStmt(_)
-                            | NodeEnum::MergeStmt(_)
-                    )
-                ),
-                _ => false,
-            })
-        })
-    };
     match node {
-        NodeEnum::InsertStmt(s) => {
-            if writable_cte(&s.with_clause) {
-                return Plan::Statement {
-                    ddl: false,
-                    reason: "writable CTE",
-                };
-            }
-            capture(
-                sql,
-                start,
-                end,
-                DmlKind::Insert,
-                s.relation.as_ref(),
-                s.returning_clause.as_ref(),
-                Vec::new(),
-            )
-        }
-        NodeEnum::UpdateStmt(s) => {
-            if writable_cte(&s.with_clause) {
-                return Plan::Statement {
-                    ddl: false,
-                    reason: "writable CTE",
-                };
-            }
-            let cols = s
-                .target_list
-                .iter()
-                .filter_map(|t| match t.node.as_ref() {
-                    Some(NodeEnum::ResTarget(r)) => Some(r.name.clone()),
-                    _ => None,
-                })
-                .collect();
-            capture(
-                sql,
-                start,
-                end,
-                DmlKind::Update,
-                s.relation.as_ref(),
-                s.returning_clause.as_ref(),
-                cols,
-            )
-        }
-        NodeEnum::DeleteStmt(s) => {
-            if writable_cte(&s.with_clause) {
-                return Plan::Statement {
-                    ddl: false,
-                    reason: "writable CTE",
-                };
-            }
-            capture(
-                sql,
-                start,
-                end,
-                DmlKind::Delete,
-                s.relation.as_ref(),
-                s.returning_clause.as_ref(),
-                Vec::new(),
-            )
-        }
+        NodeEnum::InsertStmt(s) => capture(
+            sql,
+            (start, end),
+            Dml {
+                kind: DmlKind::Insert,
+                relation: s.relation.as_ref(),
+                returning: s.returning_clause.as_ref(),
+                with: s.with_clause.as_ref(),
+                updated_columns: Vec::new(),
+            },
+        ),
+        NodeEnum::UpdateStmt(s) => capture(
+            sql,
+            (start, end),
+            Dml {
+                kind: DmlKind::Update,
+                relation: s.relation.as_ref(),
+                returning: s.returning_clause.as_ref(),
+                with: s.with_clause.as_ref(),
+                updated_columns: s
+                    .target_list
+                    .iter()
+                    .filter_map(|t| match t.node.as_ref() {
+                        Some(NodeEnum::ResTarget(r)) => Some(r.name.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+        ),
+        NodeEnum::DeleteStmt(s) => capture(
+            sql,
+            (start, end),
+            Dml {
+                kind: DmlKind::Delete,
+                relation: s.relation.as_ref(),
+                returning: s.returning_clause.as_ref(),
+                with: s.with_clause.as_ref(),
+                updated_columns: Vec::new(),
+            },
+        ),
         NodeEnum::MergeStmt(_) => Plan::Statement {
             ddl: false,
             reason: "MERGE",
@@ -319,15 +284,47 @@ fn plan_one(
     }
 }
 
-fn capture(
-    sql: &str,
-    start: usize,
-    end: usize,
+/// The parts of an INSERT, UPDATE or DELETE the rewrite needs.
+struct Dml<'a> {
     kind: DmlKind,
-    relation: Option<&RangeVar>,
-    returning: Option<&pg_query::protobuf::ReturningClause>,
+    relation: Option<&'a RangeVar>,
+    returning: Option<&'a pg_query::protobuf::ReturningClause>,
+    with: Option<&'a pg_query::protobuf::WithClause>,
     updated_columns: Vec<String>,
-) -> Plan {
+}
+
+/// A WITH clause holding a data-modifying statement: its rows never reach RETURNING.
+fn writable_cte(with: Option<&pg_query::protobuf::WithClause>) -> bool {
+    with.is_some_and(|w| {
+        w.ctes.iter().any(|c| match c.node.as_ref() {
+            Some(NodeEnum::CommonTableExpr(cte)) => matches!(
+                cte.ctequery.as_ref().and_then(|q| q.node.as_ref()),
+                Some(
+                    NodeEnum::InsertStmt(_)
+                        | NodeEnum::UpdateStmt(_)
+                        | NodeEnum::DeleteStmt(_)
+                        | NodeEnum::MergeStmt(_)
+                )
+            ),
+            _ => false,
+        })
+    })
+}
+
+fn capture(sql: &str, (start, end): (usize, usize), dml: Dml<'_>) -> Plan {
+    if writable_cte(dml.with) {
+        return Plan::Statement {
+            ddl: false,
+            reason: "writable CTE",
+        };
+    }
+    let Dml {
+        kind,
+        relation,
+        returning,
+        updated_columns,
+        ..
+    } = dml;
     let Some(rel) = relation else {
         return Plan::Pass;
     };
