@@ -14,6 +14,7 @@ pub mod broker;
 pub mod clients;
 pub mod http;
 pub mod logs;
+pub mod mirror;
 pub mod pg;
 pub mod ports;
 pub mod process;

@@ -14,6 +14,7 @@ use switchyard_proxy::RunningProxy;
 use switchyard_tests::clients::{
     pgbench_bin, psql_bin, python_bin, python_script, run_client, ClientOutput,
 };
+use switchyard_tests::mirror::init_tracing;
 use switchyard_tests::proxy::{connect_proxy, proxy_config, proxy_url, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::wire::{first_error, Wire};
@@ -24,15 +25,6 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 /// A fresh pair of clusters and a proxy in front of the old one.
 struct Setup {

@@ -6,41 +6,10 @@
 use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::mirror::{assert_verified, on, pair_with, reconciler};
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, ProxyProcess, DB};
-use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn on(c: &PgCluster, sql: &str) -> Result<String> {
-    tokio::task::block_in_place(|| c.psql(DB, sql))
-}
-
-async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let mut args = vec![cmd, "--old", &old, "--new", &new];
-    args.extend_from_slice(extra);
-    run_reconciler(&args, RUN_TIMEOUT).await
-}
-
-/// `verify` must find both databases equal.
-async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
-    let run = reconciler(pair, "verify", &["--tables", tables]).await?;
-    ensure!(
-        run.code() == Some(0),
-        "verify found differences:\n{}",
-        run.text()
-    );
-    Ok(())
-}
-
-async fn pair_with(schema: &str) -> Result<Pair> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, schema)?;
-    on(&pair.new, schema)?;
-    Ok(pair)
-}
 
 /// Runs one INSERT through a proxy binary that aborts at `failpoint`; returns once the
 /// proxy process is gone.

@@ -4,40 +4,9 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
-use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
-use switchyard_tests::PgCluster;
+use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 use tokio_postgres::error::SqlState;
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn on(c: &PgCluster, sql: &str) -> Result<String> {
-    tokio::task::block_in_place(|| c.psql(DB, sql))
-}
-
-async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let mut args = vec![cmd, "--old", &old, "--new", &new];
-    args.extend_from_slice(extra);
-    run_reconciler(&args, RUN_TIMEOUT).await
-}
-
-async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
-    let run = reconciler(pair, "verify", &["--tables", tables]).await?;
-    ensure!(
-        run.code() == Some(0),
-        "verify found differences:\n{}",
-        run.text()
-    );
-    Ok(())
-}
-
-async fn pair_with(schema: &str) -> Result<Pair> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, schema)?;
-    on(&pair.new, schema)?;
-    Ok(pair)
-}
 
 /// Scenario 8: a row locked on the secondary by someone else costs the client at most the
 /// secondary timeout; the change is queued and replays once the lock is gone.
@@ -85,15 +54,8 @@ async fn replay_converges_whatever_the_records() -> Result<()> {
         .await?;
     c.batch_execute("UPDATE t SET n = n + 1 WHERE id = 1")
         .await?;
-    // Applied twice (polled: COMMIT PREPARED follows the client's answer by a moment).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while on(&pair.new, "SELECT n FROM t WHERE id = 1")? != "2" {
-        ensure!(
-            Instant::now() < deadline,
-            "n = n + 1 twice must give 2 on new"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Applied twice.
+    eventually(&pair.new, "SELECT n FROM t WHERE id = 1", "2")?;
     drop(c);
     drop(proxy);
     // Drift the proxy did not cause, and records that name it, several times over.
@@ -173,14 +135,7 @@ async fn opposite_order_updates_stay_in_order() -> Result<()> {
         queued == "0",
         "{queued} records queued: the secondary should have kept up"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? != "0" {
-        ensure!(
-            Instant::now() < deadline,
-            "prepared transactions linger on new"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     assert_verified(&pair, "t").await
 }
 

@@ -6,18 +6,10 @@
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_proxy::RunningProxy;
+use switchyard_tests::mirror::{eventually, init_tracing, on};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 struct Setup {
     pair: Pair,
@@ -41,10 +33,6 @@ fn both(pair: &Pair, sql: &str) -> Result<()> {
     })
 }
 
-fn on(c: &PgCluster, sql: &str) -> Result<String> {
-    tokio::task::block_in_place(|| c.psql(DB, sql))
-}
-
 /// Every row of `table` as text, in primary-key order (column order of the table).
 fn rows(c: &PgCluster, table: &str) -> Result<String> {
     on(c, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
@@ -64,22 +52,6 @@ fn assert_equal(pair: &Pair, table: &str) -> Result<String> {
         ensure!(
             std::time::Instant::now() < deadline,
             "{table} differs:\n--- old\n{old}\n--- new\n{new}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Polls `sql` on `c` until it returns `want` (see `assert_equal` on why).
-fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = on(c, sql)?;
-        if got == want {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "{sql}: got {got:?}, want {want:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

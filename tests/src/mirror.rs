@@ -1,0 +1,70 @@
+//! Helpers for tests of dual writes: SQL on one cluster, the reconciler against a pair,
+//! and polling the new side (COMMIT PREPARED reaches it a moment after the client's answer).
+
+use crate::pg::PgCluster;
+use crate::proxy::{Pair, DB};
+use crate::reconciler::{run_reconciler, ReconcilerRun};
+use anyhow::{ensure, Result};
+use std::time::{Duration, Instant};
+
+/// How long the reconciler may run in a test.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The proxy's log in test output, filtered by `SWITCHYARD_LOG` (default `warn`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// `sql` through psql on database [`DB`] of `c`; lets the runtime move its other tasks
+/// (an in-process proxy) off this worker meanwhile.
+pub fn on(c: &PgCluster, sql: &str) -> Result<String> {
+    tokio::task::block_in_place(|| c.psql(DB, sql))
+}
+
+/// A pair of clusters with `schema` run on both.
+pub async fn pair_with(schema: &str) -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    on(&pair.old, schema)?;
+    on(&pair.new, schema)?;
+    Ok(pair)
+}
+
+/// `switchyard-reconciler CMD --old .. --new .. EXTRA...` against the pair.
+pub async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut args = vec![cmd, "--old", &old, "--new", &new];
+    args.extend_from_slice(extra);
+    run_reconciler(&args, RUN_TIMEOUT).await
+}
+
+/// The reconciler's verify must find `tables` (comma-separated) equal on both sides.
+pub async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
+    let run = reconciler(pair, "verify", &["--tables", tables]).await?;
+    ensure!(
+        run.code() == Some(0),
+        "verify found differences:\n{}",
+        run.text()
+    );
+    Ok(())
+}
+
+/// Polls `sql` on `c` until it returns `want`, for up to 10 s.
+pub fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = on(c, sql)?;
+        if got == want {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{sql}: got {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
