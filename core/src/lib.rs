@@ -19,4 +19,5 @@ pub mod key;
 pub mod recover;
 pub mod resync;
 pub mod retry;
+pub mod retry_kafka;
 pub mod session;

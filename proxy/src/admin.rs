@@ -106,6 +106,6 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             new: backend(Role::New),
         },
         classifier_cache_entries: sh.classifier.len(),
-        mirror: sh.mirror.as_ref().map(|m| m.status.snapshot("two-phase")),
+        mirror: sh.mirror.as_ref().map(|m| m.snapshot()),
     })
 }

@@ -56,6 +56,21 @@ pub struct Args {
     /// [default: two-phase]
     #[arg(long, value_parser = ["two-phase", "off"])]
     pub mirror_mode: Option<String>,
+    /// Where retry records go: "embedded" (a table in the old database) or "kafka"
+    /// [default: embedded]
+    #[arg(long, value_parser = ["embedded", "kafka"])]
+    pub retry_log: Option<String>,
+    /// Kafka bootstrap servers for --retry-log kafka (host:port,...)
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic of the retry log [default: switchyard.retry]
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// When the broker cannot confirm a record in time: "embedded" (record it in the old
+    /// database's table instead) or "fail" (roll the client's transaction back)
+    /// [default: embedded]
+    #[arg(long, value_parser = ["embedded", "fail"])]
+    pub kafka_on_failure: Option<String>,
 }
 
 impl Args {
@@ -106,6 +121,16 @@ impl Args {
         flag!(tls_key as |v: &PathBuf| v.display().to_string());
         if let Some(m) = &self.mirror_mode {
             layers = layers.flag("mirror.mode", m.clone());
+        }
+        for (key, value) in [
+            ("retry_log.backend", &self.retry_log),
+            ("retry_log.kafka.brokers", &self.kafka_brokers),
+            ("retry_log.kafka.topic", &self.kafka_topic),
+            ("retry_log.kafka.on_failure", &self.kafka_on_failure),
+        ] {
+            if let Some(v) = value {
+                layers = layers.flag(key, v.clone());
+            }
         }
         layers.build_with_warnings()
     }

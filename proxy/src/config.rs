@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_core::config_layer::{ConfigError, Origin, Validate};
 use switchyard_core::dsn::Dsn;
+pub use switchyard_core::retry_kafka::RetryLogConfig;
 
 /// How clients prove who they are to the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -91,6 +92,9 @@ pub struct ProxyConfig {
     /// Dual writes to the new database.
     #[serde(default)]
     pub mirror: MirrorConfig,
+    /// Where retry records go: the embedded table (default) or Kafka.
+    #[serde(default)]
+    pub retry_log: RetryLogConfig,
 }
 
 /// How writes reach the secondary.
@@ -221,6 +225,7 @@ impl ProxyConfig {
             health_check_interval_secs: default_health_interval(),
             worker_threads: 0,
             mirror: MirrorConfig::default(),
+            retry_log: RetryLogConfig::default(),
         }
     }
 
@@ -257,6 +262,7 @@ impl ProxyConfig {
 
 impl Validate for ProxyConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        self.retry_log.validate("retry_log", errors, origin_of);
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
                 key: key.to_string(),

@@ -25,6 +25,9 @@ pub const MIRROR_COMMITS_TOTAL: &str = "switchyard_mirror_commits_total";
 pub const MIRROR_RETRY_RECORDS_TOTAL: &str = "switchyard_mirror_retry_records_total";
 pub const MIRROR_RETRY_BACKLOG: &str = "switchyard_mirror_retry_backlog";
 pub const MIRROR_RETRY_OLDEST_SECONDS: &str = "switchyard_mirror_retry_oldest_seconds";
+pub const RETRY_KAFKA_CONFIRM_SECONDS: &str = "switchyard_retry_kafka_confirm_seconds";
+pub const RETRY_KAFKA_FAILURES_TOTAL: &str = "switchyard_retry_kafka_failures_total";
+pub const MIRROR_COMMITS_REFUSED_TOTAL: &str = "switchyard_mirror_commits_refused_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -150,12 +150,24 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         .instance_id
         .clone()
         .unwrap_or_else(|| listen_addr.to_string());
+    let kafka = if config.mirror.mode != crate::config::MirrorMode::Off
+        && config.retry_log.backend == switchyard_core::retry_kafka::Backend::Kafka
+    {
+        let sink = crate::mirror::retry_kafka::KafkaSink::start(config.retry_log.kafka.clone())
+            .await
+            .map_err(|e| StartError::Mirror(format!("the Kafka retry log: {e}")))?;
+        tracing::info!(brokers = %config.retry_log.kafka.brokers, topic = %config.retry_log.kafka.topic, "Retry records go to Kafka.");
+        Some(sink)
+    } else {
+        None
+    };
     let mirror = crate::mirror::Mirror::new(
         config.mirror.clone(),
         old.clone(),
         new.clone(),
         instance_id.clone(),
         config.connect_timeout(),
+        kafka,
     );
     if let Some(m) = &mirror {
         crate::mirror::startup::check(m)

@@ -51,6 +51,46 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+    /// Where the records are: "embedded" (the old database's table) or "kafka" (the topic,
+    /// as a consumer group, and the embedded table too, where statement records and
+    /// fallbacks go) [default: embedded]
+    #[arg(long, value_parser = ["embedded", "kafka"])]
+    pub retry_log: Option<String>,
+    /// Kafka bootstrap servers (host:port,...)
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic of the retry log [default: switchyard.retry]
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// Consumer group shared by the reconcilers [default: switchyard-reconciler]
+    #[arg(long)]
+    pub kafka_group: Option<String>,
+    /// Static membership in the group (`group.instance.id`): restarted under the same id,
+    /// a reconciler takes its partitions back at once
+    #[arg(long)]
+    pub kafka_instance_id: Option<String>,
+}
+
+impl ReplayArgs {
+    /// File, environment (injected for tests) and flags merged into a checked config.
+    pub fn load<I>(&self, env: I) -> Result<(ReconcilerConfig, Vec<ConfigError>), ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut layers = self.common.layers(env);
+        for (key, value) in [
+            ("retry_log.backend", &self.retry_log),
+            ("retry_log.kafka.brokers", &self.kafka_brokers),
+            ("retry_log.kafka.topic", &self.kafka_topic),
+            ("retry_log.kafka.group", &self.kafka_group),
+            ("retry_log.kafka.instance_id", &self.kafka_instance_id),
+        ] {
+            if let Some(v) = value {
+                layers = layers.flag(key, v.clone());
+            }
+        }
+        layers.build_with_warnings()
+    }
 }
 
 /// Flags of recover.

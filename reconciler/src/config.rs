@@ -19,6 +19,9 @@ pub struct ReconcilerConfig {
     pub new: String,
     #[serde(default)]
     pub reconciler: ReconcilerSettings,
+    /// `[retry_log]`, shared with the proxy: where `replay` finds the records.
+    #[serde(default)]
+    pub retry_log: switchyard_core::retry_kafka::RetryLogConfig,
 }
 
 /// `[reconciler]`: how verify and repair work.
@@ -116,6 +119,7 @@ impl ReconcilerConfig {
 
 impl Validate for ReconcilerConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        self.retry_log.validate("retry_log", errors, origin_of);
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
                 key: key.to_string(),

@@ -3,11 +3,13 @@
 //! differences from the source of truth. Retry-log replay and in-doubt commit recovery
 //! are still to come (issue #3).
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod recover;
 pub mod replay;
+pub mod replay_kafka;
 pub mod report;
 pub mod schema;
 pub mod verify;
@@ -71,7 +73,14 @@ fn run_replay<I>(args: &cli::ReplayArgs, env: I) -> u8
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let (Some(cfg), Some(rt)) = (load_common(&args.common, env), runtime()) else {
+    let cfg = match args.load(env) {
+        Ok((cfg, _)) => cfg,
+        Err(e) => {
+            eprint!("switchyard-reconciler: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let Some(rt) = runtime() else {
         return EXIT_ERROR;
     };
     let opts = replay::ReplayOptions {
@@ -79,7 +88,33 @@ where
         max_attempts: args.max_attempts.max(1),
         follow: args.follow,
     };
-    match rt.block_on(replay::run(&cfg, &opts)) {
+    let metrics_file = args.metrics_file.clone();
+    let write_metrics = |r: &replay::ReplayReport| -> bool {
+        let Some(path) = &metrics_file else {
+            return true;
+        };
+        // Written whole then renamed, so a scraper never reads half a file.
+        let tmp = path.with_extension("tmp");
+        match std::fs::write(&tmp, r.prometheus()).and_then(|()| std::fs::rename(&tmp, path)) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "switchyard-reconciler: writing the metrics file {}: {e}",
+                    path.display()
+                );
+                false
+            }
+        }
+    };
+    let result = match cfg.retry_log.backend {
+        switchyard_core::retry_kafka::Backend::Kafka => {
+            rt.block_on(replay_kafka::run(&cfg, &opts, |r| {
+                write_metrics(r);
+            }))
+        }
+        switchyard_core::retry_kafka::Backend::Embedded => rt.block_on(replay::run(&cfg, &opts)),
+    };
+    match result {
         Ok(r) => {
             if args.format == Format::Json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -90,16 +125,10 @@ where
                     r.records_failed, r.records_dead, r.backlog
                 );
             }
-            if let Some(path) = &args.metrics_file {
-                if let Err(e) = std::fs::write(path, r.prometheus()) {
-                    eprintln!(
-                        "switchyard-reconciler: writing the metrics file {}: {e}",
-                        path.display()
-                    );
-                    return EXIT_ERROR;
-                }
+            if !write_metrics(&r) {
+                return EXIT_ERROR;
             }
-            if r.backlog == 0 && r.records_dead == 0 {
+            if r.backlog == 0 && r.records_dead == 0 && r.embedded_backlog.unwrap_or(0) == 0 {
                 0
             } else {
                 1

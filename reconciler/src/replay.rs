@@ -6,17 +6,11 @@
 //! failing is retried with backoff and dead-lettered (`dead = true`, reason kept) after
 //! `max_attempts`.
 
+use crate::apply::{Applier, Outcome, Pending};
 use crate::config::ReconcilerConfig;
 use crate::connect::{connect, Db};
-use crate::verify::RepairMode;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use switchyard_core::catalog::{load_table, TableMeta};
-use switchyard_core::ident::QualifiedName;
-use switchyard_core::key::KeyText;
-use switchyard_core::resync::resync_keys;
-use tokio_postgres::Client;
 
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -38,9 +32,33 @@ pub struct ReplayReport {
     /// Age of the oldest record still waiting, in seconds (0 when none).
     pub oldest_age_secs: f64,
     pub seconds: f64,
+    /// Kafka only: the consumer lag of each partition assigned to this reconciler.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionLag>,
+    /// Kafka only: records still in the embedded table (statements, fallbacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded_backlog: Option<i64>,
+}
+
+/// Messages of one partition not yet replayed and committed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub lag: i64,
 }
 
 impl ReplayReport {
+    /// Adds the counts of another run (an embedded pass within a Kafka run).
+    pub fn absorb(&mut self, o: &ReplayReport) {
+        self.rows_resynced += o.rows_resynced;
+        self.tables_repaired += o.tables_repaired;
+        self.statements_applied += o.statements_applied;
+        self.records_done += o.records_done;
+        self.records_failed += o.records_failed;
+        self.records_dead += o.records_dead;
+        self.embedded_backlog = Some(o.backlog);
+    }
+
     /// Records replayed per second of this run.
     pub fn rate(&self) -> f64 {
         if self.seconds > 0.0 {
@@ -52,7 +70,7 @@ impl ReplayReport {
 
     /// Prometheus text exposition of this run.
     pub fn prometheus(&self) -> String {
-        format!(
+        let mut out = format!(
             "# HELP switchyard_replay_records_total Retry records handled by this replay run.\n\
              # TYPE switchyard_replay_records_total counter\n\
              switchyard_replay_records_total{{outcome=\"applied\"}} {}\n\
@@ -73,7 +91,20 @@ impl ReplayReport {
             self.backlog,
             self.oldest_age_secs,
             self.rate()
-        )
+        );
+        if !self.partitions.is_empty() {
+            out.push_str(
+                "# HELP switchyard_replay_consumer_lag Kafka messages not yet replayed, by partition.\n\
+                 # TYPE switchyard_replay_consumer_lag gauge\n",
+            );
+            for p in &self.partitions {
+                out.push_str(&format!(
+                    "switchyard_replay_consumer_lag{{partition=\"{}\"}} {}\n",
+                    p.partition, p.lag
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -90,18 +121,12 @@ struct Claimed {
 pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayReport> {
     let started = std::time::Instant::now();
     let mut claim = connect(Db::Old, &cfg.old).await?;
-    let mut source = connect(Db::Old, &cfg.old).await?;
-    let mut target = connect(Db::New, &cfg.new).await?;
     claim
         .batch_execute(switchyard_core::retry::EMBEDDED_SCHEMA_SQL)
         .await
         .context("creating the retry log on the old database")?;
-    target
-        .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
-        .await
-        .context("creating _switchyard.applied_statements on the new database")?;
+    let mut applier = Applier::connect(cfg).await?;
     let mut report = ReplayReport::default();
-    let mut tables: HashMap<String, TableMeta> = HashMap::new();
     loop {
         let tx = claim
             .transaction()
@@ -122,7 +147,7 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
                 // The running loop also finishes prepared transactions a proxy left behind.
                 match switchyard_core::recover::resolve_in_doubt(
                     &claim,
-                    &target,
+                    &applier.target,
                     std::time::Duration::from_secs(2),
                 )
                 .await
@@ -154,74 +179,24 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
                 attempts: r.get(6),
             })
             .collect();
+        let items: Vec<Pending> = claimed
+            .iter()
+            .map(|c| Pending {
+                kind: c.kind.clone(),
+                table: c.table.clone(),
+                key: c.key.clone(),
+                statement: c.statement.clone(),
+                idempotency_key: c.idempotency_key.clone(),
+            })
+            .collect();
+        let outcomes = applier.apply(&items, &mut report).await;
         let mut done: Vec<i64> = Vec::new();
         let mut failed: Vec<(i64, i32, String)> = Vec::new();
-        // Row records, grouped by table: one re-sync per table per batch.
-        let mut by_table: BTreeMap<String, Vec<&Claimed>> = BTreeMap::new();
-        // Table records: one verify-and-repair per table per batch, whatever the count.
-        let mut table_records: BTreeMap<String, Vec<&Claimed>> = BTreeMap::new();
-        for c in &claimed {
-            match (c.kind.as_str(), &c.table) {
-                ("row", Some(t)) => by_table.entry(t.clone()).or_default().push(c),
-                ("table", Some(t)) => table_records.entry(t.clone()).or_default().push(c),
-                ("statement", _) => match apply_statement(&mut target, c).await {
-                    Ok(applied) => {
-                        report.statements_applied += u64::from(applied);
-                        done.push(c.id);
-                    }
-                    Err(e) => failed.push((c.id, c.attempts, format!("{e:#}"))),
-                },
-                _ => failed.push((
-                    c.id,
-                    i32::MAX - 1,
-                    format!("malformed record of kind {:?}", c.kind),
-                )),
-            }
-        }
-        for (t, records) in table_records {
-            match repair_table(cfg, &t).await {
-                Ok(()) => {
-                    report.tables_repaired += 1;
-                    done.extend(records.iter().map(|c| c.id));
-                }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    failed.extend(records.iter().map(|c| (c.id, c.attempts, msg.clone())));
-                }
-            }
-        }
-        for (table, records) in by_table {
-            let result = async {
-                let meta = match tables.get(&table) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let name = QualifiedName::parse(&table)
-                            .with_context(|| format!("table name {table}"))?;
-                        let m = load_table(&target, &name)
-                            .await
-                            .with_context(|| format!("{table} on the new database"))?;
-                        tables.insert(table.clone(), m.clone());
-                        m
-                    }
-                };
-                let keys: Vec<KeyText> = records
-                    .iter()
-                    .map(|c| key_text(&meta, c.key.as_deref().unwrap_or("{}")))
-                    .collect::<Result<_>>()?;
-                let counts = resync_keys(&mut source, &mut target, &meta, &keys).await?;
-                anyhow::Ok(counts.upserted + counts.deleted + counts.unchanged)
-            }
-            .await;
-            match result {
-                Ok(n) => {
-                    report.rows_resynced += n;
-                    done.extend(records.iter().map(|c| c.id));
-                }
-                Err(e) => {
-                    tables.remove(&table);
-                    let msg = format!("{e:#}");
-                    failed.extend(records.iter().map(|c| (c.id, c.attempts, msg.clone())));
-                }
+        for (c, outcome) in claimed.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Done => done.push(c.id),
+                Outcome::Failed(e) => failed.push((c.id, c.attempts, e)),
+                Outcome::Poison(e) => failed.push((c.id, i32::MAX - 1, e)),
             }
         }
         if !done.is_empty() {
@@ -268,60 +243,4 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
     report.oldest_age_secs = row.get(1);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// The key of a record (`{"col": value}`) as text values in the table's key order.
-fn key_text(meta: &TableMeta, key: &str) -> Result<KeyText> {
-    let v: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(key).with_context(|| format!("record key {key}"))?;
-    meta.key_columns()
-        .map(|c| {
-            Ok(match v.get(&c.name) {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(other) => Some(other.to_string()),
-            })
-        })
-        .collect()
-}
-
-async fn apply_statement(target: &mut Client, c: &Claimed) -> Result<bool> {
-    let sql = c
-        .statement
-        .as_deref()
-        .context("statement record without a statement")?;
-    let tx = target.transaction().await?;
-    let fresh = tx
-        .execute(
-            "INSERT INTO _switchyard.applied_statements (idempotency_key) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&c.idempotency_key],
-        )
-        .await?
-        == 1;
-    if fresh {
-        tx.batch_execute(sql)
-            .await
-            .with_context(|| format!("running {sql:?} on the new database"))?;
-    }
-    tx.commit().await?;
-    Ok(fresh)
-}
-
-async fn repair_table(cfg: &ReconcilerConfig, table: &str) -> Result<()> {
-    let mut one = cfg.clone();
-    one.reconciler.tables = vec![table.to_string()];
-    let report = crate::verify::run(
-        &one,
-        None,
-        Some(RepairMode {
-            source: crate::cli::SourceSide::Old,
-            dry_run: false,
-        }),
-        &mut |_| {},
-    )
-    .await;
-    match report.exit_code() {
-        0 => Ok(()),
-        _ => anyhow::bail!("repairing {table}: {}", report.summary()),
-    }
 }

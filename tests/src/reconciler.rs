@@ -81,3 +81,52 @@ pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<Reconcil
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// `switchyard-reconciler` running in the background (e.g. `replay --follow`), its output
+/// in a temporary file. Killed on drop.
+pub struct ReconcilerProcess {
+    child: std::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl ReconcilerProcess {
+    /// Starts `switchyard-reconciler ARGS` with `env` added (other `SWITCHYARD_*` variables
+    /// of the test's environment removed).
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<ReconcilerProcess> {
+        let log = tempfile::NamedTempFile::new().context("creating the reconciler log file")?;
+        let mut cmd = std::process::Command::new(reconciler_bin()?);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SWITCHYARD_") && k != "SWITCHYARD_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("starting switchyard-reconciler")?;
+        Ok(ReconcilerProcess { child, log })
+    }
+
+    /// The exit status once it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .context("checking the reconciler process")
+    }
+
+    /// Everything it printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for ReconcilerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

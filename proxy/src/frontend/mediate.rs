@@ -1255,9 +1255,29 @@ where
         self.settle().await
     }
 
+    /// Records the transaction's re-sync orders: to Kafka (confirmed before the commit) when
+    /// that is the backend, else or on fallback into the embedded table in this transaction.
     async fn write_records(&mut self) -> Result<bool, End> {
         let records = self.ms.records();
-        let Ok(sql) = switchyard_core::retry::embedded_insert_sql(&records) else {
+        let mirror = self.ms.mirror.clone();
+        let embedded = match crate::mirror::retry_kafka::route_records(
+            mirror.kafka.as_ref(),
+            &mirror.status,
+            records,
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(detail) => {
+                self.swallowed_error = None;
+                self.ms.txn.fatal = Some(detail);
+                return Ok(false);
+            }
+        };
+        if embedded.is_empty() {
+            return Ok(true);
+        }
+        let Ok(sql) = switchyard_core::retry::embedded_insert_sql(&embedded) else {
             return Ok(false);
         };
         if !self.inject(&sql).await? {
@@ -1267,7 +1287,12 @@ where
             );
             return Ok(false);
         }
-        metrics::counter!(MIRROR_RETRY_RECORDS_TOTAL).increment(records.len() as u64);
+        let n = embedded.len() as u64;
+        mirror
+            .status
+            .records_embedded
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(MIRROR_RETRY_RECORDS_TOTAL, "backend" => "embedded").increment(n);
         Ok(true)
     }
 
@@ -1282,6 +1307,12 @@ where
         self.inject("ROLLBACK").await?;
         self.ms.finish(false).await;
         self.held.clear();
+        self.ms
+            .mirror
+            .status
+            .commits_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(crate::metrics::MIRROR_COMMITS_REFUSED_TOTAL).increment(1);
         let fields = ErrorFields::new(
             "ERROR",
             "XX000",

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod control;
+pub mod retry_kafka;
 pub mod rewrite;
 pub mod secondary;
 pub mod startup;
@@ -55,6 +56,8 @@ pub struct Mirror {
     pub catalog: Catalog,
     plans: DashMap<String, Arc<Plan>>,
     pub status: status::MirrorStatus,
+    /// Set when retry records go to Kafka (`retry_log.backend = "kafka"`).
+    pub kafka: Option<Arc<retry_kafka::KafkaSink>>,
 }
 
 const PLAN_CACHE_MAX: usize = 20_000;
@@ -66,6 +69,7 @@ impl Mirror {
         new: Dsn,
         instance: String,
         connect_timeout: std::time::Duration,
+        kafka: Option<Arc<retry_kafka::KafkaSink>>,
     ) -> Option<Arc<Self>> {
         if config.mode == MirrorMode::Off {
             return None;
@@ -78,7 +82,29 @@ impl Mirror {
             catalog: Catalog::new(),
             plans: DashMap::new(),
             status: status::MirrorStatus::default(),
+            kafka,
         }))
+    }
+
+    /// What `/api/status` shows under `mirror`.
+    pub fn snapshot(&self) -> status::MirrorSnapshot {
+        let mut s = self.status.snapshot("two-phase");
+        s.retry_log.backend = if self.kafka.is_some() {
+            "kafka"
+        } else {
+            "embedded"
+        };
+        if let Some(k) = &self.kafka {
+            use std::sync::atomic::Ordering;
+            s.retry_log.kafka_confirmed = k.stats.records_confirmed.load(Ordering::Relaxed);
+            s.retry_log.kafka_failed_batches = k.stats.batches_failed.load(Ordering::Relaxed);
+            s.retry_log.kafka_last_error = k.stats.last_error.lock().ok().and_then(|e| e.clone());
+            s.retry_log.kafka_on_failure = Some(match k.settings.on_failure {
+                switchyard_core::retry_kafka::OnBrokerFailure::Embedded => "embedded",
+                switchyard_core::retry_kafka::OnBrokerFailure::Fail => "fail",
+            });
+        }
+        s
     }
 
     /// The plan for a statement string, cached by its exact text.

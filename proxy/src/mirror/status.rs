@@ -19,6 +19,12 @@ pub struct MirrorStatus {
     pub retry_backlog: AtomicU64,
     pub retry_oldest_secs: AtomicU64,
     pub secondary_errors: DashMap<String, u64>,
+    /// Retry records by where they went: the embedded table, Kafka, or the embedded table
+    /// because the broker did not confirm in time; and commits refused for want of a record.
+    pub records_embedded: AtomicU64,
+    pub records_kafka: AtomicU64,
+    pub records_fallback: AtomicU64,
+    pub commits_refused: AtomicU64,
     /// Statements mirrored as text or not at all, by fingerprint: what to look at.
     pub statement_mode: DashMap<String, StatementModeEntry>,
     pub by_table: DashMap<String, TableCounts>,
@@ -38,6 +44,22 @@ pub struct TableCounts {
     pub queued: u64,
 }
 
+/// Which path retry records take.
+#[derive(Debug, Default, Serialize)]
+pub struct RetryLogSnapshot {
+    pub backend: &'static str,
+    pub records_embedded: u64,
+    pub records_kafka: u64,
+    /// Records that went to the embedded table because the broker did not confirm them.
+    pub records_fallback: u64,
+    /// Client transactions rolled back because no backend could take their records.
+    pub commits_refused: u64,
+    pub kafka_confirmed: u64,
+    pub kafka_failed_batches: u64,
+    pub kafka_on_failure: Option<&'static str>,
+    pub kafka_last_error: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct MirrorSnapshot {
     pub mode: String,
@@ -50,6 +72,7 @@ pub struct MirrorSnapshot {
     pub retry_backlog: u64,
     pub retry_oldest_secs: u64,
     pub secondary_errors: std::collections::BTreeMap<String, u64>,
+    pub retry_log: RetryLogSnapshot,
     pub statement_mode: std::collections::BTreeMap<String, StatementModeEntry>,
     pub tables: std::collections::BTreeMap<String, TableCounts>,
 }
@@ -107,6 +130,14 @@ impl MirrorStatus {
             in_doubt: self.in_doubt.load(Ordering::Relaxed),
             retry_backlog: self.retry_backlog.load(Ordering::Relaxed),
             retry_oldest_secs: self.retry_oldest_secs.load(Ordering::Relaxed),
+            retry_log: RetryLogSnapshot {
+                backend: "embedded",
+                records_embedded: self.records_embedded.load(Ordering::Relaxed),
+                records_kafka: self.records_kafka.load(Ordering::Relaxed),
+                records_fallback: self.records_fallback.load(Ordering::Relaxed),
+                commits_refused: self.commits_refused.load(Ordering::Relaxed),
+                ..RetryLogSnapshot::default()
+            },
             secondary_errors: self
                 .secondary_errors
                 .iter()

@@ -225,6 +225,27 @@ impl Broker {
         Ok(())
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open and nothing is answered, the
+    /// worst case for a producer waiting on a confirmation.
+    pub fn pause(&mut self) -> Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("the broker is not running")?
+            .id() as i32;
+        send_signal(pid, Signal::SIGSTOP)
+    }
+
+    /// Lets a [`pause`](Self::pause)d broker run again (SIGCONT).
+    pub fn resume(&mut self) -> Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("the broker is not running")?
+            .id() as i32;
+        send_signal(pid, Signal::SIGCONT)
+    }
+
     /// Stops the broker (SIGTERM) and starts a new process on the same port. The in-memory
     /// storage does not survive this: topics, messages and committed offsets are gone.
     pub fn restart(&mut self) -> Result<()> {

@@ -1,0 +1,218 @@
+//! Applying retry records, whichever backend they came from: row records re-sync their keys
+//! from the source of truth under a row lock (one re-sync per table per batch), table
+//! records run verify-and-repair once per table per batch, statement records run once on
+//! the new database, deduplicated by idempotency key in `_switchyard.applied_statements`.
+
+use crate::config::ReconcilerConfig;
+use crate::connect::{connect, Db};
+use crate::replay::ReplayReport;
+use crate::verify::RepairMode;
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use switchyard_core::catalog::{load_table, TableMeta};
+use switchyard_core::ident::QualifiedName;
+use switchyard_core::key::KeyText;
+use switchyard_core::resync::resync_keys;
+use tokio_postgres::Client;
+
+/// One record to apply, in the form both backends can give.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub kind: String,
+    pub table: Option<String>,
+    /// The primary key as JSON text (`{"id": 7}`).
+    pub key: Option<String>,
+    pub statement: Option<String>,
+    pub idempotency_key: String,
+}
+
+impl From<switchyard_core::retry::RetryRecord> for Pending {
+    fn from(r: switchyard_core::retry::RetryRecord) -> Self {
+        Pending {
+            kind: r.kind.as_str().to_string(),
+            table: r.table_name,
+            key: r.key.map(|k| k.to_string()),
+            statement: r.statement,
+            idempotency_key: r.idempotency_key,
+        }
+    }
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Worth trying again later (the new database was down, a lock timed out, ...).
+    Failed(String),
+    /// Can never succeed as it is: dead-letter it at once.
+    Poison(String),
+}
+
+pub struct Applier {
+    cfg: ReconcilerConfig,
+    source: Client,
+    pub target: Client,
+    tables: HashMap<String, TableMeta>,
+}
+
+impl Applier {
+    pub async fn connect(cfg: &ReconcilerConfig) -> Result<Applier> {
+        let source = connect(Db::Old, &cfg.old).await?;
+        let target = connect(Db::New, &cfg.new).await?;
+        target
+            .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
+            .await
+            .context("creating _switchyard.applied_statements on the new database")?;
+        Ok(Applier {
+            cfg: cfg.clone(),
+            source,
+            target,
+            tables: HashMap::new(),
+        })
+    }
+
+    /// True while both connections are usable; a replayer reconnects otherwise.
+    pub fn is_healthy(&self) -> bool {
+        !self.source.is_closed() && !self.target.is_closed()
+    }
+
+    /// Applies `items`; the outcome of each, in order.
+    pub async fn apply(&mut self, items: &[Pending], report: &mut ReplayReport) -> Vec<Outcome> {
+        let mut out = vec![Outcome::Done; items.len()];
+        let mut rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut tables: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in items.iter().enumerate() {
+            match (p.kind.as_str(), p.table.as_deref()) {
+                ("row", Some(t)) => rows.entry(t).or_default().push(i),
+                ("table", Some(t)) => tables.entry(t).or_default().push(i),
+                // In order, before the rows: later row images may need the new shape.
+                ("statement", _) => match self.apply_statement(p).await {
+                    Ok(applied) => report.statements_applied += u64::from(applied),
+                    Err(e) => out[i] = Outcome::Failed(format!("{e:#}")),
+                },
+                _ => out[i] = Outcome::Poison(format!("malformed record of kind {:?}", p.kind)),
+            }
+        }
+        for (t, idx) in tables {
+            match repair_table(&self.cfg, t).await {
+                Ok(()) => report.tables_repaired += 1,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    for i in idx {
+                        out[i] = Outcome::Failed(msg.clone());
+                    }
+                }
+            }
+        }
+        for (t, idx) in rows {
+            match self.resync(t, items, &idx).await {
+                Ok(n) => report.rows_resynced += n,
+                Err(Outcome::Poison(msg)) if idx.len() > 1 => {
+                    // One bad key must not hold the others back: try them one by one.
+                    tracing::debug!(table = t, error = %msg, "Re-syncing records one by one.");
+                    for i in idx {
+                        match self.resync(t, items, &[i]).await {
+                            Ok(n) => report.rows_resynced += n,
+                            Err(o) => out[i] = o,
+                        }
+                    }
+                }
+                Err(o) => {
+                    for i in idx {
+                        out[i] = o.clone();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn resync(
+        &mut self,
+        table: &str,
+        items: &[Pending],
+        idx: &[usize],
+    ) -> Result<u64, Outcome> {
+        let meta = match self.tables.get(table) {
+            Some(m) => m.clone(),
+            None => {
+                let name = QualifiedName::parse(table)
+                    .map_err(|e| Outcome::Poison(format!("table name {table}: {e}")))?;
+                let m = load_table(&self.target, &name)
+                    .await
+                    .with_context(|| format!("{table} on the new database"))
+                    .map_err(|e| Outcome::Failed(format!("{e:#}")))?;
+                self.tables.insert(table.to_string(), m.clone());
+                m
+            }
+        };
+        let keys: Vec<KeyText> = idx
+            .iter()
+            .map(|&i| key_text(&meta, items[i].key.as_deref().unwrap_or("{}")))
+            .collect::<Result<_>>()
+            .map_err(|e| Outcome::Poison(format!("{e:#}")))?;
+        match resync_keys(&mut self.source, &mut self.target, &meta, &keys).await {
+            Ok(c) => Ok(c.upserted + c.deleted + c.unchanged),
+            Err(e) => {
+                self.tables.remove(table);
+                Err(Outcome::Failed(format!("{e:#}")))
+            }
+        }
+    }
+
+    async fn apply_statement(&mut self, p: &Pending) -> Result<bool> {
+        let sql = p
+            .statement
+            .as_deref()
+            .context("statement record without a statement")?;
+        let tx = self.target.transaction().await?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO _switchyard.applied_statements (idempotency_key) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&p.idempotency_key],
+            )
+            .await?
+            == 1;
+        if fresh {
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("running {sql:?} on the new database"))?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+}
+
+/// The key of a record (`{"col": value}`) as text values in the table's key order.
+fn key_text(meta: &TableMeta, key: &str) -> Result<KeyText> {
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(key).with_context(|| format!("record key {key}"))?;
+    meta.key_columns()
+        .map(|c| {
+            Ok(match v.get(&c.name) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+            })
+        })
+        .collect()
+}
+
+async fn repair_table(cfg: &ReconcilerConfig, table: &str) -> Result<()> {
+    let mut one = cfg.clone();
+    one.reconciler.tables = vec![table.to_string()];
+    let report = crate::verify::run(
+        &one,
+        None,
+        Some(RepairMode {
+            source: crate::cli::SourceSide::Old,
+            dry_run: false,
+        }),
+        &mut |_| {},
+    )
+    .await;
+    match report.exit_code() {
+        0 => Ok(()),
+        _ => anyhow::bail!("repairing {table}: {}", report.summary()),
+    }
+}

@@ -1,0 +1,579 @@
+//! The Kafka retry log against a real broker (tansu): records confirmed before the primary
+//! commits, the broker down while the secondary is down (scenario 10), replay as a consumer
+//! group (duplicates after a crash before the offset commit, two reconcilers, a rebalance
+//! mid-replay), poison records dead-lettered, and the errors a user can hit.
+
+use anyhow::{ensure, Context, Result};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use std::time::Duration;
+use switchyard_core::retry_kafka::{Backend, OnBrokerFailure};
+use switchyard_proxy::{ProxyConfig, RunningProxy};
+use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::proxy::{proxy_url, run_proxy_to_exit, start_proxy, Pair, DB};
+use switchyard_tests::reconciler::ReconcilerProcess;
+use switchyard_tests::wait::{poll_until, poll_until_async};
+use switchyard_tests::{Broker, PgCluster};
+
+const TOPIC: &str = "switchyard.retry";
+const DEAD: &str = "switchyard.retry.dead";
+
+fn kafka_config(pair: &Pair, broker: &Broker, on_failure: OnBrokerFailure) -> ProxyConfig {
+    let mut c = pair.config();
+    c.retry_log.backend = Backend::Kafka;
+    c.retry_log.kafka.brokers = broker.bootstrap();
+    c.retry_log.kafka.on_failure = on_failure;
+    c.retry_log.kafka.confirm_timeout_ms = 1000;
+    c.retry_log.kafka.partitions = 4;
+    c
+}
+
+/// Flags that point the reconciler's replay at the broker. Every run in these tests is a
+/// static member of the group (`--kafka-instance-id`), as a reconciler in a StatefulSet
+/// would be: tansu 0.6 sometimes leaves a dynamic member's first join unanswered, and never
+/// expires a killed dynamic member's partitions.
+fn kafka_flags(broker: &Broker) -> Vec<String> {
+    kafka_flags_as(broker, "r1")
+}
+
+fn kafka_flags_as(broker: &Broker, instance: &str) -> Vec<String> {
+    vec![
+        "--retry-log".into(),
+        "kafka".into(),
+        "--kafka-brokers".into(),
+        broker.bootstrap(),
+        "--kafka-instance-id".into(),
+        instance.into(),
+    ]
+}
+
+async fn replay_kafka(
+    pair: &Pair,
+    broker: &Broker,
+    extra: &[&str],
+) -> Result<switchyard_tests::reconciler::ReconcilerRun> {
+    let flags = kafka_flags(broker);
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    reconciler(pair, "replay", &args).await
+}
+
+fn count(c: &PgCluster, sql: &str) -> Result<i64> {
+    on(c, sql)?
+        .parse()
+        .with_context(|| format!("{sql} did not return a number"))
+}
+
+/// Messages in `topic` (all partitions), read by a throwaway consumer group.
+async fn read_topic(
+    broker: &Broker,
+    topic: &str,
+    want: usize,
+) -> Result<Vec<(Vec<u8>, Vec<(String, String)>)>> {
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", format!("test-reader-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = Vec::new();
+    while out.len() < want {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| {
+                format!("waiting for message {} of {want} in {topic}", out.len() + 1)
+            })??;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((m.payload().unwrap_or_default().to_vec(), headers));
+    }
+    Ok(out)
+}
+
+/// The proxy's `/api/status` as JSON.
+async fn status(proxy: &RunningProxy) -> Result<serde_json::Value> {
+    let addr = proxy.admin_addr().context("admin server")?;
+    let (code, body) = switchyard_tests::http::get(addr, "/api/status").await?;
+    ensure!(code == 200, "status {code}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Scenario 7 with Kafka: the secondary killed under pgbench; every record goes to the
+/// topic (none to the embedded table), replay from the topic makes both sides equal, and a
+/// second replay finds nothing left (lag 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_down_under_pgbench_records_go_to_kafka_then_replay() -> Result<()> {
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let pgbench = pgbench_bin();
+    tokio::task::block_in_place(|| -> Result<()> {
+        for c in [&pair.old, &pair.new] {
+            let out = std::process::Command::new(&pgbench)
+                .args(["-i", "-s", "1", "-q"])
+                .arg(c.url(DB))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    })?;
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    let out = run_client(
+        tokio::process::Command::new(&pgbench)
+            .args(["-c", "4", "-t", "100", "-M", "prepared", "-n"])
+            .arg(&url),
+        "pgbench with the secondary down",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success("pgbench with the secondary down")?;
+    ensure!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "pgbench saw errors:\n{}",
+        out.stdout
+    );
+    let s = status(&proxy).await?;
+    let kafka_records = s["mirror"]["retry_log"]["records_kafka"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(kafka_records >= 400, "records sent to Kafka: {s}");
+    ensure!(s["mirror"]["retry_log"]["backend"] == "kafka", "{s}");
+    // pgbench_history has no primary key: its inserts are statement records, which stay in
+    // the embedded table by design. Every row record went to Kafka.
+    ensure!(
+        count(
+            &pair.old,
+            "SELECT count(*) FROM _switchyard.retry_log WHERE kind <> 'statement'"
+        )? == 0,
+        "no row record should go to the embedded table while the broker confirms"
+    );
+    ensure!(
+        count(
+            &pair.old,
+            "SELECT count(*) FROM _switchyard.retry_log WHERE kind = 'statement'"
+        )? > 0
+    );
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let metrics = tempfile::NamedTempFile::new()?;
+    let path = metrics.path().display().to_string();
+    let run = replay_kafka(
+        &pair,
+        &broker,
+        &["--metrics-file", &path, "--format", "json"],
+    )
+    .await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim())?;
+    ensure!(
+        report["records_done"].as_u64().unwrap_or(0) >= kafka_records,
+        "replayed fewer records than were sent: {report}"
+    );
+    let text = std::fs::read_to_string(metrics.path())?;
+    ensure!(
+        text.contains("switchyard_replay_consumer_lag{partition=")
+            && !text
+                .lines()
+                .any(|l| l.starts_with("switchyard_replay_consumer_lag{") && !l.ends_with(" 0")),
+        "every partition should be drained:\n{text}"
+    );
+    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    // Offsets were committed: a second run has nothing to do.
+    let run = replay_kafka(&pair, &broker, &["--format", "json"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let again: serde_json::Value = serde_json::from_str(run.stdout.trim())?;
+    ensure!(
+        again["records_done"] == 0,
+        "records replayed twice: {again}"
+    );
+    Ok(())
+}
+
+/// Scenario 10, fallback flavour: the broker killed while the secondary is down. Writes
+/// still commit, their records land in the embedded table in the same transaction, and
+/// replay (which also drains the embedded table) makes both sides equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_while_secondary_down_falls_back_to_the_embedded_table() -> Result<()> {
+    let mut broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Embedded)).await?;
+    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    client
+        .execute("INSERT INTO t VALUES (1, 'both up')", &[])
+        .await?;
+    tokio::task::block_in_place(|| -> Result<()> {
+        pair.new.stop_immediate()?;
+        broker.kill()
+    })?;
+    for id in 2..=6 {
+        client
+            .execute(
+                "INSERT INTO t VALUES ($1, 'broker and secondary down')",
+                &[&id],
+            )
+            .await
+            .context("a write must commit when its records can go to the embedded table")?;
+    }
+    ensure!(count(&pair.old, "SELECT count(*) FROM t")? == 6);
+    ensure!(
+        count(
+            &pair.old,
+            "SELECT count(*) FROM _switchyard.retry_log WHERE kind = 'row'"
+        )? == 5,
+        "each committed write has its record in the embedded table"
+    );
+    let s = status(&proxy).await?;
+    ensure!(s["mirror"]["retry_log"]["records_fallback"] == 5, "{s}");
+    ensure!(
+        s["mirror"]["retry_log"]["kafka_last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not confirm") || e.contains("refused")),
+        "{s}"
+    );
+    tokio::task::block_in_place(|| -> Result<()> {
+        pair.new.start()?;
+        broker.start_again()
+    })?;
+    let run = replay_kafka(&pair, &broker, &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    ensure!(count(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == 0);
+    assert_verified(&pair, "t").await?;
+    Ok(())
+}
+
+/// Scenario 10, strict flavour (`on_failure = "fail"`): with the broker frozen (SIGSTOP)
+/// and the secondary down, the client's transaction fails with a clear error after the
+/// confirm timeout and nothing is committed; the session keeps working, and once the
+/// broker is back the same write commits with its record in Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_frozen_while_secondary_down_fails_the_transaction_when_configured() -> Result<()> {
+    let mut broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
+    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    broker.pause()?;
+    let err = client
+        .execute(
+            "INSERT INTO t VALUES (1, 'must not commit without a record')",
+            &[],
+        )
+        .await
+        .err()
+        .context("the write must fail while no backend can take its record")?;
+    let db = err.as_db_error().context("a server error")?;
+    ensure!(db.code().code() == "XX000", "{db:?}");
+    ensure!(
+        db.message()
+            .contains("could not be recorded in the retry log"),
+        "{db:?}"
+    );
+    ensure!(
+        db.detail()
+            .is_some_and(|d| d.contains("did not confirm") && d.contains("on_failure")),
+        "{db:?}"
+    );
+    ensure!(
+        count(&pair.old, "SELECT count(*) FROM t")? == 0,
+        "nothing committed"
+    );
+    ensure!(count(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == 0);
+    let s = status(&proxy).await?;
+    ensure!(s["mirror"]["retry_log"]["commits_refused"] == 1, "{s}");
+    broker.resume()?;
+    // The same session goes on: the broker confirms again, the write commits.
+    poll_until_async(
+        "a write to commit once the broker is back",
+        Duration::from_secs(30),
+        || async {
+            Ok(client
+                .execute(
+                    "INSERT INTO t VALUES (1, 'after the broker came back')",
+                    &[],
+                )
+                .await
+                .ok())
+        },
+    )
+    .await?;
+    let records = read_topic(&broker, TOPIC, 1).await?;
+    let r: serde_json::Value = serde_json::from_slice(&records[0].0)?;
+    ensure!(r["kind"] == "row" && r["key"]["id"] == 1, "{r}");
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let run = replay_kafka(&pair, &broker, &[]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_verified(&pair, "t").await?;
+    Ok(())
+}
+
+/// Scenario 11 with Kafka: a reconciler that dies after applying a batch but before
+/// committing its offsets leaves the batch to be delivered again; replaying it twice is
+/// harmless (`n = n + 1` through the proxy counts once per statement on both sides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Result<()> {
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = pair_with(
+        "CREATE TABLE c (id int PRIMARY KEY, n int NOT NULL); INSERT INTO c SELECT g, 0 FROM generate_series(1, 20) g",
+    )
+    .await?;
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
+    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    for _ in 0..2 {
+        client.execute("UPDATE c SET n = n + 1", &[]).await?;
+    }
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let flags = kafka_flags(&broker);
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    // Static membership: the restarted reconciler is the same member of the group, as a
+    // restarted pod would be.
+    let mut args: Vec<&str> = vec!["replay", "--old", &old, "--new", &new];
+    args.extend(flags.iter().map(String::as_str));
+    let crashed = tokio::task::block_in_place(|| -> Result<String> {
+        let mut p =
+            ReconcilerProcess::spawn(&args, &[("SWITCHYARD_FAILPOINT", "replay-after-apply")])?;
+        let status = poll_until("the reconciler to abort", Duration::from_secs(60), || {
+            p.try_wait()
+        })?;
+        ensure!(
+            !status.success(),
+            "the failpoint should abort the run:\n{}",
+            p.log_text()
+        );
+        Ok(p.log_text())
+    })?;
+    ensure!(
+        crashed.contains("failpoint replay-after-apply"),
+        "{crashed}"
+    );
+    // Applied already, offsets not committed: the rows are right, the records still there.
+    ensure!(on(&pair.new, "SELECT sum(n) FROM c")? == "40");
+    let run = replay_kafka(&pair, &broker, &["--format", "json"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim())?;
+    ensure!(
+        report["records_done"].as_u64().unwrap_or(0) >= 20,
+        "the batch is delivered again: {}",
+        run.text()
+    );
+    ensure!(on(&pair.new, "SELECT sum(n) FROM c")? == "40");
+    assert_verified(&pair, "c").await?;
+    Ok(())
+}
+
+/// Two reconcilers in one consumer group share the partitions; the second joins while the
+/// first is replaying (a rebalance mid-replay). Both end up with partitions, every record
+/// is applied, and the tables end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let tables: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let schema: String = tables
+        .iter()
+        .map(|t| format!("CREATE TABLE {t} (id int PRIMARY KEY, v text);"))
+        .collect();
+    let pair = pair_with(&schema).await?;
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
+    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    for t in &tables {
+        // One statement per 50 rows: many records, few round trips.
+        for chunk in 0..20 {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {t} SELECT g, md5(g::text) FROM generate_series({} , {}) g",
+                        chunk * 50 + 1,
+                        chunk * 50 + 50
+                    ),
+                    &[],
+                )
+                .await?;
+        }
+    }
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let dir = tempfile::tempdir()?;
+    let metrics = |name: &str| dir.path().join(name).display().to_string();
+    let (ma, mb) = (metrics("a.prom"), metrics("b.prom"));
+    let spawn = |m: &str| -> Result<ReconcilerProcess> {
+        let flags = kafka_flags_as(&broker, m);
+        let mut args: Vec<&str> = vec![
+            "replay",
+            "--follow",
+            "--batch",
+            "50",
+            "--old",
+            &old,
+            "--new",
+            &new,
+            "--metrics-file",
+            m,
+        ];
+        args.extend(flags.iter().map(String::as_str));
+        ReconcilerProcess::spawn(&args, &[])
+    };
+    let mut a = tokio::task::block_in_place(|| spawn(&ma))?;
+    // The first reconciler is under way before the second joins.
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the first reconciler to replay records",
+            Duration::from_secs(60),
+            || {
+                Ok(std::fs::read_to_string(&ma)
+                    .ok()
+                    .filter(|t| {
+                        t.contains("switchyard_replay_records_total{outcome=\"applied\"}")
+                            && !t.contains("outcome=\"applied\"} 0\n")
+                    })
+                    .map(|_| ()))
+            },
+        )
+    })?;
+    let mut b = tokio::task::block_in_place(|| spawn(&mb))?;
+    let drained = |path: &str| -> bool {
+        std::fs::read_to_string(path).is_ok_and(|t| {
+            let lags: Vec<&str> = t
+                .lines()
+                .filter(|l| l.starts_with("switchyard_replay_consumer_lag{"))
+                .collect();
+            !lags.is_empty() && lags.iter().all(|l| l.ends_with(" 0"))
+        })
+    };
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "both reconcilers to hold drained partitions",
+            Duration::from_secs(120),
+            || {
+                for p in [&mut a, &mut b] {
+                    if let Some(s) = p.try_wait()? {
+                        anyhow::bail!("a reconciler exited with {s}:\n{}", p.log_text());
+                    }
+                }
+                Ok((drained(&ma) && drained(&mb)).then_some(()))
+            },
+        )
+    })?;
+    for t in &tables {
+        eventually(&pair.new, &format!("SELECT count(*) FROM {t}"), "1000")?;
+    }
+    drop((a, b));
+    assert_verified(&pair, &tables.join(",")).await?;
+    Ok(())
+}
+
+/// A record that is not a retry record goes to the dead-letter topic with the reason in a
+/// header; its offset is committed so it does not block the partition; the run says so in
+/// its exit code (1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_with_the_reason() -> Result<()> {
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    // The proxy creates the topics at start.
+    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
+    let producer: FutureProducer = broker.client_config().create()?;
+    producer
+        .send(
+            FutureRecord::to(TOPIC).key("x").payload("{not a record"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let run = replay_kafka(&pair, &broker, &["--format", "json"]).await?;
+    ensure!(
+        run.code() == Some(1),
+        "a dead-lettered record makes the exit code 1:\n{}",
+        run.text()
+    );
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim())?;
+    ensure!(report["records_dead"] == 1, "{report}");
+    let dead = read_topic(&broker, DEAD, 1).await?;
+    ensure!(dead[0].0 == b"{not a record", "{:?}", dead[0]);
+    ensure!(
+        dead[0]
+            .1
+            .iter()
+            .any(|(k, v)| k == "switchyard-reason" && v.contains("not a retry record")),
+        "{:?}",
+        dead[0].1
+    );
+    let run = replay_kafka(&pair, &broker, &["--format", "json"]).await?;
+    ensure!(
+        run.code() == Some(0),
+        "the poison record must not come back:\n{}",
+        run.text()
+    );
+    drop(proxy);
+    Ok(())
+}
+
+/// Errors a user can hit: no broker at the address (the proxy refuses to start and says
+/// which broker), the Kafka backend without brokers (a config error naming the key), and a
+/// reconciler pointed at no broker (exit 2, clear message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_or_missing_brokers_are_clear_errors() -> Result<()> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let nobody = format!("127.0.0.1:{}", switchyard_tests::free_port());
+    let (status, out) = tokio::task::block_in_place(|| {
+        run_proxy_to_exit(
+            &[
+                "--old",
+                &old,
+                "--new",
+                &new,
+                "--retry-log",
+                "kafka",
+                "--kafka-brokers",
+                &nobody,
+            ],
+            &[],
+        )
+    })?;
+    ensure!(!status.success(), "{out}");
+    ensure!(
+        out.contains("Kafka retry log") && out.contains(&nobody),
+        "{out}"
+    );
+    ensure!(
+        !out.contains("postgres://postgres:"),
+        "no credentials in errors: {out}"
+    );
+    let (status, out) = tokio::task::block_in_place(|| {
+        run_proxy_to_exit(&["--old", &old, "--new", &new, "--retry-log", "kafka"], &[])
+    })?;
+    ensure!(
+        !status.success() && out.contains("retry_log.kafka.brokers"),
+        "{out}"
+    );
+    let run = reconciler(
+        &pair,
+        "replay",
+        &["--retry-log", "kafka", "--kafka-brokers", &nobody],
+    )
+    .await?;
+    ensure!(run.code() == Some(2), "{}", run.text());
+    ensure!(run.stderr.contains(&nobody), "{}", run.text());
+    Ok(())
+}
