@@ -32,6 +32,9 @@ pub struct ReplayReport {
     /// Age of the oldest record still waiting, in seconds (0 when none).
     pub oldest_age_secs: f64,
     pub seconds: f64,
+    /// Time spent taking, applying and committing records (the run minus waiting for the
+    /// group to form and for new records).
+    pub busy_seconds: f64,
     /// Kafka only: the consumer lag of each partition assigned to this reconciler.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionLag>,
@@ -56,6 +59,7 @@ impl ReplayReport {
         self.records_done += o.records_done;
         self.records_failed += o.records_failed;
         self.records_dead += o.records_dead;
+        self.busy_seconds += o.busy_seconds;
         self.embedded_backlog = Some(o.backlog);
     }
 
@@ -242,5 +246,6 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
     report.backlog = row.get(0);
     report.oldest_age_secs = row.get(1);
     report.seconds = started.elapsed().as_secs_f64();
+    report.busy_seconds = report.seconds;
     Ok(report)
 }

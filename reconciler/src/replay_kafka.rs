@@ -9,11 +9,14 @@ use crate::apply::{Applier, Outcome, Pending};
 use crate::config::ReconcilerConfig;
 use crate::replay::{PartitionLag, ReplayOptions, ReplayReport};
 use anyhow::{Context, Result};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use switchyard_core::retry_kafka::{self, KafkaSettings};
 
@@ -64,10 +67,14 @@ pub async fn run(
     retry_kafka::ensure_topics(settings, Duration::from_secs(10))
         .await
         .with_context(|| format!("checking the retry topics on {}", settings.brokers))?;
-    let consumer: StreamConsumer = settings
+    let consumer: Replayer = settings
         .consumer_config()
         .set("max.poll.interval.ms", "120000")
-        .create()
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(LagContext {
+            topic: settings.topic.clone(),
+            lags: Mutex::new(BTreeMap::new()),
+        })
         .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[&settings.topic])
@@ -84,7 +91,9 @@ pub async fn run(
     let mut unassigned_since = Instant::now();
     let mut last_progress = Instant::now();
     loop {
+        let t_take = Instant::now();
         let batch = take_batch(&consumer, opts.batch as usize).await?;
+        let taken = t_take.elapsed();
         if batch.is_empty() {
             let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
             if assigned > 0 {
@@ -96,7 +105,7 @@ pub async fn run(
                     resolve_in_doubt(cfg, &applier).await;
                     embedded_pass(cfg, opts, &mut report).await;
                 }
-                report.partitions = lag(&consumer, settings).await;
+                report.partitions = exact_lag(&consumer, settings);
                 report.oldest_age_secs = 0.0;
                 report.seconds = started.elapsed().as_secs_f64();
                 on_progress(&report);
@@ -109,7 +118,7 @@ pub async fn run(
                 }
                 continue;
             }
-            let lags = lag(&consumer, settings).await;
+            let lags = exact_lag(&consumer, settings);
             if lags.iter().all(|p| p.lag == 0) {
                 report.partitions = lags;
                 break;
@@ -122,6 +131,7 @@ pub async fn run(
             .min()
             .map(|ms| (now_ms() - ms).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
+        let t0 = Instant::now();
         apply_batch(
             &mut applier,
             cfg,
@@ -132,11 +142,19 @@ pub async fn run(
             &mut report,
         )
         .await?;
+        let applied = t0.elapsed();
         failpoint("replay-after-apply");
         commit(&consumer, settings, &batch)?;
+        report.busy_seconds += taken.as_secs_f64() + t0.elapsed().as_secs_f64();
+        tracing::debug!(
+            records = batch.len(),
+            apply_ms = applied.as_millis() as u64,
+            commit_ms = (t0.elapsed() - applied).as_millis() as u64,
+            "Replayed a batch."
+        );
         if last_progress.elapsed() > Duration::from_secs(1) {
             last_progress = Instant::now();
-            report.partitions = lag(&consumer, settings).await;
+            report.partitions = cached_lag(&consumer);
             report.seconds = started.elapsed().as_secs_f64();
             on_progress(&report);
         }
@@ -148,7 +166,8 @@ pub async fn run(
 }
 
 /// Up to `max` messages: waits a little for the first, then takes what is already there.
-async fn take_batch(consumer: &StreamConsumer, max: usize) -> Result<Vec<Taken>> {
+async fn take_batch(consumer: &Replayer, max: usize) -> Result<Vec<Taken>> {
+    let t0 = Instant::now();
     let mut out = Vec::new();
     let mut wait = Duration::from_millis(500);
     while out.len() < max {
@@ -164,6 +183,11 @@ async fn take_batch(consumer: &StreamConsumer, max: usize) -> Result<Vec<Taken>>
         }
         wait = Duration::from_millis(20);
     }
+    tracing::trace!(
+        records = out.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "Took a batch."
+    );
     Ok(out)
 }
 
@@ -294,7 +318,7 @@ async fn dead_letter(
 
 /// Commits, per partition, the offset after the batch's last message. A commit refused
 /// because the partition moved to another member is fine: that member replays the batch.
-fn commit(consumer: &StreamConsumer, settings: &KafkaSettings, batch: &[Taken]) -> Result<()> {
+fn commit(consumer: &Replayer, settings: &KafkaSettings, batch: &[Taken]) -> Result<()> {
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for t in batch {
         let e = next.entry(t.partition).or_insert(t.offset + 1);
@@ -311,32 +335,82 @@ fn commit(consumer: &StreamConsumer, settings: &KafkaSettings, batch: &[Taken]) 
     Ok(())
 }
 
-/// Lag per assigned partition: the high watermark minus the committed offset.
-async fn lag(consumer: &StreamConsumer, settings: &KafkaSettings) -> Vec<PartitionLag> {
-    let Ok(assigned) = consumer.assignment() else {
+/// Lag per assigned partition, exactly: the broker's high watermark minus the committed
+/// offset. Network round trips per partition, so only when idle (is the backlog drained?).
+fn exact_lag(consumer: &Replayer, settings: &KafkaSettings) -> Vec<PartitionLag> {
+    tokio::task::block_in_place(|| {
+        let Ok(assigned) = consumer.assignment() else {
+            return Vec::new();
+        };
+        let committed = consumer
+            .committed_offsets(assigned.clone(), Duration::from_secs(5))
+            .unwrap_or(assigned);
+        let mut out = Vec::new();
+        for e in committed.elements_for_topic(&settings.topic) {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&settings.topic, e.partition(), Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            out.push(PartitionLag {
+                partition: e.partition(),
+                lag: (high - at).max(0),
+            });
+        }
+        out
+    })
+}
+
+/// Lag per assigned partition from librdkafka's statistics (refreshed every second from
+/// its fetches): no round trip, for progress while replaying.
+fn cached_lag(consumer: &Replayer) -> Vec<PartitionLag> {
+    let assigned: Vec<i32> = consumer
+        .assignment()
+        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    let Ok(lags) = consumer.context().lags.lock() else {
         return Vec::new();
     };
-    let committed = consumer
-        .committed_offsets(assigned.clone(), Duration::from_secs(5))
-        .unwrap_or(assigned);
-    let mut out = Vec::new();
-    for e in committed.elements_for_topic(&settings.topic) {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(&settings.topic, e.partition(), Duration::from_secs(5))
-        else {
-            continue;
-        };
-        let at = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        out.push(PartitionLag {
-            partition: e.partition(),
-            lag: (high - at).max(0),
-        });
-    }
-    out
+    assigned
+        .into_iter()
+        .filter_map(|p| {
+            lags.get(&p).map(|&lag| PartitionLag {
+                partition: p,
+                lag: lag.max(0),
+            })
+        })
+        .collect()
 }
+
+/// The consumer, with a context that keeps librdkafka's per-partition lag figures.
+type Replayer = StreamConsumer<LagContext>;
+
+struct LagContext {
+    topic: String,
+    lags: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        let Some(t) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        if let Ok(mut lags) = self.lags.lock() {
+            for (&p, part) in &t.partitions {
+                // -1 means "not known yet" (nothing fetched or committed).
+                if p >= 0 && part.consumer_lag >= 0 {
+                    lags.insert(p, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 async fn resolve_in_doubt(cfg: &ReconcilerConfig, applier: &Applier) {
     let Ok(old) = crate::connect::connect(crate::connect::Db::Old, &cfg.old).await else {
