@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .merge(crate::dashboard::routes())
         .with_state(AdminState { shared, metrics })
 }
 

@@ -17,6 +17,18 @@ pub async fn request(
     path: &str,
     body: &str,
 ) -> Result<(u16, String)> {
+    request_full(addr, method, path, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// Returns (status code, the header block, body).
+pub async fn request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String, String)> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -44,7 +56,7 @@ pub async fn request(
         } else {
             rest.to_string()
         };
-        Ok::<_, anyhow::Error>((status, body))
+        Ok::<_, anyhow::Error>((status, head.to_string(), body))
     };
     match tokio::time::timeout(Duration::from_secs(10), fut).await {
         Ok(r) => r,

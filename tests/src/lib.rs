@@ -11,6 +11,7 @@
 //!   [`broker::tansu_bin`]).
 
 pub mod broker;
+pub mod browser;
 pub mod clients;
 pub mod http;
 pub mod logs;

@@ -1,0 +1,115 @@
+//! The dashboard page at `/` on the admin port, rendered by headless Chromium: it shows what
+//! the proxy knows (a secondary that is down, queued rows, the retry backlog), served with
+//! its assets from the binary. The screenshot is kept under the target directory.
+
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+use switchyard_tests::browser::{dump_dom, screenshot};
+use switchyard_tests::mirror::pair_with;
+use switchyard_tests::proxy::{connect_proxy, start_proxy};
+use switchyard_tests::wait::poll_until;
+
+/// Text of the element with `id` in a dumped DOM (the page sets values as plain text).
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let open_end = start + dom[start..].find('>')? + 1;
+    let close = open_end + dom[open_end..].find('<')?;
+    Some(dom[open_end..close].trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_down_secondary_and_queued_rows() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let mut config = pair.config();
+    config.health_check_interval_secs = 1;
+    let proxy = start_proxy(config).await?;
+    let admin = proxy.admin_addr().context("admin server")?;
+    let client = connect_proxy(&proxy).await?;
+    client
+        .execute("INSERT INTO t VALUES (1, 'both up')", &[])
+        .await?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    for id in 2..=4 {
+        client
+            .execute("INSERT INTO t VALUES ($1, 'new is down')", &[&id])
+            .await?;
+    }
+    let url = format!("http://{admin}/");
+    let dom = tokio::task::block_in_place(|| {
+        poll_until(
+            "the page to show the down secondary",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                let ready = text_of(&dom, "new-up").as_deref() == Some("down")
+                    && text_of(&dom, "rows-queued").as_deref() == Some("3");
+                Ok(ready.then_some(dom))
+            },
+        )
+    })?;
+    ensure!(text_of(&dom, "old-up").as_deref() == Some("up"), "{dom}");
+    ensure!(
+        text_of(&dom, "rows-mirrored").as_deref() == Some("1"),
+        "{dom}"
+    );
+    let verdict = text_of(&dom, "verdict").unwrap_or_default();
+    ensure!(verdict.contains("new database down"), "verdict: {verdict}");
+    // Shadow reads are off in this proxy: the page says so instead of failing.
+    ensure!(
+        text_of(&dom, "match-rate").as_deref() == Some("off"),
+        "{dom}"
+    );
+    // No credentials on the page (the URLs are shown without passwords).
+    ensure!(!dom.contains("password"), "{dom}");
+
+    let shot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-secondary-down.png");
+    tokio::task::block_in_place(|| screenshot(&url, &shot))?;
+    let size = std::fs::metadata(&shot)?.len();
+    ensure!(
+        size > 10_000,
+        "screenshot {} is only {size} bytes",
+        shot.display()
+    );
+    eprintln!("screenshot: {}", shot.display());
+    Ok(())
+}
+
+/// The assets are served from the binary with the right types, and the page forbids inline
+/// script (it shows query texts and values that clients control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_assets_are_embedded_and_locked_down() -> Result<()> {
+    let pair = pair_with("SELECT 1").await?;
+    let proxy = start_proxy(pair.config()).await?;
+    let admin = proxy.admin_addr().context("admin server")?;
+    for (path, ty) in [
+        ("/", "text/html"),
+        ("/assets/dashboard.js", "text/javascript"),
+        ("/assets/dashboard.css", "text/css"),
+    ] {
+        let (code, headers, body) =
+            switchyard_tests::http::request_full(admin, "GET", path, "").await?;
+        ensure!(code == 200, "{path}: {code}");
+        ensure!(
+            headers
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {ty}")),
+            "{path}: {headers}"
+        );
+        ensure!(!body.is_empty(), "{path} is empty");
+        if path == "/" {
+            ensure!(
+                headers
+                    .to_ascii_lowercase()
+                    .contains("content-security-policy: default-src 'self'"),
+                "{headers}"
+            );
+            ensure!(!body.contains("<script>"), "no inline script");
+            ensure!(
+                !body.contains("http://") && !body.contains("https://"),
+                "no CDN"
+            );
+        }
+    }
+    Ok(())
+}
