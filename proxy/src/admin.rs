@@ -63,6 +63,10 @@ struct Status {
     classifier_cache_entries: usize,
     /// Dual writes; null when mirroring is off.
     mirror: Option<crate::mirror::status::MirrorSnapshot>,
+    /// Cutover phase: only `shadow` exists so far (old serves reads and writes, new follows).
+    phase: &'static str,
+    /// Backfill progress per table (from its chunk table on the new database).
+    progress: Vec<crate::progress::ProgressEntry>,
 }
 
 #[derive(Serialize)]
@@ -108,5 +112,7 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
         },
         classifier_cache_entries: sh.classifier.len(),
         mirror: sh.mirror.as_ref().map(|m| m.snapshot()),
+        phase: "shadow",
+        progress: sh.progress.get(),
     })
 }

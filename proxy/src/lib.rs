@@ -15,6 +15,7 @@ mod frontend_limits;
 pub mod health;
 pub mod metrics;
 pub mod mirror;
+pub mod progress;
 pub mod protocol;
 pub mod server;
 pub mod shared;

@@ -178,6 +178,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     let shared = Arc::new(Shared {
         instance_id,
         mirror: mirror.clone(),
+        progress: Default::default(),
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
         old,
@@ -231,6 +232,7 @@ async fn serve(
             Duration::from_secs(5),
         ));
     }
+    background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(5)));
     background.spawn(crate::health::run(
         shared.clone(),
         Duration::from_secs(shared.config.health_check_interval_secs),

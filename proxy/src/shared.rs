@@ -35,6 +35,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Dual writes; None when `mirror.mode = "off"`.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// Backfill progress read from the new database, for the dashboard.
+    pub progress: crate::progress::Progress,
 }
 
 impl Shared {

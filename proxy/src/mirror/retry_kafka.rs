@@ -60,6 +60,23 @@ impl KafkaSink {
             settings.confirm_timeout().max(Duration::from_secs(5)),
         )
         .await?;
+        let sink = Self::with_producer(settings)?;
+        // Connects the producer before the first commit needs it, so that commit's wait is
+        // the broker's confirmation and not the producer's start.
+        let warm = sink.clone();
+        let timeout = warm.settings.confirm_timeout().max(Duration::from_secs(5));
+        let _ = tokio::task::spawn_blocking(move || {
+            warm.producer
+                .client()
+                .fetch_metadata(Some(&warm.settings.topic), timeout)
+                .map(|_| ())
+        })
+        .await;
+        Ok(sink)
+    }
+
+    /// The sink without the topic check (tests against librdkafka's mock cluster).
+    fn with_producer(settings: KafkaSettings) -> Result<Arc<Self>, KafkaSetupError> {
         let producer: FutureProducer =
             settings
                 .producer_config()
@@ -211,5 +228,176 @@ pub async fn route_records(
                 ))
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fault injection with librdkafka's in-process mock cluster: fast, and able to produce
+    //! broker behaviour a real broker gives only under duress.
+    use super::*;
+    use crate::mirror::status::MirrorStatus;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use switchyard_core::retry::{Origin, RecordKind};
+    use switchyard_core::retry_kafka::OnBrokerFailure;
+
+    const TOPIC: &str = "switchyard.retry";
+
+    fn record(kind: RecordKind, id: i32) -> RetryRecord {
+        RetryRecord {
+            idempotency_key: format!("k{id}"),
+            kind,
+            table_name: Some("\"public\".\"t\"".into()),
+            key: Some(serde_json::json!({ "id": id })),
+            statement: (kind == RecordKind::Statement).then(|| "TRUNCATE t".to_string()),
+            origin: Origin {
+                instance: "test".into(),
+                xid: Some("42".into()),
+                ordinal: 1,
+            },
+            reason: "secondary down".into(),
+        }
+    }
+
+    fn sink(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        on_failure: OnBrokerFailure,
+    ) -> Arc<KafkaSink> {
+        sink_with(mock, on_failure, 500)
+    }
+
+    fn sink_with(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        on_failure: OnBrokerFailure,
+        confirm_timeout_ms: u64,
+    ) -> Arc<KafkaSink> {
+        let settings = KafkaSettings {
+            brokers: mock.bootstrap_servers(),
+            confirm_timeout_ms,
+            on_failure,
+            ..KafkaSettings::default()
+        };
+        KafkaSink::with_producer(settings).expect("a producer")
+    }
+
+    fn mock() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        let mock = MockCluster::new(1).expect("a mock cluster");
+        mock.create_topic(TOPIC, 2, 1).expect("a topic");
+        mock
+    }
+
+    #[tokio::test]
+    async fn confirmed_records_go_to_kafka_and_statements_stay_embedded() {
+        let mock = mock();
+        // The producer's first connection is part of this wait: a generous timeout.
+        let s = sink_with(&mock, OnBrokerFailure::Fail, 10_000);
+        let status = MirrorStatus::default();
+        let embedded = route_records(
+            Some(&s),
+            &status,
+            vec![
+                record(RecordKind::Row, 1),
+                record(RecordKind::Statement, 2),
+                record(RecordKind::Row, 3),
+            ],
+        )
+        .await
+        .expect("confirmed");
+        assert_eq!(embedded.len(), 1);
+        assert_eq!(embedded[0].kind, RecordKind::Statement);
+        assert_eq!(status.records_kafka.load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats.records_confirmed.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn produce_errors_until_the_timeout_fall_back_to_the_table() {
+        let mock = mock();
+        // Retriable errors for longer than the confirm timeout.
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500],
+        );
+        let s = sink(&mock, OnBrokerFailure::Embedded);
+        let status = MirrorStatus::default();
+        let rows = vec![record(RecordKind::Row, 1), record(RecordKind::Row, 2)];
+        let embedded = route_records(Some(&s), &status, rows.clone())
+            .await
+            .expect("falls back");
+        assert_eq!(embedded, rows, "every record goes to the embedded table");
+        assert_eq!(status.records_fallback.load(Ordering::Relaxed), 2);
+        assert_eq!(status.records_kafka.load(Ordering::Relaxed), 0);
+        let last = s
+            .stats
+            .last_error
+            .lock()
+            .expect("lock")
+            .clone()
+            .unwrap_or_default();
+        assert!(last.contains("did not confirm"), "{last}");
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_is_down_refuses_the_commit_when_configured() {
+        let mock = mock();
+        mock.broker_down(1).expect("broker down");
+        let s = sink(&mock, OnBrokerFailure::Fail);
+        let status = MirrorStatus::default();
+        let started = Instant::now();
+        let err = route_records(Some(&s), &status, vec![record(RecordKind::Row, 1)])
+            .await
+            .expect_err("no record, no commit");
+        assert!(
+            err.contains("did not confirm") && err.contains("on_failure"),
+            "{err}"
+        );
+        // Bounded by the confirm timeout, not librdkafka's own (five times longer).
+        assert!(
+            started.elapsed() < Duration::from_millis(2400),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(s.stats.batches_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_broker_counts_as_down_after_the_timeout_then_recovers() {
+        let mock = mock();
+        mock.broker_round_trip_time(1, Duration::from_secs(2))
+            .expect("delay");
+        let s = sink(&mock, OnBrokerFailure::Fail);
+        let status = MirrorStatus::default();
+        assert!(
+            route_records(Some(&s), &status, vec![record(RecordKind::Row, 1)])
+                .await
+                .is_err()
+        );
+        mock.broker_round_trip_time(1, Duration::ZERO)
+            .expect("no delay");
+        // The late confirmation of the first record may still arrive: harmless. New records
+        // are confirmed again once the broker answers in time.
+        let mut ok = false;
+        for _ in 0..20 {
+            if route_records(Some(&s), &status, vec![record(RecordKind::Row, 2)])
+                .await
+                .is_ok()
+            {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "records are confirmed again once the broker is fast");
+    }
+
+    #[tokio::test]
+    async fn without_kafka_every_record_stays_embedded() {
+        let status = MirrorStatus::default();
+        let rows = vec![record(RecordKind::Row, 1), record(RecordKind::Table, 2)];
+        assert_eq!(
+            route_records(None, &status, rows.clone())
+                .await
+                .expect("ok"),
+            rows
+        );
     }
 }

@@ -1,0 +1,112 @@
+//! Progress of the other parts, for the dashboard: a backfill keeps its chunk table on the
+//! new database (`_switchyard.backfill_chunks`); every few seconds the proxy summarises it
+//! per table. Nothing is read when the table does not exist (no backfill has run).
+
+use crate::shared::Shared;
+use serde::Serialize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// One job's progress on one table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProgressEntry {
+    /// `backfill` (others plug in here).
+    pub job: &'static str,
+    pub table: String,
+    /// Chunks finished and verified.
+    pub done: i64,
+    pub total: i64,
+    /// Rows copied by the finished chunks.
+    pub rows: i64,
+    /// `running` / `done` / `failed (N)`.
+    pub state: String,
+    pub failed: bool,
+}
+
+/// The latest summary, shown in `/api/status` as `progress`.
+#[derive(Default)]
+pub struct Progress {
+    entries: RwLock<Vec<ProgressEntry>>,
+}
+
+impl Progress {
+    pub fn get(&self) -> Vec<ProgressEntry> {
+        self.entries.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, v: Vec<ProgressEntry>) {
+        if let Ok(mut e) = self.entries.write() {
+            *e = v;
+        }
+    }
+}
+
+const BACKFILL_SQL: &str = "
+SELECT table_name,
+       count(*) FILTER (WHERE status = 'done')::int8,
+       count(*)::int8,
+       coalesce(sum(rows_copied) FILTER (WHERE status = 'done'), 0)::int8,
+       count(*) FILTER (WHERE status = 'failed')::int8,
+       count(*) FILTER (WHERE status = 'running')::int8
+FROM _switchyard.backfill_chunks GROUP BY table_name ORDER BY table_name";
+
+/// Refreshes the summary every `every` while the proxy runs.
+pub async fn run(shared: Arc<Shared>, every: Duration) {
+    loop {
+        match read_backfill(&shared).await {
+            Ok(entries) => shared.progress.set(entries),
+            Err(e) => tracing::debug!(error = %e, "Reading backfill progress failed."),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn read_backfill(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
+    let client = crate::mirror::control::connect(
+        &shared.new,
+        "switchyard-progress",
+        None,
+        shared.config.connect_timeout(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('_switchyard.backfill_chunks') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(BACKFILL_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (done, total, failed, running): (i64, i64, i64, i64) =
+                (r.get(1), r.get(2), r.get(4), r.get(5));
+            ProgressEntry {
+                job: "backfill",
+                table: r.get(0),
+                done,
+                total,
+                rows: r.get(3),
+                state: if failed > 0 {
+                    format!("failed ({failed})")
+                } else if done == total {
+                    "done".into()
+                } else if running > 0 {
+                    "running".into()
+                } else {
+                    "waiting".into()
+                },
+                failed: failed > 0,
+            }
+        })
+        .collect())
+}
