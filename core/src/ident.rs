@@ -2,6 +2,12 @@
 
 use std::fmt;
 
+/// Quotes a string literal for PostgreSQL, whatever `standard_conforming_strings` says
+/// (an escape-string literal, backslashes and quotes escaped).
+pub fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// Quotes an identifier for SQL: always double-quoted, inner quotes doubled, so any name
 /// (mixed case, spaces, keywords, dots) is taken literally.
 pub fn quote_ident(name: &str) -> String {

@@ -158,3 +158,39 @@ async fn large_update_streams_through() -> Result<()> {
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
     assert_verified(&pair, "big").await
 }
+
+/// A statement the proxy cannot mirror as text, because its parameters are bound on the
+/// primary only (MERGE with `$1` through the extended protocol): the client's result is
+/// untouched, its target table gets a table record in the same transaction, and replay
+/// re-syncs that table, so the write is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameterised_statement_mode_writes_queue_their_tables() -> Result<()> {
+    let pair = pair_with(
+        "CREATE SCHEMA app; CREATE TABLE app.\"Accounts\" (id int PRIMARY KEY, v int); \
+         CREATE TABLE src (id int PRIMARY KEY); INSERT INTO src SELECT generate_series(1, 5)",
+    )
+    .await?;
+    let proxy = start_proxy(pair.config()).await?;
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute("SET search_path = app, public").await?;
+    let n = c
+        .execute(
+            "MERGE INTO \"Accounts\" a USING src s ON a.id = s.id \
+             WHEN MATCHED THEN UPDATE SET v = $1 WHEN NOT MATCHED THEN INSERT VALUES (s.id, $1)",
+            &[&7i32],
+        )
+        .await?;
+    ensure!(n == 5, "the client sees the primary's row count, got {n}");
+    ensure!(on(&pair.old, "SELECT sum(v) FROM app.\"Accounts\"")? == "35");
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT kind || ' ' || table_name FROM _switchyard.retry_log"
+        )? == "table \"app\".\"Accounts\"",
+        "one table record for the MERGE's target"
+    );
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_verified(&pair, "app.\"Accounts\"").await?;
+    Ok(())
+}

@@ -1531,9 +1531,10 @@ where
                     if p.has_params {
                         self.count_mode(
                             &p.sql,
-                            "statement with parameters (extended protocol)",
+                            "statement with parameters (extended protocol): tables re-synced",
                             false,
                         );
+                        self.queue_written_tables(&p.sql.clone()).await?;
                     } else {
                         self.statement_mode(&p.sql.clone(), reason, *ddl).await?;
                     }
@@ -1561,6 +1562,42 @@ where
             Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) | Plan::CopyIn { .. } => {
                 self.send(frame.raw());
                 self.expect_execute(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// A statement that cannot be mirrored as text (its parameters were bound on the primary
+    /// only): every table it writes gets a table record, re-synced whole by replay, so the
+    /// write is not lost. Names are resolved on the primary with the session's search_path
+    /// (`to_regclass`, which cannot fail the client's transaction).
+    async fn queue_written_tables(&mut self, sql: &str) -> Result<(), End> {
+        let tables = crate::mirror::rewrite::written_tables(sql);
+        if tables.is_empty() {
+            tracing::warn!("A statement with parameters could not be mirrored and its tables are unknown; verify will show the difference.");
+        }
+        for t in tables {
+            let lookup = format!(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass({})",
+                switchyard_core::ident::quote_literal(&t)
+            );
+            if !self.inject(&lookup).await? {
+                break;
+            }
+            match (self.injected_values.first(), self.injected_values.get(1)) {
+                (Some(Some(schema)), Some(Some(name))) => {
+                    let name = format!(
+                        "{}.{}",
+                        crate::mirror::rewrite::quote_ident(schema),
+                        crate::mirror::rewrite::quote_ident(name)
+                    );
+                    self.ms
+                        .queue_table(&name, "statement with parameters (extended protocol)");
+                }
+                _ => {
+                    tracing::warn!(table = %t, "A table written by an unmirrored statement was not found; verify will show any difference.")
+                }
             }
         }
         Ok(())

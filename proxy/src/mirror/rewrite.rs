@@ -366,14 +366,49 @@ fn capture(sql: &str, (start, end): (usize, usize), dml: Dml<'_>) -> Plan {
     })
 }
 
-/// Quotes an identifier for PostgreSQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// The tables a statement writes, each as a quoted (possibly schema-qualified) name for
+/// `to_regclass`, resolved later with the session's own search_path. For statements the
+/// proxy cannot mirror as text (their parameters are bound on the primary only): their
+/// tables are re-synced whole instead.
+pub fn written_tables(sql: &str) -> Vec<String> {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = parsed
+        .dml_tables()
+        .iter()
+        .map(|t| match t.split_once('.') {
+            Some((schema, table)) => format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            None => quote_ident(t),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
+
+pub use switchyard_core::ident::quote_ident;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_tables_are_the_targets_only() {
+        assert_eq!(
+            written_tables(
+                "MERGE INTO app.\"Accounts\" a USING src s ON a.id = s.id \
+                 WHEN MATCHED THEN UPDATE SET v = $1"
+            ),
+            vec!["\"app\".\"Accounts\"".to_string()]
+        );
+        assert_eq!(
+            written_tables("WITH d AS (DELETE FROM t WHERE id = $1 RETURNING *) INSERT INTO log SELECT * FROM d"),
+            vec!["\"log\"".to_string(), "\"t\"".to_string()]
+        );
+        assert!(written_tables("SELECT * FROM t WHERE id = $1").is_empty());
+        assert!(written_tables("not sql").is_empty());
+    }
 
     fn captured(sql: &str) -> Capture {
         match plan(sql) {
