@@ -19,6 +19,11 @@ use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::{Broker, PgCluster};
 
 const TOPIC: &str = "switchyard.retry";
+
+/// One test at a time: each starts a broker, two clusters and a proxy, and the group
+/// coordinator's timings (joins, rebalances) are what several tests assert on; on a
+/// 2-core machine seven of them at once starve each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DEAD: &str = "switchyard.retry.dead";
 
 fn kafka_config(pair: &Pair, broker: &Broker, on_failure: OnBrokerFailure) -> ProxyConfig {
@@ -118,6 +123,7 @@ async fn status(proxy: &RunningProxy) -> Result<serde_json::Value> {
 /// second replay finds nothing left (lag 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_down_under_pgbench_records_go_to_kafka_then_replay() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     let pgbench = pgbench_bin();
@@ -215,6 +221,7 @@ async fn secondary_down_under_pgbench_records_go_to_kafka_then_replay() -> Resul
 /// replay (which also drains the embedded table) makes both sides equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_while_secondary_down_falls_back_to_the_embedded_table() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut broker = tokio::task::spawn_blocking(Broker::start).await??;
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
     let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Embedded)).await?;
@@ -268,6 +275,7 @@ async fn broker_killed_while_secondary_down_falls_back_to_the_embedded_table() -
 /// broker is back the same write commits with its record in Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_frozen_while_secondary_down_fails_the_transaction_when_configured() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let mut broker = tokio::task::spawn_blocking(Broker::start).await??;
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
     let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
@@ -332,6 +340,7 @@ async fn broker_frozen_while_secondary_down_fails_the_transaction_when_configure
 /// harmless (`n = n + 1` through the proxy counts once per statement on both sides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
     let pair = pair_with(
         "CREATE TABLE c (id int PRIMARY KEY, n int NOT NULL); INSERT INTO c SELECT g, 0 FROM generate_series(1, 20) g",
@@ -387,6 +396,7 @@ async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Resu
 /// is applied, and the tables end equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
     let tables: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let schema: String = tables
@@ -439,7 +449,7 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
     tokio::task::block_in_place(|| {
         poll_until(
             "the first reconciler to replay records",
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || {
                 Ok(std::fs::read_to_string(&ma)
                     .ok()
@@ -450,7 +460,8 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
                     .map(|_| ()))
             },
         )
-    })?;
+    })
+    .with_context(|| format!("reconciler log:\n{}", a.log_text()))?;
     let mut b = tokio::task::block_in_place(|| spawn(&mb))?;
     let drained = |path: &str| -> bool {
         std::fs::read_to_string(path).is_ok_and(|t| {
@@ -474,6 +485,13 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
                 Ok((drained(&ma) && drained(&mb)).then_some(()))
             },
         )
+    })
+    .with_context(|| {
+        format!(
+            "first reconciler:\n{}\nsecond reconciler:\n{}",
+            a.log_text(),
+            b.log_text()
+        )
     })?;
     for t in &tables {
         eventually(&pair.new, &format!("SELECT count(*) FROM {t}"), "1000")?;
@@ -488,6 +506,7 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
 /// its exit code (1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_with_the_reason() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
     // The proxy creates the topics at start.
@@ -533,6 +552,7 @@ async fn poison_records_are_dead_lettered_with_the_reason() -> Result<()> {
 /// reconciler pointed at no broker (exit 2, clear message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_or_missing_brokers_are_clear_errors() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     let (old, new) = (pair.old.url(DB), pair.new.url(DB));
     let nobody = format!("127.0.0.1:{}", switchyard_tests::free_port());
