@@ -17,6 +17,22 @@ pub fn quote_ident(name: &str) -> String {
     out
 }
 
+/// Quotes a value as an SQL string literal (`'it''s'`), for statements that cannot take
+/// parameters (`COPY (SELECT ...)`). Assumes `standard_conforming_strings = on` (the default
+/// since PostgreSQL 9.1), where a backslash is an ordinary character.
+pub fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
 /// A table name with its schema.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QualifiedName {
@@ -119,6 +135,12 @@ mod tests {
         assert_eq!(quote_ident("a"), "\"a\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote_ident("Ünï cödé"), "\"Ünï cödé\"");
+    }
+
+    #[test]
+    fn literals_double_inner_quotes() {
+        assert_eq!(quote_literal("a"), "'a'");
+        assert_eq!(quote_literal("it's \\ ü"), "'it''s \\ ü'");
     }
 
     #[test]
