@@ -111,8 +111,8 @@ declare -A ROWS_OF=([accounts]=$((SCALE * 100000)) [wide]=$WIDE_ROWS)
 # new with TOOL, timed; stores "dataset tool seconds rss_kib ok busy".
 run_tool() {
   local tool=$1 data=$2 target db out busy t0 t1 rc=0 rss ok
-  db="${data}_${tool}"
-  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  db="${data}_${tool//-/_}"
+  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
   local src="postgres://postgres@127.0.0.1:$P_OLD/$data" dst="postgres://postgres@127.0.0.1:$P_NEW/$db"
   out=$BENCH_WORK/$tool-$data
   busy=$(wait_for_quiet "$QUIET_WAIT" 10 2) || warn "machine still ${busy}% busy before $tool ($data)"
@@ -155,7 +155,7 @@ run_tool() {
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$data" "$tool" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
     "${rss:-0}" "$ok" "$busy" >>"$RAW"
-  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null
+  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
 }
 
 RUN_TOOLS=$TOOLS

@@ -76,6 +76,15 @@ async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
         connect(Db::Old, &cfg.old, s.source_statement_timeout_ms),
         connect(Db::New, &cfg.new, 0)
     )?;
+    // Every statement of a worker reads one key range. On new the table starts empty and
+    // unanalysed, so the planner would scan the whole (growing) table for each chunk;
+    // without sequential scans it walks the primary-key index.
+    for (db, client) in [(Db::Old, &old), (Db::New, &new)] {
+        client
+            .batch_execute("SET enable_seqscan = off")
+            .await
+            .with_context(|| format!("setting up a worker session on the {db} database"))?;
+    }
     if s.fk_mode == FkMode::Replica {
         new.batch_execute("SET session_replication_role = replica")
             .await

@@ -5,6 +5,7 @@
 //! pause and resume; bad input.
 
 use anyhow::{ensure, Context, Result};
+use nix::sys::signal::Signal;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use switchyard_tests::backfill::{
 };
 use switchyard_tests::free_port;
 use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::process::send_signal;
 use switchyard_tests::proxy::{Pair, ProxyProcess, DB};
 use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::PgCluster;
@@ -327,6 +329,101 @@ async fn two_processes_share_one_table() -> Result<()> {
             &pair.new,
             "SELECT count(*) FROM _switchyard.backfill_tables"
         )? == "1"
+    );
+    assert_verified(&pair, "t").await
+}
+
+/// A worker that hangs (SIGSTOP: its connections stay open, so it looks alive) loses its
+/// chunk when the lease runs out: another process takes it over and finishes the table;
+/// the hung one, continued, finds its chunk gone and does not record over the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_loses_its_chunk_when_the_lease_runs_out() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 6000) g",
+    )?;
+    let a = spawn(
+        &pair,
+        &[
+            "--tables",
+            "t",
+            "--chunk-rows",
+            "500",
+            "--jobs",
+            "1",
+            "--max-rows-per-sec",
+            "1500",
+            "--lease-secs",
+            "3",
+        ],
+    )?;
+    let a_pid = a.id().context("pid of the first backfill")? as i32;
+    let held = tokio::task::block_in_place(|| {
+        poll_until(
+            "a chunk running after one done",
+            Duration::from_secs(60),
+            || {
+                let done = chunks_with(&pair.new, "t", "done").unwrap_or(0);
+                let running = try_on(
+                    &pair.new,
+                    "SELECT chunk_no FROM _switchyard.backfill_chunks WHERE status = 'running'",
+                );
+                Ok(match running {
+                    Some(r) if done >= 1 && !r.is_empty() => Some(r),
+                    _ => None,
+                })
+            },
+        )
+    })?;
+    send_signal(a_pid, Signal::SIGSTOP)?;
+    // The chunk may have finished between the probe and the signal: take what is running now.
+    let held = on(
+        &pair.new,
+        "SELECT coalesce(string_agg(chunk_no::text, ','), '') FROM _switchyard.backfill_chunks WHERE status = 'running'",
+    )
+    .map(|r| if r.is_empty() { held.clone() } else { r })?;
+    let b = spawn(
+        &pair,
+        &["--tables", "t", "--jobs", "2", "--lease-secs", "3"],
+    )?;
+    let taken = tokio::task::block_in_place(|| {
+        poll_until("the held chunk taken over", Duration::from_secs(60), || {
+            Ok(try_on(
+                &pair.new,
+                &format!(
+                    "SELECT count(*) FROM _switchyard.backfill_chunks \
+                     WHERE chunk_no IN ({held}) AND attempts >= 2"
+                ),
+            )
+            .filter(|n| n != "0"))
+        })
+    });
+    send_signal(a_pid, Signal::SIGCONT)?;
+    taken?;
+    let (a, b) = tokio::join!(
+        wait_backfill(a, BACKFILL_TIMEOUT),
+        wait_backfill(b, BACKFILL_TIMEOUT)
+    );
+    let (a, b) = (a?, b?);
+    ensure!(b.code() == Some(0), "{}", b.text());
+    ensure!(a.code() == Some(0), "{}", a.text());
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE status <> 'done'"
+        )? == "0"
+    );
+    let owners = on(
+        &pair.new,
+        &format!(
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE chunk_no IN ({held}) \
+             AND split_part(split_part(worker, ':', 2), '/', 1) = '{a_pid}'"
+        ),
+    )?;
+    ensure!(
+        owners == "0",
+        "the hung process recorded over the new owner"
     );
     assert_verified(&pair, "t").await
 }
