@@ -544,6 +544,89 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
     assert_verified(&pair, "acc").await
 }
 
+/// Scenario 26, made deterministic: while one chunk's COPY runs on old (its snapshot
+/// taken), the proxy deletes a row of it (the mirrored delete finds nothing on new; the
+/// copy then brings a zombie), updates one (the proxy's newer image must not be
+/// overwritten by the copy's older one), deletes and re-inserts one, and inserts a new
+/// one. The chunk check removes exactly the zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_one_chunk_never_lose_to_the_copy() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, pad text)").await?;
+    // Wide rows (20 kB each, 40 MB in all), so the COPY outlasts the socket buffers and
+    // stays active on old while the rate limit holds it back.
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, 'old', repeat(md5(g::text), 640) FROM generate_series(1, 2000) g",
+    )?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let proxy =
+        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{DB}",
+        PgCluster::USER,
+        proxy.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let child = spawn(
+        &pair,
+        &[
+            "--tables",
+            "t",
+            "--chunk-rows",
+            "5000",
+            "--max-rows-per-sec",
+            "700",
+        ],
+    )?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the chunk's COPY running on old",
+            Duration::from_secs(60),
+            || {
+                Ok(try_on(
+                &pair.old,
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (SELECT%'",
+            )
+            .filter(|n| n == "1"))
+            },
+        )
+    })?;
+    client
+        .batch_execute(
+            "DELETE FROM t WHERE id = 1999; \
+             UPDATE t SET v = 'updated' WHERE id = 1998; \
+             DELETE FROM t WHERE id = 1997; INSERT INTO t VALUES (1997, 'reinserted', NULL); \
+             INSERT INTO t VALUES (2001, 'new', NULL)",
+        )
+        .await?;
+    let still_copying = on(
+        &pair.old,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (SELECT%'",
+    )?;
+    ensure!(still_copying == "1", "the writes did not race the copy");
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let chunk = on(
+        &pair.new,
+        "SELECT count(*), sum(rows_copied), sum(rows_inserted), sum(rows_repaired) FROM _switchyard.backfill_chunks",
+    )?;
+    ensure!(
+        chunk == "1|2000|1998|1",
+        "one chunk; 2000 rows read, 1997 and 1998 kept as the proxy wrote them, the zombie 1999 repaired: {chunk}"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM t WHERE id >= 1996"
+        )? == "1996=old,1997=reinserted,1998=updated,2000=old,2001=new"
+    );
+    drop(proxy);
+    assert_verified(&pair, "t").await
+}
+
 /// Pause through the control row holds the copy back; resume lets it finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_and_resume_through_the_control_row() -> Result<()> {
