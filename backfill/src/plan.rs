@@ -105,12 +105,20 @@ pub async fn select_tables(
     }
     if respect_fks {
         let edges = foreign_keys(new).await?;
+        let shown: BTreeMap<String, String> = tables
+            .iter()
+            .map(|t| (t.quoted.clone(), t.name.to_string()))
+            .collect();
         if let Err(cyclic) = order_by_references(&mut tables, &edges) {
+            let names: Vec<&str> = cyclic
+                .iter()
+                .map(|q| shown.get(q).map_or(q.as_str(), String::as_str))
+                .collect();
             bail!(
-                "tables {} reference themselves or each other (or such a table): no load order \
-                 keeps their foreign keys satisfied; load them with --fk-mode replica (checks \
-                 off while loading, superuser) or leave them out with --exclude",
-                cyclic.join(", ")
+                "tables {} reference themselves or each other, or depend on such tables: no \
+                 load order keeps their foreign keys satisfied; load them with --fk-mode \
+                 replica (checks off while loading, superuser) or leave them out with --exclude",
+                names.join(", ")
             );
         }
     }

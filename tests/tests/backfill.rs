@@ -732,3 +732,42 @@ async fn bad_input_is_reported_clearly() -> Result<()> {
     );
     assert_verified(&pair, "t").await
 }
+
+/// Tables whose foreign keys form a cycle cannot be ordered: the run refuses them and
+/// names `--fk-mode replica`, which then loads them with the checks off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_cycle_needs_replica_mode() -> Result<()> {
+    let pair = pair_with(
+        "CREATE TABLE ca (id int PRIMARY KEY, cb int);
+         CREATE TABLE cb (id int PRIMARY KEY, ca int NOT NULL REFERENCES ca);
+         ALTER TABLE ca ADD FOREIGN KEY (cb) REFERENCES cb;",
+    )
+    .await?;
+    on(
+        &pair.old,
+        "INSERT INTO ca SELECT g, NULL FROM generate_series(1, 300) g;
+         INSERT INTO cb SELECT g, 301 - g FROM generate_series(1, 300) g;
+         UPDATE ca SET cb = id;",
+    )?;
+    let run = backfill(&pair, &["--tables", "ca,cb", "--chunk-rows", "50"]).await?;
+    ensure!(run.code() == Some(2), "{}", run.text());
+    ensure!(
+        run.stderr.contains("public.ca") && run.stderr.contains("--fk-mode replica"),
+        "{}",
+        run.text()
+    );
+    let run = backfill(
+        &pair,
+        &[
+            "--tables",
+            "ca,cb",
+            "--chunk-rows",
+            "50",
+            "--fk-mode",
+            "replica",
+        ],
+    )
+    .await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_verified(&pair, "ca,cb").await
+}
