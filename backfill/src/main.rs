@@ -1,22 +1,18 @@
-//! `switchyard-backfill`: copies existing rows old → new in checksummed primary-key ranges.
-//! Not built yet (issue "switchyard-backfill"); the binary exists so the workspace layout and
-//! the interfaces are in place, and it says so plainly rather than pretending to work.
+//! `switchyard-backfill`: parse flags, run, exit with the run's status.
 
 use clap::Parser;
 use std::process::ExitCode;
-
-/// Copy existing rows from the old database to the new one (not implemented yet).
-#[derive(Debug, Parser)]
-#[command(name = "switchyard-backfill", version)]
-struct Args {
-    #[arg(long)]
-    old: Option<String>,
-    #[arg(long)]
-    new: Option<String>,
-}
+use switchyard_backfill::cli::Cli;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let _ = Args::parse();
-    eprintln!("switchyard-backfill: not implemented in this version; see the backfill issue");
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    ExitCode::from(switchyard_backfill::run(cli, std::env::vars()))
 }

@@ -128,6 +128,12 @@ mod tests {
     }
 
     #[test]
+    fn literals_double_inner_quotes() {
+        assert_eq!(quote_literal("a"), "E'a'");
+        assert_eq!(quote_literal("it's \\ ü"), "E'it\\'s \\\\ ü'");
+    }
+
+    #[test]
     fn names_parse_as_postgres_reads_them() {
         assert_eq!(
             QualifiedName::parse("Accounts").unwrap(),

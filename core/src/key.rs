@@ -7,6 +7,7 @@
 //! library versions) still agree on which rows a range holds.
 
 use crate::catalog::{ColumnMeta, TableMeta};
+use crate::ident::quote_literal;
 use std::fmt;
 
 /// Text forms of a row's primary-key values, in key order.
@@ -165,6 +166,41 @@ impl KeySql {
             .join(", ")
     }
 
+    /// The row-comparison predicate for `range` with the bounds written as literals
+    /// (`'42'::text::bigint`), for statements that take no parameters (`COPY (SELECT ...)`).
+    /// Same order and casts as [`KeySql::range_predicate`].
+    pub fn range_predicate_literal(&self, range: &KeyRange) -> String {
+        let lhs = format!("({})", self.order_by());
+        let mut parts = Vec::new();
+        for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
+            if let Some(key) = bound {
+                let rhs = self
+                    .cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, _, ty, collatable))| {
+                        let value = match key.get(i).cloned().flatten() {
+                            Some(v) => format!("{}::text::{ty}", quote_literal(&v)),
+                            None => format!("NULL::{ty}"),
+                        };
+                        if *collatable {
+                            format!("({value} COLLATE \"C\")")
+                        } else {
+                            value
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                parts.push(format!("{lhs} {op} ({rhs})"));
+            }
+        }
+        if parts.is_empty() {
+            "TRUE".to_string()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+
     /// The row-comparison predicate for `range`, its parameters numbered from
     /// `first_param`. Returns `TRUE` for the whole key space. The parameters (text forms)
     /// are appended to `params`.
@@ -252,6 +288,20 @@ mod tests {
             k.text_select(Some("t")),
             "t.\"Region\"::text, t.\"id\"::text"
         );
+    }
+
+    #[test]
+    fn literal_predicates_match_the_parameter_form() {
+        let k = KeySql::new(&table());
+        let range = KeyRange {
+            lo: Some(vec![Some("e'u".into()), Some("5".into())]),
+            hi: None,
+        };
+        assert_eq!(
+            k.range_predicate_literal(&range),
+            "((\"Region\" COLLATE \"C\"), \"id\") >= ((E'e\\'u'::text::text COLLATE \"C\"), E'5'::text::bigint)"
+        );
+        assert_eq!(k.range_predicate_literal(&KeyRange::all()), "TRUE");
     }
 
     #[test]

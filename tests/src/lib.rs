@@ -10,6 +10,7 @@
 //! - `SWITCHYARD_TANSU_BIN`, `SWITCHYARD_CACHE`: where the tansu broker is (see
 //!   [`broker::tansu_bin`]).
 
+pub mod backfill;
 pub mod broker;
 pub mod browser;
 pub mod clients;

@@ -1,0 +1,479 @@
+//! The backfill's state on the new database, shared by every process working on a pair:
+//! `_switchyard.backfill_tables` (one row per planned table), `_switchyard.backfill_chunks`
+//! (one row per half-open key range: status, attempts, lease, rows, checksums of both
+//! sides, timings, worker), `_switchyard.backfill_control` (pause and rate, changed while
+//! running) and `_switchyard.backfill_deferred` (index and constraint definitions dropped
+//! by `--defer-indexes`, so an interrupted run can restore them).
+//!
+//! Chunks are claimed with `FOR UPDATE SKIP LOCKED`, so processes on several machines can
+//! share the work. A claimed chunk is leased; the claim also records the backend pid and
+//! start time of the claiming process's control connection, so a chunk of a process that
+//! died (its connection gone from `pg_stat_activity`) is taken over at once, and one of a
+//! process that hangs is taken over when its lease runs out.
+
+use std::time::Duration;
+use switchyard_core::key::{KeyRange, KeyText};
+use tokio_postgres::Client;
+
+/// A statement on the chunk table failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} (chunk table on the new database)")]
+pub struct ChunkTableError {
+    pub what: &'static str,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+fn err(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ChunkTableError {
+    move |source| ChunkTableError { what, source }
+}
+
+/// Advisory lock key (xact-scoped) serialising schema creation and planning between
+/// processes: "switchyard.backfill" as an int8.
+const PLAN_LOCK: i64 = 0x5357_4246_494c_4c31;
+
+const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS _switchyard;
+CREATE TABLE IF NOT EXISTS _switchyard.backfill_tables (
+    table_name text PRIMARY KEY,
+    key_columns text[] NOT NULL,
+    split text NOT NULL,
+    chunk_rows bigint NOT NULL,
+    chunks int NOT NULL,
+    estimated_rows bigint NOT NULL,
+    depends_on text[] NOT NULL DEFAULT '{}',
+    planned_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _switchyard.backfill_chunks (
+    table_name text NOT NULL REFERENCES _switchyard.backfill_tables ON DELETE CASCADE,
+    chunk_no int NOT NULL,
+    lo text[],
+    hi text[],
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'unverified', 'failed')),
+    attempts int NOT NULL DEFAULT 0,
+    worker text,
+    worker_pid int,
+    worker_backend_start timestamptz,
+    lease_until timestamptz,
+    path text,
+    rows_copied bigint,
+    rows_inserted bigint,
+    rows_old bigint,
+    rows_new bigint,
+    checksum_old text,
+    checksum_new text,
+    rows_repaired bigint,
+    started_at timestamptz,
+    finished_at timestamptz,
+    copy_ms bigint,
+    verify_ms bigint,
+    last_error text,
+    PRIMARY KEY (table_name, chunk_no)
+);
+CREATE TABLE IF NOT EXISTS _switchyard.backfill_control (
+    id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    paused boolean NOT NULL DEFAULT false,
+    max_rows_per_sec bigint,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO _switchyard.backfill_control (id) VALUES (1) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS _switchyard.backfill_deferred (
+    table_name text NOT NULL,
+    object_name text NOT NULL,
+    kind text NOT NULL,
+    definition text NOT NULL,
+    dropped_at timestamptz NOT NULL DEFAULT now(),
+    restored_at timestamptz,
+    PRIMARY KEY (table_name, object_name)
+);
+";
+
+/// Creates the schema and tables if they are missing (several processes may start at
+/// once: serialised by an advisory lock, since `CREATE ... IF NOT EXISTS` races).
+pub async fn ensure_schema(client: &mut Client) -> Result<(), ChunkTableError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(err("starting a transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
+        .await
+        .map_err(err("taking the planning lock"))?;
+    tx.batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(err("creating the backfill tables"))?;
+    tx.commit()
+        .await
+        .map_err(err("committing the backfill tables"))
+}
+
+/// True when the chunk table exists (a dry run creates nothing).
+pub async fn exists(client: &Client) -> Result<bool, ChunkTableError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('_switchyard.backfill_chunks') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(err("looking for the chunk table"))?;
+    Ok(row.get(0))
+}
+
+/// One planned table, as stored.
+#[derive(Debug, Clone)]
+pub struct PlannedTable {
+    pub table_name: String,
+    pub key_columns: Vec<String>,
+    pub split: &'static str,
+    pub chunk_rows: i64,
+    pub estimated_rows: i64,
+    pub depends_on: Vec<String>,
+    pub ranges: Vec<KeyRange>,
+}
+
+/// Starts the planning transaction: takes the planning lock and returns which of `tables`
+/// (quoted names) are planned already. Insert the missing ones with [`insert_plan`] on the
+/// same transaction, then commit.
+pub async fn planned_tables(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[String],
+) -> Result<Vec<String>, ChunkTableError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
+        .await
+        .map_err(err("taking the planning lock"))?;
+    let rows = tx
+        .query(
+            "SELECT table_name FROM _switchyard.backfill_tables WHERE table_name = ANY($1)",
+            &[&tables],
+        )
+        .await
+        .map_err(err("reading the planned tables"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Stores a table's plan and its chunks, all pending.
+pub async fn insert_plan(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: &PlannedTable,
+) -> Result<(), ChunkTableError> {
+    tx.execute(
+        "INSERT INTO _switchyard.backfill_tables \
+         (table_name, key_columns, split, chunk_rows, chunks, estimated_rows, depends_on) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &plan.table_name,
+            &plan.key_columns,
+            &plan.split,
+            &plan.chunk_rows,
+            &(plan.ranges.len() as i32),
+            &plan.estimated_rows,
+            &plan.depends_on,
+        ],
+    )
+    .await
+    .map_err(err("storing a table's plan"))?;
+    // One statement per few thousand chunks: unnest of the bounds as text arrays would
+    // need arrays of arrays with NULLs, which do not nest; JSON does.
+    for (batch_no, batch) in plan.ranges.chunks(2000).enumerate() {
+        let doc: Vec<serde_json::Value> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                serde_json::json!({
+                    "n": (batch_no * 2000 + i) as i64,
+                    "lo": r.lo,
+                    "hi": r.hi,
+                })
+            })
+            .collect();
+        let text = serde_json::Value::Array(doc).to_string();
+        tx.execute(
+            "INSERT INTO _switchyard.backfill_chunks (table_name, chunk_no, lo, hi) \
+             SELECT $1, (e->>'n')::int, \
+                    CASE WHEN jsonb_typeof(e->'lo') = 'array' \
+                         THEN ARRAY(SELECT x #>> '{}' FROM jsonb_array_elements(e->'lo') WITH ORDINALITY AS a(x, o) ORDER BY o) END, \
+                    CASE WHEN jsonb_typeof(e->'hi') = 'array' \
+                         THEN ARRAY(SELECT x #>> '{}' FROM jsonb_array_elements(e->'hi') WITH ORDINALITY AS a(x, o) ORDER BY o) END \
+             FROM jsonb_array_elements($2::text::jsonb) AS e",
+            &[&plan.table_name, &text],
+        )
+        .await
+        .map_err(err("storing a table's chunks"))?;
+    }
+    Ok(())
+}
+
+/// A chunk claimed by a worker.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub table_name: String,
+    pub chunk_no: i32,
+    pub range: KeyRange,
+    pub attempts: i32,
+}
+
+const CLAIM_SQL: &str = "
+WITH next AS (
+    SELECT c.table_name, c.chunk_no
+    FROM _switchyard.backfill_chunks c
+    JOIN _switchyard.backfill_tables t USING (table_name)
+    WHERE c.table_name = ANY($1)
+      AND (c.status = 'pending'
+           OR (c.status = 'failed' AND c.attempts < $2)
+           OR (c.status = 'running'
+               AND (c.lease_until < now()
+                    OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                   WHERE a.pid = c.worker_pid
+                                     AND a.backend_start = c.worker_backend_start))))
+      AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks p
+                      WHERE p.table_name = ANY(t.depends_on)
+                        AND p.status NOT IN ('done', 'unverified'))
+    ORDER BY array_position($1, c.table_name), c.chunk_no
+    LIMIT 1
+    FOR UPDATE OF c SKIP LOCKED
+)
+UPDATE _switchyard.backfill_chunks c
+SET status = 'running', attempts = c.attempts + 1, worker = $3,
+    worker_pid = pg_backend_pid(),
+    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                            WHERE pid = pg_backend_pid()),
+    lease_until = now() + $4 * interval '1 millisecond',
+    started_at = clock_timestamp(), finished_at = NULL, last_error = NULL
+FROM next
+WHERE c.table_name = next.table_name AND c.chunk_no = next.chunk_no
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts";
+
+/// Claims the next chunk of `tables` (quoted names, in load order) for `worker`; `None`
+/// when nothing is claimable now. Run on the process's control connection: its backend
+/// pid marks the claim as alive.
+pub async fn claim(
+    client: &Client,
+    tables: &[String],
+    max_attempts: i32,
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<Claim>, ChunkTableError> {
+    let lease_ms = lease.as_millis() as f64;
+    let row = client
+        .query_opt(CLAIM_SQL, &[&tables, &max_attempts, &worker, &lease_ms])
+        .await
+        .map_err(err("claiming a chunk"))?;
+    Ok(row.map(|r| Claim {
+        table_name: r.get(0),
+        chunk_no: r.get(1),
+        range: KeyRange {
+            lo: r.get::<_, Option<KeyText>>(2),
+            hi: r.get::<_, Option<KeyText>>(3),
+        },
+        attempts: r.get(4),
+    }))
+}
+
+/// Renews the lease of every chunk this process (its control connection) holds.
+pub async fn renew_leases(client: &Client, lease: Duration) -> Result<u64, ChunkTableError> {
+    let lease_ms = lease.as_millis() as f64;
+    client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET lease_until = now() + $1 * interval '1 millisecond' \
+             WHERE status = 'running' AND worker_pid = pg_backend_pid()",
+            &[&lease_ms],
+        )
+        .await
+        .map_err(err("renewing leases"))
+}
+
+/// What a worker found out about a chunk.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkOutcome {
+    /// `done` (checksums equal), `unverified` (still different after the repair rounds,
+    /// under heavy concurrent writes).
+    pub status: &'static str,
+    /// `direct` (plain COPY into an empty range) or `merge` (staging + ON CONFLICT).
+    pub path: &'static str,
+    pub rows_copied: i64,
+    pub rows_inserted: i64,
+    pub rows_old: i64,
+    pub rows_new: i64,
+    pub checksum_old: String,
+    pub checksum_new: String,
+    pub rows_repaired: i64,
+    pub copy_ms: i64,
+    pub verify_ms: i64,
+}
+
+/// Records a finished chunk; false when the chunk is no longer this worker's (its lease
+/// ran out and someone else took it over: their result counts).
+pub async fn finish(
+    client: &Client,
+    claim: &Claim,
+    worker: &str,
+    o: &ChunkOutcome,
+) -> Result<bool, ChunkTableError> {
+    let n = client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = $5, path = $6, rows_copied = $7, \
+             rows_inserted = $8, rows_old = $9, rows_new = $10, checksum_old = $11, \
+             checksum_new = $12, rows_repaired = $13, copy_ms = $14, verify_ms = $15, \
+             finished_at = clock_timestamp(), lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4 \
+               AND status = 'running'",
+            &[
+                &claim.table_name,
+                &claim.chunk_no,
+                &worker,
+                &claim.attempts,
+                &o.status,
+                &o.path,
+                &o.rows_copied,
+                &o.rows_inserted,
+                &o.rows_old,
+                &o.rows_new,
+                &o.checksum_old,
+                &o.checksum_new,
+                &o.rows_repaired,
+                &o.copy_ms,
+                &o.verify_ms,
+            ],
+        )
+        .await
+        .map_err(err("recording a finished chunk"))?;
+    Ok(n == 1)
+}
+
+/// Records a failed attempt; the chunk is claimable again until `max_attempts`.
+pub async fn fail(
+    client: &Client,
+    claim: &Claim,
+    worker: &str,
+    error: &str,
+) -> Result<(), ChunkTableError> {
+    client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = 'failed', last_error = $5, \
+             finished_at = clock_timestamp(), lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4",
+            &[
+                &claim.table_name,
+                &claim.chunk_no,
+                &worker,
+                &claim.attempts,
+                &error,
+            ],
+        )
+        .await
+        .map_err(err("recording a failed chunk"))?;
+    Ok(())
+}
+
+/// Chunks of `tables` that may still need work: pending, running (here or elsewhere), or
+/// failed with attempts left. Returns (open, running).
+pub async fn open_chunks(
+    client: &Client,
+    tables: &[String],
+    max_attempts: i32,
+) -> Result<(i64, i64), ChunkTableError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'running') \
+                                      OR (status = 'failed' AND attempts < $2)), \
+                    count(*) FILTER (WHERE status = 'running') \
+             FROM _switchyard.backfill_chunks WHERE table_name = ANY($1)",
+            &[&tables, &max_attempts],
+        )
+        .await
+        .map_err(err("counting open chunks"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Pause flag and rate override of the control row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Control {
+    pub paused: bool,
+    pub max_rows_per_sec: Option<i64>,
+}
+
+/// Reads the control row.
+pub async fn read_control(client: &Client) -> Result<Control, ChunkTableError> {
+    let row = client
+        .query_opt(
+            "SELECT paused, max_rows_per_sec FROM _switchyard.backfill_control WHERE id = 1",
+            &[],
+        )
+        .await
+        .map_err(err("reading the control row"))?;
+    Ok(row
+        .map(|r| Control {
+            paused: r.get(0),
+            max_rows_per_sec: r.get(1),
+        })
+        .unwrap_or_default())
+}
+
+/// Sets the pause flag of the control row (every process on the pair follows within a
+/// second).
+pub async fn set_paused(client: &Client, paused: bool) -> Result<(), ChunkTableError> {
+    client
+        .execute(
+            "UPDATE _switchyard.backfill_control SET paused = $1, updated_at = now() WHERE id = 1",
+            &[&paused],
+        )
+        .await
+        .map_err(err("setting the pause flag"))?;
+    Ok(())
+}
+
+/// Per-table totals from the chunk table (whatever process did the work).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TableTotals {
+    pub table: String,
+    pub chunks: i64,
+    pub done: i64,
+    pub unverified: i64,
+    pub failed: i64,
+    pub open: i64,
+    pub rows_copied: i64,
+    pub rows_old: i64,
+    pub rows_new: i64,
+    pub rows_repaired: i64,
+    pub copy_seconds: f64,
+    pub verify_seconds: f64,
+}
+
+/// Totals of `tables` (quoted names).
+pub async fn totals(
+    client: &Client,
+    tables: &[String],
+) -> Result<Vec<TableTotals>, ChunkTableError> {
+    let rows = client
+        .query(
+            "SELECT table_name, count(*), count(*) FILTER (WHERE status = 'done'), \
+                    count(*) FILTER (WHERE status = 'unverified'), \
+                    count(*) FILTER (WHERE status = 'failed'), \
+                    count(*) FILTER (WHERE status IN ('pending', 'running')), \
+                    coalesce(sum(rows_copied), 0)::int8, coalesce(sum(rows_old), 0)::int8, \
+                    coalesce(sum(rows_new), 0)::int8, coalesce(sum(rows_repaired), 0)::int8, \
+                    coalesce(sum(copy_ms), 0)::float8 / 1000, coalesce(sum(verify_ms), 0)::float8 / 1000 \
+             FROM _switchyard.backfill_chunks WHERE table_name = ANY($1) \
+             GROUP BY table_name ORDER BY array_position($1, table_name)",
+            &[&tables],
+        )
+        .await
+        .map_err(err("reading the totals"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableTotals {
+            table: r.get(0),
+            chunks: r.get(1),
+            done: r.get(2),
+            unverified: r.get(3),
+            failed: r.get(4),
+            open: r.get(5),
+            rows_copied: r.get(6),
+            rows_old: r.get(7),
+            rows_new: r.get(8),
+            rows_repaired: r.get(9),
+            copy_seconds: r.get(10),
+            verify_seconds: r.get(11),
+        })
+        .collect())
+}

@@ -1,0 +1,256 @@
+//! Command-line flags, and how they combine with the config file and the environment.
+
+use crate::config::BackfillConfig;
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
+
+/// Copies the existing rows of the old database into the new one in primary-key chunks,
+/// checksums every chunk on both sides and repairs what differs; parallel, resumable
+/// (state in `_switchyard.backfill_chunks` on new), throttled, and safe while the proxy
+/// is dual-writing.
+///
+/// Settings can also come from a TOML file (--config; the keys below `[backfill]`) and
+/// from SWITCHYARD_* environment variables (SWITCHYARD_OLD, SWITCHYARD_BACKFILL__JOBS,
+/// ...); flags win over the environment, which wins over the file.
+///
+/// Exit status: 0 every chunk copied and verified equal; 1 finished, but something needs
+/// attention (chunks failed or left unverified, tables skipped for lack of a primary key);
+/// 2 error (bad settings, a database unreachable, the plan impossible).
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-backfill", version)]
+pub struct Cli {
+    /// URL of the old database (the source): postgres://user:password@host:port/dbname
+    #[arg(long)]
+    pub old: Option<String>,
+    /// URL of the new database (the target; it also holds the chunk table).
+    #[arg(long)]
+    pub new: Option<String>,
+    /// Tables to copy, comma-separated (schema.table or table for public.table)
+    /// [default: every user table of the old database]
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Tables to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Option<Vec<String>>,
+    /// TOML configuration file.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Chunks copied at once by this process [default: 4]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Rows per chunk when a table is first planned [default: 50000]
+    #[arg(long)]
+    pub chunk_rows: Option<u64>,
+    /// Whether the proxy may be dual-writing meanwhile: `on` always loads through the
+    /// conflict-safe path; `off` copies straight into chunks whose target range is empty
+    /// [default: on]
+    #[arg(long, value_enum)]
+    pub dual_writes: Option<OnOff>,
+    /// Rows per second for this process, 0 for no limit [default: 0]
+    #[arg(long)]
+    pub max_rows_per_sec: Option<u64>,
+    /// Slow down while the probe query on old takes longer than this many milliseconds,
+    /// 0 to turn the brake off [default: 200]
+    #[arg(long)]
+    pub brake_latency_ms: Option<u64>,
+    /// statement_timeout on old in milliseconds, 0 for none [default: 600000]
+    #[arg(long)]
+    pub source_statement_timeout_ms: Option<u64>,
+    /// Seconds a claimed chunk is leased (renewed while it is worked on) [default: 60]
+    #[arg(long)]
+    pub lease_secs: Option<u64>,
+    /// Attempts per chunk before it is left failed [default: 5]
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    /// Drop non-key indexes and constraints on new before loading, rebuild them after.
+    #[arg(long)]
+    pub defer_indexes: bool,
+    /// How foreign keys on new are respected: `order` (referenced tables first) or
+    /// `replica` (triggers off while loading; superuser) [default: order]
+    #[arg(long, value_enum)]
+    pub fk_mode: Option<FkModeArg>,
+    /// Seconds between progress lines when stderr is not a terminal [default: 10]
+    #[arg(long)]
+    pub progress_interval_secs: Option<u64>,
+    /// Print the plan (tables, key types, chunks) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Pause every running backfill on this pair (through the control row) and exit.
+    #[arg(long, conflicts_with_all = ["resume", "dry_run"])]
+    pub pause: bool,
+    /// Resume paused backfills and exit.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub resume: bool,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Also write the run's figures in Prometheus text format to this file.
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// `--fk-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FkModeArg {
+    Order,
+    Replica,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// A table per run for people.
+    #[default]
+    Human,
+    /// One JSON document on stdout.
+    Json,
+}
+
+impl Cli {
+    fn layers<I>(&self, env: I) -> Layers
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut layers = Layers::new();
+        if let Some(path) = &self.config {
+            layers = layers.file(path);
+        }
+        layers = layers.env("SWITCHYARD_", env);
+        if let Some(v) = &self.old {
+            layers = layers.flag("old", v.clone());
+        }
+        if let Some(v) = &self.new {
+            layers = layers.flag("new", v.clone());
+        }
+        if let Some(v) = &self.tables {
+            layers = layers.flag("backfill.tables", v.clone());
+        }
+        if let Some(v) = &self.exclude {
+            layers = layers.flag("backfill.exclude", v.clone());
+        }
+        macro_rules! flag {
+            ($field:ident) => {
+                if let Some(v) = self.$field {
+                    layers = layers.flag(concat!("backfill.", stringify!($field)), v as i64);
+                }
+            };
+        }
+        flag!(jobs);
+        flag!(chunk_rows);
+        flag!(max_rows_per_sec);
+        flag!(brake_latency_ms);
+        flag!(source_statement_timeout_ms);
+        flag!(lease_secs);
+        flag!(max_attempts);
+        flag!(progress_interval_secs);
+        if let Some(v) = self.dual_writes {
+            layers = layers.flag("backfill.dual_writes", v == OnOff::On);
+        }
+        if self.defer_indexes {
+            layers = layers.flag("backfill.defer_indexes", true);
+        }
+        if let Some(v) = self.fk_mode {
+            let text = match v {
+                FkModeArg::Order => "order",
+                FkModeArg::Replica => "replica",
+            };
+            layers = layers.flag("backfill.fk_mode", text);
+        }
+        layers
+    }
+
+    /// File, environment (injected for tests) and flags merged into a checked config.
+    pub fn load<I>(&self, env: I) -> Result<(BackfillConfig, Vec<ConfigError>), ConfigErrors>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        self.layers(env).build_with_warnings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FkMode;
+
+    fn cli(list: &[&str]) -> Cli {
+        Cli::try_parse_from(
+            ["switchyard-backfill"]
+                .into_iter()
+                .chain(list.iter().copied()),
+        )
+        .expect("valid flags")
+    }
+
+    #[test]
+    fn flags_alone_are_enough() {
+        let (cfg, _) = cli(&[
+            "--old",
+            "postgres://u@h/db",
+            "--new",
+            "postgres://u@h2/db",
+            "--tables",
+            "a,app.b",
+            "--jobs",
+            "3",
+            "--dual-writes",
+            "off",
+            "--fk-mode",
+            "replica",
+            "--defer-indexes",
+        ])
+        .load(Vec::new())
+        .expect("valid");
+        assert_eq!(cfg.backfill.tables, vec!["a", "app.b"]);
+        assert_eq!(cfg.backfill.jobs, 3);
+        assert!(!cfg.backfill.dual_writes);
+        assert!(cfg.backfill.defer_indexes);
+        assert_eq!(cfg.backfill.fk_mode, FkMode::Replica);
+        assert_eq!(cfg.backfill.chunk_rows, 50_000);
+    }
+
+    #[test]
+    fn flags_win_over_env_and_bad_values_are_all_reported() {
+        let (cfg, _) = cli(&[
+            "--old",
+            "postgres://u@h/db",
+            "--new",
+            "postgres://u@h2/db",
+            "--chunk-rows",
+            "7",
+        ])
+        .load(vec![
+            ("SWITCHYARD_BACKFILL__CHUNK_ROWS".into(), "9".into()),
+            ("SWITCHYARD_BACKFILL__MAX_ROWS_PER_SEC".into(), "100".into()),
+        ])
+        .expect("valid");
+        assert_eq!(cfg.backfill.chunk_rows, 7);
+        assert_eq!(cfg.backfill.max_rows_per_sec, 100);
+
+        let err = cli(&[
+            "--old",
+            "mysql://x",
+            "--new",
+            "postgres://u@h/db",
+            "--jobs",
+            "0",
+        ])
+        .load(Vec::new())
+        .expect_err("invalid");
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["old", "backfill.jobs"], "{err}");
+    }
+
+    #[test]
+    fn pause_and_dry_run_exclude_each_other() {
+        assert!(Cli::try_parse_from(["switchyard-backfill", "--pause", "--dry-run"]).is_err());
+    }
+}

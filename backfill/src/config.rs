@@ -1,0 +1,206 @@
+//! The backfill's configuration: the two database URLs (top-level keys, shared with the
+//! proxy's and the reconciler's file) and its own settings under `[backfill]`.
+
+use serde::Deserialize;
+use std::time::Duration;
+use switchyard_core::config_layer::{ConfigError, Origin, Validate};
+use switchyard_core::dsn::Dsn;
+use switchyard_core::ident::QualifiedName;
+
+/// Everything the backfill reads at start. Top-level keys other than `old` and `new`
+/// belong to the other binaries and are ignored here; `[backfill]` is checked strictly.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackfillConfig {
+    /// URL of the old database (the source), e.g. `postgres://u:p@host:5432/db`.
+    pub old: String,
+    /// URL of the new database (the target; it holds the chunk table).
+    pub new: String,
+    #[serde(default)]
+    pub backfill: BackfillSettings,
+}
+
+/// How foreign keys on the new database are respected while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FkMode {
+    /// A table's chunks are claimed only once every table it references is done
+    /// (tables in a reference cycle are loaded together).
+    #[default]
+    Order,
+    /// `session_replication_role = replica` on the loading sessions: foreign-key (and
+    /// all other) triggers do not fire. Needs a superuser on the new database.
+    Replica,
+}
+
+/// `[backfill]`: what is copied and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSettings {
+    /// Tables to copy (`schema.table`, or `table` for `public.table`); empty means every
+    /// user table of the old database.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Tables left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Chunks copied at once by this process; each uses one connection to each database.
+    #[serde(default = "default_jobs")]
+    pub jobs: usize,
+    /// Rows per chunk (planned once per table; a resumed run keeps the first plan).
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
+    /// Whether the proxy may be dual-writing while the backfill runs. `true` (the safe
+    /// default) always loads through the conflict-safe path; `false` lets a chunk whose
+    /// target range is empty be loaded by a plain COPY (the fast path).
+    #[serde(default = "default_true")]
+    pub dual_writes: bool,
+    /// Rows per second for this process (0: no limit). The control row can change it
+    /// while running.
+    #[serde(default)]
+    pub max_rows_per_sec: u64,
+    /// The adaptive brake slows the copy while the source's probe query takes longer
+    /// than this (milliseconds; 0 turns the brake off).
+    #[serde(default = "default_brake_latency_ms")]
+    pub brake_latency_ms: u64,
+    /// The probe query the brake times on the old database.
+    #[serde(default = "default_brake_probe")]
+    pub brake_probe: String,
+    /// `statement_timeout` of the backfill's sessions on the old database (milliseconds;
+    /// 0: none). A chunk that takes longer fails and is retried.
+    #[serde(default = "default_source_statement_timeout_ms")]
+    pub source_statement_timeout_ms: u64,
+    /// Seconds a claimed chunk is leased; a worker renews its lease while it works, so a
+    /// chunk whose lease ran out belongs to a worker that hung or vanished.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Attempts per chunk before it is left failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// Drop non-key indexes and constraints on new before loading; rebuild them after.
+    #[serde(default)]
+    pub defer_indexes: bool,
+    /// How foreign keys on the new database are respected.
+    #[serde(default)]
+    pub fk_mode: FkMode,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    #[serde(default = "default_progress_interval_secs")]
+    pub progress_interval_secs: u64,
+}
+
+fn default_jobs() -> usize {
+    4
+}
+fn default_chunk_rows() -> u64 {
+    50_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_brake_latency_ms() -> u64 {
+    200
+}
+fn default_brake_probe() -> String {
+    "SELECT 1".to_string()
+}
+fn default_source_statement_timeout_ms() -> u64 {
+    600_000
+}
+fn default_lease_secs() -> u64 {
+    60
+}
+fn default_max_attempts() -> i32 {
+    5
+}
+fn default_progress_interval_secs() -> u64 {
+    10
+}
+
+impl Default for BackfillSettings {
+    fn default() -> Self {
+        BackfillSettings {
+            tables: Vec::new(),
+            exclude: Vec::new(),
+            jobs: default_jobs(),
+            chunk_rows: default_chunk_rows(),
+            dual_writes: true,
+            max_rows_per_sec: 0,
+            brake_latency_ms: default_brake_latency_ms(),
+            brake_probe: default_brake_probe(),
+            source_statement_timeout_ms: default_source_statement_timeout_ms(),
+            lease_secs: default_lease_secs(),
+            max_attempts: default_max_attempts(),
+            defer_indexes: false,
+            fk_mode: FkMode::Order,
+            progress_interval_secs: default_progress_interval_secs(),
+        }
+    }
+}
+
+impl BackfillConfig {
+    /// The `tables` setting parsed (validated already, so parsing succeeds).
+    pub fn table_names(&self) -> Vec<QualifiedName> {
+        parse_all(&self.backfill.tables)
+    }
+
+    /// The `exclude` setting parsed.
+    pub fn excluded(&self) -> Vec<QualifiedName> {
+        parse_all(&self.backfill.exclude)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.backfill.lease_secs)
+    }
+}
+
+fn parse_all(names: &[String]) -> Vec<QualifiedName> {
+    names
+        .iter()
+        .filter_map(|t| QualifiedName::parse(t).ok())
+        .collect()
+}
+
+impl Validate for BackfillConfig {
+    fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError {
+                key: key.to_string(),
+                origin: origin_of(key),
+                message,
+            })
+        };
+        for (key, url) in [("old", &self.old), ("new", &self.new)] {
+            if let Err(e) = Dsn::parse(url) {
+                bad(key, e.to_string());
+            }
+        }
+        let s = &self.backfill;
+        for (key, list) in [
+            ("backfill.tables", &s.tables),
+            ("backfill.exclude", &s.exclude),
+        ] {
+            for t in list {
+                if let Err(e) = QualifiedName::parse(t) {
+                    bad(key, e.to_string());
+                }
+            }
+        }
+        if s.jobs == 0 || s.jobs > 64 {
+            bad("backfill.jobs", "must be between 1 and 64".into());
+        }
+        if s.chunk_rows == 0 {
+            bad("backfill.chunk_rows", "must be at least 1".into());
+        }
+        if s.lease_secs < 3 {
+            bad("backfill.lease_secs", "must be at least 3".into());
+        }
+        if s.max_attempts < 1 {
+            bad("backfill.max_attempts", "must be at least 1".into());
+        }
+        if s.progress_interval_secs == 0 {
+            bad(
+                "backfill.progress_interval_secs",
+                "must be at least 1".into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Moving one chunk's rows: binary `COPY (SELECT ... WHERE <range>) TO STDOUT` on old,
+//! streamed message by message into `COPY ... FROM STDIN` on new, so memory stays at a few
+//! buffers whatever the chunk size.
+//!
+//! Two ways in on the new side, both in one transaction:
+//! - **direct**: straight into the table. Only when dual writes are declared off and the
+//!   chunk's range on new is empty (checked in the same transaction): nothing can conflict.
+//! - **merge** (conflict-safe): into a session-local staging table, then
+//!   `INSERT INTO t SELECT ... FROM stage ON CONFLICT (pk) DO NOTHING`. A row the proxy
+//!   wrote meanwhile is at least as new as our snapshot's, so ours never replaces it.
+//!   What this cannot prevent (a row deleted on old after our snapshot, whose mirrored
+//!   delete found nothing to delete on new before our insert: a zombie) is found by the
+//!   chunk's checksum comparison right after and repaired (see `chunk_check`).
+
+use crate::plan::TablePlan;
+use crate::throttle::{Throttle, BATCH_ROWS};
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use std::collections::HashSet;
+use switchyard_core::catalog::IdentityKind;
+use switchyard_core::ident::quote_ident;
+use switchyard_core::key::{KeyRange, KeySql};
+use tokio_postgres::Client;
+
+/// A step of the copy failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} for {table}")]
+pub struct CopyError {
+    pub what: &'static str,
+    pub table: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// How a chunk went in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Direct,
+    Merge,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Merge => "merge",
+        }
+    }
+}
+
+/// What a chunk copy did.
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    pub path: Path,
+    /// Rows read from old.
+    pub rows_copied: u64,
+    /// Rows that went into the table on new (fewer than copied when the proxy had
+    /// written some of them already).
+    pub rows_inserted: u64,
+}
+
+/// The statements for one table, built once.
+#[derive(Debug, Clone)]
+pub struct CopySql {
+    table: String,
+    display: String,
+    key: KeySql,
+    columns: String,
+    stage: String,
+    create_stage: String,
+    merge: String,
+}
+
+impl CopySql {
+    /// Statements for `plan`; `stage_no` names its staging table (unique per table in a
+    /// session).
+    pub fn new(plan: &TablePlan, stage_no: usize) -> Self {
+        let columns = plan
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let stage = quote_ident(&format!("switchyard_backfill_stage_{stage_no}"));
+        let overriding = if plan
+            .new
+            .writable_columns()
+            .any(|c| c.identity == Some(IdentityKind::Always))
+        {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        let key = KeySql::new(&plan.old);
+        CopySql {
+            create_stage: format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS \
+                 SELECT {columns} FROM {} WITH NO DATA",
+                plan.quoted
+            ),
+            merge: format!(
+                "INSERT INTO {} ({columns}){overriding} SELECT {columns} FROM {stage} \
+                 ON CONFLICT ({}) DO NOTHING",
+                plan.quoted,
+                key.names(None)
+            ),
+            table: plan.quoted.clone(),
+            display: plan.name.to_string(),
+            key,
+            columns,
+            stage,
+        }
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CopyError {
+        let table = self.display.clone();
+        move |source| CopyError {
+            what,
+            table,
+            source,
+        }
+    }
+
+    fn copy_out(&self, range: &KeyRange) -> String {
+        format!(
+            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
+            self.columns,
+            self.table,
+            self.key.range_predicate_literal(range)
+        )
+    }
+}
+
+/// Staging tables already created on a session (they live as long as it does).
+#[derive(Debug, Default)]
+pub struct Stages(HashSet<String>);
+
+impl Stages {
+    /// After a failed chunk: the transaction that created a staging table may have rolled
+    /// back, so create them again (`IF NOT EXISTS`) before the next use.
+    pub fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Copies `range` of a table from `old` into `new`. `direct_allowed` says dual writes are
+/// off (the direct path is then taken when the range on new is empty).
+pub async fn copy_chunk(
+    old: &Client,
+    new: &mut Client,
+    stages: &mut Stages,
+    sql: &CopySql,
+    range: &KeyRange,
+    direct_allowed: bool,
+    throttle: &Throttle,
+) -> Result<Copied, CopyError> {
+    if !direct_allowed && !stages.0.contains(&sql.stage) {
+        new.batch_execute(&sql.create_stage)
+            .await
+            .map_err(sql.err("creating the staging table"))?;
+        stages.0.insert(sql.stage.clone());
+    }
+    let tx = new
+        .transaction()
+        .await
+        .map_err(sql.err("starting a transaction on new"))?;
+    let mut path = Path::Merge;
+    if direct_allowed {
+        let mut params = Vec::new();
+        let pred = sql.key.range_predicate(range, 1, &mut params);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let row = tx
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE {pred})", sql.table),
+                &refs,
+            )
+            .await
+            .map_err(sql.err("checking whether the range is empty on new"))?;
+        if !row.get::<_, bool>(0) {
+            path = Path::Direct;
+        } else if !stages.0.contains(&sql.stage) {
+            tx.batch_execute(&sql.create_stage)
+                .await
+                .map_err(sql.err("creating the staging table"))?;
+            stages.0.insert(sql.stage.clone());
+        }
+    }
+    let target = match path {
+        Path::Direct => &sql.table,
+        Path::Merge => &sql.stage,
+    };
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {target} ({}) FROM STDIN (FORMAT binary)",
+            sql.columns
+        ))
+        .await
+        .map_err(sql.err("starting COPY FROM on new"))?;
+    let source = old
+        .copy_out(&sql.copy_out(range))
+        .await
+        .map_err(sql.err("starting COPY TO on old"))?;
+    pin_mut!(sink);
+    pin_mut!(source);
+    let mut messages = 0u64;
+    while let Some(buf) = source.next().await {
+        let buf = buf.map_err(sql.err("reading rows from old"))?;
+        sink.feed(buf)
+            .await
+            .map_err(sql.err("writing rows to new"))?;
+        messages += 1;
+        if messages.is_multiple_of(BATCH_ROWS) {
+            throttle.take(BATCH_ROWS).await;
+        }
+    }
+    throttle.take(messages % BATCH_ROWS).await;
+    let rows_copied = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(sql.err("finishing COPY FROM on new"))?;
+    let rows_inserted = match path {
+        Path::Direct => rows_copied,
+        Path::Merge => tx
+            .execute(&sql.merge, &[])
+            .await
+            .map_err(sql.err("merging the staged rows into the table on new"))?,
+    };
+    tx.commit()
+        .await
+        .map_err(sql.err("committing the chunk on new"))?;
+    Ok(Copied {
+        path,
+        rows_copied,
+        rows_inserted,
+    })
+}

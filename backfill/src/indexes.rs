@@ -1,0 +1,254 @@
+//! `--defer-indexes`: secondary indexes, unique and exclusion constraints and outgoing
+//! foreign keys of the tables to load are dropped on new before loading (each insert no
+//! longer maintains them) and rebuilt once a table's chunks are all done, on `--jobs`
+//! connections at once. Their definitions are saved in `_switchyard.backfill_deferred`
+//! in the same transaction as the drops, so a run that is killed halfway restores them
+//! when it is started again (any run on the pair rebuilds what is pending for finished
+//! tables, with or without the flag).
+//!
+//! Left alone: the primary key (chunk ranges, ON CONFLICT and re-sync need it), check and
+//! not-null constraints (cheap), and indexes a foreign key depends on (dropping them would
+//! need dropping the referencing constraint of another table too).
+
+use crate::config::BackfillConfig;
+use crate::connect::{connect, Db};
+use crate::plan::TablePlan;
+use anyhow::{Context, Result};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use switchyard_core::ident::quote_ident;
+use tokio_postgres::Client;
+
+/// Session advisory lock held while one process rebuilds ("switchyard.rebuild").
+const REBUILD_LOCK: i64 = 0x5357_5245_4255_494c;
+/// The planning lock of the chunk table: drops and plans do not interleave.
+const PLAN_LOCK: i64 = 0x5357_4246_494c_4c31;
+
+/// One object to drop and rebuild.
+#[derive(Debug, Clone)]
+struct Deferred {
+    table: String,
+    name: String,
+    /// `index`, `constraint` or `foreign-key` (rebuilt last: it may need the others).
+    kind: &'static str,
+    definition: String,
+    drop: String,
+}
+
+const INDEXES_SQL: &str = "
+SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = $1::text::regclass AND NOT i.indisprimary
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid)
+ORDER BY 1";
+
+const CONSTRAINTS_SQL: &str = "
+SELECT c.conname::text, c.contype::text, pg_catalog.pg_get_constraintdef(c.oid)
+FROM pg_catalog.pg_constraint c
+WHERE c.conrelid = $1::text::regclass AND c.contype IN ('u', 'x', 'f')
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f
+                  WHERE f.contype = 'f' AND f.conindid = c.conindid AND f.oid <> c.oid
+                    AND c.contype <> 'f')
+ORDER BY 1";
+
+async fn objects_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: &TablePlan,
+) -> Result<Vec<Deferred>> {
+    let mut out = Vec::new();
+    let schema = quote_ident(&plan.name.schema);
+    for r in tx
+        .query(INDEXES_SQL, &[&plan.quoted])
+        .await
+        .with_context(|| format!("listing the indexes of {} on new", plan.name))?
+    {
+        let name: String = r.get(0);
+        out.push(Deferred {
+            table: plan.quoted.clone(),
+            drop: format!("DROP INDEX {schema}.{}", quote_ident(&name)),
+            name,
+            kind: "index",
+            definition: r.get(1),
+        });
+    }
+    for r in tx
+        .query(CONSTRAINTS_SQL, &[&plan.quoted])
+        .await
+        .with_context(|| format!("listing the constraints of {} on new", plan.name))?
+    {
+        let name: String = r.get(0);
+        let kind = if r.get::<_, &str>(1) == "f" {
+            "foreign-key"
+        } else {
+            "constraint"
+        };
+        let def: String = r.get(2);
+        out.push(Deferred {
+            table: plan.quoted.clone(),
+            definition: format!(
+                "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+                plan.quoted,
+                quote_ident(&name)
+            ),
+            drop: format!(
+                "ALTER TABLE {} DROP CONSTRAINT {}",
+                plan.quoted,
+                quote_ident(&name)
+            ),
+            name,
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+/// Drops the deferrable objects of tables that still have chunks to load and saves their
+/// definitions, in one transaction. Tables with saved definitions already (a resumed
+/// run) are left as they are.
+pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
+    let tx = control
+        .transaction()
+        .await
+        .context("starting a transaction on new")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
+        .await
+        .context("taking the planning lock")?;
+    for plan in plans {
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks \
+                                WHERE table_name = $1 AND status NOT IN ('done', 'unverified')), \
+                        EXISTS (SELECT 1 FROM _switchyard.backfill_deferred \
+                                WHERE table_name = $1)",
+                &[&plan.quoted],
+            )
+            .await
+            .context("reading the state of a table")?;
+        let (open, saved): (bool, bool) = (row.get(0), row.get(1));
+        if !open || saved {
+            continue;
+        }
+        for d in objects_of(&tx, plan).await? {
+            tx.execute(
+                "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&d.table, &d.name, &d.kind, &d.definition],
+            )
+            .await
+            .context("saving an index definition")?;
+            // Foreign keys of other tables pointing at ours keep their unique index (see
+            // the query), so the drop cannot cascade.
+            tx.batch_execute(&d.drop)
+                .await
+                .with_context(|| format!("dropping {} on new", d.name))?;
+        }
+    }
+    tx.commit().await.context("committing the deferral")?;
+    Ok(())
+}
+
+/// True when definitions wait to be restored.
+pub async fn pending(control: &Client) -> Result<bool> {
+    let row = control
+        .query_one(
+            "SELECT to_regclass('_switchyard.backfill_deferred') IS NOT NULL AND \
+                    EXISTS (SELECT 1 FROM _switchyard.backfill_deferred WHERE restored_at IS NULL)",
+            &[],
+        )
+        .await
+        .context("looking for deferred indexes")?;
+    Ok(row.get(0))
+}
+
+/// Rebuilds the saved objects of `finished` tables (quoted names), indexes and
+/// constraints first, then foreign keys, each group on `jobs` connections at once.
+/// Returns what was rebuilt. A process that finds another one rebuilding leaves it be.
+pub async fn rebuild(
+    cfg: &BackfillConfig,
+    control: &Client,
+    finished: &[String],
+) -> Result<Vec<String>> {
+    let got: bool = control
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&REBUILD_LOCK])
+        .await
+        .context("taking the rebuild lock")?
+        .get(0);
+    if !got {
+        return Ok(Vec::new());
+    }
+    let result = rebuild_locked(cfg, control, finished).await;
+    let unlock = control
+        .execute("SELECT pg_advisory_unlock($1)", &[&REBUILD_LOCK])
+        .await
+        .context("releasing the rebuild lock");
+    let done = result?;
+    unlock?;
+    Ok(done)
+}
+
+async fn rebuild_locked(
+    cfg: &BackfillConfig,
+    control: &Client,
+    finished: &[String],
+) -> Result<Vec<String>> {
+    let rows = control
+        .query(
+            "SELECT table_name, object_name, kind, definition FROM _switchyard.backfill_deferred \
+             WHERE restored_at IS NULL AND table_name = ANY($1) ORDER BY kind = 'foreign-key', 1, 2",
+            &[&finished],
+        )
+        .await
+        .context("reading the deferred indexes")?;
+    let all: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let mut rebuilt = Vec::new();
+    for fks in [false, true] {
+        let group: VecDeque<_> = all
+            .iter()
+            .filter(|(_, _, kind, _)| (kind == "foreign-key") == fks)
+            .cloned()
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let queue = Arc::new(Mutex::new(group));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..cfg
+            .backfill
+            .jobs
+            .min(queue.lock().map(|q| q.len()).unwrap_or(1))
+        {
+            let (queue, url) = (queue.clone(), cfg.new.clone());
+            set.spawn(async move {
+                let client = connect(Db::New, &url, 0).await?;
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                    let Some((table, name, _, definition)) = next else {
+                        return anyhow::Ok(done);
+                    };
+                    client
+                        .batch_execute(&definition)
+                        .await
+                        .with_context(|| format!("rebuilding {name} on {table}: {definition}"))?;
+                    client
+                        .execute(
+                            "UPDATE _switchyard.backfill_deferred SET restored_at = now() \
+                             WHERE table_name = $1 AND object_name = $2",
+                            &[&table, &name],
+                        )
+                        .await
+                        .context("recording a rebuilt index")?;
+                    done.push(format!("{name} on {table}"));
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            rebuilt.extend(r.context("a rebuild task panicked")??);
+        }
+    }
+    Ok(rebuilt)
+}

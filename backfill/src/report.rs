@@ -1,0 +1,219 @@
+//! The end of a run: a summary table for people, one JSON document, Prometheus text for
+//! the metrics file, and the exit status.
+
+use crate::chunk_table::TableTotals;
+use crate::plan::Skipped;
+use serde::Serialize;
+use std::fmt::Write;
+
+/// Exit status: everything copied and verified.
+pub const EXIT_OK: u8 = 0;
+/// Finished, but chunks failed or stayed unverified, or tables were skipped.
+pub const EXIT_ATTENTION: u8 = 1;
+/// Could not do the work.
+pub const EXIT_ERROR: u8 = 2;
+
+/// What a run did (totals come from the chunk table, so they include other processes'
+/// and earlier runs' work on the same tables).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub tables: Vec<TableTotals>,
+    pub skipped: Vec<Skipped>,
+    /// Indexes and constraints rebuilt after a deferred load.
+    pub rebuilt: Vec<String>,
+    /// Chunks this process finished.
+    pub rows_this_run: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+    pub error: Option<String>,
+}
+
+impl Summary {
+    pub fn exit_code(&self) -> u8 {
+        if self.error.is_some() {
+            EXIT_ERROR
+        } else if !self.skipped.is_empty() || self.tables.iter().any(|t| t.done != t.chunks) {
+            EXIT_ATTENTION
+        } else {
+            EXIT_OK
+        }
+    }
+
+    /// The table people read at the end.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let width = self
+            .tables
+            .iter()
+            .map(|t| t.table.len())
+            .chain(self.skipped.iter().map(|s| s.table.len()))
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>7} {:>7} {:>10} {:>6} {:>12} {:>12} {:>9} {:>8} {:>8}",
+            "table",
+            "chunks",
+            "done",
+            "unverified",
+            "failed",
+            "rows old",
+            "rows new",
+            "repaired",
+            "copy s",
+            "check s"
+        );
+        for t in &self.tables {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>7} {:>7} {:>10} {:>6} {:>12} {:>12} {:>9} {:>8.1} {:>8.1}",
+                t.table,
+                t.chunks,
+                t.done,
+                t.unverified,
+                t.failed + t.open,
+                t.rows_old,
+                t.rows_new,
+                t.rows_repaired,
+                t.copy_seconds,
+                t.verify_seconds
+            );
+        }
+        for s in &self.skipped {
+            let _ = writeln!(out, "{:<width$}  skipped: {}", s.table, s.reason);
+        }
+        for r in &self.rebuilt {
+            let _ = writeln!(out, "rebuilt {r}");
+        }
+        let verdict = match self.exit_code() {
+            EXIT_OK => "every chunk copied and verified equal",
+            EXIT_ATTENTION => "finished; some chunks or tables need attention (see above)",
+            _ => "failed",
+        };
+        let _ = write!(
+            out,
+            "{} rows in {:.1}s ({:.0} rows/s) by this process: {verdict}",
+            self.rows_this_run, self.seconds, self.rows_per_second
+        );
+        out
+    }
+
+    pub fn json(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("exit_code".into(), self.exit_code().into());
+        }
+        v.to_string()
+    }
+
+    /// Prometheus text: per-table chunk counts by status, rows and repairs; run figures.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_backfill_chunks Chunks by table and status."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_chunks gauge");
+        for t in &self.tables {
+            let l = label(&t.table);
+            for (status, n) in [
+                ("done", t.done),
+                ("unverified", t.unverified),
+                ("failed", t.failed),
+                ("open", t.open),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "switchyard_backfill_chunks{{table=\"{l}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        for (name, help, get) in [
+            (
+                "switchyard_backfill_rows_copied",
+                "Rows read from old by chunk copies.",
+                (|t: &TableTotals| t.rows_copied) as fn(&TableTotals) -> i64,
+            ),
+            (
+                "switchyard_backfill_rows_verified",
+                "Rows in verified chunks on old.",
+                |t: &TableTotals| t.rows_old,
+            ),
+            (
+                "switchyard_backfill_rows_repaired",
+                "Rows re-synced by chunk checks.",
+                |t: &TableTotals| t.rows_repaired,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for t in &self.tables {
+                let _ = writeln!(out, "{name}{{table=\"{}\"}} {}", label(&t.table), get(t));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_backfill_tables_skipped Tables without a primary key."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_tables_skipped gauge");
+        let _ = writeln!(
+            out,
+            "switchyard_backfill_tables_skipped {}",
+            self.skipped.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_backfill_seconds Wall time of this run."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_seconds gauge");
+        let _ = writeln!(out, "switchyard_backfill_seconds {:.3}", self.seconds);
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_backfill_rows_per_second Rows per second of this run."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_rows_per_second gauge");
+        let _ = writeln!(
+            out,
+            "switchyard_backfill_rows_per_second {:.1}",
+            self.rows_per_second
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_backfill_exit_code Exit status of this run."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_exit_code gauge");
+        let _ = writeln!(out, "switchyard_backfill_exit_code {}", self.exit_code());
+        out
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_chunks() {
+        let mut s = Summary::default();
+        s.tables.push(TableTotals {
+            table: "\"public\".\"t\"".into(),
+            chunks: 2,
+            done: 2,
+            ..TableTotals::default()
+        });
+        assert_eq!(s.exit_code(), EXIT_OK);
+        assert!(s.prometheus().contains(
+            "switchyard_backfill_chunks{table=\"\\\"public\\\".\\\"t\\\"\",status=\"done\"} 2"
+        ));
+        s.tables[0].done = 1;
+        s.tables[0].unverified = 1;
+        assert_eq!(s.exit_code(), EXIT_ATTENTION);
+        s.error = Some("x".into());
+        assert_eq!(s.exit_code(), EXIT_ERROR);
+        assert!(s.json().contains("\"exit_code\":2"));
+    }
+}

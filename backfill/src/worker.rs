@@ -1,0 +1,231 @@
+//! One worker: claim a chunk, copy it, check and repair it, record the outcome; again
+//! until no chunk of the selected tables is left. A process runs `--jobs` of them, each
+//! with its own connection to each database; claims, lease renewals and results go
+//! through the process's control connection to new.
+
+use crate::chunk_check::check_chunk;
+use crate::chunk_table::{self, ChunkOutcome, Claim};
+use crate::config::{BackfillConfig, FkMode};
+use crate::connect::{connect, Db};
+use crate::copy::{copy_chunk, CopySql, Stages};
+use crate::plan::TablePlan;
+use crate::progress::Progress;
+use crate::throttle::Throttle;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_core::checksum::{RangeQueries, RowHash};
+use tokio_postgres::Client;
+
+/// Failed chunks in a row after which a worker gives up (the databases are likely down).
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+
+/// A table as the workers need it.
+pub struct TableWork {
+    pub plan: TablePlan,
+    pub queries: RangeQueries,
+    pub copy: CopySql,
+}
+
+/// What every worker of a process shares.
+pub struct Shared {
+    pub cfg: BackfillConfig,
+    pub tables: HashMap<String, TableWork>,
+    /// Quoted table names in load order.
+    pub order: Vec<String>,
+    pub control: Arc<Client>,
+    /// `host:pid`; each worker appends `/job`.
+    pub worker_prefix: String,
+    pub throttle: Arc<Throttle>,
+    pub progress: Arc<Progress>,
+}
+
+impl Shared {
+    /// Builds the per-table statements once.
+    pub fn table_work(plans: Vec<TablePlan>, row_hash: RowHash) -> HashMap<String, TableWork> {
+        plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let queries = RangeQueries::new(&plan.old, &plan.columns, row_hash);
+                let copy = CopySql::new(&plan, i);
+                (
+                    plan.quoted.clone(),
+                    TableWork {
+                        plan,
+                        queries,
+                        copy,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// A worker's own sessions.
+struct Sessions {
+    old: Client,
+    new: Client,
+    stages: Stages,
+}
+
+async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
+    let s = &cfg.backfill;
+    let (old, new) = tokio::try_join!(
+        connect(Db::Old, &cfg.old, s.source_statement_timeout_ms),
+        connect(Db::New, &cfg.new, 0)
+    )?;
+    // Every statement of a worker reads one key range. On new the table starts empty and
+    // unanalysed, so the planner would scan the whole (growing) table for each chunk;
+    // without sequential scans it walks the primary-key index.
+    for (db, client) in [(Db::Old, &old), (Db::New, &new)] {
+        client
+            .batch_execute("SET enable_seqscan = off")
+            .await
+            .with_context(|| format!("setting up a worker session on the {db} database"))?;
+    }
+    if s.fk_mode == FkMode::Replica {
+        new.batch_execute("SET session_replication_role = replica")
+            .await
+            .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
+    }
+    Ok(Sessions {
+        old,
+        new,
+        stages: Stages::default(),
+    })
+}
+
+/// Runs one worker to the end of the work.
+pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
+    let worker = format!("{}/{job}", shared.worker_prefix);
+    let s = &shared.cfg.backfill;
+    let mut sessions: Option<Sessions> = None;
+    let mut failures = 0u32;
+    loop {
+        shared.throttle.wait_unpaused().await;
+        let claim = chunk_table::claim(
+            &shared.control,
+            &shared.order,
+            s.max_attempts,
+            &worker,
+            shared.cfg.lease(),
+        )
+        .await?;
+        let Some(claim) = claim else {
+            let (open, running) =
+                chunk_table::open_chunks(&shared.control, &shared.order, s.max_attempts).await?;
+            if open == 0 {
+                return Ok(());
+            }
+            if running == 0 {
+                // Nothing running and nothing claimable: what is left waits on a table
+                // whose chunks failed for good. One more look, in case a parent table was
+                // finished between the claim and the count.
+                let again = chunk_table::claim(
+                    &shared.control,
+                    &shared.order,
+                    s.max_attempts,
+                    &worker,
+                    shared.cfg.lease(),
+                )
+                .await?;
+                match again {
+                    Some(c) => {
+                        run_claim(&shared, &worker, &mut sessions, &mut failures, c).await?;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            // Chunks are running (here or in another process): wait, and take one over if
+            // its worker dies.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        run_claim(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+    }
+}
+
+async fn run_claim(
+    shared: &Shared,
+    worker: &str,
+    sessions: &mut Option<Sessions>,
+    failures: &mut u32,
+    claim: Claim,
+) -> Result<()> {
+    let outcome = match sessions {
+        Some(s) => work(shared, s, &claim).await,
+        None => match open_sessions(&shared.cfg).await {
+            Ok(s) => work(shared, sessions.insert(s), &claim).await,
+            Err(e) => Err(e),
+        },
+    };
+    match outcome {
+        Ok(o) => {
+            *failures = 0;
+            let rows = o.rows_old.max(0) as u64;
+            if chunk_table::finish(&shared.control, &claim, worker, &o).await? {
+                shared.progress.chunk_done(&claim.table_name, rows);
+            } else {
+                tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, "Chunk was taken over by another worker while this one worked on it; its result counts.");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            *failures += 1;
+            let text = format!("{e:#}");
+            tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, attempt = claim.attempts, error = %text, "Chunk failed; it will be retried.");
+            chunk_table::fail(&shared.control, &claim, worker, &text).await?;
+            match sessions {
+                Some(s) if !s.old.is_closed() && !s.new.is_closed() => s.stages.forget(),
+                _ => *sessions = None,
+            }
+            if *failures >= MAX_CONSECUTIVE_FAILURES {
+                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copies and checks one chunk.
+async fn work(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<ChunkOutcome> {
+    let t = shared.tables.get(&claim.table_name).with_context(|| {
+        format!(
+            "claimed a chunk of {}, which this run does not plan",
+            claim.table_name
+        )
+    })?;
+    let started = Instant::now();
+    let copied = copy_chunk(
+        &s.old,
+        &mut s.new,
+        &mut s.stages,
+        &t.copy,
+        &claim.range,
+        !shared.cfg.backfill.dual_writes,
+        &shared.throttle,
+    )
+    .await
+    .with_context(|| format!("copying chunk {} of {}", claim.chunk_no, t.plan.name))?;
+    let copy_ms = started.elapsed().as_millis() as i64;
+    let started = Instant::now();
+    let checked = check_chunk(&mut s.old, &mut s.new, &t.plan, &t.queries, &claim.range)
+        .await
+        .with_context(|| format!("checking chunk {} of {}", claim.chunk_no, t.plan.name))?;
+    Ok(ChunkOutcome {
+        status: if checked.equal { "done" } else { "unverified" },
+        path: copied.path.as_str(),
+        rows_copied: copied.rows_copied as i64,
+        rows_inserted: copied.rows_inserted as i64,
+        rows_old: checked.old.rows,
+        rows_new: checked.new.rows,
+        checksum_old: checked.old.sum,
+        checksum_new: checked.new.sum,
+        rows_repaired: checked.repaired as i64,
+        copy_ms,
+        verify_ms: started.elapsed().as_millis() as i64,
+    })
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# bench/backfill.sh: switchyard-backfill side by side with pgcopydb and `pg_dump | psql`,
+# copying the same data between two local clusters: pgbench_accounts at scale SCALE
+# (10M rows at 100) and a wide table (~20 columns: text, jsonb, numeric, timestamptz;
+# WIDE_ROWS rows). Wall time, rows/s and the tool's peak RSS (/usr/bin/time -v; the
+# servers' memory is not counted) per tool and data set, in one run.
+#
+#   cargo build --release -p switchyard-backfill
+#   bench/backfill.sh                      # SCALE=100 WIDE_ROWS=2000000: ~15 min, ~4 GB disk
+#
+# Each tool copies into its own fresh database on "new". switchyard-backfill is timed
+# including the schema step it needs (`pg_dump --schema-only | psql`, well under a
+# second); it verifies every chunk (checksums on both sides) as part of its run, the
+# others verify nothing. Its run uses `--dual-writes off` (nothing else writes, as for
+# the other tools: the direct COPY path); SAFE=1 adds a run through the conflict-safe
+# path (staging table + ON CONFLICT) that live dual writes need. Afterwards the row
+# count and an order-independent content hash of each copy are compared with old's.
+# Prints a table on stdout and writes it as Markdown to bench/results/backfill-<date>.md.
+#
+# Environment (defaults in brackets):
+#   SCALE [100]  WIDE_ROWS [2000000]  JOBS [4] (switchyard --jobs, pgcopydb --table-jobs
+#   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   QUIET_WAIT [120] (seconds to wait for a quiet machine before each run)
+#   BACKFILL_BIN [target/release/switchyard-backfill]  PGCOPYDB [pgcopydb on PATH;
+#   installed with apt-get when missing]  PG_DUMP  RESULTS_DIR [bench/results]  KEEP_WORK [0]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SCALE=${SCALE:-100}
+WIDE_ROWS=${WIDE_ROWS:-2000000}
+JOBS=${JOBS:-4}
+CHUNK_ROWS=${CHUNK_ROWS:-100000}
+SAFE=${SAFE:-0}
+TOOLS=${TOOLS:-"switchyard pgcopydb pg_dump"}
+QUIET_WAIT=${QUIET_WAIT:-120}
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
+BACKFILL_BIN=${BACKFILL_BIN:-$BENCH_ROOT/target/release/switchyard-backfill}
+PG_DUMP=${PG_DUMP:-$(command -v pg_dump || echo "$PG_BIN/pg_dump")}
+TIME=/usr/bin/time
+
+[ -x "$BACKFILL_BIN" ] || die "$BACKFILL_BIN not found: cargo build --release -p switchyard-backfill"
+[ -x "$TIME" ] || { log "installing GNU time"; apt-get install -y time >/dev/null 2>&1 || die "/usr/bin/time missing"; }
+if [[ " $TOOLS " == *" pgcopydb "* ]]; then
+  PGCOPYDB=${PGCOPYDB:-$(command -v pgcopydb || true)}
+  if [ -z "$PGCOPYDB" ]; then
+    log "installing pgcopydb (Debian package)"
+    apt-get install -y pgcopydb >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y pgcopydb >/dev/null 2>&1; } ||
+      die "could not install pgcopydb"
+    PGCOPYDB=$(command -v pgcopydb)
+  fi
+fi
+
+STAMP=$(date +%Y-%m-%dT%H%M%S)
+MD_OUT=$RESULTS_DIR/backfill-$STAMP.md
+bench_init backfill
+mkdir -p "$RESULTS_DIR"
+RAW=$BENCH_WORK/results.tsv
+: >"$RAW"
+FAILED=0
+
+# Same settings on both sides for every tool; durability off (copy speed, not fsync).
+settings=(shared_buffers=1GB max_connections=100 fsync=off synchronous_commit=off
+  full_page_writes=off max_wal_size=16GB checkpoint_timeout=30min maintenance_work_mem=512MB)
+free_port P_OLD; start_cluster old "$P_OLD" "${settings[@]}"
+free_port P_NEW; start_cluster new "$P_NEW" "${settings[@]}"
+psql_at "$P_OLD" postgres -c "CREATE DATABASE accounts" -c "CREATE DATABASE wide"
+
+log "pgbench -i -s $SCALE into old/accounts"
+"$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$P_OLD" -U postgres accounts >"$BENCH_WORK/init.log" 2>&1 ||
+  { cat "$BENCH_WORK/init.log" >&2; die "pgbench -i failed"; }
+# Only pgbench_accounts is measured (history has no primary key; branches and tellers
+# are tiny).
+psql_at "$P_OLD" accounts -c "DROP TABLE pgbench_history, pgbench_branches, pgbench_tellers" \
+  -c "VACUUM ANALYZE pgbench_accounts" >/dev/null
+
+log "wide table: $WIDE_ROWS rows into old/wide"
+psql_at "$P_OLD" wide >/dev/null <<SQL
+CREATE TABLE wide (
+  id bigint PRIMARY KEY,
+  name text NOT NULL, email text, city text, country text, note text,
+  attrs jsonb, tags jsonb,
+  price numeric(12,2), cost numeric(12,2), ratio numeric, weight numeric(10,3),
+  created_at timestamptz NOT NULL, updated_at timestamptz, shipped_at timestamptz, seen_at timestamptz,
+  qty integer, flags smallint, code text, active boolean
+);
+INSERT INTO wide
+SELECT g, 'name ' || g, 'user' || g || '@example.com', 'city ' || (g % 1000), 'country ' || (g % 200),
+       repeat(md5(g::text), 2),
+       jsonb_build_object('g', g, 'k', md5(g::text), 'n', g % 97),
+       jsonb_build_array(g % 7, 'tag' || (g % 13)),
+       (g % 100000) / 100.0, (g % 7777) / 100.0, g / 7.0, (g % 5000) / 1000.0,
+       timestamptz '2024-01-01' + g * interval '1 second', now() - g * interval '1 minute',
+       CASE WHEN g % 3 = 0 THEN timestamptz '2025-01-01' + g * interval '1 second' END,
+       now(), g % 1000, (g % 30000)::smallint, 'C' || lpad((g % 100000)::text, 6, '0'), g % 2 = 0
+FROM generate_series(1, $WIDE_ROWS) g;
+VACUUM ANALYZE wide;
+SQL
+
+# hash_of PORT DB TABLE: row count and an order-independent hash of the table's content.
+hash_of() {
+  psql_at "$1" "$2" -At -c "SELECT count(*) || ':' || coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM $3 t"
+}
+declare -A SRC_HASH=(
+  [accounts]=$(hash_of "$P_OLD" accounts pgbench_accounts)
+  [wide]=$(hash_of "$P_OLD" wide wide)
+)
+declare -A TABLE_OF=([accounts]=pgbench_accounts [wide]=wide)
+declare -A ROWS_OF=([accounts]=$((SCALE * 100000)) [wide]=$WIDE_ROWS)
+
+# run_tool TOOL DATASET: copies DATASET (database name on old) into a fresh database on
+# new with TOOL, timed; stores "dataset tool seconds rss_kib ok busy".
+run_tool() {
+  local tool=$1 data=$2 target db out busy t0 t1 rc=0 rss ok
+  db="${data}_${tool//-/_}"
+  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
+  local src="postgres://postgres@127.0.0.1:$P_OLD/$data" dst="postgres://postgres@127.0.0.1:$P_NEW/$db"
+  out=$BENCH_WORK/$tool-$data
+  busy=$(wait_for_quiet "$QUIET_WAIT" 10 2) || warn "machine still ${busy}% busy before $tool ($data)"
+  log "$tool: $data (machine ${busy}% busy before)"
+  t0=$(date +%s.%N)
+  case $tool in
+    switchyard | switchyard-safe)
+      local mode=off
+      [ "$tool" = switchyard-safe ] && mode=on
+      "$TIME" -v -o "$out.time" bash -c '
+        set -euo pipefail
+        "$1" --schema-only -d "$2" | "$3" -X -q -v ON_ERROR_STOP=1 -d "$4" >/dev/null
+        "$5" --old "$2" --new "$4" --jobs "$6" --chunk-rows "$7" --dual-writes "$8" --brake-latency-ms 0
+      ' _ "$PG_DUMP" "$src" "$PSQL" "$dst" "$BACKFILL_BIN" "$JOBS" "$CHUNK_ROWS" "$mode" \
+        >"$out.out" 2>"$out.err" || rc=$?
+      ;;
+    pgcopydb)
+      rm -rf "$out.dir"
+      "$TIME" -v -o "$out.time" "$PGCOPYDB" clone --source "$src" --target "$dst" \
+        --table-jobs "$JOBS" --index-jobs "$JOBS" --dir "$out.dir" --no-owner --no-acl \
+        >"$out.out" 2>"$out.err" || rc=$?
+      ;;
+    pg_dump)
+      "$TIME" -v -o "$out.time" bash -c 'set -o pipefail; "$1" -d "$2" | "$3" -X -q -v ON_ERROR_STOP=1 -d "$4" >/dev/null' \
+        _ "$PG_DUMP" "$src" "$PSQL" "$dst" >"$out.out" 2>"$out.err" || rc=$?
+      ;;
+  esac
+  t1=$(date +%s.%N)
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time" 2>/dev/null || echo 0)
+  ok=yes
+  if [ "$rc" != 0 ]; then
+    tail -n 20 "$out.err" >&2
+    warn "$tool ($data) exited $rc"
+    ok="exit $rc"
+    FAILED=1
+  elif [ "$(hash_of "$P_NEW" "$db" "${TABLE_OF[$data]}")" != "${SRC_HASH[$data]}" ]; then
+    warn "$tool ($data): the copy differs from old"
+    ok=DIFFERENT
+    FAILED=1
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$data" "$tool" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
+    "${rss:-0}" "$ok" "$busy" >>"$RAW"
+  psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+}
+
+RUN_TOOLS=$TOOLS
+[ "$SAFE" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-safe"
+for data in accounts wide; do
+  for tool in $RUN_TOOLS; do run_tool "$tool" "$data"; done
+done
+
+table=$(python3 - "$RAW" "${ROWS_OF[accounts]}" "${ROWS_OF[wide]}" <<'PY'
+import sys
+rows = {"accounts": int(sys.argv[2]), "wide": int(sys.argv[3])}
+names = {"accounts": "pgbench_accounts", "wide": "wide (20 cols)"}
+runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+ref = {(d, t): float(s) for d, t, s, *_ in runs}
+print("| table | rows | tool | wall s | rows/s | peak RSS MiB | vs pgcopydb | result | machine busy % before |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |")
+for d, t, s, rss, ok, busy in runs:
+    s = float(s)
+    p = ref.get((d, "pgcopydb"))
+    vs = f"{s / p:.2f}x time" if p and t != "pgcopydb" else ""
+    print(f"| {names[d]} | {rows[d]:,} | {t} | {s:.1f} | {rows[d] / s:,.0f} | {int(rss) / 1024:.0f} | {vs} | {ok} | {busy} |")
+PY
+)
+{
+  echo "# backfill benchmark $STAMP"
+  echo
+  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS SAFE=$SAFE bench/backfill.sh\`"
+  echo "machine: $(machine_summary); commit $(git_describe)"
+  echo "switchyard-backfill: $(binary_summary "$BACKFILL_BIN"); $("${PGCOPYDB:-echo}" --version 2>/dev/null | head -n 1 || true); $("$PG_DUMP" --version)"
+  echo
+  echo "$table"
+} | tee "$MD_OUT"
+log "written to $MD_OUT"
+exit "$FAILED"

@@ -1,0 +1,116 @@
+//! The real `switchyard-backfill` binary: run to completion against a pair, or spawned to
+//! be killed halfway.
+
+use crate::proxy::{Pair, DB};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long a backfill may run in a test.
+pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Path of the `switchyard-backfill` binary: `SWITCHYARD_BACKFILL_BIN`, else next to the
+/// test executable's target directory (`cargo build --workspace --bins` puts it there).
+pub fn backfill_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("SWITCHYARD_BACKFILL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test> → target/<profile>/switchyard-backfill
+    let candidate = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("switchyard-backfill"))
+        .context("test executable has no target directory")?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "{} not found: build it first with `cargo build --workspace --bins` (or set SWITCHYARD_BACKFILL_BIN)",
+            candidate.display()
+        )
+    }
+}
+
+/// What a backfill run printed and how it exited.
+#[derive(Debug)]
+pub struct BackfillRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl BackfillRun {
+    /// The exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Both outputs, for assertion messages.
+    pub fn text(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A `switchyard-backfill ARGS` command with the test's `SWITCHYARD_*` variables removed
+/// (so they cannot change what is tested), output piped, killed on drop.
+pub fn backfill_command(args: &[&str]) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(backfill_bin()?);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHYARD_") && k != "SWITCHYARD_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    Ok(cmd)
+}
+
+/// Waits for a spawned backfill's output (killed after `timeout`).
+pub async fn wait_backfill(child: tokio::process::Child, timeout: Duration) -> Result<BackfillRun> {
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .with_context(|| format!("switchyard-backfill did not finish within {timeout:?}"))?
+        .context("waiting for switchyard-backfill")?;
+    Ok(BackfillRun {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `switchyard-backfill ARGS` to completion.
+pub async fn run_backfill(args: &[&str], timeout: Duration) -> Result<BackfillRun> {
+    let child = backfill_command(args)?
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    wait_backfill(child, timeout).await
+}
+
+/// `--old` and `--new` of `pair`, followed by `extra`.
+pub fn pair_args(pair: &Pair, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--old".to_string(),
+        pair.old.url(DB),
+        "--new".to_string(),
+        pair.new.url(DB),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `switchyard-backfill --old .. --new .. EXTRA...` against the pair, to completion.
+pub async fn backfill(pair: &Pair, extra: &[&str]) -> Result<BackfillRun> {
+    let args = pair_args(pair, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_backfill(&refs, BACKFILL_TIMEOUT).await
+}

@@ -1,0 +1,773 @@
+//! `switchyard-backfill` against real clusters (scenarios 26–28): every key type, empty
+//! tables and sparse keys; killed with SIGKILL mid-table and restarted (done chunks never
+//! copied again, deferred indexes restored); two processes sharing one table; live
+//! updates, deletes and inserts through the real dual-writing proxy during the backfill;
+//! pause and resume; bad input.
+
+use anyhow::{ensure, Context, Result};
+use nix::sys::signal::Signal;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_tests::backfill::{
+    backfill, backfill_command, pair_args, wait_backfill, BACKFILL_TIMEOUT,
+};
+use switchyard_tests::free_port;
+use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::process::send_signal;
+use switchyard_tests::proxy::{Pair, ProxyProcess, DB};
+use switchyard_tests::wait::{poll_until, poll_until_async};
+use switchyard_tests::PgCluster;
+
+/// `sql` on `c`, `None` when it fails (the chunk table may not exist yet).
+fn try_on(c: &PgCluster, sql: &str) -> Option<String> {
+    on(c, sql).ok()
+}
+
+/// Number of chunks of `table` (as the chunk table names it) with `status`.
+fn chunks_with(c: &PgCluster, table: &str, status: &str) -> Option<i64> {
+    try_on(
+        c,
+        &format!(
+            "SELECT count(*) FROM _switchyard.backfill_chunks \
+             WHERE table_name = '\"public\".\"{table}\"' AND status = '{status}'"
+        ),
+    )?
+    .parse()
+    .ok()
+}
+
+/// Spawns a backfill against `pair` with `extra` flags.
+fn spawn(pair: &Pair, extra: &[&str]) -> Result<tokio::process::Child> {
+    let args = pair_args(pair, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    backfill_command(&refs)?
+        .spawn()
+        .context("starting switchyard-backfill")
+}
+
+/// Scenario 28: integer, sparse bigint, uuid, text (non-ASCII, where byte order and
+/// collation order differ), composite keys, identity and generated columns, a foreign
+/// key, an empty table: all copied in several chunks each and verified equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_type_is_copied_and_verified() -> Result<()> {
+    // `texts` sorts by an ICU collation, whose order differs from byte order ('Ärger'
+    // next to 'a', not after 'z'): chunk ranges must still agree on both sides.
+    let schema = "
+        CREATE TABLE ints (id int PRIMARY KEY, v text);
+        CREATE TABLE sparse (id bigint PRIMARY KEY, v text);
+        CREATE TABLE uuids (id uuid PRIMARY KEY, v int);
+        CREATE TABLE texts (k text COLLATE \"und-x-icu\" PRIMARY KEY, v int);
+        CREATE TABLE composite (region text, n int, v numeric, PRIMARY KEY (region, n));
+        CREATE TABLE empty (id int PRIMARY KEY);
+        CREATE TABLE parent (id int PRIMARY KEY, name text);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent);
+        CREATE TABLE wide (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, j jsonb,
+                           ts timestamptz, f float8, twice int GENERATED ALWAYS AS (id * 2) STORED);";
+    let pair = pair_with(schema).await?;
+    on(
+        &pair.old,
+        "INSERT INTO ints SELECT g, 'v' || g FROM generate_series(1, 2000) g;
+         INSERT INTO sparse SELECT g::bigint * 1000000007, 's' FROM generate_series(-500, 500) g;
+         INSERT INTO uuids SELECT md5(g::text)::uuid, g FROM generate_series(1, 1000) g;
+         INSERT INTO texts SELECT 'k' || g, g FROM generate_series(1, 800) g;
+         INSERT INTO texts VALUES ('Ärger', 1), ('zebra', 2), ('éclair', 3), ('Zulu', 4),
+                                  ('ß', 5), ('日本', 6), ('a''quote', 7), ('back\\slash', 8), ('', 9);
+         INSERT INTO composite SELECT r, n, n / 7.0 FROM unnest(ARRAY['eu', 'us', 'ÿ', 'EU', 'é']) r,
+                                      generate_series(1, 300) n;
+         INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 500) g;
+         INSERT INTO child SELECT g, 1 + g % 500 FROM generate_series(1, 1500) g;
+         INSERT INTO wide (j, ts, f) SELECT jsonb_build_object('g', g, 'a', ARRAY[g, g]),
+                                           now() - g * interval '1 minute', g / 3.0
+                                    FROM generate_series(1, 700) g;",
+    )?;
+    let tables = "child,ints,sparse,uuids,texts,composite,empty,parent,wide";
+    let run = backfill(
+        &pair,
+        &["--tables", tables, "--chunk-rows", "97", "--jobs", "3"],
+    )
+    .await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_verified(&pair, tables).await?;
+    let per_table = on(
+        &pair.new,
+        "SELECT table_name, count(*), count(*) FILTER (WHERE status = 'done'), sum(rows_old), \
+                bool_and(checksum_old = checksum_new) \
+         FROM _switchyard.backfill_chunks GROUP BY 1 ORDER BY 1",
+    )?;
+    let mut seen = BTreeMap::new();
+    for line in per_table.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        ensure!(f.len() == 5, "{line}");
+        seen.insert(
+            f[0].to_string(),
+            (
+                f[1].to_string(),
+                f[2].to_string(),
+                f[3].to_string(),
+                f[4].to_string(),
+            ),
+        );
+    }
+    for (table, rows) in [
+        ("ints", 2000),
+        ("sparse", 1001),
+        ("uuids", 1000),
+        ("texts", 809),
+        ("composite", 1500),
+        ("empty", 0),
+        ("parent", 500),
+        ("child", 1500),
+        ("wide", 700),
+    ] {
+        let key = format!("\"public\".\"{table}\"");
+        let (chunks, done, sum, same) = seen
+            .get(&key)
+            .with_context(|| format!("{key} not in {per_table}"))?;
+        let chunks: i64 = chunks.parse()?;
+        ensure!(
+            chunks.to_string() == *done,
+            "{table}: not all chunks done: {per_table}"
+        );
+        ensure!(*sum == rows.to_string(), "{table}: rows {sum}, want {rows}");
+        ensure!(same == "t", "{table}: checksums differ in the chunk table");
+        if rows > 200 {
+            ensure!(chunks > 2, "{table}: {chunks} chunks for {rows} rows");
+        } else if rows == 0 {
+            ensure!(chunks == 1, "{table}: {chunks} chunks for an empty table");
+        }
+    }
+    let splits = on(
+        &pair.new,
+        "SELECT string_agg(table_name || '=' || split, ' ' ORDER BY table_name) FROM _switchyard.backfill_tables",
+    )?;
+    ensure!(
+        splits.contains("\"ints\"=int-range") && splits.contains("\"sparse\"=keyset"),
+        "dense ints cut by range, sparse bigints by keyset: {splits}"
+    );
+    // The parent's chunks were all done before the child's first started.
+    let order = on(
+        &pair.new,
+        "SELECT (SELECT max(finished_at) FROM _switchyard.backfill_chunks WHERE table_name = '\"public\".\"parent\"') \
+             <= (SELECT min(started_at) FROM _switchyard.backfill_chunks WHERE table_name = '\"public\".\"child\"')",
+    )?;
+    ensure!(order == "t", "child started before parent was done");
+    // A second run finds everything done and copies nothing.
+    let again = backfill(&pair, &["--tables", tables, "--format", "json"]).await?;
+    ensure!(again.code() == Some(0), "{}", again.text());
+    let doc: serde_json::Value =
+        serde_json::from_str(&again.stdout).with_context(|| again.text())?;
+    ensure!(doc["rows_this_run"] == 0, "{}", again.text());
+    let attempts = on(
+        &pair.new,
+        "SELECT max(attempts) FROM _switchyard.backfill_chunks",
+    )?;
+    ensure!(
+        attempts == "1",
+        "a chunk was copied twice: max attempts {attempts}"
+    );
+    Ok(())
+}
+
+/// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
+/// and finish times unchanged), the chunk the dead process held is taken over at once,
+/// indexes deferred by the killed run are restored by the next one, and both sides end
+/// equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
+    let pair = pair_with(
+        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
+         CREATE INDEX big_n ON big (n);",
+    )
+    .await?;
+    on(
+        &pair.old,
+        "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
+    )?;
+    let mut child = spawn(
+        &pair,
+        &[
+            "--tables",
+            "big",
+            "--chunk-rows",
+            "500",
+            "--jobs",
+            "2",
+            "--max-rows-per-sec",
+            "4000",
+            "--defer-indexes",
+        ],
+    )?;
+    let done_before = tokio::task::block_in_place(|| {
+        poll_until("some chunks done", Duration::from_secs(60), || {
+            Ok(chunks_with(&pair.new, "big", "done").filter(|&n| n >= 5))
+        })
+    })?;
+    child.start_kill().context("killing the backfill")?;
+    let killed = wait_backfill(child, Duration::from_secs(20)).await?;
+    ensure!(
+        killed.code().is_none(),
+        "not killed by a signal: {}",
+        killed.text()
+    );
+    let snapshot = on(
+        &pair.new,
+        "SELECT chunk_no, status, attempts, finished_at FROM _switchyard.backfill_chunks \
+         WHERE status IN ('done', 'running') ORDER BY chunk_no",
+    )?;
+    let total: i64 = on(
+        &pair.new,
+        "SELECT count(*) FROM _switchyard.backfill_chunks",
+    )?
+    .parse()?;
+    let done_at_kill = chunks_with(&pair.new, "big", "done").unwrap_or(0);
+    ensure!(
+        done_at_kill >= done_before && done_at_kill < total,
+        "killed mid-table: {done_at_kill} of {total} chunks done"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'big_n'"
+        )? == "0",
+        "the killed run had deferred the index"
+    );
+
+    let run = backfill(&pair, &["--tables", "big", "--jobs", "2"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    for line in snapshot.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let now = on(
+            &pair.new,
+            &format!(
+                "SELECT status, attempts, finished_at FROM _switchyard.backfill_chunks WHERE chunk_no = {}",
+                f[0]
+            ),
+        )?;
+        let g: Vec<&str> = now.split('|').collect();
+        ensure!(g[0] == "done", "chunk {} is {}", f[0], g[0]);
+        if f[1] == "done" {
+            ensure!(
+                g[1] == f[2] && g[2] == f[3],
+                "done chunk {} was copied again: before {line}, after {now}",
+                f[0]
+            );
+        } else {
+            // Running when the process died: taken over, one more attempt.
+            let before: i32 = f[2].parse()?;
+            let after: i32 = g[1].parse()?;
+            ensure!(
+                after == before + 1,
+                "chunk {} taken over: {line} → {now}",
+                f[0]
+            );
+        }
+    }
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE status <> 'done'"
+        )? == "0"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'big_n'"
+        )? == "1",
+        "the index was restored"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_deferred WHERE restored_at IS NULL"
+        )? == "0"
+    );
+    assert_verified(&pair, "big").await
+}
+
+/// Two processes on one table share its chunks through the chunk table: both do some,
+/// none is copied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_table() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id bigint PRIMARY KEY, v text)").await?;
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    )?;
+    let flags = [
+        "--tables",
+        "t",
+        "--chunk-rows",
+        "500",
+        "--jobs",
+        "2",
+        "--max-rows-per-sec",
+        "8000",
+    ];
+    let a = spawn(&pair, &flags)?;
+    let b = spawn(&pair, &flags)?;
+    let (a, b) = tokio::join!(
+        wait_backfill(a, BACKFILL_TIMEOUT),
+        wait_backfill(b, BACKFILL_TIMEOUT)
+    );
+    let (a, b) = (a?, b?);
+    ensure!(a.code() == Some(0), "{}", a.text());
+    ensure!(b.code() == Some(0), "{}", b.text());
+    let stats = on(
+        &pair.new,
+        "SELECT count(*), count(*) FILTER (WHERE status = 'done'), max(attempts), \
+                count(DISTINCT split_part(worker, '/', 1)) FROM _switchyard.backfill_chunks",
+    )?;
+    let f: Vec<&str> = stats.split('|').collect();
+    ensure!(f[0] == f[1], "all chunks done: {stats}");
+    ensure!(f[2] == "1", "no chunk copied twice: {stats}");
+    ensure!(f[3] == "2", "both processes did chunks: {stats}");
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_tables"
+        )? == "1"
+    );
+    assert_verified(&pair, "t").await
+}
+
+/// A worker that hangs (SIGSTOP: its connections stay open, so it looks alive) loses its
+/// chunk when the lease runs out: another process takes it over and finishes the table;
+/// the hung one, continued, finds its chunk gone and does not record over the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_loses_its_chunk_when_the_lease_runs_out() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 6000) g",
+    )?;
+    let a = spawn(
+        &pair,
+        &[
+            "--tables",
+            "t",
+            "--chunk-rows",
+            "500",
+            "--jobs",
+            "1",
+            "--max-rows-per-sec",
+            "1500",
+            "--lease-secs",
+            "3",
+        ],
+    )?;
+    let a_pid = a.id().context("pid of the first backfill")? as i32;
+    let held = tokio::task::block_in_place(|| {
+        poll_until(
+            "a chunk running after one done",
+            Duration::from_secs(60),
+            || {
+                let done = chunks_with(&pair.new, "t", "done").unwrap_or(0);
+                let running = try_on(
+                    &pair.new,
+                    "SELECT chunk_no FROM _switchyard.backfill_chunks WHERE status = 'running'",
+                );
+                Ok(match running {
+                    Some(r) if done >= 1 && !r.is_empty() => Some(r),
+                    _ => None,
+                })
+            },
+        )
+    })?;
+    send_signal(a_pid, Signal::SIGSTOP)?;
+    // The chunk may have finished between the probe and the signal: take what is running now.
+    let held = on(
+        &pair.new,
+        "SELECT coalesce(string_agg(chunk_no::text, ','), '') FROM _switchyard.backfill_chunks WHERE status = 'running'",
+    )
+    .map(|r| if r.is_empty() { held.clone() } else { r })?;
+    let b = spawn(
+        &pair,
+        &["--tables", "t", "--jobs", "2", "--lease-secs", "3"],
+    )?;
+    let taken = tokio::task::block_in_place(|| {
+        poll_until("the held chunk taken over", Duration::from_secs(60), || {
+            Ok(try_on(
+                &pair.new,
+                &format!(
+                    "SELECT count(*) FROM _switchyard.backfill_chunks \
+                     WHERE chunk_no IN ({held}) AND attempts >= 2"
+                ),
+            )
+            .filter(|n| n != "0"))
+        })
+    });
+    send_signal(a_pid, Signal::SIGCONT)?;
+    taken?;
+    let (a, b) = tokio::join!(
+        wait_backfill(a, BACKFILL_TIMEOUT),
+        wait_backfill(b, BACKFILL_TIMEOUT)
+    );
+    let (a, b) = (a?, b?);
+    ensure!(b.code() == Some(0), "{}", b.text());
+    ensure!(a.code() == Some(0), "{}", a.text());
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE status <> 'done'"
+        )? == "0"
+    );
+    let owners = on(
+        &pair.new,
+        &format!(
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE chunk_no IN ({held}) \
+             AND split_part(split_part(worker, ':', 2), '/', 1) = '{a_pid}'"
+        ),
+    )?;
+    ensure!(
+        owners == "0",
+        "the hung process recorded over the new owner"
+    );
+    assert_verified(&pair, "t").await
+}
+
+/// Scenario 26: the real proxy dual-writes updates, deletes and inserts (single
+/// statements and transactions) to rows of chunks being copied; the end state is equal
+/// row by row (no zombie rows, no lost updates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
+    let pair = pair_with("CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, v text)").await?;
+    const ROWS: i32 = 12000;
+    on(
+        &pair.old,
+        &format!("INSERT INTO acc SELECT g, 0, 'old' FROM generate_series(1, {ROWS}) g"),
+    )?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let proxy =
+        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{DB}",
+        PgCluster::USER,
+        proxy.port
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (stop, ops) = (stop.clone(), ops.clone());
+        writers.push(tokio::spawn(async move {
+            let mut next_new = ROWS + 1 + w * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let (op, id, id2) = {
+                    let mut rng = rand::rng();
+                    (
+                        rng.random_range(0..5),
+                        rng.random_range(1..=ROWS),
+                        rng.random_range(1..=ROWS),
+                    )
+                };
+                let sql = match op {
+                    0 => format!("UPDATE acc SET n = n + 1, v = 'upd' WHERE id = {id}"),
+                    1 => format!("DELETE FROM acc WHERE id = {id}"),
+                    2 => format!(
+                        "INSERT INTO acc VALUES ({id}, 100, 'reinserted') ON CONFLICT (id) DO UPDATE SET n = acc.n + 100"
+                    ),
+                    3 => {
+                        next_new += 1;
+                        format!("INSERT INTO acc VALUES ({next_new}, 1, 'new')")
+                    }
+                    _ => format!(
+                        "BEGIN; UPDATE acc SET n = n + 1 WHERE id = {id}; DELETE FROM acc WHERE id = {id2}; \
+                         INSERT INTO acc VALUES ({id2}, 7, 'tx') ON CONFLICT (id) DO NOTHING; \
+                         UPDATE acc SET v = 'tx2' WHERE id = {id2}; COMMIT"
+                    ),
+                };
+                if let Err(e) = client.batch_execute(&sql).await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    // Deadlocks between writers are the old database's answer, as without
+                    // the proxy; anything else is a failure.
+                    if e.code() != Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) {
+                        return Err(anyhow::Error::from(e).context(sql));
+                    }
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Writes are flowing before the backfill starts, and keep flowing while it runs.
+    let ops_ref = ops.clone();
+    poll_until_async("writes through the proxy", Duration::from_secs(20), || {
+        let n = ops_ref.load(Ordering::Relaxed);
+        async move { Ok((n >= 20).then_some(())) }
+    })
+    .await?;
+    let ops_at_start = ops.load(Ordering::Relaxed);
+    let run = backfill(
+        &pair,
+        &[
+            "--tables",
+            "acc",
+            "--chunk-rows",
+            "400",
+            "--jobs",
+            "2",
+            "--max-rows-per-sec",
+            "6000",
+        ],
+    )
+    .await?;
+    let ops_during = ops.load(Ordering::Relaxed) - ops_at_start;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await??;
+    }
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        ops_during >= 50,
+        "only {ops_during} writes raced the backfill"
+    );
+    // Lockstep commits reach new a moment after the client's answer.
+    eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
+    let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
+    if queued != "0" {
+        let r = reconciler(&pair, "replay", &[]).await?;
+        ensure!(r.code() == Some(0), "{}", r.text());
+    }
+    let repaired = on(
+        &pair.new,
+        "SELECT sum(rows_repaired) FROM _switchyard.backfill_chunks",
+    )?;
+    eprintln!("{ops_during} writes raced the backfill; {repaired} rows repaired by chunk checks");
+    drop(proxy);
+    assert_verified(&pair, "acc").await
+}
+
+/// Scenario 26, made deterministic: while one chunk's COPY runs on old (its snapshot
+/// taken), the proxy deletes a row of it (the mirrored delete finds nothing on new; the
+/// copy then brings a zombie), updates one (the proxy's newer image must not be
+/// overwritten by the copy's older one), deletes and re-inserts one, and inserts a new
+/// one. The chunk check removes exactly the zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_one_chunk_never_lose_to_the_copy() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, pad text)").await?;
+    // Wide rows (20 kB each, 40 MB in all), so the COPY outlasts the socket buffers and
+    // stays active on old while the rate limit holds it back.
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, 'old', repeat(md5(g::text), 640) FROM generate_series(1, 2000) g",
+    )?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let proxy =
+        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{DB}",
+        PgCluster::USER,
+        proxy.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let child = spawn(
+        &pair,
+        &[
+            "--tables",
+            "t",
+            "--chunk-rows",
+            "5000",
+            "--max-rows-per-sec",
+            "700",
+        ],
+    )?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the chunk's COPY running on old",
+            Duration::from_secs(60),
+            || {
+                Ok(try_on(
+                &pair.old,
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (SELECT%'",
+            )
+            .filter(|n| n == "1"))
+            },
+        )
+    })?;
+    client
+        .batch_execute(
+            "DELETE FROM t WHERE id = 1999; \
+             UPDATE t SET v = 'updated' WHERE id = 1998; \
+             DELETE FROM t WHERE id = 1997; INSERT INTO t VALUES (1997, 'reinserted', NULL); \
+             INSERT INTO t VALUES (2001, 'new', NULL)",
+        )
+        .await?;
+    let still_copying = on(
+        &pair.old,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (SELECT%'",
+    )?;
+    ensure!(still_copying == "1", "the writes did not race the copy");
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let chunk = on(
+        &pair.new,
+        "SELECT count(*), sum(rows_copied), sum(rows_inserted), sum(rows_repaired) FROM _switchyard.backfill_chunks",
+    )?;
+    ensure!(
+        chunk == "1|2000|1998|1",
+        "one chunk; 2000 rows read, 1997 and 1998 kept as the proxy wrote them, the zombie 1999 repaired: {chunk}"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM t WHERE id >= 1996"
+        )? == "1996=old,1997=reinserted,1998=updated,2000=old,2001=new"
+    );
+    drop(proxy);
+    assert_verified(&pair, "t").await
+}
+
+/// Pause through the control row holds the copy back; resume lets it finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_through_the_control_row() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY)").await?;
+    on(&pair.old, "INSERT INTO t SELECT generate_series(1, 3000)")?;
+    let paused = backfill(&pair, &["--pause"]).await?;
+    ensure!(paused.code() == Some(0), "{}", paused.text());
+    let child = spawn(&pair, &["--tables", "t", "--chunk-rows", "500"])?;
+    tokio::task::block_in_place(|| {
+        poll_until("the plan", Duration::from_secs(30), || {
+            Ok(chunks_with(&pair.new, "t", "pending").filter(|&n| n > 0))
+        })
+    })?;
+    ensure!(
+        chunks_with(&pair.new, "t", "done") == Some(0),
+        "copied while paused"
+    );
+    let resumed = backfill(&pair, &["--resume"]).await?;
+    ensure!(resumed.code() == Some(0), "{}", resumed.text());
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(run.stderr.contains("paused"), "{}", run.text());
+    assert_verified(&pair, "t").await
+}
+
+/// A bad URL fails with exit 2 and a message that names the side without the password;
+/// an unknown table fails before anything is written; a table without a primary key is
+/// skipped and reported (exit 1) while the others are copied; --dry-run writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_reported_clearly() -> Result<()> {
+    let port = free_port();
+    let bad = format!("postgres://app:sekrit@127.0.0.1:{port}/app");
+    let run = switchyard_tests::backfill::run_backfill(
+        &["--old", &bad, "--new", &bad],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(run.code() == Some(2), "{}", run.text());
+    ensure!(
+        run.stderr.contains("connecting to the old database")
+            && run.stderr.contains(&port.to_string()),
+        "{}",
+        run.text()
+    );
+    ensure!(
+        !run.text().contains("sekrit"),
+        "password leaked: {}",
+        run.text()
+    );
+
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nopk (v int);")
+        .await?;
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g; INSERT INTO nopk VALUES (1)",
+    )?;
+
+    let run = backfill(&pair, &["--tables", "t,nope"]).await?;
+    ensure!(run.code() == Some(2), "{}", run.text());
+    ensure!(
+        run.stderr
+            .contains("public.nope does not exist on the old database"),
+        "{}",
+        run.text()
+    );
+
+    let run = backfill(&pair, &["--dry-run"]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        run.stdout.contains("public.t")
+            && run.stdout.contains("nopk")
+            && run.stdout.contains("nothing was written"),
+        "{}",
+        run.text()
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT to_regclass('_switchyard.backfill_chunks') IS NULL"
+        )? == "t",
+        "dry run wrote the chunk table"
+    );
+    ensure!(on(&pair.new, "SELECT count(*) FROM t")? == "0");
+
+    let metrics = tempfile::NamedTempFile::new()?;
+    let path = metrics.path().to_string_lossy().to_string();
+    let run = backfill(&pair, &["--metrics-file", &path]).await?;
+    ensure!(
+        run.code() == Some(1),
+        "skipped table means exit 1: {}",
+        run.text()
+    );
+    ensure!(
+        run.stdout.contains("public.nopk") && run.stdout.contains("skipped: no primary key"),
+        "{}",
+        run.text()
+    );
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(
+        text.contains("switchyard_backfill_tables_skipped 1")
+            && text.contains("switchyard_backfill_rows_verified{table=\"public.t\"} 100"),
+        "metrics file:\n{text}"
+    );
+    assert_verified(&pair, "t").await
+}
+
+/// Tables whose foreign keys form a cycle cannot be ordered: the run refuses them and
+/// names `--fk-mode replica`, which then loads them with the checks off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_cycle_needs_replica_mode() -> Result<()> {
+    let pair = pair_with(
+        "CREATE TABLE ca (id int PRIMARY KEY, cb int);
+         CREATE TABLE cb (id int PRIMARY KEY, ca int NOT NULL REFERENCES ca);
+         ALTER TABLE ca ADD FOREIGN KEY (cb) REFERENCES cb;",
+    )
+    .await?;
+    on(
+        &pair.old,
+        "INSERT INTO ca SELECT g, NULL FROM generate_series(1, 300) g;
+         INSERT INTO cb SELECT g, 301 - g FROM generate_series(1, 300) g;
+         UPDATE ca SET cb = id;",
+    )?;
+    let run = backfill(&pair, &["--tables", "ca,cb", "--chunk-rows", "50"]).await?;
+    ensure!(run.code() == Some(2), "{}", run.text());
+    ensure!(
+        run.stderr.contains("public.ca") && run.stderr.contains("--fk-mode replica"),
+        "{}",
+        run.text()
+    );
+    let run = backfill(
+        &pair,
+        &[
+            "--tables",
+            "ca,cb",
+            "--chunk-rows",
+            "50",
+            "--fk-mode",
+            "replica",
+        ],
+    )
+    .await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    assert_verified(&pair, "ca,cb").await
+}
