@@ -113,3 +113,39 @@ async fn dashboard_assets_are_embedded_and_locked_down() -> Result<()> {
     }
     Ok(())
 }
+
+/// A backfill's chunk table on the new database shows up on the page, per table, with its
+/// chunks done and rows copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_backfill_progress() -> Result<()> {
+    let pair = pair_with("CREATE TABLE big (id int PRIMARY KEY, v text)").await?;
+    switchyard_tests::mirror::on(
+        &pair.old,
+        "INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+    )?;
+    let proxy = start_proxy(pair.config()).await?;
+    let admin = proxy.admin_addr().context("admin server")?;
+    let run =
+        switchyard_tests::backfill::backfill(&pair, &["--tables", "big", "--chunk-rows", "1000"])
+            .await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    let url = format!("http://{admin}/");
+    let dom = tokio::task::block_in_place(|| {
+        poll_until(
+            "the page to show the backfill",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                Ok(dom.contains("<td>backfill</td>").then_some(dom))
+            },
+        )
+    })?;
+    let row_start = dom.find("<td>backfill</td>").context("a backfill row")?;
+    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").context("row end")?];
+    ensure!(row.contains("big"), "{row}");
+    ensure!(
+        row.contains(">5<") && row.contains(">5,000<") && row.contains(">done<"),
+        "5 of 5 chunks, 5,000 rows, done: {row}"
+    );
+    Ok(())
+}
