@@ -99,6 +99,17 @@ fn planted_mistakes_are_found() {
         "condition: service_healthy",
         "condition: service_ready",
     );
+    // PromQL that does not parse, in an alert and in a dashboard query.
+    plant(
+        &kit.join("docs/prometheus/alerts.yml"),
+        "[5m])) > 0.1",
+        "[5m])) >> 0.1",
+    );
+    plant(
+        &kit.join("docs/grafana/switchyard.json"),
+        "histogram_quantile(0.5, ",
+        "histogram_quantile(0.5 ",
+    );
     // Two-phase commit impossible on new.
     plant(
         &kit.join("docker-compose.yml"),
@@ -115,6 +126,8 @@ fn planted_mistakes_are_found() {
         "no scrape target proxy:9187",
         "Schema validation errors",
         "max_prepared_transactions > 0",
+        "\"SwitchyardSecondaryErrors\": could not parse expression",
+        "group \"dashboard-queries\"",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
