@@ -51,7 +51,11 @@ fn copy_tree(from: &Path, to: &Path) {
 /// does not silently miss when the kit changes).
 fn plant(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read");
-    assert!(text.contains(from), "{} no longer contains {from:?}", path.display());
+    assert!(
+        text.contains(from),
+        "{} no longer contains {from:?}",
+        path.display()
+    );
     std::fs::write(path, text.replacen(from, to, 1)).expect("write");
 }
 
