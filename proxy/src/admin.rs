@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .route("/api/mismatches", get(mismatches))
         .with_state(AdminState { shared, metrics })
 }
 
@@ -62,6 +63,8 @@ struct Status {
     classifier_cache_entries: usize,
     /// Dual writes; null when mirroring is off.
     mirror: Option<crate::mirror::status::MirrorSnapshot>,
+    /// Shadow reads; null when off.
+    shadow: Option<crate::shadow::ShadowSnapshot>,
 }
 
 #[derive(Serialize)]
@@ -107,5 +110,14 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
         },
         classifier_cache_entries: sh.classifier.len(),
         mirror: sh.mirror.as_ref().map(|m| m.status.snapshot("two-phase")),
+        shadow: sh.shadow.as_ref().map(|s| s.snapshot()),
     })
+}
+
+/// Confirmed shadow-read mismatches, newest first; 404 when shadow reads are off.
+async fn mismatches(State(s): State<AdminState>) -> axum::response::Response {
+    match &s.shared.shadow {
+        Some(sh) => Json(sh.mismatches()).into_response(),
+        None => (StatusCode::NOT_FOUND, "shadow reads are off\n").into_response(),
+    }
 }

@@ -56,6 +56,10 @@ pub struct Args {
     /// [default: two-phase]
     #[arg(long, value_parser = ["two-phase", "off"])]
     pub mirror_mode: Option<String>,
+    /// Shadow reads: share of read-only statements also run on the other database and
+    /// compared, 0 to 1 [default: 0]
+    #[arg(long)]
+    pub shadow_sample_rate: Option<f64>,
 }
 
 impl Args {
@@ -106,6 +110,9 @@ impl Args {
         flag!(tls_key as |v: &PathBuf| v.display().to_string());
         if let Some(m) = &self.mirror_mode {
             layers = layers.flag("mirror.mode", m.clone());
+        }
+        if let Some(r) = self.shadow_sample_rate {
+            layers = layers.flag("shadow.sample_rate", r);
         }
         layers.build_with_warnings()
     }
@@ -205,6 +212,31 @@ mod tests {
                 .contains("environment variable SWITCHYARD_MAX_MESSAGE_SIZE"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod shadow_flag {
+    use super::*;
+
+    #[test]
+    fn shadow_sample_rate_flag_and_bounds() {
+        let base = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(
+                std::iter::once("switchyard-proxy")
+                    .chain(base.iter().copied())
+                    .chain(extra.iter().copied()),
+            )
+            .expect("flags")
+            .load(Vec::new())
+        };
+        let cfg = parse(&["--shadow-sample-rate", "0.25"]).expect("valid");
+        assert_eq!(cfg.shadow.sample_rate, 0.25);
+        assert!(cfg.shadow.enabled());
+        let err = parse(&["--shadow-sample-rate", "1.5"]).expect_err("out of range");
+        assert!(err.to_string().contains("shadow.sample_rate"), "{err}");
+        assert!(err.to_string().contains("--shadow-sample-rate"), "{err}");
     }
 }
 

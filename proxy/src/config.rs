@@ -91,6 +91,9 @@ pub struct ProxyConfig {
     /// Dual writes to the new database.
     #[serde(default)]
     pub mirror: MirrorConfig,
+    /// Shadow reads: sampled reads compared on both databases.
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowConfig,
 }
 
 /// How writes reach the secondary.
@@ -221,6 +224,7 @@ impl ProxyConfig {
             health_check_interval_secs: default_health_interval(),
             worker_threads: 0,
             mirror: MirrorConfig::default(),
+            shadow: crate::shadow::ShadowConfig::default(),
         }
     }
 
@@ -310,6 +314,9 @@ impl Validate for ProxyConfig {
                 "mirror.secondary_lock_timeout_ms",
                 "must be at least 1".into(),
             );
+        }
+        for (key, message) in self.shadow.problems() {
+            bad(&format!("shadow.{key}"), message);
         }
         if self.health_check_interval_secs == 0 {
             bad("health_check_interval_secs", "must be at least 1".into());

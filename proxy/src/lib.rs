@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod protocol;
 pub mod server;
+pub mod shadow;
 pub mod shared;
 pub mod tls;
 

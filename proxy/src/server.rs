@@ -162,10 +162,20 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .await
             .map_err(StartError::Mirror)?;
     }
+    let shadow = crate::shadow::Shadow::new(
+        &config.shadow,
+        &old,
+        &new,
+        crate::backend::ConnectOptions {
+            timeout: config.connect_timeout(),
+            max_message_size: config.max_message_size,
+        },
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         instance_id,
         mirror: mirror.clone(),
+        shadow,
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
         old,
@@ -218,6 +228,9 @@ async fn serve(
             m,
             Duration::from_secs(5),
         ));
+    }
+    if let Some(s) = shared.shadow.clone() {
+        background.spawn(s.run());
     }
     background.spawn(crate::health::run(
         shared.clone(),

@@ -35,6 +35,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Dual writes; None when `mirror.mode = "off"`.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// Shadow reads; None while no statement can be sampled.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 impl Shared {
