@@ -27,6 +27,11 @@ pub struct ShadowConfig {
     /// Sampled statements waiting for a free slot; beyond it they are dropped and counted.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// Comparisons started per second at most (0: no limit). The budget that keeps shadow
+    /// work from taking the CPU and database time the clients need: beyond it, sampled
+    /// statements wait in the queue and then are dropped.
+    #[serde(default = "default_max_per_sec")]
+    pub max_comparisons_per_sec: u64,
     /// statement_timeout of each shadow execution, on both sides, in ms.
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_ms: u64,
@@ -60,6 +65,7 @@ impl Default for ShadowConfig {
             baseline_rate: 0.0,
             concurrency: default_concurrency(),
             queue_size: default_queue_size(),
+            max_comparisons_per_sec: default_max_per_sec(),
             statement_timeout_ms: default_statement_timeout(),
             recheck_delay_ms: default_recheck_delay(),
             max_samples: default_max_samples(),
@@ -76,6 +82,9 @@ fn default_concurrency() -> usize {
 }
 fn default_queue_size() -> usize {
     128
+}
+fn default_max_per_sec() -> u64 {
+    200
 }
 fn default_statement_timeout() -> u64 {
     2000

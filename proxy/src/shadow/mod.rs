@@ -53,6 +53,10 @@ pub struct Shadow {
     sampler: Sampler,
     tx: mpsc::Sender<Job>,
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Re-checks have their own queue, served first: under a flood of new samples a
+    /// mismatch must still get its second look.
+    recheck_tx: mpsc::Sender<Job>,
+    recheck_rx: Mutex<Option<mpsc::Receiver<Job>>>,
     pub stats: Stats,
     pub samples: Samples,
     redactor: Redactor,
@@ -80,6 +84,7 @@ impl Shadow {
         // Resolve counter handles against the real recorder, not the no-op one.
         let _ = crate::metrics::handle();
         let (tx, rx) = mpsc::channel(config.queue_size);
+        let (recheck_tx, recheck_rx) = mpsc::channel(config.queue_size);
         let idle = config.concurrency;
         Some(Arc::new(Shadow {
             sampler: Sampler {
@@ -89,6 +94,8 @@ impl Shadow {
             },
             tx,
             rx: Mutex::new(Some(rx)),
+            recheck_tx,
+            recheck_rx: Mutex::new(Some(recheck_rx)),
             stats: Stats::new(config.max_fingerprints),
             samples: Samples::new(config.max_samples),
             redactor: Redactor::new(rand::random(), config.redact),
@@ -129,8 +136,9 @@ impl Shadow {
     /// Runs the workers until the task is aborted (at shutdown). Only the first call runs.
     pub async fn run(self: Arc<Self>) {
         let rx = self.rx.lock().ok().and_then(|mut r| r.take());
-        if let Some(rx) = rx {
-            worker::dispatch(self, rx).await;
+        let recheck_rx = self.recheck_rx.lock().ok().and_then(|mut r| r.take());
+        if let (Some(rx), Some(recheck_rx)) = (rx, recheck_rx) {
+            worker::dispatch(self, rx, recheck_rx).await;
         }
     }
 

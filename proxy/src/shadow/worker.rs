@@ -13,21 +13,41 @@ use super::stats::Outcome;
 use super::Shadow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub(super) async fn dispatch(shadow: Arc<Shadow>, mut rx: mpsc::Receiver<Job>) {
+pub(super) async fn dispatch(
+    shadow: Arc<Shadow>,
+    mut rx: mpsc::Receiver<Job>,
+    mut recheck_rx: mpsc::Receiver<Job>,
+) {
     let slots = Arc::new(Semaphore::new(shadow.config.concurrency));
+    let pace = match shadow.config.max_comparisons_per_sec {
+        0 => None,
+        n => Some(Duration::from_secs(1) / n.min(1_000_000) as u32),
+    };
+    let mut next_start = tokio::time::Instant::now();
     // Owned here so aborting the dispatcher at shutdown aborts the comparisons in flight.
     let mut running = JoinSet::new();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        if let Some(gap) = pace {
+            // Starts are spaced evenly; time spent idle is not saved up for a burst.
+            let now = tokio::time::Instant::now();
+            if next_start > now {
+                tokio::time::sleep_until(next_start).await;
+            }
+            next_start = next_start.max(now) + gap;
+        }
         while running.try_join_next().is_some() {}
-        let Some(job) = rx.recv().await else {
-            break;
+        let job = tokio::select! {
+            biased;
+            Some(j) = recheck_rx.recv() => j,
+            Some(j) = rx.recv() => j,
+            else => break,
         };
         shadow.stats.popped.fetch_add(1, Ordering::Relaxed);
         running.spawn(run_job(shadow.clone(), job, permit));
@@ -152,8 +172,8 @@ async fn side(
     (result, started.elapsed())
 }
 
-/// Queues the same statement again after the re-check delay. The re-check goes through the
-/// same bounded queue; if that is full it is dropped and counted, never waited for.
+/// Queues the same statement again after the re-check delay, on the bounded re-check queue
+/// (served before new samples); if that is full it is dropped and counted, never waited for.
 fn schedule_recheck(shadow: &Arc<Shadow>, job: &Job, signature: u64) {
     let mut again = job.clone();
     again.attempt = 1;
@@ -164,7 +184,7 @@ fn schedule_recheck(shadow: &Arc<Shadow>, job: &Job, signature: u64) {
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         // Counted as pushed like any job, so pushed and popped meet when the queue is empty.
-        if shadow.tx.try_send(again).is_ok() {
+        if shadow.recheck_tx.try_send(again).is_ok() {
             shadow.stats.pushed.fetch_add(1, Ordering::Relaxed);
         } else {
             shadow
