@@ -166,3 +166,117 @@ impl ShadowTap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ConnectOptions;
+    use crate::classify::classify_uncached;
+    use crate::protocol::frontend::{Bind, FrontendMessage};
+    use bytes::BytesMut;
+    use switchyard_core::dsn::Dsn;
+    use tokio::sync::mpsc::Receiver;
+
+    fn shadow(queue_size: usize) -> (Arc<Shadow>, Receiver<Job>) {
+        let dsn = Dsn::parse("postgres://u@127.0.0.1:1/db").expect("url");
+        let config = super::super::ShadowConfig {
+            sample_rate: 1.0,
+            queue_size,
+            ..Default::default()
+        };
+        let opts = ConnectOptions {
+            timeout: std::time::Duration::from_secs(1),
+            max_message_size: 1 << 20,
+        };
+        let s = Shadow::new(&config, &dsn, &dsn, opts).expect("enabled");
+        let rx = s.rx.lock().expect("lock").take().expect("receiver");
+        (s, rx)
+    }
+
+    fn frame(m: FrontendMessage) -> Frame {
+        let mut b = BytesMut::new();
+        m.encode(&mut b);
+        Frame::parse(&mut b, 1 << 20)
+            .expect("valid")
+            .expect("whole")
+    }
+
+    #[test]
+    fn extended_reads_are_replayed_as_bound_once_per_portal() {
+        let (s, mut rx) = shadow(16);
+        let mut tap = ShadowTap::new(s, &[("TimeZone".into(), "UTC".into())]);
+        let sql = "SELECT * FROM t WHERE id = $1";
+        let parse = frame(FrontendMessage::Parse {
+            name: "s1".into(),
+            query: sql.into(),
+            param_types: vec![23],
+        });
+        tap.parse(&parse, &classify_uncached(sql));
+        let bind = frame(FrontendMessage::Bind(Bind {
+            portal: String::new(),
+            statement: "s1".into(),
+            param_formats: vec![1],
+            params: vec![Some(Bytes::from_static(&[0, 0, 0, 7]))],
+            result_formats: vec![1],
+        }));
+        let exec = frame(FrontendMessage::Execute {
+            portal: String::new(),
+            max_rows: 1,
+        });
+        tap.bind(&bind);
+        tap.execute(&exec, || true);
+        tap.execute(&exec, || true);
+        let job = rx.try_recv().expect("sampled");
+        assert_eq!(&*job.sql, sql);
+        assert_eq!(job.param_types, vec![23]);
+        assert_eq!(job.param_formats, vec![1]);
+        assert_eq!(job.params, vec![Some(Bytes::from_static(&[0, 0, 0, 7]))]);
+        assert_eq!(&*job.settings, &["SET \"TimeZone\" TO 'UTC'".to_string()]);
+        assert!(
+            rx.try_recv().is_err(),
+            "a portal fetched in pieces is one sample"
+        );
+
+        tap.bind(&bind);
+        tap.execute(&exec, || false);
+        assert!(rx.try_recv().is_err(), "not inside a transaction block");
+
+        tap.close(b'S', "s1");
+        tap.bind(&bind);
+        tap.execute(&exec, || true);
+        assert!(rx.try_recv().is_err(), "a closed statement is forgotten");
+    }
+
+    #[test]
+    fn only_single_reads_are_sampled_and_sets_are_tracked() {
+        let (s, mut rx) = shadow(16);
+        let mut tap = ShadowTap::new(s, &[]);
+        for sql in [
+            "UPDATE t SET a = 1",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT nextval('s')",
+            "SELECT 1; SELECT 2",
+        ] {
+            tap.query(sql, &classify_uncached(sql), || true);
+            assert!(rx.try_recv().is_err(), "{sql} must not be sampled");
+        }
+        let set = "SET search_path = app";
+        tap.query(set, &classify_uncached(set), || true);
+        let sql = "SELECT a FROM t";
+        tap.query(sql, &classify_uncached(sql), || true);
+        let job = rx.try_recv().expect("sampled");
+        assert_eq!(&*job.settings, &[set.to_string()]);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (s, _rx) = shadow(1);
+        let mut tap = ShadowTap::new(s.clone(), &[]);
+        let sql = "SELECT a FROM t";
+        for _ in 0..3 {
+            tap.query(sql, &classify_uncached(sql), || true);
+        }
+        let q = s.snapshot().queue;
+        assert_eq!((q.pushed, q.dropped), (1, 2));
+    }
+}
