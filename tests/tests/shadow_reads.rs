@@ -477,3 +477,55 @@ async fn shadow_sample_rate_flag_turns_shadow_reads_on() -> Result<()> {
     .with_context(|| p.log_text())?;
     Ok(())
 }
+
+const DRIVERS: &str = r#"
+import asyncio, sys
+import asyncpg, psycopg
+
+async def with_asyncpg(url):
+    c = await asyncpg.connect(url)
+    for i in range(1, 4):
+        await c.fetch("SELECT id, v FROM counters WHERE id = $1", i)
+    st = await c.prepare("SELECT sum(v) FROM counters WHERE id <= $1")
+    await st.fetch(5)
+    await c.close()
+
+asyncio.run(with_asyncpg(sys.argv[1]))
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    c.execute("SELECT v FROM counters WHERE id = %s", (2,)).fetchall()
+    c.execute("SELECT v FROM counters WHERE id = %s", (3,), prepare=True).fetchall()
+"#;
+
+/// Drivers in another language (asyncpg: named prepared statements, binary parameters;
+/// psycopg 3: server-side binding, a prepared statement): their reads are sampled and match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_reads_are_compared() -> Result<()> {
+    let python = switchyard_tests::clients::python_bin()?;
+    let pair = pair(COUNTERS, COUNTERS).await?;
+    let proxy = start_proxy(shadow_config(&pair)).await?;
+    let url = switchyard_tests::proxy::proxy_url(&proxy, PgCluster::USER);
+    switchyard_tests::clients::run_client(
+        tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(DRIVERS)
+            .arg(&url),
+        "python drivers",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success("python drivers")?;
+    let s = wait_shadow(&proxy, "the drivers' reads to be compared", |s| {
+        settled(s)
+            && count(
+                entry(s, "SELECT id, v FROM counters WHERE id = $1"),
+                "matched",
+            ) == 3
+            && count(entry(s, "sum(v)"), "matched") == 1
+            && count(entry(s, "SELECT v FROM counters WHERE id = $1"), "matched") == 2
+    })
+    .await?;
+    let (_, _, confirmed, transient, errors) = totals(&s);
+    ensure!(confirmed + transient + errors == 0, "{s:#}");
+    proxy.shutdown().await;
+    Ok(())
+}
