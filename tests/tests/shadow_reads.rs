@@ -435,7 +435,8 @@ async fn samples_hold_no_raw_values_unless_configured() -> Result<()> {
 }
 
 /// The real binary with `--shadow-sample-rate`: reads are compared and show in
-/// `/api/status`.
+/// `/api/status` and `/metrics`; a confirmed mismatch logs one structured line without
+/// values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_sample_rate_flag_turns_shadow_reads_on() -> Result<()> {
     let pair = pair(COUNTERS, COUNTERS).await?;
@@ -475,6 +476,45 @@ async fn shadow_sample_rate_flag_turns_shadow_reads_on() -> Result<()> {
     )
     .await
     .with_context(|| p.log_text())?;
+
+    on(&pair.new, "UPDATE counters SET v = 424242 WHERE id = 2")?;
+    c.query("SELECT id, v FROM counters", &[]).await?;
+    switchyard_tests::wait::poll_until_async(
+        "the confirmed mismatch in /api/status",
+        Duration::from_secs(30),
+        || async move {
+            let (_, body) = switchyard_tests::http::get(admin, "/api/status").await?;
+            let s: Value = serde_json::from_str(&body)?;
+            Ok((s["shadow"]["totals"]["confirmed"].as_u64() == Some(1)).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| p.log_text())?;
+    let (_, metrics) = switchyard_tests::http::get(admin, "/metrics").await?;
+    ensure!(
+        metrics.contains("switchyard_shadow_comparisons_total{")
+            && metrics.contains("outcome=\"confirmed\""),
+        "{metrics}"
+    );
+    let log = switchyard_tests::wait::poll_until_async(
+        "the mismatch log line",
+        Duration::from_secs(10),
+        || {
+            let text = p.log_text();
+            async move {
+                Ok(text
+                    .lines()
+                    .find(|l| l.contains("Shadow read mismatch confirmed"))
+                    .map(str::to_string))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        log.contains("fingerprint=") && log.contains("difference=\"rows\""),
+        "{log}"
+    );
+    ensure!(!log.contains("424242"), "no values in the log: {log}");
     Ok(())
 }
 
