@@ -2,7 +2,8 @@
 //! they arrive. The statement is replayed exactly as the client sent it (Parse with the
 //! same parameter types, Bind with the same parameter values and formats), with results
 //! asked for in text so the two sides print values the same way, inside
-//! `BEGIN READ ONLY` with a statement_timeout, and rolled back.
+//! `BEGIN READ ONLY` on a connection started with statement_timeout, lock_timeout and
+//! default_transaction_read_only, and rolled back.
 //!
 //! One write carries the whole exchange: a simple Query that opens the transaction and
 //! replays the session's settings, the extended-protocol statement ending in Sync, and a
@@ -49,10 +50,10 @@ pub struct Limits {
 }
 
 /// The encoded exchange for `stmt`.
-pub fn encode(stmt: &Statement<'_>, timeout_ms: u64) -> BytesMut {
-    let mut setup = format!(
-        "BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {timeout_ms}"
-    );
+/// The timeouts are set once per connection (startup parameters, see `Pool::get`); each
+/// exchange only opens the read-only transaction and replays the session's settings.
+pub fn encode(stmt: &Statement<'_>) -> BytesMut {
+    let mut setup = String::from("BEGIN READ ONLY");
     for s in stmt.settings {
         setup.push_str("; ");
         setup.push_str(s);
@@ -103,7 +104,7 @@ impl Conn {
         // The server-side timeout normally fires first; this one covers a server that stops
         // answering altogether.
         let deadline = limits.statement_timeout + Duration::from_millis(1000);
-        match tokio::time::timeout(deadline, self.exchange(role, stmt, shape, limits, ms)).await {
+        match tokio::time::timeout(deadline, self.exchange(role, stmt, shape, limits)).await {
             Ok(r) => r,
             Err(_) => Err(SideError::Timeout { role, ms }),
         }
@@ -115,9 +116,8 @@ impl Conn {
         stmt: &Statement<'_>,
         shape: &Shape,
         limits: Limits,
-        ms: u64,
     ) -> Result<Digest, SideError> {
-        let out = encode(stmt, ms);
+        let out = encode(stmt);
         self.stream
             .write_all(&out)
             .await
@@ -205,19 +205,27 @@ pub struct Pool {
     opts: ConnectOptions,
     idle: Mutex<Vec<Conn>>,
     max_idle: usize,
+    statement_timeout: Duration,
     down_until: Mutex<Option<Instant>>,
 }
 
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
 impl Pool {
-    pub fn new(role: Role, dsn: Dsn, opts: ConnectOptions, max_idle: usize) -> Self {
+    pub fn new(
+        role: Role,
+        dsn: Dsn,
+        opts: ConnectOptions,
+        max_idle: usize,
+        statement_timeout: Duration,
+    ) -> Self {
         Pool {
             role,
             dsn,
             opts,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            statement_timeout,
             down_until: Mutex::new(None),
         }
     }
@@ -239,10 +247,21 @@ impl Pool {
         if down {
             return Err(SideError::Unavailable { role: self.role });
         }
-        let params = [(
-            "application_name".to_string(),
-            "switchyard-shadow".to_string(),
-        )];
+        // Server-side limits for every statement on this connection: the session settings a
+        // client replays cannot change them (neither is tracked).
+        let ms = self.statement_timeout.as_millis().to_string();
+        let params = [
+            (
+                "application_name".to_string(),
+                "switchyard-shadow".to_string(),
+            ),
+            ("statement_timeout".to_string(), ms.clone()),
+            ("lock_timeout".to_string(), ms),
+            (
+                "default_transaction_read_only".to_string(),
+                "on".to_string(),
+            ),
+        ];
         match connect(self.role, &self.dsn, &params, &self.opts).await {
             Ok(b) => Ok(Conn {
                 stream: b.stream,
@@ -281,7 +300,7 @@ mod tests {
             params: &params,
             settings: &settings,
         };
-        let mut out = encode(&stmt, 1500);
+        let mut out = encode(&stmt);
         let mut tags = Vec::new();
         while let Some(f) = Frame::parse(&mut out, 1 << 20).expect("valid") {
             if let Ok(FrontendMessage::Query(q)) = FrontendMessage::decode(&f) {
@@ -293,7 +312,7 @@ mod tests {
         assert_eq!(
             tags,
             vec![
-                "BEGIN READ ONLY; SET LOCAL statement_timeout = 1500; SET LOCAL lock_timeout = 1500; SET search_path = app".to_string(),
+                "BEGIN READ ONLY; SET search_path = app".to_string(),
                 "P".into(),
                 "B".into(),
                 "D".into(),

@@ -86,6 +86,7 @@ impl Shadow {
         let (tx, rx) = mpsc::channel(config.queue_size);
         let (recheck_tx, recheck_rx) = mpsc::channel(config.queue_size);
         let idle = config.concurrency;
+        let timeout = config.statement_timeout();
         Some(Arc::new(Shadow {
             sampler: Sampler {
                 rate: config.sample_rate,
@@ -99,9 +100,9 @@ impl Shadow {
             stats: Stats::new(config.max_fingerprints),
             samples: Samples::new(config.max_samples),
             redactor: Redactor::new(rand::random(), config.redact),
-            old: Pool::new(Role::Old, old.clone(), opts.clone(), idle),
-            old_again: Pool::new(Role::Old, old.clone(), opts.clone(), idle),
-            new: Pool::new(Role::New, new.clone(), opts.clone(), idle),
+            old: Pool::new(Role::Old, old.clone(), opts.clone(), idle, timeout),
+            old_again: Pool::new(Role::Old, old.clone(), opts.clone(), idle, timeout),
+            new: Pool::new(Role::New, new.clone(), opts.clone(), idle, timeout),
             analyses: DashMap::new(),
             max_message_size: opts.max_message_size,
             pushed: metrics::counter!(QUEUE_TOTAL, "event" => "pushed"),
@@ -117,6 +118,18 @@ impl Shadow {
             .decide(fingerprint, rand::random::<f64>(), rand::random::<f64>())
     }
 
+    /// The sampling decision for a statement about to be copied into a job: None also when
+    /// the queue is full, counted as a drop, so a saturated shadow costs the session no
+    /// copying (a sampling rate beyond the budget is the normal case at 100 %).
+    pub fn decide_with_room(&self, fingerprint: u64) -> Option<Kind> {
+        let kind = self.decide(fingerprint)?;
+        if self.tx.capacity() == 0 {
+            self.count_drop();
+            return None;
+        }
+        Some(kind)
+    }
+
     /// Queues a job without waiting: a full queue drops it and counts the drop.
     pub fn submit(&self, job: Job) -> bool {
         match self.tx.try_send(job) {
@@ -126,11 +139,15 @@ impl Shadow {
                 true
             }
             Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.dropped.increment(1);
+                self.count_drop();
                 false
             }
         }
+    }
+
+    fn count_drop(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped.increment(1);
     }
 
     /// Runs the workers until the task is aborted (at shutdown). Only the first call runs.

@@ -59,7 +59,7 @@ impl ShadowTap {
             if !idle() {
                 return;
             }
-            if let Some(kind) = self.shadow.decide(c.fingerprint) {
+            if let Some(kind) = self.shadow.decide_with_room(c.fingerprint) {
                 self.shadow.submit(Job {
                     kind,
                     fingerprint: c.fingerprint,
@@ -132,7 +132,7 @@ impl ShadowTap {
         if !idle() {
             return;
         }
-        let Some(kind) = self.shadow.decide(prepared.fingerprint) else {
+        let Some(kind) = self.shadow.decide_with_room(prepared.fingerprint) else {
             return;
         };
         let Ok(FrontendMessage::Bind(b)) = FrontendMessage::decode(&bind) else {
