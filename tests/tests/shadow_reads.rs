@@ -377,15 +377,50 @@ async fn slow_or_down_secondary_does_not_touch_clients() -> Result<()> {
             .await?;
     }
     let s = wait_shadow(&proxy, "connection errors to be counted", |s| {
-        entry(s, "FROM counters").is_some_and(|e| {
-            e["error_kinds"]["connect"].as_u64().unwrap_or(0)
-                + e["error_kinds"]["unavailable"].as_u64().unwrap_or(0)
-                + e["error_kinds"]["io"].as_u64().unwrap_or(0)
-                >= 1
-        })
+        settled(s)
+            && entry(s, "FROM counters").is_some_and(|e| {
+                e["error_kinds"]["connect"].as_u64().unwrap_or(0)
+                    + e["error_kinds"]["unavailable"].as_u64().unwrap_or(0)
+                    + e["error_kinds"]["io"].as_u64().unwrap_or(0)
+                    >= 1
+            })
     })
     .await?;
     ensure!(totals(&s).2 == 0, "errors are not mismatches: {s:#}");
+
+    // Back up: the next comparisons match again.
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let errors_before = totals(&s).4;
+    let matched_before = totals(&s).1;
+    // Connection failures mark new down for a second; reads in that second fail fast.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.query("SELECT v FROM counters WHERE id = $1", &[&1i32])
+        .await?;
+    let s = wait_shadow(&proxy, "a comparison after new came back", |s| {
+        settled(s) && totals(s).1 > matched_before
+    })
+    .await?;
+    ensure!(
+        totals(&s).4 == errors_before,
+        "no error once new is back: {s:#}"
+    );
+
+    // Restarted while the shadow's connections sat idle: they are dead; the comparison
+    // retries on a new connection instead of counting an error.
+    tokio::task::block_in_place(|| -> Result<()> {
+        pair.new.stop_fast()?;
+        pair.new.start()
+    })?;
+    c.query("SELECT v FROM counters WHERE id = $1", &[&2i32])
+        .await?;
+    let s = wait_shadow(&proxy, "a comparison after a restart", |s| {
+        settled(s) && totals(s).1 > matched_before + 1
+    })
+    .await?;
+    ensure!(
+        totals(&s).4 == errors_before,
+        "stale pooled connections are not errors: {s:#}"
+    );
     proxy.shutdown().await;
     Ok(())
 }

@@ -56,6 +56,13 @@ impl SideError {
         matches!(self, SideError::Server { sqlstate, .. } if sqlstate == READ_ONLY_VIOLATION)
     }
 
+    /// The connection was found dead (closed or reset), as an idle one is after the
+    /// database restarted: worth one more try on a new connection (the statement is
+    /// read-only, so running it again is harmless).
+    pub fn is_dead_connection(&self) -> bool {
+        matches!(self, SideError::Io { .. } | SideError::Closed { .. })
+    }
+
     /// After this error the connection is in an unknown state and is not reused.
     pub fn poisons_connection(&self) -> bool {
         !matches!(

@@ -234,10 +234,16 @@ impl Pool {
         self.role
     }
 
-    pub async fn get(&self) -> Result<Conn, SideError> {
+    /// An idle connection (`true`: it may have gone stale while idle) or a new one.
+    pub async fn get(&self) -> Result<(Conn, bool), SideError> {
         if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            return Ok(c);
+            return Ok((c, true));
         }
+        self.connect().await.map(|c| (c, false))
+    }
+
+    /// A new connection, unless the database failed moments ago.
+    pub async fn connect(&self) -> Result<Conn, SideError> {
         let down = self
             .down_until
             .lock()

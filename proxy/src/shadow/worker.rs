@@ -160,8 +160,12 @@ async fn side(
         settings: &job.settings,
     };
     let result = async {
-        let mut conn = pool.get().await?;
-        let r = conn.run(pool.role(), &stmt, shape, limits).await;
+        let (mut conn, reused) = pool.get().await?;
+        let mut r = conn.run(pool.role(), &stmt, shape, limits).await;
+        if reused && r.as_ref().is_err_and(SideError::is_dead_connection) {
+            conn = pool.connect().await?;
+            r = conn.run(pool.role(), &stmt, shape, limits).await;
+        }
         match &r {
             Err(e) if e.poisons_connection() => {}
             _ => pool.put(conn),
