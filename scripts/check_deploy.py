@@ -21,11 +21,6 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Metrics of work in progress on other branches, named here until those branches merge; the
 # check then finds them in the sources like every other name. Keep this list short-lived.
 PENDING = {
-    # branch `shadow`: proxy/src/shadow/stats.rs, proxy/src/shadow/mod.rs
-    "switchyard_shadow_comparisons_total": "shadow",
-    "switchyard_shadow_queue_total": "shadow",
-    "switchyard_shadow_query_duration_seconds": "shadow",
-    "switchyard_shadow_rechecks_pending": "shadow",
 }
 
 problems = []

@@ -24,6 +24,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
         .merge(crate::dashboard::routes())
+        .route("/api/mismatches", get(mismatches))
         .with_state(AdminState { shared, metrics })
 }
 
@@ -67,6 +68,8 @@ struct Status {
     phase: &'static str,
     /// Backfill progress per table (from its chunk table on the new database).
     progress: Vec<crate::progress::ProgressEntry>,
+    /// Shadow reads; null when off.
+    shadow: Option<crate::shadow::ShadowSnapshot>,
 }
 
 #[derive(Serialize)]
@@ -114,5 +117,14 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
         mirror: sh.mirror.as_ref().map(|m| m.snapshot()),
         phase: "shadow",
         progress: sh.progress.get(),
+        shadow: sh.shadow.as_ref().map(|s| s.snapshot()),
     })
+}
+
+/// Confirmed shadow-read mismatches, newest first; 404 when shadow reads are off.
+async fn mismatches(State(s): State<AdminState>) -> axum::response::Response {
+    match &s.shared.shadow {
+        Some(sh) => Json(sh.mismatches()).into_response(),
+        None => (StatusCode::NOT_FOUND, "shadow reads are off\n").into_response(),
+    }
 }

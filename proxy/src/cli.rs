@@ -71,6 +71,10 @@ pub struct Args {
     /// [default: embedded]
     #[arg(long, value_parser = ["embedded", "fail"])]
     pub kafka_on_failure: Option<String>,
+    /// Shadow reads: share of read-only statements also run on the other database and
+    /// compared, 0 to 1 [default: 0]
+    #[arg(long)]
+    pub shadow_sample_rate: Option<f64>,
 }
 
 impl Args {
@@ -131,6 +135,9 @@ impl Args {
             if let Some(v) = value {
                 layers = layers.flag(key, v.clone());
             }
+        }
+        if let Some(r) = self.shadow_sample_rate {
+            layers = layers.flag("shadow.sample_rate", r);
         }
         layers.build_with_warnings()
     }
@@ -230,6 +237,31 @@ mod tests {
                 .contains("environment variable SWITCHYARD_MAX_MESSAGE_SIZE"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod shadow_flag {
+    use super::*;
+
+    #[test]
+    fn shadow_sample_rate_flag_and_bounds() {
+        let base = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(
+                std::iter::once("switchyard-proxy")
+                    .chain(base.iter().copied())
+                    .chain(extra.iter().copied()),
+            )
+            .expect("flags")
+            .load(Vec::new())
+        };
+        let cfg = parse(&["--shadow-sample-rate", "0.25"]).expect("valid");
+        assert_eq!(cfg.shadow.sample_rate, 0.25);
+        assert!(cfg.shadow.enabled());
+        let err = parse(&["--shadow-sample-rate", "1.5"]).expect_err("out of range");
+        assert!(err.to_string().contains("shadow.sample_rate"), "{err}");
+        assert!(err.to_string().contains("--shadow-sample-rate"), "{err}");
     }
 }
 

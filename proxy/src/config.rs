@@ -95,6 +95,9 @@ pub struct ProxyConfig {
     /// Where retry records go: the embedded table (default) or Kafka.
     #[serde(default)]
     pub retry_log: RetryLogConfig,
+    /// Shadow reads: sampled reads compared on both databases.
+    #[serde(default)]
+    pub shadow: crate::shadow::ShadowConfig,
 }
 
 /// How writes reach the secondary.
@@ -226,6 +229,7 @@ impl ProxyConfig {
             worker_threads: 0,
             mirror: MirrorConfig::default(),
             retry_log: RetryLogConfig::default(),
+            shadow: crate::shadow::ShadowConfig::default(),
         }
     }
 
@@ -316,6 +320,9 @@ impl Validate for ProxyConfig {
                 "mirror.secondary_lock_timeout_ms",
                 "must be at least 1".into(),
             );
+        }
+        for (key, message) in self.shadow.problems() {
+            bad(&format!("shadow.{key}"), message);
         }
         if self.health_check_interval_secs == 0 {
             bad("health_check_interval_secs", "must be at least 1".into());

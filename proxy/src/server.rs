@@ -174,11 +174,21 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             .await
             .map_err(StartError::Mirror)?;
     }
+    let shadow = crate::shadow::Shadow::new(
+        &config.shadow,
+        &old,
+        &new,
+        crate::backend::ConnectOptions {
+            timeout: config.connect_timeout(),
+            max_message_size: config.max_message_size,
+        },
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         instance_id,
         mirror: mirror.clone(),
         progress: Default::default(),
+        shadow,
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
         old,
@@ -233,6 +243,9 @@ async fn serve(
         ));
     }
     background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(5)));
+    if let Some(s) = shared.shadow.clone() {
+        background.spawn(s.run());
+    }
     background.spawn(crate::health::run(
         shared.clone(),
         Duration::from_secs(shared.config.health_check_interval_secs),

@@ -37,6 +37,8 @@ pub struct Shared {
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
     /// Backfill progress read from the new database, for the dashboard.
     pub progress: crate::progress::Progress,
+    /// Shadow reads; None while no statement can be sampled.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 impl Shared {

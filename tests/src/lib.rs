@@ -23,6 +23,7 @@ pub mod process;
 pub mod proxy;
 pub mod reap;
 pub mod reconciler;
+pub mod shadow;
 pub mod wait;
 pub mod wire;
 

@@ -13,6 +13,7 @@ use crate::mirror::rewrite::Plan;
 use crate::mirror::txn::MirrorSession;
 use crate::protocol::frontend::{bind_names, execute_portal, is_known_tag};
 use crate::protocol::{Frame, ProtocolError};
+use crate::shadow::ShadowTap;
 use crate::shared::Shared;
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
@@ -143,6 +144,10 @@ async fn pump<R, W>(
     let writing = AtomicBool::new(false);
     let mirror = shared.mirror.clone();
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
+    let shadow = shared
+        .shadow
+        .clone()
+        .map(|s| ShadowTap::new(s, &backend.params));
     let (server_r, server_w) = backend.stream.into_split();
     let mut up = Upstream {
         shared: &shared,
@@ -161,6 +166,7 @@ async fn pump<R, W>(
         mediate_next: false,
         drained: &drained,
         writing: &writing,
+        shadow,
     };
     let mut down = Downstream {
         shared: &shared,
@@ -276,6 +282,8 @@ pub(super) struct Upstream<'a, R> {
     mediate_next: bool,
     drained: &'a tokio::sync::Notify,
     writing: &'a AtomicBool,
+    /// Shadow reads: samples this session's reads (None when off).
+    shadow: Option<ShadowTap>,
 }
 
 impl<R: AsyncRead + Unpin> Upstream<'_, R> {
@@ -583,6 +591,12 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     for c in classes.iter() {
                         count_statement(c);
                     }
+                    if !mediated {
+                        let flow = self.flow;
+                        if let Some(tap) = self.shadow.as_mut() {
+                            tap.query(sql, &classes, || idle(flow));
+                        }
+                    }
                     classes.first().map(|c| c.class)
                 });
                 if !mediated {
@@ -596,10 +610,16 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 let sql = parts.next().and_then(|s| std::str::from_utf8(s).ok());
                 if let (Some(name), Some(sql)) = (name, sql) {
                     let classes = self.classify(sql);
+                    if let Some(tap) = self.shadow.as_mut() {
+                        tap.parse(frame, &classes);
+                    }
                     self.statements.insert(name.to_string(), classes);
                 }
             }
             b'B' => {
+                if let Some(tap) = self.shadow.as_mut() {
+                    tap.bind(frame);
+                }
                 if let Ok((portal, statement)) = bind_names(frame) {
                     match self.statements.get(statement) {
                         Some(c) => {
@@ -618,6 +638,12 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 }
             }
             b'E' => {
+                if !mediated {
+                    let flow = self.flow;
+                    if let Some(tap) = self.shadow.as_mut() {
+                        tap.execute(frame, || idle(flow));
+                    }
+                }
                 if let Ok(portal) = execute_portal(frame) {
                     if let Some(classes) = self.portals.get(portal) {
                         for c in classes.iter() {
@@ -635,6 +661,9 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     (body.first(), body.get(1..body.len().saturating_sub(1)))
                 {
                     if let Ok(name) = std::str::from_utf8(name) {
+                        if let Some(tap) = self.shadow.as_mut() {
+                            tap.close(kind, name);
+                        }
                         if kind == b'S' {
                             self.statements.remove(name);
                         } else {
@@ -664,6 +693,21 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         if hit { &hot.cache_hit } else { &hot.cache_miss }.increment(1);
         classes
     }
+}
+
+/// Outside a transaction block, and no request still in flight opens one: a statement sent
+/// now runs on its own (what shadow reads may sample). Requests in flight are common
+/// (drivers pipeline Close/Sync after a query), so only transaction statements among them
+/// count.
+fn idle(flow: &Mutex<Flow>) -> bool {
+    flow.lock()
+        .map(|f| {
+            f.txn_status == b'I'
+                && f.pending
+                    .iter()
+                    .all(|(_, c)| *c != Some(StatementClass::Transaction))
+        })
+        .unwrap_or(false)
 }
 
 fn count_statement(c: &Classified) {

@@ -3,6 +3,7 @@
 
 pub mod backend;
 mod buf;
+pub mod describe;
 pub mod error;
 pub mod frame;
 pub mod frontend;
