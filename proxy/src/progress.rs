@@ -1,6 +1,8 @@
 //! Progress of the other parts, for the dashboard: a backfill keeps its chunk table on the
-//! new database (`_switchyard.backfill_chunks`); every few seconds the proxy summarises it
-//! per table. Nothing is read when the table does not exist (no backfill has run).
+//! new database (`_switchyard.backfill_chunks`), verify and repair a progress table
+//! (`_switchyard.verify_progress`); every few seconds the proxy summarises them per table
+//! (the latest verify or repair run only). Nothing is read from a table that does not
+//! exist (that part has not run).
 
 use crate::shared::Shared;
 use serde::Serialize;
@@ -10,8 +12,8 @@ use std::time::Duration;
 /// One job's progress on one table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProgressEntry {
-    /// `backfill` (others plug in here).
-    pub job: &'static str,
+    /// `backfill`, `verify` or `repair`.
+    pub job: String,
     pub table: String,
     /// Chunks finished and verified.
     pub done: i64,
@@ -50,18 +52,25 @@ SELECT table_name,
        count(*) FILTER (WHERE status = 'running')::int8
 FROM _switchyard.backfill_chunks GROUP BY table_name ORDER BY table_name";
 
+const VERIFY_SQL: &str = "
+SELECT command, table_name, state, coalesce(rows_old, 0)::int8, coalesce(differing, 0)::int8,
+       finished_at IS NOT NULL
+FROM _switchyard.verify_progress
+WHERE run_id = (SELECT run_id FROM _switchyard.verify_progress ORDER BY started_at DESC LIMIT 1)
+ORDER BY table_name LIMIT 200";
+
 /// Refreshes the summary every `every` while the proxy runs.
 pub async fn run(shared: Arc<Shared>, every: Duration) {
     loop {
-        match read_backfill(&shared).await {
+        match read(&shared).await {
             Ok(entries) => shared.progress.set(entries),
-            Err(e) => tracing::debug!(error = %e, "Reading backfill progress failed."),
+            Err(e) => tracing::debug!(error = %e, "Reading backfill and verify progress failed."),
         }
         tokio::time::sleep(every).await;
     }
 }
 
-async fn read_backfill(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
+async fn read(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
     let client = crate::mirror::control::connect(
         &shared.new,
         "switchyard-progress",
@@ -70,17 +79,51 @@ async fn read_backfill(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    let exists: bool = client
+    let row = client
         .query_one(
-            "SELECT to_regclass('_switchyard.backfill_chunks') IS NOT NULL",
+            "SELECT to_regclass('_switchyard.backfill_chunks') IS NOT NULL, \
+                    to_regclass('_switchyard.verify_progress') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    if !exists {
-        return Ok(Vec::new());
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    if row.get::<_, bool>(0) {
+        out.extend(read_backfill(&client).await?);
     }
+    if row.get::<_, bool>(1) {
+        out.extend(read_verify(&client).await?);
+    }
+    Ok(out)
+}
+
+async fn read_verify(client: &tokio_postgres::Client) -> Result<Vec<ProgressEntry>, String> {
+    let rows = client
+        .query(VERIFY_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (state, differing, finished): (String, i64, bool) = (r.get(2), r.get(4), r.get(5));
+            ProgressEntry {
+                job: r.get(0),
+                table: r.get(1),
+                done: i64::from(finished),
+                total: 1,
+                rows: r.get(3),
+                failed: state == "error" || state == "different",
+                state: if differing > 0 {
+                    format!("{state} ({differing} rows)")
+                } else {
+                    state
+                },
+            }
+        })
+        .collect())
+}
+
+async fn read_backfill(client: &tokio_postgres::Client) -> Result<Vec<ProgressEntry>, String> {
     let rows = client
         .query(BACKFILL_SQL, &[])
         .await
@@ -91,7 +134,7 @@ async fn read_backfill(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
             let (done, total, failed, running): (i64, i64, i64, i64) =
                 (r.get(1), r.get(2), r.get(4), r.get(5));
             ProgressEntry {
-                job: "backfill",
+                job: "backfill".into(),
                 table: r.get(0),
                 done,
                 total,

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod progress_table;
 pub mod recover;
 pub mod replay;
 pub mod replay_kafka;

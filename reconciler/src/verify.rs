@@ -4,6 +4,7 @@
 use crate::cli::SourceSide;
 use crate::config::ReconcilerConfig;
 use crate::connect::{connect, Db};
+use crate::progress_table::ProgressTable;
 use crate::report::{RepairReport, Report, RowReport, Status, TableReport};
 use crate::schema::{compare, SchemaCheck};
 use anyhow::{Context, Result};
@@ -80,6 +81,11 @@ async fn run_inner(
         requested
     };
 
+    let mut board =
+        ProgressTable::open(&cfg.new, if repair.is_some() { "repair" } else { "verify" }).await;
+    for name in &tables {
+        board.queued(&name.to_string()).await;
+    }
     // Schema check of every table before any data is read.
     let mut comparable = Vec::new();
     for name in &tables {
@@ -89,6 +95,7 @@ async fn run_inner(
             (Err(e), _) | (_, Err(e)) => {
                 let mut t = TableReport::new(name.to_string(), Status::Error);
                 t.error = Some(format!("{:#}", anyhow::Error::new(e)));
+                board.finished(&t).await;
                 report.tables.push(t);
                 continue;
             }
@@ -106,6 +113,7 @@ async fn run_inner(
                 } else {
                     t.schema_differences = problems;
                 }
+                board.finished(&t).await;
                 progress(&t);
                 report.tables.push(t);
             }
@@ -140,6 +148,7 @@ async fn run_inner(
     for c in comparable {
         let started = Instant::now();
         let t = &mut report.tables[c.report_index];
+        board.running(&t.table.clone()).await;
         match diff_table(&pairs, &c.old, &c.columns, &opts).await {
             Ok(diff) => {
                 fill(t, &diff);
@@ -178,6 +187,7 @@ async fn run_inner(
             }
         }
         t.seconds = started.elapsed().as_secs_f64();
+        board.finished(t).await;
         progress(t);
     }
     Ok(())

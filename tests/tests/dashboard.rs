@@ -115,7 +115,7 @@ async fn dashboard_assets_are_embedded_and_locked_down() -> Result<()> {
 }
 
 /// A backfill's chunk table on the new database shows up on the page, per table, with its
-/// chunks done and rows copied.
+/// chunks done and rows copied; then a verify run's outcome per table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_backfill_progress() -> Result<()> {
     let pair = pair_with("CREATE TABLE big (id int PRIMARY KEY, v text)").await?;
@@ -146,6 +146,27 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     ensure!(
         row.contains(">5<") && row.contains(">5,000<") && row.contains(">done<"),
         "5 of 5 chunks, 5,000 rows, done: {row}"
+    );
+
+    // Then a verify run with one difference injected: its table shows up as different.
+    switchyard_tests::mirror::on(&pair.new, "UPDATE big SET v = 'changed' WHERE id = 42")?;
+    let run = switchyard_tests::mirror::reconciler(&pair, "verify", &["--tables", "big"]).await?;
+    ensure!(run.code() == Some(1), "{}", run.text());
+    let dom = tokio::task::block_in_place(|| {
+        poll_until(
+            "the page to show the verify run",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                Ok(dom.contains("<td>verify</td>").then_some(dom))
+            },
+        )
+    })?;
+    let row_start = dom.find("<td>verify</td>").context("a verify row")?;
+    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").context("row end")?];
+    ensure!(
+        row.contains("different (1 rows)") && row.contains(">5,000<"),
+        "{row}"
     );
     Ok(())
 }
