@@ -34,19 +34,8 @@ DB=bench
 [ -x "$RECONCILER_BIN" ] || die "$RECONCILER_BIN not found: cargo build --release -p switchyard-reconciler"
 bench_init dual_writes
 
-pg_settings=(shared_buffers=256MB max_connections=100 max_prepared_transactions=100 checkpoint_timeout=30min)
-if [ "$DURABLE" != 1 ]; then
-  pg_settings+=(fsync=off synchronous_commit=off full_page_writes=off)
-fi
-free_port P_OLD
-free_port P_NEW
-start_cluster old "$P_OLD" "${pg_settings[@]}"
-start_cluster new "$P_NEW" "${pg_settings[@]}"
+start_pgbench_pair "$DB" "$SCALE" "$DURABLE"
 for p in "$P_OLD" "$P_NEW"; do
-  psql_at "$p" postgres -c "CREATE DATABASE $DB"
-  log "pgbench -i -s $SCALE on port $p"
-  "$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$p" -U postgres "$DB" >"$BENCH_WORK/init-$p.log" 2>&1 \
-    || { cat "$BENCH_WORK/init-$p.log" >&2; die "pgbench -i failed"; }
   psql_at "$p" "$DB" -c "CHECKPOINT"
 done
 free_port P_SY

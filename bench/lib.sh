@@ -267,6 +267,27 @@ stop_switchyard() {
   log "switchyard-proxy $1 stopped in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}') s"
 }
 
+# start_pgbench_pair DB SCALE DURABLE: clusters "old" and "new" (ports in P_OLD and P_NEW,
+# max_prepared_transactions on, durability off unless DURABLE=1), each with database DB
+# initialised by `pgbench -i -s SCALE`.
+start_pgbench_pair() {
+  local db=$1 scale=$2 durable=$3 p
+  local settings=(shared_buffers=256MB max_connections=100 max_prepared_transactions=100 checkpoint_timeout=30min)
+  if [ "$durable" != 1 ]; then
+    settings+=(fsync=off synchronous_commit=off full_page_writes=off)
+  fi
+  free_port P_OLD
+  free_port P_NEW
+  start_cluster old "$P_OLD" "${settings[@]}"
+  start_cluster new "$P_NEW" "${settings[@]}"
+  for p in "$P_OLD" "$P_NEW"; do
+    psql_at "$p" postgres -c "CREATE DATABASE $db"
+    log "pgbench -i -s $scale on port $p"
+    "$PGBENCH" -i -s "$scale" -q -h 127.0.0.1 -p "$p" -U postgres "$db" >"$BENCH_WORK/init-$p.log" 2>&1 \
+      || { cat "$BENCH_WORK/init-$p.log" >&2; die "pgbench -i failed"; }
+  done
+}
+
 # ---------------------------------------------------------------- pgbench
 
 # run_pgbench OUTFILE PGBENCH-ARGS...: runs pgbench (stdout+stderr to OUTFILE) with a hard

@@ -144,6 +144,16 @@ impl Layers {
         self
     }
 
+    /// [`flag`](Self::flag) for each `(key, value)` whose flag was given.
+    pub fn flags(mut self, pairs: &[(&str, &Option<String>)]) -> Self {
+        for (key, value) in pairs {
+            if let Some(v) = value {
+                self = self.flag(key, v.clone());
+            }
+        }
+        self
+    }
+
     /// The layer that set `key` (or the nearest parent), `Default` if none did.
     pub fn origin_of(&self, key: &str) -> Origin {
         let mut k = key.to_string();

@@ -126,16 +126,12 @@ impl Args {
         if let Some(m) = &self.mirror_mode {
             layers = layers.flag("mirror.mode", m.clone());
         }
-        for (key, value) in [
+        layers = layers.flags(&[
             ("retry_log.backend", &self.retry_log),
             ("retry_log.kafka.brokers", &self.kafka_brokers),
             ("retry_log.kafka.topic", &self.kafka_topic),
             ("retry_log.kafka.on_failure", &self.kafka_on_failure),
-        ] {
-            if let Some(v) = value {
-                layers = layers.flag(key, v.clone());
-            }
-        }
+        ]);
         if let Some(r) = self.shadow_sample_rate {
             layers = layers.flag("shadow.sample_rate", r);
         }

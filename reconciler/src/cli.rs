@@ -78,17 +78,13 @@ impl ReplayArgs {
         I: IntoIterator<Item = (String, String)>,
     {
         let mut layers = self.common.layers(env);
-        for (key, value) in [
+        layers = layers.flags(&[
             ("retry_log.backend", &self.retry_log),
             ("retry_log.kafka.brokers", &self.kafka_brokers),
             ("retry_log.kafka.topic", &self.kafka_topic),
             ("retry_log.kafka.group", &self.kafka_group),
             ("retry_log.kafka.instance_id", &self.kafka_instance_id),
-        ] {
-            if let Some(v) = value {
-                layers = layers.flag(key, v.clone());
-            }
-        }
+        ]);
         layers.build_with_warnings()
     }
 }

@@ -68,3 +68,23 @@ pub fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A pair of clusters, each with `pgbench -i -s 1` (the same accounts, branches, tellers).
+pub async fn pgbench_pair() -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    tokio::task::block_in_place(|| -> Result<()> {
+        for c in [&pair.old, &pair.new] {
+            let out = std::process::Command::new(crate::clients::pgbench_bin())
+                .args(["-i", "-s", "1", "-q"])
+                .arg(c.url(DB))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "pgbench -i: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    })?;
+    Ok(pair)
+}

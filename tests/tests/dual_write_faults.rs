@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{assert_verified, on, pair_with, reconciler};
+use switchyard_tests::mirror::{assert_verified, on, pair_with, pgbench_pair, reconciler};
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, ProxyProcess, DB};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
@@ -100,24 +100,8 @@ async fn crash_between_commit_and_commit_prepared_is_committed() -> Result<()> {
 /// no client error, the retry log replays (twice: duplicates are harmless), verify equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let pair = pgbench_pair().await?;
     let pgbench = pgbench_bin();
-    let init = |c: &PgCluster| -> Result<()> {
-        let out = std::process::Command::new(&pgbench)
-            .args(["-i", "-s", "1", "-q"])
-            .arg(c.url(DB))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    tokio::task::block_in_place(|| -> Result<()> {
-        init(&pair.old)?;
-        init(&pair.new)
-    })?;
     let proxy = start_proxy(pair.config()).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
     let load = {
@@ -163,20 +147,7 @@ async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
 /// leaves the two databases equal with nothing queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_modes_mirror_exactly() -> Result<()> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    for c in [&pair.old, &pair.new] {
-        let out = tokio::task::block_in_place(|| {
-            std::process::Command::new(pgbench_bin())
-                .args(["-i", "-s", "1", "-q"])
-                .arg(c.url(DB))
-                .output()
-        })?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let pair = pgbench_pair().await?;
     let proxy = start_proxy(pair.config()).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
     for mode in ["simple", "extended", "prepared"] {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use switchyard_core::retry_kafka::{Backend, OnBrokerFailure};
 use switchyard_proxy::{ProxyConfig, RunningProxy};
 use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::mirror::{
+    assert_verified, eventually, on, pair_with, pgbench_pair, reconciler,
+};
 use switchyard_tests::proxy::{proxy_url, run_proxy_to_exit, start_proxy, Pair, DB};
 use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::{poll_until, poll_until_async};
@@ -125,22 +127,8 @@ async fn status(proxy: &RunningProxy) -> Result<serde_json::Value> {
 async fn secondary_down_under_pgbench_records_go_to_kafka_then_replay() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    let pair = pgbench_pair().await?;
     let pgbench = pgbench_bin();
-    tokio::task::block_in_place(|| -> Result<()> {
-        for c in [&pair.old, &pair.new] {
-            let out = std::process::Command::new(&pgbench)
-                .args(["-i", "-s", "1", "-q"])
-                .arg(c.url(DB))
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    })?;
     let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;

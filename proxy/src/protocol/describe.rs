@@ -11,13 +11,7 @@ pub struct FieldDescription {
     pub format: i16,
 }
 
-fn count(body: &[u8], what: &'static str) -> Result<usize, ProtocolError> {
-    let n = body
-        .get(..2)
-        .ok_or(ProtocolError::malformed(what, "truncated"))?;
-    usize::try_from(i16::from_be_bytes([n[0], n[1]]))
-        .map_err(|_| ProtocolError::malformed(what, "negative field count"))
-}
+use super::rows::{field_count as count, next_value};
 
 /// Decodes a RowDescription body.
 pub fn row_description(body: &[u8]) -> Result<Vec<FieldDescription>, ProtocolError> {
@@ -56,27 +50,7 @@ pub fn data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     const W: &str = "DataRow";
     let n = count(body, W)?;
     let mut at = 2;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = body
-            .get(at..at + 4)
-            .ok_or(ProtocolError::malformed(W, "truncated"))?;
-        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        at += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            let end = at
-                .checked_add(len as usize)
-                .ok_or(ProtocolError::malformed(W, "bad length"))?;
-            out.push(Some(
-                body.get(at..end)
-                    .ok_or(ProtocolError::malformed(W, "truncated value"))?,
-            ));
-            at = end;
-        }
-    }
-    Ok(out)
+    (0..n).map(|_| next_value(body, &mut at, W)).collect()
 }
 
 #[cfg(test)]

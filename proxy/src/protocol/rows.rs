@@ -5,7 +5,7 @@
 use super::ProtocolError;
 use bytes::{BufMut, BytesMut};
 
-fn field_count(body: &[u8], what: &'static str) -> Result<usize, ProtocolError> {
+pub(crate) fn field_count(body: &[u8], what: &'static str) -> Result<usize, ProtocolError> {
     let n = body
         .get(..2)
         .ok_or(ProtocolError::malformed(what, "truncated"))?;
@@ -46,6 +46,30 @@ pub fn strip_row_description(
     Ok(left)
 }
 
+/// The DataRow value at `*at` (None for NULL); moves `*at` past it.
+pub(crate) fn next_value<'a>(
+    body: &'a [u8],
+    at: &mut usize,
+    what: &'static str,
+) -> Result<Option<&'a [u8]>, ProtocolError> {
+    let len = body
+        .get(*at..*at + 4)
+        .ok_or(ProtocolError::malformed(what, "truncated"))?;
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    *at += 4;
+    if len < 0 {
+        return Ok(None);
+    }
+    let end = at
+        .checked_add(len as usize)
+        .ok_or(ProtocolError::malformed(what, "bad length"))?;
+    let v = body
+        .get(*at..end)
+        .ok_or(ProtocolError::malformed(what, "truncated value"))?;
+    *at = end;
+    Ok(Some(v))
+}
+
 /// Splits a DataRow: the first `n` values (None for NULL) and, if `client` is set, the row
 /// of the remaining values encoded into `out`.
 pub fn split_data_row<'a>(
@@ -62,21 +86,7 @@ pub fn split_data_row<'a>(
     let mut at = 2;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
-        let len = body
-            .get(at..at + 4)
-            .ok_or(ProtocolError::malformed(W, "truncated"))?;
-        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        at += 4;
-        if len < 0 {
-            values.push(None);
-        } else {
-            let end = at + len as usize;
-            values.push(Some(
-                body.get(at..end)
-                    .ok_or(ProtocolError::malformed(W, "truncated value"))?,
-            ));
-            at = end;
-        }
+        values.push(next_value(body, &mut at, W)?);
     }
     if let Some(out) = client {
         out.put_u8(b'D');
