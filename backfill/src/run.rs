@@ -64,6 +64,27 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
 
     chunk_table::ensure_schema(&mut control).await?;
     plan_missing(cfg, &old, &mut control, &plans).await?;
+    if cfg.backfill.bulk {
+        if cfg.backfill.dual_writes {
+            tracing::warn!(
+                "--bulk needs --dual-writes off (nothing else may write to new): not used."
+            );
+        } else {
+            let bulk = indexes::defer_bulk(&mut control, &plans).await?;
+            if !bulk.is_empty() {
+                tracing::info!(tables = ?bulk, "Bulk mode: keys and indexes dropped; chunks are verified after one rebuild.");
+            }
+        }
+    }
+    for p in plans.iter().filter(|p| p.key_missing_on_new) {
+        if !chunk_table::bulk_loading(&control, &p.quoted).await? {
+            let key: Vec<&str> = p.old.key_columns().map(|c| c.name.as_str()).collect();
+            anyhow::bail!(
+                "table {} has primary key {key:?} on old but none on new",
+                p.name
+            );
+        }
+    }
     if cfg.backfill.defer_indexes {
         indexes::defer(&mut control, &plans).await?;
     }
@@ -98,6 +119,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         worker_prefix: worker_prefix(),
         throttle,
         progress: progress.clone(),
+        rebuild_guard: tokio::sync::Mutex::new(()),
     });
     let rows_before: i64 = starts.iter().map(|s| s.rows_done as i64).sum();
     let mut workers = JoinSet::new();
