@@ -118,6 +118,9 @@ run_tool() {
   psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
   local src="postgres://postgres@127.0.0.1:$P_OLD/$data" dst="postgres://postgres@127.0.0.1:$P_NEW/$db"
   out=$BENCH_WORK/$tool-$data
+  # Each run starts with the WAL of the previous ones checkpointed away (disk space).
+  psql_at "$P_OLD" postgres -c CHECKPOINT >/dev/null
+  psql_at "$P_NEW" postgres -c CHECKPOINT >/dev/null
   busy=$(wait_for_quiet "$QUIET_WAIT" 10 2) || warn "machine still ${busy}% busy before $tool ($data)"
   log "$tool: $data (machine ${busy}% busy before)"
   t0=$(date +%s.%N)
