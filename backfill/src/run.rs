@@ -120,6 +120,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         throttle,
         progress: progress.clone(),
         rebuild_guard: tokio::sync::Mutex::new(()),
+        rebuilt: std::sync::Mutex::new(Vec::new()),
     });
     let rows_before: i64 = starts.iter().map(|s| s.rows_done as i64).sum();
     let mut workers = JoinSet::new();
@@ -144,6 +145,9 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         return Err(e);
     }
 
+    if let Ok(mut r) = shared.rebuilt.lock() {
+        summary.rebuilt = std::mem::take(&mut *r);
+    }
     let totals = chunk_table::totals(&control, &order).await?;
     let rows_after: i64 = totals.iter().map(|t| t.rows_old).sum();
     summary.rows_this_run = (rows_after - rows_before).max(0) as u64;
@@ -153,7 +157,8 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
             .filter(|t| t.open == 0 && t.failed == 0)
             .map(|t| t.table.clone())
             .collect();
-        summary.rebuilt = indexes::rebuild(cfg, &control, &finished).await?;
+        let more = indexes::rebuild(cfg, &control, &finished).await?;
+        summary.rebuilt.extend(more);
     }
     summary.tables = totals
         .into_iter()

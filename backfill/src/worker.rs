@@ -43,6 +43,8 @@ pub struct Shared {
     /// Held by the one worker of this process that rebuilds (bulk mode's second phase);
     /// between processes the rebuild's advisory lock decides.
     pub rebuild_guard: tokio::sync::Mutex<()>,
+    /// What this process's workers rebuilt (for the summary).
+    pub rebuilt: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -147,6 +149,9 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
                 let rebuilt = indexes::rebuild(&shared.cfg, &shared.control, &ready).await?;
                 if !rebuilt.is_empty() {
                     tracing::info!(objects = ?rebuilt, "Rebuilt after the bulk load; verifying the chunks.");
+                    if let Ok(mut all) = shared.rebuilt.lock() {
+                        all.extend(rebuilt);
+                    }
                     continue;
                 }
             }

@@ -852,6 +852,11 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
 
     let run = backfill(&pair, &["--tables", "big", "--jobs", "2"]).await?;
     ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        run.stdout.contains("rebuilt big_pkey") && run.stdout.contains("rebuilt big_n"),
+        "the summary names what was rebuilt: {}",
+        run.text()
+    );
     for line in copied.lines() {
         let f: Vec<&str> = line.split('|').collect();
         let now = on(
