@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS _switchyard.backfill_chunks (
     lo text[],
     hi text[],
     status text NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'running', 'done', 'unverified', 'failed')),
+        CHECK (status IN ('pending', 'running', 'copied', 'verifying', 'done', 'unverified', 'failed')),
     attempts int NOT NULL DEFAULT 0,
     worker text,
     worker_pid int,
@@ -87,6 +87,17 @@ CREATE TABLE IF NOT EXISTS _switchyard.backfill_deferred (
     restored_at timestamptz,
     PRIMARY KEY (table_name, object_name)
 );
+-- Bulk mode's statuses, on a chunk table created before they existed.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                   WHERE conrelid = '_switchyard.backfill_chunks'::regclass AND contype = 'c'
+                     AND pg_catalog.pg_get_constraintdef(oid) LIKE '%verifying%') THEN
+        ALTER TABLE _switchyard.backfill_chunks DROP CONSTRAINT IF EXISTS backfill_chunks_status_check;
+        ALTER TABLE _switchyard.backfill_chunks ADD CONSTRAINT backfill_chunks_status_check
+            CHECK (status IN ('pending', 'running', 'copied', 'verifying', 'done', 'unverified', 'failed'));
+    END IF;
+END $$;
 ";
 
 /// Creates the schema and tables if they are missing (several processes may start at
@@ -275,7 +286,7 @@ pub async fn renew_leases(client: &Client, lease: Duration) -> Result<u64, Chunk
     client
         .execute(
             "UPDATE _switchyard.backfill_chunks SET lease_until = now() + $1 * interval '1 millisecond' \
-             WHERE status = 'running' AND worker_pid = pg_backend_pid()",
+             WHERE status IN ('running', 'verifying') AND worker_pid = pg_backend_pid()",
             &[&lease_ms],
         )
         .await
@@ -340,6 +351,174 @@ pub async fn finish(
     Ok(n == 1)
 }
 
+const VERIFY_CLAIM_SQL: &str = "
+WITH next AS (
+    SELECT c.table_name, c.chunk_no
+    FROM _switchyard.backfill_chunks c
+    WHERE c.table_name = ANY($1)
+      AND (c.status = 'copied'
+           OR (c.status = 'verifying'
+               AND (c.lease_until < now()
+                    OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                   WHERE a.pid = c.worker_pid
+                                     AND a.backend_start = c.worker_backend_start))))
+      AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_deferred d
+                      WHERE d.table_name = c.table_name AND d.restored_at IS NULL)
+    ORDER BY array_position($1, c.table_name), c.chunk_no
+    LIMIT 1
+    FOR UPDATE OF c SKIP LOCKED
+)
+UPDATE _switchyard.backfill_chunks c
+SET status = 'verifying', worker = $2,
+    worker_pid = pg_backend_pid(),
+    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                            WHERE pid = pg_backend_pid()),
+    lease_until = now() + $3 * interval '1 millisecond', last_error = NULL
+FROM next
+WHERE c.table_name = next.table_name AND c.chunk_no = next.chunk_no
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts";
+
+/// Bulk mode: claims a chunk that was copied and waits for its verification, once its
+/// table's indexes are rebuilt (or one whose verifier died or hung). Attempts are not
+/// counted: the copy is not repeated. `None` when nothing is claimable now.
+pub async fn claim_verify(
+    client: &Client,
+    tables: &[String],
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<Claim>, ChunkTableError> {
+    let lease_ms = lease.as_millis() as f64;
+    let row = client
+        .query_opt(VERIFY_CLAIM_SQL, &[&tables, &worker, &lease_ms])
+        .await
+        .map_err(err("claiming a chunk to verify"))?;
+    Ok(row.map(|r| Claim {
+        table_name: r.get(0),
+        chunk_no: r.get(1),
+        range: KeyRange {
+            lo: r.get::<_, Option<KeyText>>(2),
+            hi: r.get::<_, Option<KeyText>>(3),
+        },
+        attempts: r.get(4),
+    }))
+}
+
+/// Bulk mode: records a chunk as copied, in the transaction of its COPY (so the table
+/// holds exactly the rows of the chunks recorded copied). False when the chunk is no
+/// longer this worker's: roll back.
+pub async fn record_copied(
+    tx: &tokio_postgres::Transaction<'_>,
+    claim: &Claim,
+    worker: &str,
+    rows_copied: i64,
+    copy_ms: i64,
+) -> Result<bool, ChunkTableError> {
+    let n = tx
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = 'copied', path = 'bulk', \
+             rows_copied = $5, rows_inserted = $5, copy_ms = $6, lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4 \
+               AND status = 'running'",
+            &[
+                &claim.table_name,
+                &claim.chunk_no,
+                &worker,
+                &claim.attempts,
+                &rows_copied,
+                &copy_ms,
+            ],
+        )
+        .await
+        .map_err(err("recording a copied chunk"))?;
+    Ok(n == 1)
+}
+
+/// Bulk mode: records a verified chunk (`done` or `unverified`); false when another
+/// worker took the verification over.
+pub async fn finish_verify(
+    client: &Client,
+    claim: &Claim,
+    worker: &str,
+    o: &ChunkOutcome,
+) -> Result<bool, ChunkTableError> {
+    let n = client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = $4, rows_old = $5, rows_new = $6, \
+             checksum_old = $7, checksum_new = $8, rows_repaired = $9, verify_ms = $10, \
+             finished_at = clock_timestamp(), lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND status = 'verifying'",
+            &[
+                &claim.table_name,
+                &claim.chunk_no,
+                &worker,
+                &o.status,
+                &o.rows_old,
+                &o.rows_new,
+                &o.checksum_old,
+                &o.checksum_new,
+                &o.rows_repaired,
+                &o.verify_ms,
+            ],
+        )
+        .await
+        .map_err(err("recording a verified chunk"))?;
+    Ok(n == 1)
+}
+
+/// Bulk mode: a verification failed; the chunk goes back to `copied` (its rows are in,
+/// only the check is retried).
+pub async fn fail_verify(
+    client: &Client,
+    claim: &Claim,
+    worker: &str,
+    error: &str,
+) -> Result<(), ChunkTableError> {
+    client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = 'copied', last_error = $4, \
+             lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND status = 'verifying'",
+            &[&claim.table_name, &claim.chunk_no, &worker, &error],
+        )
+        .await
+        .map_err(err("recording a failed verification"))?;
+    Ok(())
+}
+
+/// Tables of `tables` whose deferred objects wait to be rebuilt and none of whose chunks
+/// still waits to be copied (bulk mode's second phase may start).
+pub async fn ready_to_rebuild(
+    client: &Client,
+    tables: &[String],
+) -> Result<Vec<String>, ChunkTableError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT d.table_name FROM _switchyard.backfill_deferred d \
+             WHERE d.restored_at IS NULL AND d.table_name = ANY($1) \
+               AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks c \
+                               WHERE c.table_name = d.table_name \
+                                 AND c.status IN ('pending', 'running', 'failed'))",
+            &[&tables],
+        )
+        .await
+        .map_err(err("looking for tables to rebuild"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Bulk mode: true when `table`'s primary key is dropped for loading (its chunks are
+/// copied bare and recorded in their COPY's transaction).
+pub async fn bulk_loading(client: &Client, table: &str) -> Result<bool, ChunkTableError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM _switchyard.backfill_deferred \
+                            WHERE table_name = $1 AND kind = 'primary-key' AND restored_at IS NULL)",
+            &[&table],
+        )
+        .await
+        .map_err(err("reading a table's load mode"))?;
+    Ok(row.get(0))
+}
+
 /// Records a failed attempt; the chunk is claimable again until `max_attempts`.
 pub async fn fail(
     client: &Client,
@@ -365,8 +544,9 @@ pub async fn fail(
     Ok(())
 }
 
-/// Chunks of `tables` that may still need work: pending, running (here or elsewhere), or
-/// failed with attempts left. Returns (open, running).
+/// Chunks of `tables` that may still need work: pending, running (here or elsewhere),
+/// failed with attempts left, or (bulk mode) copied and not yet verified. Returns (open,
+/// running or verifying).
 pub async fn open_chunks(
     client: &Client,
     tables: &[String],
@@ -374,9 +554,9 @@ pub async fn open_chunks(
 ) -> Result<(i64, i64), ChunkTableError> {
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE status IN ('pending', 'running') \
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'running', 'copied', 'verifying') \
                                       OR (status = 'failed' AND attempts < $2)), \
-                    count(*) FILTER (WHERE status = 'running') \
+                    count(*) FILTER (WHERE status IN ('running', 'verifying')) \
              FROM _switchyard.backfill_chunks WHERE table_name = ANY($1)",
             &[&tables, &max_attempts],
         )
@@ -449,7 +629,7 @@ pub async fn totals(
             "SELECT table_name, count(*), count(*) FILTER (WHERE status = 'done'), \
                     count(*) FILTER (WHERE status = 'unverified'), \
                     count(*) FILTER (WHERE status = 'failed'), \
-                    count(*) FILTER (WHERE status IN ('pending', 'running')), \
+                    count(*) FILTER (WHERE status IN ('pending', 'running', 'copied', 'verifying')), \
                     coalesce(sum(rows_copied), 0)::int8, coalesce(sum(rows_old), 0)::int8, \
                     coalesce(sum(rows_new), 0)::int8, coalesce(sum(rows_repaired), 0)::int8, \
                     coalesce(sum(copy_ms), 0)::float8 / 1000, coalesce(sum(verify_ms), 0)::float8 / 1000 \

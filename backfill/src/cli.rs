@@ -66,6 +66,11 @@ pub struct Cli {
     /// Drop non-key indexes and constraints on new before loading, rebuild them after.
     #[arg(long)]
     pub defer_indexes: bool,
+    /// With `--dual-writes off`, for tables still empty on new: drop the primary key and
+    /// every other index too, COPY the chunks bare, rebuild the indexes once, then verify
+    /// every chunk (see docs/backfill.md, "Bulk mode").
+    #[arg(long)]
+    pub bulk: bool,
     /// How foreign keys on new are respected: `order` (referenced tables first) or
     /// `replica` (triggers off while loading; superuser) [default: order]
     #[arg(long, value_enum)]
@@ -157,6 +162,9 @@ impl Cli {
         if self.defer_indexes {
             layers = layers.flag("backfill.defer_indexes", true);
         }
+        if self.bulk {
+            layers = layers.flag("backfill.bulk", true);
+        }
         if let Some(v) = self.fk_mode {
             let text = match v {
                 FkModeArg::Order => "order",
@@ -206,6 +214,7 @@ mod tests {
             "--fk-mode",
             "replica",
             "--defer-indexes",
+            "--bulk",
         ])
         .load(Vec::new())
         .expect("valid");
@@ -213,6 +222,7 @@ mod tests {
         assert_eq!(cfg.backfill.jobs, 3);
         assert!(!cfg.backfill.dual_writes);
         assert!(cfg.backfill.defer_indexes);
+        assert!(cfg.backfill.bulk);
         assert_eq!(cfg.backfill.fk_mode, FkMode::Replica);
         assert_eq!(cfg.backfill.chunk_rows, 50_000);
     }

@@ -79,6 +79,11 @@ pub struct BackfillSettings {
     /// Drop non-key indexes and constraints on new before loading; rebuild them after.
     #[serde(default)]
     pub defer_indexes: bool,
+    /// Bulk mode (only with `dual_writes = false`, for a table that is empty on new when
+    /// first loaded): the primary key and every other index are dropped too, chunks are
+    /// COPYed bare, the indexes are rebuilt once, then every chunk is verified.
+    #[serde(default)]
+    pub bulk: bool,
     /// How foreign keys on the new database are respected.
     #[serde(default)]
     pub fk_mode: FkMode,
@@ -130,6 +135,7 @@ impl Default for BackfillSettings {
             lease_secs: default_lease_secs(),
             max_attempts: default_max_attempts(),
             defer_indexes: false,
+            bulk: false,
             fk_mode: FkMode::Order,
             progress_interval_secs: default_progress_interval_secs(),
         }

@@ -12,6 +12,7 @@
 //!   delete found nothing to delete on new before our insert: a zombie) is found by the
 //!   chunk's checksum comparison right after and repaired (see `chunk_check`).
 
+use crate::chunk_table::{record_copied, Claim};
 use crate::plan::TablePlan;
 use crate::throttle::{Throttle, BATCH_ROWS};
 use futures_util::{pin_mut, SinkExt, StreamExt};
@@ -61,7 +62,7 @@ pub struct Copied {
 /// The statements for one table, built once.
 #[derive(Debug, Clone)]
 pub struct CopySql {
-    table: String,
+    pub(crate) table: String,
     display: String,
     key: KeySql,
     columns: String,
@@ -142,6 +143,79 @@ impl Stages {
     }
 }
 
+/// Streams `range` of the table on old into `target` on new, inside `tx`; returns the
+/// rows written.
+async fn stream_rows(
+    old: &Client,
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &CopySql,
+    target: &str,
+    range: &KeyRange,
+    throttle: &Throttle,
+) -> Result<u64, CopyError> {
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {target} ({}) FROM STDIN (FORMAT binary)",
+            sql.columns
+        ))
+        .await
+        .map_err(sql.err("starting COPY FROM on new"))?;
+    let source = old
+        .copy_out(&sql.copy_out(range))
+        .await
+        .map_err(sql.err("starting COPY TO on old"))?;
+    pin_mut!(sink);
+    pin_mut!(source);
+    let mut messages = 0u64;
+    while let Some(buf) = source.next().await {
+        let buf = buf.map_err(sql.err("reading rows from old"))?;
+        sink.feed(buf)
+            .await
+            .map_err(sql.err("writing rows to new"))?;
+        messages += 1;
+        if messages.is_multiple_of(BATCH_ROWS) {
+            throttle.take(BATCH_ROWS).await;
+        }
+    }
+    throttle.take(messages % BATCH_ROWS).await;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(sql.err("finishing COPY FROM on new"))
+}
+
+/// Bulk mode: COPYs `range` straight into the table (its primary key is dropped, so no
+/// range check: the table holds exactly the rows of chunks recorded copied) and records
+/// the chunk as copied in the same transaction. `None` when the chunk was taken over by
+/// another worker meanwhile (rolled back: nothing written).
+pub async fn copy_chunk_bulk(
+    old: &Client,
+    new: &mut Client,
+    sql: &CopySql,
+    range: &KeyRange,
+    throttle: &Throttle,
+    claim: &Claim,
+    worker: &str,
+) -> Result<Option<u64>, anyhow::Error> {
+    let started = std::time::Instant::now();
+    let tx = new
+        .transaction()
+        .await
+        .map_err(sql.err("starting a transaction on new"))?;
+    let rows = stream_rows(old, &tx, sql, &sql.table, range, throttle).await?;
+    let copy_ms = started.elapsed().as_millis() as i64;
+    if !record_copied(&tx, claim, worker, rows as i64, copy_ms).await? {
+        tx.rollback()
+            .await
+            .map_err(sql.err("rolling back a chunk taken over"))?;
+        return Ok(None);
+    }
+    tx.commit()
+        .await
+        .map_err(sql.err("committing the chunk on new"))?;
+    Ok(Some(rows))
+}
+
 /// Copies `range` of a table from `old` into `new`. `direct_allowed` says dual writes are
 /// off (the direct path is then taken when the range on new is empty).
 pub async fn copy_chunk(
@@ -191,36 +265,7 @@ pub async fn copy_chunk(
         Path::Direct => &sql.table,
         Path::Merge => &sql.stage,
     };
-    let sink = tx
-        .copy_in::<_, bytes::Bytes>(&format!(
-            "COPY {target} ({}) FROM STDIN (FORMAT binary)",
-            sql.columns
-        ))
-        .await
-        .map_err(sql.err("starting COPY FROM on new"))?;
-    let source = old
-        .copy_out(&sql.copy_out(range))
-        .await
-        .map_err(sql.err("starting COPY TO on old"))?;
-    pin_mut!(sink);
-    pin_mut!(source);
-    let mut messages = 0u64;
-    while let Some(buf) = source.next().await {
-        let buf = buf.map_err(sql.err("reading rows from old"))?;
-        sink.feed(buf)
-            .await
-            .map_err(sql.err("writing rows to new"))?;
-        messages += 1;
-        if messages.is_multiple_of(BATCH_ROWS) {
-            throttle.take(BATCH_ROWS).await;
-        }
-    }
-    throttle.take(messages % BATCH_ROWS).await;
-    let rows_copied = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(sql.err("finishing COPY FROM on new"))?;
+    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle).await?;
     let rows_inserted = match path {
         Path::Direct => rows_copied,
         Path::Merge => tx

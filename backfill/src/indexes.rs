@@ -6,6 +6,9 @@
 //! when it is started again (any run on the pair rebuilds what is pending for finished
 //! tables, with or without the flag).
 //!
+//! Bulk mode (`--bulk`, [`defer_bulk`]) drops the primary key too, on tables still empty;
+//! its chunks are then verified only once everything is rebuilt.
+//!
 //! Left alone: the primary key (chunk ranges, ON CONFLICT and re-sync need it), check and
 //! not-null constraints (cheap), and indexes a foreign key depends on (dropping them would
 //! need dropping the referencing constraint of another table too).
@@ -52,12 +55,43 @@ WHERE c.conrelid = $1::text::regclass AND c.contype IN ('u', 'x', 'f')
                     AND c.contype <> 'f')
 ORDER BY 1";
 
+const PRIMARY_KEY_SQL: &str = "
+SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid)
+FROM pg_catalog.pg_constraint c
+WHERE c.conrelid = $1::text::regclass AND c.contype = 'p'";
+
 async fn objects_of(
     tx: &tokio_postgres::Transaction<'_>,
     plan: &TablePlan,
+    with_primary_key: bool,
 ) -> Result<Vec<Deferred>> {
     let mut out = Vec::new();
     let schema = quote_ident(&plan.name.schema);
+    if with_primary_key {
+        for r in tx
+            .query(PRIMARY_KEY_SQL, &[&plan.quoted])
+            .await
+            .with_context(|| format!("reading the primary key of {} on new", plan.name))?
+        {
+            let name: String = r.get(0);
+            let def: String = r.get(1);
+            out.push(Deferred {
+                table: plan.quoted.clone(),
+                definition: format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+                    plan.quoted,
+                    quote_ident(&name)
+                ),
+                drop: format!(
+                    "ALTER TABLE {} DROP CONSTRAINT {}",
+                    plan.quoted,
+                    quote_ident(&name)
+                ),
+                name,
+                kind: "primary-key",
+            });
+        }
+    }
     for r in tx
         .query(INDEXES_SQL, &[&plan.quoted])
         .await
@@ -129,7 +163,7 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
         if !open || saved {
             continue;
         }
-        for d in objects_of(&tx, plan).await? {
+        for d in objects_of(&tx, plan, false).await? {
             tx.execute(
                 "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
                  VALUES ($1, $2, $3, $4)",
@@ -146,6 +180,75 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
     }
     tx.commit().await.context("committing the deferral")?;
     Ok(())
+}
+
+/// Bulk mode: for each of `plans` that is empty on new, has no chunk worked on yet and no
+/// foreign key of another table pointing at it, drops the primary key and every other
+/// index and constraint `--defer-indexes` would drop, saving their definitions, in one
+/// transaction with the table's chunk rows locked (no process can claim one meanwhile;
+/// one claimed after the commit sees the table as bulk-loading). Returns the tables put
+/// in bulk mode now; tables in bulk mode already stay so.
+pub async fn defer_bulk(control: &mut Client, plans: &[TablePlan]) -> Result<Vec<String>> {
+    let tx = control
+        .transaction()
+        .await
+        .context("starting a transaction on new")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
+        .await
+        .context("taking the planning lock")?;
+    let mut bulk = Vec::new();
+    for plan in plans {
+        if plan.key_missing_on_new {
+            continue;
+        }
+        let row = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM (SELECT status, attempts FROM _switchyard.backfill_chunks \
+                                                WHERE table_name = $1 FOR UPDATE) c \
+                         WHERE c.status <> 'pending' OR c.attempts > 0), \
+                        EXISTS (SELECT 1 FROM _switchyard.backfill_deferred WHERE table_name = $1), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                                WHERE contype = 'f' AND confrelid = $1::text::regclass)",
+                &[&plan.quoted],
+            )
+            .await
+            .context("reading the state of a table")?;
+        let (worked, saved, referenced): (i64, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        if worked > 0 || saved {
+            continue;
+        }
+        if referenced {
+            tracing::info!(table = %plan.name, "Not bulk-loaded: foreign keys of other tables point at it (its key stays).");
+            continue;
+        }
+        let empty: bool = tx
+            .query_one(
+                &format!("SELECT NOT EXISTS (SELECT 1 FROM {})", plan.quoted),
+                &[],
+            )
+            .await
+            .with_context(|| format!("looking for rows of {} on new", plan.name))?
+            .get(0);
+        if !empty {
+            tracing::info!(table = %plan.name, "Not bulk-loaded: it has rows on new already.");
+            continue;
+        }
+        for d in objects_of(&tx, plan, true).await? {
+            tx.execute(
+                "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&d.table, &d.name, &d.kind, &d.definition],
+            )
+            .await
+            .context("saving an index definition")?;
+            tx.batch_execute(&d.drop)
+                .await
+                .with_context(|| format!("dropping {} on new", d.name))?;
+        }
+        bulk.push(plan.quoted.clone());
+    }
+    tx.commit().await.context("committing the bulk deferral")?;
+    Ok(bulk)
 }
 
 /// True when definitions wait to be restored.
@@ -223,25 +326,30 @@ async fn rebuild_locked(
         {
             let (queue, url) = (queue.clone(), cfg.new.clone());
             set.spawn(async move {
-                let client = connect(Db::New, &url, 0).await?;
+                let mut client = connect(Db::New, &url, 0).await?;
                 let mut done = Vec::new();
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some((table, name, _, definition)) = next else {
                         return anyhow::Ok(done);
                     };
-                    client
-                        .batch_execute(&definition)
+                    // The object and its record in one transaction: a rebuild killed
+                    // halfway leaves each object either rebuilt and recorded, or neither.
+                    let tx = client
+                        .transaction()
+                        .await
+                        .context("starting a rebuild transaction")?;
+                    tx.batch_execute(&definition)
                         .await
                         .with_context(|| format!("rebuilding {name} on {table}: {definition}"))?;
-                    client
-                        .execute(
-                            "UPDATE _switchyard.backfill_deferred SET restored_at = now() \
+                    tx.execute(
+                        "UPDATE _switchyard.backfill_deferred SET restored_at = now() \
                              WHERE table_name = $1 AND object_name = $2",
-                            &[&table, &name],
-                        )
-                        .await
-                        .context("recording a rebuilt index")?;
+                        &[&table, &name],
+                    )
+                    .await
+                    .context("recording a rebuilt index")?;
+                    tx.commit().await.context("committing a rebuilt index")?;
                     done.push(format!("{name} on {table}"));
                 }
             });

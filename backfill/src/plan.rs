@@ -30,6 +30,9 @@ pub struct TablePlan {
     pub columns: Vec<String>,
     /// Quoted names of tables this one references (loaded first under `fk-mode order`).
     pub depends_on: Vec<String>,
+    /// New has no primary key on this table (bulk mode dropped it; `new`'s key is taken
+    /// from old's). Anything else is an error, checked once the chunk table is read.
+    pub key_missing_on_new: bool,
 }
 
 /// Why a table is not copied.
@@ -86,15 +89,28 @@ pub async fn select_tables(
             });
             continue;
         }
-        let new_meta = match load_table(new, &name).await {
+        let mut new_meta = match load_table(new, &name).await {
             Ok(m) => m,
             Err(CatalogError::NotFound(_)) => bail!(
                 "table {name} does not exist on the new database: create the schema there first"
             ),
             Err(e) => return Err(e).context("reading the new database's catalog"),
         };
+        let key_missing_on_new = new_meta.primary_key.is_empty();
+        if key_missing_on_new {
+            // Dropped by bulk mode (checked later): the key is old's, by column name.
+            let mut key = Vec::new();
+            for c in old_meta.key_columns() {
+                match new_meta.columns.iter().position(|n| n.name == c.name) {
+                    Some(i) => key.push(i),
+                    None => bail!("column {}.{} is missing on the new database", name, c.name),
+                }
+            }
+            new_meta.primary_key = key;
+        }
         let columns = check_columns(&name, &old_meta, &new_meta)?;
         tables.push(TablePlan {
+            key_missing_on_new,
             quoted: old_meta.quoted(),
             name,
             old: old_meta,
@@ -319,6 +335,7 @@ mod tests {
             new: meta,
             columns: vec!["id".into()],
             depends_on: Vec::new(),
+            key_missing_on_new: false,
         }
     }
 

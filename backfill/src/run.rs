@@ -64,6 +64,27 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
 
     chunk_table::ensure_schema(&mut control).await?;
     plan_missing(cfg, &old, &mut control, &plans).await?;
+    if cfg.backfill.bulk {
+        if cfg.backfill.dual_writes {
+            tracing::warn!(
+                "--bulk needs --dual-writes off (nothing else may write to new): not used."
+            );
+        } else {
+            let bulk = indexes::defer_bulk(&mut control, &plans).await?;
+            if !bulk.is_empty() {
+                tracing::info!(tables = ?bulk, "Bulk mode: keys and indexes dropped; chunks are verified after one rebuild.");
+            }
+        }
+    }
+    for p in plans.iter().filter(|p| p.key_missing_on_new) {
+        if !chunk_table::bulk_loading(&control, &p.quoted).await? {
+            let key: Vec<&str> = p.old.key_columns().map(|c| c.name.as_str()).collect();
+            anyhow::bail!(
+                "table {} has primary key {key:?} on old but none on new",
+                p.name
+            );
+        }
+    }
     if cfg.backfill.defer_indexes {
         indexes::defer(&mut control, &plans).await?;
     }
@@ -98,6 +119,8 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         worker_prefix: worker_prefix(),
         throttle,
         progress: progress.clone(),
+        rebuild_guard: tokio::sync::Mutex::new(()),
+        rebuilt: std::sync::Mutex::new(Vec::new()),
     });
     let rows_before: i64 = starts.iter().map(|s| s.rows_done as i64).sum();
     let mut workers = JoinSet::new();
@@ -122,6 +145,9 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         return Err(e);
     }
 
+    if let Ok(mut r) = shared.rebuilt.lock() {
+        summary.rebuilt = std::mem::take(&mut *r);
+    }
     let totals = chunk_table::totals(&control, &order).await?;
     let rows_after: i64 = totals.iter().map(|t| t.rows_old).sum();
     summary.rows_this_run = (rows_after - rows_before).max(0) as u64;
@@ -131,7 +157,8 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
             .filter(|t| t.open == 0 && t.failed == 0)
             .map(|t| t.table.clone())
             .collect();
-        summary.rebuilt = indexes::rebuild(cfg, &control, &finished).await?;
+        let more = indexes::rebuild(cfg, &control, &finished).await?;
+        summary.rebuilt.extend(more);
     }
     summary.tables = totals
         .into_iter()

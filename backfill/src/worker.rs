@@ -7,7 +7,8 @@ use crate::chunk_check::check_chunk;
 use crate::chunk_table::{self, ChunkOutcome, Claim};
 use crate::config::{BackfillConfig, FkMode};
 use crate::connect::{connect, Db};
-use crate::copy::{copy_chunk, CopySql, Stages};
+use crate::copy::{copy_chunk, copy_chunk_bulk, CopySql, Stages};
+use crate::indexes;
 use crate::plan::TablePlan;
 use crate::progress::Progress;
 use crate::throttle::Throttle;
@@ -39,6 +40,11 @@ pub struct Shared {
     pub worker_prefix: String,
     pub throttle: Arc<Throttle>,
     pub progress: Arc<Progress>,
+    /// Held by the one worker of this process that rebuilds (bulk mode's second phase);
+    /// between processes the rebuild's advisory lock decides.
+    pub rebuild_guard: tokio::sync::Mutex<()>,
+    /// What this process's workers rebuilt (for the summary).
+    pub rebuilt: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -113,39 +119,142 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
             shared.cfg.lease(),
         )
         .await?;
-        let Some(claim) = claim else {
-            let (open, running) =
-                chunk_table::open_chunks(&shared.control, &shared.order, s.max_attempts).await?;
-            if open == 0 {
-                return Ok(());
-            }
-            if running == 0 {
-                // Nothing running and nothing claimable: what is left waits on a table
-                // whose chunks failed for good. One more look, in case a parent table was
-                // finished between the claim and the count.
-                let again = chunk_table::claim(
-                    &shared.control,
-                    &shared.order,
-                    s.max_attempts,
-                    &worker,
-                    shared.cfg.lease(),
-                )
+        if let Some(claim) = claim {
+            run_claim(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+            continue;
+        }
+        // Bulk mode's second phase: copied chunks of tables whose indexes are back.
+        let verify =
+            chunk_table::claim_verify(&shared.control, &shared.order, &worker, shared.cfg.lease())
                 .await?;
-                match again {
-                    Some(c) => {
-                        run_claim(&shared, &worker, &mut sessions, &mut failures, c).await?;
-                        continue;
+        if let Some(claim) = verify {
+            run_verify(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+            continue;
+        }
+        let (open, running) =
+            chunk_table::open_chunks(&shared.control, &shared.order, s.max_attempts).await?;
+        if open == 0 {
+            return Ok(());
+        }
+        // Bulk-loaded tables whose chunks are all copied: one worker of one process
+        // rebuilds their indexes; the others wait (and take over if it dies).
+        let ready = chunk_table::ready_to_rebuild(&shared.control, &shared.order).await?;
+        if !ready.is_empty() {
+            if let Ok(_guard) = shared.rebuild_guard.try_lock() {
+                if std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-before-rebuild")
+                {
+                    tracing::warn!("Failpoint exit-before-rebuild: exiting.");
+                    std::process::exit(3);
+                }
+                let rebuilt = indexes::rebuild(&shared.cfg, &shared.control, &ready).await?;
+                if !rebuilt.is_empty() {
+                    tracing::info!(objects = ?rebuilt, "Rebuilt after the bulk load; verifying the chunks.");
+                    if let Ok(mut all) = shared.rebuilt.lock() {
+                        all.extend(rebuilt);
                     }
-                    None => return Ok(()),
+                    continue;
                 }
             }
-            // Chunks are running (here or in another process): wait, and take one over if
-            // its worker dies.
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
-        };
-        run_claim(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+        }
+        if running == 0 {
+            // Nothing running and nothing claimable: what is left waits on a table
+            // whose chunks failed for good. One more look, in case a parent table was
+            // finished between the claim and the count.
+            let again = chunk_table::claim(
+                &shared.control,
+                &shared.order,
+                s.max_attempts,
+                &worker,
+                shared.cfg.lease(),
+            )
+            .await?;
+            match again {
+                Some(c) => {
+                    run_claim(&shared, &worker, &mut sessions, &mut failures, c).await?;
+                    continue;
+                }
+                None => return Ok(()),
+            }
+        }
+        // Chunks are running (here or in another process): wait, and take one over if
+        // its worker dies.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Bulk mode: verifies (and repairs) one copied chunk.
+async fn run_verify(
+    shared: &Shared,
+    worker: &str,
+    sessions: &mut Option<Sessions>,
+    failures: &mut u32,
+    claim: Claim,
+) -> Result<()> {
+    let outcome = match sessions {
+        Some(s) => verify(shared, s, &claim).await,
+        None => match open_sessions(&shared.cfg).await {
+            Ok(s) => verify(shared, sessions.insert(s), &claim).await,
+            Err(e) => Err(e),
+        },
+    };
+    match outcome {
+        Ok(o) => {
+            *failures = 0;
+            let rows = o.rows_old.max(0) as u64;
+            if chunk_table::finish_verify(&shared.control, &claim, worker, &o).await? {
+                shared.progress.chunk_done(&claim.table_name, rows);
+            } else {
+                tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, "Chunk's verification was taken over by another worker; its result counts.");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            *failures += 1;
+            let text = format!("{e:#}");
+            tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, error = %text, "Chunk verification failed; it will be retried.");
+            chunk_table::fail_verify(&shared.control, &claim, worker, &text).await?;
+            if sessions
+                .as_ref()
+                .is_some_and(|s| s.old.is_closed() || s.new.is_closed())
+            {
+                *sessions = None;
+            }
+            if *failures >= MAX_CONSECUTIVE_FAILURES {
+                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn verify(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<ChunkOutcome> {
+    let t = table_of(shared, claim)?;
+    let started = Instant::now();
+    let checked = check_chunk(&mut s.old, &mut s.new, &t.plan, &t.queries, &claim.range)
+        .await
+        .with_context(|| format!("verifying chunk {} of {}", claim.chunk_no, t.plan.name))?;
+    Ok(ChunkOutcome {
+        status: if checked.equal { "done" } else { "unverified" },
+        path: "bulk",
+        rows_old: checked.old.rows,
+        rows_new: checked.new.rows,
+        checksum_old: checked.old.sum,
+        checksum_new: checked.new.sum,
+        rows_repaired: checked.repaired as i64,
+        verify_ms: started.elapsed().as_millis() as i64,
+        ..ChunkOutcome::default()
+    })
+}
+
+fn table_of<'a>(shared: &'a Shared, claim: &Claim) -> Result<&'a TableWork> {
+    shared.tables.get(&claim.table_name).with_context(|| {
+        format!(
+            "claimed a chunk of {}, which this run does not plan",
+            claim.table_name
+        )
+    })
 }
 
 async fn run_claim(
@@ -156,14 +265,19 @@ async fn run_claim(
     claim: Claim,
 ) -> Result<()> {
     let outcome = match sessions {
-        Some(s) => work(shared, s, &claim).await,
+        Some(s) => work(shared, s, &claim, worker).await,
         None => match open_sessions(&shared.cfg).await {
-            Ok(s) => work(shared, sessions.insert(s), &claim).await,
+            Ok(s) => work(shared, sessions.insert(s), &claim, worker).await,
             Err(e) => Err(e),
         },
     };
     match outcome {
-        Ok(o) => {
+        Ok(None) => {
+            // Bulk mode: copied and recorded in one transaction, verified later.
+            *failures = 0;
+            Ok(())
+        }
+        Ok(Some(o)) => {
             *failures = 0;
             let rows = o.rows_old.max(0) as u64;
             if chunk_table::finish(&shared.control, &claim, worker, &o).await? {
@@ -190,14 +304,34 @@ async fn run_claim(
     }
 }
 
-/// Copies and checks one chunk.
-async fn work(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<ChunkOutcome> {
-    let t = shared.tables.get(&claim.table_name).with_context(|| {
-        format!(
-            "claimed a chunk of {}, which this run does not plan",
-            claim.table_name
+/// Copies and checks one chunk; in bulk mode only copies it (recorded `copied` in the
+/// COPY's transaction) and returns `None`.
+async fn work(
+    shared: &Shared,
+    s: &mut Sessions,
+    claim: &Claim,
+    worker: &str,
+) -> Result<Option<ChunkOutcome>> {
+    let t = table_of(shared, claim)?;
+    // Read per chunk, not per process: a process started before another one put the
+    // table in bulk mode must load it the same way.
+    if chunk_table::bulk_loading(&s.new, &claim.table_name).await? {
+        let copied = copy_chunk_bulk(
+            &s.old,
+            &mut s.new,
+            &t.copy,
+            &claim.range,
+            &shared.throttle,
+            claim,
+            worker,
         )
-    })?;
+        .await
+        .with_context(|| format!("copying chunk {} of {}", claim.chunk_no, t.plan.name))?;
+        if copied.is_none() {
+            tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, "Chunk was taken over by another worker while this one copied it; rolled back.");
+        }
+        return Ok(None);
+    }
     let started = Instant::now();
     let copied = copy_chunk(
         &s.old,
@@ -215,7 +349,7 @@ async fn work(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<ChunkO
     let checked = check_chunk(&mut s.old, &mut s.new, &t.plan, &t.queries, &claim.range)
         .await
         .with_context(|| format!("checking chunk {} of {}", claim.chunk_no, t.plan.name))?;
-    Ok(ChunkOutcome {
+    Ok(Some(ChunkOutcome {
         status: if checked.equal { "done" } else { "unverified" },
         path: copied.path.as_str(),
         rows_copied: copied.rows_copied as i64,
@@ -227,5 +361,5 @@ async fn work(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<ChunkO
         rows_repaired: checked.repaired as i64,
         copy_ms,
         verify_ms: started.elapsed().as_millis() as i64,
-    })
+    }))
 }
