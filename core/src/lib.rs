@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod checksum;
 pub mod config_layer;
+pub mod connect;
 pub mod diff;
 pub mod dsn;
 pub mod ident;

@@ -2,7 +2,7 @@
 //! be killed halfway.
 
 use crate::proxy::{Pair, DB};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -13,24 +13,7 @@ pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(180);
 /// Path of the `switchyard-backfill` binary: `SWITCHYARD_BACKFILL_BIN`, else next to the
 /// test executable's target directory (`cargo build --workspace --bins` puts it there).
 pub fn backfill_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SWITCHYARD_BACKFILL_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> → target/<profile>/switchyard-backfill
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("switchyard-backfill"))
-        .context("test executable has no target directory")?;
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        bail!(
-            "{} not found: build it first with `cargo build --workspace --bins` (or set SWITCHYARD_BACKFILL_BIN)",
-            candidate.display()
-        )
-    }
+    crate::process::workspace_bin("switchyard-backfill", "SWITCHYARD_BACKFILL_BIN")
 }
 
 /// What a backfill run printed and how it exited.

@@ -67,3 +67,27 @@ pub fn send_signal(pid: i32, sig: Signal) -> Result<()> {
         Err(err) => Err(err).with_context(|| format!("sending {sig} to pid {pid}")),
     }
 }
+
+/// Path of a workspace binary: `env_var` if set, else next to the test executable's target
+/// directory (`cargo build --workspace --bins` puts it there).
+pub fn workspace_bin(name: &str, env_var: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    if let Ok(p) = std::env::var(env_var) {
+        return Ok(std::path::PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let candidate = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .context("test executable has no target directory")?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        anyhow::bail!(
+            "{} not found: build it first with `cargo build --workspace --bins` (or set {env_var})",
+            candidate.display()
+        )
+    }
+}

@@ -91,24 +91,7 @@ pub async fn connect_proxy(proxy: &RunningProxy) -> Result<tokio_postgres::Clien
 /// Path of the `switchyard-proxy` binary: `SWITCHYARD_PROXY_BIN`, else next to the test
 /// executable's target directory (`cargo build --workspace --bins` puts it there).
 pub fn proxy_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SWITCHYARD_PROXY_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> → target/<profile>/switchyard-proxy
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("switchyard-proxy"))
-        .context("test executable has no target directory")?;
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        bail!(
-            "{} not found: build it first with `cargo build --workspace --bins` (or set SWITCHYARD_PROXY_BIN)",
-            candidate.display()
-        )
-    }
+    crate::process::workspace_bin("switchyard-proxy", "SWITCHYARD_PROXY_BIN")
 }
 
 /// The real proxy binary running as a child process. Killed on drop.

@@ -1,6 +1,6 @@
 //! The real `switchyard-reconciler` binary, run to completion.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -8,24 +8,7 @@ use std::time::Duration;
 /// Path of the `switchyard-reconciler` binary: `SWITCHYARD_RECONCILER_BIN`, else next to
 /// the test executable's target directory (`cargo build --workspace --bins` puts it there).
 pub fn reconciler_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SWITCHYARD_RECONCILER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> → target/<profile>/switchyard-reconciler
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("switchyard-reconciler"))
-        .context("test executable has no target directory")?;
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        bail!(
-            "{} not found: build it first with `cargo build --workspace --bins` (or set SWITCHYARD_RECONCILER_BIN)",
-            candidate.display()
-        )
-    }
+    crate::process::workspace_bin("switchyard-reconciler", "SWITCHYARD_RECONCILER_BIN")
 }
 
 /// What a reconciler run printed and how it exited.
