@@ -12,9 +12,7 @@ use std::time::Duration;
 use switchyard_core::retry_kafka::{Backend, OnBrokerFailure};
 use switchyard_proxy::{ProxyConfig, RunningProxy};
 use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{
-    assert_verified, eventually, on, pair_with, pgbench_pair, reconciler,
-};
+use switchyard_tests::mirror::{assert_verified, on, pair_with, pgbench_pair, reconciler};
 use switchyard_tests::proxy::{proxy_url, run_proxy_to_exit, start_proxy, Pair, DB};
 use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::{poll_until, poll_until_async};
@@ -481,9 +479,29 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
             b.log_text()
         )
     })?;
-    for t in &tables {
-        eventually(&pair.new, &format!("SELECT count(*) FROM {t}"), "1000")?;
-    }
+    // The lag figures can reach 0 while the last batch is still being applied (or retried
+    // after two reconcilers raced on the same keys during the rebalance): wait for the rows.
+    let applied = tokio::task::block_in_place(|| {
+        poll_until(
+            "every row to reach the new database",
+            Duration::from_secs(90),
+            || {
+                for t in &tables {
+                    if on(&pair.new, &format!("SELECT count(*) FROM {t}"))? != "1000" {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+    });
+    applied.with_context(|| {
+        format!(
+            "first reconciler:\n{}\nsecond reconciler:\n{}",
+            a.log_text(),
+            b.log_text()
+        )
+    })?;
     drop((a, b));
     assert_verified(&pair, &tables.join(",")).await?;
     Ok(())
