@@ -105,7 +105,7 @@ pub async fn run(
                     resolve_in_doubt(cfg, &applier).await;
                     embedded_pass(cfg, opts, &mut report).await;
                 }
-                report.partitions = exact_lag(&consumer, settings);
+                report.partitions = exact_lag(&consumer, &settings.topic);
                 report.oldest_age_secs = 0.0;
                 report.seconds = started.elapsed().as_secs_f64();
                 on_progress(&report);
@@ -118,7 +118,7 @@ pub async fn run(
                 }
                 continue;
             }
-            let lags = exact_lag(&consumer, settings);
+            let lags = exact_lag(&consumer, &settings.topic);
             if lags.iter().all(|p| p.lag == 0) {
                 report.partitions = lags;
                 break;
@@ -337,7 +337,7 @@ fn commit(consumer: &Replayer, settings: &KafkaSettings, batch: &[Taken]) -> Res
 
 /// Lag per assigned partition, exactly: the broker's high watermark minus the committed
 /// offset. Network round trips per partition, so only when idle (is the backlog drained?).
-fn exact_lag(consumer: &Replayer, settings: &KafkaSettings) -> Vec<PartitionLag> {
+fn exact_lag(consumer: &Replayer, topic: &str) -> Vec<PartitionLag> {
     tokio::task::block_in_place(|| {
         let Ok(assigned) = consumer.assignment() else {
             return Vec::new();
@@ -346,9 +346,9 @@ fn exact_lag(consumer: &Replayer, settings: &KafkaSettings) -> Vec<PartitionLag>
             .committed_offsets(assigned.clone(), Duration::from_secs(5))
             .unwrap_or(assigned);
         let mut out = Vec::new();
-        for e in committed.elements_for_topic(&settings.topic) {
+        for e in committed.elements_for_topic(topic) {
             let Ok((low, high)) =
-                consumer.fetch_watermarks(&settings.topic, e.partition(), Duration::from_secs(5))
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
             else {
                 continue;
             };
@@ -372,18 +372,23 @@ fn cached_lag(consumer: &Replayer) -> Vec<PartitionLag> {
         .assignment()
         .map(|a| a.elements().iter().map(|e| e.partition()).collect())
         .unwrap_or_default();
-    let Ok(lags) = consumer.context().lags.lock() else {
-        return Vec::new();
-    };
-    assigned
-        .into_iter()
-        .filter_map(|p| {
-            lags.get(&p).map(|&lag| PartitionLag {
-                partition: p,
-                lag: lag.max(0),
+    let cached: Option<Vec<PartitionLag>> = {
+        let Ok(lags) = consumer.context().lags.lock() else {
+            return Vec::new();
+        };
+        assigned
+            .into_iter()
+            .map(|p| {
+                lags.get(&p).map(|&lag| PartitionLag {
+                    partition: p,
+                    lag: lag.max(0),
+                })
             })
-        })
-        .collect()
+            .collect()
+    };
+    // A partition just assigned has no figure yet: ask the broker rather than report a
+    // partial (and so falsely drained) picture.
+    cached.unwrap_or_else(|| exact_lag(consumer, &consumer.context().topic))
 }
 
 /// The consumer, with a context that keeps librdkafka's per-partition lag figures.
@@ -400,6 +405,8 @@ impl ClientContext for LagContext {
             return;
         };
         if let Ok(mut lags) = self.lags.lock() {
+            // Only the latest figures: a partition that moved away must not keep its last.
+            lags.clear();
             for (&p, part) in &t.partitions {
                 // -1 means "not known yet" (nothing fetched or committed).
                 if p >= 0 && part.consumer_lag >= 0 {
