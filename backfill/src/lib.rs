@@ -40,9 +40,7 @@ where
 {
     let cfg = match cli.load(env) {
         Ok((cfg, warnings)) => {
-            for w in warnings {
-                tracing::warn!(variable = %w.origin, "Environment variable names no setting; ignored.");
-            }
+            switchyard_core::tool::warn_ignored(&warnings);
             cfg
         }
         Err(e) => {
@@ -50,15 +48,8 @@ where
             return EXIT_ERROR;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("switchyard-backfill: starting the async runtime: {e}");
-            return EXIT_ERROR;
-        }
+    let Some(runtime) = switchyard_core::tool::runtime("switchyard-backfill") else {
+        return EXIT_ERROR;
     };
     if cli.pause || cli.resume {
         return runtime.block_on(set_paused(&cfg, cli.pause));

@@ -22,3 +22,4 @@ pub mod resync;
 pub mod retry;
 pub mod retry_kafka;
 pub mod session;
+pub mod tool;

@@ -45,16 +45,7 @@ where
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!("switchyard-reconciler: starting the async runtime: {e}");
-            None
-        }
-    }
+    switchyard_core::tool::runtime("switchyard-reconciler")
 }
 
 fn load_common<I>(args: &cli::CommonArgs, env: I) -> Option<config::ReconcilerConfig>
@@ -182,9 +173,7 @@ where
 {
     let cfg = match args.load(env) {
         Ok((cfg, warnings)) => {
-            for w in warnings {
-                tracing::warn!(variable = %w.origin, "Environment variable names no setting; ignored.");
-            }
+            switchyard_core::tool::warn_ignored(&warnings);
             cfg
         }
         Err(e) => {
@@ -192,15 +181,8 @@ where
             return EXIT_ERROR;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("switchyard-reconciler: starting the async runtime: {e}");
-            return EXIT_ERROR;
-        }
+    let Some(runtime) = runtime() else {
+        return EXIT_ERROR;
     };
     let human = args.format == Format::Human;
     let mut print = |t: &report::TableReport| {

@@ -1,0 +1,39 @@
+//! What the command-line tools (backfill, reconciler) share at their top: logging set up
+//! from `SWITCHYARD_LOG`, the async runtime, and how ignored environment variables are
+//! reported.
+
+use crate::config_layer::ConfigError;
+
+/// Log lines on stderr, filtered by `SWITCHYARD_LOG` (default `warn`), coloured only on a
+/// terminal.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// A multi-threaded runtime, or `None` after saying why on stderr (`tool: ...`).
+pub fn runtime(tool: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("{tool}: starting the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Warns about `SWITCHYARD_*` variables that name no setting.
+pub fn warn_ignored(warnings: &[ConfigError]) {
+    for w in warnings {
+        tracing::warn!(variable = %w.origin, "Environment variable names no setting; ignored.");
+    }
+}
