@@ -31,7 +31,7 @@ start_pgbench_pair "$DB" "$SCALE" "$DURABLE"
 
 free_port P_KAFKA
 log "tansu broker on $P_KAFKA"
-(cd "$BENCH_WORK" && NO_COLOR=1 "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$P_KAFKA" \
+(cd "$BENCH_WORK" && NO_COLOR=1 exec "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$P_KAFKA" \
   --advertised-listener-url "tcp://127.0.0.1:$P_KAFKA" --storage-engine memory://tansu/ \
   >"$BENCH_WORK/tansu.log" 2>&1) &
 kafka_pid=$!
