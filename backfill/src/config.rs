@@ -4,7 +4,6 @@
 use serde::Deserialize;
 use std::time::Duration;
 use switchyard_core::config_layer::{ConfigError, Origin, Validate};
-use switchyard_core::dsn::Dsn;
 use switchyard_core::ident::QualifiedName;
 
 /// Everything the backfill reads at start. Top-level keys other than `old` and `new`
@@ -167,6 +166,7 @@ fn parse_all(names: &[String]) -> Vec<QualifiedName> {
 
 impl Validate for BackfillConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        switchyard_core::config_layer::validate_urls(&self.old, &self.new, errors, origin_of);
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
                 key: key.to_string(),
@@ -174,11 +174,6 @@ impl Validate for BackfillConfig {
                 message,
             })
         };
-        for (key, url) in [("old", &self.old), ("new", &self.new)] {
-            if let Err(e) = Dsn::parse(url) {
-                bad(key, e.to_string());
-            }
-        }
         let s = &self.backfill;
         for (key, list) in [
             ("backfill.tables", &s.tables),

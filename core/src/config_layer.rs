@@ -64,6 +64,24 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Checks that go beyond types (ranges, combinations); push one error per bad value.
+/// Reports `old` and `new` when they are not PostgreSQL URLs (every binary takes both).
+pub fn validate_urls(
+    old: &str,
+    new: &str,
+    errors: &mut Vec<ConfigError>,
+    origin_of: &dyn Fn(&str) -> Origin,
+) {
+    for (key, url) in [("old", old), ("new", new)] {
+        if let Err(e) = crate::dsn::Dsn::parse(url) {
+            errors.push(ConfigError {
+                key: key.to_string(),
+                origin: origin_of(key),
+                message: e.to_string(),
+            });
+        }
+    }
+}
+
 pub trait Validate {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin);
 }

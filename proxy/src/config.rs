@@ -266,6 +266,7 @@ impl ProxyConfig {
 
 impl Validate for ProxyConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        switchyard_core::config_layer::validate_urls(&self.old, &self.new, errors, origin_of);
         self.retry_log.validate("retry_log", errors, origin_of);
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
@@ -274,11 +275,6 @@ impl Validate for ProxyConfig {
                 message,
             })
         };
-        for (key, url) in [("old", &self.old), ("new", &self.new)] {
-            if let Err(e) = Dsn::parse(url) {
-                bad(key, e.to_string());
-            }
-        }
         if self.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "listen",

@@ -5,7 +5,6 @@ use serde::Deserialize;
 use std::time::Duration;
 use switchyard_core::config_layer::{ConfigError, Origin, Validate};
 use switchyard_core::diff::DiffOptions;
-use switchyard_core::dsn::Dsn;
 use switchyard_core::ident::QualifiedName;
 
 /// Everything the reconciler reads at start. Top-level keys other than `old` and `new`
@@ -119,6 +118,7 @@ impl ReconcilerConfig {
 
 impl Validate for ReconcilerConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
+        switchyard_core::config_layer::validate_urls(&self.old, &self.new, errors, origin_of);
         self.retry_log.validate("retry_log", errors, origin_of);
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
@@ -127,11 +127,6 @@ impl Validate for ReconcilerConfig {
                 message,
             })
         };
-        for (key, url) in [("old", &self.old), ("new", &self.new)] {
-            if let Err(e) = Dsn::parse(url) {
-                bad(key, e.to_string());
-            }
-        }
         let s = &self.reconciler;
         for t in &s.tables {
             if let Err(e) = QualifiedName::parse(t) {

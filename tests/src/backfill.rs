@@ -4,7 +4,7 @@
 use crate::proxy::{Pair, DB};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// How long a backfill may run in a test.
@@ -17,29 +17,7 @@ pub fn backfill_bin() -> Result<PathBuf> {
 }
 
 /// What a backfill run printed and how it exited.
-#[derive(Debug)]
-pub struct BackfillRun {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl BackfillRun {
-    /// The exit code (None when killed by a signal).
-    pub fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Both outputs, for assertion messages.
-    pub fn text(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code(),
-            self.stdout,
-            self.stderr
-        )
-    }
-}
+pub type BackfillRun = crate::reconciler::ToolRun;
 
 /// A `switchyard-backfill ARGS` command with the test's `SWITCHYARD_*` variables removed
 /// (so they cannot change what is tested), output piped, killed on drop.

@@ -11,15 +11,15 @@ pub fn reconciler_bin() -> Result<PathBuf> {
     crate::process::workspace_bin("switchyard-reconciler", "SWITCHYARD_RECONCILER_BIN")
 }
 
-/// What a reconciler run printed and how it exited.
+/// What a run of one of the tools printed and how it exited.
 #[derive(Debug)]
-pub struct ReconcilerRun {
+pub struct ToolRun {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
 }
 
-impl ReconcilerRun {
+impl ToolRun {
     /// The exit code (None when killed by a signal).
     pub fn code(&self) -> Option<i32> {
         self.status.code()
@@ -35,6 +35,9 @@ impl ReconcilerRun {
         )
     }
 }
+
+/// What a reconciler run printed and how it exited.
+pub type ReconcilerRun = ToolRun;
 
 /// Runs `switchyard-reconciler ARGS` without blocking the runtime (killed after
 /// `timeout`). `SWITCHYARD_*` variables of the test's environment are removed so they
