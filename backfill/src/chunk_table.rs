@@ -12,6 +12,7 @@
 //! process that hangs is taken over when its lease runs out.
 
 use std::time::Duration;
+use switchyard_core::copy_hash::StreamSum;
 use switchyard_core::key::{KeyRange, KeyText};
 use tokio_postgres::Client;
 
@@ -404,19 +405,26 @@ pub async fn claim_verify(
 }
 
 /// Bulk mode: records a chunk as copied, in the transaction of its COPY (so the table
-/// holds exactly the rows of the chunks recorded copied). False when the chunk is no
-/// longer this worker's: roll back.
+/// holds exactly the rows of chunks recorded copied), with old's checksum of the rows as
+/// the copy read them when there is one. False when the chunk is no longer this
+/// worker's: roll back.
 pub async fn record_copied(
     tx: &tokio_postgres::Transaction<'_>,
     claim: &Claim,
     worker: &str,
     rows_copied: i64,
     copy_ms: i64,
+    old_sum: Option<StreamSum>,
 ) -> Result<bool, ChunkTableError> {
+    let (rows_old, checksum_old) = match old_sum {
+        Some(s) => (Some(s.rows), Some(s.text())),
+        None => (None, None),
+    };
     let n = tx
         .execute(
             "UPDATE _switchyard.backfill_chunks SET status = 'copied', path = 'bulk', \
-             rows_copied = $5, rows_inserted = $5, copy_ms = $6, lease_until = NULL \
+             rows_copied = $5, rows_inserted = $5, copy_ms = $6, lease_until = NULL, \
+             rows_old = $7, checksum_old = $8 \
              WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4 \
                AND status = 'running'",
             &[
@@ -426,11 +434,94 @@ pub async fn record_copied(
                 &claim.attempts,
                 &rows_copied,
                 &copy_ms,
+                &rows_old,
+                &checksum_old,
             ],
         )
         .await
         .map_err(err("recording a copied chunk"))?;
     Ok(n == 1)
+}
+
+const PASS_CLAIM_SQL: &str = "
+WITH t AS (
+    SELECT c.table_name
+    FROM _switchyard.backfill_chunks c
+    WHERE c.table_name = ANY($1) AND c.status = 'copied' AND c.checksum_old LIKE 'xxh3:%'
+      AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks o
+                      WHERE o.table_name = c.table_name
+                        AND o.status IN ('pending', 'running', 'failed'))
+    ORDER BY array_position($1, c.table_name)
+    LIMIT 1
+)
+UPDATE _switchyard.backfill_chunks c
+SET status = 'verifying', worker = $2,
+    worker_pid = pg_backend_pid(),
+    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                            WHERE pid = pg_backend_pid()),
+    lease_until = now() + $3 * interval '1 millisecond', last_error = NULL
+FROM t
+WHERE c.table_name = t.table_name AND c.status = 'copied' AND c.checksum_old LIKE 'xxh3:%'
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts, c.rows_old, c.checksum_old";
+
+/// A chunk claimed for a table pass, with old's checksum recorded at its copy.
+#[derive(Debug, Clone)]
+pub struct PassChunk {
+    pub claim: Claim,
+    pub rows_old: i64,
+    pub checksum_old: String,
+}
+
+/// Bulk mode: claims, for one table whose chunks are all copied, every copied chunk that
+/// carries old's stream checksum (see `table_pass`). Empty when no table is ready.
+pub async fn claim_pass(
+    client: &Client,
+    tables: &[String],
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<PassChunk>, ChunkTableError> {
+    let lease_ms = lease.as_millis() as f64;
+    let rows = client
+        .query(PASS_CLAIM_SQL, &[&tables, &worker, &lease_ms])
+        .await
+        .map_err(err("claiming a table's chunks to verify in one pass"))?;
+    Ok(rows
+        .iter()
+        .map(|r| PassChunk {
+            claim: Claim {
+                table_name: r.get(0),
+                chunk_no: r.get(1),
+                range: KeyRange {
+                    lo: r.get::<_, Option<KeyText>>(2),
+                    hi: r.get::<_, Option<KeyText>>(3),
+                },
+                attempts: r.get(4),
+            },
+            rows_old: r.get::<_, Option<i64>>(5).unwrap_or(-1),
+            checksum_old: r.get(6),
+        })
+        .collect())
+}
+
+/// A table pass found a chunk different from old's stream checksum: back to `copied`
+/// without that checksum, so the chunk is verified (and repaired) range by range in SQL
+/// once the table's key is back.
+pub async fn pass_mismatch(
+    client: &Client,
+    claim: &Claim,
+    worker: &str,
+    error: &str,
+) -> Result<(), ChunkTableError> {
+    client
+        .execute(
+            "UPDATE _switchyard.backfill_chunks SET status = 'copied', last_error = $4, \
+             checksum_old = NULL, rows_old = NULL, lease_until = NULL \
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND status = 'verifying'",
+            &[&claim.table_name, &claim.chunk_no, &worker, &error],
+        )
+        .await
+        .map_err(err("recording a chunk that differs"))?;
+    Ok(())
 }
 
 /// Bulk mode: records a verified chunk (`done` or `unverified`); false when another

@@ -39,6 +39,10 @@ pub struct Cli {
     /// Chunks copied at once by this process [default: 4]
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Threads relaying the rows (1: all jobs on one thread, best when the databases
+    /// share this machine) [default: 1]
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Rows per chunk when a table is first planned [default: 50000]
     #[arg(long)]
     pub chunk_rows: Option<u64>,
@@ -149,6 +153,7 @@ impl Cli {
             };
         }
         flag!(jobs);
+        flag!(threads);
         flag!(chunk_rows);
         flag!(max_rows_per_sec);
         flag!(brake_latency_ms);

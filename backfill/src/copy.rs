@@ -18,18 +18,27 @@ use crate::throttle::{Throttle, BATCH_ROWS};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use std::collections::HashSet;
 use switchyard_core::catalog::IdentityKind;
+use switchyard_core::copy_hash::{CopyHashError, CopyHasher};
 use switchyard_core::ident::quote_ident;
 use switchyard_core::key::{KeyRange, KeySql};
 use tokio_postgres::Client;
 
 /// A step of the copy failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} for {table}")]
-pub struct CopyError {
-    pub what: &'static str,
-    pub table: String,
-    #[source]
-    pub source: tokio_postgres::Error,
+pub enum CopyError {
+    #[error("{what} for {table}")]
+    Db {
+        what: &'static str,
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("hashing the rows of {table} read from old")]
+    Stream {
+        table: String,
+        #[source]
+        source: CopyHashError,
+    },
 }
 
 /// How a chunk went in.
@@ -114,9 +123,16 @@ impl CopySql {
 
     fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CopyError {
         let table = self.display.clone();
-        move |source| CopyError {
+        move |source| CopyError::Db {
             what,
             table,
+            source,
+        }
+    }
+
+    fn stream_err(&self, source: CopyHashError) -> CopyError {
+        CopyError::Stream {
+            table: self.display.clone(),
             source,
         }
     }
@@ -144,7 +160,8 @@ impl Stages {
 }
 
 /// Streams `range` of the table on old into `target` on new, inside `tx`; returns the
-/// rows written.
+/// rows written. With a `hasher`, every byte relayed is hashed too (old's checksum of the
+/// range as the copy read it).
 async fn stream_rows(
     old: &Client,
     tx: &tokio_postgres::Transaction<'_>,
@@ -152,6 +169,7 @@ async fn stream_rows(
     target: &str,
     range: &KeyRange,
     throttle: &Throttle,
+    mut hasher: Option<&mut CopyHasher>,
 ) -> Result<u64, CopyError> {
     let sink = tx
         .copy_in::<_, bytes::Bytes>(&format!(
@@ -168,10 +186,17 @@ async fn stream_rows(
     pin_mut!(source);
     let mut messages = 0u64;
     while let Some(buf) = source.next().await {
-        let buf = buf.map_err(sql.err("reading rows from old"))?;
-        sink.feed(buf)
-            .await
-            .map_err(sql.err("writing rows to new"))?;
+        // `sql.err` builds its closure eagerly: only on the error path.
+        let buf = match buf {
+            Ok(b) => b,
+            Err(e) => return Err(sql.err("reading rows from old")(e)),
+        };
+        if let Some(h) = hasher.as_deref_mut() {
+            h.feed(&buf).map_err(|e| sql.stream_err(e))?;
+        }
+        if let Err(e) = sink.feed(buf).await {
+            return Err(sql.err("writing rows to new")(e));
+        }
         messages += 1;
         if messages.is_multiple_of(BATCH_ROWS) {
             throttle.take(BATCH_ROWS).await;
@@ -186,8 +211,10 @@ async fn stream_rows(
 
 /// Bulk mode: COPYs `range` straight into the table (its primary key is dropped, so no
 /// range check: the table holds exactly the rows of chunks recorded copied) and records
-/// the chunk as copied in the same transaction. `None` when the chunk was taken over by
-/// another worker meanwhile (rolled back: nothing written).
+/// the chunk as copied in the same transaction, with old's checksum of the rows as read
+/// when `stream_hash` (see `table_pass`). `None` when the chunk was taken over by another
+/// worker meanwhile (rolled back: nothing written).
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_chunk_bulk(
     old: &Client,
     new: &mut Client,
@@ -196,15 +223,21 @@ pub async fn copy_chunk_bulk(
     throttle: &Throttle,
     claim: &Claim,
     worker: &str,
+    stream_hash: bool,
 ) -> Result<Option<u64>, anyhow::Error> {
     let started = std::time::Instant::now();
     let tx = new
         .transaction()
         .await
         .map_err(sql.err("starting a transaction on new"))?;
-    let rows = stream_rows(old, &tx, sql, &sql.table, range, throttle).await?;
+    let mut hasher = stream_hash.then(CopyHasher::default);
+    let rows = stream_rows(old, &tx, sql, &sql.table, range, throttle, hasher.as_mut()).await?;
     let copy_ms = started.elapsed().as_millis() as i64;
-    if !record_copied(&tx, claim, worker, rows as i64, copy_ms).await? {
+    let old_sum = match &hasher {
+        Some(h) => Some(h.finish().map_err(|e| sql.stream_err(e))?),
+        None => None,
+    };
+    if !record_copied(&tx, claim, worker, rows as i64, copy_ms, old_sum).await? {
         tx.rollback()
             .await
             .map_err(sql.err("rolling back a chunk taken over"))?;
@@ -265,7 +298,7 @@ pub async fn copy_chunk(
         Path::Direct => &sql.table,
         Path::Merge => &sql.stage,
     };
-    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle).await?;
+    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle, None).await?;
     let rows_inserted = match path {
         Path::Direct => rows_copied,
         Path::Merge => tx

@@ -56,7 +56,11 @@ WHERE c.conrelid = $1::text::regclass AND c.contype IN ('u', 'x', 'f')
 ORDER BY 1";
 
 const PRIMARY_KEY_SQL: &str = "
-SELECT c.conname::text, pg_catalog.pg_get_constraintdef(c.oid)
+SELECT c.conname::text, pg_catalog.pg_get_indexdef(c.conindid),
+       CASE WHEN c.condeferred THEN ' DEFERRABLE INITIALLY DEFERRED'
+            WHEN c.condeferrable THEN ' DEFERRABLE' ELSE '' END,
+       pg_catalog.pg_get_constraintdef(c.oid),
+       (SELECT r.relkind = 'p' FROM pg_catalog.pg_class r WHERE r.oid = c.conrelid)
 FROM pg_catalog.pg_constraint c
 WHERE c.conrelid = $1::text::regclass AND c.contype = 'p'";
 
@@ -74,14 +78,31 @@ async fn objects_of(
             .with_context(|| format!("reading the primary key of {} on new", plan.name))?
         {
             let name: String = r.get(0);
-            let def: String = r.get(1);
-            out.push(Deferred {
-                table: plan.quoted.clone(),
-                definition: format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} {def}",
+            let index: String = r.get(1);
+            let deferrable: String = r.get(2);
+            let constraint: String = r.get(3);
+            let partitioned: bool = r.get(4);
+            // The index first, then the constraint on it: building the index takes a
+            // SHARE lock, so the one-pass verification (`table_pass`) reads the table
+            // meanwhile; ADD PRIMARY KEY would lock it out for the whole build. (A
+            // partitioned table cannot take a key USING INDEX.)
+            let definition = if partitioned {
+                format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {constraint}",
                     plan.quoted,
                     quote_ident(&name)
-                ),
+                )
+            } else {
+                format!(
+                    "{index}; ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}{deferrable}",
+                    plan.quoted,
+                    quote_ident(&name),
+                    quote_ident(&name)
+                )
+            };
+            out.push(Deferred {
+                table: plan.quoted.clone(),
+                definition,
                 drop: format!(
                     "ALTER TABLE {} DROP CONSTRAINT {}",
                     plan.quoted,

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod table_pass;
 pub mod tasks;
 pub mod throttle;
 pub mod worker;
@@ -48,7 +49,9 @@ where
             return EXIT_ERROR;
         }
     };
-    let Some(runtime) = switchyard_core::tool::runtime("switchyard-backfill") else {
+    let Some(runtime) =
+        switchyard_core::tool::runtime_with_threads("switchyard-backfill", cfg.backfill.threads)
+    else {
         return EXIT_ERROR;
     };
     if cli.pause || cli.resume {

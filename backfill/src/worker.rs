@@ -4,13 +4,14 @@
 //! through the process's control connection to new.
 
 use crate::chunk_check::check_chunk;
-use crate::chunk_table::{self, ChunkOutcome, Claim};
+use crate::chunk_table::{self, ChunkOutcome, Claim, PassChunk};
 use crate::config::{BackfillConfig, FkMode};
 use crate::connect::{connect, Db};
 use crate::copy::{copy_chunk, copy_chunk_bulk, CopySql, Stages};
 use crate::indexes;
 use crate::plan::TablePlan;
 use crate::progress::Progress;
+use crate::table_pass;
 use crate::throttle::Throttle;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -27,6 +28,9 @@ pub struct TableWork {
     pub plan: TablePlan,
     pub queries: RangeQueries,
     pub copy: CopySql,
+    /// Bulk mode verifies the table in one pass (`table_pass`): the key's position in
+    /// the copied columns.
+    pub pass_key: Option<usize>,
 }
 
 /// What every worker of a process shares.
@@ -56,12 +60,14 @@ impl Shared {
             .map(|(i, plan)| {
                 let queries = RangeQueries::new(&plan.old, &plan.columns, row_hash);
                 let copy = CopySql::new(&plan, i);
+                let pass_key = table_pass::pass_key(&plan);
                 (
                     plan.quoted.clone(),
                     TableWork {
                         plan,
                         queries,
                         copy,
+                        pass_key,
                     },
                 )
             })
@@ -123,7 +129,24 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
             run_claim(&shared, &worker, &mut sessions, &mut failures, claim).await?;
             continue;
         }
-        // Bulk mode's second phase: copied chunks of tables whose indexes are back.
+        // Bulk mode's second phase: a table read back in one pass (no index needed, so
+        // while another worker rebuilds), then copied chunks of tables whose indexes are
+        // back, range by range.
+        if std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-before-verify")
+            && !chunk_table::ready_to_rebuild(&shared.control, &shared.order)
+                .await?
+                .is_empty()
+        {
+            tracing::warn!("Failpoint exit-before-verify: exiting.");
+            std::process::exit(3);
+        }
+        let pass =
+            chunk_table::claim_pass(&shared.control, &shared.order, &worker, shared.cfg.lease())
+                .await?;
+        if !pass.is_empty() {
+            run_pass(&shared, &worker, &mut sessions, &mut failures, pass).await?;
+            continue;
+        }
         let verify =
             chunk_table::claim_verify(&shared.control, &shared.order, &worker, shared.cfg.lease())
                 .await?;
@@ -141,11 +164,6 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
         let ready = chunk_table::ready_to_rebuild(&shared.control, &shared.order).await?;
         if !ready.is_empty() {
             if let Ok(_guard) = shared.rebuild_guard.try_lock() {
-                if std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-before-rebuild")
-                {
-                    tracing::warn!("Failpoint exit-before-rebuild: exiting.");
-                    std::process::exit(3);
-                }
                 let rebuilt = indexes::rebuild(&shared.cfg, &shared.control, &ready).await?;
                 if !rebuilt.is_empty() {
                     tracing::info!(objects = ?rebuilt, "Rebuilt after the bulk load; verifying the chunks.");
@@ -215,6 +233,59 @@ async fn run_verify(
             let text = format!("{e:#}");
             tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, error = %text, "Chunk verification failed; it will be retried.");
             chunk_table::fail_verify(&shared.control, &claim, worker, &text).await?;
+            if sessions
+                .as_ref()
+                .is_some_and(|s| s.old.is_closed() || s.new.is_closed())
+            {
+                *sessions = None;
+            }
+            if *failures >= MAX_CONSECUTIVE_FAILURES {
+                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Bulk mode: verifies the claimed chunks of one table in one pass over the table on new.
+async fn run_pass(
+    shared: &Shared,
+    worker: &str,
+    sessions: &mut Option<Sessions>,
+    failures: &mut u32,
+    chunks: Vec<PassChunk>,
+) -> Result<()> {
+    let table = chunks[0].claim.table_name.clone();
+    let outcome = async {
+        let t = shared
+            .tables
+            .get(&table)
+            .with_context(|| format!("claimed chunks of {table}, which this run does not plan"))?;
+        let key = t.pass_key.with_context(|| {
+            format!("chunks of {table} carry stream checksums, but its columns cannot be hashed that way")
+        })?;
+        let s = match sessions {
+            Some(s) => s,
+            None => sessions.insert(open_sessions(&shared.cfg).await?),
+        };
+        table_pass::run(&mut s.new, &t.plan, key, chunks.clone()).await
+    }
+    .await;
+    match outcome {
+        Ok(result) => {
+            *failures = 0;
+            table_pass::record(&shared.control, worker, result, |t, rows| {
+                shared.progress.chunk_done(t, rows)
+            })
+            .await
+        }
+        Err(e) => {
+            *failures += 1;
+            let text = format!("{e:#}");
+            tracing::warn!(table = %table, error = %text, "Verification pass failed; it will be retried.");
+            for c in &chunks {
+                chunk_table::fail_verify(&shared.control, &c.claim, worker, &text).await?;
+            }
             if sessions
                 .as_ref()
                 .is_some_and(|s| s.old.is_closed() || s.new.is_closed())
@@ -324,6 +395,7 @@ async fn work(
             &shared.throttle,
             claim,
             worker,
+            t.pass_key.is_some(),
         )
         .await
         .with_context(|| format!("copying chunk {} of {}", claim.chunk_no, t.plan.name))?;

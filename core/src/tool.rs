@@ -19,10 +19,22 @@ pub fn init_logging() {
 
 /// A multi-threaded runtime, or `None` after saying why on stderr (`tool: ...`).
 pub fn runtime(tool: &str) -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    runtime_with_threads(tool, 0)
+}
+
+/// The async runtime with `threads` worker threads: 1 runs every task on the calling
+/// thread (no cross-thread wake-ups), 0 means one per core.
+pub fn runtime_with_threads(tool: &str, threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    match builder.enable_all().build() {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!("{tool}: starting the async runtime: {e}");

@@ -1,0 +1,190 @@
+//! Bulk mode's verification in one pass: while a chunk is copied, the rows relayed from
+//! old are hashed on the way (`core::copy_hash`, no extra work for old) and the sum is
+//! recorded with the chunk. Once every chunk of the table is copied, one worker reads the
+//! whole table back from new in a single binary `COPY` (a sequential scan: the key is not
+//! needed, so this runs while another worker rebuilds the indexes), hashes the rows the
+//! same way, sums them per chunk by key and compares each chunk with old's figure.
+//!
+//! A chunk that matches is `done`. One that differs goes back to `copied` without old's
+//! figure: once the key is rebuilt, the range-by-range check in SQL (`chunk_check`)
+//! compares it with old as it is then and repairs it.
+//!
+//! Only for tables with a single integer key column whose columns all have a binary form
+//! that is the same on both servers (`copy_hash::stream_hashable`); others are verified
+//! range by range.
+
+use crate::chunk_table::{self, ChunkOutcome, PassChunk};
+use crate::plan::TablePlan;
+use anyhow::{Context, Result};
+use futures_util::{pin_mut, StreamExt};
+use std::time::Instant;
+use switchyard_core::copy_hash::{int_key, stream_hashable, CopyHasher, StreamSum};
+use switchyard_core::ident::quote_ident;
+use switchyard_core::key::{INT2_OID, INT4_OID, INT8_OID};
+use tokio_postgres::Client;
+
+/// Where the key is in the copied columns, when the table can be verified in one pass.
+pub fn pass_key(plan: &TablePlan) -> Option<usize> {
+    let [key] = plan.old.primary_key.as_slice() else {
+        return None;
+    };
+    let key = &plan.old.columns[*key];
+    if !matches!(key.type_oid, INT2_OID | INT4_OID | INT8_OID) {
+        return None;
+    }
+    let oids = plan
+        .columns
+        .iter()
+        .map(|c| plan.old.column(c).map_or(u32::MAX, |m| m.type_oid));
+    if !stream_hashable(oids) {
+        return None;
+    }
+    plan.columns.iter().position(|c| *c == key.name)
+}
+
+/// A claimed chunk's bounds as integers (`None`: unbounded).
+struct Bounds {
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
+fn bounds(c: &PassChunk) -> Result<Bounds> {
+    let one = |k: &Option<Vec<Option<String>>>| -> Result<Option<i64>> {
+        match k.as_deref() {
+            None => Ok(None),
+            Some([Some(v)]) => v
+                .parse()
+                .map(Some)
+                .with_context(|| format!("chunk bound {v:?} is not an integer")),
+            Some(other) => anyhow::bail!("chunk bound {other:?} is not one integer"),
+        }
+    };
+    Ok(Bounds {
+        lo: one(&c.claim.range.lo)?,
+        hi: one(&c.claim.range.hi)?,
+    })
+}
+
+/// The outcome of a pass: chunks that matched, and chunks that differ with the reason.
+pub struct PassResult {
+    pub done: Vec<(PassChunk, ChunkOutcome)>,
+    pub differ: Vec<(PassChunk, String)>,
+}
+
+/// Reads `plan`'s table back from `new` and compares it with the claimed chunks.
+pub async fn run(
+    new: &mut Client,
+    plan: &TablePlan,
+    key_field: usize,
+    chunks: Vec<PassChunk>,
+) -> Result<PassResult> {
+    let started = Instant::now();
+    // Chunk ranges are disjoint: sorted by lower bound, a key belongs to the last chunk
+    // starting at or below it, if it is below that chunk's upper bound.
+    let mut order: Vec<(Bounds, usize)> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| bounds(c).map(|b| (b, i)))
+        .collect::<Result<_>>()?;
+    order.sort_by_key(|(b, _)| b.lo.unwrap_or(i64::MIN));
+    let mut sums = vec![StreamSum::default(); chunks.len()];
+    let columns = plan
+        .columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tx = new
+        .transaction()
+        .await
+        .context("starting the verification pass on new")?;
+    // Worker sessions turn sequential scans off for their range reads; here one is right.
+    tx.batch_execute("SET LOCAL enable_seqscan = on")
+        .await
+        .context("setting up the verification pass on new")?;
+    let stream = tx
+        .copy_out(&format!(
+            "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
+            plan.quoted
+        ))
+        .await
+        .with_context(|| format!("reading {} back from new", plan.name))?;
+    pin_mut!(stream);
+    let mut hasher = CopyHasher::new(key_field);
+    let mut stray = 0u64;
+    while let Some(buf) = stream.next().await {
+        let buf = buf.with_context(|| format!("reading {} back from new", plan.name))?;
+        hasher
+            .feed_keyed(&buf, |hash, key| {
+                let slot = key.and_then(int_key).and_then(|k| {
+                    let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
+                    let (b, i) = order.get(at.checked_sub(1)?)?;
+                    b.hi.is_none_or(|hi| k < hi).then_some(*i)
+                });
+                match slot {
+                    Some(i) => sums[i].add(hash),
+                    None => stray += 1,
+                }
+            })
+            .with_context(|| format!("hashing {} read back from new", plan.name))?;
+    }
+    hasher
+        .finish()
+        .with_context(|| format!("hashing {} read back from new", plan.name))?;
+    tx.commit()
+        .await
+        .context("ending the verification pass on new")?;
+    if stray > 0 {
+        tracing::debug!(table = %plan.name, rows = stray, "Rows outside the chunks of this pass (verified range by range).");
+    }
+    let per_chunk_ms = (started.elapsed().as_millis() as i64) / (chunks.len().max(1) as i64);
+    let mut result = PassResult {
+        done: Vec::new(),
+        differ: Vec::new(),
+    };
+    for (chunk, new_sum) in chunks.into_iter().zip(sums) {
+        if new_sum.rows == chunk.rows_old && new_sum.text() == chunk.checksum_old {
+            let outcome = ChunkOutcome {
+                status: "done",
+                path: "bulk",
+                rows_old: chunk.rows_old,
+                rows_new: new_sum.rows,
+                checksum_old: chunk.checksum_old.clone(),
+                checksum_new: new_sum.text(),
+                verify_ms: per_chunk_ms,
+                ..ChunkOutcome::default()
+            };
+            result.done.push((chunk, outcome));
+        } else {
+            let why = format!(
+                "differs from the rows read from old ({} rows {} on old, {} rows {} on new): \
+                 checked again range by range after the rebuild",
+                chunk.rows_old,
+                chunk.checksum_old,
+                new_sum.rows,
+                new_sum.text()
+            );
+            result.differ.push((chunk, why));
+        }
+    }
+    Ok(result)
+}
+
+/// Records a pass's results; returns the rows of the chunks now done.
+pub async fn record(
+    control: &Client,
+    worker: &str,
+    result: PassResult,
+    mut on_done: impl FnMut(&str, u64),
+) -> Result<()> {
+    for (chunk, outcome) in &result.done {
+        if chunk_table::finish_verify(control, &chunk.claim, worker, outcome).await? {
+            on_done(&chunk.claim.table_name, outcome.rows_old.max(0) as u64);
+        }
+    }
+    for (chunk, why) in &result.differ {
+        tracing::warn!(table = %chunk.claim.table_name, chunk = chunk.claim.chunk_no, "Chunk {why}.");
+        chunk_table::pass_mismatch(control, &chunk.claim, worker, why).await?;
+    }
+    Ok(())
+}
