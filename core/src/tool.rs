@@ -22,9 +22,21 @@ pub fn runtime(tool: &str) -> Option<tokio::runtime::Runtime> {
     runtime_with_threads(tool, 0)
 }
 
-/// The async runtime with `threads` worker threads: 1 runs every task on the calling
-/// thread (no cross-thread wake-ups), 0 means one per core.
+/// [`build_runtime`], or `None` after saying why on stderr (`tool: ...`).
 pub fn runtime_with_threads(tool: &str, threads: usize) -> Option<tokio::runtime::Runtime> {
+    match build_runtime(threads) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("{tool}: starting the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// The async runtime with `threads` worker threads: 1 runs every task on the calling
+/// thread (no work stealing, so no cross-thread wake-ups, which dominate the CPU profile
+/// of a relay on a small box), 0 means one per core.
+pub fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -34,13 +46,7 @@ pub fn runtime_with_threads(tool: &str, threads: usize) -> Option<tokio::runtime
             b
         }
     };
-    match builder.enable_all().build() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!("{tool}: starting the async runtime: {e}");
-            None
-        }
-    }
+    builder.enable_all().build()
 }
 
 /// Warns about `SWITCHYARD_*` variables that name no setting.

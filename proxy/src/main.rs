@@ -37,19 +37,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: switchyard_proxy::ProxyConfig) -> anyhow::Result<()> {
-    // One worker means a current-thread runtime: no work stealing, so no cross-thread
-    // wake-ups (futex and context switches dominate a proxy's CPU profile on small boxes).
-    let mut builder = if config.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if config.worker_threads > 1 {
-        builder.worker_threads(config.worker_threads);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
+    let runtime = switchyard_core::tool::build_runtime(config.worker_threads)
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let proxy = switchyard_proxy::start(config)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# bench/proxy_cpu.sh: CPU time per transaction of PgBouncer and switchyard-proxy, side by
+# side, with TPS and latency, on pgbench select-only. On a 2-core box where pgbench, the
+# server and the proxy share the cores, a proxy's TPS at 8+ clients mostly shows how much
+# CPU it takes from the others; this prints that figure directly (utime + stime of the
+# proxy process over the run, divided by the transactions), which varies far less from
+# run to run than TPS does.
+#
+#   cargo build --release -p switchyard-proxy
+#   bench/proxy_cpu.sh                       # ~3 min
+#
+# Targets: direct, PgBouncer (session mode), switchyard-proxy with one worker thread
+# (`--worker-threads 1`: a current-thread runtime) and with the default (one per core).
+# Environment: SCALE [10] DURATION [8] CLIENTS ["1 8"] MODES ["prepared simple"]
+# ROUNDS [2]; binaries as in bench/lib.sh (PROXY_BIN defaults to target/release).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SCALE=${SCALE:-10}
+DURATION=${DURATION:-8}
+CLIENTS=${CLIENTS:-"1 8"}
+MODES=${MODES:-"prepared simple"}
+ROUNDS=${ROUNDS:-2}
+
+bench_init proxy-cpu
+start_pgbench_pair bench "$SCALE" 0
+free_port P_PGB; start_pgbouncer pgb "$P_PGB" "$(cluster_port old)" bench 40
+free_port P_S1; free_port P_A1
+start_switchyard sy1 "$P_S1" "$P_A1" old new bench --worker-threads 1 --mirror-mode off
+free_port P_SN; free_port P_AN
+start_switchyard syN "$P_SN" "$P_AN" old new bench --mirror-mode off
+
+declare -A PID=([pgbouncer]=${BENCH_PID[pgb]} [switchyard-1]=${BENCH_PID[sy1]} [switchyard]=${BENCH_PID[syN]})
+declare -A PORT=([direct]=$P_OLD [pgbouncer]=$P_PGB [switchyard-1]=$P_S1 [switchyard]=$P_SN)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+printf '%-6s %-9s %7s %-13s %9s %9s %14s\n' round mode clients target tps "lat ms" "CPU us/txn"
+for round in $(seq "$ROUNDS"); do
+  for mode in $MODES; do
+    for c in $CLIENTS; do
+      for t in direct pgbouncer switchyard-1 switchyard; do
+        p=${PID[$t]:-}
+        t0=0
+        [ -n "$p" ] && t0=$(ticks "$p")
+        out=$BENCH_WORK/$t-$mode-$c-$round.out
+        run_pgbench "$out" -n -S -M "$mode" -c "$c" -j $((c < 2 ? c : 2)) -T "$DURATION" \
+          -h 127.0.0.1 -p "${PORT[$t]}" -U postgres bench || die "$t: $BENCH_LAST_ERROR"
+        n=$(pgbench_transactions "$out")
+        cpu=-
+        [ -n "$p" ] && cpu=$(awk -v d=$(($(ticks "$p") - t0)) -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", d * 1e6 / hz / n}')
+        printf '%-6s %-9s %7s %-13s %9.0f %9s %14s\n' "$round" "$mode" "$c" "$t" \
+          "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu"
+      done
+    done
+  done
+done
