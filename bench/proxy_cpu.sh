@@ -13,6 +13,8 @@
 # (`--worker-threads 1`: a current-thread runtime) and with the default (one per core).
 # Environment: SCALE [10] DURATION [8] CLIENTS ["1 8"] MODES ["prepared simple"]
 # ROUNDS [2]; binaries as in bench/lib.sh (PROXY_BIN defaults to target/release).
+# PROXY_BIN_B: a second proxy binary (e.g. before a change) measured in the same run, as
+# the targets switchyard-1-b and switchyard-b.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -32,14 +34,25 @@ start_switchyard syN "$P_SN" "$P_AN" old new bench --mirror-mode off
 
 declare -A PID=([pgbouncer]=${BENCH_PID[pgb]} [switchyard-1]=${BENCH_PID[sy1]} [switchyard]=${BENCH_PID[syN]})
 declare -A PORT=([direct]=$P_OLD [pgbouncer]=$P_PGB [switchyard-1]=$P_S1 [switchyard]=$P_SN)
+TARGETS="direct pgbouncer switchyard-1 switchyard"
+if [ -n "${PROXY_BIN_B:-}" ]; then
+  PROXY_BIN=$PROXY_BIN_B
+  free_port P_S1B; free_port P_A1B
+  start_switchyard sy1b "$P_S1B" "$P_A1B" old new bench --worker-threads 1 --mirror-mode off
+  free_port P_SNB; free_port P_ANB
+  start_switchyard syNb "$P_SNB" "$P_ANB" old new bench --mirror-mode off
+  PID[switchyard-1-b]=${BENCH_PID[sy1b]}; PORT[switchyard-1-b]=$P_S1B
+  PID[switchyard-b]=${BENCH_PID[syNb]}; PORT[switchyard-b]=$P_SNB
+  TARGETS="$TARGETS switchyard-1-b switchyard-b"
+fi
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-printf '%-6s %-9s %7s %-13s %9s %9s %14s\n' round mode clients target tps "lat ms" "CPU us/txn"
+printf '%-6s %-9s %7s %-15s %9s %9s %14s\n' round mode clients target tps "lat ms" "CPU us/txn"
 for round in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     for c in $CLIENTS; do
-      for t in direct pgbouncer switchyard-1 switchyard; do
+      for t in $TARGETS; do
         p=${PID[$t]:-}
         t0=0
         [ -n "$p" ] && t0=$(ticks "$p")
@@ -49,7 +62,7 @@ for round in $(seq "$ROUNDS"); do
         n=$(pgbench_transactions "$out")
         cpu=-
         [ -n "$p" ] && cpu=$(awk -v d=$(($(ticks "$p") - t0)) -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", d * 1e6 / hz / n}')
-        printf '%-6s %-9s %7s %-13s %9.0f %9s %14s\n' "$round" "$mode" "$c" "$t" \
+        printf '%-6s %-9s %7s %-15s %9.0f %9s %14s\n' "$round" "$mode" "$c" "$t" \
           "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu"
       done
     done

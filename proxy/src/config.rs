@@ -85,8 +85,9 @@ pub struct ProxyConfig {
     /// Seconds between reachability checks of old and new.
     #[serde(default = "default_health_interval")]
     pub health_check_interval_secs: u64,
-    /// Threads serving sessions; 0 means one per CPU core. (Read by the binary when it
-    /// builds its runtime; an embedding program brings its own runtime.)
+    /// Threads serving sessions, each with its own single-threaded runtime (a session
+    /// stays on the thread it was given); 0 means one per CPU core, 1 serves sessions on
+    /// the runtime that runs the proxy (for the binary: one thread for everything).
     #[serde(default)]
     pub worker_threads: usize,
     /// Dual writes to the new database.

@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod progress;
 pub mod protocol;
 pub mod server;
+mod session_threads;
 pub mod shadow;
 pub mod shared;
 pub mod tls;

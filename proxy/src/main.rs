@@ -37,8 +37,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: switchyard_proxy::ProxyConfig) -> anyhow::Result<()> {
-    let runtime = switchyard_core::tool::build_runtime(config.worker_threads)
-        .context("starting the async runtime")?;
+    // The accept loop, the admin server and background work need little: one thread.
+    // Sessions run on their own threads (`worker_threads`, see `session_threads`), or on
+    // this one when it is 1.
+    let runtime = switchyard_core::tool::build_runtime(1).context("starting the async runtime")?;
     runtime.block_on(async {
         let proxy = switchyard_proxy::start(config)
             .await

@@ -8,6 +8,7 @@ use crate::frontend::handle_client;
 use crate::frontend_limits::refuse_too_many;
 use crate::health::Health;
 use crate::metrics::CLIENT_REJECTED_TOTAL;
+use crate::session_threads::SessionThreads;
 use crate::shared::Shared;
 use crate::tls::TlsError;
 use std::collections::HashMap;
@@ -251,6 +252,19 @@ async fn serve(
         Duration::from_secs(shared.config.health_check_interval_secs),
     ));
 
+    let threads = match shared.config.worker_threads {
+        1 => None,
+        0 => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => Some(n),
+    };
+    let threads = match threads.map(|n| SessionThreads::start(&shared, n)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "Could not start the session threads; serving sessions on the main runtime.");
+            None
+        }
+    };
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -265,13 +279,16 @@ async fn serve(
                     }
                 };
                 match shared.connection_slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        sessions.spawn(async move {
-                            handle_client(shared, tcp, peer).await;
-                            drop(permit);
-                        });
-                    }
+                    Ok(permit) => match &threads {
+                        Some(t) => t.dispatch(tcp, peer, permit),
+                        None => {
+                            let shared = shared.clone();
+                            sessions.spawn(async move {
+                                handle_client(shared, tcp, peer).await;
+                                drop(permit);
+                            });
+                        }
+                    },
                     Err(_) => {
                         metrics::counter!(CLIENT_REJECTED_TOTAL, "reason" => "max_client_connections").increment(1);
                         sessions.spawn(refuse_too_many(tcp));
@@ -283,12 +300,28 @@ async fn serve(
         }
     }
     drop(listener);
+    match threads {
+        Some(t) => {
+            let (_, ()) = tokio::join!(drain_sessions(&shared, sessions), t.finish());
+        }
+        None => drain_sessions(&shared, sessions).await,
+    }
+    background.abort_all();
+    while background.join_next().await.is_some() {}
+    tracing::info!("Switchyard proxy stopped.");
+}
+
+/// After the accept loop stopped: lets `sessions` finish their transactions and aborts
+/// what is left at the shutdown deadline.
+pub(crate) async fn drain_sessions(shared: &Shared, mut sessions: JoinSet<()>) {
     let deadline = tokio::time::sleep(shared.config.shutdown_timeout());
     tokio::pin!(deadline);
-    tracing::info!(
-        sessions = sessions.len(),
-        "Shutting down: waiting for sessions to finish their transactions."
-    );
+    if !sessions.is_empty() {
+        tracing::info!(
+            sessions = sessions.len(),
+            "Shutting down: waiting for sessions to finish their transactions."
+        );
+    }
     loop {
         tokio::select! {
             next = sessions.join_next() => if next.is_none() { break },
@@ -300,7 +333,4 @@ async fn serve(
             }
         }
     }
-    background.abort_all();
-    while background.join_next().await.is_some() {}
-    tracing::info!("Switchyard proxy stopped.");
 }

@@ -183,6 +183,8 @@ async fn pump<R, W>(
     };
     let end = loop {
         let end = tokio::select! {
+            // Both run until the session ends: no fairness to keep, so no RNG per wake-up.
+            biased;
             e = up.run() => e,
             e = down.run() => e,
         };
@@ -290,6 +292,10 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
     async fn run(&mut self) -> End {
         let idle_timeout = self.shared.config.idle_timeout();
         let mut shutdown = self.shared.shutdown.clone();
+        // Created once, not per read: each new wait registers with the watch channel
+        // (a lock) and deregisters when dropped, on every message otherwise.
+        let stop = async move { crate::shared::stopped(&mut shutdown).await };
+        tokio::pin!(stop);
         let mut shutdown_seen = false;
         let mut room = MIN_READ_CHUNK;
         let mut last_read = 0;
@@ -333,13 +339,9 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     _ => std::future::pending().await,
                 }
             };
-            let stop = async {
-                if shutdown_seen {
-                    std::future::pending::<()>().await;
-                }
-                crate::shared::stopped(&mut shutdown).await;
-            };
             tokio::select! {
+                // Polled in order: no random start (it costs an RNG draw per message).
+                biased;
                 r = read => match r {
                     Ok(0) => return End::ClientClosed,
                     Ok(n) => last_read = n,
@@ -347,7 +349,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 },
                 _ = timeout => return End::IdleTimeout,
                 _ = self.became_idle.notified(), if !idle && idle_timeout.is_some() => {}
-                _ = stop => {
+                _ = &mut stop, if !shutdown_seen => {
                     if self.flow.lock().map(|f| f.idle()).unwrap_or(true) {
                         return End::Shutdown;
                     }
