@@ -224,6 +224,20 @@ pub struct Claim {
     pub attempts: i32,
 }
 
+/// A claim from the first five columns a claim statement returns (table, chunk number,
+/// bounds, attempts).
+fn claim_of(r: &tokio_postgres::Row) -> Claim {
+    Claim {
+        table_name: r.get(0),
+        chunk_no: r.get(1),
+        range: KeyRange {
+            lo: r.get::<_, Option<KeyText>>(2),
+            hi: r.get::<_, Option<KeyText>>(3),
+        },
+        attempts: r.get(4),
+    }
+}
+
 const CLAIM_SQL: &str = "
 WITH next AS (
     SELECT c.table_name, c.chunk_no
@@ -270,15 +284,7 @@ pub async fn claim(
         .query_opt(CLAIM_SQL, &[&tables, &max_attempts, &worker, &lease_ms])
         .await
         .map_err(err("claiming a chunk"))?;
-    Ok(row.map(|r| Claim {
-        table_name: r.get(0),
-        chunk_no: r.get(1),
-        range: KeyRange {
-            lo: r.get::<_, Option<KeyText>>(2),
-            hi: r.get::<_, Option<KeyText>>(3),
-        },
-        attempts: r.get(4),
-    }))
+    Ok(row.as_ref().map(claim_of))
 }
 
 /// Renews the lease of every chunk this process (its control connection) holds.
@@ -352,7 +358,21 @@ pub async fn finish(
     Ok(n == 1)
 }
 
-const VERIFY_CLAIM_SQL: &str = "
+/// The SET clause of both verification claims: the chunk becomes `verifying`, held by
+/// worker `$2` on this control connection, leased for `$3` milliseconds.
+macro_rules! verifying_set {
+    () => {
+        "SET status = 'verifying', worker = $2,
+    worker_pid = pg_backend_pid(),
+    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                            WHERE pid = pg_backend_pid()),
+    lease_until = now() + $3 * interval '1 millisecond', last_error = NULL
+"
+    };
+}
+
+const VERIFY_CLAIM_SQL: &str = concat!(
+    "
 WITH next AS (
     SELECT c.table_name, c.chunk_no
     FROM _switchyard.backfill_chunks c
@@ -370,14 +390,12 @@ WITH next AS (
     FOR UPDATE OF c SKIP LOCKED
 )
 UPDATE _switchyard.backfill_chunks c
-SET status = 'verifying', worker = $2,
-    worker_pid = pg_backend_pid(),
-    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
-                            WHERE pid = pg_backend_pid()),
-    lease_until = now() + $3 * interval '1 millisecond', last_error = NULL
-FROM next
+",
+    verifying_set!(),
+    "FROM next
 WHERE c.table_name = next.table_name AND c.chunk_no = next.chunk_no
-RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts";
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts"
+);
 
 /// Bulk mode: claims a chunk that was copied and waits for its verification, once its
 /// table's indexes are rebuilt (or one whose verifier died or hung). Attempts are not
@@ -393,15 +411,7 @@ pub async fn claim_verify(
         .query_opt(VERIFY_CLAIM_SQL, &[&tables, &worker, &lease_ms])
         .await
         .map_err(err("claiming a chunk to verify"))?;
-    Ok(row.map(|r| Claim {
-        table_name: r.get(0),
-        chunk_no: r.get(1),
-        range: KeyRange {
-            lo: r.get::<_, Option<KeyText>>(2),
-            hi: r.get::<_, Option<KeyText>>(3),
-        },
-        attempts: r.get(4),
-    }))
+    Ok(row.as_ref().map(claim_of))
 }
 
 /// Bulk mode: records a chunk as copied, in the transaction of its COPY (so the table
@@ -443,7 +453,8 @@ pub async fn record_copied(
     Ok(n == 1)
 }
 
-const PASS_CLAIM_SQL: &str = "
+const PASS_CLAIM_SQL: &str = concat!(
+    "
 WITH t AS (
     SELECT c.table_name
     FROM _switchyard.backfill_chunks c
@@ -455,14 +466,12 @@ WITH t AS (
     LIMIT 1
 )
 UPDATE _switchyard.backfill_chunks c
-SET status = 'verifying', worker = $2,
-    worker_pid = pg_backend_pid(),
-    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
-                            WHERE pid = pg_backend_pid()),
-    lease_until = now() + $3 * interval '1 millisecond', last_error = NULL
-FROM t
+",
+    verifying_set!(),
+    "FROM t
 WHERE c.table_name = t.table_name AND c.status = 'copied' AND c.checksum_old LIKE 'xxh3:%'
-RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts, c.rows_old, c.checksum_old";
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts, c.rows_old, c.checksum_old"
+);
 
 /// A chunk claimed for a table pass, with old's checksum recorded at its copy.
 #[derive(Debug, Clone)]
@@ -488,15 +497,7 @@ pub async fn claim_pass(
     Ok(rows
         .iter()
         .map(|r| PassChunk {
-            claim: Claim {
-                table_name: r.get(0),
-                chunk_no: r.get(1),
-                range: KeyRange {
-                    lo: r.get::<_, Option<KeyText>>(2),
-                    hi: r.get::<_, Option<KeyText>>(3),
-                },
-                attempts: r.get(4),
-            },
+            claim: claim_of(r),
             rows_old: r.get::<_, Option<i64>>(5).unwrap_or(-1),
             checksum_old: r.get(6),
         })

@@ -84,12 +84,7 @@ impl CopySql {
     /// Statements for `plan`; `stage_no` names its staging table (unique per table in a
     /// session).
     pub fn new(plan: &TablePlan, stage_no: usize) -> Self {
-        let columns = plan
-            .columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = plan.column_list();
         let stage = quote_ident(&format!("switchyard_backfill_stage_{stage_no}"));
         let overriding = if plan
             .new

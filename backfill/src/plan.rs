@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use switchyard_core::catalog::{list_user_tables, load_table, CatalogError, TableMeta};
 use switchyard_core::checksum::{int_split_points, RangeQueries, RowHash};
+use switchyard_core::ident::quote_ident;
 use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::{KeyRange, KeyText};
 use tokio_postgres::Client;
@@ -33,6 +34,17 @@ pub struct TablePlan {
     /// New has no primary key on this table (bulk mode dropped it; `new`'s key is taken
     /// from old's). Anything else is an error, checked once the chunk table is read.
     pub key_missing_on_new: bool,
+}
+
+impl TablePlan {
+    /// The copied columns, quoted, comma-separated (the order COPY streams them in).
+    pub fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Why a table is not copied.

@@ -19,7 +19,6 @@ use anyhow::{Context, Result};
 use futures_util::{pin_mut, StreamExt};
 use std::time::Instant;
 use switchyard_core::copy_hash::{int_key, stream_hashable, CopyHasher, StreamSum};
-use switchyard_core::ident::quote_ident;
 use switchyard_core::key::{INT2_OID, INT4_OID, INT8_OID};
 use tokio_postgres::Client;
 
@@ -88,12 +87,7 @@ pub async fn run(
         .collect::<Result<_>>()?;
     order.sort_by_key(|(b, _)| b.lo.unwrap_or(i64::MIN));
     let mut sums = vec![StreamSum::default(); chunks.len()];
-    let columns = plan
-        .columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = plan.column_list();
     let tx = new
         .transaction()
         .await

@@ -233,16 +233,7 @@ async fn run_verify(
             let text = format!("{e:#}");
             tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, error = %text, "Chunk verification failed; it will be retried.");
             chunk_table::fail_verify(&shared.control, &claim, worker, &text).await?;
-            if sessions
-                .as_ref()
-                .is_some_and(|s| s.old.is_closed() || s.new.is_closed())
-            {
-                *sessions = None;
-            }
-            if *failures >= MAX_CONSECUTIVE_FAILURES {
-                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
-            }
-            Ok(())
+            after_failure(sessions, *failures, e)
         }
     }
 }
@@ -286,16 +277,7 @@ async fn run_pass(
             for c in &chunks {
                 chunk_table::fail_verify(&shared.control, &c.claim, worker, &text).await?;
             }
-            if sessions
-                .as_ref()
-                .is_some_and(|s| s.old.is_closed() || s.new.is_closed())
-            {
-                *sessions = None;
-            }
-            if *failures >= MAX_CONSECUTIVE_FAILURES {
-                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
-            }
-            Ok(())
+            after_failure(sessions, *failures, e)
         }
     }
 }
@@ -363,16 +345,24 @@ async fn run_claim(
             let text = format!("{e:#}");
             tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, attempt = claim.attempts, error = %text, "Chunk failed; it will be retried.");
             chunk_table::fail(&shared.control, &claim, worker, &text).await?;
-            match sessions {
-                Some(s) if !s.old.is_closed() && !s.new.is_closed() => s.stages.forget(),
-                _ => *sessions = None,
-            }
-            if *failures >= MAX_CONSECUTIVE_FAILURES {
-                return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
-            }
-            Ok(())
+            after_failure(sessions, *failures, e)
         }
     }
+}
+
+/// After a failed chunk, verification or pass (already recorded): sessions whose
+/// connection is gone are dropped (reopened for the next claim), and after too many
+/// failures in a row the worker gives up.
+fn after_failure(sessions: &mut Option<Sessions>, failures: u32, e: anyhow::Error) -> Result<()> {
+    match sessions {
+        // A failed chunk's transaction may have rolled back the staging tables' creation.
+        Some(s) if !s.old.is_closed() && !s.new.is_closed() => s.stages.forget(),
+        _ => *sessions = None,
+    }
+    if failures >= MAX_CONSECUTIVE_FAILURES {
+        return Err(e.context(format!("{failures} chunks failed in a row; giving up")));
+    }
+    Ok(())
 }
 
 /// Copies and checks one chunk; in bulk mode only copies it (recorded `copied` in the
