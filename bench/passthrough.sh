@@ -291,7 +291,7 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
     n=$((n + 1))
     free_port P_SYI
     free_port P_ADMI
-    start_switchyard "sy-idle$n" "$P_SYI" "$P_ADMI" old new "$DB"
+    start_switchyard "sy-idle$n" "$P_SYI" "$P_ADMI" old new "$DB" --mirror-mode off
     idle_test switchyard "$variant" "$P_SYI" "${BENCH_PID[sy-idle$n]}"
     stop_switchyard "sy-idle$n" || fail "switchyard-proxy did not stop within 10 s of SIGTERM after the idle test"
     free_port P_PGBI
