@@ -214,6 +214,8 @@ mod tests {
             "a,app.b",
             "--jobs",
             "3",
+            "--threads",
+            "2",
             "--dual-writes",
             "off",
             "--fk-mode",
@@ -225,11 +227,16 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.backfill.tables, vec!["a", "app.b"]);
         assert_eq!(cfg.backfill.jobs, 3);
+        assert_eq!(cfg.backfill.threads, 2);
         assert!(!cfg.backfill.dual_writes);
         assert!(cfg.backfill.defer_indexes);
         assert!(cfg.backfill.bulk);
         assert_eq!(cfg.backfill.fk_mode, FkMode::Replica);
         assert_eq!(cfg.backfill.chunk_rows, 50_000);
+        let (defaults, _) = cli(&["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"])
+            .load(Vec::new())
+            .expect("valid");
+        assert_eq!(defaults.backfill.threads, 1, "one relay thread by default");
     }
 
     #[test]
@@ -257,11 +264,17 @@ mod tests {
             "postgres://u@h/db",
             "--jobs",
             "0",
+            "--threads",
+            "0",
         ])
         .load(Vec::new())
         .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, vec!["old", "backfill.jobs"], "{err}");
+        assert_eq!(
+            keys,
+            vec!["old", "backfill.threads", "backfill.jobs"],
+            "{err}"
+        );
     }
 
     #[test]

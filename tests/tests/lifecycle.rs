@@ -15,17 +15,43 @@ fn db_code(e: &tokio_postgres::Error) -> Option<String> {
 }
 
 /// SIGTERM semantics: stop accepting, close idle sessions with 57P01, let a transaction in
-/// progress commit, then close it.
+/// progress commit, then close it. With sessions on the proxy's runtime (one worker
+/// thread) and on three session threads of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_transactions_finish() -> anyhow::Result<()> {
+    for threads in [1, 3] {
+        graceful_shutdown_with(threads)
+            .await
+            .map_err(|e| e.context(format!("worker_threads = {threads}")))?;
+    }
+    Ok(())
+}
+
+async fn graceful_shutdown_with(worker_threads: usize) -> anyhow::Result<()> {
     let pair = Pair::start()?;
     pair.old.psql(DB, "CREATE TABLE t (id int PRIMARY KEY)")?;
     let mut config = pair.config();
     config.shutdown_timeout_secs = 30;
+    config.worker_threads = worker_threads;
     let proxy = start_proxy(config).await?;
     let addr = proxy.listen_addr();
     let idle = connect_proxy(&proxy).await?;
     let busy = connect_proxy(&proxy).await?;
+    // More sessions than threads, all open at once (each thread serves several).
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(connect_proxy(&proxy).await?);
+    }
+    let mut pids = std::collections::HashSet::new();
+    for c in &others {
+        pids.insert(
+            c.query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get::<_, i32>(0),
+        );
+    }
+    assert_eq!(pids.len(), 4, "one backend per session");
+    drop(others);
     busy.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await?;
 
