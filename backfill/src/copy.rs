@@ -18,7 +18,7 @@ use crate::throttle::{Throttle, BATCH_ROWS};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use std::collections::HashSet;
 use switchyard_core::catalog::IdentityKind;
-use switchyard_core::copy_hash::{CopyHashError, CopyHasher};
+use switchyard_core::copy_hash::{CopyHashError, CopyHasher, StreamSum};
 use switchyard_core::ident::quote_ident;
 use switchyard_core::key::{KeyRange, KeySql};
 use tokio_postgres::Client;
@@ -66,6 +66,9 @@ pub struct Copied {
     /// Rows that went into the table on new (fewer than copied when the proxy had
     /// written some of them already).
     pub rows_inserted: u64,
+    /// The direct path with `hash_direct`: old's checksum of the rows as the copy read
+    /// them.
+    pub old_sum: Option<StreamSum>,
 }
 
 /// The statements for one table, built once.
@@ -245,7 +248,9 @@ pub async fn copy_chunk_bulk(
 }
 
 /// Copies `range` of a table from `old` into `new`. `direct_allowed` says dual writes are
-/// off (the direct path is then taken when the range on new is empty).
+/// off (the direct path is then taken when the range on new is empty); with
+/// `hash_direct`, a direct copy also hashes the rows it relays.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_chunk(
     old: &Client,
     new: &mut Client,
@@ -253,6 +258,7 @@ pub async fn copy_chunk(
     sql: &CopySql,
     range: &KeyRange,
     direct_allowed: bool,
+    hash_direct: bool,
     throttle: &Throttle,
 ) -> Result<Copied, CopyError> {
     if !direct_allowed && !stages.0.contains(&sql.stage) {
@@ -293,7 +299,12 @@ pub async fn copy_chunk(
         Path::Direct => &sql.table,
         Path::Merge => &sql.stage,
     };
-    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle, None).await?;
+    let mut hasher = (path == Path::Direct && hash_direct).then(CopyHasher::default);
+    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle, hasher.as_mut()).await?;
+    let old_sum = match &hasher {
+        Some(h) => Some(h.finish().map_err(|e| sql.stream_err(e))?),
+        None => None,
+    };
     let rows_inserted = match path {
         Path::Direct => rows_copied,
         Path::Merge => tx
@@ -308,5 +319,26 @@ pub async fn copy_chunk(
         path,
         rows_copied,
         rows_inserted,
+        old_sum,
     })
+}
+
+/// Reads `range` back from `client` as binary COPY and hashes it the way `stream_rows`
+/// hashes what it relays.
+pub async fn range_sum(
+    client: &Client,
+    sql: &CopySql,
+    range: &KeyRange,
+) -> Result<StreamSum, CopyError> {
+    let stream = client
+        .copy_out(&sql.copy_out(range))
+        .await
+        .map_err(sql.err("reading the chunk back from new"))?;
+    pin_mut!(stream);
+    let mut hasher = CopyHasher::default();
+    while let Some(buf) = stream.next().await {
+        let buf = buf.map_err(sql.err("reading the chunk back from new"))?;
+        hasher.feed(&buf).map_err(|e| sql.stream_err(e))?;
+    }
+    hasher.finish().map_err(|e| sql.stream_err(e))
 }

@@ -22,20 +22,22 @@ use switchyard_core::copy_hash::{int_key, stream_hashable, CopyHasher, StreamSum
 use switchyard_core::key::{INT2_OID, INT4_OID, INT8_OID};
 use tokio_postgres::Client;
 
+/// True when the table's rows hash the same from either server's binary COPY.
+pub fn stream_hashable_plan(plan: &TablePlan) -> bool {
+    stream_hashable(
+        plan.columns
+            .iter()
+            .map(|c| plan.old.column(c).map_or(u32::MAX, |m| m.type_oid)),
+    )
+}
+
 /// Where the key is in the copied columns, when the table can be verified in one pass.
 pub fn pass_key(plan: &TablePlan) -> Option<usize> {
     let [key] = plan.old.primary_key.as_slice() else {
         return None;
     };
     let key = &plan.old.columns[*key];
-    if !matches!(key.type_oid, INT2_OID | INT4_OID | INT8_OID) {
-        return None;
-    }
-    let oids = plan
-        .columns
-        .iter()
-        .map(|c| plan.old.column(c).map_or(u32::MAX, |m| m.type_oid));
-    if !stream_hashable(oids) {
+    if !matches!(key.type_oid, INT2_OID | INT4_OID | INT8_OID) || !stream_hashable_plan(plan) {
         return None;
     }
     plan.columns.iter().position(|c| *c == key.name)
