@@ -986,7 +986,15 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         .context("starting switchyard-backfill")?;
     let stopped = wait_backfill(child, BACKFILL_TIMEOUT).await?;
     ensure!(stopped.code() == Some(3), "{}", stopped.text());
-    ensure!(chunks_with(&pair.new, "t", "copied") == Some(5));
+    ensure!(
+        chunks_with(&pair.new, "t", "copied") == Some(5),
+        "every chunk copied, none verified: {}\n{}",
+        on(
+            &pair.new,
+            "SELECT chunk_no, status, path, checksum_old FROM _switchyard.backfill_chunks ORDER BY 1"
+        )?,
+        stopped.text()
+    );
     ensure!(primary_keys(&pair.new, "t")? == "0");
     on(
         &pair.new,
