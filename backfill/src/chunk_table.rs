@@ -504,27 +504,6 @@ pub async fn claim_pass(
         .collect())
 }
 
-/// A table pass found a chunk different from old's stream checksum: back to `copied`
-/// without that checksum, so the chunk is verified (and repaired) range by range in SQL
-/// once the table's key is back.
-pub async fn pass_mismatch(
-    client: &Client,
-    claim: &Claim,
-    worker: &str,
-    error: &str,
-) -> Result<(), ChunkTableError> {
-    client
-        .execute(
-            "UPDATE _switchyard.backfill_chunks SET status = 'copied', last_error = $4, \
-             checksum_old = NULL, rows_old = NULL, lease_until = NULL \
-             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND status = 'verifying'",
-            &[&claim.table_name, &claim.chunk_no, &worker, &error],
-        )
-        .await
-        .map_err(err("recording a chunk that differs"))?;
-    Ok(())
-}
-
 /// Bulk mode: records a verified chunk (`done` or `unverified`); false when another
 /// worker took the verification over.
 pub async fn finish_verify(
@@ -557,23 +536,34 @@ pub async fn finish_verify(
     Ok(n == 1)
 }
 
-/// Bulk mode: a verification failed; the chunk goes back to `copied` (its rows are in,
-/// only the check is retried).
-pub async fn fail_verify(
+/// Bulk mode: a chunk's verification did not end: it goes back to `copied` (its rows are
+/// in, only the check is retried). With `drop_old_sum` (the one pass found it different
+/// from old's stream checksum) that checksum is cleared, so the chunk is next checked
+/// range by range in SQL once the table's key is back.
+pub async fn back_to_copied(
     client: &Client,
     claim: &Claim,
     worker: &str,
     error: &str,
+    drop_old_sum: bool,
 ) -> Result<(), ChunkTableError> {
     client
         .execute(
             "UPDATE _switchyard.backfill_chunks SET status = 'copied', last_error = $4, \
-             lease_until = NULL \
+             lease_until = NULL, \
+             checksum_old = CASE WHEN $5 THEN NULL ELSE checksum_old END, \
+             rows_old = CASE WHEN $5 THEN NULL ELSE rows_old END \
              WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND status = 'verifying'",
-            &[&claim.table_name, &claim.chunk_no, &worker, &error],
+            &[
+                &claim.table_name,
+                &claim.chunk_no,
+                &worker,
+                &error,
+                &drop_old_sum,
+            ],
         )
         .await
-        .map_err(err("recording a failed verification"))?;
+        .map_err(err("returning a chunk to copied"))?;
     Ok(())
 }
 

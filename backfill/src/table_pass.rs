@@ -180,7 +180,7 @@ pub async fn record(
     }
     for (chunk, why) in &result.differ {
         tracing::warn!(table = %chunk.claim.table_name, chunk = chunk.claim.chunk_no, "Chunk {why}.");
-        chunk_table::pass_mismatch(control, &chunk.claim, worker, why).await?;
+        chunk_table::back_to_copied(control, &chunk.claim, worker, why, true).await?;
     }
     Ok(())
 }

@@ -242,7 +242,7 @@ async fn run_verify(
             *failures += 1;
             let text = format!("{e:#}");
             tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, error = %text, "Chunk verification failed; it will be retried.");
-            chunk_table::fail_verify(&shared.control, &claim, worker, &text).await?;
+            chunk_table::back_to_copied(&shared.control, &claim, worker, &text, false).await?;
             after_failure(sessions, *failures, e)
         }
     }
@@ -285,7 +285,8 @@ async fn run_pass(
             let text = format!("{e:#}");
             tracing::warn!(table = %table, error = %text, "Verification pass failed; it will be retried.");
             for c in &chunks {
-                chunk_table::fail_verify(&shared.control, &c.claim, worker, &text).await?;
+                chunk_table::back_to_copied(&shared.control, &c.claim, worker, &text, false)
+                    .await?;
             }
             after_failure(sessions, *failures, e)
         }
