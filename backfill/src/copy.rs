@@ -1,6 +1,6 @@
-//! Moving one chunk's rows: binary `COPY (SELECT ... WHERE <range>) TO STDOUT` on old,
-//! streamed message by message into `COPY ... FROM STDIN` on new, so memory stays at a few
-//! buffers whatever the chunk size.
+//! Moving one chunk's rows: binary `COPY (SELECT ... WHERE <range>) TO STDOUT` on old
+//! (read through `core::copy_conn`, in large buffers), streamed into `COPY ... FROM STDIN`
+//! on new, so memory stays at a few buffers whatever the chunk size.
 //!
 //! Two ways in on the new side, both in one transaction:
 //! - **direct**: straight into the table. Only when dual writes are declared off and the
@@ -15,9 +15,11 @@
 use crate::chunk_table::{record_copied, Claim};
 use crate::plan::TablePlan;
 use crate::throttle::{Throttle, BATCH_ROWS};
-use futures_util::{pin_mut, SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures_util::{pin_mut, SinkExt};
 use std::collections::HashSet;
 use switchyard_core::catalog::IdentityKind;
+use switchyard_core::copy_conn::{CopyConn, CopyConnError};
 use switchyard_core::copy_hash::{CopyHashError, CopyHasher, StreamSum};
 use switchyard_core::ident::quote_ident;
 use switchyard_core::key::{KeyRange, KeySql};
@@ -32,6 +34,13 @@ pub enum CopyError {
         table: String,
         #[source]
         source: tokio_postgres::Error,
+    },
+    #[error("{what} for {table}")]
+    Copy {
+        what: &'static str,
+        table: String,
+        #[source]
+        source: CopyConnError,
     },
     #[error("hashing the rows of {table} read from old")]
     Stream {
@@ -128,6 +137,15 @@ impl CopySql {
         }
     }
 
+    fn copy_err(&self, what: &'static str) -> impl FnOnce(CopyConnError) -> CopyError {
+        let table = self.display.clone();
+        move |source| CopyError::Copy {
+            what,
+            table,
+            source,
+        }
+    }
+
     fn stream_err(&self, source: CopyHashError) -> CopyError {
         CopyError::Stream {
             table: self.display.clone(),
@@ -145,6 +163,9 @@ impl CopySql {
     }
 }
 
+/// Bytes of rows sent to new per COPY message.
+const SINK_BATCH: usize = 64 * 1024;
+
 /// Staging tables already created on a session (they live as long as it does).
 #[derive(Debug, Default)]
 pub struct Stages(HashSet<String>);
@@ -158,17 +179,15 @@ impl Stages {
 }
 
 /// Streams `range` of the table on old into `target` on new, inside `tx`; returns the
-/// rows written. With a `hasher`, every byte relayed is hashed too (old's checksum of the
-/// range as the copy read it).
+/// rows written and old's checksum of the rows as the copy read them.
 async fn stream_rows(
-    old: &Client,
+    old: &mut CopyConn,
     tx: &tokio_postgres::Transaction<'_>,
     sql: &CopySql,
     target: &str,
     range: &KeyRange,
     throttle: &Throttle,
-    mut hasher: Option<&mut CopyHasher>,
-) -> Result<u64, CopyError> {
+) -> Result<(u64, StreamSum), CopyError> {
     let sink = tx
         .copy_in::<_, bytes::Bytes>(&format!(
             "COPY {target} ({}) FROM STDIN (FORMAT binary)",
@@ -176,35 +195,52 @@ async fn stream_rows(
         ))
         .await
         .map_err(sql.err("starting COPY FROM on new"))?;
-    let source = old
+    pin_mut!(sink);
+    let mut source = old
         .copy_out(&sql.copy_out(range))
         .await
-        .map_err(sql.err("starting COPY TO on old"))?;
-    pin_mut!(sink);
-    pin_mut!(source);
-    let mut messages = 0u64;
-    while let Some(buf) = source.next().await {
-        // `sql.err` builds its closure eagerly: only on the error path.
-        let buf = match buf {
-            Ok(b) => b,
-            Err(e) => return Err(sql.err("reading rows from old")(e)),
-        };
-        if let Some(h) = hasher.as_deref_mut() {
-            h.feed(&buf).map_err(|e| sql.stream_err(e))?;
+        .map_err(sql.copy_err("starting COPY TO on old"))?;
+    // Rows are parsed (and hashed) on the way for the throttle's row count, whether or
+    // not the sum is used: a field walk and one XXH3 per row.
+    let mut hasher = CopyHasher::default();
+    let mut batch = BytesMut::with_capacity(2 * SINK_BATCH);
+    let mut throttled = 0u64;
+    loop {
+        let start = batch.len();
+        // `sql.*_err` build their closures eagerly: only on the error path.
+        match source.read(&mut batch).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(sql.copy_err("reading rows from old")(e)),
         }
-        if let Err(e) = sink.feed(buf).await {
-            return Err(sql.err("writing rows to new")(e));
+        hasher
+            .feed(&batch[start..])
+            .map_err(|e| sql.stream_err(e))?;
+        if batch.len() >= SINK_BATCH {
+            if let Err(e) = sink.feed(batch.split().freeze()).await {
+                return Err(sql.err("writing rows to new")(e));
+            }
         }
-        messages += 1;
-        if messages.is_multiple_of(BATCH_ROWS) {
-            throttle.take(BATCH_ROWS).await;
+        let rows = hasher.total().rows as u64;
+        if rows - throttled >= BATCH_ROWS {
+            throttle.take(rows - throttled).await;
+            throttled = rows;
         }
     }
-    throttle.take(messages % BATCH_ROWS).await;
-    sink.as_mut()
+    drop(source);
+    let old_sum = hasher.finish().map_err(|e| sql.stream_err(e))?;
+    throttle.take(old_sum.rows as u64 - throttled).await;
+    if !batch.is_empty() {
+        if let Err(e) = sink.feed(batch.split().freeze()).await {
+            return Err(sql.err("writing rows to new")(e));
+        }
+    }
+    let rows = sink
+        .as_mut()
         .finish()
         .await
-        .map_err(sql.err("finishing COPY FROM on new"))
+        .map_err(sql.err("finishing COPY FROM on new"))?;
+    Ok((rows, old_sum))
 }
 
 /// Bulk mode: COPYs `range` straight into the table (its primary key is dropped, so no
@@ -214,7 +250,7 @@ async fn stream_rows(
 /// worker meanwhile (rolled back: nothing written).
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_chunk_bulk(
-    old: &Client,
+    old: &mut CopyConn,
     new: &mut Client,
     sql: &CopySql,
     range: &KeyRange,
@@ -228,13 +264,9 @@ pub async fn copy_chunk_bulk(
         .transaction()
         .await
         .map_err(sql.err("starting a transaction on new"))?;
-    let mut hasher = stream_hash.then(CopyHasher::default);
-    let rows = stream_rows(old, &tx, sql, &sql.table, range, throttle, hasher.as_mut()).await?;
+    let (rows, sum) = stream_rows(old, &tx, sql, &sql.table, range, throttle).await?;
     let copy_ms = started.elapsed().as_millis() as i64;
-    let old_sum = match &hasher {
-        Some(h) => Some(h.finish().map_err(|e| sql.stream_err(e))?),
-        None => None,
-    };
+    let old_sum = stream_hash.then_some(sum);
     if !record_copied(&tx, claim, worker, rows as i64, copy_ms, old_sum).await? {
         tx.rollback()
             .await
@@ -252,7 +284,7 @@ pub async fn copy_chunk_bulk(
 /// `hash_direct`, a direct copy also hashes the rows it relays.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_chunk(
-    old: &Client,
+    old: &mut CopyConn,
     new: &mut Client,
     stages: &mut Stages,
     sql: &CopySql,
@@ -299,12 +331,8 @@ pub async fn copy_chunk(
         Path::Direct => &sql.table,
         Path::Merge => &sql.stage,
     };
-    let mut hasher = (path == Path::Direct && hash_direct).then(CopyHasher::default);
-    let rows_copied = stream_rows(old, &tx, sql, target, range, throttle, hasher.as_mut()).await?;
-    let old_sum = match &hasher {
-        Some(h) => Some(h.finish().map_err(|e| sql.stream_err(e))?),
-        None => None,
-    };
+    let (rows_copied, sum) = stream_rows(old, &tx, sql, target, range, throttle).await?;
+    let old_sum = (path == Path::Direct && hash_direct).then_some(sum);
     let rows_inserted = match path {
         Path::Direct => rows_copied,
         Path::Merge => tx
@@ -323,22 +351,39 @@ pub async fn copy_chunk(
     })
 }
 
-/// Reads `range` back from `client` as binary COPY and hashes it the way `stream_rows`
+/// Reads `range` back from `conn` as binary COPY and hashes it the way `stream_rows`
 /// hashes what it relays.
 pub async fn range_sum(
-    client: &Client,
+    conn: &mut CopyConn,
     sql: &CopySql,
     range: &KeyRange,
 ) -> Result<StreamSum, CopyError> {
-    let stream = client
-        .copy_out(&sql.copy_out(range))
-        .await
-        .map_err(sql.err("reading the chunk back from new"))?;
-    pin_mut!(stream);
+    let what = "reading the chunk back from new";
     let mut hasher = CopyHasher::default();
-    while let Some(buf) = stream.next().await {
-        let buf = buf.map_err(sql.err("reading the chunk back from new"))?;
-        hasher.feed(&buf).map_err(|e| sql.stream_err(e))?;
-    }
+    read_hashed(conn, &sql.copy_out(range), &mut hasher, |_, _| {})
+        .await
+        .map_err(sql.copy_err(what))?
+        .map_err(|e| sql.stream_err(e))?;
     hasher.finish().map_err(|e| sql.stream_err(e))
+}
+
+/// Runs a `COPY ... TO STDOUT (FORMAT binary)` on `conn` and feeds all of it to `hasher`
+/// (`on_row` as in `CopyHasher::feed_keyed`). A hashing error leaves the COPY read to its
+/// end, so the session stays usable.
+pub async fn read_hashed(
+    conn: &mut CopyConn,
+    copy_sql: &str,
+    hasher: &mut CopyHasher,
+    mut on_row: impl FnMut(u64, Option<&[u8]>),
+) -> Result<Result<(), CopyHashError>, CopyConnError> {
+    let mut source = conn.copy_out(copy_sql).await?;
+    let mut buf = BytesMut::with_capacity(2 * SINK_BATCH);
+    let mut hashed = Ok(());
+    while source.read(&mut buf).await? {
+        if hashed.is_ok() {
+            hashed = hasher.feed_keyed(&buf, &mut on_row);
+        }
+        buf.clear();
+    }
+    Ok(hashed)
 }

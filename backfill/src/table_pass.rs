@@ -14,11 +14,13 @@
 //! range by range.
 
 use crate::chunk_table::{self, ChunkOutcome, PassChunk};
+use crate::copy::read_hashed;
 use crate::plan::TablePlan;
 use anyhow::{Context, Result};
-use futures_util::{pin_mut, StreamExt};
 use std::time::Instant;
+use switchyard_core::copy_conn::CopyConn;
 use switchyard_core::copy_hash::{int_key, stream_hashable, CopyHasher, StreamSum};
+use switchyard_core::ident::quote_literal;
 use switchyard_core::key::{INT2_OID, INT4_OID, INT8_OID};
 use tokio_postgres::Client;
 
@@ -72,9 +74,13 @@ pub struct PassResult {
     pub differ: Vec<(PassChunk, String)>,
 }
 
-/// Reads `plan`'s table back from `new` and compares it with the claimed chunks.
+/// Reads `plan`'s table back from new and compares it with the claimed chunks: in one
+/// binary COPY per session of `conns`, each over its own range of the table's blocks, all
+/// in one snapshot (so together they read the table exactly once). `new` reads the
+/// table's size.
 pub async fn run(
-    new: &mut Client,
+    new: &Client,
+    conns: &mut [&mut CopyConn],
     plan: &TablePlan,
     key_field: usize,
     chunks: Vec<PassChunk>,
@@ -88,48 +94,18 @@ pub async fn run(
         .map(|(i, c)| bounds(c).map(|b| (b, i)))
         .collect::<Result<_>>()?;
     order.sort_by_key(|(b, _)| b.lo.unwrap_or(i64::MIN));
-    let mut sums = vec![StreamSum::default(); chunks.len()];
-    let columns = plan.column_list();
-    let tx = new
-        .transaction()
-        .await
-        .context("starting the verification pass on new")?;
-    // Worker sessions turn sequential scans off for their range reads; here one is right.
-    tx.batch_execute("SET LOCAL enable_seqscan = on")
-        .await
-        .context("setting up the verification pass on new")?;
-    let stream = tx
-        .copy_out(&format!(
-            "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
-            plan.quoted
-        ))
-        .await
-        .with_context(|| format!("reading {} back from new", plan.name))?;
-    pin_mut!(stream);
-    let mut hasher = CopyHasher::new(key_field);
-    let mut stray = 0u64;
-    while let Some(buf) = stream.next().await {
-        let buf = buf.with_context(|| format!("reading {} back from new", plan.name))?;
-        hasher
-            .feed_keyed(&buf, |hash, key| {
-                let slot = key.and_then(int_key).and_then(|k| {
-                    let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
-                    let (b, i) = order.get(at.checked_sub(1)?)?;
-                    b.hi.is_none_or(|hi| k < hi).then_some(*i)
-                });
-                match slot {
-                    Some(i) => sums[i].add(hash),
-                    None => stray += 1,
-                }
-            })
-            .with_context(|| format!("hashing {} read back from new", plan.name))?;
+    let parts = block_ranges(new, plan, conns.len()).await?;
+    let conns = &mut conns[..parts.len()];
+    let read = read_parts(conns, plan, &parts, key_field, &order, chunks.len()).await;
+    // Read-only: ending with ROLLBACK also ends a transaction a failed COPY aborted.
+    for conn in conns.iter_mut() {
+        if !conn.is_broken() {
+            conn.execute("ROLLBACK")
+                .await
+                .context("ending the verification pass on new")?;
+        }
     }
-    hasher
-        .finish()
-        .with_context(|| format!("hashing {} read back from new", plan.name))?;
-    tx.commit()
-        .await
-        .context("ending the verification pass on new")?;
+    let (sums, stray) = read?;
     if stray > 0 {
         tracing::debug!(table = %plan.name, rows = stray, "Rows outside the chunks of this pass (verified range by range).");
     }
@@ -166,6 +142,118 @@ pub async fn run(
     Ok(result)
 }
 
+/// Predicates splitting the table's heap into at most `max_parts` block ranges, the
+/// first and last open-ended. One (no predicate) when the server has no TID range scans
+/// (before PostgreSQL 14) or the table is partitioned (block numbers are per partition).
+async fn block_ranges(new: &Client, plan: &TablePlan, max_parts: usize) -> Result<Vec<String>> {
+    let row = new
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 140000 AND c.relkind = 'r', \
+                    pg_relation_size(c.oid) / current_setting('block_size')::bigint \
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&plan.quoted],
+        )
+        .await
+        .with_context(|| format!("reading the size of {} on new", plan.name))?;
+    let (splittable, blocks): (bool, i64) = (row.get(0), row.get(1));
+    Ok(block_range_predicates(
+        blocks,
+        if splittable { max_parts } else { 1 },
+    ))
+}
+
+/// `parts` (at most one per block) predicates on `ctid` that together cover every row of
+/// a heap of `blocks` blocks, and any block added after, exactly once.
+fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
+    let parts = (parts as i64).clamp(1, blocks.max(1));
+    (0..parts)
+        .map(|i| {
+            let lo = blocks * i / parts;
+            let hi = blocks * (i + 1) / parts;
+            match (i, i + 1 == parts) {
+                (0, true) => "true".to_string(),
+                (0, false) => format!("ctid < '({hi},0)'::tid"),
+                (_, true) => format!("ctid >= '({lo},0)'::tid"),
+                _ => format!("ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid"),
+            }
+        })
+        .collect()
+}
+
+/// Starts a transaction on every session in one snapshot (exported by the first), then
+/// reads and hashes each block range; per-chunk sums added up, and the count of rows
+/// outside every chunk.
+async fn read_parts(
+    conns: &mut [&mut CopyConn],
+    plan: &TablePlan,
+    parts: &[String],
+    key_field: usize,
+    order: &[(Bounds, usize)],
+    chunk_count: usize,
+) -> Result<(Vec<StreamSum>, u64)> {
+    let setup = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+    // Worker sessions turn sequential scans off for their range reads; here one is right.
+    let seqscan = "SET LOCAL enable_seqscan = on";
+    let (first, rest) = conns
+        .split_first_mut()
+        .context("a verification pass needs a session")?;
+    first
+        .execute(&format!("{setup}; {seqscan}"))
+        .await
+        .context("starting the verification pass on new")?;
+    if !rest.is_empty() {
+        let snapshot = first
+            .copy_out_text("COPY (SELECT pg_export_snapshot()) TO STDOUT")
+            .await
+            .context("exporting the verification pass's snapshot on new")?;
+        let snapshot = snapshot.trim();
+        for conn in rest.iter_mut() {
+            conn.execute(&format!(
+                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}",
+                quote_literal(snapshot)
+            ))
+            .await
+            .context("sharing the verification pass's snapshot on new")?;
+        }
+    }
+    let columns = &plan.column_list();
+    let reads = conns.iter_mut().zip(parts).map(|(conn, pred)| async move {
+        let mut sums = vec![StreamSum::default(); chunk_count];
+        let mut stray = 0u64;
+        let mut hasher = CopyHasher::new(key_field);
+        let sql = format!(
+            "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
+            plan.quoted
+        );
+        read_hashed(conn, &sql, &mut hasher, |hash, key| {
+            let slot = key.and_then(int_key).and_then(|k| {
+                let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
+                let (b, i) = order.get(at.checked_sub(1)?)?;
+                b.hi.is_none_or(|hi| k < hi).then_some(*i)
+            });
+            match slot {
+                Some(i) => sums[i].add(hash),
+                None => stray += 1,
+            }
+        })
+        .await
+        .with_context(|| format!("reading {} back from new", plan.name))?
+        .and_then(|()| hasher.finish())
+        .with_context(|| format!("hashing {} read back from new", plan.name))?;
+        anyhow::Ok((sums, stray))
+    });
+    let mut total = vec![StreamSum::default(); chunk_count];
+    let mut stray = 0;
+    for part in futures_util::future::join_all(reads).await {
+        let (sums, s) = part?;
+        for (t, p) in total.iter_mut().zip(sums) {
+            t.merge(p);
+        }
+        stray += s;
+    }
+    Ok((total, stray))
+}
+
 /// Records a pass's results; returns the rows of the chunks now done.
 pub async fn record(
     control: &Client,
@@ -183,4 +271,28 @@ pub async fn record(
         chunk_table::back_to_copied(control, &chunk.claim, worker, why, true).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_range_predicates;
+
+    #[test]
+    fn block_ranges_cover_the_heap_once_with_open_ends() {
+        assert_eq!(block_range_predicates(0, 4), ["true"]);
+        assert_eq!(block_range_predicates(1000, 1), ["true"]);
+        assert_eq!(block_range_predicates(1, 3), ["true"]);
+        assert_eq!(
+            block_range_predicates(10, 3),
+            [
+                "ctid < '(3,0)'::tid",
+                "ctid >= '(3,0)'::tid AND ctid < '(6,0)'::tid",
+                "ctid >= '(6,0)'::tid",
+            ]
+        );
+        assert_eq!(
+            block_range_predicates(2, 4),
+            ["ctid < '(1,0)'::tid", "ctid >= '(1,0)'::tid"]
+        );
+    }
 }

@@ -6,7 +6,7 @@
 use crate::chunk_check::check_chunk;
 use crate::chunk_table::{self, ChunkOutcome, Claim, PassChunk};
 use crate::config::{BackfillConfig, FkMode};
-use crate::connect::{connect, Db};
+use crate::connect::{connect, connect_copy, Db};
 use crate::copy::{copy_chunk, copy_chunk_bulk, range_sum, CopySql, Stages};
 use crate::indexes;
 use crate::plan::TablePlan;
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::checksum::{RangeQueries, RowHash};
+use switchyard_core::copy_conn::CopyConn;
 use tokio_postgres::Client;
 
 /// Failed chunks in a row after which a worker gives up (the databases are likely down).
@@ -84,14 +85,19 @@ impl Shared {
 struct Sessions {
     old: Client,
     new: Client,
+    /// COPY reads: old's chunks, new's read-back.
+    old_copy: CopyConn,
+    new_copy: CopyConn,
     stages: Stages,
 }
 
 async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
     let s = &cfg.backfill;
-    let (old, new) = tokio::try_join!(
+    let (old, new, old_copy, new_copy) = tokio::try_join!(
         connect(Db::Old, &cfg.old, s.source_statement_timeout_ms),
-        connect(Db::New, &cfg.new, 0)
+        connect(Db::New, &cfg.new, 0),
+        connect_copy(Db::Old, &cfg.old, s.source_statement_timeout_ms),
+        connect_copy(Db::New, &cfg.new, 0),
     )?;
     // Every statement of a worker reads one key range. On new the table starts empty and
     // unanalysed, so the planner would scan the whole (growing) table for each chunk;
@@ -110,6 +116,8 @@ async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
     Ok(Sessions {
         old,
         new,
+        old_copy,
+        new_copy,
         stages: Stages::default(),
     })
 }
@@ -269,7 +277,17 @@ async fn run_pass(
             Some(s) => s,
             None => sessions.insert(open_sessions(&shared.cfg).await?),
         };
-        table_pass::run(&mut s.new, &t.plan, key, chunks.clone()).await
+        // The pass is what is left of the table's work while its key is rebuilt: read it
+        // on up to `--jobs` sessions at once (at most 4), so it does not leave cores idle.
+        let extra = shared.cfg.backfill.jobs.clamp(1, 4) - 1;
+        let mut more = futures_util::future::try_join_all(
+            (0..extra).map(|_| connect_copy(Db::New, &shared.cfg.new, 0)),
+        )
+        .await?;
+        let mut conns: Vec<&mut CopyConn> = std::iter::once(&mut s.new_copy)
+            .chain(more.iter_mut())
+            .collect();
+        table_pass::run(&s.new, &mut conns, &t.plan, key, chunks.clone()).await
     }
     .await;
     match outcome {
@@ -367,7 +385,14 @@ async fn run_claim(
 fn after_failure(sessions: &mut Option<Sessions>, failures: u32, e: anyhow::Error) -> Result<()> {
     match sessions {
         // A failed chunk's transaction may have rolled back the staging tables' creation.
-        Some(s) if !s.old.is_closed() && !s.new.is_closed() => s.stages.forget(),
+        Some(s)
+            if !s.old.is_closed()
+                && !s.new.is_closed()
+                && !s.old_copy.is_broken()
+                && !s.new_copy.is_broken() =>
+        {
+            s.stages.forget()
+        }
         _ => *sessions = None,
     }
     if failures >= MAX_CONSECUTIVE_FAILURES {
@@ -389,7 +414,7 @@ async fn work(
     // table in bulk mode must load it the same way.
     if chunk_table::bulk_loading(&s.new, &claim.table_name).await? {
         let copied = copy_chunk_bulk(
-            &s.old,
+            &mut s.old_copy,
             &mut s.new,
             &t.copy,
             &claim.range,
@@ -407,7 +432,7 @@ async fn work(
     }
     let started = Instant::now();
     let copied = copy_chunk(
-        &s.old,
+        &mut s.old_copy,
         &mut s.new,
         &mut s.stages,
         &t.copy,
@@ -424,7 +449,7 @@ async fn work(
         // Direct path (dual writes off, the range was empty): the rows read from old
         // against the range read back from new; SQL checksums and repair only if they
         // differ.
-        let new_sum = range_sum(&s.new, &t.copy, &claim.range)
+        let new_sum = range_sum(&mut s.new_copy, &t.copy, &claim.range)
             .await
             .with_context(|| format!("checking chunk {} of {}", claim.chunk_no, t.plan.name))?;
         if new_sum == old_sum {

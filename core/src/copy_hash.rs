@@ -51,6 +51,12 @@ impl StreamSum {
         self.sum += i128::from(hash);
     }
 
+    /// Adds the rows and sum of another part of the same set.
+    pub fn merge(&mut self, other: StreamSum) {
+        self.rows += other.rows;
+        self.sum += other.sum;
+    }
+
     /// The text form (`xxh3:<sum>`).
     pub fn text(&self) -> String {
         format!("xxh3:{}", self.sum)

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod config_layer;
 pub mod connect;
+pub mod copy_conn;
 pub mod copy_hash;
 pub mod diff;
 pub mod dsn;

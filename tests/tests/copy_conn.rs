@@ -1,0 +1,247 @@
+//! `core::copy_conn`, the backfill's COPY reader, against real servers: the bytes it hands
+//! out are exactly the COPY stream tokio-postgres delivers (rows larger than its read
+//! buffer, NULLs, a Unix socket), every password method, and each failure a user can hit
+//! gives a clear error and leaves the session as documented.
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use switchyard_core::copy_conn::{CopyConn, CopyConnError};
+use switchyard_tests::{free_port, Auth, PgCluster};
+
+const DB: &str = "postgres";
+
+async fn read_all(conn: &mut CopyConn, sql: &str) -> Result<Vec<u8>, CopyConnError> {
+    let mut copy = conn.copy_out(sql).await?;
+    let mut out = BytesMut::new();
+    while copy.read(&mut out).await? {}
+    Ok(out.to_vec())
+}
+
+async fn read_with_driver(cluster: &PgCluster, sql: &str) -> Result<Vec<u8>> {
+    let client = cluster.connect(DB).await?;
+    let stream = client.copy_out(sql).await?;
+    futures_util::pin_mut!(stream);
+    let mut all = Vec::new();
+    while let Some(piece) = stream.next().await {
+        all.extend_from_slice(&piece?);
+    }
+    Ok(all)
+}
+
+#[tokio::test]
+async fn copy_data_is_the_stream_the_server_sent() -> Result<()> {
+    let cluster = PgCluster::builder().start()?;
+    cluster.psql(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, note text, big text);
+         INSERT INTO t SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'row ' || g END,
+                              CASE WHEN g % 1000 = 1 THEN repeat(md5(g::text), 40000) END
+         FROM generate_series(1, 20000) g;",
+    )?;
+    let queries = [
+        "COPY t TO STDOUT (FORMAT binary)",
+        "COPY (SELECT id, note FROM t WHERE id < 100) TO STDOUT",
+        "COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT binary)",
+    ];
+    let mut tcp = CopyConn::connect(&cluster.url(DB), "test").await?;
+    let socket_url = format!(
+        "host={} port={} user={} dbname={DB}",
+        cluster.socket_dir().display(),
+        cluster.port(),
+        PgCluster::USER
+    );
+    let mut unix = CopyConn::connect(&socket_url, "test").await?;
+    for sql in queries {
+        let expected = read_with_driver(&cluster, sql).await?;
+        // Several COPYs on one session: each leaves it ready for the next.
+        for round in 0..2 {
+            let got = read_all(&mut tcp, sql).await?;
+            assert!(
+                got == expected,
+                "{sql} (round {round}): {} bytes, driver {}",
+                got.len(),
+                expected.len()
+            );
+            let got = read_all(&mut unix, sql).await?;
+            assert!(
+                got == expected,
+                "{sql} over the socket: {} bytes, driver {}",
+                got.len(),
+                expected.len()
+            );
+        }
+    }
+    // 20 of the rows are 1.28 MB each: larger than one read of the socket.
+    assert!(read_with_driver(&cluster, queries[0]).await?.len() > 20 * 1_280_000);
+    assert_eq!(
+        tcp.copy_out_text("COPY (SELECT count(*) FROM t) TO STDOUT")
+            .await?,
+        "20000\n"
+    );
+    assert!(!tcp.is_broken() && !unix.is_broken());
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_password_method_authenticates() -> Result<()> {
+    for auth in [Auth::Md5, Auth::Scram] {
+        let cluster = PgCluster::builder().auth(auth).start()?;
+        let mut conn = CopyConn::connect(&cluster.url(DB), "test")
+            .await
+            .with_context(|| format!("{auth:?}"))?;
+        assert_eq!(
+            conn.copy_out_text("COPY (SELECT current_user) TO STDOUT")
+                .await?,
+            format!("{}\n", PgCluster::USER)
+        );
+
+        let wrong = format!(
+            "postgres://{}:not-the-password@127.0.0.1:{}/{DB}",
+            PgCluster::USER,
+            cluster.port()
+        );
+        let err = CopyConn::connect(&wrong, "test")
+            .await
+            .expect_err("wrong password");
+        assert_eq!(err.code(), Some("28P01"), "{auth:?}: {err}");
+        assert!(
+            err.to_string().contains("password authentication failed"),
+            "{auth:?}: {err}"
+        );
+
+        let none = format!(
+            "postgres://{}@127.0.0.1:{}/{DB}",
+            PgCluster::USER,
+            cluster.port()
+        );
+        let err = CopyConn::connect(&none, "test")
+            .await
+            .expect_err("no password");
+        assert!(matches!(err, CopyConnError::NoPassword), "{auth:?}: {err}");
+    }
+    // Cleartext (`password` in pg_hba.conf) on a cluster of its own.
+    let cluster = PgCluster::builder().auth(Auth::Scram).start()?;
+    let hba = cluster.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba)?.replace("scram-sha-256", "password");
+    std::fs::write(&hba, text)?;
+    cluster.psql(DB, "SELECT pg_reload_conf()")?;
+    let mut conn = CopyConn::connect(&cluster.url(DB), "test").await?;
+    conn.execute("SELECT 1").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_errors_leave_the_session_usable() -> Result<()> {
+    let cluster = PgCluster::builder().start()?;
+    let mut conn = CopyConn::connect(&cluster.url(DB), "test").await?;
+
+    // An error after rows were sent: the data so far is handed out, then the error.
+    let mut copy = conn
+        .copy_out(
+            "COPY (SELECT 1 / (g - 50000) FROM generate_series(1, 60000) g) \
+             TO STDOUT (FORMAT binary)",
+        )
+        .await?;
+    let mut out = BytesMut::new();
+    let err = loop {
+        match copy.read(&mut out).await {
+            Ok(true) => continue,
+            Ok(false) => anyhow::bail!("the COPY ended without its error"),
+            Err(e) => break e,
+        }
+    };
+    drop(copy);
+    assert_eq!(err.code(), Some("22012"), "{err}");
+    assert!(err.to_string().contains("division by zero"), "{err}");
+    assert!(!out.is_empty(), "rows before the error were handed out");
+    assert!(!conn.is_broken());
+
+    // Refused at the start, in execute(), and by a statement timeout.
+    let err = read_all(&mut conn, "COPY nope TO STDOUT")
+        .await
+        .expect_err("no table");
+    assert_eq!(err.code(), Some("42P01"), "{err}");
+    let err = conn.execute("SELEC 1").await.expect_err("syntax");
+    assert_eq!(err.code(), Some("42601"), "{err}");
+    conn.execute("SET statement_timeout = 50").await?;
+    let err = read_all(&mut conn, "COPY (SELECT pg_sleep(5)) TO STDOUT")
+        .await
+        .expect_err("timeout");
+    assert_eq!(err.code(), Some("57014"), "{err}");
+    conn.execute("SET statement_timeout = 0").await?;
+
+    // A COPY in execute() is refused (its data would be lost); the session is then broken.
+    assert_eq!(
+        read_all(&mut conn, "COPY (SELECT 7) TO STDOUT").await?,
+        b"7\n"
+    );
+    let err = conn
+        .execute("COPY (SELECT 1) TO STDOUT")
+        .await
+        .expect_err("copy in execute");
+    assert!(matches!(err, CopyConnError::Protocol(_)), "{err}");
+    assert!(conn.is_broken());
+    let err = conn.execute("SELECT 1").await.expect_err("broken session");
+    assert!(err.to_string().contains("broke earlier"), "{err}");
+
+    // A COPY dropped before its end breaks the session too.
+    let mut conn = CopyConn::connect(&cluster.url(DB), "test").await?;
+    let mut copy = conn
+        .copy_out("COPY (SELECT g FROM generate_series(1, 100000) g) TO STDOUT")
+        .await?;
+    assert!(copy.read(&mut BytesMut::new()).await?);
+    drop(copy);
+    assert!(conn.is_broken());
+    Ok(())
+}
+
+#[tokio::test]
+async fn connection_failures_are_clear() -> Result<()> {
+    let port = free_port();
+    let err = CopyConn::connect(&format!("postgres://postgres@127.0.0.1:{port}/x"), "test")
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        format!("{err:#}").contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    let err = CopyConn::connect("postgres://postgres@127.0.0.1:1/x?sslmode=require", "test")
+        .await
+        .expect_err("tls");
+    assert!(matches!(err, CopyConnError::TlsRequired), "{err}");
+    let err = CopyConn::connect("postgres://postgres@127.0.0.1:notaport/x", "test")
+        .await
+        .expect_err("bad url");
+    assert!(matches!(err, CopyConnError::Url(_)), "{err}");
+
+    let cluster = PgCluster::builder().start()?;
+    let err = CopyConn::connect(&cluster.url("no_such_db"), "test")
+        .await
+        .expect_err("unknown database");
+    assert_eq!(err.code(), Some("3D000"), "{err}");
+
+    // The server goes away in the middle of a COPY.
+    let mut conn = CopyConn::connect(&cluster.url(DB), "test").await?;
+    let mut copy = conn
+        .copy_out("COPY (SELECT g, pg_sleep(0.001) FROM generate_series(1, 100000) g) TO STDOUT")
+        .await?;
+    let mut out = BytesMut::new();
+    assert!(copy.read(&mut out).await?);
+    cluster.kill()?;
+    let err = loop {
+        match copy.read(&mut out).await {
+            Ok(true) => continue,
+            Ok(false) => anyhow::bail!("the COPY ended although the server was killed"),
+            Err(e) => break e,
+        }
+    };
+    drop(copy);
+    // SIGKILL: no error message, the socket closes.
+    assert!(
+        matches!(err, CopyConnError::Closed | CopyConnError::Io(_)),
+        "{err}"
+    );
+    assert!(conn.is_broken());
+    Ok(())
+}
