@@ -12,16 +12,16 @@
 # including the schema step it needs (`pg_dump --schema-only | psql`, well under a
 # second); it verifies every chunk (checksums on both sides) as part of its run, the
 # others verify nothing. Its run uses `--dual-writes off` (nothing else writes, as for
-# the other tools: the direct COPY path); SAFE=1 adds a run through the conflict-safe
-# path (staging table + ON CONFLICT) that live dual writes need; BULK=1 adds a run with
-# `--dual-writes off --bulk` (key and indexes dropped, one rebuild, then every chunk
-# verified: switchyard-bulk). Afterwards the row
+# the other tools), which bulk-loads tables still empty on new (key and indexes dropped,
+# one rebuild, then every chunk verified); DIRECT=1 adds a run with `--bulk off` (the
+# key kept while loading: switchyard-direct); SAFE=1 adds a run through the
+# conflict-safe path (staging table + ON CONFLICT) that live dual writes need. Afterwards the row
 # count and an order-independent content hash of each copy are compared with old's.
 # Prints a table on stdout and writes it as Markdown to bench/results/backfill-<date>.md.
 #
 # Environment (defaults in brackets):
 #   SCALE [100]  WIDE_ROWS [2000000]  JOBS [4] (switchyard --jobs, pgcopydb --table-jobs
-#   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  BULK [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  DIRECT [0]  TOOLS ["switchyard pgcopydb pg_dump"]
 #   QUIET_WAIT [120] (seconds to wait for a quiet machine before each run)
 #   BACKFILL_BIN [target/release/switchyard-backfill]  PGCOPYDB [pgcopydb on PATH;
 #   installed with apt-get when missing]  PG_DUMP  RESULTS_DIR [bench/results]  KEEP_WORK [0]
@@ -33,7 +33,7 @@ WIDE_ROWS=${WIDE_ROWS:-2000000}
 JOBS=${JOBS:-4}
 CHUNK_ROWS=${CHUNK_ROWS:-100000}
 SAFE=${SAFE:-0}
-BULK=${BULK:-0}
+DIRECT=${DIRECT:-0}
 TOOLS=${TOOLS:-"switchyard pgcopydb pg_dump"}
 QUIET_WAIT=${QUIET_WAIT:-120}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
@@ -125,10 +125,10 @@ run_tool() {
   log "$tool: $data (machine ${busy}% busy before)"
   t0=$(date +%s.%N)
   case $tool in
-    switchyard | switchyard-safe | switchyard-bulk)
+    switchyard | switchyard-safe | switchyard-direct)
       local mode=off bulk=
       [ "$tool" = switchyard-safe ] && mode=on
-      [ "$tool" = switchyard-bulk ] && bulk=--bulk
+      [ "$tool" = switchyard-direct ] && bulk="--bulk=off"
       "$TIME" -v -o "$out.time" bash -c '
         set -euo pipefail
         "$1" --schema-only -d "$2" | "$3" -X -q -v ON_ERROR_STOP=1 -d "$4" >/dev/null
@@ -167,7 +167,7 @@ run_tool() {
 
 RUN_TOOLS=$TOOLS
 [ "$SAFE" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-safe"
-[ "$BULK" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-bulk"
+[ "$DIRECT" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-direct"
 for data in accounts wide; do
   for tool in $RUN_TOOLS; do run_tool "$tool" "$data"; done
 done
@@ -190,7 +190,7 @@ PY
 {
   echo "# backfill benchmark $STAMP"
   echo
-  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS SAFE=$SAFE BULK=$BULK bench/backfill.sh\`"
+  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS SAFE=$SAFE DIRECT=$DIRECT bench/backfill.sh\`"
   echo "machine: $(machine_summary); commit $(git_describe)"
   echo "switchyard-backfill: $(binary_summary "$BACKFILL_BIN"); $("${PGCOPYDB:-echo}" --version 2>/dev/null | head -n 1 || true); $("$PG_DUMP" --version)"
   echo

@@ -70,11 +70,12 @@ pub struct Cli {
     /// Drop non-key indexes and constraints on new before loading, rebuild them after.
     #[arg(long)]
     pub defer_indexes: bool,
-    /// With `--dual-writes off`, for tables still empty on new: drop the primary key and
-    /// every other index too, COPY the chunks bare, rebuild the indexes once, then verify
-    /// every chunk (see docs/backfill.md, "Bulk mode").
-    #[arg(long)]
-    pub bulk: bool,
+    /// Bulk mode, for tables still empty on new: drop the primary key and every other
+    /// index too, COPY the chunks bare, rebuild the indexes once, then verify every chunk
+    /// (see docs/backfill.md, "Bulk mode"). Needs `--dual-writes off`; `--bulk` alone
+    /// means `on` [default: on with --dual-writes off]
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "on")]
+    pub bulk: Option<OnOff>,
     /// How foreign keys on new are respected: `order` (referenced tables first) or
     /// `replica` (triggers off while loading; superuser) [default: order]
     #[arg(long, value_enum)]
@@ -167,8 +168,8 @@ impl Cli {
         if self.defer_indexes {
             layers = layers.flag("backfill.defer_indexes", true);
         }
-        if self.bulk {
-            layers = layers.flag("backfill.bulk", true);
+        if let Some(v) = self.bulk {
+            layers = layers.flag("backfill.bulk", v == OnOff::On);
         }
         if let Some(v) = self.fk_mode {
             let text = match v {
@@ -230,13 +231,42 @@ mod tests {
         assert_eq!(cfg.backfill.threads, 2);
         assert!(!cfg.backfill.dual_writes);
         assert!(cfg.backfill.defer_indexes);
-        assert!(cfg.backfill.bulk);
+        assert_eq!(cfg.backfill.bulk, Some(true));
         assert_eq!(cfg.backfill.fk_mode, FkMode::Replica);
         assert_eq!(cfg.backfill.chunk_rows, 50_000);
         let (defaults, _) = cli(&["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"])
             .load(Vec::new())
             .expect("valid");
         assert_eq!(defaults.backfill.threads, 1, "one relay thread by default");
+        assert!(
+            !defaults.backfill.bulk_mode(),
+            "never bulk with dual writes on"
+        );
+    }
+
+    #[test]
+    fn bulk_mode_follows_dual_writes_unless_set() {
+        let urls = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let mode = |extra: &[&str]| {
+            let flags: Vec<&str> = urls.iter().chain(extra).copied().collect();
+            let (cfg, _) = cli(&flags).load(Vec::new()).expect("valid");
+            (cfg.backfill.bulk, cfg.backfill.bulk_mode())
+        };
+        assert_eq!(mode(&["--dual-writes", "off"]), (None, true));
+        assert_eq!(
+            mode(&["--dual-writes", "off", "--bulk", "off"]),
+            (Some(false), false)
+        );
+        assert_eq!(
+            mode(&["--dual-writes", "off", "--bulk"]),
+            (Some(true), true)
+        );
+        assert_eq!(mode(&["--bulk", "on"]), (Some(true), false));
+        assert_eq!(mode(&[]), (None, false));
+        let (cfg, _) = cli(&urls)
+            .load(vec![("SWITCHYARD_BACKFILL__BULK".into(), "false".into())])
+            .expect("valid");
+        assert_eq!(cfg.backfill.bulk, Some(false));
     }
 
     #[test]

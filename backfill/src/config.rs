@@ -80,9 +80,10 @@ pub struct BackfillSettings {
     pub defer_indexes: bool,
     /// Bulk mode (only with `dual_writes = false`, for a table that is empty on new when
     /// first loaded): the primary key and every other index are dropped too, chunks are
-    /// COPYed bare, the indexes are rebuilt once, then every chunk is verified.
+    /// COPYed bare, the indexes are rebuilt once, then every chunk is verified. Unset:
+    /// on when `dual_writes = false` (see [`BackfillSettings::bulk_mode`]).
     #[serde(default)]
-    pub bulk: bool,
+    pub bulk: Option<bool>,
     /// How foreign keys on the new database are respected.
     #[serde(default)]
     pub fk_mode: FkMode,
@@ -144,10 +145,19 @@ impl Default for BackfillSettings {
             lease_secs: default_lease_secs(),
             max_attempts: default_max_attempts(),
             defer_indexes: false,
-            bulk: false,
+            bulk: None,
             fk_mode: FkMode::Order,
             progress_interval_secs: default_progress_interval_secs(),
         }
+    }
+}
+
+impl BackfillSettings {
+    /// Whether tables still empty on new are bulk-loaded: as set, else whenever dual writes
+    /// are declared off (a first load: nothing else writes to new, and bulk mode is the
+    /// fastest way in). Never with dual writes on.
+    pub fn bulk_mode(&self) -> bool {
+        !self.dual_writes && self.bulk.unwrap_or(true)
     }
 }
 

@@ -64,16 +64,13 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
 
     chunk_table::ensure_schema(&mut control).await?;
     plan_missing(cfg, &old, &mut control, &plans).await?;
-    if cfg.backfill.bulk {
-        if cfg.backfill.dual_writes {
-            tracing::warn!(
-                "--bulk needs --dual-writes off (nothing else may write to new): not used."
-            );
-        } else {
-            let bulk = indexes::defer_bulk(&mut control, &plans).await?;
-            if !bulk.is_empty() {
-                tracing::info!(tables = ?bulk, "Bulk mode: keys and indexes dropped; chunks are verified after one rebuild.");
-            }
+    if cfg.backfill.bulk == Some(true) && cfg.backfill.dual_writes {
+        tracing::warn!("--bulk needs --dual-writes off (nothing else may write to new): not used.");
+    }
+    if cfg.backfill.bulk_mode() {
+        let bulk = indexes::defer_bulk(&mut control, &plans).await?;
+        if !bulk.is_empty() {
+            tracing::info!(tables = ?bulk, "Bulk mode: keys and indexes dropped; chunks are verified after one rebuild.");
         }
     }
     for p in plans.iter().filter(|p| p.key_missing_on_new) {

@@ -1027,7 +1027,7 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
     assert_verified(&pair, "t").await
 }
 
-/// Bulk mode on a table the one pass cannot verify (a uuid key, an enum column whose
+/// Bulk mode (the default with `--dual-writes off`) on a table the one pass cannot verify (a uuid key, an enum column whose
 /// binary form differs between clusters in arrays): every chunk is checked range by range
 /// in SQL after the rebuild instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,9 +1051,9 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
             "u,e",
             "--chunk-rows",
             "1000",
+            // Bulk mode by default: dual writes declared off.
             "--dual-writes",
             "off",
-            "--bulk",
         ],
     )
     .await?;
@@ -1098,6 +1098,8 @@ async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
             "--chunk-rows",
             "100",
             "--dual-writes",
+            "off",
+            "--bulk",
             "off",
         ],
     )
