@@ -4,7 +4,8 @@
 # server and the proxy share the cores, a proxy's TPS at 8+ clients mostly shows how much
 # CPU it takes from the others; this prints that figure directly (utime + stime of the
 # proxy process over the run, divided by the transactions), which varies far less from
-# run to run than TPS does.
+# run to run than TPS does. RSS is each process's resident memory after its run (nobody
+# scrapes the proxy's /metrics meanwhile: it must stay flat from run to run).
 #
 #   cargo build --release -p switchyard-proxy
 #   bench/proxy_cpu.sh                       # ~3 min
@@ -48,7 +49,7 @@ fi
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-printf '%-6s %-9s %7s %-15s %9s %9s %14s\n' round mode clients target tps "lat ms" "CPU us/txn"
+printf '%-6s %-9s %7s %-15s %9s %9s %14s %8s\n' round mode clients target tps "lat ms" "CPU us/txn" "RSS MiB"
 for round in $(seq "$ROUNDS"); do
   for mode in $MODES; do
     for c in $CLIENTS; do
@@ -62,8 +63,10 @@ for round in $(seq "$ROUNDS"); do
         n=$(pgbench_transactions "$out")
         cpu=-
         [ -n "$p" ] && cpu=$(awk -v d=$(($(ticks "$p") - t0)) -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", d * 1e6 / hz / n}')
-        printf '%-6s %-9s %7s %-15s %9.0f %9s %14s\n' "$round" "$mode" "$c" "$t" \
-          "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu"
+        rss=-
+        [ -n "$p" ] && rss=$(awk -v k="$(rss_kib "$p")" 'BEGIN {printf "%.1f", k / 1024}')
+        printf '%-6s %-9s %7s %-15s %9.0f %9s %14s %8s\n' "$round" "$mode" "$c" "$t" \
+          "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu" "$rss"
       done
     done
   done

@@ -225,6 +225,13 @@ async fn serve(
 ) {
     let mut shutdown = shared.shutdown.clone();
     let mut background = JoinSet::new();
+    if let Some(m) = metrics.clone() {
+        background.spawn(crate::metrics::upkeep(
+            m,
+            crate::metrics::UPKEEP_INTERVAL,
+            shutdown.clone(),
+        ));
+    }
     if let Some(admin) = admin {
         let router = crate::admin::router(shared.clone(), metrics);
         let mut stop = shutdown.clone();
