@@ -96,12 +96,11 @@ async fn every_password_method_authenticates() -> Result<()> {
             format!("{}\n", PgCluster::USER)
         );
 
-        let wrong = format!(
-            "postgres://{}:not-the-password@127.0.0.1:{}/{DB}",
-            PgCluster::USER,
-            cluster.port()
-        );
-        let err = CopyConn::connect(&wrong, "test")
+        let url = |password: &str| {
+            let user = PgCluster::USER;
+            format!("postgres://{user}{password}@127.0.0.1:{}/{DB}", cluster.port())
+        };
+        let err = CopyConn::connect(&url(":not-the-password"), "test")
             .await
             .expect_err("wrong password");
         assert_eq!(err.code(), Some("28P01"), "{auth:?}: {err}");
@@ -110,12 +109,7 @@ async fn every_password_method_authenticates() -> Result<()> {
             "{auth:?}: {err}"
         );
 
-        let none = format!(
-            "postgres://{}@127.0.0.1:{}/{DB}",
-            PgCluster::USER,
-            cluster.port()
-        );
-        let err = CopyConn::connect(&none, "test")
+        let err = CopyConn::connect(&url(""), "test")
             .await
             .expect_err("no password");
         assert!(matches!(err, CopyConnError::NoPassword), "{auth:?}: {err}");
