@@ -98,7 +98,10 @@ async fn every_password_method_authenticates() -> Result<()> {
 
         let url = |password: &str| {
             let user = PgCluster::USER;
-            format!("postgres://{user}{password}@127.0.0.1:{}/{DB}", cluster.port())
+            format!(
+                "postgres://{user}{password}@127.0.0.1:{}/{DB}",
+                cluster.port()
+            )
         };
         let err = CopyConn::connect(&url(":not-the-password"), "test")
             .await
