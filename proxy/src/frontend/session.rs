@@ -117,7 +117,9 @@ impl Session {
             }
             ClientStream::Tls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
-                pump(shared, r, w, client_buf, backend, peer).await
+                // Boxed: a second instance of the pump's state would otherwise size every
+                // session's task, TLS or not.
+                Box::pin(pump(shared, r, w, client_buf, backend, peer)).await
             }
         }
     }
@@ -190,7 +192,8 @@ async fn pump<R, W>(
         };
         match (end, mirror_session.as_mut()) {
             (End::Mediate, Some(ms)) => {
-                if let Err(e) = super::mediate::mediate(&mut up, &mut down, ms).await {
+                // Boxed: only mirroring sessions mediate, and its state is large.
+                if let Err(e) = Box::pin(super::mediate::mediate(&mut up, &mut down, ms)).await {
                     break e;
                 }
             }
