@@ -18,6 +18,20 @@ async fn read_all(conn: &mut CopyConn, sql: &str) -> Result<Vec<u8>, CopyConnErr
     Ok(out.to_vec())
 }
 
+/// Reads `copy` into `out` until it fails; an error if it ends instead.
+async fn read_until_error(
+    copy: &mut switchyard_core::copy_conn::CopyOut<'_>,
+    out: &mut BytesMut,
+) -> Result<CopyConnError> {
+    loop {
+        match copy.read(out).await {
+            Ok(true) => continue,
+            Ok(false) => anyhow::bail!("the COPY ended without an error"),
+            Err(e) => return Ok(e),
+        }
+    }
+}
+
 async fn read_with_driver(cluster: &PgCluster, sql: &str) -> Result<Vec<u8>> {
     let client = cluster.connect(DB).await?;
     let stream = client.copy_out(sql).await?;
@@ -56,20 +70,15 @@ async fn copy_data_is_the_stream_the_server_sent() -> Result<()> {
         let expected = read_with_driver(&cluster, sql).await?;
         // Several COPYs on one session: each leaves it ready for the next.
         for round in 0..2 {
-            let got = read_all(&mut tcp, sql).await?;
-            assert!(
-                got == expected,
-                "{sql} (round {round}): {} bytes, driver {}",
-                got.len(),
-                expected.len()
-            );
-            let got = read_all(&mut unix, sql).await?;
-            assert!(
-                got == expected,
-                "{sql} over the socket: {} bytes, driver {}",
-                got.len(),
-                expected.len()
-            );
+            for (how, conn) in [("tcp", &mut tcp), ("unix socket", &mut unix)] {
+                let got = read_all(conn, sql).await?;
+                assert!(
+                    got == expected,
+                    "{sql} ({how}, round {round}): {} bytes, driver {}",
+                    got.len(),
+                    expected.len()
+                );
+            }
         }
     }
     // 20 of the rows are 1.28 MB each: larger than one read of the socket.
@@ -141,13 +150,7 @@ async fn server_errors_leave_the_session_usable() -> Result<()> {
         )
         .await?;
     let mut out = BytesMut::new();
-    let err = loop {
-        match copy.read(&mut out).await {
-            Ok(true) => continue,
-            Ok(false) => anyhow::bail!("the COPY ended without its error"),
-            Err(e) => break e,
-        }
-    };
+    let err = read_until_error(&mut copy, &mut out).await?;
     drop(copy);
     assert_eq!(err.code(), Some("22012"), "{err}");
     assert!(err.to_string().contains("division by zero"), "{err}");
@@ -226,13 +229,7 @@ async fn connection_failures_are_clear() -> Result<()> {
     let mut out = BytesMut::new();
     assert!(copy.read(&mut out).await?);
     cluster.kill()?;
-    let err = loop {
-        match copy.read(&mut out).await {
-            Ok(true) => continue,
-            Ok(false) => anyhow::bail!("the COPY ended although the server was killed"),
-            Err(e) => break e,
-        }
-    };
+    let err = read_until_error(&mut copy, &mut out).await?;
     drop(copy);
     // SIGKILL: no error message, the socket closes.
     assert!(
