@@ -97,12 +97,14 @@ pub async fn run(
     let parts = block_ranges(new, plan, conns.len()).await?;
     let conns = &mut conns[..parts.len()];
     let read = read_parts(conns, plan, &parts, key_field, &order, chunks.len()).await;
-    // Read-only: ending with ROLLBACK also ends a transaction a failed COPY aborted.
-    for conn in conns.iter_mut() {
-        if !conn.is_broken() {
-            conn.execute("ROLLBACK")
-                .await
-                .context("ending the verification pass on new")?;
+    if read.is_err() {
+        // A session may still be in the pass's transaction (the setup failed halfway).
+        for conn in conns.iter_mut() {
+            if !conn.is_broken() {
+                conn.execute("ROLLBACK")
+                    .await
+                    .context("ending the verification pass on new")?;
+            }
         }
     }
     let (sums, stray) = read?;
@@ -183,6 +185,12 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 /// Starts a transaction on every session in one snapshot (exported by the first), then
 /// reads and hashes each block range; per-chunk sums added up, and the count of rows
 /// outside every chunk.
+///
+/// Each session ends its transaction as soon as its own read is over, never waiting for
+/// the others: a session that held its lock on the table until every read ended would
+/// make a deadlock PostgreSQL cannot see. An `ACCESS EXCLUSIVE` request (the rebuild's
+/// `ADD PRIMARY KEY USING INDEX`, or a migration) queued behind that finished session's
+/// lock, while a session not yet started queued behind the request, waits for ever.
 async fn read_parts(
     conns: &mut [&mut CopyConn],
     plan: &TablePlan,
@@ -217,31 +225,44 @@ async fn read_parts(
         }
     }
     let columns = &plan.column_list();
-    let reads = conns.iter_mut().zip(parts).map(|(conn, pred)| async move {
-        let mut sums = vec![StreamSum::default(); chunk_count];
-        let mut stray = 0u64;
-        let mut hasher = CopyHasher::new(key_field);
-        let sql = format!(
-            "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
-            plan.quoted
-        );
-        read_hashed(conn, &sql, &mut hasher, |hash, key| {
-            let slot = key.and_then(int_key).and_then(|k| {
-                let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
-                let (b, i) = order.get(at.checked_sub(1)?)?;
-                b.hi.is_none_or(|hi| k < hi).then_some(*i)
-            });
-            match slot {
-                Some(i) => sums[i].add(hash),
-                None => stray += 1,
+    let reads = conns
+        .iter_mut()
+        .zip(parts)
+        .enumerate()
+        .map(|(i, (conn, pred))| async move {
+            let mut sums = vec![StreamSum::default(); chunk_count];
+            let mut stray = 0u64;
+            let mut hasher = CopyHasher::new(key_field);
+            let sql = format!(
+                "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
+                plan.quoted
+            );
+            if i == 0 && failpoint_first_read_waits() {
+                wait_for_lock_request(conn, plan).await;
             }
-        })
-        .await
-        .with_context(|| format!("reading {} back from new", plan.name))?
-        .and_then(|()| hasher.finish())
-        .with_context(|| format!("hashing {} read back from new", plan.name))?;
-        anyhow::Ok((sums, stray))
-    });
+            let read = read_hashed(conn, &sql, &mut hasher, |hash, key| {
+                let slot = key.and_then(int_key).and_then(|k| {
+                    let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
+                    let (b, i) = order.get(at.checked_sub(1)?)?;
+                    b.hi.is_none_or(|hi| k < hi).then_some(*i)
+                });
+                match slot {
+                    Some(i) => sums[i].add(hash),
+                    None => stray += 1,
+                }
+            })
+            .await;
+            // Read-only: ROLLBACK also ends a transaction a failed COPY aborted.
+            if !conn.is_broken() {
+                conn.execute("ROLLBACK")
+                    .await
+                    .context("ending the verification pass on new")?;
+            }
+            read.with_context(|| format!("reading {} back from new", plan.name))?
+                .and_then(|()| hasher.finish())
+                .with_context(|| format!("hashing {} read back from new", plan.name))?;
+            anyhow::Ok((sums, stray))
+        });
     let mut total = vec![StreamSum::default(); chunk_count];
     let mut stray = 0;
     for part in futures_util::future::join_all(reads).await {
@@ -252,6 +273,34 @@ async fn read_parts(
         stray += s;
     }
     Ok((total, stray))
+}
+
+/// Tests only: the pass's first read starts once another session waits for a lock on
+/// the table (at most 5 s), so the other reads are over or running by then.
+fn failpoint_first_read_waits() -> bool {
+    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("pass-first-read-waits-for-lock")
+}
+
+async fn wait_for_lock_request(conn: &mut CopyConn, plan: &TablePlan) {
+    let sql = format!(
+        "COPY (SELECT count(*) FROM pg_catalog.pg_locks \
+               WHERE relation = {}::regclass AND NOT granted) TO STDOUT",
+        quote_literal(&plan.quoted)
+    );
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match conn.copy_out_text(&sql).await {
+            Ok(n) if n.trim() != "0" => {
+                tracing::warn!(table = %plan.name, "Failpoint: a lock request waits on the table; the pass's first read starts.");
+                return;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "Failpoint: reading pg_locks failed.");
+                return;
+            }
+        }
+    }
 }
 
 /// Records a pass's results; returns the rows of the chunks now done.

@@ -895,6 +895,57 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
     assert_verified(&pair, "big").await
 }
 
+/// The one-pass verification reads the table on two sessions while another worker
+/// rebuilds its key (`ADD PRIMARY KEY USING INDEX` wants an `ACCESS EXCLUSIVE` lock). The
+/// failpoint holds the pass's first read back until the rebuild's lock request waits on
+/// the table: a finished read must not keep its lock until the other read ends, or the
+/// three wait on each other for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
+    let pair = pair_with(
+        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
+         CREATE INDEX big_n ON big (n);",
+    )
+    .await?;
+    on(
+        &pair.old,
+        "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
+    )?;
+    let args = pair_args(
+        &pair,
+        &[
+            "--tables",
+            "big",
+            "--chunk-rows",
+            "2000",
+            "--jobs",
+            "2",
+            "--dual-writes",
+            "off",
+        ],
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = backfill_command(&refs)?
+        .env("BACKFILL_TEST_FAILPOINT", "pass-first-read-waits-for-lock")
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    let run = wait_backfill(child, Duration::from_secs(60)).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        run.stdout.contains("rebuilt big_pkey"),
+        "the key was rebuilt: {}",
+        run.text()
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks WHERE status <> 'done'"
+        )? == "0"
+    );
+    ensure!(primary_keys(&pair.new, "big")? == "1", "key restored");
+    assert_verified(&pair, "big").await
+}
+
 /// Two bulk processes on one table: no chunk copied twice, the key rebuilt once, every
 /// chunk verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
