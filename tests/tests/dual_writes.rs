@@ -613,3 +613,44 @@ async fn copy_from_stdin_is_mirrored() -> Result<()> {
     ensure!(retry_log_count(&s.pair)? == 0);
     Ok(())
 }
+
+/// A session with `standard_conforming_strings = off` (legacy applications): a backslash
+/// in a plain literal escapes the next character, so `'it\'s'` is one string. The proxy's
+/// parser must read the statement as the server does: the write is mirrored, and a string
+/// that only looks like it holds a DELETE under the default setting deletes nothing on
+/// new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backslash_escapes_with_standard_conforming_strings_off() -> Result<()> {
+    let s = setup("CREATE TABLE e (id int PRIMARY KEY, v text);").await?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute(
+        "INSERT INTO e VALUES (1, 'one'), (2, 'two'), (3, 'three');
+         SET standard_conforming_strings = off",
+    )
+    .await?;
+    c.batch_execute("UPDATE e SET v = 'it\\'s' WHERE id = 1")
+        .await?;
+    c.batch_execute("INSERT INTO e VALUES (4, 'back\\\\slash\\n')")
+        .await?;
+    c.batch_execute("INSERT INTO e VALUES (5, N'n\\'ch')")
+        .await?;
+    c.batch_execute("SELECT 'x\\'; DELETE FROM e WHERE id = 2; --'")
+        .await?;
+    // Extended protocol: the text of Parse is read the same way.
+    c.execute("UPDATE e SET v = 'a\\'b' WHERE id = $1", &[&3i32])
+        .await?;
+    let old = assert_equal(&s.pair, "e")?;
+    ensure!(
+        old == "(1,it's)\n(2,two)\n(3,a'b)\n(4,\"back\\\\slash\n\")\n(5,n'ch)",
+        "old holds {old:?}"
+    );
+    // Back to the default: the same text is two statements again.
+    c.batch_execute("SET standard_conforming_strings = on")
+        .await?;
+    c.batch_execute("UPDATE e SET v = 'plain\\' WHERE id = 2")
+        .await?;
+    let now = assert_equal(&s.pair, "e")?;
+    ensure!(now.contains("(2,\"plain\\\\\")"), "{now:?}");
+    ensure!(retry_log_count(&s.pair)? == 0);
+    Ok(())
+}

@@ -3,9 +3,11 @@
 //! shadow reads) decides by it later.
 
 mod cache;
+mod conforming;
 mod normalize;
 
 pub use cache::Classifier;
+pub use conforming::{conforming, depends_on_conforming_strings};
 pub use normalize::literal_blind_key;
 
 use pg_query::NodeEnum;

@@ -38,7 +38,7 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
                 out.push(' ');
             }
             b'\'' => {
-                i = skip_quoted(b, i, false)?;
+                i = skip_literal(b, i, false)?;
                 out.push('?');
             }
             b'"' => {
@@ -78,7 +78,7 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
                 if b.get(i) == Some(&b'\'') {
                     let escapes = word.eq_ignore_ascii_case("e");
                     if escapes || ["b", "x", "n"].iter().any(|p| word.eq_ignore_ascii_case(p)) {
-                        i = skip_quoted(b, i, escapes)?;
+                        i = skip_literal(b, i, escapes)?;
                         out.push('?');
                         continue;
                     }
@@ -106,17 +106,53 @@ fn utf8_len(first: u8) -> usize {
     }
 }
 
-fn is_ident_start(c: u8) -> bool {
+pub(super) fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
 }
 
-fn is_ident_cont(c: u8) -> bool {
+pub(super) fn is_ident_cont(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// Index just past the string literal whose opening quote is at `i`, continuations
+/// included: PostgreSQL joins `'a'` and `'b'` separated by whitespace holding a newline
+/// (and `--` comments) into one literal, read the same way (escapes or not) as its first
+/// part. Scanning the parts apart would misplace where the literal ends.
+pub(super) fn skip_literal(b: &[u8], i: usize, escapes: bool) -> Option<usize> {
+    let mut end = skip_quoted(b, i, escapes)?;
+    while let Some(next) = continuation(b, end) {
+        end = skip_quoted(b, next, escapes)?;
+    }
+    Some(end)
+}
+
+/// Where a continuation of a literal ending at `i` opens, if one does: horizontal space
+/// or comments, a newline, then any space or comments, then a quote (the scanner's
+/// `quotecontinue`).
+fn continuation(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut newline = false;
+    loop {
+        match b.get(i)? {
+            b' ' | b'\t' | b'\x0c' => i += 1,
+            b'\x0b' if newline => i += 1,
+            b'\n' | b'\r' => {
+                newline = true;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+                    i += 1;
+                }
+            }
+            b'\'' if newline => return Some(i),
+            _ => return None,
+        }
+    }
 }
 
 /// Index just past a single-quoted literal starting at `i` ('' doubles a quote; with
 /// `escapes`, a backslash escapes the next byte).
-fn skip_quoted(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+pub(super) fn skip_quoted(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
     i += 1;
     loop {
         match b.get(i)? {
@@ -128,7 +164,7 @@ fn skip_quoted(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
     }
 }
 
-fn skip_quoted_ident(b: &[u8], mut i: usize) -> Option<usize> {
+pub(super) fn skip_quoted_ident(b: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     loop {
         match b.get(i)? {
@@ -141,7 +177,7 @@ fn skip_quoted_ident(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// If a dollar-quoted string starts at `i`, the index just past it; `Some(None)` if this is
 /// not a dollar quote; `None` if it is one but never closes.
-fn dollar_quote_end(sql: &str, i: usize) -> Option<Option<usize>> {
+pub(super) fn dollar_quote_end(sql: &str, i: usize) -> Option<Option<usize>> {
     let b = sql.as_bytes();
     let mut j = i + 1;
     if b.get(j).is_some_and(u8::is_ascii_digit) {
@@ -207,6 +243,26 @@ mod tests {
             Some("select ? \n, ?  ".into())
         );
         assert_eq!(key("select 'héllo', ü"), Some("select ?, ü".into()));
+    }
+
+    #[test]
+    fn continued_literals_are_one_literal() {
+        // One E'' literal continued on the next line: a single string, not a DROP.
+        assert_eq!(
+            key("SELECT E'a'\n'b\\'; DROP TABLE t; --'"),
+            Some("SELECT ?".into())
+        );
+        // Plain (no escapes): the literal ends at the quote after the backslash.
+        assert_eq!(
+            key("SELECT 'a'\n'b\\'; DROP TABLE t; --'"),
+            Some("SELECT ?; DROP TABLE t; ".into())
+        );
+        assert_eq!(
+            key("SELECT 'a' -- c\n  -- d\n 'b', 'c' 'd'"),
+            key("SELECT 'x', 'c' 'd'")
+        );
+        // Without a newline two literals stay two.
+        assert_eq!(key("SELECT 'a' 'b'"), Some("SELECT ? ?".into()));
     }
 
     #[test]

@@ -349,7 +349,11 @@ where
             let f = self.primary_frame().await?;
             tracing::trace!(tag = %(f.tag() as char), "mediator: from the primary");
             match f.tag() {
-                b'N' | b'A' | b'S' => self.out.put_slice(f.raw()),
+                b'N' | b'A' => self.out.put_slice(f.raw()),
+                b'S' => {
+                    self.up.note_parameter_status(&f.body());
+                    self.out.put_slice(f.raw());
+                }
                 _ => return Ok(f),
             }
         }
@@ -897,8 +901,8 @@ where
     async fn query(&mut self, frame: Frame) -> Result<(), End> {
         let body = &frame.raw()[Frame::HEADER..];
         let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body))
-            .map_err(|_| End::ClientProtocol(ProtocolError::malformed("Query", "invalid UTF-8")))?
-            .to_string();
+            .map_err(|_| End::ClientProtocol(ProtocolError::malformed("Query", "invalid UTF-8")))?;
+        let sql = self.up.as_server_reads(sql).into_owned();
         self.up.note_query(&sql);
         let plan = self.ms.mirror.plan(&sql);
         self.ready_sent = false;
@@ -1393,6 +1397,7 @@ where
                 query,
                 param_types,
             } => {
+                let query = self.up.as_server_reads(&query).into_owned();
                 self.up.note_parse(&name, &query);
                 let plan = self.ms.mirror.plan(&query);
                 if let Plan::Capture(c) = &*plan {

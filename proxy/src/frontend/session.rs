@@ -16,6 +16,7 @@ use crate::protocol::{Frame, ProtocolError};
 use crate::shadow::ShadowTap;
 use crate::shared::Shared;
 use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,6 +145,12 @@ async fn pump<R, W>(
     let became_idle = IdleSignal::new();
     let drained = tokio::sync::Notify::new();
     let writing = AtomicBool::new(false);
+    let conforming_strings = AtomicBool::new(
+        !backend
+            .params
+            .iter()
+            .any(|(k, v)| k == "standard_conforming_strings" && v == "off"),
+    );
     let mirror = shared.mirror.clone();
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let shadow = shared
@@ -168,6 +175,7 @@ async fn pump<R, W>(
         mediate_next: false,
         drained: &drained,
         writing: &writing,
+        conforming_strings: &conforming_strings,
         shadow,
     };
     let mut down = Downstream {
@@ -181,6 +189,7 @@ async fn pump<R, W>(
         server_said_fatal: false,
         drained: &drained,
         writing: &writing,
+        conforming_strings: &conforming_strings,
         mirroring: shared.mirror.is_some(),
     };
     let end = loop {
@@ -287,6 +296,8 @@ pub(super) struct Upstream<'a, R> {
     mediate_next: bool,
     drained: &'a tokio::sync::Notify,
     writing: &'a AtomicBool,
+    /// The server's `standard_conforming_strings` as it last reported it.
+    conforming_strings: &'a AtomicBool,
     /// Shadow reads: samples this session's reads (None when off).
     shadow: Option<ShadowTap>,
 }
@@ -495,6 +506,12 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
     }
 
     fn plan_needs_mediation(&mut self, sql: &str, extended: bool) -> bool {
+        if self.mirror.is_some() && crate::classify::depends_on_conforming_strings(sql) {
+            // How the server reads it depends on `standard_conforming_strings`, which a
+            // request still in flight may change: the mediator decides once those are
+            // answered.
+            return true;
+        }
         let classes = self.classify(sql);
         if !classes.iter().any(|c| {
             matches!(
@@ -523,6 +540,21 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
             return false;
         }
         plan.needs_mediation()
+    }
+
+    /// `sql` as the server reads it, in a form that reads the same whatever
+    /// `standard_conforming_strings` says (see `classify::conforming`).
+    pub(super) fn as_server_reads<'s>(&self, sql: &'s str) -> Cow<'s, str> {
+        if self.conforming_strings.load(Ordering::Relaxed) {
+            Cow::Borrowed(sql)
+        } else {
+            crate::classify::conforming(sql)
+        }
+    }
+
+    /// Takes note of a ParameterStatus the server sent while the mediator ran.
+    pub(super) fn note_parameter_status(&self, body: &[u8]) {
+        note_conforming_strings(self.conforming_strings, body);
     }
 
     pub(super) fn txn_status(&self) -> u8 {
@@ -592,6 +624,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     .strip_suffix(&[0])
                     .and_then(|s| std::str::from_utf8(s).ok());
                 let first = sql.and_then(|sql| {
+                    let sql = &*self.as_server_reads(sql);
                     let classes = self.classify(sql);
                     for c in classes.iter() {
                         count_statement(c);
@@ -614,7 +647,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 let name = parts.next().and_then(|n| std::str::from_utf8(n).ok());
                 let sql = parts.next().and_then(|s| std::str::from_utf8(s).ok());
                 if let (Some(name), Some(sql)) = (name, sql) {
-                    let classes = self.classify(sql);
+                    let classes = self.classify(&self.as_server_reads(sql));
                     if let Some(tap) = self.shadow.as_mut() {
                         tap.parse(frame, &classes);
                     }
@@ -736,6 +769,7 @@ pub(super) struct Downstream<'a, W> {
     pub(super) client: W,
     drained: &'a tokio::sync::Notify,
     writing: &'a AtomicBool,
+    conforming_strings: &'a AtomicBool,
     /// Only dual writes wait for this pump to drain.
     mirroring: bool,
 }
@@ -770,6 +804,10 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                         self.server_said_fatal |=
                             count_server_error(&self.buf[end + 5..end + total])
                     }
+                    b'S' => note_conforming_strings(
+                        self.conforming_strings,
+                        &self.buf[end + 5..end + total],
+                    ),
                     _ => {}
                 }
                 end += total;
@@ -816,6 +854,14 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                 .record(started.elapsed().as_secs_f64());
         }
         f.idle()
+    }
+}
+
+/// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).
+fn note_conforming_strings(flag: &AtomicBool, body: &[u8]) {
+    let mut parts = body.split(|&b| b == 0);
+    if parts.next() == Some(b"standard_conforming_strings".as_slice()) {
+        flag.store(parts.next() != Some(b"off".as_slice()), Ordering::Relaxed);
     }
 }
 
