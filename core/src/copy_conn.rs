@@ -120,7 +120,25 @@ impl CopyConn {
                         wbuf: BytesMut::new(),
                         broken: false,
                     };
-                    conn.startup(&config, application_name).await?;
+                    // Trouble before the session is up names the server, as a failed
+                    // connect does; server errors (a wrong password) speak for themselves.
+                    let addr = || describe(host, port);
+                    conn.startup(&config, application_name)
+                        .await
+                        .map_err(|e| match e {
+                            CopyConnError::Io(source) => CopyConnError::Connect {
+                                addr: addr(),
+                                source,
+                            },
+                            CopyConnError::Closed => CopyConnError::Connect {
+                                addr: addr(),
+                                source: std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the server closed the connection during startup",
+                                ),
+                            },
+                            other => other,
+                        })?;
                     return Ok(conn);
                 }
                 Ok(Err(e)) => last = Some(e),

@@ -29,7 +29,7 @@ pub mod wire;
 
 pub use broker::Broker;
 pub use pg::{Auth, PgCluster, PgClusterBuilder};
-pub use ports::free_port;
+pub use ports::{free_port, refusing_port};
 
 /// True when `SWITCHYARD_KEEP_CLUSTERS=1` (or `true`): temporary directories are kept on drop.
 pub fn keep_dirs() -> bool {

@@ -75,3 +75,13 @@ pub fn accepts_connections(port: u16) -> bool {
     let addr = (Ipv4Addr::LOCALHOST, port).into();
     std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
 }
+
+/// A port on 127.0.0.1 that refuses connections for as long as the returned socket lives:
+/// bound, never listening, so no other server can take it meanwhile (unlike a port that
+/// was merely free a moment ago).
+pub fn refusing_port() -> Result<(tokio::net::TcpSocket, u16)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}

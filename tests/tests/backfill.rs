@@ -14,10 +14,10 @@ use std::time::Duration;
 use switchyard_tests::backfill::{
     backfill, backfill_command, pair_args, wait_backfill, BACKFILL_TIMEOUT,
 };
-use switchyard_tests::free_port;
 use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
 use switchyard_tests::process::send_signal;
 use switchyard_tests::proxy::{Pair, ProxyProcess, DB};
+use switchyard_tests::refusing_port;
 use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::PgCluster;
 
@@ -657,7 +657,7 @@ async fn pause_and_resume_through_the_control_row() -> Result<()> {
 /// skipped and reported (exit 1) while the others are copied; --dry-run writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_reported_clearly() -> Result<()> {
-    let port = free_port();
+    let (_refusing, port) = refusing_port()?;
     let bad = format!("postgres://app:sekrit@127.0.0.1:{port}/app");
     let run = switchyard_tests::backfill::run_backfill(
         &["--old", &bad, "--new", &bad],

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use switchyard_core::copy_conn::{CopyConn, CopyConnError};
-use switchyard_tests::{free_port, Auth, PgCluster};
+use switchyard_tests::{Auth, PgCluster};
 
 const DB: &str = "postgres";
 
@@ -198,14 +198,32 @@ async fn server_errors_leave_the_session_usable() -> Result<()> {
 
 #[tokio::test]
 async fn connection_failures_are_clear() -> Result<()> {
-    let port = free_port();
+    // Bound and never listening: nothing else can take the port meanwhile.
+    let (held, port) = switchyard_tests::refusing_port()?;
     let err = CopyConn::connect(&format!("postgres://postgres@127.0.0.1:{port}/x"), "test")
         .await
         .expect_err("nothing listens");
     assert!(
-        format!("{err:#}").contains(&format!("127.0.0.1:{port}")),
-        "{err}"
+        matches!(&err, CopyConnError::Connect { addr, .. } if *addr == format!("127.0.0.1:{port}")),
+        "{err:#}"
     );
+    drop(held);
+    // A server that accepts and hangs up before the startup is answered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let hang_up = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await?;
+        drop(sock);
+        anyhow::Ok(())
+    });
+    let err = CopyConn::connect(&format!("postgres://postgres@127.0.0.1:{port}/x"), "test")
+        .await
+        .expect_err("hung up");
+    assert!(
+        format!("{err:#}").contains(&format!("127.0.0.1:{port}")),
+        "{err:#}"
+    );
+    hang_up.await??;
     let err = CopyConn::connect("postgres://postgres@127.0.0.1:1/x?sslmode=require", "test")
         .await
         .expect_err("tls");

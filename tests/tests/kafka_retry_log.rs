@@ -561,7 +561,8 @@ async fn unreachable_or_missing_brokers_are_clear_errors() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let nobody = format!("127.0.0.1:{}", switchyard_tests::free_port());
+    let (_refusing, port) = switchyard_tests::refusing_port()?;
+    let nobody = format!("127.0.0.1:{port}");
     let (status, out) = tokio::task::block_in_place(|| {
         run_proxy_to_exit(
             &[

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::clients::{python_bin, run_client};
-use switchyard_tests::free_port;
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
+use switchyard_tests::refusing_port;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -462,7 +462,7 @@ async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
         run.text()
     );
 
-    let port = free_port();
+    let (_refusing, port) = refusing_port()?;
     let old = format!("postgres://postgres:sekrit-pw@127.0.0.1:{port}/app");
     let run = run_reconciler(
         &["verify", "--old", &old, "--new", &old, "--format", "json"],
