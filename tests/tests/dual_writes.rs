@@ -654,3 +654,50 @@ async fn backslash_escapes_with_standard_conforming_strings_off() -> Result<()> 
     ensure!(retry_log_count(&s.pair)? == 0);
     Ok(())
 }
+
+/// Dual writes read statements and row images as UTF-8: a session in another client
+/// encoding would have its writes go to old alone. It is refused at startup with a clear
+/// error, and a session that switches with `SET client_encoding` is closed before anything
+/// more runs; what it wrote before is on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_outside_utf8_are_refused_while_mirroring() -> Result<()> {
+    let s = setup("CREATE TABLE enc (id int PRIMARY KEY, v text);").await?;
+    let url = switchyard_tests::proxy::proxy_url(&s.proxy, "postgres");
+    let mut psql = tokio::process::Command::new(switchyard_tests::clients::psql_bin());
+    psql.args(["-X", "-At", &url, "-c", "INSERT INTO enc VALUES (1, 'x')"])
+        .env("PGCLIENTENCODING", "LATIN1");
+    let out =
+        switchyard_tests::clients::run_client(&mut psql, "psql", Duration::from_secs(30)).await?;
+    ensure!(!out.status.success(), "psql in LATIN1 got through: {out:?}");
+    ensure!(
+        out.stderr
+            .contains("dual writes need client_encoding UTF8; this session uses LATIN1"),
+        "{}",
+        out.stderr
+    );
+    ensure!(on(&s.pair.old, "SELECT count(*) FROM enc")? == "0");
+
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("INSERT INTO enc VALUES (2, 'été')").await?;
+    let err = c
+        .batch_execute("SET client_encoding = 'LATIN1'")
+        .await
+        .expect_err("the session is closed");
+    ensure!(
+        err.as_db_error().map(|e| e.code().code()) == Some("0A000"),
+        "{err:?}"
+    );
+    ensure!(
+        c.batch_execute("INSERT INTO enc VALUES (3, 'z')")
+            .await
+            .is_err(),
+        "the session still runs statements"
+    );
+    let rows = assert_equal(&s.pair, "enc")?;
+    ensure!(rows == "(2,été)", "{rows}");
+    // Other sessions carry on.
+    let c2 = connect_proxy(&s.proxy).await?;
+    c2.batch_execute("INSERT INTO enc VALUES (4, 'w')").await?;
+    assert_equal(&s.pair, "enc")?;
+    Ok(())
+}

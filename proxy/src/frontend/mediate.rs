@@ -351,7 +351,9 @@ where
             match f.tag() {
                 b'N' | b'A' => self.out.put_slice(f.raw()),
                 b'S' => {
-                    self.up.note_parameter_status(&f.body());
+                    if let Some(encoding) = self.up.note_parameter_status(&f.body()) {
+                        return Err(End::ClientEncoding(encoding));
+                    }
                     self.out.put_slice(f.raw());
                 }
                 _ => return Ok(f),

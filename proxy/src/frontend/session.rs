@@ -74,6 +74,8 @@ pub(super) enum End {
     IdleTimeout,
     Shutdown,
     ClientProtocol(ProtocolError),
+    /// The session mirrors and its client encoding left UTF8 (`SET client_encoding`).
+    ClientEncoding(String),
     Io(&'static str, std::io::Error),
 }
 
@@ -220,6 +222,10 @@ async fn pump<R, W>(
             tracing::warn!(%peer, error = %e, "Closing a client that broke the protocol.");
             metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "client").increment(1);
             send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
+        }
+        End::ClientEncoding(encoding) => {
+            tracing::warn!(%peer, %encoding, "Closing a mirrored session whose client encoding left UTF8.");
+            send_error(&mut down.client, &encoding_refused(encoding)).await;
         }
         End::IdleTimeout => {
             send_error(
@@ -552,9 +558,10 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         }
     }
 
-    /// Takes note of a ParameterStatus the server sent while the mediator ran.
-    pub(super) fn note_parameter_status(&self, body: &[u8]) {
-        note_conforming_strings(self.conforming_strings, body);
+    /// Takes note of a ParameterStatus the server sent while the mediator ran; returns the
+    /// client encoding when it left UTF8 (the session must end).
+    pub(super) fn note_parameter_status(&self, body: &[u8]) -> Option<String> {
+        note_parameter(self.conforming_strings, self.mirror.is_some(), body)
     }
 
     pub(super) fn txn_status(&self) -> u8 {
@@ -804,10 +811,15 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                         self.server_said_fatal |=
                             count_server_error(&self.buf[end + 5..end + total])
                     }
-                    b'S' => note_conforming_strings(
-                        self.conforming_strings,
-                        &self.buf[end + 5..end + total],
-                    ),
+                    b'S' => {
+                        if let Some(encoding) = note_parameter(
+                            self.conforming_strings,
+                            self.mirroring,
+                            &self.buf[end + 5..end + total],
+                        ) {
+                            return End::ClientEncoding(encoding);
+                        }
+                    }
                     _ => {}
                 }
                 end += total;
@@ -858,11 +870,35 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
 }
 
 /// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).
-fn note_conforming_strings(flag: &AtomicBool, body: &[u8]) {
+/// Returns the new client encoding when it is not UTF8 and the session mirrors: the end of
+/// the session (see `End::ClientEncoding`).
+fn note_parameter(flag: &AtomicBool, mirroring: bool, body: &[u8]) -> Option<String> {
     let mut parts = body.split(|&b| b == 0);
-    if parts.next() == Some(b"standard_conforming_strings".as_slice()) {
-        flag.store(parts.next() != Some(b"off".as_slice()), Ordering::Relaxed);
+    let name = parts.next()?;
+    let value = parts.next()?;
+    if name == b"standard_conforming_strings" {
+        flag.store(value != b"off", Ordering::Relaxed);
+    } else if mirroring && name == b"client_encoding" && !is_utf8_encoding(value) {
+        return Some(String::from_utf8_lossy(value).into_owned());
     }
+    None
+}
+
+/// PostgreSQL reports the encoding as `UTF8`; clients may spell it otherwise.
+pub(super) fn is_utf8_encoding(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"UTF8") || name.eq_ignore_ascii_case(b"UTF-8")
+}
+
+/// What a session that mirrors and leaves UTF8 is told.
+pub(super) fn encoding_refused(encoding: &str) -> crate::protocol::backend::ErrorFields {
+    fatal(
+        "0A000",
+        format!(
+            "switchyard: dual writes need client_encoding UTF8; this session uses {encoding} \
+             (statements and row images would not reach the new database as the old one \
+             reads them)"
+        ),
+    )
 }
 
 /// Counts an ErrorResponse by SQLSTATE without decoding the rest of it; returns whether it

@@ -3,7 +3,7 @@
 
 use super::auth::authenticate;
 use super::reply::{fatal, send_error};
-use super::session::Session;
+use super::session::{encoding_refused, is_utf8_encoding, Session};
 use super::stream::ClientStream;
 use crate::backend::{connect, send_cancel, Role};
 use crate::cancel::CancelTarget;
@@ -80,6 +80,20 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             return;
         }
     };
+    if shared.mirror.is_some() {
+        let encoding = backend
+            .params
+            .iter()
+            .find(|(k, _)| k == "client_encoding")
+            .map(|(_, v)| v.as_str());
+        if let Some(encoding) = encoding.filter(|e| !is_utf8_encoding(e.as_bytes())) {
+            tracing::warn!(%peer, %encoding, "Refused a mirrored session whose client encoding is not UTF8.");
+            send_error(&mut client, &encoding_refused(encoding)).await;
+            let mut server = backend.stream;
+            let _ = server.write_all(b"X\0\0\0\x04").await;
+            return;
+        }
+    }
     let (pid, key) = shared.cancel.register(CancelTarget {
         addr: backend.addr.clone(),
         pid: backend.pid,
