@@ -676,6 +676,14 @@ async fn sessions_outside_utf8_are_refused_while_mirroring() -> Result<()> {
         out.stderr
     );
     ensure!(on(&s.pair.old, "SELECT count(*) FROM enc")? == "0");
+    // SQL_ASCII (psql under the C locale) over a UTF8 database: the server checks that
+    // what it gets is UTF-8, so it is taken.
+    let mut psql = tokio::process::Command::new(switchyard_tests::clients::psql_bin());
+    psql.args(["-X", "-At", &url, "-c", "INSERT INTO enc VALUES (1, 'x')"])
+        .env("PGCLIENTENCODING", "SQL_ASCII");
+    let out =
+        switchyard_tests::clients::run_client(&mut psql, "psql", Duration::from_secs(30)).await?;
+    ensure!(out.status.success(), "psql in SQL_ASCII: {out:?}");
 
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO enc VALUES (2, 'été')").await?;
@@ -694,7 +702,7 @@ async fn sessions_outside_utf8_are_refused_while_mirroring() -> Result<()> {
         "the session still runs statements"
     );
     let rows = assert_equal(&s.pair, "enc")?;
-    ensure!(rows == "(2,été)", "{rows}");
+    ensure!(rows == "(1,x)\n(2,été)", "{rows}");
     // Other sessions carry on.
     let c2 = connect_proxy(&s.proxy).await?;
     c2.batch_execute("INSERT INTO enc VALUES (4, 'w')").await?;

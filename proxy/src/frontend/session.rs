@@ -153,6 +153,10 @@ async fn pump<R, W>(
             .iter()
             .any(|(k, v)| k == "standard_conforming_strings" && v == "off"),
     );
+    let server_utf8 = backend
+        .params
+        .iter()
+        .any(|(k, v)| k == "server_encoding" && is_utf8_encoding(v.as_bytes()));
     let mirror = shared.mirror.clone();
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let shadow = shared
@@ -178,6 +182,7 @@ async fn pump<R, W>(
         drained: &drained,
         writing: &writing,
         conforming_strings: &conforming_strings,
+        server_utf8,
         shadow,
     };
     let mut down = Downstream {
@@ -192,6 +197,7 @@ async fn pump<R, W>(
         drained: &drained,
         writing: &writing,
         conforming_strings: &conforming_strings,
+        server_utf8,
         mirroring: shared.mirror.is_some(),
     };
     let end = loop {
@@ -304,6 +310,8 @@ pub(super) struct Upstream<'a, R> {
     writing: &'a AtomicBool,
     /// The server's `standard_conforming_strings` as it last reported it.
     conforming_strings: &'a AtomicBool,
+    /// The database's encoding is UTF8 (see `client_encoding_ok`).
+    server_utf8: bool,
     /// Shadow reads: samples this session's reads (None when off).
     shadow: Option<ShadowTap>,
 }
@@ -561,7 +569,8 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
     /// Takes note of a ParameterStatus the server sent while the mediator ran; returns the
     /// client encoding when it left UTF8 (the session must end).
     pub(super) fn note_parameter_status(&self, body: &[u8]) -> Option<String> {
-        note_parameter(self.conforming_strings, self.mirror.is_some(), body)
+        let mirroring = self.mirror.is_some().then_some(self.server_utf8);
+        note_parameter(self.conforming_strings, mirroring, body)
     }
 
     pub(super) fn txn_status(&self) -> u8 {
@@ -777,6 +786,7 @@ pub(super) struct Downstream<'a, W> {
     drained: &'a tokio::sync::Notify,
     writing: &'a AtomicBool,
     conforming_strings: &'a AtomicBool,
+    server_utf8: bool,
     /// Only dual writes wait for this pump to drain.
     mirroring: bool,
 }
@@ -814,7 +824,7 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                     b'S' => {
                         if let Some(encoding) = note_parameter(
                             self.conforming_strings,
-                            self.mirroring,
+                            self.mirroring.then_some(self.server_utf8),
                             &self.buf[end + 5..end + total],
                         ) {
                             return End::ClientEncoding(encoding);
@@ -870,16 +880,21 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
 }
 
 /// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).
-/// Returns the new client encoding when it is not UTF8 and the session mirrors: the end of
-/// the session (see `End::ClientEncoding`).
-fn note_parameter(flag: &AtomicBool, mirroring: bool, body: &[u8]) -> Option<String> {
+/// Follows a ParameterStatus (name, value). `mirroring`: `Some(server_utf8)` when the
+/// session mirrors. Returns the new client encoding when the session mirrors and the
+/// encoding will not carry UTF-8: the end of the session (see `End::ClientEncoding`).
+fn note_parameter(flag: &AtomicBool, mirroring: Option<bool>, body: &[u8]) -> Option<String> {
     let mut parts = body.split(|&b| b == 0);
     let name = parts.next()?;
     let value = parts.next()?;
     if name == b"standard_conforming_strings" {
         flag.store(value != b"off", Ordering::Relaxed);
-    } else if mirroring && name == b"client_encoding" && !is_utf8_encoding(value) {
-        return Some(String::from_utf8_lossy(value).into_owned());
+    } else if name == b"client_encoding" {
+        if let Some(server_utf8) = mirroring {
+            if !client_encoding_ok(value, server_utf8) {
+                return Some(String::from_utf8_lossy(value).into_owned());
+            }
+        }
     }
     None
 }
@@ -887,6 +902,12 @@ fn note_parameter(flag: &AtomicBool, mirroring: bool, body: &[u8]) -> Option<Str
 /// PostgreSQL reports the encoding as `UTF8`; clients may spell it otherwise.
 pub(super) fn is_utf8_encoding(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"UTF8") || name.eq_ignore_ascii_case(b"UTF-8")
+}
+
+/// Text on the wire is UTF-8: the client encoding is UTF8, or SQL_ASCII (no conversion:
+/// what psql picks under the C locale) over a UTF8 database, which checks what it is sent.
+pub(super) fn client_encoding_ok(client: &[u8], server_utf8: bool) -> bool {
+    is_utf8_encoding(client) || (server_utf8 && client.eq_ignore_ascii_case(b"SQL_ASCII"))
 }
 
 /// What a session that mirrors and leaves UTF8 is told.

@@ -3,7 +3,7 @@
 
 use super::auth::authenticate;
 use super::reply::{fatal, send_error};
-use super::session::{encoding_refused, is_utf8_encoding, Session};
+use super::session::{client_encoding_ok, encoding_refused, is_utf8_encoding, Session};
 use super::stream::ClientStream;
 use crate::backend::{connect, send_cancel, Role};
 use crate::cancel::CancelTarget;
@@ -81,12 +81,17 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     };
     if shared.mirror.is_some() {
-        let encoding = backend
-            .params
-            .iter()
-            .find(|(k, _)| k == "client_encoding")
-            .map(|(_, v)| v.as_str());
-        if let Some(encoding) = encoding.filter(|e| !is_utf8_encoding(e.as_bytes())) {
+        let param = |name: &str| {
+            backend
+                .params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let server_utf8 = param("server_encoding").is_some_and(|e| is_utf8_encoding(e.as_bytes()));
+        if let Some(encoding) =
+            param("client_encoding").filter(|e| !client_encoding_ok(e.as_bytes(), server_utf8))
+        {
             tracing::warn!(%peer, %encoding, "Refused a mirrored session whose client encoding is not UTF8.");
             send_error(&mut client, &encoding_refused(encoding)).await;
             let mut server = backend.stream;
