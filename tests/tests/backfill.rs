@@ -171,12 +171,8 @@ async fn every_key_type_is_copied_and_verified() -> Result<()> {
     Ok(())
 }
 
-/// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
-/// and finish times unchanged), the chunk the dead process held is taken over at once,
-/// indexes deferred by the killed run are restored by the next one, and both sides end
-/// equal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
+/// A pair with `big` (key, a second index, 20,000 rows on old) created on both sides.
+async fn big_pair() -> Result<Pair> {
     let pair = pair_with(
         "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
          CREATE INDEX big_n ON big (n);",
@@ -186,6 +182,16 @@ async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
         &pair.old,
         "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
     )?;
+    Ok(pair)
+}
+
+/// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
+/// and finish times unchanged), the chunk the dead process held is taken over at once,
+/// indexes deferred by the killed run are restored by the next one, and both sides end
+/// equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
+    let pair = big_pair().await?;
     let mut child = spawn(
         &pair,
         &[
@@ -788,15 +794,7 @@ fn primary_keys(c: &PgCluster, table: &str) -> Result<String> {
 /// chunk, and ends equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
-    let pair = pair_with(
-        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
-         CREATE INDEX big_n ON big (n);",
-    )
-    .await?;
-    on(
-        &pair.old,
-        "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
-    )?;
+    let pair = big_pair().await?;
     let mut child = spawn(
         &pair,
         &[
@@ -902,15 +900,7 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
 /// three wait on each other for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
-    let pair = pair_with(
-        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
-         CREATE INDEX big_n ON big (n);",
-    )
-    .await?;
-    on(
-        &pair.old,
-        "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
-    )?;
+    let pair = big_pair().await?;
     let args = pair_args(
         &pair,
         &[

@@ -7,7 +7,7 @@
 //! that text, while the client's own bytes still go to the primary as they came.
 
 use super::normalize::{
-    dollar_quote_end, is_ident_cont, is_ident_start, skip_literal, skip_quoted_ident,
+    comment_end, dollar_quote_end, is_ident_cont, is_ident_start, skip_literal, skip_quoted_ident,
 };
 use std::borrow::Cow;
 
@@ -34,9 +34,8 @@ pub fn depends_on_conforming_strings(sql: &str) -> bool {
 fn rewrite(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
-    let mut changed = false;
-    // Copied up to here; every index below lands on an ASCII byte, so slices of `sql`
-    // stay on character boundaries.
+    // Copied up to here (0: nothing changed yet); every index below lands on an ASCII
+    // byte, so slices of `sql` stay on character boundaries.
     let mut copied = 0;
     let mut i = 0;
     while i < b.len() {
@@ -52,18 +51,8 @@ fn rewrite(sql: &str) -> Option<String> {
                 Some(end) => i = end,
                 None => i += 1,
             },
-            b'\'' => {
-                let end = skip_literal(b, i, true)?;
-                if sql[i..end].contains('\\') {
-                    out.push_str(&sql[copied..i]);
-                    // A space keeps the E from joining a word before it (`int4'1'`).
-                    out.push_str(" E");
-                    out.push_str(&sql[i..end]);
-                    copied = end;
-                    changed = true;
-                }
-                i = end;
-            }
+            // A space keeps the E from joining a word before it (`int4'1'`).
+            b'\'' => i = escape_literal(sql, &mut out, &mut copied, i, " E", i)?,
             c if is_ident_start(c) => {
                 let start = i;
                 while i < b.len() && is_ident_cont(b[i]) {
@@ -77,15 +66,7 @@ fn rewrite(sql: &str) -> Option<String> {
                         i = skip_literal(b, i, false)?;
                     } else if word.eq_ignore_ascii_case("n") {
                         // N'...' is the type nchar and a plain literal.
-                        let end = skip_literal(b, i, true)?;
-                        if sql[i..end].contains('\\') {
-                            out.push_str(&sql[copied..start]);
-                            out.push_str("NCHAR E");
-                            out.push_str(&sql[i..end]);
-                            copied = end;
-                            changed = true;
-                        }
-                        i = end;
+                        i = escape_literal(sql, &mut out, &mut copied, start, "NCHAR E", i)?;
                     }
                     // Any other word (a type name: int4'1') is followed by a plain
                     // literal, handled on the next turn.
@@ -101,31 +82,32 @@ fn rewrite(sql: &str) -> Option<String> {
             _ => i += 1,
         }
     }
-    if !changed {
+    if copied == 0 {
         return None;
     }
     out.push_str(&sql[copied..]);
     Some(out)
 }
 
-/// Index just past a (nested) block comment opening at `i`.
-fn comment_end(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 1;
-    i += 2;
-    while depth > 0 {
-        match (b.get(i)?, b.get(i + 1)) {
-            (b'/', Some(b'*')) => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', Some(b'/')) => {
-                depth -= 1;
-                i += 2;
-            }
-            _ => i += 1,
-        }
+/// Reads the plain literal opening at `lit` as the setting off does; when it holds a
+/// backslash, copies the text from `copied` to `from`, then `prefix` and the literal.
+/// Returns where the literal ends.
+fn escape_literal(
+    sql: &str,
+    out: &mut String,
+    copied: &mut usize,
+    from: usize,
+    prefix: &str,
+    lit: usize,
+) -> Option<usize> {
+    let end = skip_literal(sql.as_bytes(), lit, true)?;
+    if sql[lit..end].contains('\\') {
+        out.push_str(&sql[*copied..from]);
+        out.push_str(prefix);
+        out.push_str(&sql[lit..end]);
+        *copied = end;
     }
-    Some(i)
+    Some(end)
 }
 
 #[cfg(test)]

@@ -19,22 +19,7 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while depth > 0 {
-                    match (b.get(i), b.get(i + 1)) {
-                        (Some(b'/'), Some(b'*')) => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            depth -= 1;
-                            i += 2;
-                        }
-                        (Some(_), _) => i += 1,
-                        (None, _) => return None,
-                    }
-                }
+                i = comment_end(b, i)?;
                 out.push(' ');
             }
             b'\'' => {
@@ -95,6 +80,26 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// Index just past a (nested) block comment opening at `i`; `None` if it never closes.
+pub(super) fn comment_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 1;
+    i += 2;
+    while depth > 0 {
+        match (b.get(i)?, b.get(i + 1)) {
+            (b'/', Some(b'*')) => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', Some(b'/')) => {
+                depth -= 1;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(i)
 }
 
 fn utf8_len(first: u8) -> usize {
