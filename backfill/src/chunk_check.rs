@@ -12,6 +12,7 @@
 
 use crate::plan::TablePlan;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use switchyard_core::checksum::{ChecksumError, RangeChecksum, RangeQueries};
 use switchyard_core::key::{KeyRange, KeyText};
 use switchyard_core::resync::{resync_keys, ResyncError};
@@ -39,6 +40,57 @@ pub struct Checked {
     pub new: RangeChecksum,
     /// Rows re-synced (upserted or deleted on new).
     pub repaired: u64,
+}
+
+/// Longest wait for old's transactions that were writing the table when a chunk's copy
+/// committed.
+pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until every transaction that was writing `table` on old when this is called has
+/// ended, at most `cap`; returns those still open then (their virtual transaction ids).
+/// Transactions in `skip` (ones a wait already gave up on) are not waited for again.
+///
+/// Called between a chunk's copy and its check while the proxy dual-writes: a delete
+/// whose mirrored half ran on new before our copy brought the row (finding nothing), but
+/// whose transaction commits on old only after our check, would leave the row on new,
+/// checked equal while old still showed it. Once those transactions are over, the check
+/// sees their outcome and repairs the row. A writer of the table holds its
+/// `RowExclusiveLock` on it until its transaction ends; readers (the backfill's own
+/// copies) take none.
+pub async fn wait_for_writers_in_flight(
+    old: &Client,
+    table: &str,
+    cap: Duration,
+    skip: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let open: Vec<String> = old
+        .query_one(
+            "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}') FROM pg_catalog.pg_locks \
+             WHERE locktype = 'relation' AND relation = $1::text::regclass \
+               AND mode = 'RowExclusiveLock' AND granted AND pid IS NOT NULL \
+               AND pid <> pg_backend_pid() AND NOT virtualtransaction = ANY($2)",
+            &[&table, &skip],
+        )
+        .await?
+        .get(0);
+    if open.is_empty() {
+        return Ok(open);
+    }
+    let deadline = Instant::now() + cap;
+    loop {
+        let still: Vec<String> = old
+            .query_one(
+                "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}') \
+                 FROM pg_catalog.pg_locks WHERE virtualtransaction = ANY($1) AND pid IS NOT NULL",
+                &[&open],
+            )
+            .await?
+            .get(0);
+        if still.is_empty() || Instant::now() >= deadline {
+            return Ok(still);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Checks `range` of a table and repairs it from old (see the module doc).

@@ -3,7 +3,7 @@
 //! with its own connection to each database; claims, lease renewals and results go
 //! through the process's control connection to new.
 
-use crate::chunk_check::check_chunk;
+use crate::chunk_check::{check_chunk, wait_for_writers_in_flight, IN_FLIGHT_WAIT};
 use crate::chunk_table::{self, ChunkOutcome, Claim, PassChunk};
 use crate::config::{BackfillConfig, FkMode};
 use crate::connect::{connect, connect_copy, Db};
@@ -53,6 +53,9 @@ pub struct Shared {
     pub rebuild_guard: tokio::sync::Mutex<()>,
     /// What this process's workers rebuilt (for the summary).
     pub rebuilt: std::sync::Mutex<Vec<String>>,
+    /// Old's write transactions a wait before a chunk check gave up on (see
+    /// `chunk_check::wait_for_writers_in_flight`): not waited for again.
+    pub stuck_writers: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -468,6 +471,24 @@ async fn work(
             }));
         }
         tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, old_rows = old_sum.rows, new_rows = new_sum.rows, "Chunk read back from new differs from the rows read from old; checking it in SQL.");
+    }
+    if shared.cfg.backfill.dual_writes {
+        let skip: Vec<String> = shared
+            .stuck_writers
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let open = wait_for_writers_in_flight(&s.old, &t.plan.quoted, IN_FLIGHT_WAIT, &skip)
+            .await
+            .context("waiting for old's open write transactions before the check")?;
+        if !open.is_empty() {
+            tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, transactions = ?open,
+                "Transactions writing this table on old since before the chunk's copy are still open after {} s; checking without them from now on (a delete they commit later may leave a row on new: run verify before cutover).",
+                IN_FLIGHT_WAIT.as_secs());
+            if let Ok(mut stuck) = shared.stuck_writers.lock() {
+                stuck.extend(open);
+            }
+        }
     }
     let checked = check_chunk(&mut s.old, &mut s.new, &t.plan, &t.queries, &claim.range)
         .await

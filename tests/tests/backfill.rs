@@ -550,6 +550,81 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
     assert_verified(&pair, "acc").await
 }
 
+/// A delete in flight across the copy and the check: the client deletes a row through the
+/// proxy and keeps its transaction open; the mirrored delete has run on new, where the row
+/// is not copied yet (it finds nothing). The backfill then copies the row (still there in
+/// old's snapshot) and must not check the chunk until that transaction is over: once it
+/// commits, the check finds the row on new only and removes it. Checked while the delete
+/// was still open, the chunk compared equal and the row stayed on new for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
+    let pair = pair_with("CREATE TABLE z (id int PRIMARY KEY, v text)").await?;
+    on(
+        &pair.old,
+        "INSERT INTO z SELECT g, 'v' FROM generate_series(1, 1000) g",
+    )?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let proxy =
+        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{DB}",
+        PgCluster::USER,
+        proxy.port
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+        .batch_execute("BEGIN; DELETE FROM z WHERE id = 500")
+        .await?;
+    // The mirrored delete ran on new: its transaction there is open.
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the mirrored delete on new",
+            Duration::from_secs(20),
+            || {
+                let n = on(
+                    &pair.new,
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'idle in transaction' AND query ILIKE '%delete%'",
+                )?;
+                Ok((n != "0").then_some(()))
+            },
+        )
+    })?;
+    let child = spawn(&pair, &["--tables", "z", "--chunk-rows", "100000"])?;
+    // The chunk is copied, and its check waits for the open delete.
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the check waiting for the delete",
+            Duration::from_secs(30),
+            || {
+                let n = on(
+                    &pair.old,
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE '%virtualtransaction = ANY($1)%' AND pid <> pg_backend_pid()",
+                )?;
+                Ok((n != "0").then_some(()))
+            },
+        )
+    })?;
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM z WHERE id = 500")? == "1",
+        "the copy brought the row the open transaction deletes"
+    );
+    client.batch_execute("COMMIT").await?;
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM z WHERE id = 500")? == "0",
+        "row 500 left on new: {}",
+        run.text()
+    );
+    drop(proxy);
+    assert_verified(&pair, "z").await
+}
+
 /// Scenario 26, made deterministic: while one chunk's COPY runs on old (its snapshot
 /// taken), the proxy deletes a row of it (the mirrored delete finds nothing on new; the
 /// copy then brings a zombie), updates one (the proxy's newer image must not be
