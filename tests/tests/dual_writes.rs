@@ -446,6 +446,78 @@ async fn unseen_writes_show_up_in_verify() -> Result<()> {
     Ok(())
 }
 
+/// DO blocks, CALL and SQL-level EXECUTE run code whose writes the statement does not
+/// show: they run on old as sent, and are listed as not mirrored in `/api/status` (with
+/// the metric), so the operator knows to verify and repair; verify finds their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_writes_are_flagged_not_mirrored() -> Result<()> {
+    let s = setup(
+        "CREATE TABLE o (id int PRIMARY KEY, v text);
+         CREATE PROCEDURE put(i int) LANGUAGE sql AS $$ INSERT INTO o VALUES (i, 'call') $$;",
+    )
+    .await?;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute("DO $$ BEGIN INSERT INTO o VALUES (1, 'do'); END $$")
+        .await?;
+    c.batch_execute("CALL put(2)").await?;
+    c.batch_execute("PREPARE ins(int) AS INSERT INTO o VALUES ($1, 'exec'); EXECUTE ins(3)")
+        .await?;
+    // Extended protocol too.
+    c.execute("CALL put($1)", &[&4i32]).await?;
+    c.batch_execute("INSERT INTO o VALUES (5, 'seen')").await?;
+    ensure!(on(&s.pair.old, "SELECT count(*) FROM o")? == "5");
+    eventually(&s.pair.new, "SELECT string_agg(id::text, ',') FROM o", "5")?;
+    let (code, body) =
+        switchyard_tests::http::get(s.proxy.admin_addr().context("admin")?, "/api/status").await?;
+    ensure!(code == 200, "status {code}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let modes = status["mirror"]["statement_mode"]
+        .as_object()
+        .context("statement_mode")?;
+    let mut flagged: Vec<(String, u64)> = modes
+        .values()
+        .filter(|m| m["mirrored"] == serde_json::Value::Bool(false))
+        .map(|m| {
+            (
+                m["reason"].as_str().unwrap_or("").to_string(),
+                m["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    flagged.sort();
+    ensure!(
+        flagged
+            == [
+                ("CALL".to_string(), 2),
+                ("DO block".to_string(), 1),
+                ("EXECUTE of an SQL-level prepared statement".to_string(), 1),
+            ],
+        "{flagged:?} in {body}"
+    );
+    let run = switchyard_tests::reconciler::run_reconciler(
+        &[
+            "verify",
+            "--old",
+            &s.pair.old.url(DB),
+            "--new",
+            &s.pair.new.url(DB),
+            "--tables",
+            "o",
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(run.code() == Some(1), "{}", run.text());
+    let json: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    ensure!(
+        json["tables"][0]["missing_in_new"].as_u64() == Some(4),
+        "{json:#}"
+    );
+    Ok(())
+}
+
 /// The `ddl` policy: `reject` refuses DDL with 0A000 and changes nothing; `primary-only`
 /// runs it on old alone and counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -988,13 +988,11 @@ where
                 let frame = Frame::from_encoded(Bytes::copy_from_slice(raw));
                 self.txn_op(op.clone(), frame, true).await?
             }
-            Plan::Unmirrored { reason } => {
+            Plan::Unmirrored { reason } | Plan::PassUnmirrored { reason } => {
                 self.count_mode(sql, reason, false);
                 self.pass_query(raw).await?;
             }
-            Plan::Pass | Plan::PassUnmirrored { .. } | Plan::Multi(_) => {
-                self.pass_query(raw).await?
-            }
+            Plan::Pass | Plan::Multi(_) => self.pass_query(raw).await?,
         }
         Ok(())
     }

@@ -528,10 +528,11 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         }
         let classes = self.classify(sql);
         if !classes.iter().any(|c| {
-            matches!(
-                c.class,
-                StatementClass::Write | StatementClass::Ddl | StatementClass::Transaction
-            )
+            c.opaque
+                || matches!(
+                    c.class,
+                    StatementClass::Write | StatementClass::Ddl | StatementClass::Transaction
+                )
         }) {
             return false;
         }

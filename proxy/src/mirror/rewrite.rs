@@ -107,8 +107,15 @@ pub fn plan(sql: &str) -> Plan {
                 .iter()
                 .map(|n| plan_one(sql, 0, sql.len(), n, &parsed))
                 .collect();
-            if plans.iter().all(|p| matches!(p, Plan::Pass)) {
-                return Plan::Pass;
+            if plans
+                .iter()
+                .all(|p| matches!(p, Plan::Pass | Plan::PassUnmirrored { .. }))
+            {
+                // Nothing to mediate: passed whole, flagged if a part is not mirrored.
+                return plans
+                    .into_iter()
+                    .find(|p| matches!(p, Plan::PassUnmirrored { .. }))
+                    .unwrap_or(Plan::Pass);
             }
             let pieces = stmts
                 .iter()
@@ -261,7 +268,6 @@ fn plan_one(
         | NodeEnum::UnlistenStmt(_)
         | NodeEnum::NotifyStmt(_)
         | NodeEnum::PrepareStmt(_)
-        | NodeEnum::ExecuteStmt(_)
         | NodeEnum::DeallocateStmt(_)
         | NodeEnum::DeclareCursorStmt(_)
         | NodeEnum::FetchStmt(_)
@@ -272,11 +278,16 @@ fn plan_one(
         | NodeEnum::CopyStmt(_)
         | NodeEnum::VacuumStmt(_)
         | NodeEnum::CheckPointStmt(_)
-        | NodeEnum::DoStmt(_)
-        | NodeEnum::CallStmt(_)
         | NodeEnum::LoadStmt(_)
         | NodeEnum::ClusterStmt(_)
         | NodeEnum::ReindexStmt(_) => Plan::Pass,
+        // Code that may write where the statement does not show it: run on old as sent,
+        // counted and listed as not mirrored (verify shows what it wrote).
+        NodeEnum::DoStmt(_) => Plan::PassUnmirrored { reason: "DO block" },
+        NodeEnum::CallStmt(_) => Plan::PassUnmirrored { reason: "CALL" },
+        NodeEnum::ExecuteStmt(_) => Plan::PassUnmirrored {
+            reason: "EXECUTE of an SQL-level prepared statement",
+        },
         _ => Plan::Statement {
             ddl: true,
             reason: "DDL",
