@@ -144,6 +144,28 @@ impl ProxyProcess {
         Ok(p)
     }
 
+    /// The binary in front of `pair` (`--old`, `--new`), with `env`; blocks while it starts.
+    pub fn spawn_for(pair: &Pair, env: &[(&str, &str)]) -> Result<ProxyProcess> {
+        let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+        ProxyProcess::spawn(&["--old", &old, "--new", &new], env)
+    }
+
+    /// A tokio-postgres client through this proxy, its connection driven in the background.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/{DB}",
+            crate::PgCluster::USER,
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .context("connecting through the proxy")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

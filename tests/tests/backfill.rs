@@ -16,7 +16,7 @@ use switchyard_tests::backfill::{
 };
 use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
 use switchyard_tests::process::send_signal;
-use switchyard_tests::proxy::{Pair, ProxyProcess, DB};
+use switchyard_tests::proxy::{Pair, ProxyProcess};
 use switchyard_tests::refusing_port;
 use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::PgCluster;
@@ -445,22 +445,12 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
         &pair.old,
         &format!("INSERT INTO acc SELECT g, 0, 'old' FROM generate_series(1, {ROWS}) g"),
     )?;
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let proxy =
-        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
-    let url = format!(
-        "postgres://{}@127.0.0.1:{}/{DB}",
-        PgCluster::USER,
-        proxy.port
-    );
+    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..3 {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = proxy.client().await?;
         let (stop, ops) = (stop.clone(), ops.clone());
         writers.push(tokio::spawn(async move {
             let mut next_new = ROWS + 1 + w * 1_000_000;
@@ -563,18 +553,8 @@ async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
         &pair.old,
         "INSERT INTO z SELECT g, 'v' FROM generate_series(1, 1000) g",
     )?;
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let proxy =
-        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
-    let url = format!(
-        "postgres://{}@127.0.0.1:{}/{DB}",
-        PgCluster::USER,
-        proxy.port
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    let client = proxy.client().await?;
     client
         .batch_execute("BEGIN; DELETE FROM z WHERE id = 500")
         .await?;
@@ -639,18 +619,8 @@ async fn writes_racing_one_chunk_never_lose_to_the_copy() -> Result<()> {
         &pair.old,
         "INSERT INTO t SELECT g, 'old', repeat(md5(g::text), 640) FROM generate_series(1, 2000) g",
     )?;
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let proxy =
-        tokio::task::block_in_place(|| ProxyProcess::spawn(&["--old", &old, "--new", &new], &[]))?;
-    let url = format!(
-        "postgres://{}@127.0.0.1:{}/{DB}",
-        PgCluster::USER,
-        proxy.port
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    let client = proxy.client().await?;
     let child = spawn(
         &pair,
         &[

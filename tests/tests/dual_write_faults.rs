@@ -14,22 +14,10 @@ use switchyard_tests::PgCluster;
 /// Runs one INSERT through a proxy binary that aborts at `failpoint`; returns once the
 /// proxy process is gone.
 async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
     let mut proxy = tokio::task::block_in_place(|| {
-        ProxyProcess::spawn(
-            &["--old", &old, "--new", &new],
-            &[("SWITCHYARD_FAILPOINT", failpoint)],
-        )
+        ProxyProcess::spawn_for(pair, &[("SWITCHYARD_FAILPOINT", failpoint)])
     })?;
-    let url = format!(
-        "postgres://{}@127.0.0.1:{}/{DB}",
-        PgCluster::USER,
-        proxy.port
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let client = proxy.client().await?;
     let r = client
         .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
         .await;

@@ -57,6 +57,25 @@ fn assert_equal(pair: &Pair, table: &str) -> Result<String> {
     }
 }
 
+/// `switchyard-reconciler verify --format json` of `tables` on the pair.
+async fn verify_json(pair: &Pair, tables: &str) -> Result<switchyard_tests::reconciler::ToolRun> {
+    switchyard_tests::reconciler::run_reconciler(
+        &[
+            "verify",
+            "--old",
+            &pair.old.url(DB),
+            "--new",
+            &pair.new.url(DB),
+            "--tables",
+            tables,
+            "--format",
+            "json",
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+}
+
 fn retry_log_count(pair: &Pair) -> Result<i64> {
     Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
 }
@@ -412,21 +431,7 @@ async fn unseen_writes_show_up_in_verify() -> Result<()> {
         "SELECT t::text FROM t t ORDER BY 1",
         "(1,seen)",
     )?;
-    let run = switchyard_tests::reconciler::run_reconciler(
-        &[
-            "verify",
-            "--old",
-            &s.pair.old.url(DB),
-            "--new",
-            &s.pair.new.url(DB),
-            "--tables",
-            "t,audit",
-            "--format",
-            "json",
-        ],
-        Duration::from_secs(60),
-    )
-    .await?;
+    let run = verify_json(&s.pair, "t,audit").await?;
     ensure!(
         run.code() == Some(1),
         "verify must report the unseen rows:\n{}",
@@ -494,21 +499,7 @@ async fn opaque_writes_are_flagged_not_mirrored() -> Result<()> {
             ],
         "{flagged:?} in {body}"
     );
-    let run = switchyard_tests::reconciler::run_reconciler(
-        &[
-            "verify",
-            "--old",
-            &s.pair.old.url(DB),
-            "--new",
-            &s.pair.new.url(DB),
-            "--tables",
-            "o",
-            "--format",
-            "json",
-        ],
-        Duration::from_secs(60),
-    )
-    .await?;
+    let run = verify_json(&s.pair, "o").await?;
     ensure!(run.code() == Some(1), "{}", run.text());
     let json: serde_json::Value = serde_json::from_str(&run.stdout)?;
     ensure!(
