@@ -76,6 +76,14 @@ async fn verify_json(pair: &Pair, tables: &str) -> Result<switchyard_tests::reco
     .await
 }
 
+/// The proxy's `/api/status`, parsed, and its text (for messages).
+async fn api_status(proxy: &RunningProxy) -> Result<(serde_json::Value, String)> {
+    let (code, body) =
+        switchyard_tests::http::get(proxy.admin_addr().context("admin")?, "/api/status").await?;
+    ensure!(code == 200, "status {code}");
+    Ok((serde_json::from_str(&body)?, body))
+}
+
 fn retry_log_count(pair: &Pair) -> Result<i64> {
     Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
 }
@@ -394,10 +402,7 @@ async fn ddl_is_mirrored_and_counted() -> Result<()> {
             "SELECT count(*) FROM pg_tables WHERE tablename = 'inother' AND schemaname = 'other'"
         )? == "1"
     );
-    let (code, body) =
-        switchyard_tests::http::get(s.proxy.admin_addr().context("admin")?, "/api/status").await?;
-    ensure!(code == 200, "status {code}");
-    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let (status, _) = api_status(&s.proxy).await?;
     let modes = &status["mirror"]["statement_mode"];
     ensure!(
         modes.as_object().is_some_and(|m| m.len() >= 3),
@@ -472,10 +477,7 @@ async fn opaque_writes_are_flagged_not_mirrored() -> Result<()> {
     c.batch_execute("INSERT INTO o VALUES (5, 'seen')").await?;
     ensure!(on(&s.pair.old, "SELECT count(*) FROM o")? == "5");
     eventually(&s.pair.new, "SELECT string_agg(id::text, ',') FROM o", "5")?;
-    let (code, body) =
-        switchyard_tests::http::get(s.proxy.admin_addr().context("admin")?, "/api/status").await?;
-    ensure!(code == 200, "status {code}");
-    let status: serde_json::Value = serde_json::from_str(&body)?;
+    let (status, body) = api_status(&s.proxy).await?;
     let modes = status["mirror"]["statement_mode"]
         .as_object()
         .context("statement_mode")?;

@@ -7,7 +7,8 @@
 //! that text, while the client's own bytes still go to the primary as they came.
 
 use super::normalize::{
-    comment_end, dollar_quote_end, is_ident_cont, is_ident_start, skip_literal, skip_quoted_ident,
+    comment_end, dollar_quote_end, is_ident_cont, is_ident_start, line_comment_end, skip_literal,
+    skip_quoted_ident,
 };
 use std::borrow::Cow;
 
@@ -40,11 +41,7 @@ fn rewrite(sql: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
-                    i += 1;
-                }
-            }
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_comment_end(b, i),
             b'/' if b.get(i + 1) == Some(&b'*') => i = comment_end(b, i)?,
             b'"' => i = skip_quoted_ident(b, i)?,
             b'$' => match dollar_quote_end(sql, i)? {

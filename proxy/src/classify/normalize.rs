@@ -13,11 +13,7 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
     while i < b.len() {
         let c = b[i];
         match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_comment_end(b, i),
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 i = comment_end(b, i)?;
                 out.push(' ');
@@ -82,6 +78,14 @@ pub fn literal_blind_key(sql: &str) -> Option<String> {
     Some(out)
 }
 
+/// Index of the newline ending a `--` comment that opens at `i` (or the end of the text).
+pub(super) fn line_comment_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
 /// Index just past a (nested) block comment opening at `i`; `None` if it never closes.
 pub(super) fn comment_end(b: &[u8], mut i: usize) -> Option<usize> {
     let mut depth = 1;
@@ -144,11 +148,7 @@ fn continuation(b: &[u8], mut i: usize) -> Option<usize> {
                 newline = true;
                 i += 1;
             }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
-                    i += 1;
-                }
-            }
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_comment_end(b, i),
             b'\'' if newline => return Some(i),
             _ => return None,
         }
@@ -157,7 +157,7 @@ fn continuation(b: &[u8], mut i: usize) -> Option<usize> {
 
 /// Index just past a single-quoted literal starting at `i` ('' doubles a quote; with
 /// `escapes`, a backslash escapes the next byte).
-pub(super) fn skip_quoted(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+fn skip_quoted(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
     i += 1;
     loop {
         match b.get(i)? {
