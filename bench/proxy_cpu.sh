@@ -14,6 +14,9 @@
 # (`--worker-threads 1`: a current-thread runtime) and with the default (one per core).
 # Environment: SCALE [10] DURATION [8] CLIENTS ["1 8"] MODES ["prepared simple"]
 # ROUNDS [2]; binaries as in bench/lib.sh (PROXY_BIN defaults to target/release).
+# After the runs it prints, per mode and client count, the medians over the rounds of each
+# target's added latency against direct, its TPS against PgBouncer's, and its CPU per
+# transaction, each round compared with the same round's direct and PgBouncer runs.
 # PROXY_BIN_B: a second proxy binary (e.g. before a change) measured in the same run, as
 # the targets switchyard-1-b and switchyard-b.
 set -euo pipefail
@@ -66,8 +69,35 @@ for round in $(seq "$ROUNDS"); do
         rss=-
         [ -n "$p" ] && rss=$(awk -v k="$(rss_kib "$p")" 'BEGIN {printf "%.1f", k / 1024}')
         printf '%-6s %-9s %7s %-15s %9.0f %9s %14s %8s\n' "$round" "$mode" "$c" "$t" \
-          "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu" "$rss"
+          "$(pgbench_tps "$out")" "$(pgbench_latency_ms "$out")" "$cpu" "$rss" | tee -a "$BENCH_WORK/rows.txt"
       done
     done
   done
 done
+
+# Medians over the rounds, each round's figures taken against the same round's direct and
+# PgBouncer runs (the machine's speed drifts between rounds more than between targets).
+echo
+python3 - "$BENCH_WORK/rows.txt" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r, mode, c, t, tps, lat, cpu, rss = line.split()
+    runs[(mode, int(c), r)][t] = (float(tps), float(lat), cpu)
+cells = collections.defaultdict(lambda: collections.defaultdict(list))
+for (mode, c, r), by in runs.items():
+    for t, (tps, lat, cpu) in by.items():
+        if "direct" in by and t != "direct":
+            cells[(mode, c)][(t, "added us")].append((lat - by["direct"][1]) * 1000)
+        if "pgbouncer" in by and t not in ("direct", "pgbouncer"):
+            cells[(mode, c)][(t, "TPS / PgB")].append(tps / by["pgbouncer"][0])
+        if cpu != "-":
+            cells[(mode, c)][(t, "CPU us/txn")].append(float(cpu))
+print("medians over %d round(s) (min-max in brackets)" % len({k[2] for k in runs}))
+print("%-9s %7s %-15s %-12s %s" % ("mode", "clients", "target", "figure", "median [min-max]"))
+for (mode, c) in sorted(cells):
+    for (t, what), xs in sorted(cells[(mode, c)].items()):
+        fmt = "%.2f" if what.startswith("TPS") else "%.1f"
+        print("%-9s %7d %-15s %-12s %s [%s-%s]" % (mode, c, t, what, fmt % statistics.median(xs),
+              fmt % min(xs), fmt % max(xs)))
+PY
