@@ -83,6 +83,10 @@ pub struct Cli {
     /// Seconds between progress lines when stderr is not a terminal [default: 10]
     #[arg(long)]
     pub progress_interval_secs: Option<u64>,
+    /// maintenance_work_mem in MiB for the sessions rebuilding indexes and keys on new,
+    /// used only when above the server's; 0 keeps the server's [default: 1024]
+    #[arg(long)]
+    pub rebuild_memory_mb: Option<u64>,
     /// Print the plan (tables, key types, chunks) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -162,6 +166,7 @@ impl Cli {
         flag!(lease_secs);
         flag!(max_attempts);
         flag!(progress_interval_secs);
+        flag!(rebuild_memory_mb);
         if let Some(v) = self.dual_writes {
             layers = layers.flag("backfill.dual_writes", v == OnOff::On);
         }
@@ -238,6 +243,7 @@ mod tests {
             .load(Vec::new())
             .expect("valid");
         assert_eq!(defaults.backfill.threads, 1, "one relay thread by default");
+        assert_eq!(defaults.backfill.rebuild_memory_mb, 1024, "pgcopydb's 1 GB");
         assert!(
             !defaults.backfill.bulk_mode(),
             "never bulk with dual writes on"
@@ -296,15 +302,23 @@ mod tests {
             "0",
             "--threads",
             "0",
+            "--rebuild-memory-mb",
+            "4000000",
         ])
         .load(Vec::new())
         .expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            vec!["old", "backfill.threads", "backfill.jobs"],
+            vec![
+                "old",
+                "backfill.threads",
+                "backfill.jobs",
+                "backfill.rebuild_memory_mb"
+            ],
             "{err}"
         );
+        assert!(err.to_string().contains("maintenance_work_mem"), "{err}");
     }
 
     #[test]

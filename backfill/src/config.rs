@@ -96,6 +96,11 @@ pub struct BackfillSettings {
     /// Seconds between progress log lines when stderr is not a terminal.
     #[serde(default = "default_progress_interval_secs")]
     pub progress_interval_secs: u64,
+    /// `maintenance_work_mem` (MiB) of the sessions that rebuild indexes and keys on new,
+    /// when the server's is lower (0: the server's setting). 1024 lets a key of about 10M
+    /// rows sort in memory instead of spilling to disk, and is what pgcopydb sets.
+    #[serde(default = "default_rebuild_memory_mb")]
+    pub rebuild_memory_mb: u64,
 }
 
 fn default_jobs() -> usize {
@@ -128,6 +133,11 @@ fn default_max_attempts() -> i32 {
 fn default_progress_interval_secs() -> u64 {
     10
 }
+fn default_rebuild_memory_mb() -> u64 {
+    1024
+}
+/// The largest `maintenance_work_mem` PostgreSQL accepts, in MiB (2^31 - 1 kB).
+pub const MAX_REBUILD_MEMORY_MB: u64 = (i32::MAX as u64) / 1024;
 
 impl Default for BackfillSettings {
     fn default() -> Self {
@@ -148,6 +158,7 @@ impl Default for BackfillSettings {
             bulk: None,
             fk_mode: FkMode::Order,
             progress_interval_secs: default_progress_interval_secs(),
+            rebuild_memory_mb: default_rebuild_memory_mb(),
         }
     }
 }
@@ -219,6 +230,12 @@ impl Validate for BackfillConfig {
         }
         if s.max_attempts < 1 {
             bad("backfill.max_attempts", "must be at least 1".into());
+        }
+        if s.rebuild_memory_mb > MAX_REBUILD_MEMORY_MB {
+            bad(
+                "backfill.rebuild_memory_mb",
+                format!("must be at most {MAX_REBUILD_MEMORY_MB} (PostgreSQL's limit for maintenance_work_mem)"),
+            );
         }
         if s.progress_interval_secs == 0 {
             bad(

@@ -285,6 +285,25 @@ pub async fn pending(control: &Client) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Raises the session's `maintenance_work_mem` to `mb` MiB when the server's setting is
+/// lower (0: leaves it), so that an index build sorts in memory rather than spilling to
+/// disk; never lowers it. Returns the setting the session ends up with.
+pub async fn raise_maintenance_work_mem(client: &Client, mb: u64) -> Result<String> {
+    let mb = i64::try_from(mb).context("rebuild memory out of range")?;
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN $1::int8 > 0 AND \
+                 pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) \
+                   < $1::int8 * 1048576 \
+               THEN pg_catalog.set_config('maintenance_work_mem', $1::int8 * 1024 || 'kB', false) \
+               ELSE pg_catalog.current_setting('maintenance_work_mem') END",
+            &[&mb],
+        )
+        .await
+        .with_context(|| format!("setting maintenance_work_mem to {mb} MiB on new"))?;
+    Ok(row.get(0))
+}
+
 /// Rebuilds the saved objects of `finished` tables (quoted names), indexes and
 /// constraints first, then foreign keys, each group on `jobs` connections at once.
 /// Returns what was rebuilt. A process that finds another one rebuilding leaves it be.
@@ -346,8 +365,11 @@ async fn rebuild_locked(
             .min(queue.lock().map(|q| q.len()).unwrap_or(1))
         {
             let (queue, url) = (queue.clone(), cfg.new.clone());
+            let memory_mb = cfg.backfill.rebuild_memory_mb;
             set.spawn(async move {
                 let mut client = connect(Db::New, &url, 0).await?;
+                let memory = raise_maintenance_work_mem(&client, memory_mb).await?;
+                tracing::debug!(maintenance_work_mem = %memory, "Rebuild session ready.");
                 let mut done = Vec::new();
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());

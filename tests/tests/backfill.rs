@@ -39,6 +39,37 @@ fn chunks_with(c: &PgCluster, table: &str, status: &str) -> Option<i64> {
     .ok()
 }
 
+/// `--rebuild-memory-mb`: the sessions that rebuild keys and indexes raise
+/// `maintenance_work_mem` when the server's is lower, never lower it, and keep the
+/// server's with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_sessions_only_raise_maintenance_work_mem() -> Result<()> {
+    use switchyard_backfill::indexes::raise_maintenance_work_mem;
+    let c = tokio::task::spawn_blocking(|| {
+        PgCluster::builder()
+            .setting("maintenance_work_mem", "64MB")
+            .start()
+    })
+    .await??;
+    let raised = c.connect("postgres").await?;
+    assert_eq!(raise_maintenance_work_mem(&raised, 1024).await?, "1GB");
+    assert_eq!(show(&raised, "maintenance_work_mem").await?, "1GB");
+    let kept = c.connect("postgres").await?;
+    assert_eq!(raise_maintenance_work_mem(&kept, 16).await?, "64MB");
+    assert_eq!(raise_maintenance_work_mem(&kept, 0).await?, "64MB");
+    assert_eq!(
+        show(&kept, "maintenance_work_mem").await?,
+        "64MB",
+        "never lowered"
+    );
+    Ok(())
+}
+
+async fn show(client: &tokio_postgres::Client, setting: &str) -> Result<String> {
+    let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+    Ok(row.get(0))
+}
+
 /// Spawns a backfill against `pair` with `extra` flags.
 fn spawn(pair: &Pair, extra: &[&str]) -> Result<tokio::process::Child> {
     let args = pair_args(pair, extra);
