@@ -3,10 +3,10 @@
 # copying the same data between two local clusters: pgbench_accounts at scale SCALE
 # (10M rows at 100) and a wide table (~20 columns: text, jsonb, numeric, timestamptz;
 # WIDE_ROWS rows). Wall time, rows/s and the tool's peak RSS (/usr/bin/time -v; the
-# servers' memory is not counted) per tool and data set, in one run.
+# servers' memory is not counted) per tool and data set, ROUNDS rounds in one run.
 #
 #   cargo build --release -p switchyard-backfill
-#   bench/backfill.sh                      # SCALE=100 WIDE_ROWS=2000000: ~15 min, ~4 GB disk
+#   bench/backfill.sh                      # SCALE=100 WIDE_ROWS=2000000 ROUNDS=3: ~25 min, ~4 GB disk
 #
 # Each tool copies into its own fresh database on "new". switchyard-backfill is timed
 # including the schema step it needs (`pg_dump --schema-only | psql`, well under a
@@ -22,6 +22,10 @@
 # Environment (defaults in brackets):
 #   SCALE [100]  WIDE_ROWS [2000000]  JOBS [4] (switchyard --jobs, pgcopydb --table-jobs
 #   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  DIRECT [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   ROUNDS [3] (every tool once per data set per round, the order rotating; the table
+#   gives medians, and each tool's time against pgcopydb's in the same round)
+#   WARMUP [1] (an untimed round first: on fresh clusters the first runs of any tool are
+#   slow)
 #   QUIET_WAIT [120] (seconds to wait for a quiet machine before each run)
 #   BACKFILL_BIN [target/release/switchyard-backfill]  PGCOPYDB [pgcopydb on PATH;
 #   installed with apt-get when missing]  PG_DUMP  RESULTS_DIR [bench/results]  KEEP_WORK [0]
@@ -35,6 +39,8 @@ CHUNK_ROWS=${CHUNK_ROWS:-100000}
 SAFE=${SAFE:-0}
 DIRECT=${DIRECT:-0}
 TOOLS=${TOOLS:-"switchyard pgcopydb pg_dump"}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-1}
 QUIET_WAIT=${QUIET_WAIT:-120}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 BACKFILL_BIN=${BACKFILL_BIN:-$BENCH_ROOT/target/release/switchyard-backfill}
@@ -160,37 +166,77 @@ run_tool() {
     ok=DIFFERENT
     FAILED=1
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$data" "$tool" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
-    "${rss:-0}" "$ok" "$busy" >>"$RAW"
+  [ "${RECORD:-1}" = 1 ] && printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$data" "$tool" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')" \
+    "${rss:-0}" "$ok" "$busy" "${ROUND:-1}" >>"$RAW"
   psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
 }
 
 RUN_TOOLS=$TOOLS
 [ "$SAFE" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-safe"
 [ "$DIRECT" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-direct"
-for data in accounts wide; do
-  for tool in $RUN_TOOLS; do run_tool "$tool" "$data"; done
+read -r -a TOOL_LIST <<<"$RUN_TOOLS"
+# Fresh clusters make the first runs slow for every tool (measured on a new pair:
+# pgcopydb 16.1 s first, then switchyard 15.6 s, then 10.1 and 10.0 s: the kernel and
+# both servers fill their caches and WAL segments), so an untimed round goes first.
+if [ "$WARMUP" = 1 ]; then
+  for data in accounts wide; do
+    for tool in "${TOOL_LIST[@]}"; do log "warm-up (untimed)"; RECORD=0 run_tool "$tool" "$data"; done
+  done
+fi
+# Each round runs every tool once per data set; the order rotates from round to round
+# so that no tool always follows the same one.
+for round in $(seq 1 "$ROUNDS"); do
+  for data in accounts wide; do
+    n=${#TOOL_LIST[@]}
+    for i in $(seq 0 $((n - 1))); do
+      ROUND=$round run_tool "${TOOL_LIST[$(((i + round - 1) % n))]}" "$data"
+    done
+  done
 done
 
 table=$(python3 - "$RAW" "${ROWS_OF[accounts]}" "${ROWS_OF[wide]}" <<'PY'
-import sys
+import statistics, sys
 rows = {"accounts": int(sys.argv[2]), "wide": int(sys.argv[3])}
 names = {"accounts": "pgbench_accounts", "wide": "wide (20 cols)"}
 runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-ref = {(d, t): float(s) for d, t, s, *_ in runs}
-print("| table | rows | tool | wall s | rows/s | peak RSS MiB | vs pgcopydb | result | machine busy % before |")
-print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |")
-for d, t, s, rss, ok, busy in runs:
-    s = float(s)
-    p = ref.get((d, "pgcopydb"))
-    vs = f"{s / p:.2f}x time" if p and t != "pgcopydb" else ""
-    print(f"| {names[d]} | {rows[d]:,} | {t} | {s:.1f} | {rows[d] / s:,.0f} | {int(rss) / 1024:.0f} | {vs} | {ok} | {busy} |")
+wall = {}
+for d, t, s, rss, ok, busy, r in runs:
+    wall.setdefault((d, t), {})[r] = float(s)
+print("| table | rows | tool | rounds | median wall s | min–max s | rows/s (median) | peak RSS MiB | vs pgcopydb: median / paired median | rounds ≤ pgcopydb | result | max machine busy % before |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+seen = []
+for d, t, *_ in runs:
+    if (d, t) not in seen:
+        seen.append((d, t))
+for d, t in seen:
+    mine = [x for x in runs if x[0] == d and x[1] == t]
+    w = wall[(d, t)]
+    med = statistics.median(w.values())
+    ref = wall.get((d, "pgcopydb"))
+    vs = le = ""
+    if ref and t != "pgcopydb":
+        paired = [w[r] / ref[r] for r in w if r in ref]
+        vs = f"{med / statistics.median(ref.values()):.2f}x / {statistics.median(paired):.2f}x"
+        le = f"{sum(p <= 1 for p in paired)}/{len(paired)}"
+    oks = sorted({x[4] for x in mine})
+    print(f"| {names[d]} | {rows[d]:,} | {t} | {len(w)} | {med:.1f} | {min(w.values()):.1f}–{max(w.values()):.1f} "
+          f"| {rows[d] / med:,.0f} | {max(int(x[3]) for x in mine) / 1024:.0f} | {vs} | {le} | {', '.join(oks)} "
+          f"| {max(int(x[5]) for x in mine)} |")
+print()
+print("Per round (seconds, in the order run):")
+print()
+for r in sorted({x[6] for x in runs}, key=int):
+    per = {}
+    for x in runs:
+        if x[6] == r:
+            per.setdefault(names[x[0]], []).append(f"{x[1]} {float(x[2]):.1f}")
+    print(f"- round {r}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in per.items()))
 PY
 )
 {
   echo "# backfill benchmark $STAMP"
   echo
-  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS SAFE=$SAFE DIRECT=$DIRECT bench/backfill.sh\`"
+  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS ROUNDS=$ROUNDS WARMUP=$WARMUP SAFE=$SAFE DIRECT=$DIRECT bench/backfill.sh\`"
   echo "machine: $(machine_summary); commit $(git_describe)"
   echo "switchyard-backfill: $(binary_summary "$BACKFILL_BIN"); $("${PGCOPYDB:-echo}" --version 2>/dev/null | head -n 1 || true); $("$PG_DUMP" --version)"
   echo

@@ -83,8 +83,9 @@ pub struct Cli {
     /// Seconds between progress lines when stderr is not a terminal [default: 10]
     #[arg(long)]
     pub progress_interval_secs: Option<u64>,
-    /// maintenance_work_mem in MiB for the sessions rebuilding indexes and keys on new,
-    /// used only when above the server's; 0 keeps the server's [default: 1024]
+    /// maintenance_work_mem in MiB for the sessions rebuilding indexes and keys on new
+    /// (up to --jobs at once, each may use this much), used only when above the
+    /// server's; 0 keeps the server's [default: 1024]
     #[arg(long)]
     pub rebuild_memory_mb: Option<u64>,
     /// Print the plan (tables, key types, chunks) and change nothing.
