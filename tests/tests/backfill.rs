@@ -53,21 +53,20 @@ async fn rebuild_sessions_only_raise_maintenance_work_mem() -> Result<()> {
     .await??;
     let raised = c.connect("postgres").await?;
     assert_eq!(raise_maintenance_work_mem(&raised, 1024).await?, "1GB");
-    assert_eq!(show(&raised, "maintenance_work_mem").await?, "1GB");
+    let shown: String = raised
+        .query_one("SHOW maintenance_work_mem", &[])
+        .await?
+        .get(0);
+    assert_eq!(shown, "1GB");
     let kept = c.connect("postgres").await?;
     assert_eq!(raise_maintenance_work_mem(&kept, 16).await?, "64MB");
     assert_eq!(raise_maintenance_work_mem(&kept, 0).await?, "64MB");
-    assert_eq!(
-        show(&kept, "maintenance_work_mem").await?,
-        "64MB",
-        "never lowered"
-    );
+    let shown: String = kept
+        .query_one("SHOW maintenance_work_mem", &[])
+        .await?
+        .get(0);
+    assert_eq!(shown, "64MB", "never lowered");
     Ok(())
-}
-
-async fn show(client: &tokio_postgres::Client, setting: &str) -> Result<String> {
-    let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
-    Ok(row.get(0))
 }
 
 /// Spawns a backfill against `pair` with `extra` flags.
