@@ -119,6 +119,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         rebuild_guard: tokio::sync::Mutex::new(()),
         rebuilt: std::sync::Mutex::new(Vec::new()),
         stuck_writers: std::sync::Mutex::new(Vec::new()),
+        changed: tokio::sync::Notify::new(),
     });
     let rows_before: i64 = starts.iter().map(|s| s.rows_done as i64).sum();
     let mut workers = JoinSet::new();

@@ -56,6 +56,10 @@ pub struct Shared {
     /// Old's write transactions a wait before a chunk check gave up on (see
     /// `chunk_check::wait_for_writers_in_flight`): not waited for again.
     pub stuck_writers: std::sync::Mutex<Vec<String>>,
+    /// Woken when a worker of this process has finished a chunk, a pass, a verification
+    /// or a rebuild, so the others waiting on that state go on at once instead of at
+    /// their next poll (which stays, for the work of other processes).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -133,6 +137,11 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
     let mut failures = 0u32;
     loop {
         shared.throttle.wait_unpaused().await;
+        // Registered before the chunk table is read: a change made after that read wakes
+        // this worker even if it happens before the worker starts to wait.
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         let claim = chunk_table::claim(
             &shared.control,
             &shared.order,
@@ -143,6 +152,7 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
         .await?;
         if let Some(claim) = claim {
             run_claim(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+            shared.changed.notify_waiters();
             continue;
         }
         // Bulk mode's second phase: a table read back in one pass (no index needed, so
@@ -166,6 +176,7 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
                 .await?;
         if !pass.is_empty() {
             run_pass(&shared, &worker, &mut sessions, &mut failures, pass).await?;
+            shared.changed.notify_waiters();
             continue;
         }
         let verify =
@@ -173,6 +184,7 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
                 .await?;
         if let Some(claim) = verify {
             run_verify(&shared, &worker, &mut sessions, &mut failures, claim).await?;
+            shared.changed.notify_waiters();
             continue;
         }
         let (open, running) =
@@ -191,10 +203,11 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
                     if let Ok(mut all) = shared.rebuilt.lock() {
                         all.extend(rebuilt);
                     }
+                    shared.changed.notify_waiters();
                     continue;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            wait_for_change(changed).await;
             continue;
         }
         if running == 0 {
@@ -219,8 +232,14 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
         }
         // Chunks are running (here or in another process): wait, and take one over if
         // its worker dies.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_change(changed).await;
     }
+}
+
+/// Waits until a worker of this process reports a change, or 300 ms (what other
+/// processes do is only seen by polling).
+async fn wait_for_change(changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+    let _ = tokio::time::timeout(Duration::from_millis(300), changed).await;
 }
 
 /// Bulk mode: verifies (and repairs) one copied chunk.
