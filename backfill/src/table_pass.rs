@@ -17,11 +17,13 @@ use crate::chunk_table::{self, ChunkOutcome, PassChunk};
 use crate::copy::read_hashed;
 use crate::plan::TablePlan;
 use anyhow::{Context, Result};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use switchyard_core::copy_conn::CopyConn;
 use switchyard_core::copy_hash::{int_key, stream_hashable, CopyHasher, StreamSum};
 use switchyard_core::ident::quote_literal;
 use switchyard_core::key::{INT2_OID, INT4_OID, INT8_OID};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
 /// True when the table's rows hash the same from either server's binary COPY.
@@ -68,6 +70,13 @@ fn bounds(c: &PassChunk) -> Result<Bounds> {
     })
 }
 
+/// Block ranges per pass session: the sessions take them in turn, so one that waited
+/// (see `read_parts`) finds work left and none idles while another still reads.
+const PARTS_PER_SESSION: usize = 8;
+
+/// How often the pass looks whether an index build on its table is still running.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+
 /// The outcome of a pass: chunks that matched, and chunks that differ with the reason.
 pub struct PassResult {
     pub done: Vec<(PassChunk, ChunkOutcome)>,
@@ -94,9 +103,28 @@ pub async fn run(
         .map(|(i, c)| bounds(c).map(|b| (b, i)))
         .collect::<Result<_>>()?;
     order.sort_by_key(|(b, _)| b.lo.unwrap_or(i64::MIN));
-    let parts = block_ranges(new, plan, conns.len()).await?;
-    let conns = &mut conns[..parts.len()];
-    let read = read_parts(conns, plan, &parts, key_field, &order, chunks.len()).await;
+    let parts = block_ranges(new, plan, conns.len() * PARTS_PER_SESSION).await?;
+    let used = parts.len().min(conns.len());
+    let conns = &mut conns[..used];
+    let read = {
+        let held = index_build_running(new, plan).await.unwrap_or(false);
+        let (hold_tx, hold_rx) = watch::channel(held);
+        let reads = read_parts(
+            conns,
+            plan,
+            &parts,
+            key_field,
+            &order,
+            chunks.len(),
+            hold_rx,
+        );
+        let watch_builds = hold_while_indexes_build(new, plan, hold_tx);
+        tokio::pin!(reads, watch_builds);
+        tokio::select! {
+            read = &mut reads => read,
+            () = &mut watch_builds => reads.await,
+        }
+    };
     if read.is_err() {
         // A session may still be in the pass's transaction (the setup failed halfway).
         for conn in conns.iter_mut() {
@@ -183,14 +211,24 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 }
 
 /// Starts a transaction on every session in one snapshot (exported by the first), then
-/// reads and hashes each block range; per-chunk sums added up, and the count of rows
-/// outside every chunk.
+/// the sessions take the block ranges in turn, read and hash them; per-chunk sums added
+/// up, and the count of rows outside every chunk.
 ///
-/// Each session ends its transaction as soon as its own read is over, never waiting for
-/// the others: a session that held its lock on the table until every read ended would
-/// make a deadlock PostgreSQL cannot see. An `ACCESS EXCLUSIVE` request (the rebuild's
+/// While `hold` is true (an index is being built on the table), only the first session
+/// reads: the others have their lock and wait. A parallel index build ends with its
+/// leader merging and writing the index alone; a pass that took both cores from the
+/// start finished first and left one idle for that last second. Held back, the pass
+/// gives the build's workers the cores and is still reading when the leader works
+/// alone.
+///
+/// Each session ends its transaction as soon as no range is left, never waiting for the
+/// others: a session that held its lock on the table until every read ended would make
+/// a deadlock PostgreSQL cannot see. An `ACCESS EXCLUSIVE` request (the rebuild's
 /// `ADD PRIMARY KEY USING INDEX`, or a migration) queued behind that finished session's
-/// lock, while a session not yet started queued behind the request, waits for ever.
+/// lock, while a session not yet started queued behind the request, waits for ever. For
+/// the same reason a held session takes its lock before it waits, and `hold` is false
+/// as soon as any lock request waits.
+#[allow(clippy::too_many_arguments)]
 async fn read_parts(
     conns: &mut [&mut CopyConn],
     plan: &TablePlan,
@@ -198,6 +236,7 @@ async fn read_parts(
     key_field: usize,
     order: &[(Bounds, usize)],
     chunk_count: usize,
+    hold: watch::Receiver<bool>,
 ) -> Result<(Vec<StreamSum>, u64)> {
     let setup = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     // Worker sessions turn sequential scans off for their range reads; here one is right.
@@ -217,40 +256,64 @@ async fn read_parts(
         let snapshot = snapshot.trim();
         for conn in rest.iter_mut() {
             conn.execute(&format!(
-                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}",
-                quote_literal(snapshot)
+                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}; LOCK TABLE {} IN ACCESS SHARE MODE",
+                quote_literal(snapshot),
+                plan.quoted
             ))
             .await
             .context("sharing the verification pass's snapshot on new")?;
         }
     }
     let columns = &plan.column_list();
-    let reads = conns
-        .iter_mut()
-        .zip(parts)
-        .enumerate()
-        .map(|(i, (conn, pred))| async move {
+    let next = AtomicUsize::new(0);
+    // Set once every range is taken: a held session then ends, whatever `hold` says.
+    let (all_taken, taken) = watch::channel(false);
+    let reads = conns.iter_mut().enumerate().map(|(i, conn)| {
+        let (next, all_taken) = (&next, &all_taken);
+        let (mut hold, mut taken) = (hold.clone(), taken.clone());
+        async move {
             let mut sums = vec![StreamSum::default(); chunk_count];
             let mut stray = 0u64;
-            let mut hasher = CopyHasher::new(key_field);
-            let sql = format!(
-                "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
-                plan.quoted
-            );
-            if i == 0 && failpoint_first_read_waits() {
-                wait_for_lock_request(conn, plan).await;
-            }
-            let read = read_hashed(conn, &sql, &mut hasher, |hash, key| {
-                let slot = key.and_then(int_key).and_then(|k| {
-                    let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
-                    let (b, i) = order.get(at.checked_sub(1)?)?;
-                    b.hi.is_none_or(|hi| k < hi).then_some(*i)
-                });
-                match slot {
-                    Some(i) => sums[i].add(hash),
-                    None => stray += 1,
+            let mut ranges = 0usize;
+            let read = async {
+                loop {
+                    if i > 0 {
+                        // An error means the watch is over: go on.
+                        tokio::select! {
+                            _ = hold.wait_for(|held| !*held) => {}
+                            _ = taken.wait_for(|all| *all) => {}
+                        }
+                    }
+                    let Some(pred) = parts.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        all_taken.send_replace(true);
+                        return anyhow::Ok(());
+                    };
+                    let sql = format!(
+                        "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
+                        plan.quoted
+                    );
+                    if i == 0 && failpoint_first_read_waits() {
+                        wait_for_lock_request(conn, plan).await;
+                    }
+                    let mut hasher = CopyHasher::new(key_field);
+                    read_hashed(conn, &sql, &mut hasher, |hash, key| {
+                        let slot = key.and_then(int_key).and_then(|k| {
+                            let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
+                            let (b, i) = order.get(at.checked_sub(1)?)?;
+                            b.hi.is_none_or(|hi| k < hi).then_some(*i)
+                        });
+                        match slot {
+                            Some(i) => sums[i].add(hash),
+                            None => stray += 1,
+                        }
+                    })
+                    .await
+                    .with_context(|| format!("reading {} back from new", plan.name))?
+                    .and_then(|()| hasher.finish())
+                    .with_context(|| format!("hashing {} read back from new", plan.name))?;
+                    ranges += 1;
                 }
-            })
+            }
             .await;
             // Read-only: ROLLBACK also ends a transaction a failed COPY aborted.
             if !conn.is_broken() {
@@ -258,21 +321,55 @@ async fn read_parts(
                     .await
                     .context("ending the verification pass on new")?;
             }
-            read.with_context(|| format!("reading {} back from new", plan.name))?
-                .and_then(|()| hasher.finish())
-                .with_context(|| format!("hashing {} read back from new", plan.name))?;
-            anyhow::Ok((sums, stray))
-        });
+            read?;
+            anyhow::Ok((sums, stray, ranges))
+        }
+    });
     let mut total = vec![StreamSum::default(); chunk_count];
     let mut stray = 0;
+    let mut per_session = Vec::new();
     for part in futures_util::future::join_all(reads).await {
-        let (sums, s) = part?;
+        let (sums, s, ranges) = part?;
         for (t, p) in total.iter_mut().zip(sums) {
             t.merge(p);
         }
         stray += s;
+        per_session.push(ranges);
     }
+    tracing::debug!(table = %plan.name, ranges = ?per_session, "Verification pass: block ranges read per session.");
     Ok((total, stray))
+}
+
+/// True while an index is being built on the table and no lock request waits anywhere in
+/// the database. False when the server cannot tell: the progress view shows other
+/// roles' builds only to privileged users.
+async fn index_build_running(
+    new: &Client,
+    plan: &TablePlan,
+) -> Result<bool, tokio_postgres::Error> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_progress_create_index p \
+                                      WHERE p.relid = $1::text::regclass \
+                                        AND p.command = 'CREATE INDEX') \
+                          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE NOT l.granted)";
+    Ok(new.query_one(SQL, &[&plan.quoted]).await?.get(0))
+}
+
+/// Keeps `hold` up to date with [`index_build_running`]; on an error it lets go (false)
+/// and stops.
+async fn hold_while_indexes_build(new: &Client, plan: &TablePlan, hold: watch::Sender<bool>) {
+    loop {
+        tokio::time::sleep(HOLD_POLL).await;
+        match index_build_running(new, plan).await {
+            Ok(running) => {
+                hold.send_replace(running);
+            }
+            Err(e) => {
+                tracing::debug!(table = %plan.name, error = %e, "Reading index builds for the pass failed; it reads on every session.");
+                hold.send_replace(false);
+                return;
+            }
+        }
+    }
 }
 
 /// Tests only: the pass's first read starts once another session waits for a lock on

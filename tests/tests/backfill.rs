@@ -1011,6 +1011,110 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
     assert_verified(&pair, "big").await
 }
 
+/// An index build on the table outlasts the one-pass verification (a user's, held in its
+/// scan by a gate the test opens). The pass's second session gives way to it (a parallel
+/// build ends with its leader working alone, and the pass should still have work then),
+/// but the first reads every block range meanwhile, so the pass, and the run, end while
+/// the build still runs: the pass never waits for a build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    on(
+        &pair.old,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    )?;
+    let args = pair_args(
+        &pair,
+        &[
+            "--tables",
+            "t",
+            "--chunk-rows",
+            "2000",
+            "--jobs",
+            "2",
+            "--dual-writes",
+            "off",
+            "--bulk",
+        ],
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = backfill_command(&refs)?
+        .env("BACKFILL_TEST_FAILPOINT", "exit-before-verify")
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    let stopped = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    ensure!(chunks_with(&pair.new, "t", "copied") == Some(10));
+    // The key back as another process's rebuild would leave it: no `ADD PRIMARY KEY`
+    // of this run queues behind the gated build.
+    on(
+        &pair.new,
+        "CREATE UNIQUE INDEX t_pkey ON t (id); ALTER TABLE t ADD PRIMARY KEY USING INDEX t_pkey; \
+         UPDATE _switchyard.backfill_deferred SET restored_at = now() WHERE restored_at IS NULL",
+    )?;
+    // The gate: closed while the test holds advisory lock 42. It polls with a try-lock,
+    // so nothing waits on a lock (which would end the pass's give-way at once).
+    on(
+        &pair.new,
+        "CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           WHILE NOT pg_try_advisory_lock_shared(42) LOOP PERFORM pg_sleep(0.01); END LOOP; \
+           PERFORM pg_advisory_unlock_shared(42); RETURN $1; \
+         END $$",
+    )?;
+    let url = pair.new.url(switchyard_tests::proxy::DB);
+    let (keeper, keeper_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(keeper_conn);
+    keeper.execute("SELECT pg_advisory_lock(42)", &[]).await?;
+    let (builder, builder_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(builder_conn);
+    let build = tokio::spawn(async move {
+        builder
+            .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
+            .await
+    });
+    let building = "SELECT count(*) FROM pg_stat_progress_create_index \
+                    WHERE relid = 't'::regclass";
+    poll_until(
+        "the gated index build to start",
+        Duration::from_secs(30),
+        || Ok((on(&pair.new, building)? == "1").then_some(())),
+    )?;
+    let child = backfill_command(&refs)?
+        .env("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug")
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        on(&pair.new, building)? == "1",
+        "the run ended while the build still ran"
+    );
+    ensure!(
+        run.stderr.contains("ranges=[16, 0]"),
+        "the first session read every block range, the second gave way: {}",
+        run.text()
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks \
+             WHERE status = 'done' AND checksum_old LIKE 'xxh3:%' AND checksum_new = checksum_old"
+        )? == "10",
+        "every chunk verified by the pass: {}",
+        on(
+            &pair.new,
+            "SELECT chunk_no, status, checksum_old, checksum_new FROM _switchyard.backfill_chunks ORDER BY 1"
+        )?
+    );
+    keeper.execute("SELECT pg_advisory_unlock(42)", &[]).await?;
+    build
+        .await
+        .context("the index build task")?
+        .context("the gated index build")?;
+    assert_verified(&pair, "t").await
+}
+
 /// Two bulk processes on one table: no chunk copied twice, the key rebuilt once, every
 /// chunk verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
