@@ -107,7 +107,9 @@ pub async fn run(
     let used = parts.len().min(conns.len());
     let conns = &mut conns[..used];
     let read = {
-        let held = index_build_running(new, plan).await.unwrap_or(false);
+        // The failpoint's test needs the other sessions reading while the first waits.
+        let held =
+            !failpoint_first_read_waits() && index_build_running(new, plan).await.unwrap_or(false);
         let (hold_tx, hold_rx) = watch::channel(held);
         let reads = read_parts(
             conns,
@@ -215,7 +217,7 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 /// up, and the count of rows outside every chunk.
 ///
 /// While `hold` is true (an index is being built on the table), only the first session
-/// reads: the others have their lock and wait. A parallel index build ends with its
+/// reads: the others wait, with no lock on the table yet. A parallel index build ends with its
 /// leader merging and writing the index alone; a pass that took both cores from the
 /// start finished first and left one idle for that last second. Held back, the pass
 /// gives the build's workers the cores and is still reading when the leader works
@@ -226,8 +228,10 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 /// a deadlock PostgreSQL cannot see. An `ACCESS EXCLUSIVE` request (the rebuild's
 /// `ADD PRIMARY KEY USING INDEX`, or a migration) queued behind that finished session's
 /// lock, while a session not yet started queued behind the request, waits for ever. For
-/// the same reason a held session takes its lock before it waits, and `hold` is false
-/// as soon as any lock request waits.
+/// the same reason the setup takes no lock on the table (a session queued there behind
+/// such a request would hold up the reads of the others), and `hold` is false as soon as
+/// any lock request waits: a session that then queues behind the request has its range
+/// to itself, and the others read the rest and end, which lets the request through.
 #[allow(clippy::too_many_arguments)]
 async fn read_parts(
     conns: &mut [&mut CopyConn],
@@ -256,9 +260,8 @@ async fn read_parts(
         let snapshot = snapshot.trim();
         for conn in rest.iter_mut() {
             conn.execute(&format!(
-                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}; LOCK TABLE {} IN ACCESS SHARE MODE",
-                quote_literal(snapshot),
-                plan.quoted
+                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}",
+                quote_literal(snapshot)
             ))
             .await
             .context("sharing the verification pass's snapshot on new")?;
@@ -357,6 +360,9 @@ async fn index_build_running(
 /// Keeps `hold` up to date with [`index_build_running`]; on an error it lets go (false)
 /// and stops.
 async fn hold_while_indexes_build(new: &Client, plan: &TablePlan, hold: watch::Sender<bool>) {
+    if failpoint_first_read_waits() {
+        return;
+    }
     loop {
         tokio::time::sleep(HOLD_POLL).await;
         match index_build_running(new, plan).await {

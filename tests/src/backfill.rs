@@ -75,3 +75,20 @@ pub async fn backfill(pair: &Pair, extra: &[&str]) -> Result<BackfillRun> {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     run_backfill(&refs, BACKFILL_TIMEOUT).await
 }
+
+/// As [`backfill`], with one environment variable set (a test failpoint, a log filter),
+/// killed after `timeout`.
+pub async fn backfill_with_env(
+    pair: &Pair,
+    extra: &[&str],
+    (key, value): (&str, &str),
+    timeout: Duration,
+) -> Result<BackfillRun> {
+    let args = pair_args(pair, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = backfill_command(&refs)?
+        .env(key, value)
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    wait_backfill(child, timeout).await
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::backfill::{
-    backfill, backfill_command, pair_args, wait_backfill, BACKFILL_TIMEOUT,
+    backfill, backfill_command, backfill_with_env, pair_args, wait_backfill, BACKFILL_TIMEOUT,
 };
 use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
 use switchyard_tests::process::send_signal;
@@ -976,7 +976,7 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
     let pair = big_pair().await?;
-    let args = pair_args(
+    let run = backfill_with_env(
         &pair,
         &[
             "--tables",
@@ -988,13 +988,10 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
             "--dual-writes",
             "off",
         ],
-    );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_command(&refs)?
-        .env("BACKFILL_TEST_FAILPOINT", "pass-first-read-waits-for-lock")
-        .spawn()
-        .context("starting switchyard-backfill")?;
-    let run = wait_backfill(child, Duration::from_secs(60)).await?;
+        ("BACKFILL_TEST_FAILPOINT", "pass-first-read-waits-for-lock"),
+        Duration::from_secs(60),
+    )
+    .await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     ensure!(
         run.stdout.contains("rebuilt big_pkey"),
@@ -1023,26 +1020,24 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
         &pair.old,
         "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
     )?;
-    let args = pair_args(
+    let flags = [
+        "--tables",
+        "t",
+        "--chunk-rows",
+        "2000",
+        "--jobs",
+        "2",
+        "--dual-writes",
+        "off",
+        "--bulk",
+    ];
+    let stopped = backfill_with_env(
         &pair,
-        &[
-            "--tables",
-            "t",
-            "--chunk-rows",
-            "2000",
-            "--jobs",
-            "2",
-            "--dual-writes",
-            "off",
-            "--bulk",
-        ],
-    );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_command(&refs)?
-        .env("BACKFILL_TEST_FAILPOINT", "exit-before-verify")
-        .spawn()
-        .context("starting switchyard-backfill")?;
-    let stopped = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+        &flags,
+        ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
+        BACKFILL_TIMEOUT,
+    )
+    .await?;
     ensure!(stopped.code() == Some(3), "{}", stopped.text());
     ensure!(chunks_with(&pair.new, "t", "copied") == Some(10));
     // The key back as another process's rebuild would leave it: no `ADD PRIMARY KEY`
@@ -1080,11 +1075,13 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
         Duration::from_secs(30),
         || Ok((on(&pair.new, building)? == "1").then_some(())),
     )?;
-    let child = backfill_command(&refs)?
-        .env("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug")
-        .spawn()
-        .context("starting switchyard-backfill")?;
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    let run = backfill_with_env(
+        &pair,
+        &flags,
+        ("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug"),
+        BACKFILL_TIMEOUT,
+    )
+    .await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     ensure!(
         on(&pair.new, building)? == "1",
@@ -1185,7 +1182,7 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         &pair.old,
         "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
     )?;
-    let args = pair_args(
+    let stopped = backfill_with_env(
         &pair,
         &[
             "--tables",
@@ -1198,13 +1195,10 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
             "off",
             "--bulk",
         ],
-    );
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_command(&refs)?
-        .env("BACKFILL_TEST_FAILPOINT", "exit-before-verify")
-        .spawn()
-        .context("starting switchyard-backfill")?;
-    let stopped = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+        ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
+        BACKFILL_TIMEOUT,
+    )
+    .await?;
     ensure!(stopped.code() == Some(3), "{}", stopped.text());
     ensure!(
         chunks_with(&pair.new, "t", "copied") == Some(5),
