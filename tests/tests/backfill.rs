@@ -215,6 +215,17 @@ async fn big_pair() -> Result<Pair> {
     Ok(pair)
 }
 
+/// A pair with table `t (id KEY PRIMARY KEY, v text)` and `rows` rows on old (`v` the
+/// md5 of the key).
+async fn md5_pair(key: &str, rows: u32) -> Result<Pair> {
+    let pair = pair_with(&format!("CREATE TABLE t (id {key} PRIMARY KEY, v text)")).await?;
+    on(
+        &pair.old,
+        &format!("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"),
+    )?;
+    Ok(pair)
+}
+
 /// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
 /// and finish times unchanged), the chunk the dead process held is taken over at once,
 /// indexes deferred by the killed run are restored by the next one, and both sides end
@@ -327,11 +338,7 @@ async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
 /// none is copied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_table() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id bigint PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
-        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
-    )?;
+    let pair = md5_pair("bigint", 20000).await?;
     let flags = [
         "--tables",
         "t",
@@ -374,11 +381,7 @@ async fn two_processes_share_one_table() -> Result<()> {
 /// the hung one, continued, finds its chunk gone and does not record over the new owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_worker_loses_its_chunk_when_the_lease_runs_out() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
-        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 6000) g",
-    )?;
+    let pair = md5_pair("int", 6000).await?;
     let a = spawn(
         &pair,
         &[
@@ -1015,11 +1018,7 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
 /// the build still runs: the pass never waits for a build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
-        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
-    )?;
+    let pair = md5_pair("int", 20000).await?;
     let flags = [
         "--tables",
         "t",
@@ -1116,11 +1115,7 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
 /// chunk verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bulk_processes_share_one_table() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id bigint PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
-        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
-    )?;
+    let pair = md5_pair("bigint", 20000).await?;
     let flags = [
         "--tables",
         "t",
@@ -1177,11 +1172,7 @@ async fn two_bulk_processes_share_one_table() -> Result<()> {
 /// are found by the chunk checksums and repaired from old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
-        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
-    )?;
+    let pair = md5_pair("int", 5000).await?;
     let stopped = backfill_with_env(
         &pair,
         &[
