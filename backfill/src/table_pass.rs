@@ -107,9 +107,10 @@ pub async fn run(
     let used = parts.len().min(conns.len());
     let conns = &mut conns[..used];
     let read = {
-        // The failpoint's test needs the other sessions reading while the first waits.
-        let held =
-            !failpoint_first_read_waits() && index_build_running(new, plan).await.unwrap_or(false);
+        // Only extra sessions give way; the failpoint's test needs them reading while the
+        // first waits.
+        let give_way = used > 1 && !failpoint_first_read_waits();
+        let held = give_way && index_build_running(new, plan).await.unwrap_or(false);
         let (hold_tx, hold_rx) = watch::channel(held);
         let reads = read_parts(
             conns,
@@ -120,11 +121,17 @@ pub async fn run(
             chunks.len(),
             hold_rx,
         );
-        let watch_builds = hold_while_indexes_build(new, plan, hold_tx);
-        tokio::pin!(reads, watch_builds);
-        tokio::select! {
-            read = &mut reads => read,
-            () = &mut watch_builds => reads.await,
+        tokio::pin!(reads);
+        if give_way {
+            let watch_builds = hold_while_indexes_build(new, plan, hold_tx);
+            tokio::pin!(watch_builds);
+            tokio::select! {
+                read = &mut reads => read,
+                () = &mut watch_builds => reads.await,
+            }
+        } else {
+            drop(hold_tx);
+            reads.await
         }
     };
     if read.is_err() {
@@ -217,8 +224,8 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 /// up, and the count of rows outside every chunk.
 ///
 /// While `hold` is true (an index is being built on the table), only the first session
-/// reads: the others wait, with no lock on the table yet. A parallel index build ends with its
-/// leader merging and writing the index alone; a pass that took both cores from the
+/// reads: the others wait, with no lock on the table yet. A parallel index build ends
+/// with its leader merging and writing the index alone; a pass that took both cores from the
 /// start finished first and left one idle for that last second. Held back, the pass
 /// gives the build's workers the cores and is still reading when the leader works
 /// alone.
@@ -360,9 +367,6 @@ async fn index_build_running(
 /// Keeps `hold` up to date with [`index_build_running`]; on an error it lets go (false)
 /// and stops.
 async fn hold_while_indexes_build(new: &Client, plan: &TablePlan, hold: watch::Sender<bool>) {
-    if failpoint_first_read_waits() {
-        return;
-    }
     loop {
         tokio::time::sleep(HOLD_POLL).await;
         match index_build_running(new, plan).await {
