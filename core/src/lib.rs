@@ -19,6 +19,7 @@ pub mod diff;
 pub mod dsn;
 pub mod ident;
 pub mod key;
+mod rcvlowat;
 pub mod recover;
 pub mod resync;
 pub mod retry;

@@ -10,6 +10,8 @@ use switchyard_core::copy_conn::{CopyConn, CopyConnError};
 use switchyard_tests::{Auth, PgCluster};
 
 const DB: &str = "postgres";
+/// Far longer than any reply to a small statement takes; only a hang reaches it.
+const SMALL_REPLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn read_all(conn: &mut CopyConn, sql: &str) -> Result<Vec<u8>, CopyConnError> {
     let mut copy = conn.copy_out(sql).await?;
@@ -89,6 +91,101 @@ async fn copy_data_is_the_stream_the_server_sent() -> Result<()> {
         "20000\n"
     );
     assert!(!tcp.is_broken() && !unix.is_broken());
+    Ok(())
+}
+
+/// Large COPYs over TCP are read in batches (the socket's receive low-water mark raised):
+/// the data is still exactly the server's, including the last piece (smaller than a
+/// batch), data that trickles in with pauses, and an error in the middle; the session
+/// then answers small statements (a raised mark would leave their replies unread).
+#[tokio::test]
+async fn large_copies_are_read_in_batches_without_losing_or_holding_back_data() -> Result<()> {
+    let cluster = PgCluster::builder().start()?;
+    let mut tcp = CopyConn::connect(&cluster.url(DB), "test").await?;
+    let socket_url = format!(
+        "host={} port={} user={} dbname={DB}",
+        cluster.socket_dir().display(),
+        cluster.port(),
+        PgCluster::USER
+    );
+    let mut unix = CopyConn::connect(&socket_url, "test").await?;
+    let queries = [
+        // About 9 MB, then a last piece of a few bytes.
+        "COPY (SELECT g, md5(g::text) FROM generate_series(1, 200001) g) TO STDOUT (FORMAT binary)",
+        // Pauses of 50 ms after the first MB: batched reads take what has arrived.
+        "COPY (SELECT g, CASE WHEN g % 40000 = 0 THEN pg_sleep(0.05)::text END, md5(g::text) \
+               FROM generate_series(1, 200000) g) TO STDOUT",
+    ];
+    for sql in queries {
+        let expected = read_with_driver(&cluster, sql).await?;
+        assert!(
+            expected.len() > 4 * 1024 * 1024,
+            "{sql}: {} bytes",
+            expected.len()
+        );
+        for (how, conn, batched) in [("tcp", &mut tcp, true), ("unix socket", &mut unix, false)] {
+            // A piece left unread would hang the read: bounded, so that shows as a failure.
+            let (got, most) = tokio::time::timeout(SMALL_REPLY * 6, async {
+                let mut copy = conn.copy_out(sql).await?;
+                let mut got = BytesMut::new();
+                let mut most = 1;
+                while copy.read(&mut got).await? {
+                    most = most.max(copy.receive_mark());
+                }
+                anyhow::Ok((got, most))
+            })
+            .await
+            .with_context(|| format!("{how}: {sql} never ended"))??;
+            assert!(
+                got == expected,
+                "{sql} ({how}): {} bytes, driver {}",
+                got.len(),
+                expected.len()
+            );
+            assert_eq!(
+                most > 1,
+                batched,
+                "{sql} ({how}): largest receive mark {most}"
+            );
+            let small = tokio::time::timeout(SMALL_REPLY, async {
+                let text = conn
+                    .copy_out_text("COPY (SELECT 'small') TO STDOUT")
+                    .await?;
+                conn.execute("SELECT 1").await?;
+                anyhow::Ok(text)
+            })
+            .await
+            .with_context(|| format!("{how}: no reply to a small statement after {sql}"))??;
+            assert_eq!(small, "small\n", "{how}");
+        }
+    }
+
+    // An error after several MB: the rows before it, the error, a usable session.
+    let mut copy = tcp
+        .copy_out(
+            "COPY (SELECT g, 1 / (g - 300000), md5(g::text) FROM generate_series(1, 400000) g) \
+             TO STDOUT (FORMAT binary)",
+        )
+        .await?;
+    let mut out = BytesMut::new();
+    let err = tokio::time::timeout(SMALL_REPLY * 6, read_until_error(&mut copy, &mut out))
+        .await
+        .context("the error in the middle of a batched COPY never came")??;
+    drop(copy);
+    assert_eq!(err.code(), Some("22012"), "{err}");
+    assert!(
+        out.len() > 4 * 1024 * 1024,
+        "{} bytes before the error",
+        out.len()
+    );
+    assert!(!tcp.is_broken());
+    let after = tokio::time::timeout(
+        SMALL_REPLY,
+        tcp.copy_out_text("COPY (SELECT 'after') TO STDOUT"),
+    )
+    .await
+    .context("no reply to a small statement after the error")??;
+    assert_eq!(after, "after\n");
     Ok(())
 }
 
