@@ -2,7 +2,7 @@
 //! arrived before the kernel reports the socket readable. Neither socket2 nor nix sets it.
 //!
 //! Why: while a large COPY streams in, a server writes 8 KB at a time, and the backfill
-//! was woken for about every 24 KB of it: 60,000–150,000 wake-ups per 10M-row run. Each
+//! was woken for about every 24 KB of it: 62,000–150,000 wake-ups per 10M-row run. Each
 //! one costs the reader a context switch and the writing server a wake-up call.
 //! [`crate::copy_conn`] raises the mark to 128 KB while it reads a large COPY: 13,000–15,000
 //! wake-ups per run, half the backfill's system CPU (`docs/benchmarks.md`).
