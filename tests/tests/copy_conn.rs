@@ -34,6 +34,19 @@ async fn read_until_error(
     }
 }
 
+/// One session over TCP and one over the cluster's Unix socket.
+async fn tcp_and_unix_sessions(cluster: &PgCluster) -> Result<(CopyConn, CopyConn)> {
+    let tcp = CopyConn::connect(&cluster.url(DB), "test").await?;
+    let socket_url = format!(
+        "host={} port={} user={} dbname={DB}",
+        cluster.socket_dir().display(),
+        cluster.port(),
+        PgCluster::USER
+    );
+    let unix = CopyConn::connect(&socket_url, "test").await?;
+    Ok((tcp, unix))
+}
+
 async fn read_with_driver(cluster: &PgCluster, sql: &str) -> Result<Vec<u8>> {
     let client = cluster.connect(DB).await?;
     let stream = client.copy_out(sql).await?;
@@ -60,14 +73,7 @@ async fn copy_data_is_the_stream_the_server_sent() -> Result<()> {
         "COPY (SELECT id, note FROM t WHERE id < 100) TO STDOUT",
         "COPY (SELECT 1 WHERE false) TO STDOUT (FORMAT binary)",
     ];
-    let mut tcp = CopyConn::connect(&cluster.url(DB), "test").await?;
-    let socket_url = format!(
-        "host={} port={} user={} dbname={DB}",
-        cluster.socket_dir().display(),
-        cluster.port(),
-        PgCluster::USER
-    );
-    let mut unix = CopyConn::connect(&socket_url, "test").await?;
+    let (mut tcp, mut unix) = tcp_and_unix_sessions(&cluster).await?;
     for sql in queries {
         let expected = read_with_driver(&cluster, sql).await?;
         // Several COPYs on one session: each leaves it ready for the next.
@@ -101,14 +107,7 @@ async fn copy_data_is_the_stream_the_server_sent() -> Result<()> {
 #[tokio::test]
 async fn large_copies_are_read_in_batches_without_losing_or_holding_back_data() -> Result<()> {
     let cluster = PgCluster::builder().start()?;
-    let mut tcp = CopyConn::connect(&cluster.url(DB), "test").await?;
-    let socket_url = format!(
-        "host={} port={} user={} dbname={DB}",
-        cluster.socket_dir().display(),
-        cluster.port(),
-        PgCluster::USER
-    );
-    let mut unix = CopyConn::connect(&socket_url, "test").await?;
+    let (mut tcp, mut unix) = tcp_and_unix_sessions(&cluster).await?;
     let queries = [
         // About 9 MB, then a last piece of a few bytes.
         "COPY (SELECT g, md5(g::text) FROM generate_series(1, 200001) g) TO STDOUT (FORMAT binary)",
