@@ -15,13 +15,17 @@
 # the other tools), which bulk-loads tables still empty on new (key and indexes dropped,
 # one rebuild, then every chunk verified); DIRECT=1 adds a run with `--bulk off` (the
 # key kept while loading: switchyard-direct); SAFE=1 adds a run through the
-# conflict-safe path (staging table + ON CONFLICT) that live dual writes need. Afterwards the row
+# conflict-safe path (staging table + ON CONFLICT) that live dual writes need; SCAN=1 adds
+# a run with `--scan-old` (bulk mode reading each table on old in one sequential scan:
+# switchyard-scan). Afterwards the row
 # count and an order-independent content hash of each copy are compared with old's.
 # Prints a table on stdout and writes it as Markdown to bench/results/backfill-<date>.md.
 #
 # Environment (defaults in brackets):
 #   SCALE [100]  WIDE_ROWS [2000000]  JOBS [4] (switchyard --jobs, pgcopydb --table-jobs
-#   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  DIRECT [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  DIRECT [0]  SCAN [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   DURABLE [0] (1 = fsync, synchronous_commit and full_page_writes on, as in production;
+#   0 turns them off on both clusters)
 #   ROUNDS [3] (every tool once per data set per round, the order rotating; the table
 #   gives medians, and each tool's time against pgcopydb's in the same round)
 #   WARMUP [1] (an untimed round first: on fresh clusters the first runs of any tool are
@@ -38,6 +42,8 @@ JOBS=${JOBS:-4}
 CHUNK_ROWS=${CHUNK_ROWS:-100000}
 SAFE=${SAFE:-0}
 DIRECT=${DIRECT:-0}
+SCAN=${SCAN:-0}
+DURABLE=${DURABLE:-0}
 TOOLS=${TOOLS:-"switchyard pgcopydb pg_dump"}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
@@ -67,9 +73,16 @@ RAW=$BENCH_WORK/results.tsv
 : >"$RAW"
 FAILED=0
 
-# Same settings on both sides for every tool; durability off (copy speed, not fsync).
-settings=(shared_buffers=1GB max_connections=100 fsync=off synchronous_commit=off
-  full_page_writes=off max_wal_size=16GB checkpoint_timeout=30min maintenance_work_mem=512MB)
+# Same settings on both sides for every tool; durability off (copy speed, not fsync)
+# unless DURABLE=1, which keeps the defaults a production database runs with.
+settings=(shared_buffers=1GB max_connections=100 max_wal_size=16GB checkpoint_timeout=30min
+  maintenance_work_mem=512MB)
+if [ "$DURABLE" = 1 ]; then
+  durability="fsync, synchronous_commit and full_page_writes on (defaults)"
+else
+  settings+=(fsync=off synchronous_commit=off full_page_writes=off)
+  durability="fsync=off, synchronous_commit=off, full_page_writes=off"
+fi
 free_port P_OLD; start_cluster old "$P_OLD" "${settings[@]}"
 free_port P_NEW; start_cluster new "$P_NEW" "${settings[@]}"
 psql_at "$P_OLD" postgres -c "CREATE DATABASE accounts" -c "CREATE DATABASE wide"
@@ -131,10 +144,11 @@ run_tool() {
   log "$tool: $data (machine ${busy}% busy before)"
   t0=$(date +%s.%N)
   case $tool in
-    switchyard | switchyard-safe | switchyard-direct)
+    switchyard | switchyard-safe | switchyard-direct | switchyard-scan)
       local mode=off bulk=
       [ "$tool" = switchyard-safe ] && mode=on
       [ "$tool" = switchyard-direct ] && bulk="--bulk=off"
+      [ "$tool" = switchyard-scan ] && bulk="--scan-old"
       "$TIME" -v -o "$out.time" bash -c '
         set -euo pipefail
         "$1" --schema-only -d "$2" | "$3" -X -q -v ON_ERROR_STOP=1 -d "$4" >/dev/null
@@ -174,6 +188,7 @@ run_tool() {
 RUN_TOOLS=$TOOLS
 [ "$SAFE" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-safe"
 [ "$DIRECT" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-direct"
+[ "$SCAN" = 1 ] && RUN_TOOLS="$RUN_TOOLS switchyard-scan"
 read -r -a TOOL_LIST <<<"$RUN_TOOLS"
 # Fresh clusters make the first runs slow for every tool (measured on a new pair:
 # pgcopydb 16.1 s first, then switchyard 15.6 s, then 10.1 and 10.0 s: the kernel and
@@ -236,8 +251,9 @@ PY
 {
   echo "# backfill benchmark $STAMP"
   echo
-  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS ROUNDS=$ROUNDS WARMUP=$WARMUP SAFE=$SAFE DIRECT=$DIRECT bench/backfill.sh\`"
+  echo "\`SCALE=$SCALE WIDE_ROWS=$WIDE_ROWS JOBS=$JOBS CHUNK_ROWS=$CHUNK_ROWS ROUNDS=$ROUNDS WARMUP=$WARMUP SAFE=$SAFE DIRECT=$DIRECT SCAN=$SCAN DURABLE=$DURABLE bench/backfill.sh\`"
   echo "machine: $(machine_summary); commit $(git_describe)"
+  echo "both clusters: shared_buffers=1GB, $durability"
   echo "switchyard-backfill: $(binary_summary "$BACKFILL_BIN"); $("${PGCOPYDB:-echo}" --version 2>/dev/null | head -n 1 || true); $("$PG_DUMP" --version)"
   echo
   echo "$table"

@@ -238,19 +238,59 @@ fn claim_of(r: &tokio_postgres::Row) -> Claim {
     }
 }
 
-const CLAIM_SQL: &str = "
+/// A chunk `c` that a worker may claim: pending, failed with attempts left (`$2`), or
+/// running under a lease that ran out or a worker that is gone.
+macro_rules! claimable {
+    ($c:literal) => {
+        concat!(
+            "(",
+            $c,
+            ".status = 'pending'
+           OR (",
+            $c,
+            ".status = 'failed' AND ",
+            $c,
+            ".attempts < $2)
+           OR (",
+            $c,
+            ".status = 'running'
+               AND (",
+            $c,
+            ".lease_until < now()
+                    OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                   WHERE a.pid = ",
+            $c,
+            ".worker_pid
+                                     AND a.backend_start = ",
+            $c,
+            ".worker_backend_start))))"
+        )
+    };
+}
+
+/// The claim's `SET`: `$3` the worker, `$4` the lease in milliseconds.
+macro_rules! running_set {
+    () => {
+        "SET status = 'running', attempts = c.attempts + 1, worker = $3,
+    worker_pid = pg_backend_pid(),
+    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
+                            WHERE pid = pg_backend_pid()),
+    lease_until = now() + $4 * interval '1 millisecond',
+    started_at = clock_timestamp(), finished_at = NULL, last_error = NULL
+"
+    };
+}
+
+const CLAIM_SQL: &str = concat!(
+    "
 WITH next AS (
     SELECT c.table_name, c.chunk_no
     FROM _switchyard.backfill_chunks c
     JOIN _switchyard.backfill_tables t USING (table_name)
     WHERE c.table_name = ANY($1)
-      AND (c.status = 'pending'
-           OR (c.status = 'failed' AND c.attempts < $2)
-           OR (c.status = 'running'
-               AND (c.lease_until < now()
-                    OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                   WHERE a.pid = c.worker_pid
-                                     AND a.backend_start = c.worker_backend_start))))
+      AND ",
+    claimable!("c"),
+    "
       AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks p
                       WHERE p.table_name = ANY(t.depends_on)
                         AND p.status NOT IN ('done', 'unverified'))
@@ -259,15 +299,49 @@ WITH next AS (
     FOR UPDATE OF c SKIP LOCKED
 )
 UPDATE _switchyard.backfill_chunks c
-SET status = 'running', attempts = c.attempts + 1, worker = $3,
-    worker_pid = pg_backend_pid(),
-    worker_backend_start = (SELECT backend_start FROM pg_catalog.pg_stat_activity
-                            WHERE pid = pg_backend_pid()),
-    lease_until = now() + $4 * interval '1 millisecond',
-    started_at = clock_timestamp(), finished_at = NULL, last_error = NULL
-FROM next
+",
+    running_set!(),
+    "FROM next
 WHERE c.table_name = next.table_name AND c.chunk_no = next.chunk_no
-RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts";
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts"
+);
+
+const SCAN_CLAIM_SQL: &str = concat!(
+    "
+WITH cand AS (
+    SELECT t.table_name
+    FROM _switchyard.backfill_tables t
+    WHERE t.table_name = ANY($1)
+      AND EXISTS (SELECT 1 FROM _switchyard.backfill_deferred d
+                  WHERE d.table_name = t.table_name AND d.kind = 'primary-key'
+                    AND d.restored_at IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks p
+                      WHERE p.table_name = ANY(t.depends_on)
+                        AND p.status NOT IN ('done', 'unverified'))
+      AND NOT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks o
+                      WHERE o.table_name = t.table_name AND NOT ",
+    claimable!("o"),
+    ")
+    ORDER BY array_position($1, t.table_name)
+    LIMIT 1
+),
+locked AS (
+    SELECT c.table_name, c.chunk_no
+    FROM _switchyard.backfill_chunks c JOIN cand USING (table_name)
+    WHERE ",
+    claimable!("c"),
+    "
+    FOR UPDATE OF c SKIP LOCKED
+)
+UPDATE _switchyard.backfill_chunks c
+",
+    running_set!(),
+    "FROM locked
+WHERE c.table_name = locked.table_name AND c.chunk_no = locked.chunk_no
+  AND (SELECT count(*) FROM locked)
+      = (SELECT count(*) FROM _switchyard.backfill_chunks a JOIN cand USING (table_name))
+RETURNING c.table_name, c.chunk_no, c.lo, c.hi, c.attempts"
+);
 
 /// Claims the next chunk of `tables` (quoted names, in load order) for `worker`; `None`
 /// when nothing is claimable now. Run on the process's control connection: its backend
@@ -285,6 +359,71 @@ pub async fn claim(
         .await
         .map_err(err("claiming a chunk"))?;
     Ok(row.as_ref().map(claim_of))
+}
+
+/// Scanning old (bulk mode): claims every chunk of the first of `tables` that is
+/// bulk-loading and none of whose chunks is copied, done or held by a live worker, in
+/// one statement (all or none: a chunk another worker locks or claims meanwhile leaves
+/// the table to the chunk-by-chunk claim). Empty when no table qualifies.
+pub async fn claim_scan(
+    client: &Client,
+    tables: &[String],
+    max_attempts: i32,
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<Claim>, ChunkTableError> {
+    let lease_ms = lease.as_millis() as f64;
+    let rows = client
+        .query(
+            SCAN_CLAIM_SQL,
+            &[&tables, &max_attempts, &worker, &lease_ms],
+        )
+        .await
+        .map_err(err("claiming a table's chunks to scan"))?;
+    let mut claims: Vec<Claim> = rows.iter().map(claim_of).collect();
+    claims.sort_by_key(|c| c.chunk_no);
+    Ok(claims)
+}
+
+/// Scanning old: records every chunk of a scanned table as copied, with the rows and
+/// old's checksum of each, in the transaction that committed the first loading session;
+/// false (roll back) unless every chunk is still this worker's claim.
+pub async fn record_scanned(
+    tx: &tokio_postgres::Transaction<'_>,
+    claims: &[Claim],
+    worker: &str,
+    sums: &[StreamSum],
+    copy_ms: i64,
+) -> Result<bool, ChunkTableError> {
+    let Some(first) = claims.first() else {
+        return Ok(true);
+    };
+    let chunk_nos: Vec<i32> = claims.iter().map(|c| c.chunk_no).collect();
+    let attempts: Vec<i32> = claims.iter().map(|c| c.attempts).collect();
+    let rows: Vec<i64> = sums.iter().map(|s| s.rows).collect();
+    let checksums: Vec<String> = sums.iter().map(|s| s.text()).collect();
+    let n = tx
+        .execute(
+            "UPDATE _switchyard.backfill_chunks c SET status = 'copied', path = 'scan', \
+             rows_copied = u.rows, rows_inserted = u.rows, copy_ms = $7, lease_until = NULL, \
+             rows_old = u.rows, checksum_old = u.checksum \
+             FROM unnest($2::int[], $3::int[], $4::bigint[], $5::text[]) \
+                  AS u(chunk_no, attempts, rows, checksum) \
+             WHERE c.table_name = $1 AND c.chunk_no = u.chunk_no AND c.attempts = u.attempts \
+               AND c.worker = $6 AND c.status = 'running'",
+            &[
+                &first.table_name,
+                &chunk_nos,
+                &attempts,
+                &rows,
+                &checksums,
+                &worker,
+                &copy_ms,
+            ],
+        )
+        .await
+        .map_err(err("recording a scanned table's chunks"))?;
+    Ok(n == claims.len() as u64)
 }
 
 /// Renews the lease of every chunk this process (its control connection) holds.
@@ -612,7 +751,8 @@ pub async fn fail(
         .execute(
             "UPDATE _switchyard.backfill_chunks SET status = 'failed', last_error = $5, \
              finished_at = clock_timestamp(), lease_until = NULL \
-             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4",
+             WHERE table_name = $1 AND chunk_no = $2 AND worker = $3 AND attempts = $4 \
+               AND status = 'running'",
             &[
                 &claim.table_name,
                 &claim.chunk_no,

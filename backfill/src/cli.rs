@@ -76,6 +76,14 @@ pub struct Cli {
     /// means `on` [default: on with --dual-writes off]
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "on")]
     pub bulk: Option<OnOff>,
+    /// Bulk mode: read each table on old in one sequential scan (one snapshot, through
+    /// old's small ring of buffers) instead of key range by key range. Less work for old
+    /// and its buffer pool stays as it was; but old's vacuum horizon is held while a
+    /// table is read, the scan is not bounded by --source-statement-timeout-ms, and a
+    /// run stopped during a table's scan copies that table again from the start (see
+    /// docs/backfill.md, "Scanning old") [default: off]
+    #[arg(long)]
+    pub scan_old: bool,
     /// How foreign keys on new are respected: `order` (referenced tables first) or
     /// `replica` (triggers off while loading; superuser) [default: order]
     #[arg(long, value_enum)]
@@ -176,6 +184,9 @@ impl Cli {
         }
         if let Some(v) = self.bulk {
             layers = layers.flag("backfill.bulk", v == OnOff::On);
+        }
+        if self.scan_old {
+            layers = layers.flag("backfill.scan_old", true);
         }
         if let Some(v) = self.fk_mode {
             let text = match v {

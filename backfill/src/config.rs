@@ -84,6 +84,11 @@ pub struct BackfillSettings {
     /// on when `dual_writes = false` (see [`BackfillSettings::bulk_mode`]).
     #[serde(default)]
     pub bulk: Option<bool>,
+    /// Bulk mode: a table whose chunks are all unclaimed is read from old in one
+    /// sequential scan and its rows spread over `jobs` sessions on new, all chunks
+    /// recorded copied at once (see docs/backfill.md, "Scanning old").
+    #[serde(default)]
+    pub scan_old: bool,
     /// How foreign keys on the new database are respected.
     #[serde(default)]
     pub fk_mode: FkMode,
@@ -156,6 +161,7 @@ impl Default for BackfillSettings {
             max_attempts: default_max_attempts(),
             defer_indexes: false,
             bulk: None,
+            scan_old: false,
             fk_mode: FkMode::Order,
             progress_interval_secs: default_progress_interval_secs(),
             rebuild_memory_mb: default_rebuild_memory_mb(),

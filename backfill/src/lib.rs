@@ -14,6 +14,7 @@
 //! - [`progress`], [`report`]: bars or log lines; summary, JSON, metrics, exit status.
 
 pub mod chunk_check;
+pub mod chunk_index;
 pub mod chunk_table;
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod table_pass;
+pub mod table_scan;
 pub mod tasks;
 pub mod throttle;
 pub mod worker;

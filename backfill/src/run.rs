@@ -67,6 +67,9 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     if cfg.backfill.bulk == Some(true) && cfg.backfill.dual_writes {
         tracing::warn!("--bulk needs --dual-writes off (nothing else may write to new): not used.");
     }
+    if cfg.backfill.scan_old && !cfg.backfill.bulk_mode() {
+        tracing::warn!("--scan-old reads tables for bulk mode only (--dual-writes off, --bulk not off): not used.");
+    }
     if cfg.backfill.bulk_mode() {
         let bulk = indexes::defer_bulk(&mut control, &plans).await?;
         if !bulk.is_empty() {
@@ -108,10 +111,17 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         throttle.clone(),
         progress.clone(),
     );
+    let tables = Shared::table_work(plans.clone(), row_hash);
+    let scannable = order
+        .iter()
+        .filter(|t| tables.get(*t).is_some_and(|w| w.pass_key.is_some()))
+        .cloned()
+        .collect();
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        tables: Shared::table_work(plans.clone(), row_hash),
+        tables,
         order: order.clone(),
+        scannable,
         control: control.clone(),
         worker_prefix: worker_prefix(),
         throttle,

@@ -13,6 +13,7 @@
 //! that is the same on both servers (`copy_hash::stream_hashable`); others are verified
 //! range by range.
 
+use crate::chunk_index::ChunkIndex;
 use crate::chunk_table::{self, ChunkOutcome, PassChunk};
 use crate::copy::read_hashed;
 use crate::plan::TablePlan;
@@ -47,29 +48,6 @@ pub fn pass_key(plan: &TablePlan) -> Option<usize> {
     plan.columns.iter().position(|c| *c == key.name)
 }
 
-/// A claimed chunk's bounds as integers (`None`: unbounded).
-struct Bounds {
-    lo: Option<i64>,
-    hi: Option<i64>,
-}
-
-fn bounds(c: &PassChunk) -> Result<Bounds> {
-    let one = |k: &Option<Vec<Option<String>>>| -> Result<Option<i64>> {
-        match k.as_deref() {
-            None => Ok(None),
-            Some([Some(v)]) => v
-                .parse()
-                .map(Some)
-                .with_context(|| format!("chunk bound {v:?} is not an integer")),
-            Some(other) => anyhow::bail!("chunk bound {other:?} is not one integer"),
-        }
-    };
-    Ok(Bounds {
-        lo: one(&c.claim.range.lo)?,
-        hi: one(&c.claim.range.hi)?,
-    })
-}
-
 /// Block ranges per pass session: the sessions take them in turn, so one that waited
 /// (see `read_parts`) finds work left and none idles while another still reads.
 const PARTS_PER_SESSION: usize = 8;
@@ -95,14 +73,7 @@ pub async fn run(
     chunks: Vec<PassChunk>,
 ) -> Result<PassResult> {
     let started = Instant::now();
-    // Chunk ranges are disjoint: sorted by lower bound, a key belongs to the last chunk
-    // starting at or below it, if it is below that chunk's upper bound.
-    let mut order: Vec<(Bounds, usize)> = chunks
-        .iter()
-        .enumerate()
-        .map(|(i, c)| bounds(c).map(|b| (b, i)))
-        .collect::<Result<_>>()?;
-    order.sort_by_key(|(b, _)| b.lo.unwrap_or(i64::MIN));
+    let order = ChunkIndex::new(chunks.iter().map(|c| &c.claim.range))?;
     let parts = block_ranges(new, plan, conns.len() * PARTS_PER_SESSION).await?;
     let used = parts.len().min(conns.len());
     let conns = &mut conns[..used];
@@ -245,7 +216,7 @@ async fn read_parts(
     plan: &TablePlan,
     parts: &[String],
     key_field: usize,
-    order: &[(Bounds, usize)],
+    order: &ChunkIndex,
     chunk_count: usize,
     hold: watch::Receiver<bool>,
 ) -> Result<(Vec<StreamSum>, u64)> {
@@ -307,11 +278,7 @@ async fn read_parts(
                     }
                     let mut hasher = CopyHasher::new(key_field);
                     read_hashed(conn, &sql, &mut hasher, |hash, key| {
-                        let slot = key.and_then(int_key).and_then(|k| {
-                            let at = order.partition_point(|(b, _)| b.lo.is_none_or(|lo| lo <= k));
-                            let (b, i) = order.get(at.checked_sub(1)?)?;
-                            b.hi.is_none_or(|hi| k < hi).then_some(*i)
-                        });
+                        let slot = key.and_then(int_key).and_then(|k| order.slot(k));
                         match slot {
                             Some(i) => sums[i].add(hash),
                             None => stray += 1,

@@ -12,6 +12,7 @@ use crate::indexes;
 use crate::plan::TablePlan;
 use crate::progress::Progress;
 use crate::table_pass;
+use crate::table_scan;
 use crate::throttle::Throttle;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -43,6 +44,9 @@ pub struct Shared {
     pub tables: HashMap<String, TableWork>,
     /// Quoted table names in load order.
     pub order: Vec<String>,
+    /// Those of `order` that `--scan-old` can read in one scan (a single integer key,
+    /// columns hashed the same from both servers: what the verification pass needs).
+    pub scannable: Vec<String>,
     pub control: Arc<Client>,
     /// `host:pid`; each worker appends `/job`.
     pub worker_prefix: String,
@@ -142,6 +146,21 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
+        if s.scan_old && s.bulk_mode() && !shared.scannable.is_empty() {
+            let claims = chunk_table::claim_scan(
+                &shared.control,
+                &shared.scannable,
+                s.max_attempts,
+                &worker,
+                shared.cfg.lease(),
+            )
+            .await?;
+            if !claims.is_empty() {
+                run_scan(&shared, &worker, &mut sessions, &mut failures, claims).await?;
+                shared.changed.notify_waiters();
+                continue;
+            }
+        }
         let claim = chunk_table::claim(
             &shared.control,
             &shared.order,
@@ -273,6 +292,77 @@ async fn run_verify(
             let text = format!("{e:#}");
             tracing::warn!(table = %claim.table_name, chunk = claim.chunk_no, error = %text, "Chunk verification failed; it will be retried.");
             chunk_table::back_to_copied(&shared.control, &claim, worker, &text, false).await?;
+            after_failure(sessions, *failures, e)
+        }
+    }
+}
+
+/// Scanning old: copies a whole table whose chunks this worker claimed (see `table_scan`).
+async fn run_scan(
+    shared: &Shared,
+    worker: &str,
+    sessions: &mut Option<Sessions>,
+    failures: &mut u32,
+    claims: Vec<Claim>,
+) -> Result<()> {
+    let table = claims[0].table_name.clone();
+    let outcome = async {
+        let t = shared
+            .tables
+            .get(&table)
+            .with_context(|| format!("claimed chunks of {table}, which this run does not plan"))?;
+        let key = t
+            .pass_key
+            .with_context(|| format!("claimed {table} to scan, but it has no integer key"))?;
+        let s = match sessions {
+            Some(s) => s,
+            None => sessions.insert(open_sessions(&shared.cfg).await?),
+        };
+        // One loading session per job (at most 4), as chunk copies would use.
+        let cfg = &shared.cfg;
+        let mut news = futures_util::future::try_join_all(
+            (0..cfg.backfill.jobs.clamp(1, 4)).map(|_| connect(Db::New, &cfg.new, 0)),
+        )
+        .await?;
+        if cfg.backfill.fk_mode == FkMode::Replica {
+            for new in &news {
+                new.batch_execute("SET session_replication_role = replica")
+                    .await
+                    .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
+            }
+        }
+        tracing::info!(table = %table, sessions = news.len(), "Scanning old for the whole table.");
+        table_scan::run(
+            &s.old,
+            &mut s.old_copy,
+            &mut news,
+            &t.plan,
+            key,
+            &claims,
+            worker,
+            &shared.throttle,
+        )
+        .await
+    }
+    .await;
+    match outcome {
+        Ok(Some(rows)) => {
+            *failures = 0;
+            tracing::info!(table = %table, rows, "Scanned and loaded; verified after the rebuild.");
+            Ok(())
+        }
+        Ok(None) => {
+            *failures = 0;
+            tracing::warn!(table = %table, "The table's chunks were taken over by another worker while this one scanned it; rolled back.");
+            Ok(())
+        }
+        Err(e) => {
+            *failures += 1;
+            let text = format!("{e:#}");
+            tracing::warn!(table = %table, error = %text, "Scan failed; the table's chunks will be retried.");
+            for c in &claims {
+                chunk_table::fail(&shared.control, c, worker, &text).await?;
+            }
             after_failure(sessions, *failures, e)
         }
     }

@@ -79,6 +79,8 @@ pub struct CopyHasher {
     /// Which field's bytes [`CopyHasher::feed_keyed`] passes on with each row's hash.
     key_field: usize,
     total: StreamSum,
+    /// Length of the stream's header, once parsed.
+    header_len: Option<usize>,
 }
 
 impl Default for CopyHasher {
@@ -111,6 +113,7 @@ impl CopyHasher {
             carry: Vec::new(),
             key_field,
             total: StreamSum::default(),
+            header_len: None,
         }
     }
 
@@ -144,6 +147,22 @@ impl CopyHasher {
         Ok(())
     }
 
+    /// Bytes at the end of what was fed that do not complete a header, row or end marker
+    /// yet: everything before them can be cut off as whole rows.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Length of the stream's header (signature, flags and extension), once it is parsed.
+    pub fn header_len(&self) -> Option<usize> {
+        self.header_len
+    }
+
+    /// True once the end marker (the last two bytes of the stream) is parsed.
+    pub fn is_done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
     /// Checks that the stream ended with its end marker and nothing is left over.
     pub fn finish(&self) -> Result<StreamSum, CopyHashError> {
         if self.stage != Stage::Done {
@@ -164,6 +183,7 @@ impl CopyHasher {
                 Step::NeedMore => return Ok(at),
                 Step::Header(n) => {
                     self.stage = Stage::Rows;
+                    self.header_len = Some(n);
                     at += n;
                 }
                 Step::Trailer => {
@@ -301,6 +321,40 @@ mod tests {
             vec![Some(&[0, 0, 0, 2]), Some(b""), Some(b"x")],
             vec![Some(&[0, 0, 0, 3]), None, Some(b"")],
         ]
+    }
+
+    #[test]
+    fn pending_bytes_mark_where_whole_rows_end() {
+        let data = stream(&rows());
+        let header = SIGNATURE.len() + 8 + 4;
+        // Cut the stream at every point; what lies before the pending tail, with the
+        // header and end marker removed, must be whole rows, in order.
+        for cut in 0..=data.len() {
+            let mut h = CopyHasher::default();
+            h.feed(&data[..cut]).expect("valid prefix");
+            let whole = cut - h.pending();
+            let mut body = data[..whole].to_vec();
+            if whole > 0 {
+                assert_eq!(h.header_len(), Some(header), "cut {cut}");
+                body.drain(..header);
+            } else {
+                assert_eq!(h.header_len(), None, "cut {cut}");
+            }
+            if h.is_done() {
+                assert_eq!(cut, data.len());
+                body.truncate(body.len() - 2);
+            }
+            let mut again = CopyHasher::default();
+            let mut rebuilt = data[..header].to_vec();
+            rebuilt.extend_from_slice(&body);
+            rebuilt.extend_from_slice(&(-1i16).to_be_bytes());
+            again.feed(&rebuilt).expect("whole rows re-framed");
+            assert_eq!(
+                again.finish().expect("ended").rows,
+                h.total().rows,
+                "cut {cut}"
+            );
+        }
     }
 
     #[test]
