@@ -78,9 +78,9 @@ pub async fn run(
     let used = parts.len().min(conns.len());
     let conns = &mut conns[..used];
     let read = {
-        // Only extra sessions give way; the failpoint's test needs them reading while the
-        // first waits.
-        let give_way = used > 1 && !failpoint_first_read_waits();
+        // Only extra sessions give way; the first failpoint's test needs them reading
+        // while the first waits, the second's needs them giving way.
+        let give_way = used > 1 && (!failpoint_first_read_waits() || failpoint_others_give_way());
         let held = give_way && index_build_running(new, plan).await.unwrap_or(false);
         let (hold_tx, hold_rx) = watch::channel(held);
         let reads = read_parts(
@@ -222,7 +222,15 @@ async fn read_parts(
 ) -> Result<(Vec<StreamSum>, u64)> {
     let setup = "BEGIN ISOLATION LEVEL REPEATABLE READ";
     // Worker sessions turn sequential scans off for their range reads; here one is right.
-    let seqscan = "SET LOCAL enable_seqscan = on";
+    // Each session takes its lock on the table before any read. A session held back
+    // while an index is built would otherwise ask for it only when the build ends, and
+    // by then the key's `ADD PRIMARY KEY USING INDEX` often waits for its ACCESS
+    // EXCLUSIVE lock (behind the reading session): the held session queued behind it and
+    // the first read the rest alone, one core idle for the last second or two.
+    let seqscan = format!(
+        "SET LOCAL enable_seqscan = on; LOCK TABLE {} IN ACCESS SHARE MODE",
+        plan.quoted
+    );
     let (first, rest) = conns
         .split_first_mut()
         .context("a verification pass needs a session")?;
@@ -352,7 +360,17 @@ async fn hold_while_indexes_build(new: &Client, plan: &TablePlan, hold: watch::S
 /// Tests only: the pass's first read starts once another session waits for a lock on
 /// the table (at most 5 s), so the other reads are over or running by then.
 fn failpoint_first_read_waits() -> bool {
-    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("pass-first-read-waits-for-lock")
+    matches!(
+        std::env::var("BACKFILL_TEST_FAILPOINT").as_deref(),
+        Ok("pass-first-read-waits-for-lock" | "pass-first-read-waits-others-give-way")
+    )
+}
+
+/// Tests only: with the first read waiting, the other sessions still give way to index
+/// builds.
+fn failpoint_others_give_way() -> bool {
+    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref()
+        == Ok("pass-first-read-waits-others-give-way")
 }
 
 async fn wait_for_lock_request(conn: &mut CopyConn, plan: &TablePlan) {

@@ -1111,6 +1111,114 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
     assert_verified(&pair, "t").await
 }
 
+/// A pass session held back by an index build holds its lock on the table from the
+/// start. Otherwise, released when a lock request (the key's `ADD PRIMARY KEY`, here the
+/// test's) waits on the table, it would queue behind that request, which waits for the
+/// build: the first session reads the rest alone, or the run waits for the build. The
+/// failpoint holds the first read until the test's request waits, so both sessions are
+/// set up and idle when the locks are looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Result<()> {
+    let pair = md5_pair("int", 20000).await?;
+    let flags = [
+        "--tables",
+        "t",
+        "--chunk-rows",
+        "2000",
+        "--jobs",
+        "2",
+        "--dual-writes",
+        "off",
+        "--bulk",
+    ];
+    let stopped = backfill_with_env(
+        &pair,
+        &flags,
+        ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
+        BACKFILL_TIMEOUT,
+    )
+    .await?;
+    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    on(
+        &pair.new,
+        "CREATE UNIQUE INDEX t_pkey ON t (id); ALTER TABLE t ADD PRIMARY KEY USING INDEX t_pkey; \
+         UPDATE _switchyard.backfill_deferred SET restored_at = now() WHERE restored_at IS NULL; \
+         CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ \
+         BEGIN \
+           WHILE NOT pg_try_advisory_lock_shared(42) LOOP PERFORM pg_sleep(0.01); END LOOP; \
+           PERFORM pg_advisory_unlock_shared(42); RETURN $1; \
+         END $$",
+    )?;
+    let url = pair.new.url(switchyard_tests::proxy::DB);
+    let connect = || tokio_postgres::connect(&url, tokio_postgres::NoTls);
+    let (keeper, keeper_conn) = connect().await?;
+    tokio::spawn(keeper_conn);
+    keeper.execute("SELECT pg_advisory_lock(42)", &[]).await?;
+    let (builder, builder_conn) = connect().await?;
+    tokio::spawn(builder_conn);
+    let build = tokio::spawn(async move {
+        builder
+            .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
+            .await
+    });
+    let building = "SELECT count(*) FROM pg_stat_progress_create_index \
+                    WHERE relid = 't'::regclass";
+    poll_until(
+        "the gated index build to start",
+        Duration::from_secs(30),
+        || Ok((on(&pair.new, building)? == "1").then_some(())),
+    )?;
+    let args = switchyard_tests::backfill::pair_args(&pair, &flags);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = backfill_command(&refs)?
+        .env(
+            "BACKFILL_TEST_FAILPOINT",
+            "pass-first-read-waits-others-give-way",
+        )
+        .env("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug")
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    let locked = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                  WHERE l.relation = 't'::regclass AND l.mode = 'AccessShareLock' AND l.granted \
+                    AND a.application_name = 'switchyard-backfill'";
+    let held = tokio::task::block_in_place(|| {
+        poll_until(
+            "both pass sessions to hold their lock on the table",
+            Duration::from_secs(4),
+            || Ok((on(&pair.new, locked)? == "2").then_some(())),
+        )
+    });
+    // The test's own request for the table, queued behind the gated build.
+    let (locker, locker_conn) = connect().await?;
+    tokio::spawn(locker_conn);
+    let lock = tokio::spawn(async move {
+        locker
+            .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; ROLLBACK")
+            .await
+    });
+    let run = wait_backfill(child, Duration::from_secs(60)).await;
+    keeper.execute("SELECT pg_advisory_unlock(42)", &[]).await?;
+    build
+        .await
+        .context("the index build task")?
+        .context("the gated index build")?;
+    lock.await
+        .context("the lock task")?
+        .context("the test's lock")?;
+    held?;
+    let run = run?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM _switchyard.backfill_chunks \
+             WHERE status = 'done' AND checksum_new = checksum_old"
+        )? == "10",
+        "every chunk verified by the pass"
+    );
+    assert_verified(&pair, "t").await
+}
+
 /// Two bulk processes on one table: no chunk copied twice, the key rebuilt once, every
 /// chunk verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
