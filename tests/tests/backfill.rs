@@ -1011,13 +1011,35 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
     assert_verified(&pair, "big").await
 }
 
-/// An index build on the table outlasts the one-pass verification (a user's, held in its
-/// scan by a gate the test opens). The pass's second session gives way to it (a parallel
-/// build ends with its leader working alone, and the pass should still have work then),
-/// but the first reads every block range meanwhile, so the pass, and the run, end while
-/// the build still runs: the pass never waits for a build.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result<()> {
+/// `pg_stat_progress_create_index` rows for table `t` (1 while the gated build runs).
+const BUILDING: &str = "SELECT count(*) FROM pg_stat_progress_create_index \
+                        WHERE relid = 't'::regclass";
+
+/// An index build on `t` held inside its scan until [`Gate::open`].
+struct Gate {
+    keeper: tokio_postgres::Client,
+    build: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Gate {
+    /// Lets the build finish and waits for it.
+    async fn open(self) -> Result<()> {
+        self.keeper
+            .execute("SELECT pg_advisory_unlock(42)", &[])
+            .await?;
+        self.build
+            .await
+            .context("the index build task")?
+            .context("the gated index build")?;
+        Ok(())
+    }
+}
+
+/// `t` (20,000 rows) bulk-copied by a run stopped before its verification, the key back
+/// as another process's rebuild would leave it (no `ADD PRIMARY KEY` of the next run
+/// queues behind the gate), and a user's index build on `t` held by a gate; with the
+/// flags of those runs.
+async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9], Gate)> {
     let pair = md5_pair("int", 20000).await?;
     let flags = [
         "--tables",
@@ -1039,18 +1061,13 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
     .await?;
     ensure!(stopped.code() == Some(3), "{}", stopped.text());
     ensure!(chunks_with(&pair.new, "t", "copied") == Some(10));
-    // The key back as another process's rebuild would leave it: no `ADD PRIMARY KEY`
-    // of this run queues behind the gated build.
-    on(
-        &pair.new,
-        "CREATE UNIQUE INDEX t_pkey ON t (id); ALTER TABLE t ADD PRIMARY KEY USING INDEX t_pkey; \
-         UPDATE _switchyard.backfill_deferred SET restored_at = now() WHERE restored_at IS NULL",
-    )?;
     // The gate: closed while the test holds advisory lock 42. It polls with a try-lock,
     // so nothing waits on a lock (which would end the pass's give-way at once).
     on(
         &pair.new,
-        "CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ \
+        "CREATE UNIQUE INDEX t_pkey ON t (id); ALTER TABLE t ADD PRIMARY KEY USING INDEX t_pkey; \
+         UPDATE _switchyard.backfill_deferred SET restored_at = now() WHERE restored_at IS NULL; \
+         CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ \
          BEGIN \
            WHILE NOT pg_try_advisory_lock_shared(42) LOOP PERFORM pg_sleep(0.01); END LOOP; \
            PERFORM pg_advisory_unlock_shared(42); RETURN $1; \
@@ -1067,13 +1084,22 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
             .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
             .await
     });
-    let building = "SELECT count(*) FROM pg_stat_progress_create_index \
-                    WHERE relid = 't'::regclass";
     poll_until(
         "the gated index build to start",
         Duration::from_secs(30),
-        || Ok((on(&pair.new, building)? == "1").then_some(())),
+        || Ok((on(&pair.new, BUILDING)? == "1").then_some(())),
     )?;
+    Ok((pair, flags, Gate { keeper, build }))
+}
+
+/// An index build on the table outlasts the one-pass verification (a user's, held in its
+/// scan by a gate the test opens). The pass's second session gives way to it (a parallel
+/// build ends with its leader working alone, and the pass should still have work then),
+/// but the first reads every block range meanwhile, so the pass, and the run, end while
+/// the build still runs: the pass never waits for a build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result<()> {
+    let (pair, flags, gate) = copied_table_beside_a_gated_build().await?;
     let run = backfill_with_env(
         &pair,
         &flags,
@@ -1083,7 +1109,7 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
     .await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     ensure!(
-        on(&pair.new, building)? == "1",
+        on(&pair.new, BUILDING)? == "1",
         "the run ended while the build still ran"
     );
     ensure!(
@@ -1103,11 +1129,7 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
             "SELECT chunk_no, status, checksum_old, checksum_new FROM _switchyard.backfill_chunks ORDER BY 1"
         )?
     );
-    keeper.execute("SELECT pg_advisory_unlock(42)", &[]).await?;
-    build
-        .await
-        .context("the index build task")?
-        .context("the gated index build")?;
+    gate.open().await?;
     assert_verified(&pair, "t").await
 }
 
@@ -1119,55 +1141,8 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
 /// set up and idle when the locks are looked at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Result<()> {
-    let pair = md5_pair("int", 20000).await?;
-    let flags = [
-        "--tables",
-        "t",
-        "--chunk-rows",
-        "2000",
-        "--jobs",
-        "2",
-        "--dual-writes",
-        "off",
-        "--bulk",
-    ];
-    let stopped = backfill_with_env(
-        &pair,
-        &flags,
-        ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
-        BACKFILL_TIMEOUT,
-    )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
-    on(
-        &pair.new,
-        "CREATE UNIQUE INDEX t_pkey ON t (id); ALTER TABLE t ADD PRIMARY KEY USING INDEX t_pkey; \
-         UPDATE _switchyard.backfill_deferred SET restored_at = now() WHERE restored_at IS NULL; \
-         CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ \
-         BEGIN \
-           WHILE NOT pg_try_advisory_lock_shared(42) LOOP PERFORM pg_sleep(0.01); END LOOP; \
-           PERFORM pg_advisory_unlock_shared(42); RETURN $1; \
-         END $$",
-    )?;
+    let (pair, flags, gate) = copied_table_beside_a_gated_build().await?;
     let url = pair.new.url(switchyard_tests::proxy::DB);
-    let connect = || tokio_postgres::connect(&url, tokio_postgres::NoTls);
-    let (keeper, keeper_conn) = connect().await?;
-    tokio::spawn(keeper_conn);
-    keeper.execute("SELECT pg_advisory_lock(42)", &[]).await?;
-    let (builder, builder_conn) = connect().await?;
-    tokio::spawn(builder_conn);
-    let build = tokio::spawn(async move {
-        builder
-            .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
-            .await
-    });
-    let building = "SELECT count(*) FROM pg_stat_progress_create_index \
-                    WHERE relid = 't'::regclass";
-    poll_until(
-        "the gated index build to start",
-        Duration::from_secs(30),
-        || Ok((on(&pair.new, building)? == "1").then_some(())),
-    )?;
     let args = switchyard_tests::backfill::pair_args(&pair, &flags);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = backfill_command(&refs)?
@@ -1189,7 +1164,7 @@ async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Resul
         )
     });
     // The test's own request for the table, queued behind the gated build.
-    let (locker, locker_conn) = connect().await?;
+    let (locker, locker_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(locker_conn);
     let lock = tokio::spawn(async move {
         locker
@@ -1197,11 +1172,7 @@ async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Resul
             .await
     });
     let run = wait_backfill(child, Duration::from_secs(60)).await;
-    keeper.execute("SELECT pg_advisory_unlock(42)", &[]).await?;
-    build
-        .await
-        .context("the index build task")?
-        .context("the gated index build")?;
+    gate.open().await?;
     lock.await
         .context("the lock task")?
         .context("the test's lock")?;

@@ -84,10 +84,10 @@ async fn one_scan_of_old_loads_and_verifies_every_chunk() -> Result<()> {
     assert_verified(&pair, "tk").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_killed_midway_leaves_nothing_and_is_read_again() -> Result<()> {
+/// A pair from [`scan_pair`] after a `--scan-old` run of `big` stopped at `failpoint`.
+async fn scan_stopped_at(failpoint: &str) -> Result<Pair> {
     let pair = scan_pair().await?;
-    let killed = backfill_with_env(
+    let stopped = backfill_with_env(
         &pair,
         &[
             "--chunk-rows",
@@ -100,11 +100,17 @@ async fn a_scan_killed_midway_leaves_nothing_and_is_read_again() -> Result<()> {
             "--tables",
             "big",
         ],
-        ("BACKFILL_TEST_FAILPOINT", "exit-mid-scan"),
+        ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(120),
     )
     .await?;
-    ensure!(killed.code() == Some(3), "{}", killed.text());
+    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    Ok(pair)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_killed_midway_leaves_nothing_and_is_read_again() -> Result<()> {
+    let pair = scan_stopped_at("exit-mid-scan").await?;
     // Nothing committed: no rows, no chunk recorded copied.
     ensure!(on(&pair.new, "SELECT count(*) FROM big")? == "0");
     ensure!(
@@ -125,25 +131,7 @@ async fn a_scan_killed_midway_leaves_nothing_and_is_read_again() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_stopped_between_its_commits_is_repaired_by_verification() -> Result<()> {
-    let pair = scan_pair().await?;
-    let stopped = backfill_with_env(
-        &pair,
-        &[
-            "--chunk-rows",
-            "5000",
-            "--jobs",
-            "2",
-            "--dual-writes",
-            "off",
-            "--scan-old",
-            "--tables",
-            "big",
-        ],
-        ("BACKFILL_TEST_FAILPOINT", "exit-between-scan-commits"),
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    let pair = scan_stopped_at("exit-between-scan-commits").await?;
     // The first session committed its rows with every chunk's record; the second's are
     // missing.
     ensure!(
