@@ -27,16 +27,19 @@ async fn scan_pair() -> Result<Pair> {
     Ok(pair)
 }
 
-const SCAN: [&str; 8] = [
-    "--chunk-rows",
-    "5000",
-    "--jobs",
-    "2",
-    "--dual-writes",
-    "off",
-    "--scan-old",
-    "--tables=big,tk",
-];
+/// A `--scan-old` run's flags, with the tables to copy.
+fn scan_flags(tables: &str) -> [&str; 8] {
+    [
+        "--chunk-rows",
+        "5000",
+        "--jobs",
+        "2",
+        "--dual-writes",
+        "off",
+        "--scan-old",
+        tables,
+    ]
+}
 
 /// Chunks of `table` as `status|path|attempts|count` lines.
 fn chunk_states(pair: &Pair, table: &str) -> Result<String> {
@@ -52,7 +55,7 @@ fn chunk_states(pair: &Pair, table: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_scan_of_old_loads_and_verifies_every_chunk() -> Result<()> {
     let pair = scan_pair().await?;
-    let run = backfill(&pair, &SCAN).await?;
+    let run = backfill(&pair, &scan_flags("--tables=big,tk")).await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     // One claim of every chunk, copied from the scan, then verified by the pass.
     ensure!(
@@ -89,17 +92,7 @@ async fn scan_stopped_at(failpoint: &str) -> Result<Pair> {
     let pair = scan_pair().await?;
     let stopped = backfill_with_env(
         &pair,
-        &[
-            "--chunk-rows",
-            "5000",
-            "--jobs",
-            "2",
-            "--dual-writes",
-            "off",
-            "--scan-old",
-            "--tables",
-            "big",
-        ],
+        &scan_flags("--tables=big"),
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(120),
     )
