@@ -386,7 +386,7 @@ pub async fn claim_scan(
 }
 
 /// Scanning old: records every chunk of a scanned table as copied, with the rows and
-/// old's checksum of each, in the transaction that committed the first loading session;
+/// old's checksum of each and its share of the scan's `copy_ms`, in the transaction that committed the first loading session;
 /// false (roll back) unless every chunk is still this worker's claim.
 pub async fn record_scanned(
     tx: &tokio_postgres::Transaction<'_>,
@@ -398,6 +398,9 @@ pub async fn record_scanned(
     let Some(first) = claims.first() else {
         return Ok(true);
     };
+    // The scan's time shared out by rows, so that the chunks' times add up to it.
+    let total: i64 = sums.iter().map(|s| s.rows).sum::<i64>().max(1);
+    let ms: Vec<i64> = sums.iter().map(|s| copy_ms * s.rows / total).collect();
     let chunk_nos: Vec<i32> = claims.iter().map(|c| c.chunk_no).collect();
     let attempts: Vec<i32> = claims.iter().map(|c| c.attempts).collect();
     let rows: Vec<i64> = sums.iter().map(|s| s.rows).collect();
@@ -405,10 +408,10 @@ pub async fn record_scanned(
     let n = tx
         .execute(
             "UPDATE _switchyard.backfill_chunks c SET status = 'copied', path = 'scan', \
-             rows_copied = u.rows, rows_inserted = u.rows, copy_ms = $7, lease_until = NULL, \
+             rows_copied = u.rows, rows_inserted = u.rows, copy_ms = u.ms, lease_until = NULL, \
              rows_old = u.rows, checksum_old = u.checksum \
-             FROM unnest($2::int[], $3::int[], $4::bigint[], $5::text[]) \
-                  AS u(chunk_no, attempts, rows, checksum) \
+             FROM unnest($2::int[], $3::int[], $4::bigint[], $5::text[], $7::bigint[]) \
+                  AS u(chunk_no, attempts, rows, checksum, ms) \
              WHERE c.table_name = $1 AND c.chunk_no = u.chunk_no AND c.attempts = u.attempts \
                AND c.worker = $6 AND c.status = 'running'",
             &[
@@ -418,7 +421,7 @@ pub async fn record_scanned(
                 &rows,
                 &checksums,
                 &worker,
-                &copy_ms,
+                &ms,
             ],
         )
         .await

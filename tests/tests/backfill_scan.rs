@@ -55,8 +55,21 @@ fn chunk_states(pair: &Pair, table: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_scan_of_old_loads_and_verifies_every_chunk() -> Result<()> {
     let pair = scan_pair().await?;
+    let started = std::time::Instant::now();
     let run = backfill(&pair, &scan_flags("--tables=big,tk")).await?;
+    let elapsed_ms = started.elapsed().as_millis();
     ensure!(run.code() == Some(0), "{}", run.text());
+    // The scan's time is shared out among the chunks, not counted once per chunk.
+    let copy_ms: u128 = on(
+        &pair.new,
+        "SELECT sum(copy_ms) FROM _switchyard.backfill_chunks \
+         WHERE table_name = '\"public\".\"big\"'",
+    )?
+    .parse()?;
+    ensure!(
+        copy_ms <= elapsed_ms,
+        "chunks' copy times add up to {copy_ms} ms in a run of {elapsed_ms} ms"
+    );
     // One claim of every chunk, copied from the scan, then verified by the pass.
     ensure!(
         chunk_states(&pair, "big")? == "done|scan|1|12",
