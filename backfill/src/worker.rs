@@ -119,17 +119,34 @@ async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
             .await
             .with_context(|| format!("setting up a worker session on the {db} database"))?;
     }
-    if s.fk_mode == FkMode::Replica {
-        new.batch_execute("SET session_replication_role = replica")
-            .await
-            .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
-    }
+    triggers_off_if_replica(cfg, &new).await?;
     Ok(Sessions {
         old,
         new,
         old_copy,
         new_copy,
         stages: Stages::default(),
+    })
+}
+
+/// Under `fk-mode replica`, turns triggers off on a session loading new.
+async fn triggers_off_if_replica(cfg: &BackfillConfig, new: &Client) -> Result<()> {
+    if cfg.backfill.fk_mode == FkMode::Replica {
+        new.batch_execute("SET session_replication_role = replica")
+            .await
+            .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
+    }
+    Ok(())
+}
+
+/// The worker's sessions, opened when it has none (or lost them after a failure).
+async fn sessions_of<'a>(
+    sessions: &'a mut Option<Sessions>,
+    cfg: &BackfillConfig,
+) -> Result<&'a mut Sessions> {
+    Ok(match sessions {
+        Some(s) => s,
+        None => sessions.insert(open_sessions(cfg).await?),
     })
 }
 
@@ -314,22 +331,15 @@ async fn run_scan(
         let key = t
             .pass_key
             .with_context(|| format!("claimed {table} to scan, but it has no integer key"))?;
-        let s = match sessions {
-            Some(s) => s,
-            None => sessions.insert(open_sessions(&shared.cfg).await?),
-        };
+        let s = sessions_of(sessions, &shared.cfg).await?;
         // One loading session per job (at most 4), as chunk copies would use.
         let cfg = &shared.cfg;
         let mut news = futures_util::future::try_join_all(
             (0..cfg.backfill.jobs.clamp(1, 4)).map(|_| connect(Db::New, &cfg.new, 0)),
         )
         .await?;
-        if cfg.backfill.fk_mode == FkMode::Replica {
-            for new in &news {
-                new.batch_execute("SET session_replication_role = replica")
-                    .await
-                    .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
-            }
+        for new in &news {
+            triggers_off_if_replica(cfg, new).await?;
         }
         tracing::info!(table = %table, sessions = news.len(), "Scanning old for the whole table.");
         table_scan::run(
@@ -385,10 +395,7 @@ async fn run_pass(
         let key = t.pass_key.with_context(|| {
             format!("chunks of {table} carry stream checksums, but its columns cannot be hashed that way")
         })?;
-        let s = match sessions {
-            Some(s) => s,
-            None => sessions.insert(open_sessions(&shared.cfg).await?),
-        };
+        let s = sessions_of(sessions, &shared.cfg).await?;
         // The pass is what is left of the table's work while its key is rebuilt: read it
         // on up to `--jobs` sessions at once (at most 4), so it does not leave cores idle.
         let extra = shared.cfg.backfill.jobs.clamp(1, 4) - 1;
