@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod config_layer;
 pub mod connect;
 pub mod copy_conn;
+pub mod capture;
 pub mod copy_hash;
 pub mod diff;
 pub mod dsn;

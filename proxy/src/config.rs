@@ -138,9 +138,16 @@ pub struct MirrorConfig {
     /// lock_timeout on the secondary, in ms.
     #[serde(default = "default_secondary_lock_timeout")]
     pub secondary_lock_timeout_ms: u64,
-    /// Row images sent to the secondary per statement.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
+    /// Refuse (SQLSTATE 0A000, naming the reason) writes the proxy cannot capture, such as
+    /// large objects; when false they run on the old database and are counted and listed
+    /// in `/api/status` under `statement_mode`.
+    #[serde(default)]
+    pub strict: bool,
+    /// How often each instance drains the change log (writes no proxy mirrored in lockstep:
+    /// sessions connected straight to the old database, procedures that commit by
+    /// themselves), in ms.
+    #[serde(default = "default_log_poll")]
+    pub log_poll_ms: u64,
     /// Keys remembered per transaction for re-sync orders; beyond this a table is re-synced
     /// whole, so memory stays bounded for huge transactions.
     #[serde(default = "default_max_tracked_keys")]
@@ -154,7 +161,8 @@ impl Default for MirrorConfig {
             ddl: default_ddl(),
             secondary_statement_timeout_ms: default_secondary_statement_timeout(),
             secondary_lock_timeout_ms: default_secondary_lock_timeout(),
-            batch_rows: default_batch_rows(),
+            strict: false,
+            log_poll_ms: default_log_poll(),
             max_tracked_keys: default_max_tracked_keys(),
         }
     }
@@ -172,8 +180,8 @@ fn default_secondary_statement_timeout() -> u64 {
 fn default_secondary_lock_timeout() -> u64 {
     1000
 }
-fn default_batch_rows() -> usize {
-    1000
+fn default_log_poll() -> u64 {
+    250
 }
 fn default_max_tracked_keys() -> usize {
     100_000
@@ -303,8 +311,8 @@ impl Validate for ProxyConfig {
         if self.classifier_cache_size == 0 {
             bad("classifier_cache_size", "must be at least 1".into());
         }
-        if self.mirror.batch_rows == 0 {
-            bad("mirror.batch_rows", "must be at least 1".into());
+        if self.mirror.log_poll_ms == 0 {
+            bad("mirror.log_poll_ms", "must be at least 1".into());
         }
         if self.mirror.secondary_statement_timeout_ms == 0 {
             bad(

@@ -30,6 +30,9 @@ pub const MIRROR_RETRY_OLDEST_SECONDS: &str = "switchyard_mirror_retry_oldest_se
 pub const RETRY_KAFKA_CONFIRM_SECONDS: &str = "switchyard_retry_kafka_confirm_seconds";
 pub const RETRY_KAFKA_FAILURES_TOTAL: &str = "switchyard_retry_kafka_failures_total";
 pub const MIRROR_COMMITS_REFUSED_TOTAL: &str = "switchyard_mirror_commits_refused_total";
+pub const CAPTURE_EVENTS_TOTAL: &str = "switchyard_capture_events_total";
+pub const CAPTURE_LOG_BACKLOG: &str = "switchyard_capture_log_backlog";
+pub const CAPTURE_LOG_APPLIED_TOTAL: &str = "switchyard_capture_log_applied_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -246,9 +246,10 @@ async fn serve(
     }
     if let Some(m) = shared.mirror.clone() {
         background.spawn(crate::mirror::startup::recover_loop(
-            m,
+            m.clone(),
             Duration::from_secs(5),
         ));
+        background.spawn(crate::mirror::startup::log_loop(m));
     }
     background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(5)));
     if let Some(s) = shared.shadow.clone() {

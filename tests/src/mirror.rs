@@ -88,3 +88,35 @@ pub async fn pgbench_pair() -> Result<Pair> {
     })?;
     Ok(pair)
 }
+
+/// Every row of `table` on `c` as text, sorted.
+pub fn rows(c: &PgCluster, table: &str) -> Result<String> {
+    on(c, &format!("SELECT t::text FROM {table} t ORDER BY 1"))
+}
+
+/// Asserts every table in `tables` holds the same rows on both clusters, compared row by
+/// row. COMMIT PREPARED reaches new a moment after the client's answer, so new is polled
+/// for up to 10 s; nothing is replayed.
+pub fn assert_same(pair: &Pair, tables: &[&str]) -> Result<()> {
+    for table in tables {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let old = rows(&pair.old, table)?;
+            let new = rows(&pair.new, table)?;
+            if old == new {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{table} differs:\n--- old\n{old}\n--- new\n{new}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Rows in the retry log on old (nothing should be queued when new took everything).
+pub fn retry_records(pair: &Pair) -> Result<i64> {
+    Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
+}

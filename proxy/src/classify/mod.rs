@@ -57,9 +57,9 @@ pub struct Classified {
     pub fingerprint: u64,
     /// False when the parser rejected the text; the server will report the error.
     pub parsed: bool,
-    /// Runs code whose writes the statement does not show (DO, CALL, EXECUTE of a
-    /// prepared statement): dual writes cannot capture them and flag them instead.
-    pub opaque: bool,
+    /// Calls a function (which may write, unless it is a built-in one): dual writes look
+    /// at the plan of such reads.
+    pub calls_functions: bool,
 }
 
 /// Functions that change state even inside a SELECT.
@@ -89,7 +89,7 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
                 class: StatementClass::Other,
                 fingerprint: xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
                 parsed: false,
-                opaque: false,
+                calls_functions: false,
             }]
         }
     };
@@ -183,15 +183,11 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
         | NodeEnum::ReindexStmt(_) => StatementClass::Other,
         _ => StatementClass::Ddl,
     };
-    let opaque = matches!(
-        node,
-        NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_) | NodeEnum::ExecuteStmt(_)
-    );
     vec![Classified {
         class,
         fingerprint,
         parsed: true,
-        opaque,
+        calls_functions: !calls.is_empty(),
     }]
 }
 

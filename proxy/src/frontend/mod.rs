@@ -2,7 +2,7 @@
 //! messages between the client and its primary connection.
 
 mod auth;
-mod mediate;
+mod lockstep;
 mod reply;
 mod session;
 mod startup;

@@ -63,6 +63,12 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     }
     // The client's own user and database were checked; the databases see the URLs' ones.
     params.retain(|(k, _)| k != "user" && k != "database" && !k.starts_with("_pq_."));
+    if shared.mirror.is_some() {
+        // Marks what this session writes outside lockstep in the change log as written
+        // through this instance (a write outside every proxy has no mark).
+        params.retain(|(k, _)| k != "switchyard.session");
+        params.push(("switchyard.session".into(), shared.instance_id.clone()));
+    }
     let backend = match Box::pin(connect(
         Role::Old,
         &shared.old,

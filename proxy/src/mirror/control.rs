@@ -22,6 +22,10 @@ impl Control {
         }
     }
 
+    pub fn dsn(&self) -> &Dsn {
+        &self.dsn
+    }
+
     pub async fn client(&self) -> Result<Arc<tokio_postgres::Client>, MirrorError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {

@@ -1,21 +1,23 @@
-//! Dual writes: the policy side. What a statement means for mirroring (`rewrite`), the
-//! tables' facts (`catalog`), the session's secondary connection (`secondary`) and its
-//! lockstep transaction (`txn`). The wire handling lives in `frontend::mediate`.
+//! Dual writes: the policy side. What a statement means for mirroring (`plan`), the
+//! captured tables' facts (`tables`), the session's secondary connection (`secondary`) and
+//! its lockstep transaction (`txn`), and what runs in the background (`startup`: capture
+//! install, in-doubt recovery, the change-log drain). The wire handling lives in
+//! `crate::lockstep`.
 
-pub mod catalog;
 pub mod control;
+pub mod plan;
 pub mod retry_kafka;
-pub mod rewrite;
+pub mod routines;
 pub mod secondary;
 pub mod startup;
 pub mod status;
+pub mod tables;
 pub mod txn;
 
 use crate::config::{DdlPolicy, MirrorConfig, MirrorMode};
-use catalog::Catalog;
 use control::Control;
 use dashmap::DashMap;
-use rewrite::Plan;
+use plan::Plan;
 use std::sync::Arc;
 use switchyard_core::dsn::Dsn;
 
@@ -53,7 +55,8 @@ pub struct Mirror {
     pub new: Dsn,
     pub instance: String,
     pub control: Control,
-    pub catalog: Catalog,
+    pub tables: tables::Tables,
+    pub routines: routines::RoutineSet,
     plans: DashMap<String, Arc<Plan>>,
     pub status: status::MirrorStatus,
     /// Set when retry records go to Kafka (`retry_log.backend = "kafka"`).
@@ -79,7 +82,8 @@ impl Mirror {
             new,
             instance,
             control: Control::new(old, connect_timeout),
-            catalog: Catalog::new(),
+            tables: tables::Tables::default(),
+            routines: routines::RoutineSet::default(),
             plans: DashMap::new(),
             status: status::MirrorStatus::default(),
             kafka,
@@ -107,29 +111,54 @@ impl Mirror {
         s
     }
 
-    /// The plan for a statement string, cached by its exact text.
+    /// The plan for a statement string, cached by its exact text (the cache is emptied
+    /// when what the primary knows of its routines changes).
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
         if let Some(p) = self.plans.get(sql) {
             return p.clone();
         }
-        let mut p = rewrite::plan(sql);
-        if let Plan::Statement { ddl: true, .. } = p {
-            match self.config.ddl {
-                DdlPolicy::Mirror => {}
-                DdlPolicy::PrimaryOnly => {
-                    p = Plan::Unmirrored {
-                        reason: "DDL (ddl = primary-only)",
-                    }
-                }
-                DdlPolicy::Reject => p = Plan::Rejected,
-            }
-        }
-        let p = Arc::new(p);
+        let routines = self.routines.current();
+        let p = Arc::new(self.policy(plan::plan(sql, &*routines)));
         if self.plans.len() >= PLAN_CACHE_MAX {
             self.plans.clear();
         }
         self.plans.insert(sql.to_string(), p.clone());
         p
+    }
+
+    /// Forgets every cached plan (the routines they were decided with changed).
+    pub fn forget_plans(&self) {
+        self.plans.clear();
+    }
+
+    /// The configured policies applied to a plan.
+    fn policy(&self, p: Plan) -> Plan {
+        match p {
+            Plan::Ddl { .. } => match self.config.ddl {
+                DdlPolicy::Mirror => p,
+                DdlPolicy::PrimaryOnly => Plan::Flagged {
+                    reason: "DDL (ddl = primary-only)",
+                },
+                DdlPolicy::Reject => Plan::Rejected {
+                    reason: "DDL is rejected while the database is being migrated (mirror.ddl = \"reject\")",
+                },
+            },
+            Plan::Flagged {
+                reason: "large object",
+            } if self.config.strict => Plan::Rejected {
+                reason: "large objects cannot be captured for the new database (mirror.strict = true)",
+            },
+            Plan::Multi(pieces) => Plan::Multi(
+                pieces
+                    .into_iter()
+                    .map(|mut piece| {
+                        piece.plan = self.policy(piece.plan);
+                        piece
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
     }
 
     pub fn new_secondary(&self) -> secondary::Secondary {

@@ -1,42 +1,64 @@
-//! A session's connection to the secondary: opened at the session's first mirrored write.
-//! Changes are queued, not awaited: each runs in order behind the previous one while the
-//! client's next statement already goes to the primary, and the session waits for all of
-//! them (`sync`) only before PREPARE TRANSACTION. Every operation is bounded by the
-//! configured timeout; the first failure makes the rest of the queue fail without running,
-//! and the caller then queues re-sync orders instead.
+//! A session's connection to the secondary: opened at the session's first lockstep commit,
+//! as an applier (`session_replication_role = replica`, `switchyard.apply = on`: the
+//! secondary's own triggers and foreign-key actions stay quiet, their effects arrive
+//! captured).
+//!
+//! Operations are pipelined: a task owned by the connection sends each one as soon as it is
+//! queued, in order, without waiting for the answer to the one before (BEGIN, the applies
+//! and PREPARE go out back to back), and `sync` waits for all of them. At most
+//! `MAX_IN_FLIGHT` wait for an answer, which bounds memory when the primary streams faster
+//! than the secondary applies. Every statement is bounded by the configured server-side
+//! timeouts; `sync` by a client-side one a little above them.
 
 use super::control::connect;
 use super::MirrorError;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
 
-type Statements = Arc<Mutex<HashMap<String, Statement>>>;
+/// Operations sent and not yet answered.
+const MAX_IN_FLIGHT: usize = 8;
+
+enum Op {
+    /// Statements without parameters (BEGIN, DDL, PREPARE TRANSACTION, ROLLBACK).
+    Batch { what: &'static str, sql: String },
+    /// One prepared statement with one text parameter (a JSON array of images or keys).
+    Apply { sql: Arc<str>, rows: String },
+    /// COMMIT/ROLLBACK PREPARED: a failure leaves it in doubt for recovery, logged only.
+    Finish { sql: String, gid: String },
+    /// Answers once everything queued before it was answered: the first error, if any.
+    Sync(oneshot::Sender<Result<(), MirrorError>>),
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<(), MirrorError>> + Send>>;
 
 pub struct Secondary {
     dsn: Dsn,
     timeout: Duration,
     options: String,
-    client: Option<Arc<Client>>,
-    statements: Statements,
+    conn: Option<Conn>,
     /// After a failed connect, don't try again before this instant: a secondary that is down
-    /// must not cost every statement a connect timeout.
+    /// must not cost every commit a connect timeout.
     retry_after: Option<Instant>,
-    /// The last queued operation; it waits for the one before it.
-    pending: Option<JoinHandle<Result<(), MirrorError>>>,
-    /// Operations queued since the last `sync`.
-    queued: usize,
 }
 
-/// Queued operations (each up to `batch_rows` row images) before the session waits for the
-/// secondary to catch up: bounds memory when the primary streams faster than the
-/// secondary applies.
-const MAX_QUEUED: usize = 8;
+struct Conn {
+    ops: mpsc::Sender<Op>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 fn secondary_error(what: &str, e: tokio_postgres::Error) -> MirrorError {
     let sqlstate = e.code().map(|c| c.code().to_string());
@@ -51,12 +73,21 @@ fn secondary_error(what: &str, e: tokio_postgres::Error) -> MirrorError {
     }
 }
 
+fn lost(what: &str) -> MirrorError {
+    MirrorError::Secondary {
+        what: what.to_string(),
+        sqlstate: None,
+        message: "the connection to the new database was lost".into(),
+    }
+}
+
 impl Secondary {
     pub fn new(dsn: Dsn, statement_timeout: Duration, lock_timeout: Duration) -> Self {
         let options = format!(
-            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout=0",
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout=0 {}",
             statement_timeout.as_millis(),
-            lock_timeout.as_millis()
+            lock_timeout.as_millis(),
+            switchyard_core::capture::WRITER_OPTIONS
         );
         Secondary {
             dsn,
@@ -64,20 +95,17 @@ impl Secondary {
             // stopped answering altogether.
             timeout: statement_timeout + Duration::from_millis(500),
             options,
-            client: None,
-            statements: Arc::default(),
+            conn: None,
             retry_after: None,
-            pending: None,
-            queued: 0,
         }
     }
 
-    async fn client(&mut self) -> Result<Arc<Client>, MirrorError> {
-        if let Some(c) = &self.client {
-            if !c.is_closed() {
-                return Ok(c.clone());
+    async fn ops(&mut self) -> Result<mpsc::Sender<Op>, MirrorError> {
+        if let Some(c) = &self.conn {
+            if !c.task.is_finished() {
+                return Ok(c.ops.clone());
             }
-            self.abandon();
+            self.conn = None;
         }
         if let Some(t) = self.retry_after {
             if Instant::now() < t {
@@ -86,19 +114,16 @@ impl Secondary {
                 ));
             }
         }
-        match connect(
-            &self.dsn,
-            "switchyard-mirror",
-            Some(&self.options),
-            self.timeout,
-        )
-        .await
-        {
-            Ok(c) => {
+        match connect(&self.dsn, "switchyard-mirror", Some(&self.options), self.timeout).await {
+            Ok(client) => {
                 self.retry_after = None;
-                let c = Arc::new(c);
-                self.client = Some(c.clone());
-                Ok(c)
+                let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+                let task = tokio::spawn(pipeline(Arc::new(client), rx));
+                self.conn = Some(Conn {
+                    ops: tx.clone(),
+                    task,
+                });
+                Ok(tx)
             }
             Err(e) => {
                 self.retry_after = Some(Instant::now() + Duration::from_secs(1));
@@ -107,142 +132,18 @@ impl Secondary {
         }
     }
 
-    /// Drops the connection (its open transaction dies with it).
-    pub fn abandon(&mut self) {
-        self.client = None;
-        self.statements = Arc::default();
-        if let Some(h) = self.pending.take() {
-            h.abort();
-        }
-    }
-
-    /// Queues `op` behind everything queued before it.
-    fn chain<F, Fut>(&mut self, client: Arc<Client>, what: &'static str, op: F)
-    where
-        F: FnOnce(Arc<Client>, Statements) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-    {
-        let prev = self.pending.take();
-        let timeout = self.timeout;
-        let statements = self.statements.clone();
-        self.queued += 1;
-        self.pending = Some(tokio::spawn(async move {
-            if let Some(p) = prev {
-                match p.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(MirrorError::Secondary {
-                            what: what.into(),
-                            sqlstate: None,
-                            message: format!("an earlier operation was lost: {e}"),
-                        })
-                    }
-                }
-            }
-            match tokio::time::timeout(timeout, op(client, statements)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(secondary_error(what, e)),
-                Err(_) => Err(MirrorError::Secondary {
-                    what: what.into(),
-                    sqlstate: None,
-                    message: format!("no answer within {timeout:?}"),
-                }),
-            }
-        }));
-    }
-
-    /// Queues statements that return nothing (BEGIN, SAVEPOINT, DDL in statement mode...).
-    /// Fails at once only when there is no connection.
-    pub async fn queue_execute(
-        &mut self,
-        what: &'static str,
-        sql: String,
-    ) -> Result<(), MirrorError> {
-        let c = self.client().await?;
-        self.chain(
-            c,
-            what,
-            move |c, _| async move { c.batch_execute(&sql).await },
-        );
-        Ok(())
-    }
-
-    /// Queues one batch of row images (a JSON array) for a prepared statement.
-    pub async fn queue_apply(&mut self, sql: &str, images: String) -> Result<(), MirrorError> {
-        if self.queued >= MAX_QUEUED {
-            self.sync().await?;
-        }
-        let c = self.client().await?;
-        let sql = sql.to_string();
-        self.chain(c, "apply", move |c, statements| async move {
-            let stmt = {
-                let mut cache = statements.lock().await;
-                match cache.get(&sql) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = c.prepare(&sql).await?;
-                        cache.insert(sql.clone(), s.clone());
-                        s
-                    }
-                }
-            };
-            c.execute(&stmt, &[&images]).await.map(|_| ())
-        });
-        Ok(())
-    }
-
-    /// Queues a COPY ... FROM STDIN fed with `data` (the client's CopyData payloads).
-    pub async fn queue_copy(
-        &mut self,
-        sql: String,
-        data: Vec<bytes::Bytes>,
-    ) -> Result<(), MirrorError> {
-        use futures_util::SinkExt;
-        let c = self.client().await?;
-        self.chain(c, "COPY", move |c, _| async move {
-            let sink = c.copy_in::<_, bytes::Bytes>(sql.as_str()).await?;
-            futures_util::pin_mut!(sink);
-            for chunk in data {
-                sink.send(chunk).await?;
-            }
-            sink.as_mut().finish().await.map(|_| ())
-        });
-        Ok(())
-    }
-
-    /// Waits for everything queued; the first failure, if any. A failure without a
-    /// SQLSTATE (timeout, lost connection) also drops the connection.
-    pub async fn sync(&mut self) -> Result<(), MirrorError> {
-        self.queued = 0;
-        let Some(h) = self.pending.take() else {
-            return Ok(());
-        };
-        let r = match h.await {
-            Ok(r) => r,
-            Err(e) => Err(MirrorError::Secondary {
-                what: "apply".into(),
-                sqlstate: None,
-                message: format!("lost: {e}"),
-            }),
-        };
-        if let Err(MirrorError::Secondary { sqlstate: None, .. }) = &r {
-            self.abandon();
-        }
-        r
-    }
-
-    /// Waits for the queue, then runs `sql` and waits for it too.
-    pub async fn execute(&mut self, sql: &str) -> Result<(), MirrorError> {
-        self.sync().await?;
-        let c = self.client().await?;
-        match tokio::time::timeout(self.timeout, c.batch_execute(sql)).await {
+    async fn queue(&mut self, what: &'static str, op: Op) -> Result<(), MirrorError> {
+        let ops = self.ops().await?;
+        match tokio::time::timeout(self.timeout, ops.send(op)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(secondary_error(sql_head(sql), e)),
+            Ok(Err(_)) => {
+                self.abandon();
+                Err(lost(what))
+            }
             Err(_) => {
                 self.abandon();
                 Err(MirrorError::Secondary {
-                    what: sql_head(sql).to_string(),
+                    what: what.into(),
                     sqlstate: None,
                     message: format!("no answer within {:?}", self.timeout),
                 })
@@ -250,40 +151,145 @@ impl Secondary {
         }
     }
 
+    /// Drops the connection (its open transaction dies with it).
+    pub fn abandon(&mut self) {
+        self.conn = None;
+    }
+
+    /// Queues statements that return nothing. Fails at once only when there is no
+    /// connection.
+    pub async fn queue_batch(&mut self, what: &'static str, sql: String) -> Result<(), MirrorError> {
+        self.queue(what, Op::Batch { what, sql }).await
+    }
+
+    /// Queues one prepared statement with a JSON array as its parameter.
+    pub async fn queue_apply(&mut self, sql: Arc<str>, rows: String) -> Result<(), MirrorError> {
+        self.queue("apply", Op::Apply { sql, rows }).await
+    }
+
+    /// Waits for everything queued; the first failure, if any. A failure without a SQLSTATE
+    /// (timeout, lost connection) also drops the connection.
+    pub async fn sync(&mut self) -> Result<(), MirrorError> {
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        let ops = conn.ops.clone();
+        let (tx, rx) = oneshot::channel();
+        let r = tokio::time::timeout(self.timeout, async {
+            ops.send(Op::Sync(tx)).await.map_err(|_| lost("sync"))?;
+            rx.await.map_err(|_| lost("sync"))?
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(MirrorError::Secondary {
+                what: "apply".into(),
+                sqlstate: None,
+                message: format!("no answer within {:?}", self.timeout),
+            })
+        });
+        if let Err(MirrorError::Secondary { sqlstate: None, .. }) = &r {
+            self.abandon();
+        }
+        r
+    }
+
+    /// Queues `sql` and waits for it and everything before it.
+    pub async fn execute(&mut self, what: &'static str, sql: &str) -> Result<(), MirrorError> {
+        self.queue_batch(what, sql.to_string()).await?;
+        self.sync().await
+    }
+
     /// Finishes a prepared transaction (COMMIT/ROLLBACK PREPARED) without waiting; later
     /// operations queue behind it. A failure leaves it in doubt for recovery, which is
     /// logged, and does not fail what comes after.
-    pub fn finish_prepared(&mut self, gid: &str, commit: bool) {
-        let Some(c) = self.client.clone() else {
-            return;
-        };
+    pub async fn finish_prepared(&mut self, gid: &str, commit: bool) {
         let sql = format!(
             "{} PREPARED '{}'",
             if commit { "COMMIT" } else { "ROLLBACK" },
             gid.replace('\'', "''")
         );
-        let timeout = self.timeout;
-        let gid = gid.to_string();
-        let prev = self.pending.take();
-        self.pending = Some(tokio::spawn(async move {
-            if let Some(p) = prev {
-                let _ = p.await;
-            }
-            let outcome = tokio::time::timeout(timeout, c.batch_execute(&sql)).await;
-            if !matches!(outcome, Ok(Ok(()))) {
-                tracing::warn!(gid, ?outcome, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
-                metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
-            }
-            Ok(())
-        }));
+        let op = Op::Finish {
+            sql,
+            gid: gid.to_string(),
+        };
+        if self.queue("finish", op).await.is_err() {
+            tracing::warn!(gid, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
+            metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
+        }
     }
 }
 
-fn sql_head(sql: &str) -> &str {
-    let end = sql
-        .char_indices()
-        .find(|(_, c)| c.is_whitespace() || *c == ';')
-        .map(|(i, _)| i)
-        .unwrap_or(sql.len());
-    &sql[..end]
+/// Sends each operation as it arrives and collects the answers in order.
+async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>) {
+    let mut statements: HashMap<Arc<str>, Statement> = HashMap::new();
+    let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut first_error: Option<MirrorError> = None;
+    loop {
+        tokio::select! {
+            op = ops.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(op) = op else { return };
+                let fut: Pending = match op {
+                    Op::Sync(reply) => {
+                        while let Some(r) = in_flight.next().await {
+                            note(&mut first_error, r);
+                        }
+                        let _ = reply.send(first_error.take().map_or(Ok(()), Err));
+                        continue;
+                    }
+                    Op::Batch { what, sql } => {
+                        let c = client.clone();
+                        Box::pin(async move { c.batch_execute(&sql).await.map_err(|e| secondary_error(what, e)) })
+                    }
+                    Op::Finish { sql, gid } => {
+                        let c = client.clone();
+                        Box::pin(async move {
+                            if let Err(e) = c.batch_execute(&sql).await {
+                                tracing::warn!(gid, error = %e, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
+                                metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
+                            }
+                            Ok(())
+                        })
+                    }
+                    Op::Apply { sql, rows } => {
+                        // Preparing waits for its answer before anything later is sent, so
+                        // the order on the wire stays the order of the queue.
+                        let statement = match statements.get(&sql) {
+                            Some(s) => Ok(s.clone()),
+                            None => match client.prepare(&sql).await {
+                                Ok(s) => {
+                                    if statements.len() >= 256 {
+                                        statements.clear();
+                                    }
+                                    statements.insert(sql.clone(), s.clone());
+                                    Ok(s)
+                                }
+                                Err(e) => Err(secondary_error("prepare", e)),
+                            },
+                        };
+                        let c = client.clone();
+                        Box::pin(async move {
+                            let s = statement?;
+                            c.execute(&s, &[&rows]).await.map(|_| ()).map_err(|e| secondary_error("apply", e))
+                        })
+                    }
+                };
+                // The first poll sends the request (tokio-postgres sends when a request
+                // future is first polled): do it now, in queue order.
+                let mut fut = fut;
+                match futures_util::poll!(&mut fut) {
+                    std::task::Poll::Ready(r) => note(&mut first_error, r),
+                    std::task::Poll::Pending => in_flight.push_back(fut),
+                }
+            }
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => note(&mut first_error, r),
+        }
+    }
+}
+
+fn note(first: &mut Option<MirrorError>, r: Result<(), MirrorError>) {
+    if let Err(e) = r {
+        if first.is_none() {
+            *first = Some(e);
+        }
+    }
 }

@@ -1,21 +1,44 @@
-//! What dual writes need before the first client arrives, and the background loop that
-//! resolves in-doubt prepared transactions.
+//! What dual writes need before the first client arrives (change capture on the primary,
+//! an applier's rights and prepared transactions on the secondary), and the loops that run
+//! beside the sessions: in-doubt recovery, the change-log drain, the routines refresh.
 
 use super::control::connect;
 use super::Mirror;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use switchyard_core::capture;
 
-/// Creates the retry log on the primary and checks that the secondary can prepare
-/// transactions. A database that is down is not fatal (the proxy must start while the new
-/// database is down, and writes fail clearly while the retry log is missing); a secondary
-/// that cannot take two-phase commits is, because the invariant could not be kept.
+/// Installs capture on the primary and checks the secondary. A database that is down is not
+/// fatal (the proxy must start while the new database is down, and writes fail clearly
+/// while the primary is); missing rights are, because the invariant could not be kept.
 pub async fn check(m: &Mirror) -> Result<(), String> {
     if let Err(e) = m.prepare_primary().await {
         tracing::warn!(error = %e, "Could not create the retry log on the old database yet; writes will fail until it exists.");
     }
+    match m.control.client().await {
+        Ok(c) => {
+            let report = capture::install::install(&c)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            tracing::info!(
+                tables = report.tables,
+                changed = report.tables_changed,
+                upgraded = report.upgraded,
+                "Change capture is installed on the old database."
+            );
+            if let Err(e) = m.routines.refresh(&c).await {
+                tracing::warn!(error = %e, "Could not read the old database's routines.");
+            }
+        }
+        Err(e) => {
+            return Err(format!(
+                "the old database is not reachable, so change capture cannot be checked: {e}"
+            ))
+        }
+    }
     let timeout = Duration::from_secs(5);
-    match connect(&m.new, "switchyard-check", None, timeout).await {
+    match connect(&m.new, "switchyard-check", Some(capture::WRITER_OPTIONS), timeout).await {
         Ok(c) => {
             let n: i32 = match c
                 .query_one(
@@ -43,6 +66,15 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
                 tracing::warn!(error = %e, "Could not create _switchyard.applied_statements on the new database.");
             }
         }
+        Err(e) if e.to_string().contains("session_replication_role") => {
+            return Err(format!(
+                "{e}: the proxy applies captured changes on the new database with \
+                 session_replication_role = replica (the new database's own triggers and \
+                 foreign-key actions must not fire: their effects arrive captured). The role of \
+                 the --new URL needs superuser, the managed service's admin role, or on \
+                 PostgreSQL 15+ `GRANT SET ON PARAMETER session_replication_role TO <role>`"
+            ))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "The new database is not reachable at start; writes go to the retry log until it is.");
         }
@@ -66,10 +98,23 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
                 .await
             {
                 let (n, age): (i64, f64) = (row.get(0), row.get(1));
-                m.status.retry_backlog.store(n.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-                m.status.retry_oldest_secs.store(age.max(0.0) as u64, std::sync::atomic::Ordering::Relaxed);
+                m.status.retry_backlog.store(n.max(0) as u64, Ordering::Relaxed);
+                m.status.retry_oldest_secs.store(age.max(0.0) as u64, Ordering::Relaxed);
                 metrics::gauge!(crate::metrics::MIRROR_RETRY_BACKLOG).set(n as f64);
                 metrics::gauge!(crate::metrics::MIRROR_RETRY_OLDEST_SECONDS).set(age);
+            }
+            if let Ok((n, age)) = capture::log::backlog(p).await {
+                m.status.capture.log_backlog.store(n.max(0) as u64, Ordering::Relaxed);
+                m.status
+                    .capture
+                    .log_oldest_secs
+                    .store(age.max(0.0) as u64, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::CAPTURE_LOG_BACKLOG).set(n as f64);
+            }
+            match m.routines.refresh(p).await {
+                Ok(true) => m.forget_plans(),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "Reading the routines failed."),
             }
         }
         let secondary = connect(&m.new, "switchyard-recover", None, timeout).await;
@@ -85,12 +130,80 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
                     }
                     m.status.in_doubt.store(
                         (r.pending.len() + r.unknown.len()) as u64,
-                        std::sync::atomic::Ordering::Relaxed,
+                        Ordering::Relaxed,
                     );
                 }
                 Err(e) => tracing::warn!(error = %e, "Resolving in-doubt transactions failed."),
             }
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Drains the change log into the new database: writes no proxy mirrored in lockstep reach
+/// it within `mirror.log_poll_ms` (and are counted), whoever made them.
+pub async fn log_loop(m: Arc<Mirror>) {
+    let every = Duration::from_millis(m.config.log_poll_ms);
+    let timeout = Duration::from_secs(5);
+    let mut conns: Option<(tokio_postgres::Client, tokio_postgres::Client, tokio_postgres::Client)> =
+        None;
+    let mut tables = capture::log::LogTables::default();
+    let mut last_error_log = Instant::now() - Duration::from_secs(60);
+    loop {
+        if conns.is_none() {
+            let opened = async {
+                let claim = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
+                let source = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
+                let target =
+                    connect(&m.new, "switchyard-log", Some(capture::WRITER_OPTIONS), timeout).await?;
+                Ok::<_, super::MirrorError>((claim, source, target))
+            }
+            .await;
+            match opened {
+                Ok(c) => conns = Some(c),
+                Err(e) => note_error(&m, &mut last_error_log, &e.to_string()),
+            }
+        }
+        let mut more = false;
+        if let Some((claim, source, target)) = conns.as_mut() {
+            match capture::log::drain_once(claim, source, target, &mut tables, 500).await {
+                Ok(r) => {
+                    if r.events > 0 {
+                        let c = &m.status.capture;
+                        c.log_applied.fetch_add(r.events, Ordering::Relaxed);
+                        c.writes_outside_proxy.fetch_add(r.outside_proxy, Ordering::Relaxed);
+                        c.writes_outside_lockstep
+                            .fetch_add(r.events - r.outside_proxy, Ordering::Relaxed);
+                        metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "outside_proxy")
+                            .increment(r.outside_proxy);
+                        metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "proxy")
+                            .increment(r.events - r.outside_proxy);
+                        tracing::debug!(events = r.events, outside = r.outside_proxy, "Applied change-log rows.");
+                        more = r.events >= 500;
+                    }
+                    if let Ok(mut e) = m.status.capture.log_error.lock() {
+                        *e = None;
+                    }
+                }
+                Err(e) => {
+                    note_error(&m, &mut last_error_log, &format!("{e:#}"));
+                    tables.clear();
+                    conns = None;
+                }
+            }
+        }
+        if !more {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+fn note_error(m: &Mirror, last: &mut Instant, e: &str) {
+    if last.elapsed() > Duration::from_secs(30) {
+        *last = Instant::now();
+        tracing::warn!(error = %e, "Draining the change log failed; retrying.");
+    }
+    if let Ok(mut slot) = m.status.capture.log_error.lock() {
+        *slot = Some(e.to_string());
     }
 }

@@ -28,6 +28,38 @@ pub struct MirrorStatus {
     /// Statements mirrored as text or not at all, by fingerprint: what to look at.
     pub statement_mode: DashMap<String, StatementModeEntry>,
     pub by_table: DashMap<String, TableCounts>,
+    pub capture: CaptureCounters,
+}
+
+/// The primary's change capture: what was drained in lockstep, and the change log of
+/// writes no proxy mirrored in lockstep.
+#[derive(Default)]
+pub struct CaptureCounters {
+    /// Captured events applied in their client's lockstep transaction.
+    pub lockstep_events: AtomicU64,
+    /// Change-log rows waiting, and the age of the oldest, in seconds (sampled).
+    pub log_backlog: AtomicU64,
+    pub log_oldest_secs: AtomicU64,
+    /// Change-log rows this instance applied to the new database.
+    pub log_applied: AtomicU64,
+    /// Of those, written by sessions outside every proxy.
+    pub writes_outside_proxy: AtomicU64,
+    /// Of those, written through a proxy but outside lockstep (a procedure that commits by
+    /// itself, a write the proxy did not recognise).
+    pub writes_outside_lockstep: AtomicU64,
+    /// Why the change log could not be drained last time, if it could not.
+    pub log_error: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CaptureSnapshot {
+    pub lockstep_events: u64,
+    pub log_backlog: u64,
+    pub log_oldest_secs: u64,
+    pub log_applied: u64,
+    pub writes_outside_proxy: u64,
+    pub writes_outside_lockstep: u64,
+    pub log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,6 +107,7 @@ pub struct MirrorSnapshot {
     pub retry_log: RetryLogSnapshot,
     pub statement_mode: std::collections::BTreeMap<String, StatementModeEntry>,
     pub tables: std::collections::BTreeMap<String, TableCounts>,
+    pub capture: CaptureSnapshot,
 }
 
 impl MirrorStatus {
@@ -153,6 +186,18 @@ impl MirrorStatus {
                 .iter()
                 .map(|e| (e.key().clone(), e.value().clone()))
                 .collect(),
+            capture: CaptureSnapshot {
+                lockstep_events: self.capture.lockstep_events.load(Ordering::Relaxed),
+                log_backlog: self.capture.log_backlog.load(Ordering::Relaxed),
+                log_oldest_secs: self.capture.log_oldest_secs.load(Ordering::Relaxed),
+                log_applied: self.capture.log_applied.load(Ordering::Relaxed),
+                writes_outside_proxy: self.capture.writes_outside_proxy.load(Ordering::Relaxed),
+                writes_outside_lockstep: self
+                    .capture
+                    .writes_outside_lockstep
+                    .load(Ordering::Relaxed),
+                log_error: self.capture.log_error.lock().ok().and_then(|e| e.clone()),
+            },
         }
     }
 }

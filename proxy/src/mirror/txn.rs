@@ -1,18 +1,27 @@
-//! One session's lockstep transaction on the secondary, independent of the wire: what was
-//! applied, what must be queued, savepoints, and the two-phase commit steps.
+//! One client transaction's lockstep counterpart on the secondary, independent of the wire:
+//! the captured events are applied in order (BEGIN at the first), what must be recorded if
+//! the secondary fails is kept, and the two-phase commit steps run here.
+//!
+//! The secondary transaction starts at the client's commit, when the primary's capture is
+//! drained: savepoints and rollbacks inside the client's transaction never reach it (a
+//! rolled-back change leaves no captured row).
 
-use super::catalog::TableInfo;
-use super::rewrite::{quote_ident, DmlKind};
-use super::secondary::Secondary;
+use super::tables::TableInfo;
 use super::{Mirror, MirrorError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use switchyard_core::capture::apply::{truncate_sql, ApplySql};
+use switchyard_core::capture::{Event, Op};
 use switchyard_core::retry::{gid_for, Origin, RecordKind, RetryRecord};
+
+/// Statement records (DDL, rows of tables without a key) kept per transaction in case the
+/// secondary fails; beyond this the transaction cannot commit unless the secondary takes it.
+const MAX_STATEMENT_BYTES: usize = 64 << 20;
 
 pub struct MirrorSession {
     pub mirror: Arc<Mirror>,
-    pub secondary: Secondary,
+    pub secondary: super::secondary::Secondary,
     pub txn: Txn,
 }
 
@@ -20,46 +29,57 @@ pub struct MirrorSession {
 pub struct Txn {
     /// BEGIN was sent to the secondary.
     pub open: bool,
-    /// Why the secondary transaction was abandoned; from then on changes are only queued.
+    /// Why the secondary transaction was abandoned; from then on changes are only recorded.
     pub broken: Option<String>,
-    /// The primary's transaction id, learned from captured rows or asked for before PREPARE.
+    /// The primary's transaction id, from the drained rows.
     pub xid: Option<String>,
-    pub ordinal: u32,
-    pub savepoints: Vec<String>,
+    /// Events applied or recorded.
+    pub events: u64,
+    /// A statement (DDL) was among them.
+    pub had_statements: bool,
     /// Keys touched, as compact JSON text with a shared table name: up to
-    /// `max_tracked_keys` of them live for the whole transaction.
-    keys: Vec<(Arc<str>, Box<str>)>,
-    /// Tables whose changes could not be pinned to keys: re-synced whole.
-    tables: BTreeMap<String, String>,
+    /// `max_tracked_keys` of them.
+    keys: Vec<(Arc<str>, String)>,
     /// Tables with more keys than are tracked: re-synced whole if the secondary fails.
     overflow: BTreeMap<String, String>,
-    /// Rows queued to the secondary and not yet confirmed, by table (for the counters).
-    unconfirmed: Vec<(String, u64)>,
-    statements: Vec<(String, String)>,
+    /// Changes that cannot be re-read by key, in order: statements to run once.
+    statements: Vec<(String, &'static str)>,
+    statement_bytes: usize,
+    /// Rows sent to the secondary and not yet confirmed, by table (for the counters).
+    unconfirmed: BTreeMap<Arc<str>, u64>,
+    /// Tables truncated by the same command, waiting for the next event.
+    truncated: Vec<String>,
     pub prepared: Option<String>,
-    /// Something went wrong that the retry log cannot describe (a written table could not
-    /// be looked up): the transaction must not commit.
-    pub fatal: Option<String>,
+    /// Something happened that the retry log cannot describe: the transaction must not
+    /// commit unless the secondary took everything.
+    pub unrecordable: Option<String>,
 }
 
 impl Txn {
-    /// Anything for the secondary happened in this transaction.
-    pub fn touched(&self) -> bool {
-        self.open
-            || self.broken.is_some()
-            || !self.keys.is_empty()
-            || !self.tables.is_empty()
-            || !self.statements.is_empty()
-    }
-
     /// The retry log must get records before the primary commits.
     pub fn needs_records(&self) -> bool {
-        !self.tables.is_empty()
-            || (self.broken.is_some()
-                && (!self.keys.is_empty()
-                    || !self.statements.is_empty()
-                    || !self.overflow.is_empty()))
+        self.broken.is_some() && self.events > 0
     }
+}
+
+/// How many images a JSON array holds, and the columns of its first one.
+fn shape(rows: &str) -> Result<(u64, BTreeSet<String>, Vec<serde_json::Value>), serde_json::Error> {
+    let images: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(rows)?;
+    let columns = images
+        .first()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let n = images.len() as u64;
+    Ok((n, columns, images.into_iter().map(serde_json::Value::Object).collect()))
+}
+
+/// The key object (`{"col": value}`) of an image.
+fn key_of(image: &serde_json::Value, key: &[String]) -> serde_json::Value {
+    serde_json::Value::Object(
+        key.iter()
+            .map(|c| (c.clone(), image.get(c).cloned().unwrap_or(serde_json::Value::Null)))
+            .collect(),
+    )
 }
 
 impl MirrorSession {
@@ -80,33 +100,153 @@ impl MirrorSession {
         }
     }
 
+    /// Gives up the secondary transaction without an error (its changes will be recorded).
+    pub fn abandon(&mut self, reason: &str) {
+        if self.txn.broken.is_none() {
+            self.txn.broken = Some(reason.to_string());
+        }
+    }
+
     async fn ensure_open(&mut self) -> bool {
         if self.txn.broken.is_some() {
             return false;
         }
-        if self.txn.open {
-            return true;
-        }
-        let mut sql = String::from("BEGIN");
-        for sp in &self.txn.savepoints {
-            sql.push_str("; SAVEPOINT ");
-            sql.push_str(&quote_ident(sp));
-        }
-        match self.secondary.queue_execute("BEGIN", sql).await {
-            Ok(()) => {
-                self.txn.open = true;
-                true
+        if !self.txn.open {
+            match self.secondary.queue_batch("BEGIN", "BEGIN".into()).await {
+                Ok(()) => self.txn.open = true,
+                Err(e) => {
+                    self.fail(&e);
+                    return false;
+                }
             }
-            Err(e) => {
+        }
+        true
+    }
+
+    async fn send(&mut self, sql: Arc<str>, rows: String) {
+        if self.ensure_open().await {
+            if let Err(e) = self.secondary.queue_apply(sql, rows).await {
                 self.fail(&e);
-                false
             }
         }
     }
 
-    /// Waits for the queued secondary work; false (and the transaction marked broken) if
-    /// any of it failed.
+    async fn send_batch(&mut self, what: &'static str, sql: String) {
+        if self.ensure_open().await {
+            if let Err(e) = self.secondary.queue_batch(what, sql).await {
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn keep_statement(&mut self, sql: String, why: &'static str) {
+        self.txn.statement_bytes += sql.len();
+        if self.txn.statement_bytes > MAX_STATEMENT_BYTES {
+            self.txn.unrecordable.get_or_insert_with(|| {
+                format!("more than {} MB of changes that cannot be re-read by key", MAX_STATEMENT_BYTES >> 20)
+            });
+            return;
+        }
+        self.txn.statements.push((sql, why));
+    }
+
+    fn track_keys(&mut self, table: &TableInfo, keys: Vec<serde_json::Value>) {
+        let cap = self.mirror.config.max_tracked_keys;
+        if self.txn.keys.len() + keys.len() > cap {
+            self.txn
+                .overflow
+                .entry(table.name.clone())
+                .or_insert_with(|| format!("more than {cap} keys in one transaction"));
+        } else {
+            self.txn.keys.extend(
+                keys.into_iter()
+                    .map(|k| (table.shared_name.clone(), k.to_string())),
+            );
+        }
+    }
+
+    async fn flush_truncates(&mut self) {
+        if self.txn.truncated.is_empty() {
+            return;
+        }
+        let sql = truncate_sql(&std::mem::take(&mut self.txn.truncated));
+        self.keep_statement(sql.clone(), "TRUNCATE");
+        self.send_batch("TRUNCATE", sql).await;
+    }
+
+    /// Applies one drained event of `table` (None for a statement event) in order.
+    pub async fn apply(&mut self, table: Option<&TableInfo>, event: &Event) {
+        if self.txn.xid.is_none() {
+            self.txn.xid = Some(event.xid.clone());
+        }
+        self.txn.events += 1;
+        if event.op != Op::Truncate {
+            self.flush_truncates().await;
+        }
+        let Some(table) = table else {
+            self.txn.had_statements = true;
+            if let Some((sql, path)) = event.statement() {
+                let sql = match path {
+                    Some(p) => format!(
+                        "SELECT pg_catalog.set_config('search_path', {}, true); {sql}",
+                        switchyard_core::ident::quote_literal(&p)
+                    ),
+                    None => sql,
+                };
+                self.keep_statement(sql.clone(), "statement");
+                // Waited for: later images may need the new shape, and DDL is rare.
+                if self.ensure_open().await {
+                    if let Err(e) = self.secondary.execute("DDL", &sql).await {
+                        self.fail(&e);
+                    }
+                }
+            }
+            return;
+        };
+        if event.op == Op::Truncate {
+            self.txn.truncated.push(table.name.clone());
+            return;
+        }
+        let rows = event.rows.clone().unwrap_or_else(|| "[]".into());
+        let (n, columns, images) = match shape(&rows) {
+            Ok(s) => s,
+            Err(e) => {
+                self.txn
+                    .unrecordable
+                    .get_or_insert_with(|| format!("a captured row of {} is unreadable: {e}", table.name));
+                self.abandon("a captured row is unreadable");
+                return;
+            }
+        };
+        let sql = if event.op == Op::DeleteKeys {
+            table.full_sql()
+        } else {
+            table.sql(&columns)
+        };
+        let statement: &str = match event.op {
+            Op::DeleteKeys => &sql.delete_keys,
+            Op::DeleteRows => &sql.delete_rows,
+            _ => &sql.write,
+        };
+        if table.has_key() {
+            let keys = if event.op == Op::DeleteKeys {
+                images
+            } else {
+                images.iter().map(|image| key_of(image, &table.key)).collect()
+            };
+            self.track_keys(table, keys);
+        } else {
+            self.keep_statement(ApplySql::inline(statement, &rows), "rows of a table without a primary key");
+        }
+        *self.txn.unconfirmed.entry(table.shared_name.clone()).or_default() += n;
+        let statement: Arc<str> = Arc::from(statement);
+        self.send(statement, rows).await;
+    }
+
+    /// Waits for the queued secondary work; false (and the transaction marked broken) if any
+    /// of it failed.
     async fn sync(&mut self) -> bool {
+        self.flush_truncates().await;
         if self.txn.broken.is_some() {
             return false;
         }
@@ -125,185 +265,13 @@ impl MirrorSession {
         ok
     }
 
-    /// Gives up the secondary transaction without an error (its keys will be recorded).
-    pub fn abandon(&mut self, reason: &str) {
-        if self.txn.broken.is_none() {
-            self.txn.broken = Some(reason.to_string());
-        }
-    }
-
-    /// Applies captured row images (a JSON array) of one table, or queues their keys.
-    pub async fn apply(
-        &mut self,
-        table: &TableInfo,
-        kind: DmlKind,
-        images: &str,
-        keys: Vec<String>,
-        n: u64,
-    ) {
-        let cap = self.mirror.config.max_tracked_keys;
-        if self.txn.keys.len() + keys.len() > cap {
-            self.txn
-                .overflow
-                .entry(table.name.clone())
-                .or_insert_with(|| format!("more than {cap} keys in one transaction"));
-        } else {
-            self.txn.keys.extend(
-                keys.into_iter()
-                    .map(|k| (table.shared_name.clone(), k.into_boxed_str())),
-            );
-        }
-        if !table.has_key() {
-            // Kept as a statement to replay should the secondary transaction fail later.
-            self.keep_keyless(table, images);
-        }
-        if !self.ensure_open().await {
-            self.mirror.status.rows(&table.name, 0, n);
-            return;
-        }
-        let sql = match kind {
-            _ if !table.has_key() => &table.insert_sql,
-            DmlKind::Delete => &table.delete_sql,
-            DmlKind::Insert | DmlKind::Update => &table.upsert_sql,
-        };
-        match self.secondary.queue_apply(sql, images.to_string()).await {
-            Ok(()) => self.txn.unconfirmed.push((table.name.clone(), n)),
-            Err(e) => {
-                self.fail(&e);
-                self.mirror.status.rows(&table.name, 0, n);
-            }
-        }
-    }
-
-    /// Inserted rows of a table without a primary key cannot be re-read by key; the
-    /// record carries the insert itself, row images inlined, replayed once.
-    fn keep_keyless(&mut self, table: &TableInfo, images: &str) {
-        let mut tag = String::from("sy");
-        while images.contains(&format!("${tag}$")) {
-            tag.push('x');
-        }
-        let sql = table
-            .insert_sql
-            .replace("$1::text::json", &format!("${tag}${images}${tag}$::json"));
-        self.txn.ordinal += 1;
-        self.txn
-            .statements
-            .push((sql, "rows of a table without a primary key".into()));
-    }
-
-    /// A change that must be re-synced table-wide (a primary-key update, a table without a
-    /// key reached through the extended protocol).
-    pub fn queue_table(&mut self, table: &str, reason: &str) {
-        // Row images applied so far stay; the table record repairs what they miss.
-        self.txn
-            .tables
-            .entry(table.to_string())
-            .or_insert_with(|| reason.to_string());
-    }
-
-    /// Statement mode: runs `sql` on the secondary in the lockstep transaction, or queues it
-    /// when the secondary transaction is gone or earlier statements are still queued.
-    pub async fn statement(&mut self, sql: &str, queued_before: bool) {
-        self.txn.ordinal += 1;
-        if queued_before {
-            self.txn.statements.push((
-                sql.to_string(),
-                "earlier statements are still queued".into(),
-            ));
-            // Keep order: everything after a queued statement is queued too.
-            if self.txn.broken.is_none() {
-                self.txn.broken = Some("statement order: earlier statements are queued".into());
-            }
-            return;
-        }
-        // Waited for: DDL is rare, and later row images may depend on it.
-        if self.ensure_open().await {
-            if let Err(e) = self.secondary.execute(sql).await {
-                self.fail(&e);
-            }
-        }
-        // Kept even when applied: if the secondary transaction fails later, it is replayed.
-        self.txn
-            .statements
-            .push((sql.to_string(), self.txn.broken.clone().unwrap_or_default()));
-    }
-
-    async fn queue_savepoint_op(&mut self, what: &'static str, sql: String) {
-        if self.txn.open && self.txn.broken.is_none() {
-            if let Err(e) = self.secondary.queue_execute(what, sql).await {
-                self.fail(&e);
-            }
-        }
-    }
-
-    /// COPY FROM STDIN the primary took: the same data to the secondary in the lockstep
-    /// transaction. `data` is None when it was too large to keep; then, as when the
-    /// secondary fails, the table is re-synced whole.
-    pub async fn copy(
-        &mut self,
-        sql: &str,
-        data: Option<Vec<bytes::Bytes>>,
-        table: &str,
-        search_path: &str,
-    ) {
-        self.txn.ordinal += 1;
-        let Some(data) = data else {
-            self.queue_table(table, "COPY FROM larger than the proxy keeps");
-            return;
-        };
-        self.txn
-            .overflow
-            .entry(table.to_string())
-            .or_insert_with(|| "COPY FROM not applied".into());
-        if !self.ensure_open().await {
-            return;
-        }
-        if !search_path.is_empty() {
-            if let Err(e) = self
-                .secondary
-                .queue_execute("SET search_path", search_path.to_string())
-                .await
-            {
-                self.fail(&e);
-                return;
-            }
-        }
-        if let Err(e) = self.secondary.queue_copy(sql.to_string(), data).await {
-            self.fail(&e);
-        }
-    }
-
-    pub async fn savepoint(&mut self, name: &str) {
-        self.txn.savepoints.push(name.to_string());
-        self.queue_savepoint_op("SAVEPOINT", format!("SAVEPOINT {}", quote_ident(name)))
-            .await;
-    }
-
-    pub async fn release(&mut self, name: &str) {
-        if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
-            self.txn.savepoints.truncate(i);
-        }
-        self.queue_savepoint_op(
-            "RELEASE",
-            format!("RELEASE SAVEPOINT {}", quote_ident(name)),
-        )
-        .await;
-    }
-
-    pub async fn rollback_to(&mut self, name: &str) {
-        if let Some(i) = self.txn.savepoints.iter().rposition(|s| s == name) {
-            self.txn.savepoints.truncate(i + 1);
-        }
-        self.queue_savepoint_op(
-            "ROLLBACK TO",
-            format!("ROLLBACK TO SAVEPOINT {}", quote_ident(name)),
-        )
-        .await;
-    }
-
-    /// PREPARE TRANSACTION on the secondary; false when the transaction has to be queued.
+    /// PREPARE TRANSACTION on the secondary; false when the transaction has to be recorded.
     pub async fn prepare(&mut self) -> bool {
-        if !self.txn.open || !self.sync().await {
+        self.flush_truncates().await;
+        if !self.txn.open {
+            return false;
+        }
+        if !self.sync().await {
             return false;
         }
         let Some(xid) = self.txn.xid.clone() else {
@@ -315,7 +283,7 @@ impl MirrorSession {
         let gid = gid_for(&xid);
         match self
             .secondary
-            .execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .execute("PREPARE TRANSACTION", &format!("PREPARE TRANSACTION '{gid}'"))
             .await
         {
             Ok(()) => {
@@ -336,19 +304,15 @@ impl MirrorSession {
         let origin = Origin {
             instance: self.mirror.instance.clone(),
             xid: self.txn.xid.clone(),
-            ordinal: self.txn.ordinal,
+            ordinal: 0,
         };
         let reason = self.txn.broken.clone().unwrap_or_else(|| "queued".into());
         let mut out = Vec::with_capacity(
-            self.txn.keys.len() + self.txn.tables.len() + self.txn.statements.len(),
+            self.txn.keys.len() + self.txn.overflow.len() + self.txn.statements.len(),
         );
         let mut seen = std::collections::HashSet::new();
-        let broken = self.txn.broken.is_some();
-        for (table, key) in self.txn.keys.iter().filter(|_| broken) {
-            if self.txn.tables.contains_key(&**table) || self.txn.overflow.contains_key(&**table) {
-                continue;
-            }
-            if !seen.insert((&**table, &**key)) {
+        for (table, key) in &self.txn.keys {
+            if self.txn.overflow.contains_key(&**table) || !seen.insert((&**table, key.as_str())) {
                 continue;
             }
             out.push(RetryRecord {
@@ -361,8 +325,7 @@ impl MirrorSession {
                 reason: reason.clone(),
             });
         }
-        let overflow = self.txn.overflow.iter().filter(|_| broken);
-        for (table, why) in self.txn.tables.iter().chain(overflow) {
+        for (table, why) in &self.txn.overflow {
             out.push(RetryRecord {
                 idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
                 kind: RecordKind::Table,
@@ -373,9 +336,9 @@ impl MirrorSession {
                 reason: why.clone(),
             });
         }
-        for (i, (sql, why)) in self.txn.statements.iter().enumerate().filter(|_| broken) {
+        for (i, (sql, why)) in self.txn.statements.iter().enumerate() {
             let o = Origin {
-                ordinal: i as u32,
+                ordinal: i as u32 + 1,
                 ..origin.clone()
             };
             out.push(RetryRecord {
@@ -385,25 +348,16 @@ impl MirrorSession {
                 key: None,
                 statement: Some(sql.clone()),
                 origin: o,
-                reason: if why.is_empty() {
-                    reason.clone()
-                } else {
-                    why.clone()
-                },
+                reason: format!("{reason} ({why})"),
             });
         }
         out
     }
 
-    /// Table records must go to the log even when the secondary took everything else.
-    pub fn has_table_records(&self) -> bool {
-        !self.txn.tables.is_empty()
-    }
-
     /// Ends the transaction after the primary committed (`committed`) or rolled back.
     pub async fn finish(&mut self, committed: bool) {
         if let Some(gid) = self.txn.prepared.take() {
-            self.secondary.finish_prepared(&gid, committed);
+            self.secondary.finish_prepared(&gid, committed).await;
             if committed {
                 self.mirror
                     .status
@@ -412,24 +366,28 @@ impl MirrorSession {
             }
         } else if self.txn.open {
             // Rolled back on the primary, or abandoned after a secondary error.
-            self.txn.unconfirmed.clear();
-            let _ = self.secondary.sync().await;
-            if self.secondary.execute("ROLLBACK").await.is_err() {
+            if self.secondary.execute("ROLLBACK", "ROLLBACK").await.is_err() {
                 self.secondary.abandon();
             }
         }
-        if committed && self.txn.broken.is_some() {
-            self.mirror
-                .status
-                .commits_queued
-                .fetch_add(1, Ordering::Relaxed);
+        // Rows never confirmed by the secondary: queued if the primary committed them.
+        for (table, n) in std::mem::take(&mut self.txn.unconfirmed) {
+            if committed && self.txn.broken.is_some() {
+                self.mirror.status.rows(&table, 0, n);
+            }
         }
-        let outcome = match (committed, self.txn.broken.is_some()) {
-            (true, false) => "two_phase",
-            (true, true) => "queued",
-            (false, _) => "rolled_back",
-        };
-        metrics::counter!(crate::metrics::MIRROR_COMMITS_TOTAL, "outcome" => outcome).increment(1);
+        if self.txn.events > 0 {
+            if committed && self.txn.broken.is_some() {
+                self.mirror.status.commits_queued.fetch_add(1, Ordering::Relaxed);
+            }
+            let outcome = match (committed, self.txn.broken.is_some()) {
+                (true, false) => "two_phase",
+                (true, true) => "queued",
+                (false, _) => "rolled_back",
+            };
+            metrics::counter!(crate::metrics::MIRROR_COMMITS_TOTAL, "outcome" => outcome)
+                .increment(1);
+        }
         self.txn = Txn::default();
     }
 }

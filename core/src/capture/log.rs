@@ -1,0 +1,288 @@
+//! Draining the durable change log (`_switchyard.capture_log`): changes no proxy mirrored in
+//! lockstep (sessions connected straight to the primary, a cron job, a DBA's psql, and writes
+//! a proxy passed through without claiming their transaction). Only committed rows are
+//! visible, so nothing is applied before its transaction committed.
+//!
+//! A batch is claimed with `FOR UPDATE SKIP LOCKED` (proxy instances and reconcilers share
+//! the work), applied, then deleted in the claiming transaction:
+//! - keyed tables: the keys are re-synced from the primary's current rows under a row lock
+//!   (`resync`), so order and repetition do not matter;
+//! - tables without a key, TRUNCATE and statements: applied from the log itself, once,
+//!   recorded in `_switchyard.applied_statements` on the target in the same transaction.
+
+use super::apply::{truncate_sql, ApplySql};
+use super::event::{Event, Op};
+use crate::catalog::{load_table, CatalogError, TableMeta};
+use crate::ident::QualifiedName;
+use crate::key::KeyText;
+use crate::resync::{resync_keys, ResyncError};
+use std::collections::{BTreeMap, HashMap};
+use tokio_postgres::Client;
+
+/// What one pass over the log did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LogReport {
+    /// Log rows applied and removed.
+    pub events: u64,
+    /// Of those, rows written by sessions outside every proxy (`via` unset).
+    pub outside_proxy: u64,
+    pub keys_resynced: u64,
+    pub statements: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("reading the change log on the primary: {0}")]
+    Claim(#[source] tokio_postgres::Error),
+    #[error("a change-log row is unreadable: {0}")]
+    Event(#[from] super::event::EventError),
+    #[error("looking up table oid {oid} on the primary: {source}")]
+    Name {
+        oid: u32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Resync(#[from] ResyncError),
+    #[error("applying {what} from the change log on the target: {source}")]
+    Apply {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("a key in the change log for {table} is unreadable: {detail}")]
+    Key { table: String, detail: String },
+}
+
+/// Row count and age in seconds of the oldest row of the log.
+pub async fn backlog(primary: &Client) -> Result<(i64, f64), tokio_postgres::Error> {
+    let row = primary
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(captured_at)), 0)::float8 \
+             FROM _switchyard.capture_log",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Tables known by the primary's oid: the name comes from the primary, the columns and key
+/// from the target (where the rows are written).
+#[derive(Default)]
+pub struct LogTables {
+    by_oid: HashMap<u32, (TableMeta, ApplySql)>,
+}
+
+impl LogTables {
+    async fn get(
+        &mut self,
+        primary: &Client,
+        target: &Client,
+        oid: u32,
+    ) -> Result<&(TableMeta, ApplySql), LogError> {
+        if !self.by_oid.contains_key(&oid) {
+            let row = primary
+                .query_one(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.oid = coalesce(pg_partition_root($1::oid::regclass)::oid, $1::oid)",
+                    &[&oid],
+                )
+                .await
+                .map_err(|source| LogError::Name { oid, source })?;
+            let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let meta = load_table(target, &name).await?;
+            let sql = ApplySql::from(&meta);
+            self.by_oid.insert(oid, (meta, sql));
+        }
+        Ok(&self.by_oid[&oid])
+    }
+
+    /// Forget everything (after an error: a table may have changed).
+    pub fn clear(&mut self) {
+        self.by_oid.clear();
+    }
+}
+
+/// Applies up to `limit` committed log rows to `target`. `claim` holds the claimed rows'
+/// locks; `source` re-reads rows on the primary. Returns what it did (zero events when the
+/// log is empty or every row is claimed by someone else).
+pub async fn drain_once(
+    claim: &mut Client,
+    source: &mut Client,
+    target: &mut Client,
+    tables: &mut LogTables,
+    limit: i64,
+) -> Result<LogReport, LogError> {
+    let tx = claim.transaction().await.map_err(LogError::Claim)?;
+    let rows = tx
+        .query(
+            "SELECT l.id, l.xid::text, l.seq, l.relid, NULL::bigint, l.op::text, l.rows::text, l.via \
+             FROM _switchyard.capture_log l ORDER BY l.id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await
+        .map_err(LogError::Claim)?;
+    let mut report = LogReport::default();
+    if rows.is_empty() {
+        tx.commit().await.map_err(LogError::Claim)?;
+        return Ok(report);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: i64 = r.get(0);
+        let values: Vec<Option<String>> = vec![
+            r.get(1),
+            Some(r.get::<_, i64>(2).to_string()),
+            Some(r.get::<_, u32>(3).to_string()),
+            None,
+            r.get(5),
+            r.get(6),
+        ];
+        let bytes: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref().map(str::as_bytes)).collect();
+        events.push((id, Event::from_text(&bytes)?));
+        if r.get::<_, Option<String>>(7).is_none() {
+            report.outside_proxy += 1;
+        }
+        ids.push(id);
+    }
+    // Keyed rows are gathered per table and re-synced after the once-only events that come
+    // before them are applied; a TRUNCATE or statement is a barrier.
+    let mut keys: BTreeMap<u32, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut i = 0;
+    while i < events.len() {
+        let (id, e) = &events[i];
+        match e.op {
+            Op::Statement | Op::Truncate => {
+                flush_keys(source, target, tables, &mut keys, &mut report).await?;
+                // Tables truncated by one command are truncated by one statement.
+                let mut end = i + 1;
+                while e.op == Op::Truncate
+                    && events
+                        .get(end)
+                        .is_some_and(|(_, n)| n.op == Op::Truncate && n.xid == e.xid)
+                {
+                    end += 1;
+                }
+                let group: Vec<(i64, &Event)> = events[i..end].iter().map(|(id, e)| (*id, e)).collect();
+                apply_once(source, target, tables, &group).await?;
+                report.statements += 1;
+                i = end;
+            }
+            _ => {
+                let (_, sql) = tables.get(source, target, e.relid).await?;
+                let rows = e.rows.as_deref().unwrap_or("[]");
+                if sql.has_key() {
+                    let k = sql.keys_of(rows).map_err(|err| LogError::Key {
+                        table: sql.name.clone(),
+                        detail: err.to_string(),
+                    })?;
+                    keys.entry(e.relid).or_default().extend(k);
+                } else {
+                    apply_once(source, target, tables, &[(*id, e)]).await?;
+                }
+                i += 1;
+            }
+        }
+    }
+    flush_keys(source, target, tables, &mut keys, &mut report).await?;
+    tx.execute(
+        "DELETE FROM _switchyard.capture_log WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .map_err(LogError::Claim)?;
+    tx.commit().await.map_err(LogError::Claim)?;
+    report.events = ids.len() as u64;
+    Ok(report)
+}
+
+async fn flush_keys(
+    source: &mut Client,
+    target: &mut Client,
+    tables: &mut LogTables,
+    keys: &mut BTreeMap<u32, Vec<serde_json::Value>>,
+    report: &mut LogReport,
+) -> Result<(), LogError> {
+    for (oid, objects) in std::mem::take(keys) {
+        let (meta, _) = tables.get(source, target, oid).await?.clone();
+        let texts: Vec<KeyText> = objects
+            .iter()
+            .map(|o| {
+                meta.key_columns()
+                    .map(|c| match o.get(&c.name) {
+                        None | Some(serde_json::Value::Null) => None,
+                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(other) => Some(other.to_string()),
+                    })
+                    .collect()
+            })
+            .collect();
+        let counts = resync_keys(source, target, &meta, &texts).await?;
+        report.keys_resynced += counts.upserted + counts.deleted + counts.unchanged;
+    }
+    Ok(())
+}
+
+/// Applies events that cannot be re-read by key (rows of a keyless table, a TRUNCATE, a
+/// statement), exactly once: the log ids are recorded on the target in the same
+/// transaction.
+async fn apply_once(
+    source: &Client,
+    target: &mut Client,
+    tables: &mut LogTables,
+    group: &[(i64, &Event)],
+) -> Result<(), LogError> {
+    let mut statements: Vec<(String, Option<String>)> = Vec::new();
+    let mut truncated = Vec::new();
+    for (_, e) in group {
+        match e.op {
+            Op::Statement => {
+                if let Some((sql, path)) = e.statement() {
+                    statements.push((sql, path));
+                }
+            }
+            Op::Truncate => truncated.push(tables.get(source, target, e.relid).await?.1.name.clone()),
+            Op::DeleteRows => {
+                let sql = tables.get(source, target, e.relid).await?.1.delete_rows.clone();
+                statements.push((ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")), None));
+            }
+            _ => {
+                let sql = tables.get(source, target, e.relid).await?.1.write.clone();
+                statements.push((ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")), None));
+            }
+        }
+    }
+    if !truncated.is_empty() {
+        statements.push((truncate_sql(&truncated), None));
+    }
+    let apply_err = |what: &str| {
+        let what = what.to_string();
+        move |source| LogError::Apply { what, source }
+    };
+    let tx = target.transaction().await.map_err(apply_err("a transaction"))?;
+    let marks: Vec<String> = group.iter().map(|(id, _)| format!("log:{id}")).collect();
+    let fresh = tx
+        .execute(
+            "INSERT INTO _switchyard.applied_statements (idempotency_key) SELECT unnest($1::text[]) \
+             ON CONFLICT DO NOTHING",
+            &[&marks],
+        )
+        .await
+        .map_err(apply_err("the once-only mark"))?;
+    if fresh > 0 {
+        for (sql, path) in &statements {
+            if let Some(p) = path {
+                tx.execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[p])
+                    .await
+                    .map_err(apply_err("the statement's search_path"))?;
+            }
+            tx.batch_execute(sql).await.map_err(apply_err(sql))?;
+        }
+    }
+    tx.commit().await.map_err(apply_err("the commit"))?;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The commit of a claimed transaction: drain the primary's captured changes into the
+//! secondary's lockstep transaction, PREPARE it there (or record re-sync orders when the
+//! secondary failed), COMMIT the primary, then COMMIT PREPARED. A prepared transaction left
+//! behind by a crash between the two commits is finished from the primary's
+//! `pg_xact_status` (recovery), so the primary's COMMIT is the point of no return.
+
+use super::drain::Drained;
+use super::expect::Sink;
+use super::{failpoint, ready, Mediation};
+use crate::frontend::session::End;
+use crate::metrics::MIRROR_RETRY_RECORDS_TOTAL;
+use crate::protocol::backend::{error_response, ErrorFields};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Who sends the primary's COMMIT.
+pub(super) enum CommitHow {
+    /// The proxy, for the transaction it opened around an autocommit statement.
+    Injected,
+    /// The client, as a Query (`simple`) or an extended-protocol Execute.
+    Client { raw: Bytes, simple: bool },
+}
+
+/// The steps of the commit protocol, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Fire deferred triggers, drain the captured changes into the secondary transaction.
+    Drain,
+    /// PREPARE TRANSACTION on the secondary.
+    Prepare,
+    /// The secondary did not take it all: re-sync orders into the retry log, in the
+    /// primary's transaction (or to Kafka, confirmed), before the primary commits.
+    Record,
+    /// COMMIT on the primary: from here on the outcome is the primary's.
+    CommitPrimary,
+    /// COMMIT (or ROLLBACK) PREPARED on the secondary, without waiting.
+    Finish { committed: bool },
+}
+
+impl<R, W> Mediation<'_, '_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) async fn commit(&mut self, how: CommitHow) -> Result<(), End> {
+        let (simple, injected) = match &how {
+            CommitHow::Injected => (true, true),
+            CommitHow::Client { simple, .. } => (*simple, false),
+        };
+        let mut how = Some(how);
+        let mut phase = Phase::Drain;
+        loop {
+            tracing::trace!(?phase, "commit");
+            phase = match phase {
+                Phase::Drain => match self.drain().await? {
+                    Drained::Done => Phase::Prepare,
+                    Drained::Failed => return self.primary_refused(simple).await,
+                },
+                Phase::Prepare => {
+                    if self.ms.txn.unrecordable.is_some() {
+                        return self.fail_commit(simple).await;
+                    }
+                    if self.ms.txn.events > 0 {
+                        self.ms.prepare().await;
+                    }
+                    Phase::Record
+                }
+                Phase::Record => {
+                    if self.ms.txn.needs_records() && !self.write_records().await? {
+                        return self.fail_commit(simple).await;
+                    }
+                    failpoint("after-prepare");
+                    Phase::CommitPrimary
+                }
+                Phase::CommitPrimary => {
+                    let committed = match how.take() {
+                        Some(CommitHow::Client { raw, simple }) => {
+                            let before = self.error_seen;
+                            self.send(&raw);
+                            if simple {
+                                self.expect_query(Sink::Client);
+                            } else {
+                                self.expect.push(super::expect::Expect::Results {
+                                    sink: Sink::Client,
+                                    until_ready: false,
+                                    injected: false,
+                                });
+                            }
+                            self.error_seen = false;
+                            self.settle().await?;
+                            let ok = !self.error_seen;
+                            self.error_seen |= before;
+                            ok
+                        }
+                        _ => {
+                            let ok = self.run_injected("COMMIT").await?;
+                            if !ok {
+                                if let Some(e) = self.swallowed.take() {
+                                    error_response(&mut self.out, &e);
+                                    self.error_seen = true;
+                                }
+                            }
+                            ok
+                        }
+                    };
+                    failpoint("after-primary-commit");
+                    Phase::Finish { committed }
+                }
+                Phase::Finish { committed } => {
+                    let had_ddl = self.ms.txn.had_statements;
+                    self.ms.finish(committed).await;
+                    self.up.set_claimed(false);
+                    if injected {
+                        // The client's statement completed only now that it committed.
+                        if committed {
+                            for c in std::mem::take(&mut self.held) {
+                                self.out.extend_from_slice(&c);
+                            }
+                        }
+                        self.held.clear();
+                        self.status = b'I';
+                        ready(&mut self.out, b'I');
+                        self.ready_sent = true;
+                    } else if !simple {
+                        // The client's Sync reports the status.
+                        self.status = b'I';
+                    }
+                    if had_ddl && committed {
+                        self.refresh_routines().await;
+                    }
+                    return Ok(());
+                }
+            };
+        }
+    }
+
+    /// DDL committed: functions and procedures may have changed, and with them the plans.
+    async fn refresh_routines(&mut self) {
+        let mirror = self.ms.mirror.clone();
+        if let Ok(c) = mirror.control.client().await {
+            if let Ok(true) = mirror.routines.refresh(&c).await {
+                mirror.forget_plans();
+            }
+        }
+    }
+
+    /// The primary refused the commit before anything was decided (a deferred constraint
+    /// failed when it was checked early, or the capture could not be read): the client gets
+    /// the error its COMMIT would have got, and the transaction is rolled back.
+    async fn primary_refused(&mut self, simple: bool) -> Result<(), End> {
+        let e = self
+            .swallowed
+            .take()
+            .unwrap_or_else(|| ErrorFields::new("ERROR", "XX000", "unreadable error"));
+        let theirs = ["23", "40", "P0", "25", "53", "57"]
+            .iter()
+            .any(|class| e.code().starts_with(class));
+        let fields = if theirs {
+            e
+        } else {
+            ErrorFields::new(
+                "ERROR",
+                "XX000",
+                "switchyard: the transaction's captured changes could not be read from the old database; it was rolled back",
+            )
+            .with(b'D', e.message().to_string())
+        };
+        self.run_injected("ROLLBACK").await?;
+        self.ms.finish(false).await;
+        self.up.set_claimed(false);
+        self.held.clear();
+        error_response(&mut self.out, &fields);
+        self.error_seen = true;
+        self.status = b'I';
+        if simple {
+            ready(&mut self.out, b'I');
+            self.ready_sent = true;
+        } else {
+            self.failed = true;
+        }
+        Ok(())
+    }
+
+    /// Records the transaction's re-sync orders: to Kafka (confirmed before the commit) when
+    /// that is the backend, else or on fallback into the embedded table in this transaction.
+    async fn write_records(&mut self) -> Result<bool, End> {
+        let records = self.ms.records();
+        let mirror = self.ms.mirror.clone();
+        let embedded = match crate::mirror::retry_kafka::route_records(
+            mirror.kafka.as_ref(),
+            &mirror.status,
+            records,
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(detail) => {
+                self.swallowed = None;
+                self.ms.txn.unrecordable = Some(detail);
+                return Ok(false);
+            }
+        };
+        if embedded.is_empty() {
+            return Ok(true);
+        }
+        let Ok(sql) = switchyard_core::retry::embedded_insert_sql(&embedded) else {
+            return Ok(false);
+        };
+        if !self.run_injected(&sql).await? {
+            tracing::error!(
+                error = ?self.swallowed.as_ref().map(|e| e.message().to_string()),
+                "Writing the retry log on the old database failed."
+            );
+            return Ok(false);
+        }
+        let n = embedded.len() as u64;
+        mirror.status.records_embedded.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(MIRROR_RETRY_RECORDS_TOTAL, "backend" => "embedded").increment(n);
+        Ok(true)
+    }
+
+    /// The transaction cannot commit safely: roll it back and say why.
+    async fn fail_commit(&mut self, simple: bool) -> Result<(), End> {
+        let detail = self
+            .swallowed
+            .take()
+            .map(|e| e.message().to_string())
+            .or_else(|| self.ms.txn.unrecordable.clone())
+            .unwrap_or_default();
+        self.run_injected("ROLLBACK").await?;
+        self.ms.finish(false).await;
+        self.up.set_claimed(false);
+        self.held.clear();
+        self.ms
+            .mirror
+            .status
+            .commits_refused
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::MIRROR_COMMITS_REFUSED_TOTAL).increment(1);
+        let fields = ErrorFields::new(
+            "ERROR",
+            "XX000",
+            "switchyard: the new database did not take this transaction's changes and they could not be recorded in the retry log; the transaction was rolled back",
+        )
+        .with(b'D', detail);
+        error_response(&mut self.out, &fields);
+        self.error_seen = true;
+        self.status = b'I';
+        if simple {
+            ready(&mut self.out, b'I');
+            self.ready_sent = true;
+        } else {
+            self.failed = true;
+        }
+        Ok(())
+    }
+}

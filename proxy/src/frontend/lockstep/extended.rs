@@ -1,0 +1,148 @@
+//! An extended-protocol batch through its Sync. Parse, Bind, Describe and Close go to the
+//! primary untouched; an Execute is handled by its portal's plan.
+
+use super::expect::{Expect, Sink};
+use super::{rejected, Mediation};
+use crate::frontend::session::End;
+use crate::mirror::plan::{Plan, TxnOp};
+use crate::protocol::backend::error_response;
+use crate::protocol::frontend::{FrontendMessage, Target};
+use crate::protocol::Frame;
+use switchyard_core::capture::{note_statement_sql, DEFER_SQL};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<R, W> Mediation<'_, '_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) async fn extended(&mut self, frame: Frame) -> Result<(), End> {
+        let msg = FrontendMessage::decode(&frame).map_err(End::ClientProtocol)?;
+        match msg {
+            FrontendMessage::Parse { name, query, .. } => {
+                let query = self.up.as_server_reads(&query).into_owned();
+                self.up.note_parse(&name, &query);
+                self.send(frame.raw());
+                self.expect.push(Expect::Relay);
+            }
+            FrontendMessage::Bind(_) => {
+                self.up.note_bind(&frame);
+                self.send(frame.raw());
+                self.expect.push(Expect::Relay);
+            }
+            FrontendMessage::Describe { target, .. } => {
+                self.send(frame.raw());
+                self.expect.push(Expect::Describe {
+                    statement: target == Target::Statement,
+                });
+            }
+            FrontendMessage::Execute { portal, .. } => self.execute(frame, &portal).await?,
+            FrontendMessage::Close { .. } => {
+                self.up.note_close(&frame);
+                self.send(frame.raw());
+                self.expect.push(Expect::Relay);
+            }
+            FrontendMessage::Flush => {
+                self.send(frame.raw());
+                self.settle().await?;
+                self.flush_all().await?;
+            }
+            FrontendMessage::FunctionCall(call)
+                if self.ms.mirror.config.strict
+                    && crate::frontend::session::writes_large_object(&call) =>
+            {
+                error_response(
+                    &mut self.out,
+                    &rejected("large objects cannot be captured for the new database (mirror.strict = true)"),
+                );
+                self.error_seen = true;
+                // A FunctionCall is answered by its own ReadyForQuery.
+                super::ready(&mut self.out, self.status);
+            }
+            _ => {
+                // Copy messages do not belong in a batch the proxy mediates; pass them on and
+                // let the server judge.
+                self.send(frame.raw());
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, frame: Frame, portal: &str) -> Result<(), End> {
+        let plan = self.up.portal_plan(portal);
+        self.up.note_execute(&frame);
+        let (claimed, reclaim) = self.up.claimed();
+        match &*plan {
+            Plan::Write | Plan::Ddl { .. } if self.status != b'E' => {
+                let wrap = self.status == b'I';
+                if wrap || !claimed || reclaim {
+                    self.claim_before_execute(wrap);
+                }
+                if let Plan::Ddl { secondary } = &*plan {
+                    // Noted first: rows the DDL writes come after it.
+                    self.count_mode(secondary, "DDL", true);
+                    self.inject(&note_statement_sql(secondary), Sink::Swallow);
+                }
+                self.send(frame.raw());
+                self.expect_execute();
+            }
+            Plan::Txn(TxnOp::Commit { .. }) if claimed => {
+                // How the statements before it ended decides the commit.
+                self.settle().await?;
+                if !self.failed && self.status == b'T' {
+                    self.commit(super::commit::CommitHow::Client {
+                        raw: frame.raw().clone(),
+                        simple: false,
+                    })
+                    .await?;
+                } else if !self.failed {
+                    self.send(frame.raw());
+                    self.expect_execute();
+                }
+            }
+            Plan::Txn(TxnOp::Prepare) if claimed => {
+                self.inject(DEFER_SQL, Sink::Swallow);
+                self.send(frame.raw());
+                self.expect_execute();
+            }
+            Plan::Txn(TxnOp::Begin) => {
+                self.send(frame.raw());
+                self.expect_execute();
+                self.status = b'T';
+            }
+            Plan::Rejected { reason } => {
+                self.settle().await?;
+                error_response(&mut self.out, &rejected(reason));
+                self.error_seen = true;
+                self.failed = true;
+            }
+            _ => {
+                self.send(frame.raw());
+                self.expect_execute();
+            }
+        }
+        Ok(())
+    }
+
+    /// The results of one Execute, for the client.
+    fn expect_execute(&mut self) {
+        self.expect.push(Expect::Results {
+            sink: Sink::Client,
+            until_ready: false,
+            injected: false,
+        });
+    }
+
+    pub(super) async fn sync(&mut self, frame: Frame) -> Result<(), End> {
+        self.send(frame.raw());
+        self.expect.push(Expect::Ready {
+            forward: !self.wrapped,
+        });
+        self.settle().await?;
+        if self.wrapped {
+            self.finish_wrapped().await?;
+        }
+        self.failed = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! A simple-protocol Query: one statement, or several run one by one (`multi`).
+
+use super::expect::{Expect, Sink};
+use super::{ready, rejected, Mediation};
+use crate::frontend::session::End;
+use crate::mirror::plan::{Plan, TxnOp};
+use crate::protocol::backend::error_response;
+use crate::protocol::{Frame, ProtocolError};
+use bytes::Bytes;
+use switchyard_core::capture::{note_statement_sql, DEFER_SQL};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<R, W> Mediation<'_, '_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) async fn query(&mut self, frame: Frame) -> Result<(), End> {
+        let body = &frame.raw()[Frame::HEADER..];
+        let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body))
+            .map_err(|_| End::ClientProtocol(ProtocolError::malformed("Query", "invalid UTF-8")))?;
+        let sql = self.up.as_server_reads(sql).into_owned();
+        self.up.note_query(&sql);
+        let plan = self.ms.mirror.plan(&sql);
+        self.ready_sent = false;
+        if let Plan::Multi(pieces) = &*plan {
+            self.multi(pieces).await?;
+        } else {
+            self.statement(frame.raw().clone(), &sql, &plan, false).await?;
+        }
+        if !self.ready_sent {
+            ready(&mut self.out, self.status);
+        }
+        Ok(())
+    }
+
+    /// One statement as a Query of its own; the ReadyForQuery is left to the caller.
+    /// `hold`: its CommandComplete waits for a commit the caller will run.
+    pub(super) async fn statement(
+        &mut self,
+        raw: Bytes,
+        sql: &str,
+        plan: &Plan,
+        hold: bool,
+    ) -> Result<(), End> {
+        let (claimed, reclaim) = self.up.claimed();
+        match plan {
+            Plan::Write | Plan::Ddl { .. } if self.status != b'E' => {
+                let wrap = self.status == b'I';
+                if wrap || !claimed || reclaim {
+                    self.claim_before_query(wrap);
+                }
+                if let Plan::Ddl { secondary } = plan {
+                    self.count_mode(sql, "DDL", true);
+                    // Noted first, so rows the DDL itself writes (CREATE TABLE AS) come after
+                    // it; if the DDL fails, the note is rolled back with it.
+                    self.inject_query(&note_statement_sql(secondary));
+                }
+                self.send(&raw);
+                self.expect_query(if wrap || hold {
+                    Sink::HoldComplete
+                } else {
+                    Sink::Client
+                });
+                self.settle().await?;
+                if wrap {
+                    self.finish_wrapped().await?;
+                }
+            }
+            Plan::Txn(TxnOp::Commit { .. }) if claimed && self.status == b'T' => {
+                self.commit(super::commit::CommitHow::Client { raw, simple: true })
+                    .await?;
+            }
+            Plan::Txn(TxnOp::Prepare) if claimed => {
+                // Decided later, possibly elsewhere: its changes go to the durable log and
+                // commit (or not) with it.
+                self.inject_query(DEFER_SQL);
+                self.pass(raw, hold).await?;
+            }
+            Plan::Rejected { reason } => {
+                error_response(&mut self.out, &rejected(reason));
+                self.error_seen = true;
+                if self.status != b'I' {
+                    // The server must agree that the transaction failed.
+                    self.inject_query("SELECT 1/0");
+                    self.settle().await?;
+                }
+            }
+            _ => self.pass(raw, hold).await?,
+        }
+        Ok(())
+    }
+
+    /// Forwards a Query and its results.
+    pub(super) async fn pass(&mut self, raw: Bytes, hold: bool) -> Result<(), End> {
+        self.send(&raw);
+        self.expect_query(if hold { Sink::HoldComplete } else { Sink::Client });
+        self.settle().await
+    }
+
+    /// The results of a Query through its ReadyForQuery (which the caller answers).
+    pub(super) fn expect_query(&mut self, sink: Sink) {
+        self.expect.push(Expect::Results {
+            sink,
+            until_ready: true,
+            injected: false,
+        });
+        self.expect.push(Expect::Ready { forward: false });
+    }
+
+    /// Ends the transaction the proxy opened around an autocommit statement: commits it
+    /// (with the lockstep commit protocol) or rolls it back after an error. Answers the
+    /// client's ReadyForQuery.
+    pub(super) async fn finish_wrapped(&mut self) -> Result<(), End> {
+        self.wrapped = false;
+        if self.error_seen || self.status == b'E' {
+            self.run_injected("ROLLBACK").await?;
+            self.ms.finish(false).await;
+            self.held.clear();
+            self.status = b'I';
+            self.up.set_claimed(false);
+            ready(&mut self.out, b'I');
+            self.ready_sent = true;
+            return Ok(());
+        }
+        self.commit(super::commit::CommitHow::Injected).await
+    }
+
+    /// Counts a statement mirrored as text (or not at all), by its fingerprint.
+    pub(super) fn count_mode(&self, sql: &str, reason: &str, mirrored: bool) {
+        let (classes, _) = self.up.shared.classifier.classify(sql);
+        let fingerprint = classes
+            .first()
+            .map(|c| c.fingerprint)
+            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(sql.as_bytes()));
+        self.ms
+            .mirror
+            .status
+            .statement_mode(fingerprint, reason, mirrored, sql);
+    }
+}

@@ -1,0 +1,59 @@
+//! What both pumps (and the mediator) share: requests awaiting their ReadyForQuery, the
+//! transaction status the server last reported, and whether the current transaction is
+//! claimed for lockstep capture.
+
+use crate::classify::StatementClass;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub(crate) struct Flow {
+    pub pending: VecDeque<(Instant, Option<StatementClass>)>,
+    pub txn_status: u8,
+    /// The proxy set `switchyard.capture = lockstep` in the current transaction: its changes
+    /// wait in the primary's lockstep table, so its COMMIT must go through the proxy's
+    /// commit protocol. Cleared when the transaction ends.
+    pub claimed: bool,
+    /// The claim may have been undone (ROLLBACK TO a savepoint older than it, RESET ALL):
+    /// the next write claims again.
+    pub reclaim: bool,
+}
+
+impl Flow {
+    pub fn new() -> Self {
+        Flow {
+            pending: VecDeque::new(),
+            txn_status: b'I',
+            claimed: false,
+            reclaim: false,
+        }
+    }
+
+    pub fn idle(&self) -> bool {
+        self.pending.is_empty() && self.txn_status == b'I'
+    }
+
+    /// The server reported `status` in a ReadyForQuery.
+    pub fn status(&mut self, status: u8) {
+        self.txn_status = status;
+        if status == b'I' {
+            self.claimed = false;
+            self.reclaim = false;
+        }
+    }
+}
+
+/// Outside a transaction block, and no request still in flight opens one: a statement sent
+/// now runs on its own (what shadow reads may sample). Requests in flight are common
+/// (drivers pipeline Close/Sync after a query), so only transaction statements among them
+/// count.
+pub(crate) fn idle(flow: &Mutex<Flow>) -> bool {
+    flow.lock()
+        .map(|f| {
+            f.txn_status == b'I'
+                && f.pending
+                    .iter()
+                    .all(|(_, c)| *c != Some(StatementClass::Transaction))
+        })
+        .unwrap_or(false)
+}

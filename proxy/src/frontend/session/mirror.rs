@@ -1,0 +1,245 @@
+//! The upstream pump's dual-write decisions: which request the mediator must handle, and
+//! the plans of prepared statements and portals, kept as they are parsed and bound.
+//!
+//! With capture on the primary, statements reach it as the client wrote them; the proxy
+//! steps in only at transaction boundaries: to claim a transaction for lockstep capture
+//! before its first write (wrapping an autocommit write in a transaction it can hold open),
+//! to mirror DDL as text, and to run the commit protocol of a claimed transaction.
+
+use super::upstream::Upstream;
+use crate::classify::StatementClass;
+use crate::mirror::plan::{Plan, TxnOp};
+use crate::protocol::frontend::FunctionCall;
+use std::sync::Arc;
+
+/// Fastpath functions that write large objects (libpq's lo_* API): `lo_creat`, `lo_create`,
+/// `lowrite`, `lo_truncate`, `lo_truncate64`, `lo_unlink`, `lo_import`.
+const LARGE_OBJECT_WRITERS: &[i32] = &[957, 715, 955, 1004, 3172, 964, 764];
+
+impl<R> Upstream<'_, R> {
+    pub(in crate::frontend) fn claimed(&self) -> (bool, bool) {
+        self.flow
+            .lock()
+            .map(|f| (f.claimed, f.reclaim))
+            .unwrap_or((false, false))
+    }
+
+    /// The mediator claimed the current transaction (or the claim ended).
+    pub(in crate::frontend) fn set_claimed(&self, claimed: bool) {
+        if let Ok(mut f) = self.flow.lock() {
+            f.claimed = claimed;
+            f.reclaim = false;
+        }
+    }
+
+    fn mark_reclaim(&self) {
+        if let Ok(mut f) = self.flow.lock() {
+            if f.claimed {
+                f.reclaim = true;
+            }
+        }
+    }
+
+    /// Whether a statement with this plan needs the mediator now.
+    pub(in crate::frontend) fn needs(&self, plan: &Plan) -> bool {
+        let (claimed, reclaim) = self.claimed();
+        match plan {
+            Plan::Pass
+            | Plan::Flagged { .. }
+            | Plan::SelfCommitting
+            | Plan::Txn(
+                TxnOp::Begin
+                | TxnOp::Savepoint(_)
+                | TxnOp::Release(_)
+                | TxnOp::Rollback
+                | TxnOp::FinishPrepared,
+            ) => false,
+            Plan::ResetsClaim | Plan::Txn(TxnOp::RollbackTo(_)) => {
+                self.mark_reclaim();
+                false
+            }
+            Plan::Write => !claimed || reclaim,
+            Plan::Txn(TxnOp::Commit { .. } | TxnOp::Prepare) => claimed,
+            Plan::Ddl { .. } | Plan::Rejected { .. } | Plan::Multi(_) => true,
+        }
+    }
+
+    /// Counts what passes untouched but is not mirrored in lockstep.
+    fn count_passed(&self, plan: &Plan, sql: &str) {
+        let (Some(mirror), reason) = (
+            &self.mirror,
+            match plan {
+                Plan::Flagged { reason } => *reason,
+                Plan::SelfCommitting => "procedure or DO block that commits by itself (captured through the change log)",
+                _ => return,
+            },
+        ) else {
+            return;
+        };
+        let fingerprint = self
+            .shared
+            .classifier
+            .classify(sql)
+            .0
+            .first()
+            .map(|c| c.fingerprint)
+            .unwrap_or(0);
+        mirror.status.statement_mode(fingerprint, reason, false, sql);
+    }
+
+    /// Whether the message in `buf[start..end]` (body) must be handled by the mediator;
+    /// keeps the plans of the statements and portals it names.
+    pub(in crate::frontend) fn needs_mediation(&mut self, tag: u8, start: usize, end: usize) -> bool {
+        let body = &self.buf[start..end];
+        let cstr = |b: &[u8]| -> Option<(String, usize)> {
+            let nul = b.iter().position(|&c| c == 0)?;
+            Some((std::str::from_utf8(&b[..nul]).ok()?.to_string(), nul + 1))
+        };
+        match tag {
+            b'Q' => match cstr(body) {
+                Some((sql, _)) => self.query_needs_mediation(&sql),
+                None => false,
+            },
+            b'P' => {
+                if let Some((name, n)) = cstr(body) {
+                    if let Some((sql, _)) = cstr(&body[n..]) {
+                        self.record_parse(&name, &sql);
+                    }
+                }
+                false
+            }
+            b'B' => {
+                if let Some((portal, n)) = cstr(body) {
+                    if let Some((statement, _)) = cstr(&body[n..]) {
+                        self.record_bind(&portal, &statement);
+                    }
+                }
+                false
+            }
+            b'C' => {
+                let body = body.to_vec();
+                self.record_close(&body);
+                false
+            }
+            b'E' => match cstr(body) {
+                Some((portal, _)) => match self.portal_plans.get(&portal).cloned() {
+                    Some(plan) => self.needs(&plan),
+                    None => false,
+                },
+                None => false,
+            },
+            b'F' => self.function_call_needs_mediation(start, end),
+            _ => false,
+        }
+    }
+
+    fn query_needs_mediation(&mut self, sql: &str) -> bool {
+        let Some(mirror) = self.mirror.clone() else {
+            return false;
+        };
+        if crate::classify::depends_on_conforming_strings(sql) {
+            // How the server reads it depends on `standard_conforming_strings`, which a
+            // request still in flight may change: the mediator decides once those are
+            // answered.
+            return true;
+        }
+        // Reads that call no function never need the proxy: the common case stays cheap.
+        let classes = self.classify(sql);
+        if classes
+            .iter()
+            .all(|c| c.class == StatementClass::Read && !c.calls_functions)
+        {
+            return false;
+        }
+        let plan = mirror.plan(sql);
+        let needed = self.needs(&plan);
+        if !needed {
+            self.count_passed(&plan, sql);
+        }
+        needed
+    }
+
+    /// A Parse: the plan of the statement it names ("" for the unnamed one).
+    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) {
+        let Some(mirror) = self.mirror.clone() else {
+            return;
+        };
+        let sql = self.as_server_reads(sql).into_owned();
+        let plan = mirror.plan(&sql);
+        if matches!(*plan, Plan::Pass) {
+            self.plans.remove(name);
+        } else {
+            self.count_passed(&plan, &sql);
+            self.plans.insert(name.to_string(), plan);
+        }
+    }
+
+    /// A Bind: the portal runs its statement's plan.
+    pub(in crate::frontend) fn record_bind(&mut self, portal: &str, statement: &str) {
+        match self.plans.get(statement).cloned() {
+            Some(plan) => {
+                self.portal_plans.insert(portal.to_string(), plan);
+            }
+            None => {
+                self.portal_plans.remove(portal);
+            }
+        }
+    }
+
+    /// A Close of a statement (`S`) or portal (`P`).
+    pub(in crate::frontend) fn record_close(&mut self, body: &[u8]) {
+        let (Some(&kind), Some(name)) = (body.first(), body.get(1..body.len().saturating_sub(1)))
+        else {
+            return;
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return;
+        };
+        if kind == b'S' {
+            self.plans.remove(name);
+        } else {
+            self.portal_plans.remove(name);
+        }
+    }
+
+    /// The plan an Execute of `portal` runs.
+    pub(in crate::frontend) fn portal_plan(&self, portal: &str) -> Arc<Plan> {
+        self.portal_plans
+            .get(portal)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Plan::Pass))
+    }
+
+    /// A FunctionCall writing a large object: counted; refused when strict.
+    fn function_call_needs_mediation(&self, start: usize, end: usize) -> bool {
+        let Some(mirror) = &self.mirror else {
+            return false;
+        };
+        let Some(oid) = self
+            .buf
+            .get(start..start + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return false;
+        };
+        let _ = end;
+        if !LARGE_OBJECT_WRITERS.contains(&oid) {
+            return false;
+        }
+        if mirror.config.strict {
+            return true;
+        }
+        mirror.status.statement_mode(
+            u64::from(oid as u32),
+            "large object (fastpath function call)",
+            false,
+            &format!("FunctionCall oid {oid}"),
+        );
+        false
+    }
+}
+
+/// Whether a FunctionCall writes a large object (for the mediator's refusal).
+pub(in crate::frontend) fn writes_large_object(call: &FunctionCall) -> bool {
+    LARGE_OBJECT_WRITERS.contains(&call.oid)
+}

@@ -1,0 +1,337 @@
+//! One client session after startup: two pumps, client→primary (`upstream`) and
+//! primary→client (`downstream`), running concurrently so neither side can stall the other
+//! (a server blocked writing results must still be read while the client keeps sending).
+//! Each pump forwards whole messages in the batches they arrived in, one write per read, and
+//! looks only at the messages it must. A request that needs dual-write handling pauses both
+//! and is handed to the mediator (`super::lockstep`).
+
+mod downstream;
+mod flow;
+mod mirror;
+mod upstream;
+
+pub(in crate::frontend) use downstream::Downstream;
+pub(in crate::frontend) use mirror::writes_large_object;
+pub(crate) use flow::Flow;
+pub(in crate::frontend) use upstream::Upstream;
+
+use super::reply::{fatal, send_error};
+use super::stream::ClientStream;
+use crate::backend::BackendConn;
+use crate::metrics::{PROTOCOL_ERRORS_TOTAL, SERVER_ERRORS_TOTAL};
+use crate::mirror::txn::MirrorSession;
+use crate::protocol::ProtocolError;
+use crate::shadow::ShadowTap;
+use crate::shared::Shared;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Read buffers start small, so thousands of idle sessions stay cheap, and grow while reads
+/// keep filling them (large results, COPY), up to `MAX_READ_CHUNK`.
+const MIN_READ_CHUNK: usize = 4 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
+
+/// Makes room for the next read: `chunk` free bytes, doubled after a read that filled the
+/// buffer and reset to the minimum after one that did not.
+fn make_room(buf: &mut BytesMut, chunk: &mut usize, last_read: usize) {
+    if last_read >= *chunk {
+        *chunk = (*chunk * 2).min(MAX_READ_CHUNK);
+    } else if last_read < *chunk / 4 {
+        *chunk = MIN_READ_CHUNK;
+    }
+    if buf.capacity() - buf.len() < *chunk / 2 {
+        buf.reserve(*chunk);
+    }
+}
+
+/// Wakes the upstream pump when the session turns idle, so an idle timeout or a pending
+/// shutdown is re-armed without waiting for the client's next message.
+type IdleSignal = tokio::sync::Notify;
+
+/// Why a session ended (or, for `Mediate`, why the pumps paused).
+#[derive(Debug)]
+pub(crate) enum End {
+    /// A request needs dual-write handling; both pumps are quiet.
+    Mediate,
+    ClientClosed,
+    ClientTerminated,
+    ServerClosed,
+    IdleTimeout,
+    Shutdown,
+    ClientProtocol(ProtocolError),
+    /// The session mirrors and its client encoding left UTF8 (`SET client_encoding`).
+    ClientEncoding(String),
+    Io(&'static str, std::io::Error),
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    client: ClientStream,
+    client_buf: BytesMut,
+    backend: BackendConn,
+    peer: SocketAddr,
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        client: ClientStream,
+        client_buf: BytesMut,
+        backend: BackendConn,
+        peer: SocketAddr,
+    ) -> Self {
+        Session {
+            shared,
+            client,
+            client_buf,
+            backend,
+            peer,
+        }
+    }
+
+    pub async fn run(self) {
+        let Session {
+            shared,
+            client,
+            client_buf,
+            backend,
+            peer,
+        } = self;
+        // Plain TCP splits into owned halves without a lock; TLS needs the shared split.
+        match client {
+            ClientStream::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                pump(shared, r, w, client_buf, backend, peer).await
+            }
+            ClientStream::Tls(tls) => {
+                let (r, w) = tokio::io::split(*tls);
+                // Boxed: a second instance of the pump's state would otherwise size every
+                // session's task, TLS or not.
+                Box::pin(pump(shared, r, w, client_buf, backend, peer)).await
+            }
+        }
+    }
+}
+
+/// Runs both directions until either ends, then closes the session cleanly.
+async fn pump<R, W>(
+    shared: Arc<Shared>,
+    client_r: R,
+    client_w: W,
+    client_buf: BytesMut,
+    backend: BackendConn,
+    peer: SocketAddr,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let flow = Mutex::new(Flow::new());
+    let became_idle = IdleSignal::new();
+    let drained = tokio::sync::Notify::new();
+    let writing = AtomicBool::new(false);
+    let conforming_strings = AtomicBool::new(
+        !backend
+            .params
+            .iter()
+            .any(|(k, v)| k == "standard_conforming_strings" && v == "off"),
+    );
+    let server_utf8 = backend
+        .params
+        .iter()
+        .any(|(k, v)| k == "server_encoding" && is_utf8_encoding(v.as_bytes()));
+    let mirror = shared.mirror.clone();
+    let mut mirror_session = mirror.clone().map(MirrorSession::new);
+    let shadow = shared
+        .shadow
+        .clone()
+        .map(|s| ShadowTap::new(s, &backend.params));
+    let (server_r, server_w) = backend.stream.into_split();
+    let mut up = Upstream {
+        shared: &shared,
+        flow: &flow,
+        became_idle: &became_idle,
+        client: client_r,
+        buf: client_buf,
+        server: server_w,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        batch_class: None,
+        mirror,
+        plans: HashMap::new(),
+        portal_plans: HashMap::new(),
+        batch_open: false,
+        mediate_next: false,
+        drained: &drained,
+        writing: &writing,
+        conforming_strings: &conforming_strings,
+        server_utf8,
+        shadow,
+    };
+    let mut down = Downstream {
+        shared: &shared,
+        flow: &flow,
+        became_idle: &became_idle,
+        server: server_r,
+        buf: backend.read_buf,
+        client: client_w,
+        wants_idle_signal: shared.config.idle_timeout().is_some(),
+        server_said_fatal: false,
+        drained: &drained,
+        writing: &writing,
+        conforming_strings: &conforming_strings,
+        server_utf8,
+        mirroring: shared.mirror.is_some(),
+    };
+    let end = loop {
+        let end = tokio::select! {
+            // Both run until the session ends: no fairness to keep, so no RNG per wake-up.
+            biased;
+            e = up.run() => e,
+            e = down.run() => e,
+        };
+        match (end, mirror_session.as_mut()) {
+            (End::Mediate, Some(ms)) => {
+                // Boxed: only mirroring sessions mediate, and its state is large.
+                if let Err(e) = Box::pin(super::lockstep::mediate(&mut up, &mut down, ms)).await {
+                    break e;
+                }
+            }
+            (End::Mediate, None) => {
+                break End::Io(
+                    "client",
+                    std::io::Error::other("mediation without mirroring"),
+                )
+            }
+            (e, _) => break e,
+        }
+    };
+    match &end {
+        End::ClientProtocol(e) => {
+            tracing::warn!(%peer, error = %e, "Closing a client that broke the protocol.");
+            metrics::counter!(PROTOCOL_ERRORS_TOTAL, "kind" => "client").increment(1);
+            send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
+        }
+        End::ClientEncoding(encoding) => {
+            tracing::warn!(%peer, %encoding, "Closing a mirrored session whose client encoding left UTF8.");
+            send_error(&mut down.client, &encoding_refused(encoding)).await;
+        }
+        End::IdleTimeout => {
+            send_error(
+                &mut down.client,
+                &fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout",
+                ),
+            )
+            .await;
+        }
+        End::Shutdown => {
+            send_error(
+                &mut down.client,
+                &fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                ),
+            )
+            .await;
+        }
+        End::Io(side, e) => {
+            tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
+        }
+        End::ServerClosed if !down.server_said_fatal => {
+            tracing::warn!(%peer, "The old database closed a session's connection without an error.");
+            let fields = fatal(
+                "08006",
+                "switchyard: the connection to the old database was lost",
+            );
+            send_error(&mut down.client, &fields).await;
+        }
+        End::ClientClosed | End::ClientTerminated | End::ServerClosed | End::Mediate => {}
+    }
+    if !matches!(end, End::ClientTerminated | End::ServerClosed) {
+        // Let the server end the backend cleanly rather than log an unexpected EOF.
+        let _ = up.server.write_all(b"X\0\0\0\x04").await;
+    }
+    let _ = down.client.shutdown().await;
+    tracing::debug!(%peer, ?end, "Session closed.");
+}
+
+/// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).
+/// Follows a ParameterStatus (name, value). `mirroring`: `Some(server_utf8)` when the
+/// session mirrors. Returns the new client encoding when the session mirrors and the
+/// encoding will not carry UTF-8: the end of the session (see `End::ClientEncoding`).
+fn note_parameter(flag: &AtomicBool, mirroring: Option<bool>, body: &[u8]) -> Option<String> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = parts.next()?;
+    let value = parts.next()?;
+    if name == b"standard_conforming_strings" {
+        flag.store(value != b"off", Ordering::Relaxed);
+    } else if name == b"client_encoding" {
+        if let Some(server_utf8) = mirroring {
+            if !client_encoding_ok(value, server_utf8) {
+                return Some(String::from_utf8_lossy(value).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// PostgreSQL reports the encoding as `UTF8`; clients may spell it otherwise.
+pub(super) fn is_utf8_encoding(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"UTF8") || name.eq_ignore_ascii_case(b"UTF-8")
+}
+
+/// Text on the wire is UTF-8: the client encoding is UTF8, or SQL_ASCII (no conversion:
+/// what psql picks under the C locale) over a UTF8 database, which checks what it is sent.
+pub(super) fn client_encoding_ok(client: &[u8], server_utf8: bool) -> bool {
+    is_utf8_encoding(client) || (server_utf8 && client.eq_ignore_ascii_case(b"SQL_ASCII"))
+}
+
+/// What a session that mirrors and leaves UTF8 is told.
+pub(super) fn encoding_refused(encoding: &str) -> crate::protocol::backend::ErrorFields {
+    fatal(
+        "0A000",
+        format!(
+            "switchyard: dual writes need client_encoding UTF8; this session uses {encoding} \
+             (statements and row images would not reach the new database as the old one \
+             reads them)"
+        ),
+    )
+}
+
+/// Counts an ErrorResponse by SQLSTATE without decoding the rest of it; returns whether it
+/// ends the connection (severity FATAL or PANIC).
+pub(super) fn count_server_error(body: &[u8]) -> bool {
+    let mut rest = body;
+    let mut fatal = false;
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(nul) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = &tail[..nul];
+        match code {
+            b'S' => fatal = value == b"FATAL" || value == b"PANIC",
+            b'C' => {
+                if let Ok(state) = std::str::from_utf8(value) {
+                    metrics::counter!(SERVER_ERRORS_TOTAL, "sqlstate" => state.to_string())
+                        .increment(1);
+                }
+            }
+            _ => {}
+        }
+        rest = &tail[nul + 1..];
+    }
+    fatal
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
