@@ -978,6 +978,18 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
 /// three wait on each other for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
+    pass_meets_the_key_rebuild("pass-first-read-waits-for-lock").await
+}
+
+/// As above, with the rebuild's lock request queued while the pass sets up its second
+/// session (after the first took its lock): a setup that waited there for its own lock
+/// would keep every session from reading, the first's lock held, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_setup_never_waits_behind_the_key_rebuild() -> Result<()> {
+    pass_meets_the_key_rebuild("pass-setup-waits-for-lock").await
+}
+
+async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
     let pair = big_pair().await?;
     let run = backfill_with_env(
         &pair,
@@ -991,7 +1003,7 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
             "--dual-writes",
             "off",
         ],
-        ("BACKFILL_TEST_FAILPOINT", "pass-first-read-waits-for-lock"),
+        ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
     .await?;
