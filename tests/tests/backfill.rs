@@ -1370,8 +1370,9 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
 
 /// Direct path (dual writes off): each chunk is checked by hashing the rows as they are
 /// relayed from old and reading the range back from new. A chunk that reads back
-/// different (here a trigger on new rewrites one row as COPY inserts it) is checked again
-/// in SQL and the row repaired from old.
+/// different (here a trigger on new rewrites one row as COPY inserts it; `ENABLE ALWAYS`,
+/// as the loading sessions fire no ordinary trigger) is checked again in SQL and the row
+/// repaired from old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
@@ -1380,7 +1381,8 @@ async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
         "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.id = 42 AND current_query() ILIKE 'COPY%' THEN NEW.v := 'tampered'; END IF;
          RETURN NEW; END $$;
-         CREATE TRIGGER tamper BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION tamper()",
+         CREATE TRIGGER tamper BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION tamper();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER tamper",
     )?;
     on(
         &pair.old,
