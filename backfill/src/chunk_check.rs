@@ -14,6 +14,7 @@ use crate::plan::TablePlan;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use switchyard_core::checksum::{ChecksumError, RangeChecksum, RangeQueries};
+use switchyard_core::connect::Writer;
 use switchyard_core::key::{KeyRange, KeyText};
 use switchyard_core::resync::{resync_keys, ResyncError};
 use tokio_postgres::Client;
@@ -96,7 +97,7 @@ pub async fn wait_for_writers_in_flight(
 /// Checks `range` of a table and repairs it from old (see the module doc).
 pub async fn check_chunk(
     old: &mut Client,
-    new: &mut Client,
+    new: &mut Writer,
     plan: &TablePlan,
     q: &RangeQueries,
     range: &KeyRange,

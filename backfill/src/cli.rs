@@ -85,9 +85,19 @@ pub struct Cli {
     #[arg(long)]
     pub scan_old: bool,
     /// How foreign keys on new are respected: `order` (referenced tables first) or
-    /// `replica` (triggers off while loading; superuser) [default: order]
+    /// `replica` (no load order, for tables in reference cycles: the loading sessions do
+    /// not check foreign keys) [default: order]
     #[arg(long, value_enum)]
     pub fk_mode: Option<FkModeArg>,
+    /// Let new's own triggers and foreign-key checks and actions fire while loading. By
+    /// default the loading sessions run with session_replication_role = replica, so
+    /// they do not fire (what old's triggers did arrives with old's rows; firing new's
+    /// copies again would do it twice); that needs a superuser, the managed service's
+    /// admin role, or `GRANT SET ON PARAMETER session_replication_role` (PostgreSQL 15+)
+    /// on new. For triggers only new has that must act on the loaded rows, or a role
+    /// without that right loading a database without triggers.
+    #[arg(long)]
+    pub fire_new_triggers: bool,
     /// Seconds between progress lines when stderr is not a terminal [default: 10]
     #[arg(long)]
     pub progress_interval_secs: Option<u64>,
@@ -187,6 +197,9 @@ impl Cli {
         }
         if self.scan_old {
             layers = layers.flag("backfill.scan_old", true);
+        }
+        if self.fire_new_triggers {
+            layers = layers.flag("backfill.fire_new_triggers", true);
         }
         if let Some(v) = self.fk_mode {
             let text = match v {
@@ -331,6 +344,23 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("maintenance_work_mem"), "{err}");
+    }
+
+    #[test]
+    fn loading_sessions_are_replica_unless_new_triggers_should_fire() {
+        use switchyard_core::connect::WriteMode;
+        let urls = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let load = |extra: &[&str]| {
+            let flags: Vec<&str> = urls.iter().chain(extra).copied().collect();
+            cli(&flags).load(Vec::new())
+        };
+        let (defaults, _) = load(&[]).expect("valid");
+        assert_eq!(defaults.backfill.write_mode(), WriteMode::Replica);
+        let (cfg, _) = load(&["--fire-new-triggers"]).expect("valid");
+        assert_eq!(cfg.backfill.write_mode(), WriteMode::FireTriggers);
+        let err = load(&["--fire-new-triggers", "--fk-mode", "replica"]).expect_err("invalid");
+        let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["backfill.fire_new_triggers"], "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 use switchyard_core::config_layer::{ConfigError, Origin, Validate};
+use switchyard_core::connect::WriteMode;
 use switchyard_core::ident::QualifiedName;
 
 /// Everything the backfill reads at start. Top-level keys other than `old` and `new`
@@ -26,8 +27,10 @@ pub enum FkMode {
     /// (tables in a reference cycle are loaded together).
     #[default]
     Order,
-    /// `session_replication_role = replica` on the loading sessions: foreign-key (and
-    /// all other) triggers do not fire. Needs a superuser on the new database.
+    /// No load order: every table's chunks are claimable at once, tables in reference
+    /// cycles too. Sound because the loading sessions do not check foreign keys
+    /// (`session_replication_role = replica`, the default; refused with
+    /// `fire_new_triggers`).
     Replica,
 }
 
@@ -92,6 +95,14 @@ pub struct BackfillSettings {
     /// How foreign keys on the new database are respected.
     #[serde(default)]
     pub fk_mode: FkMode,
+    /// Let new's own triggers and foreign-key checks and actions fire on the loading
+    /// sessions. Off (the default), they load with `session_replication_role = replica`:
+    /// what old's triggers did arrives with old's rows, and firing new's copies of them
+    /// again would do it twice (finding 9 of issue #20). For a new database whose
+    /// triggers must act on the loaded rows (ones old does not have), or a role that may
+    /// not set the parameter loading a database without triggers.
+    #[serde(default)]
+    pub fire_new_triggers: bool,
     /// Threads relaying the rows. 1 (the default) runs every job on one thread: measured
     /// fastest when the databases share the machine's cores (a thread per job spent more
     /// CPU on wake-ups than on the rows); raise it when this process runs on its own
@@ -163,6 +174,7 @@ impl Default for BackfillSettings {
             bulk: None,
             scan_old: false,
             fk_mode: FkMode::Order,
+            fire_new_triggers: false,
             progress_interval_secs: default_progress_interval_secs(),
             rebuild_memory_mb: default_rebuild_memory_mb(),
         }
@@ -175,6 +187,15 @@ impl BackfillSettings {
     /// fastest way in). Never with dual writes on.
     pub fn bulk_mode(&self) -> bool {
         !self.dual_writes && self.bulk.unwrap_or(true)
+    }
+
+    /// How the loading sessions on new write (see `fire_new_triggers`).
+    pub fn write_mode(&self) -> WriteMode {
+        if self.fire_new_triggers {
+            WriteMode::FireTriggers
+        } else {
+            WriteMode::Replica
+        }
     }
 }
 
@@ -241,6 +262,14 @@ impl Validate for BackfillConfig {
             bad(
                 "backfill.rebuild_memory_mb",
                 format!("must be at most {MAX_REBUILD_MEMORY_MB} (PostgreSQL's limit for maintenance_work_mem)"),
+            );
+        }
+        if s.fire_new_triggers && s.fk_mode == FkMode::Replica {
+            bad(
+                "backfill.fire_new_triggers",
+                "cannot be combined with fk_mode = replica, which loads without a load order \
+                 because foreign keys are not checked while loading"
+                    .into(),
             );
         }
         if s.progress_interval_secs == 0 {

@@ -1,6 +1,7 @@
 //! Connecting to the two databases, with errors that name the side and never the password.
 
 use anyhow::{Context, Result};
+use switchyard_core::connect::{WriteMode, Writer};
 use switchyard_core::copy_conn::CopyConn;
 use switchyard_core::session::{pin_settings, PINNED_SETTINGS};
 use tokio_postgres::Client;
@@ -20,6 +21,14 @@ pub async fn connect(db: Db, url: &str, statement_timeout_ms: u64) -> Result<Cli
         .await
         .with_context(|| format!("setting up the session on the {db} database"))?;
     Ok(client)
+}
+
+/// A session that loads rows into new (copies, merges, repairs): [`connect`]'s, made a
+/// [`Writer`] with `mode` (by default new's triggers and foreign-key checks and actions
+/// do not fire on it).
+pub async fn connect_writer(url: &str, mode: WriteMode) -> Result<Writer> {
+    let client = connect(Db::New, url, 0).await?;
+    Ok(Writer::set_up(client, Db::New, mode).await?)
 }
 
 // COPY (SELECT ...) carries its bounds as literals, which assume standard strings.

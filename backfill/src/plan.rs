@@ -145,7 +145,8 @@ pub async fn select_tables(
             bail!(
                 "tables {} reference themselves or each other, or depend on such tables: no \
                  load order keeps their foreign keys satisfied; load them with --fk-mode \
-                 replica (checks off while loading, superuser) or leave them out with --exclude",
+                 replica (no load order: the loading sessions do not check foreign keys) or \
+                 leave them out with --exclude",
                 names.join(", ")
             );
         }

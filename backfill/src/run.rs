@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::checksum::{server_version_num, RowHash};
+use switchyard_core::connect::check_writer;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
@@ -53,6 +54,10 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     // One after the other, so that with both unreachable the message names old.
     let old = connect(Db::Old, &cfg.old, cfg.backfill.source_statement_timeout_ms).await?;
     let mut control = connect(Db::New, &cfg.new, 0).await?;
+    // Before anything is planned or written: the workers open their loading sessions
+    // only when they claim a chunk, and a role they could not set up must be refused
+    // now, with the fix, not chunk after chunk.
+    check_writer(&mut control, Db::New, cfg.backfill.write_mode()).await?;
     let selection = select(cfg, &old, &control).await?;
     summary.skipped = selection.skipped.clone();
     let plans = selection.tables;
@@ -278,7 +283,9 @@ pub struct DryRunTable {
 /// `--dry-run`: the tables and how they would be cut; writes nothing.
 pub async fn dry_run(cfg: &BackfillConfig) -> Result<(Vec<DryRunTable>, Selection)> {
     let old = connect(Db::Old, &cfg.old, cfg.backfill.source_statement_timeout_ms).await?;
-    let new = connect(Db::New, &cfg.new, 0).await?;
+    let mut new = connect(Db::New, &cfg.new, 0).await?;
+    // A dry run stops where the run would.
+    check_writer(&mut new, Db::New, cfg.backfill.write_mode()).await?;
     let selection = select(cfg, &old, &new).await?;
     let has_table = chunk_table::exists(&new).await?;
     let mut out = Vec::new();

@@ -206,8 +206,9 @@ fn block_range_predicates(blocks: i64, parts: usize) -> Vec<String> {
 /// a deadlock PostgreSQL cannot see. An `ACCESS EXCLUSIVE` request (the rebuild's
 /// `ADD PRIMARY KEY USING INDEX`, or a migration) queued behind that finished session's
 /// lock, while a session not yet started queued behind the request, waits for ever. For
-/// the same reason the setup takes no lock on the table (a session queued there behind
-/// such a request would hold up the reads of the others), and `hold` is false as soon as
+/// the same reason the other sessions' setup takes no lock on the table (a session
+/// queued there behind such a request would hold up the reads of the others; each takes
+/// its lock as its read starts), and `hold` is false as soon as
 /// any lock request waits: a session that then queues behind the request has its range
 /// to itself, and the others read the rest and end, which lets the request through.
 #[allow(clippy::too_many_arguments)]
@@ -227,6 +228,9 @@ async fn read_parts(
     // by then the key's `ADD PRIMARY KEY USING INDEX` often waits for its ACCESS
     // EXCLUSIVE lock (behind the reading session): the held session queued behind it and
     // the first read the rest alone, one core idle for the last second or two.
+    // The other sessions take theirs in their own reads, not in the setup below: one
+    // queued there behind such a request would keep every session from reading while the
+    // first holds its lock, which the request waits for.
     let seqscan = format!(
         "SET LOCAL enable_seqscan = on; LOCK TABLE {} IN ACCESS SHARE MODE",
         plan.quoted
@@ -244,9 +248,14 @@ async fn read_parts(
             .await
             .context("exporting the verification pass's snapshot on new")?;
         let snapshot = snapshot.trim();
+        if failpoint_setup_waits() {
+            wait_for_lock_request(first, plan).await;
+        }
+        // Before any read: the first session ends its transaction, and the snapshot with
+        // it, once no range is left.
         for conn in rest.iter_mut() {
             conn.execute(&format!(
-                "{setup}; SET TRANSACTION SNAPSHOT {}; {seqscan}",
+                "{setup}; SET TRANSACTION SNAPSHOT {}",
                 quote_literal(snapshot)
             ))
             .await
@@ -258,13 +267,18 @@ async fn read_parts(
     // Set once every range is taken: a held session then ends, whatever `hold` says.
     let (all_taken, taken) = watch::channel(false);
     let reads = conns.iter_mut().enumerate().map(|(i, conn)| {
-        let (next, all_taken) = (&next, &all_taken);
+        let (next, all_taken, seqscan) = (&next, &all_taken, &seqscan);
         let (mut hold, mut taken) = (hold.clone(), taken.clone());
         async move {
             let mut sums = vec![StreamSum::default(); chunk_count];
             let mut stray = 0u64;
             let mut ranges = 0usize;
             let read = async {
+                if i > 0 {
+                    conn.execute(seqscan)
+                        .await
+                        .context("locking the table for the verification pass on new")?;
+                }
                 loop {
                     if i > 0 {
                         // An error means the watch is over: go on.
@@ -364,6 +378,12 @@ fn failpoint_first_read_waits() -> bool {
         std::env::var("BACKFILL_TEST_FAILPOINT").as_deref(),
         Ok("pass-first-read-waits-for-lock" | "pass-first-read-waits-others-give-way")
     )
+}
+
+/// Tests only: the other sessions are set up only once a lock request waits on the
+/// table (the key's rebuild queued behind the first session's lock).
+fn failpoint_setup_waits() -> bool {
+    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("pass-setup-waits-for-lock")
 }
 
 /// Tests only: with the first read waiting, the other sessions still give way to index

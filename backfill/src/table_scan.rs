@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use std::pin::Pin;
 use std::time::Instant;
+use switchyard_core::connect::Writer;
 use switchyard_core::copy_conn::CopyConn;
 use switchyard_core::copy_hash::{int_key, CopyHasher, StreamSum};
 use tokio::sync::{mpsc, Mutex};
@@ -44,7 +45,7 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 pub async fn run(
     old_client: &Client,
     old: &mut CopyConn,
-    news: &mut [Client],
+    news: &mut [Writer],
     plan: &TablePlan,
     key_field: usize,
     claims: &[Claim],

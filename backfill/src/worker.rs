@@ -5,8 +5,8 @@
 
 use crate::chunk_check::{check_chunk, wait_for_writers_in_flight, IN_FLIGHT_WAIT};
 use crate::chunk_table::{self, ChunkOutcome, Claim, PassChunk};
-use crate::config::{BackfillConfig, FkMode};
-use crate::connect::{connect, connect_copy, Db};
+use crate::config::BackfillConfig;
+use crate::connect::{connect, connect_copy, connect_writer, Db};
 use crate::copy::{copy_chunk, copy_chunk_bulk, range_sum, CopySql, Stages};
 use crate::indexes;
 use crate::plan::TablePlan;
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::checksum::{RangeQueries, RowHash};
+use switchyard_core::connect::Writer;
 use switchyard_core::copy_conn::CopyConn;
 use tokio_postgres::Client;
 
@@ -95,7 +96,8 @@ impl Shared {
 /// A worker's own sessions.
 struct Sessions {
     old: Client,
-    new: Client,
+    /// Writes every row the worker puts into new.
+    new: Writer,
     /// COPY reads: old's chunks, new's read-back.
     old_copy: CopyConn,
     new_copy: CopyConn,
@@ -106,20 +108,19 @@ async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
     let s = &cfg.backfill;
     let (old, new, old_copy, new_copy) = tokio::try_join!(
         connect(Db::Old, &cfg.old, s.source_statement_timeout_ms),
-        connect(Db::New, &cfg.new, 0),
+        connect_writer(&cfg.new, s.write_mode()),
         connect_copy(Db::Old, &cfg.old, s.source_statement_timeout_ms),
         connect_copy(Db::New, &cfg.new, 0),
     )?;
     // Every statement of a worker reads one key range. On new the table starts empty and
     // unanalysed, so the planner would scan the whole (growing) table for each chunk;
     // without sequential scans it walks the primary-key index.
-    for (db, client) in [(Db::Old, &old), (Db::New, &new)] {
+    for (db, client) in [(Db::Old, &old), (Db::New, &*new)] {
         client
             .batch_execute("SET enable_seqscan = off")
             .await
             .with_context(|| format!("setting up a worker session on the {db} database"))?;
     }
-    triggers_off_if_replica(cfg, &new).await?;
     Ok(Sessions {
         old,
         new,
@@ -127,16 +128,6 @@ async fn open_sessions(cfg: &BackfillConfig) -> Result<Sessions> {
         new_copy,
         stages: Stages::default(),
     })
-}
-
-/// Under `fk-mode replica`, turns triggers off on a session loading new.
-async fn triggers_off_if_replica(cfg: &BackfillConfig, new: &Client) -> Result<()> {
-    if cfg.backfill.fk_mode == FkMode::Replica {
-        new.batch_execute("SET session_replication_role = replica")
-            .await
-            .context("turning triggers off on new (fk-mode replica needs a superuser)")?;
-    }
-    Ok(())
 }
 
 /// The worker's sessions, opened when it has none (or lost them after a failure).
@@ -335,12 +326,10 @@ async fn run_scan(
         // One loading session per job (at most 4), as chunk copies would use.
         let cfg = &shared.cfg;
         let mut news = futures_util::future::try_join_all(
-            (0..cfg.backfill.jobs.clamp(1, 4)).map(|_| connect(Db::New, &cfg.new, 0)),
+            (0..cfg.backfill.jobs.clamp(1, 4))
+                .map(|_| connect_writer(&cfg.new, cfg.backfill.write_mode())),
         )
         .await?;
-        for new in &news {
-            triggers_off_if_replica(cfg, new).await?;
-        }
         tracing::info!(table = %table, sessions = news.len(), "Scanning old for the whole table.");
         table_scan::run(
             &s.old,

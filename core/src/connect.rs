@@ -1,7 +1,9 @@
 //! Connecting to the old or the new database from the offline tools, with errors that name
-//! the side and show the URL without its password.
+//! the side and show the URL without its password; and [`Writer`], the one way a tool's
+//! session that writes rows into a target database is set up.
 
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 /// Which database.
@@ -72,4 +74,133 @@ pub async fn connect(db: Db, url: &str, application_name: &str) -> Result<Client
         }
     });
     Ok(client)
+}
+
+/// How a Switchyard session that writes rows into a database applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// `session_replication_role = replica`: the database's own triggers and foreign-key
+    /// checks and actions do not fire. Whatever they did on the source arrives copied or
+    /// captured from there; firing them again on the target would do it twice (audit rows
+    /// whose keys collide, cascades applied out of order). Needs the right to set the
+    /// parameter (see [`WriterError::NotPermitted`]).
+    #[default]
+    Replica,
+    /// The target's triggers and foreign-key checks and actions fire as for any client
+    /// (the backfill's `--fire-new-triggers`); needs no special right.
+    FireTriggers,
+}
+
+impl WriteMode {
+    /// The settings, as one statement batch; `local` for `SET LOCAL` (a probe inside a
+    /// transaction that is rolled back). `switchyard.apply = on` in every mode: the
+    /// capture triggers Switchyard installs are `ENABLE ALWAYS` (they fire under the
+    /// replica role too) and skip sessions that carry it, so a Switchyard write is never
+    /// captured and sent back.
+    fn settings(self, local: bool) -> String {
+        let set = if local { "SET LOCAL" } else { "SET" };
+        match self {
+            WriteMode::Replica => {
+                format!("{set} session_replication_role = replica; {set} switchyard.apply = on")
+            }
+            WriteMode::FireTriggers => format!("{set} switchyard.apply = on"),
+        }
+    }
+}
+
+/// Why a session could not be made a writer.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(
+        "role {role} may not set session_replication_role on the {db} database. Switchyard \
+         writes rows there with session_replication_role = replica, so that the database's \
+         own triggers and foreign-key actions do not fire a second time (their effects \
+         arrive copied from the other database). To fix it, connect as a superuser, or on a \
+         managed service as a member of its admin role (e.g. rds_superuser on Amazon RDS), \
+         or on PostgreSQL 15 and later run as a superuser: GRANT SET ON PARAMETER \
+         session_replication_role TO {role}"
+    )]
+    NotPermitted {
+        db: Db,
+        /// The role, quoted as an identifier.
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("setting up a writing session on the {db} database")]
+    Setup {
+        db: Db,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// A session that writes rows into a target database, set up with [`WriteMode`]'s
+/// settings; every Switchyard writer (the backfill's loading sessions, re-syncs for
+/// replay and repair) is one, so none can forget them. Derefs to its client.
+pub struct Writer {
+    client: Client,
+}
+
+impl Writer {
+    /// Applies `mode`'s settings to `client` for the rest of its session.
+    pub async fn set_up(client: Client, db: Db, mode: WriteMode) -> Result<Writer, WriterError> {
+        if let Err(e) = client.batch_execute(&mode.settings(false)).await {
+            return Err(writer_error(&client, db, e).await);
+        }
+        Ok(Writer { client })
+    }
+}
+
+impl std::ops::Deref for Writer {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// [`connect`], then [`Writer::set_up`].
+pub async fn connect_writer(
+    db: Db,
+    url: &str,
+    application_name: &str,
+    mode: WriteMode,
+) -> Result<Writer, WriterError> {
+    let client = connect(db, url, application_name).await?;
+    Writer::set_up(client, db, mode).await
+}
+
+/// Checks, before any work, that `client`'s role may set up a [`Writer`] on `db`: the
+/// settings are applied in a transaction that is rolled back, so the session is left
+/// as it was.
+pub async fn check_writer(client: &mut Client, db: Db, mode: WriteMode) -> Result<(), WriterError> {
+    let setup = |source| WriterError::Setup { db, source };
+    let tx = client.transaction().await.map_err(setup)?;
+    let tried = tx.batch_execute(&mode.settings(true)).await;
+    tx.rollback().await.map_err(setup)?;
+    match tried {
+        Ok(()) => Ok(()),
+        Err(e) => Err(writer_error(client, db, e).await),
+    }
+}
+
+/// A failed setup: [`WriterError::NotPermitted`] when the server refused the parameter
+/// to the role (named from `current_user`, which the server checks).
+async fn writer_error(client: &Client, db: Db, source: tokio_postgres::Error) -> WriterError {
+    if source.code() != Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+        return WriterError::Setup { db, source };
+    }
+    let role = match client.query_one("SELECT current_user::text", &[]).await {
+        Ok(row) => crate::ident::quote_ident(row.get(0)),
+        Err(_) => "(unknown)".to_string(),
+    };
+    WriterError::NotPermitted { db, role, source }
 }

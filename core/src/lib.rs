@@ -8,6 +8,9 @@
 //! - [`resync`]: copies the current image of given rows from a source to a target under
 //!   row locks (repair, retry-log replay).
 //! - [`session`]: settings pinned on every connection whose text output is compared.
+//! - [`connect`]: the tools' connections, and [`connect::Writer`], the one kind of session
+//!   they write rows into a target database through (its triggers and foreign-key
+//!   actions do not fire; capture triggers skip it).
 
 pub mod catalog;
 pub mod checksum;

@@ -12,6 +12,11 @@
 //!    written back, so a racing insert cannot be lost;
 //! 4. commit the target, then the source (which releases the row locks).
 //!
+//! The target is a [`Writer`]: its own triggers and foreign-key checks and actions do not
+//! fire (whatever they did on the source arrives with the source's rows), and capture
+//! triggers skip the writes. So a child table's rows can be re-synced before their
+//! parent's, in whatever order the records come.
+//!
 //! Keys and values travel as text: `col::text` on the source, `$n::text::<type>` on the
 //! target, with pinned session settings ([`crate::session`]) so every type round-trips
 //! exactly. Generated columns are left to the target to compute; identity `ALWAYS` columns
@@ -20,6 +25,7 @@
 
 use crate::catalog::{IdentityKind, TableMeta};
 use crate::checksum::key_columns_as_arrays;
+use crate::connect::Writer;
 use crate::key::{KeySql, KeyText};
 use crate::session::pin_settings;
 use std::collections::HashSet;
@@ -299,7 +305,7 @@ fn params(arrays: &[Vec<Option<String>>]) -> Vec<&(dyn ToSql + Sync)> {
 /// duplicates and keys that exist nowhere are harmless. Idempotent.
 pub async fn resync_keys(
     source: &mut Client,
-    target: &mut Client,
+    target: &mut Writer,
     table: &TableMeta,
     keys: &[KeyText],
 ) -> Result<ResyncCounts, ResyncError> {

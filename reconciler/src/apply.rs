@@ -4,12 +4,13 @@
 //! the new database, deduplicated by idempotency key in `_switchyard.applied_statements`.
 
 use crate::config::ReconcilerConfig;
-use crate::connect::{connect, Db};
+use crate::connect::{connect, connect_writer, Db};
 use crate::replay::ReplayReport;
 use crate::verify::RepairMode;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use switchyard_core::catalog::{load_table, TableMeta};
+use switchyard_core::connect::Writer;
 use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::KeyText;
 use switchyard_core::resync::resync_keys;
@@ -51,14 +52,17 @@ pub enum Outcome {
 pub struct Applier {
     cfg: ReconcilerConfig,
     source: Client,
-    pub target: Client,
+    /// Every row and statement record is applied on this session (new's triggers and
+    /// foreign-key checks and actions do not fire; what they did on old arrives with
+    /// old's rows).
+    pub target: Writer,
     tables: HashMap<String, TableMeta>,
 }
 
 impl Applier {
     pub async fn connect(cfg: &ReconcilerConfig) -> Result<Applier> {
         let source = connect(Db::Old, &cfg.old).await?;
-        let target = connect(Db::New, &cfg.new).await?;
+        let target = connect_writer(Db::New, &cfg.new).await?;
         target
             .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
             .await
@@ -155,7 +159,8 @@ impl Applier {
             Ok(c) => Ok(c.upserted + c.deleted + c.unchanged),
             Err(e) => {
                 self.tables.remove(table);
-                Err(Outcome::Failed(format!("{e:#}")))
+                // Through anyhow, so the server's message follows the failed step.
+                Err(Outcome::Failed(format!("{:#}", anyhow::Error::new(e))))
             }
         }
     }

@@ -22,9 +22,13 @@ pub struct Cli {
 pub enum Command {
     /// Compare tables on old and new: exit 0 when equal, 1 on differences, 2 on error.
     Verify(VerifyArgs),
-    /// Find differing rows like verify, then fix them from the source of truth.
+    /// Find differing rows like verify, then fix them from the source of truth. Writes
+    /// with session_replication_role = replica (the target's triggers do not fire): the
+    /// role needs a superuser, the managed service's admin role, or on PostgreSQL 15+
+    /// GRANT SET ON PARAMETER session_replication_role on the target.
     Repair(RepairArgs),
     /// Drain the retry log: re-sync queued keys from old to new, apply queued statements.
+    /// Writes with session_replication_role = replica, as repair does (on new).
     Replay(ReplayArgs),
     /// Finish prepared transactions the proxy left on new, as old's commit status says.
     Recover(RecoverArgs),

@@ -124,12 +124,13 @@ struct Claimed {
 
 pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayReport> {
     let started = std::time::Instant::now();
+    // First, so that a role that may not write into new is refused before anything else.
+    let mut applier = Applier::connect(cfg).await?;
     let mut claim = connect(Db::Old, &cfg.old).await?;
     claim
         .batch_execute(switchyard_core::retry::EMBEDDED_SCHEMA_SQL)
         .await
         .context("creating the retry log on the old database")?;
-    let mut applier = Applier::connect(cfg).await?;
     let mut report = ReplayReport::default();
     loop {
         let tx = claim

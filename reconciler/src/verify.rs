@@ -3,7 +3,7 @@
 
 use crate::cli::SourceSide;
 use crate::config::ReconcilerConfig;
-use crate::connect::{connect, Db};
+use crate::connect::{connect, connect_writer, Db};
 use crate::progress_table::ProgressTable;
 use crate::report::{RepairReport, Report, RowReport, Status, TableReport};
 use crate::schema::{compare, SchemaCheck};
@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::catalog::{list_user_tables, load_table, CatalogError, TableMeta};
+use switchyard_core::connect::Writer;
 use switchyard_core::diff::{diff_table, DiffKind, RowHash, Sides, TableDiff};
 use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::KeyText;
@@ -68,6 +69,15 @@ async fn run_inner(
     // One after the other, so that with both unreachable the message names old.
     let meta_old = connect(Db::Old, &cfg.old).await?;
     let meta_new = connect(Db::New, &cfg.new).await?;
+    // Repair writes into the side it does not take rows from; that session is set up
+    // (or its role refused, with the fix) before anything is read.
+    let target = match repair {
+        Some(m) if !m.dry_run => Some(match m.source {
+            SourceSide::Old => connect_writer(Db::New, &cfg.new).await?,
+            SourceSide::New => connect_writer(Db::Old, &cfg.old).await?,
+        }),
+        _ => None,
+    };
     let requested = cfg.table_names();
     let tables: Vec<QualifiedName> = if requested.is_empty() {
         let (a, b) = tokio::try_join!(list_user_tables(&meta_old), list_user_tables(&meta_new))
@@ -139,8 +149,11 @@ async fn run_inner(
         let (old, new) = tokio::try_join!(connect(Db::Old, &cfg.old), connect(Db::New, &cfg.new))?;
         pairs.push(Arc::new(Sides { old, new }));
     }
-    let mut repair_clients = match repair {
-        Some(m) if !m.dry_run => Some((meta_old, meta_new)),
+    let mut repair_clients = match (repair, target) {
+        (Some(m), Some(target)) => Some(match m.source {
+            SourceSide::Old => (meta_old, target),
+            SourceSide::New => (meta_new, target),
+        }),
         _ => None,
     };
     let mut opts = cfg.diff_options();
@@ -233,7 +246,7 @@ fn needs_upsert(source: SourceSide, kind: DiffKind) -> bool {
 
 async fn repair_table(
     mode: RepairMode,
-    clients: Option<&mut (Client, Client)>,
+    clients: Option<&mut (Client, Writer)>,
     pairs: &[Arc<Sides>],
     c: &Comparable,
     target_meta: &TableMeta,
@@ -248,7 +261,7 @@ async fn repair_table(
         dry_run: mode.dry_run,
         ..RepairReport::default()
     };
-    let Some((old, new)) = clients else {
+    let Some((source, target)) = clients else {
         // Dry run: what the listed rows need, without touching anything.
         r.passes = 1;
         for d in &diff.rows {
@@ -259,10 +272,6 @@ async fn repair_table(
             }
         }
         return Ok(r);
-    };
-    let (source, target) = match mode.source {
-        SourceSide::Old => (old, new),
-        SourceSide::New => (new, old),
     };
     let mut total = ResyncCounts::default();
     loop {

@@ -978,6 +978,18 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
 /// three wait on each other for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
+    pass_meets_the_key_rebuild("pass-first-read-waits-for-lock").await
+}
+
+/// As above, with the rebuild's lock request queued while the pass sets up its second
+/// session (after the first took its lock): a setup that waited there for its own lock
+/// would keep every session from reading, the first's lock held, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pass_setup_never_waits_behind_the_key_rebuild() -> Result<()> {
+    pass_meets_the_key_rebuild("pass-setup-waits-for-lock").await
+}
+
+async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
     let pair = big_pair().await?;
     let run = backfill_with_env(
         &pair,
@@ -991,7 +1003,7 @@ async fn the_pass_and_the_key_rebuild_never_wait_on_each_other() -> Result<()> {
             "--dual-writes",
             "off",
         ],
-        ("BACKFILL_TEST_FAILPOINT", "pass-first-read-waits-for-lock"),
+        ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
     .await?;
@@ -1358,8 +1370,9 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
 
 /// Direct path (dual writes off): each chunk is checked by hashing the rows as they are
 /// relayed from old and reading the range back from new. A chunk that reads back
-/// different (here a trigger on new rewrites one row as COPY inserts it) is checked again
-/// in SQL and the row repaired from old.
+/// different (here a trigger on new rewrites one row as COPY inserts it; `ENABLE ALWAYS`,
+/// as the loading sessions fire no ordinary trigger) is checked again in SQL and the row
+/// repaired from old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
@@ -1368,7 +1381,8 @@ async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
         "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.id = 42 AND current_query() ILIKE 'COPY%' THEN NEW.v := 'tampered'; END IF;
          RETURN NEW; END $$;
-         CREATE TRIGGER tamper BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION tamper()",
+         CREATE TRIGGER tamper BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION tamper();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER tamper",
     )?;
     on(
         &pair.old,

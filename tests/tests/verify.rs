@@ -664,6 +664,7 @@ async fn live_writes_raise_no_false_alarm() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_takes_text_keys_from_any_source() -> Result<()> {
     use switchyard_core::catalog::load_table;
+    use switchyard_core::connect::{Db, WriteMode, Writer};
     use switchyard_core::ident::QualifiedName;
     use switchyard_core::resync::{resync_keys, ResyncCounts};
 
@@ -693,7 +694,8 @@ async fn resync_takes_text_keys_from_any_source() -> Result<()> {
         vec![Some(upper("nowhere")?)], // on neither side
     ];
     let mut source = pair.old.connect(DB).await?;
-    let mut target = pair.new.connect(DB).await?;
+    let mut target =
+        Writer::set_up(pair.new.connect(DB).await?, Db::New, WriteMode::Replica).await?;
     let meta = load_table(&target, &QualifiedName::parse("rs")?).await?;
     let counts = resync_keys(&mut source, &mut target, &meta, &keys).await?;
     assert_eq!(
