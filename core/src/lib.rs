@@ -12,12 +12,12 @@
 //!   they write rows into a target database through (its triggers and foreign-key
 //!   actions do not fire; capture triggers skip it).
 
+pub mod capture;
 pub mod catalog;
 pub mod checksum;
 pub mod config_layer;
 pub mod connect;
 pub mod copy_conn;
-pub mod capture;
 pub mod copy_hash;
 pub mod diff;
 pub mod dsn;

@@ -57,6 +57,7 @@ pub struct Applier {
     /// old's rows).
     pub target: Writer,
     tables: HashMap<String, TableMeta>,
+    log_tables: switchyard_core::capture::log::LogTables,
 }
 
 impl Applier {
@@ -72,7 +73,46 @@ impl Applier {
             source,
             target,
             tables: HashMap::new(),
+            log_tables: Default::default(),
         })
+    }
+
+    /// Applies old's change log (writes no proxy mirrored in lockstep: sessions straight on
+    /// old, procedures that commit by themselves) until it is empty. `claim` is a session on
+    /// old that holds the claimed rows' locks. Nothing to do where capture is not installed.
+    pub async fn drain_change_log(
+        &mut self,
+        claim: &mut Client,
+        report: &mut ReplayReport,
+    ) -> Result<()> {
+        let installed: bool = claim
+            .query_one(
+                "SELECT to_regclass('_switchyard.capture_log') IS NOT NULL",
+                &[],
+            )
+            .await
+            .context("looking for the change log on the old database")?
+            .get(0);
+        if !installed {
+            return Ok(());
+        }
+        loop {
+            let r = switchyard_core::capture::log::drain_once(
+                claim,
+                &mut self.source,
+                &mut self.target,
+                &mut self.log_tables,
+                500,
+            )
+            .await
+            .inspect_err(|_| self.log_tables.clear())
+            .context("applying the change log")?;
+            report.change_log_events += r.events;
+            report.writes_outside_proxy += r.outside_proxy;
+            if r.events == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// True while both connections are usable; a replayer reconnects otherwise.

@@ -112,9 +112,9 @@ where
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 println!(
-                    "replayed {} records in {:.2}s ({} rows re-synced, {} tables repaired, {} statements applied); {} failed, {} dead-lettered; backlog {}",
+                    "replayed {} records in {:.2}s ({} rows re-synced, {} tables repaired, {} statements applied); {} failed, {} dead-lettered; backlog {}; change log: {} rows applied ({} written outside every proxy)",
                     r.records_done, r.seconds, r.rows_resynced, r.tables_repaired, r.statements_applied,
-                    r.records_failed, r.records_dead, r.backlog
+                    r.records_failed, r.records_dead, r.backlog, r.change_log_events, r.writes_outside_proxy
                 );
             }
             if !write_metrics(&r) {

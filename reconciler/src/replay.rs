@@ -25,6 +25,10 @@ pub struct ReplayReport {
     pub rows_resynced: u64,
     pub tables_repaired: u64,
     pub statements_applied: u64,
+    /// Rows of old's change log applied (writes no proxy mirrored in lockstep).
+    pub change_log_events: u64,
+    /// Of those, written by sessions outside every proxy.
+    pub writes_outside_proxy: u64,
     pub records_done: u64,
     pub records_failed: u64,
     pub records_dead: u64,
@@ -56,6 +60,8 @@ impl ReplayReport {
         self.rows_resynced += o.rows_resynced;
         self.tables_repaired += o.tables_repaired;
         self.statements_applied += o.statements_applied;
+        self.change_log_events += o.change_log_events;
+        self.writes_outside_proxy += o.writes_outside_proxy;
         self.records_done += o.records_done;
         self.records_failed += o.records_failed;
         self.records_dead += o.records_dead;
@@ -80,6 +86,9 @@ impl ReplayReport {
              switchyard_replay_records_total{{outcome=\"applied\"}} {}\n\
              switchyard_replay_records_total{{outcome=\"failed\"}} {}\n\
              switchyard_replay_records_total{{outcome=\"dead\"}} {}\n\
+             # HELP switchyard_replay_change_log_events_total Change-log rows applied by this run.\n\
+             # TYPE switchyard_replay_change_log_events_total counter\n\
+             switchyard_replay_change_log_events_total {}\n\
              # HELP switchyard_replay_backlog Records still waiting in the retry log.\n\
              # TYPE switchyard_replay_backlog gauge\n\
              switchyard_replay_backlog {}\n\
@@ -92,6 +101,7 @@ impl ReplayReport {
             self.records_done,
             self.records_failed,
             self.records_dead,
+            self.change_log_events,
             self.backlog,
             self.oldest_age_secs,
             self.rate()
@@ -148,6 +158,7 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
             .context("reading the retry log")?;
         if rows.is_empty() {
             tx.commit().await?;
+            applier.drain_change_log(&mut claim, &mut report).await?;
             if opts.follow {
                 // The running loop also finishes prepared transactions a proxy left behind.
                 match switchyard_core::recover::resolve_in_doubt(

@@ -591,20 +591,16 @@ async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
     client
         .batch_execute("BEGIN; DELETE FROM z WHERE id = 500")
         .await?;
-    // The mirrored delete ran on new: its transaction there is open.
+    // The delete ran on old: its transaction there is open (new gets it at its commit).
     tokio::task::block_in_place(|| {
-        poll_until(
-            "the mirrored delete on new",
-            Duration::from_secs(20),
-            || {
-                let n = on(
-                    &pair.new,
-                    "SELECT count(*) FROM pg_stat_activity \
+        poll_until("the open delete on old", Duration::from_secs(20), || {
+            let n = on(
+                &pair.old,
+                "SELECT count(*) FROM pg_stat_activity \
                  WHERE state = 'idle in transaction' AND query ILIKE '%delete%'",
-                )?;
-                Ok((n != "0").then_some(()))
-            },
-        )
+            )?;
+            Ok((n != "0").then_some(()))
+        })
     })?;
     let child = spawn(&pair, &["--tables", "z", "--chunk-rows", "100000"])?;
     // The chunk is copied, and its check waits for the open delete.

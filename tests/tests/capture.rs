@@ -75,7 +75,10 @@ async fn one_string_with_begin_and_commit_loses_nothing() -> Result<()> {
     ensure!(failed.is_err(), "a duplicate key must fail the string");
     assert_same(&s.pair, &["t"])?;
     ensure!(
-        on(&s.pair.old, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t")? == "1,2,3,4,5,6,7"
+        on(
+            &s.pair.old,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        )? == "1,2,3,4,5,6,7"
     );
     ensure!(retry_records(&s.pair)? == 0);
     Ok(())
@@ -85,8 +88,8 @@ async fn one_string_with_begin_and_commit_loses_nothing() -> Result<()> {
 /// gets the column's values in every row (the table's facts are cached by version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_added_mid_transaction_reach_later_rows() -> Result<()> {
-    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")
-        .await?;
+    let s =
+        setup("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')").await?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO t VALUES (2, 'y')").await?;
     c.batch_execute(
@@ -133,8 +136,11 @@ async fn audit_and_stamping_triggers_are_copied_not_fired_again() -> Result<()> 
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO wallet (id, balance) SELECT g, 100 FROM generate_series(1, 5) g")
         .await?;
-    c.execute("UPDATE wallet SET balance = balance - $1::int WHERE id = 2", &[&7i32])
-        .await?;
+    c.execute(
+        "UPDATE wallet SET balance = balance - $1::int WHERE id = 2",
+        &[&7i32],
+    )
+    .await?;
     c.batch_execute(
         "BEGIN; UPDATE wallet SET balance = balance + 1 WHERE id <= 3; DELETE FROM wallet WHERE id = 5; COMMIT",
     )
@@ -167,8 +173,10 @@ async fn writes_behind_functions_do_call_and_explain_are_captured() -> Result<()
         .await?;
     c.batch_execute("CALL put_proc(5)").await?;
     c.execute("CALL put_proc($1)", &[&6i32]).await?;
-    c.batch_execute("PREPARE ins(int) AS INSERT INTO t (id, v) VALUES ($1, 'exec'); EXECUTE ins(7)")
-        .await?;
+    c.batch_execute(
+        "PREPARE ins(int) AS INSERT INTO t (id, v) VALUES ($1, 'exec'); EXECUTE ins(7)",
+    )
+    .await?;
     c.batch_execute("BEGIN; SELECT put(8); SELECT put(9); COMMIT")
         .await?;
     assert_same(&s.pair, &["t"])?;
@@ -220,8 +228,10 @@ async fn ctes_merge_and_copy_arrive_as_images() -> Result<()> {
         .await
         .context("COPY through the extended protocol")?;
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1\tcopied\n2\tcopied\n3\tcopied\n"))
-        .await?;
+    sink.send(bytes::Bytes::from_static(
+        b"1\tcopied\n2\tcopied\n3\tcopied\n",
+    ))
+    .await?;
     let copied = sink.as_mut().finish().await?;
     ensure!(copied == 3, "COPY reported {copied} rows");
     psql_proxy(
@@ -246,18 +256,26 @@ async fn key_changes_by_update_and_on_conflict() -> Result<()> {
     )
     .await?;
     let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("UPDATE kv SET k = k + 100 WHERE k <= 3").await?;
+    c.batch_execute("UPDATE kv SET k = k + 100 WHERE k <= 3")
+        .await?;
     c.execute("UPDATE kv SET k = $1 WHERE k = $2", &[&50i32, &4i32])
         .await?;
     // Several keys moved by one statement.
     c.batch_execute("UPDATE kv SET k = k * 1000 WHERE k IN (5, 6)")
         .await?;
-    c.batch_execute("INSERT INTO kv VALUES (7, 'new') ON CONFLICT (k) DO UPDATE SET k = 700, v = 'moved'")
-        .await?;
+    c.batch_execute(
+        "INSERT INTO kv VALUES (7, 'new') ON CONFLICT (k) DO UPDATE SET k = 700, v = 'moved'",
+    )
+    .await?;
     c.batch_execute("UPDATE two SET b = 'z', n = n + 1 WHERE a = 1")
         .await?;
     assert_same(&s.pair, &["kv", "two"])?;
-    ensure!(on(&s.pair.new, "SELECT count(*) FROM kv WHERE k IN (1, 2, 3, 4, 7)")? == "0");
+    ensure!(
+        on(
+            &s.pair.new,
+            "SELECT count(*) FROM kv WHERE k IN (1, 2, 3, 4, 7)"
+        )? == "0"
+    );
     ensure!(retry_records(&s.pair)? == 0, "no re-sync order was needed");
     Ok(())
 }
@@ -272,8 +290,11 @@ async fn tables_without_a_key_keep_their_duplicates() -> Result<()> {
         "INSERT INTO tags VALUES (1, 'a', '{}'), (1, 'a', '{}'), (1, 'b', NULL), (2, 'a', '[1]'), (2, 'a', '[1]')",
     )
     .await?;
-    c.execute("DELETE FROM tags WHERE post = $1 AND tag = $2 AND meta IS NULL", &[&1i32, &"b"])
-        .await?;
+    c.execute(
+        "DELETE FROM tags WHERE post = $1 AND tag = $2 AND meta IS NULL",
+        &[&1i32, &"b"],
+    )
+    .await?;
     c.execute("UPDATE tags SET tag = $1 WHERE post = $2", &[&"c", &2i32])
         .await?;
     c.batch_execute("DELETE FROM tags WHERE ctid = (SELECT min(ctid) FROM tags WHERE post = 1)")
@@ -302,7 +323,8 @@ async fn cascades_and_truncate_cascade() -> Result<()> {
     )
     .await?;
     c.batch_execute("DELETE FROM parent WHERE id = 1").await?;
-    c.batch_execute("UPDATE parent SET id = 20 WHERE id = 2").await?;
+    c.batch_execute("UPDATE parent SET id = 20 WHERE id = 2")
+        .await?;
     assert_same(&s.pair, &["parent", "child"])?;
     c.batch_execute("BEGIN; INSERT INTO other VALUES (2); TRUNCATE parent CASCADE; INSERT INTO parent VALUES (9, 'after'); COMMIT")
         .await?;
@@ -332,10 +354,17 @@ async fn savepoints_and_deferred_triggers() -> Result<()> {
          SAVEPOINT b; INSERT INTO t VALUES (4, 'released'); RELEASE b; COMMIT",
     )
     .await?;
-    c.batch_execute("BEGIN; INSERT INTO t VALUES (5, 'x'); ROLLBACK").await?;
-    c.batch_execute("INSERT INTO t VALUES (6, 'autocommit')").await?;
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (5, 'x'); ROLLBACK")
+        .await?;
+    c.batch_execute("INSERT INTO t VALUES (6, 'autocommit')")
+        .await?;
     assert_same(&s.pair, &["t", "late"])?;
-    ensure!(on(&s.pair.new, "SELECT string_agg(seen::text, ',' ORDER BY seen) FROM late")? == "1,3,4,6");
+    ensure!(
+        on(
+            &s.pair.new,
+            "SELECT string_agg(seen::text, ',' ORDER BY seen) FROM late"
+        )? == "1,3,4,6"
+    );
     ensure!(retry_records(&s.pair)? == 0);
     Ok(())
 }
@@ -358,8 +387,10 @@ async fn new_tables_partitions_and_drops() -> Result<()> {
         .await?;
     c.batch_execute("INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, random() FROM generate_series(1, 10) g")
         .await?;
-    c.batch_execute("INSERT INTO m_eu VALUES (100, 'eu', 1.5); UPDATE m SET region = 'eu' WHERE id = 1")
-        .await?;
+    c.batch_execute(
+        "INSERT INTO m_eu VALUES (100, 'eu', 1.5); UPDATE m SET region = 'eu' WHERE id = 1",
+    )
+    .await?;
     c.batch_execute(
         "BEGIN; CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (1); DROP TABLE gone; \
          INSERT INTO m VALUES (200, 'us', 2); COMMIT",
@@ -445,7 +476,10 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
         .err()
         .context("strict mode must refuse")?;
     let db = err.as_db_error().context("a database error")?;
-    ensure!(db.code().code() == "0A000" && db.message().contains("large objects"), "{db:?}");
+    ensure!(
+        db.code().code() == "0A000" && db.message().contains("large objects"),
+        "{db:?}"
+    );
     ensure!(on(&pair.old, "SELECT count(*) FROM pg_largeobject_metadata")? == "1");
     // The session goes on.
     ensure!(c.query_one("SELECT 1", &[]).await?.get::<_, i32>(0) == 1);

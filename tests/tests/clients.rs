@@ -246,7 +246,7 @@ async fn psql_script_through_proxy() -> Result<()> {
     );
     // Dual writes mirrored the script's DDL: new has the same tables as old.
     let tables_sql =
-        "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY 1, 2) FROM pg_tables \
+        "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY schemaname, tablename) FROM pg_tables \
                       WHERE schemaname NOT IN ('pg_catalog', 'information_schema', '_switchyard')";
     let old_tables = old_psql(&s.pair, tables_sql).await?;
     let new_tables = tokio::task::block_in_place(|| s.pair.new.psql(DB, tables_sql))?;

@@ -137,7 +137,7 @@ async fn volatile_values_are_mirrored_as_row_images() -> Result<()> {
 }
 
 /// Scenario 2: INSERT ... SELECT, ON CONFLICT DO UPDATE, multi-row UPDATE and DELETE, and
-/// an UPDATE that moves primary keys (queued as a table re-sync).
+/// an UPDATE that moves primary keys: all equal, nothing queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_row_statements_and_upserts() -> Result<()> {
     let s = setup(
@@ -161,18 +161,11 @@ async fn multi_row_statements_and_upserts() -> Result<()> {
     c.batch_execute("DELETE FROM kv WHERE k > 90 AND k < 500")
         .await?;
     assert_equal(&s.pair, "kv")?;
-    ensure!(retry_log_count(&s.pair)? == 0);
-    // A key-changing update cannot be expressed as row images of the new keys alone.
+    // Moved keys: the old keys' rows are gone on new as well.
     c.batch_execute("UPDATE kv SET k = k + 1000 WHERE k <= 3")
         .await?;
-    let kinds = on(
-        &s.pair.old,
-        "SELECT kind || ' ' || table_name FROM _switchyard.retry_log",
-    )?;
-    ensure!(
-        kinds == "table \"public\".\"kv\"",
-        "expected a table re-sync order, got {kinds:?}"
-    );
+    assert_equal(&s.pair, "kv")?;
+    ensure!(retry_log_count(&s.pair)? == 0);
     Ok(())
 }
 
@@ -411,10 +404,13 @@ async fn ddl_is_mirrored_and_counted() -> Result<()> {
     Ok(())
 }
 
-/// Scenario 4: writes the proxy cannot see (a trigger writing another table on old only,
-/// a function called from SELECT) are not mirrored; verify shows exactly those rows.
+/// Scenario 4: writes the statement does not show, made on old only (a trigger writing
+/// another table that new does not have, a function called from SELECT, a DO block, CALL,
+/// SQL-level EXECUTE, in both protocols) reach new: verify finds both equal. (The routines
+/// are created behind the proxy's back, so until its next look at the catalog their writes
+/// travel through the change log rather than in lockstep; either way nothing is lost.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unseen_writes_show_up_in_verify() -> Result<()> {
+async fn writes_the_statement_does_not_show_are_mirrored() -> Result<()> {
     let s = setup(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          CREATE TABLE audit (id int PRIMARY KEY, what text);",
@@ -425,89 +421,23 @@ async fn unseen_writes_show_up_in_verify() -> Result<()> {
         "CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
            INSERT INTO audit VALUES (NEW.id, 'insert'); RETURN NEW; END $$; \
          CREATE TRIGGER t_audit AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION log_it(); \
-         CREATE FUNCTION sneaky(i int) RETURNS int LANGUAGE sql AS $$ INSERT INTO t VALUES (i, 'sneaky') RETURNING i $$;",
+         CREATE FUNCTION sneaky(i int) RETURNS int LANGUAGE sql AS $$ INSERT INTO t VALUES (i, 'sneaky') RETURNING i $$; \
+         CREATE PROCEDURE put(i int) LANGUAGE sql AS $$ INSERT INTO t VALUES (i, 'call') $$;",
     )?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO t VALUES (1, 'seen')").await?;
     c.batch_execute("SELECT sneaky(2)").await?;
-    // The row image of the INSERT is mirrored.
-    eventually(
-        &s.pair.new,
-        "SELECT t::text FROM t t ORDER BY 1",
-        "(1,seen)",
-    )?;
+    c.batch_execute("DO $$ BEGIN INSERT INTO t VALUES (3, 'do'); END $$")
+        .await?;
+    c.batch_execute("CALL put(4)").await?;
+    c.batch_execute("PREPARE ins(int) AS INSERT INTO t VALUES ($1, 'exec'); EXECUTE ins(5)")
+        .await?;
+    c.execute("CALL put($1)", &[&6i32]).await?;
+    assert_equal(&s.pair, "t")?;
+    assert_equal(&s.pair, "audit")?;
     let run = verify_json(&s.pair, "t,audit").await?;
-    ensure!(
-        run.code() == Some(1),
-        "verify must report the unseen rows:\n{}",
-        run.text()
-    );
-    let json: serde_json::Value = serde_json::from_str(&run.stdout)?;
-    let missing: u64 = json["tables"]
-        .as_array()
-        .context("tables")?
-        .iter()
-        .map(|t| t["missing_in_new"].as_u64().unwrap_or(0))
-        .sum();
-    ensure!(
-        missing == 3,
-        "audit rows 1, 2 and t row 2 are missing on new:\n{json:#}"
-    );
-    Ok(())
-}
-
-/// DO blocks, CALL and SQL-level EXECUTE run code whose writes the statement does not
-/// show: they run on old as sent, and are listed as not mirrored in `/api/status` (with
-/// the metric), so the operator knows to verify and repair; verify finds their rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opaque_writes_are_flagged_not_mirrored() -> Result<()> {
-    let s = setup(
-        "CREATE TABLE o (id int PRIMARY KEY, v text);
-         CREATE PROCEDURE put(i int) LANGUAGE sql AS $$ INSERT INTO o VALUES (i, 'call') $$;",
-    )
-    .await?;
-    let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("DO $$ BEGIN INSERT INTO o VALUES (1, 'do'); END $$")
-        .await?;
-    c.batch_execute("CALL put(2)").await?;
-    c.batch_execute("PREPARE ins(int) AS INSERT INTO o VALUES ($1, 'exec'); EXECUTE ins(3)")
-        .await?;
-    // Extended protocol too.
-    c.execute("CALL put($1)", &[&4i32]).await?;
-    c.batch_execute("INSERT INTO o VALUES (5, 'seen')").await?;
-    ensure!(on(&s.pair.old, "SELECT count(*) FROM o")? == "5");
-    eventually(&s.pair.new, "SELECT string_agg(id::text, ',') FROM o", "5")?;
-    let (status, body) = api_status(&s.proxy).await?;
-    let modes = status["mirror"]["statement_mode"]
-        .as_object()
-        .context("statement_mode")?;
-    let mut flagged: Vec<(String, u64)> = modes
-        .values()
-        .filter(|m| m["mirrored"] == serde_json::Value::Bool(false))
-        .map(|m| {
-            (
-                m["reason"].as_str().unwrap_or("").to_string(),
-                m["count"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    flagged.sort();
-    ensure!(
-        flagged
-            == [
-                ("CALL".to_string(), 2),
-                ("DO block".to_string(), 1),
-                ("EXECUTE of an SQL-level prepared statement".to_string(), 1),
-            ],
-        "{flagged:?} in {body}"
-    );
-    let run = verify_json(&s.pair, "o").await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
-    let json: serde_json::Value = serde_json::from_str(&run.stdout)?;
-    ensure!(
-        json["tables"][0]["missing_in_new"].as_u64() == Some(4),
-        "{json:#}"
-    );
+    ensure!(run.code() == Some(0), "verify:\n{}", run.text());
+    ensure!(retry_log_count(&s.pair)? == 0);
     Ok(())
 }
 

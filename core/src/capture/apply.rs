@@ -45,12 +45,15 @@ impl ApplySql {
             ""
         };
         let images = format!("json_populate_recordset(NULL::{name}, $1::text::json)");
-        let insert =
-            format!("INSERT INTO {name} ({list}){overriding} SELECT {list} FROM {images}");
+        let insert = format!("INSERT INTO {name} ({list}){overriding} SELECT {list} FROM {images}");
         let write = if key.is_empty() {
             insert
         } else {
-            let key_list = key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+            let key_list = key
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
             // Identity ALWAYS columns cannot be assigned by UPDATE; they never change after
             // insert.
             let set = written
@@ -68,7 +71,11 @@ impl ApplySql {
             };
             format!("{insert} ON CONFLICT ({key_list}) {conflict}")
         };
-        let key_list = key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let key_list = key
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let delete_keys = if key.is_empty() {
             String::new()
         } else {
@@ -136,6 +143,22 @@ pub fn truncate_sql(names: &[String]) -> String {
     format!("TRUNCATE ONLY {}", names.join(", "))
 }
 
+impl From<&crate::catalog::TableMeta> for ApplySql {
+    fn from(t: &crate::catalog::TableMeta) -> ApplySql {
+        let columns: Vec<ApplyColumn> = t
+            .columns
+            .iter()
+            .map(|c| ApplyColumn {
+                name: c.name.clone(),
+                generated: c.generated,
+                always: c.identity == Some(crate::catalog::IdentityKind::Always),
+            })
+            .collect();
+        let key = t.key_columns().map(|c| c.name.clone()).collect();
+        ApplySql::new(&t.schema, &t.name, &columns, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,7 +176,11 @@ mod tests {
         let t = ApplySql::new(
             "public",
             "t",
-            &[col("id", false, true), col("v", false, false), col("g", true, false)],
+            &[
+                col("id", false, true),
+                col("v", false, false),
+                col("g", true, false),
+            ],
             vec!["id".into()],
         );
         assert_eq!(
@@ -187,21 +214,5 @@ mod tests {
         assert_eq!(keys[0].to_string(), r#"{"a":1,"b":"x"}"#);
         let sql = ApplySql::inline(&t.write, r#"[{"a":"$sy$"}]"#);
         assert!(sql.contains("$syx$[{\"a\":\"$sy$\"}]$syx$::json"), "{sql}");
-    }
-}
-
-impl From<&crate::catalog::TableMeta> for ApplySql {
-    fn from(t: &crate::catalog::TableMeta) -> ApplySql {
-        let columns: Vec<ApplyColumn> = t
-            .columns
-            .iter()
-            .map(|c| ApplyColumn {
-                name: c.name.clone(),
-                generated: c.generated,
-                always: c.identity == Some(crate::catalog::IdentityKind::Always),
-            })
-            .collect();
-        let key = t.key_columns().map(|c| c.name.clone()).collect();
-        ApplySql::new(&t.schema, &t.name, &columns, key)
     }
 }

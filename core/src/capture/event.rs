@@ -138,8 +138,14 @@ mod tests {
         assert_eq!(e.op, Op::DeleteKeys);
         assert_eq!(e.relid, 16384);
         assert_eq!(e.version, Some(3));
-        let truncate: Vec<Option<&[u8]>> =
-            vec![Some(b"771"), Some(b"13"), Some(b"16384"), None, Some(b"T"), None];
+        let truncate: Vec<Option<&[u8]>> = vec![
+            Some(b"771"),
+            Some(b"13"),
+            Some(b"16384"),
+            None,
+            Some(b"T"),
+            None,
+        ];
         let e = Event::from_text(&truncate).expect("reads");
         assert_eq!((e.op, e.version, e.rows), (Op::Truncate, None, None));
         let bad: Vec<Option<&[u8]>> = vec![Some(b"1"), Some(b"1"), Some(b"1"), None, Some(b"Q")];
@@ -154,7 +160,9 @@ mod tests {
             relid: 0,
             version: None,
             op: Op::Statement,
-            rows: Some(r#"{"sql": "ALTER TABLE t ADD c int", "search_path": "app, public"}"#.into()),
+            rows: Some(
+                r#"{"sql": "ALTER TABLE t ADD c int", "search_path": "app, public"}"#.into(),
+            ),
         };
         assert_eq!(
             e.statement(),

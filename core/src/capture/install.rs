@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 /// Bumped whenever the installed SQL changes; an instance installs when the primary has
 /// another version.
-pub const VERSION: &str = "capture-3";
+pub const VERSION: &str = "capture-4";
 
 /// Images per capture row are cut at about this many bytes (a single larger row travels
 /// alone), so neither the primary nor the proxy ever holds one huge JSON value.
@@ -142,10 +142,7 @@ pub fn install_sql() -> String {
             emit('D', &deleted_keys)
         ),
     );
-    let truncate = capture_function(
-        "capture_truncate",
-        &emit('T', "SELECT NULL::json"),
-    );
+    let truncate = capture_function("capture_truncate", &emit('T', "SELECT NULL::json"));
     let functions = FUNCTIONS_SQL.replace("CHUNK_BYTES_LITERAL", &CHUNK_BYTES.to_string());
     format!("{SCHEMA_SQL}\n{insert}\n{update}\n{delete}\n{truncate}\n{functions}")
 }
@@ -211,6 +208,11 @@ CREATE OR REPLACE FUNCTION _switchyard.drain(n int)
 RETURNS TABLE (xid xid8, seq bigint, relid oid, version bigint, op "char", rows json)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
+  -- A transaction without an id wrote nothing, and may be read-only (where the DELETE below
+  -- would be refused).
+  IF pg_current_xact_id_if_assigned() IS NULL THEN
+    RETURN;
+  END IF;
   RETURN QUERY
   WITH d AS (
     DELETE FROM _switchyard.capture_lockstep c
@@ -235,12 +237,16 @@ $f$;
 -- Before a client's own PREPARE TRANSACTION: its outcome is decided later, possibly by
 -- another session, so its changes go to the durable log, committed (or not) with it.
 CREATE OR REPLACE FUNCTION _switchyard.defer() RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  IF pg_current_xact_id_if_assigned() IS NULL THEN
+    RETURN;
+  END IF;
   WITH d AS (DELETE FROM _switchyard.capture_lockstep c
              WHERE c.xid = pg_current_xact_id_if_assigned() RETURNING c.*)
   INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
   SELECT d.xid, d.seq, d.relid, d.op, d.rows, current_setting('switchyard.session', true) FROM d;
-$f$;
+END $f$;
 
 -- Puts the capture triggers on a table (or rebuilds them when its primary key changed),
 -- and gives it a new version when `bump` or when something changed.
@@ -436,14 +442,12 @@ mod tests {
                 .expect("function present");
             let body = &sql[start..];
             let body = &body[..body.find("END $f$").expect("function ends")];
-            assert!(body.contains("capture_lockstep") && body.contains("capture_log"), "{f}");
+            assert!(
+                body.contains("capture_lockstep") && body.contains("capture_log"),
+                "{f}"
+            );
             assert!(body.contains("switchyard.apply"), "{f} skips appliers");
         }
         assert!(!sql.contains("CHUNK_BYTES"), "placeholders are filled");
     }
-}
-#[cfg(test)]
-#[test]
-fn dump_install_sql_tmp() {
-    std::fs::write("/tmp/proto/install.sql", install_sql()).unwrap();
 }

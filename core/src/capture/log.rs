@@ -13,6 +13,7 @@
 use super::apply::{truncate_sql, ApplySql};
 use super::event::{Event, Op};
 use crate::catalog::{load_table, CatalogError, TableMeta};
+use crate::connect::Writer;
 use crate::ident::QualifiedName;
 use crate::key::KeyText;
 use crate::resync::{resync_keys, ResyncError};
@@ -82,22 +83,25 @@ impl LogTables {
         target: &Client,
         oid: u32,
     ) -> Result<&(TableMeta, ApplySql), LogError> {
-        if !self.by_oid.contains_key(&oid) {
-            let row = primary
-                .query_one(
-                    "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-                     JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.oid = coalesce(pg_partition_root($1::oid::regclass)::oid, $1::oid)",
-                    &[&oid],
-                )
-                .await
-                .map_err(|source| LogError::Name { oid, source })?;
-            let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-            let meta = load_table(target, &name).await?;
-            let sql = ApplySql::from(&meta);
-            self.by_oid.insert(oid, (meta, sql));
+        use std::collections::hash_map::Entry;
+        match self.by_oid.entry(oid) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let row = primary
+                    .query_one(
+                        "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE c.oid = coalesce(pg_partition_root($1::oid::regclass)::oid, $1::oid)",
+                        &[&oid],
+                    )
+                    .await
+                    .map_err(|source| LogError::Name { oid, source })?;
+                let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+                let meta = load_table(target, &name).await?;
+                let sql = ApplySql::from(&meta);
+                Ok(e.insert((meta, sql)))
+            }
         }
-        Ok(&self.by_oid[&oid])
     }
 
     /// Forget everything (after an error: a table may have changed).
@@ -106,13 +110,14 @@ impl LogTables {
     }
 }
 
-/// Applies up to `limit` committed log rows to `target`. `claim` holds the claimed rows'
-/// locks; `source` re-reads rows on the primary. Returns what it did (zero events when the
-/// log is empty or every row is claimed by someone else).
+/// Applies up to `limit` committed log rows to `target` (a writer session: its own triggers
+/// stay quiet). `claim` holds the claimed rows' locks; `source` re-reads rows on the
+/// primary. Returns what it did (zero events when the log is empty or every row is claimed
+/// by someone else).
 pub async fn drain_once(
     claim: &mut Client,
     source: &mut Client,
-    target: &mut Client,
+    target: &mut Writer,
     tables: &mut LogTables,
     limit: i64,
 ) -> Result<LogReport, LogError> {
@@ -142,7 +147,10 @@ pub async fn drain_once(
             r.get(5),
             r.get(6),
         ];
-        let bytes: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref().map(str::as_bytes)).collect();
+        let bytes: Vec<Option<&[u8]>> = values
+            .iter()
+            .map(|v| v.as_deref().map(str::as_bytes))
+            .collect();
         events.push((id, Event::from_text(&bytes)?));
         if r.get::<_, Option<String>>(7).is_none() {
             report.outside_proxy += 1;
@@ -167,7 +175,8 @@ pub async fn drain_once(
                 {
                     end += 1;
                 }
-                let group: Vec<(i64, &Event)> = events[i..end].iter().map(|(id, e)| (*id, e)).collect();
+                let group: Vec<(i64, &Event)> =
+                    events[i..end].iter().map(|(id, e)| (*id, e)).collect();
                 apply_once(source, target, tables, &group).await?;
                 report.statements += 1;
                 i = end;
@@ -202,7 +211,7 @@ pub async fn drain_once(
 
 async fn flush_keys(
     source: &mut Client,
-    target: &mut Client,
+    target: &mut Writer,
     tables: &mut LogTables,
     keys: &mut BTreeMap<u32, Vec<serde_json::Value>>,
     report: &mut LogReport,
@@ -232,7 +241,7 @@ async fn flush_keys(
 /// transaction.
 async fn apply_once(
     source: &Client,
-    target: &mut Client,
+    target: &mut Writer,
     tables: &mut LogTables,
     group: &[(i64, &Event)],
 ) -> Result<(), LogError> {
@@ -245,14 +254,27 @@ async fn apply_once(
                     statements.push((sql, path));
                 }
             }
-            Op::Truncate => truncated.push(tables.get(source, target, e.relid).await?.1.name.clone()),
+            Op::Truncate => {
+                truncated.push(tables.get(source, target, e.relid).await?.1.name.clone())
+            }
             Op::DeleteRows => {
-                let sql = tables.get(source, target, e.relid).await?.1.delete_rows.clone();
-                statements.push((ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")), None));
+                let sql = tables
+                    .get(source, target, e.relid)
+                    .await?
+                    .1
+                    .delete_rows
+                    .clone();
+                statements.push((
+                    ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")),
+                    None,
+                ));
             }
             _ => {
                 let sql = tables.get(source, target, e.relid).await?.1.write.clone();
-                statements.push((ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")), None));
+                statements.push((
+                    ApplySql::inline(&sql, e.rows.as_deref().unwrap_or("[]")),
+                    None,
+                ));
             }
         }
     }
@@ -263,7 +285,10 @@ async fn apply_once(
         let what = what.to_string();
         move |source| LogError::Apply { what, source }
     };
-    let tx = target.transaction().await.map_err(apply_err("a transaction"))?;
+    let tx = target
+        .transaction()
+        .await
+        .map_err(apply_err("a transaction"))?;
     let marks: Vec<String> = group.iter().map(|(id, _)| format!("log:{id}")).collect();
     let fresh = tx
         .execute(
@@ -276,9 +301,12 @@ async fn apply_once(
     if fresh > 0 {
         for (sql, path) in &statements {
             if let Some(p) = path {
-                tx.execute("SELECT pg_catalog.set_config('search_path', $1, true)", &[p])
-                    .await
-                    .map_err(apply_err("the statement's search_path"))?;
+                tx.execute(
+                    "SELECT pg_catalog.set_config('search_path', $1, true)",
+                    &[p],
+                )
+                .await
+                .map_err(apply_err("the statement's search_path"))?;
             }
             tx.batch_execute(sql).await.map_err(apply_err(sql))?;
         }

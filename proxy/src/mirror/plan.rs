@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub enum TxnOp {
     Begin,
     /// COMMIT, END, COMMIT AND CHAIN (`chain`: a new transaction opens at once).
-    Commit { chain: bool },
+    Commit {
+        chain: bool,
+    },
     Rollback,
     Savepoint(String),
     Release(String),
@@ -34,13 +36,19 @@ pub enum Plan {
     /// DDL, mirrored as text at its place among the transaction's changes. `secondary` is
     /// the text for the secondary: the statement itself, or for CREATE TABLE AS the table
     /// without its rows (they arrive captured).
-    Ddl { secondary: Arc<str> },
+    Ddl {
+        secondary: Arc<str>,
+    },
     Txn(TxnOp),
     /// Forwarded untouched, counted as not mirrored (the reason says why).
-    Flagged { reason: &'static str },
+    Flagged {
+        reason: &'static str,
+    },
     /// Refused with SQLSTATE 0A000 (`ddl = "reject"`, or `strict` for what cannot be
     /// captured).
-    Rejected { reason: &'static str },
+    Rejected {
+        reason: &'static str,
+    },
     /// A procedure or DO block that may COMMIT by itself: never wrapped (it would fail in a
     /// transaction block); outside a transaction its changes go through the change log.
     SelfCommitting,
@@ -77,7 +85,6 @@ pub trait Routines {
     /// A procedure by this name is known not to COMMIT or ROLLBACK by itself.
     fn plain_procedure(&self, name: &str) -> bool;
 }
-
 
 /// Built-in functions that write where triggers cannot see: large objects.
 const LARGE_OBJECT_WRITERS: &[&str] = &[
@@ -153,12 +160,7 @@ fn plan_one(
                 .any(|w| name.eq_ignore_ascii_case(w))
         })
     };
-    let calls_writers = || {
-        parsed
-            .functions()
-            .iter()
-            .any(|f| routines.may_write(f))
-    };
+    let calls_writers = || parsed.functions().iter().any(|f| routines.may_write(f));
     match node {
         NodeEnum::InsertStmt(_)
         | NodeEnum::UpdateStmt(_)
@@ -325,11 +327,11 @@ fn code_only(source: &str) -> String {
             Some(skip_to("'", 1).unwrap_or(rest.len()))
         } else if rest.starts_with('"') {
             Some(skip_to("\"", 1).unwrap_or(rest.len()))
-        } else if rest.starts_with('$') {
+        } else if let Some(after) = rest.strip_prefix('$') {
             // A dollar quote: $$ or $tag$.
-            rest[1..]
+            after
                 .find('$')
-                .filter(|&e| rest[1..1 + e].chars().all(|c| c.is_alphanumeric() || c == '_'))
+                .filter(|&e| after[..e].chars().all(|c| c.is_alphanumeric() || c == '_'))
                 .map(|e| {
                     let tag = &rest[..e + 2];
                     skip_to(tag, tag.len()).unwrap_or(rest.len())
@@ -410,15 +412,26 @@ mod tests {
     #[test]
     fn writes_ddl_and_reads() {
         assert_eq!(p("INSERT INTO t VALUES (now())"), Plan::Write);
-        assert_eq!(p("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"), Plan::Write);
-        assert_eq!(p("WITH d AS (DELETE FROM a RETURNING *) SELECT * FROM d"), Plan::Write);
+        assert_eq!(
+            p("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"),
+            Plan::Write
+        );
+        assert_eq!(
+            p("WITH d AS (DELETE FROM a RETURNING *) SELECT * FROM d"),
+            Plan::Write
+        );
         assert_eq!(p("COPY t FROM STDIN"), Plan::Write);
         assert_eq!(p("COPY t TO STDOUT"), Plan::Pass);
         assert_eq!(p("TRUNCATE t"), Plan::Write);
         assert_eq!(p("SELECT * FROM t FOR UPDATE"), Plan::Pass);
         assert_eq!(p("SELECT nextval('s'), count(*) FROM t"), Plan::Pass);
         assert_eq!(p("SELECT my_writer(1)"), Plan::Write);
-        assert_eq!(p("SELECT lo_import('/tmp/x')"), Plan::Flagged { reason: "large object" });
+        assert_eq!(
+            p("SELECT lo_import('/tmp/x')"),
+            Plan::Flagged {
+                reason: "large object"
+            }
+        );
         assert_eq!(p("EXPLAIN ANALYZE UPDATE t SET a = 1"), Plan::Write);
         assert_eq!(
             p("CREATE TABLE x (id int)"),
@@ -440,7 +453,8 @@ mod tests {
 
     #[test]
     fn create_table_as_reaches_the_secondary_without_rows() {
-        let Plan::Ddl { secondary: s } = p("CREATE TABLE t2 AS SELECT now() AS at, g FROM generate_series(1, 3) g")
+        let Plan::Ddl { secondary: s } =
+            p("CREATE TABLE t2 AS SELECT now() AS at, g FROM generate_series(1, 3) g")
         else {
             panic!("expected DDL with a secondary text");
         };
@@ -448,7 +462,10 @@ mod tests {
         let Plan::Ddl { secondary: s } = p("SELECT * INTO t3 FROM t") else {
             panic!("expected DDL with a secondary text");
         };
-        assert!(s.starts_with("CREATE TABLE t3 AS SELECT") && s.ends_with("WITH NO DATA"), "{s}");
+        assert!(
+            s.starts_with("CREATE TABLE t3 AS SELECT") && s.ends_with("WITH NO DATA"),
+            "{s}"
+        );
         assert_eq!(
             p("CREATE MATERIALIZED VIEW v AS SELECT 1"),
             Plan::Ddl {
@@ -468,8 +485,12 @@ mod tests {
         assert_eq!(p("CALL plain(1)"), Plan::Write);
         assert_eq!(p("SELECT my_reader(1)"), Plan::Pass);
         assert!(!controls_transactions("INSERT INTO commits VALUES (1)"));
-        assert!(!controls_transactions("INSERT INTO t VALUES (i, 'call'); -- commit later\n"));
-        assert!(!controls_transactions("x := $q$ rollback $q$; /* commit */"));
+        assert!(!controls_transactions(
+            "INSERT INTO t VALUES (i, 'call'); -- commit later\n"
+        ));
+        assert!(!controls_transactions(
+            "x := $q$ rollback $q$; /* commit */"
+        ));
         assert!(controls_transactions("x := 1; COMMIT;"));
     }
 
@@ -477,21 +498,34 @@ mod tests {
     fn transaction_control() {
         assert_eq!(p("BEGIN"), Plan::Txn(TxnOp::Begin));
         assert_eq!(p("end"), Plan::Txn(TxnOp::Commit { chain: false }));
-        assert_eq!(p("COMMIT AND CHAIN"), Plan::Txn(TxnOp::Commit { chain: true }));
+        assert_eq!(
+            p("COMMIT AND CHAIN"),
+            Plan::Txn(TxnOp::Commit { chain: true })
+        );
         assert_eq!(p("PREPARE TRANSACTION 'x'"), Plan::Txn(TxnOp::Prepare));
         assert_eq!(p("COMMIT PREPARED 'x'"), Plan::Txn(TxnOp::FinishPrepared));
-        assert_eq!(p("ROLLBACK TO SAVEPOINT a"), Plan::Txn(TxnOp::RollbackTo("a".into())));
+        assert_eq!(
+            p("ROLLBACK TO SAVEPOINT a"),
+            Plan::Txn(TxnOp::RollbackTo("a".into()))
+        );
     }
 
     #[test]
     fn several_statements() {
-        let Plan::Multi(pieces) = p("INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2); COMMIT") else {
+        let Plan::Multi(pieces) =
+            p("INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2); COMMIT")
+        else {
             panic!("expected a multi-statement plan");
         };
         let texts: Vec<&str> = pieces.iter().map(|p| p.sql.as_str()).collect();
         assert_eq!(
             texts,
-            vec!["INSERT INTO t VALUES (1)", "BEGIN", "INSERT INTO t VALUES (2)", "COMMIT"]
+            vec![
+                "INSERT INTO t VALUES (1)",
+                "BEGIN",
+                "INSERT INTO t VALUES (2)",
+                "COMMIT"
+            ]
         );
         assert_eq!(p("SELECT 1; SELECT 2"), Plan::Pass);
     }

@@ -47,7 +47,10 @@ impl RoutineSet {
     }
 
     /// Reads the primary's routines; true when they changed (cached plans are then stale).
-    pub async fn refresh(&self, client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
+    pub async fn refresh(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
         let rows = client.query(ROUTINES_SQL, &[]).await?;
         let mut next = Snapshot::default();
         let mut procedures: HashMap<String, bool> = HashMap::new();

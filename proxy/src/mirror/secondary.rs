@@ -114,7 +114,14 @@ impl Secondary {
                 ));
             }
         }
-        match connect(&self.dsn, "switchyard-mirror", Some(&self.options), self.timeout).await {
+        match connect(
+            &self.dsn,
+            "switchyard-mirror",
+            Some(&self.options),
+            self.timeout,
+        )
+        .await
+        {
             Ok(client) => {
                 self.retry_after = None;
                 let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
@@ -158,7 +165,11 @@ impl Secondary {
 
     /// Queues statements that return nothing. Fails at once only when there is no
     /// connection.
-    pub async fn queue_batch(&mut self, what: &'static str, sql: String) -> Result<(), MirrorError> {
+    pub async fn queue_batch(
+        &mut self,
+        what: &'static str,
+        sql: String,
+    ) -> Result<(), MirrorError> {
         self.queue(what, Op::Batch { what, sql }).await
     }
 

@@ -17,28 +17,22 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
         tracing::warn!(error = %e, "Could not create the retry log on the old database yet; writes will fail until it exists.");
     }
     match m.control.client().await {
-        Ok(c) => {
-            let report = capture::install::install(&c)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            tracing::info!(
-                tables = report.tables,
-                changed = report.tables_changed,
-                upgraded = report.upgraded,
-                "Change capture is installed on the old database."
-            );
-            if let Err(e) = m.routines.refresh(&c).await {
-                tracing::warn!(error = %e, "Could not read the old database's routines.");
-            }
-        }
+        Ok(c) => install(m, &c).await?,
         Err(e) => {
-            return Err(format!(
-                "the old database is not reachable, so change capture cannot be checked: {e}"
-            ))
+            // Until it is installed no claimed transaction can commit (the drain is missing):
+            // writes fail clearly, none is lost. The recovery loop installs it once old answers.
+            tracing::warn!(error = %e, "The old database is not reachable at start; change capture will be installed when it is.");
         }
     }
     let timeout = Duration::from_secs(5);
-    match connect(&m.new, "switchyard-check", Some(capture::WRITER_OPTIONS), timeout).await {
+    match connect(
+        &m.new,
+        "switchyard-check",
+        Some(capture::WRITER_OPTIONS),
+        timeout,
+    )
+    .await
+    {
         Ok(c) => {
             let n: i32 = match c
                 .query_one(
@@ -82,6 +76,25 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
     Ok(())
 }
 
+/// Installs change capture on the primary and reads its routines. Missing rights are an
+/// error (the invariant could not be kept); trouble reaching it is the caller's to retry.
+async fn install(m: &Mirror, c: &tokio_postgres::Client) -> Result<(), String> {
+    let report = capture::install::install(c)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    tracing::info!(
+        tables = report.tables,
+        changed = report.tables_changed,
+        upgraded = report.upgraded,
+        "Change capture is installed on the old database."
+    );
+    m.status.capture.installed.store(true, Ordering::Relaxed);
+    if let Err(e) = m.routines.refresh(c).await {
+        tracing::warn!(error = %e, "Could not read the old database's routines.");
+    }
+    Ok(())
+}
+
 /// Every few seconds, finishes prepared transactions the proxy left behind (its own crash,
 /// a secondary restart), as the primary's commit status says.
 pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
@@ -89,6 +102,11 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
     loop {
         let primary = m.control.client().await;
         if let Ok(p) = &primary {
+            if !m.status.capture.installed.load(Ordering::Relaxed) {
+                if let Err(e) = install(&m, p).await {
+                    tracing::error!(error = %e, "Change capture could not be installed on the old database; writes cannot commit until it is.");
+                }
+            }
             if let Ok(row) = p
                 .query_one(
                     "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 \
@@ -104,7 +122,10 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
                 metrics::gauge!(crate::metrics::MIRROR_RETRY_OLDEST_SECONDS).set(age);
             }
             if let Ok((n, age)) = capture::log::backlog(p).await {
-                m.status.capture.log_backlog.store(n.max(0) as u64, Ordering::Relaxed);
+                m.status
+                    .capture
+                    .log_backlog
+                    .store(n.max(0) as u64, Ordering::Relaxed);
                 m.status
                     .capture
                     .log_oldest_secs
@@ -145,8 +166,11 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
 pub async fn log_loop(m: Arc<Mirror>) {
     let every = Duration::from_millis(m.config.log_poll_ms);
     let timeout = Duration::from_secs(5);
-    let mut conns: Option<(tokio_postgres::Client, tokio_postgres::Client, tokio_postgres::Client)> =
-        None;
+    let mut conns: Option<(
+        tokio_postgres::Client,
+        tokio_postgres::Client,
+        switchyard_core::connect::Writer,
+    )> = None;
     let mut tables = capture::log::LogTables::default();
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     loop {
@@ -154,8 +178,20 @@ pub async fn log_loop(m: Arc<Mirror>) {
             let opened = async {
                 let claim = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
                 let source = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
-                let target =
-                    connect(&m.new, "switchyard-log", Some(capture::WRITER_OPTIONS), timeout).await?;
+                let target = connect(
+                    &m.new,
+                    "switchyard-log",
+                    Some(capture::WRITER_OPTIONS),
+                    timeout,
+                )
+                .await?;
+                let target = switchyard_core::connect::Writer::set_up(
+                    target,
+                    switchyard_core::connect::Db::New,
+                    switchyard_core::connect::WriteMode::Replica,
+                )
+                .await
+                .map_err(|e| super::MirrorError::Connect(format!("{e:#}")))?;
                 Ok::<_, super::MirrorError>((claim, source, target))
             }
             .await;
@@ -171,14 +207,19 @@ pub async fn log_loop(m: Arc<Mirror>) {
                     if r.events > 0 {
                         let c = &m.status.capture;
                         c.log_applied.fetch_add(r.events, Ordering::Relaxed);
-                        c.writes_outside_proxy.fetch_add(r.outside_proxy, Ordering::Relaxed);
+                        c.writes_outside_proxy
+                            .fetch_add(r.outside_proxy, Ordering::Relaxed);
                         c.writes_outside_lockstep
                             .fetch_add(r.events - r.outside_proxy, Ordering::Relaxed);
                         metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "outside_proxy")
                             .increment(r.outside_proxy);
                         metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "proxy")
                             .increment(r.events - r.outside_proxy);
-                        tracing::debug!(events = r.events, outside = r.outside_proxy, "Applied change-log rows.");
+                        tracing::debug!(
+                            events = r.events,
+                            outside = r.outside_proxy,
+                            "Applied change-log rows."
+                        );
                         more = r.events >= 500;
                     }
                     if let Ok(mut e) = m.status.capture.log_error.lock() {

@@ -3,7 +3,7 @@
 
 use dashmap::DashMap;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Default)]
 pub struct MirrorStatus {
@@ -35,6 +35,8 @@ pub struct MirrorStatus {
 /// writes no proxy mirrored in lockstep.
 #[derive(Default)]
 pub struct CaptureCounters {
+    /// Capture is installed on the primary (checked at start, retried until it is).
+    pub installed: AtomicBool,
     /// Captured events applied in their client's lockstep transaction.
     pub lockstep_events: AtomicU64,
     /// Change-log rows waiting, and the age of the oldest, in seconds (sampled).
@@ -53,6 +55,7 @@ pub struct CaptureCounters {
 
 #[derive(Debug, Default, Serialize)]
 pub struct CaptureSnapshot {
+    pub installed: bool,
     pub lockstep_events: u64,
     pub log_backlog: u64,
     pub log_oldest_secs: u64,
@@ -187,6 +190,7 @@ impl MirrorStatus {
                 .map(|e| (e.key().clone(), e.value().clone()))
                 .collect(),
             capture: CaptureSnapshot {
+                installed: self.capture.installed.load(Ordering::Relaxed),
                 lockstep_events: self.capture.lockstep_events.load(Ordering::Relaxed),
                 log_backlog: self.capture.log_backlog.load(Ordering::Relaxed),
                 log_oldest_secs: self.capture.log_oldest_secs.load(Ordering::Relaxed),

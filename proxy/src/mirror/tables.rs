@@ -153,7 +153,12 @@ impl Tables {
         if values.is_empty() {
             return Ok(Found::Missing);
         }
-        if values.get(5).cloned().flatten().and_then(|v| v.parse::<i64>().ok()) != Some(version)
+        if values
+            .get(5)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok())
+            != Some(version)
         {
             return Ok(Found::OtherVersion);
         }
@@ -212,7 +217,11 @@ mod tests {
         assert!(tables.cached(7, 4).is_some() && tables.cached(7, 3).is_none());
         let before_add: BTreeSet<String> = ["id".to_string()].into();
         let sql = t.sql(&before_add);
-        assert!(sql.write.contains("(\"id\")") && !sql.write.contains("\"w\""), "{}", sql.write);
+        assert!(
+            sql.write.contains("(\"id\")") && !sql.write.contains("\"w\""),
+            "{}",
+            sql.write
+        );
         assert!(t.full_sql().write.contains("\"w\""));
     }
 }

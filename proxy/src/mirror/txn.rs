@@ -70,14 +70,23 @@ fn shape(rows: &str) -> Result<(u64, BTreeSet<String>, Vec<serde_json::Value>), 
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     let n = images.len() as u64;
-    Ok((n, columns, images.into_iter().map(serde_json::Value::Object).collect()))
+    Ok((
+        n,
+        columns,
+        images.into_iter().map(serde_json::Value::Object).collect(),
+    ))
 }
 
 /// The key object (`{"col": value}`) of an image.
 fn key_of(image: &serde_json::Value, key: &[String]) -> serde_json::Value {
     serde_json::Value::Object(
         key.iter()
-            .map(|c| (c.clone(), image.get(c).cloned().unwrap_or(serde_json::Value::Null)))
+            .map(|c| {
+                (
+                    c.clone(),
+                    image.get(c).cloned().unwrap_or(serde_json::Value::Null),
+                )
+            })
             .collect(),
     )
 }
@@ -143,7 +152,10 @@ impl MirrorSession {
         self.txn.statement_bytes += sql.len();
         if self.txn.statement_bytes > MAX_STATEMENT_BYTES {
             self.txn.unrecordable.get_or_insert_with(|| {
-                format!("more than {} MB of changes that cannot be re-read by key", MAX_STATEMENT_BYTES >> 20)
+                format!(
+                    "more than {} MB of changes that cannot be re-read by key",
+                    MAX_STATEMENT_BYTES >> 20
+                )
             });
             return;
         }
@@ -211,9 +223,9 @@ impl MirrorSession {
         let (n, columns, images) = match shape(&rows) {
             Ok(s) => s,
             Err(e) => {
-                self.txn
-                    .unrecordable
-                    .get_or_insert_with(|| format!("a captured row of {} is unreadable: {e}", table.name));
+                self.txn.unrecordable.get_or_insert_with(|| {
+                    format!("a captured row of {} is unreadable: {e}", table.name)
+                });
                 self.abandon("a captured row is unreadable");
                 return;
             }
@@ -232,13 +244,23 @@ impl MirrorSession {
             let keys = if event.op == Op::DeleteKeys {
                 images
             } else {
-                images.iter().map(|image| key_of(image, &table.key)).collect()
+                images
+                    .iter()
+                    .map(|image| key_of(image, &table.key))
+                    .collect()
             };
             self.track_keys(table, keys);
         } else {
-            self.keep_statement(ApplySql::inline(statement, &rows), "rows of a table without a primary key");
+            self.keep_statement(
+                ApplySql::inline(statement, &rows),
+                "rows of a table without a primary key",
+            );
         }
-        *self.txn.unconfirmed.entry(table.shared_name.clone()).or_default() += n;
+        *self
+            .txn
+            .unconfirmed
+            .entry(table.shared_name.clone())
+            .or_default() += n;
         let statement: Arc<str> = Arc::from(statement);
         self.send(statement, rows).await;
     }
@@ -283,7 +305,10 @@ impl MirrorSession {
         let gid = gid_for(&xid);
         match self
             .secondary
-            .execute("PREPARE TRANSACTION", &format!("PREPARE TRANSACTION '{gid}'"))
+            .execute(
+                "PREPARE TRANSACTION",
+                &format!("PREPARE TRANSACTION '{gid}'"),
+            )
             .await
         {
             Ok(()) => {
@@ -366,7 +391,12 @@ impl MirrorSession {
             }
         } else if self.txn.open {
             // Rolled back on the primary, or abandoned after a secondary error.
-            if self.secondary.execute("ROLLBACK", "ROLLBACK").await.is_err() {
+            if self
+                .secondary
+                .execute("ROLLBACK", "ROLLBACK")
+                .await
+                .is_err()
+            {
                 self.secondary.abandon();
             }
         }
@@ -378,7 +408,10 @@ impl MirrorSession {
         }
         if self.txn.events > 0 {
             if committed && self.txn.broken.is_some() {
-                self.mirror.status.commits_queued.fetch_add(1, Ordering::Relaxed);
+                self.mirror
+                    .status
+                    .commits_queued
+                    .fetch_add(1, Ordering::Relaxed);
             }
             let outcome = match (committed, self.txn.broken.is_some()) {
                 (true, false) => "two_phase",

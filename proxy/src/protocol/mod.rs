@@ -7,7 +7,6 @@ pub mod describe;
 pub mod error;
 pub mod frame;
 pub mod frontend;
-pub mod rows;
 pub mod startup;
 
 #[cfg(test)]

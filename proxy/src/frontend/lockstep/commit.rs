@@ -215,7 +215,10 @@ where
             return Ok(false);
         }
         let n = embedded.len() as u64;
-        mirror.status.records_embedded.fetch_add(n, Ordering::Relaxed);
+        mirror
+            .status
+            .records_embedded
+            .fetch_add(n, Ordering::Relaxed);
         metrics::counter!(MIRROR_RETRY_RECORDS_TOTAL, "backend" => "embedded").increment(n);
         Ok(true)
     }

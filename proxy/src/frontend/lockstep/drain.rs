@@ -26,7 +26,10 @@ where
         // Deferred constraint triggers fire now rather than at COMMIT, so what they write is
         // captured too (and a deferred constraint that fails, fails here, before anything
         // reached the secondary).
-        self.inject("SET CONSTRAINTS ALL IMMEDIATE", super::expect::Sink::Swallow);
+        self.inject(
+            "SET CONSTRAINTS ALL IMMEDIATE",
+            super::expect::Sink::Swallow,
+        );
         loop {
             let Some(rows) = self.query_rows(DRAIN_SQL).await? else {
                 return Ok(Drained::Failed);
@@ -89,7 +92,9 @@ where
             {
                 Ok(Found::Table(t)) => return Ok(Some(t)),
                 Ok(Found::Missing | Found::OtherVersion) => {}
-                Err(e) => tracing::debug!(error = %e, "Looking up a table on the proxy's connection failed; asking the client's transaction."),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Looking up a table on the proxy's connection failed; asking the client's transaction.")
+                }
             }
         }
         let Some(rows) = self.query_rows(&lookup_sql(event.relid)).await? else {

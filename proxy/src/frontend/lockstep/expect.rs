@@ -67,8 +67,14 @@ pub enum Action {
     CopyIn,
     /// An ErrorResponse. `injected`: it answers the proxy's own statement. `needs_sync`: no
     /// Sync is queued behind it, so the proxy must send one to end the server's skipping.
-    Error { injected: bool, needs_sync: bool },
-    Ready { status: u8, forward: bool },
+    Error {
+        injected: bool,
+        needs_sync: bool,
+    },
+    Ready {
+        status: u8,
+        forward: bool,
+    },
     /// Not what was expected: the session cannot go on.
     Unexpected,
 }

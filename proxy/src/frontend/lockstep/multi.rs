@@ -34,11 +34,8 @@ where
                     self.wrapped = false;
                     let (claimed, _) = self.up.claimed();
                     if claimed {
-                        self.commit(super::commit::CommitHow::Client {
-                            raw,
-                            simple: true,
-                        })
-                        .await?;
+                        self.commit(super::commit::CommitHow::Client { raw, simple: true })
+                            .await?;
                     } else {
                         self.pass(raw, false).await?;
                     }

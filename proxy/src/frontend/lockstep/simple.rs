@@ -26,7 +26,8 @@ where
         if let Plan::Multi(pieces) = &*plan {
             self.multi(pieces).await?;
         } else {
-            self.statement(frame.raw().clone(), &sql, &plan, false).await?;
+            self.statement(frame.raw().clone(), &sql, &plan, false)
+                .await?;
         }
         if !self.ready_sent {
             ready(&mut self.out, self.status);
@@ -94,7 +95,11 @@ where
     /// Forwards a Query and its results.
     pub(super) async fn pass(&mut self, raw: Bytes, hold: bool) -> Result<(), End> {
         self.send(&raw);
-        self.expect_query(if hold { Sink::HoldComplete } else { Sink::Client });
+        self.expect_query(if hold {
+            Sink::HoldComplete
+        } else {
+            Sink::Client
+        });
         self.settle().await
     }
 

@@ -3,9 +3,11 @@
 //! transaction status, ErrorResponse is counted, ParameterStatus is followed).
 
 use super::flow::Flow;
-use super::{count_server_error, make_room, note_parameter, write_flush, End, IdleSignal, MIN_READ_CHUNK};
-use crate::protocol::Frame;
+use super::{
+    count_server_error, make_room, note_parameter, write_flush, End, IdleSignal, MIN_READ_CHUNK,
+};
 use crate::classify::StatementClass;
+use crate::protocol::Frame;
 use crate::shared::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,4 +122,3 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
         f.idle()
     }
 }
-

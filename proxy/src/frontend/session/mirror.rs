@@ -70,7 +70,9 @@ impl<R> Upstream<'_, R> {
             &self.mirror,
             match plan {
                 Plan::Flagged { reason } => *reason,
-                Plan::SelfCommitting => "procedure or DO block that commits by itself (captured through the change log)",
+                Plan::SelfCommitting => {
+                    "procedure or DO block that commits by itself (captured through the change log)"
+                }
                 _ => return,
             },
         ) else {
@@ -84,12 +86,19 @@ impl<R> Upstream<'_, R> {
             .first()
             .map(|c| c.fingerprint)
             .unwrap_or(0);
-        mirror.status.statement_mode(fingerprint, reason, false, sql);
+        mirror
+            .status
+            .statement_mode(fingerprint, reason, false, sql);
     }
 
     /// Whether the message in `buf[start..end]` (body) must be handled by the mediator;
     /// keeps the plans of the statements and portals it names.
-    pub(in crate::frontend) fn needs_mediation(&mut self, tag: u8, start: usize, end: usize) -> bool {
+    pub(in crate::frontend) fn needs_mediation(
+        &mut self,
+        tag: u8,
+        start: usize,
+        end: usize,
+    ) -> bool {
         let body = &self.buf[start..end];
         let cstr = |b: &[u8]| -> Option<(String, usize)> {
             let nul = b.iter().position(|&c| c == 0)?;
@@ -109,12 +118,19 @@ impl<R> Upstream<'_, R> {
                 false
             }
             b'B' => {
-                if let Some((portal, n)) = cstr(body) {
-                    if let Some((statement, _)) = cstr(&body[n..]) {
-                        self.record_bind(&portal, &statement);
-                    }
+                // Mediated from its Bind on: a portal bound before the mediator's own Sync
+                // would die with the implicit transaction that Sync ends.
+                let Some((portal, n)) = cstr(body) else {
+                    return false;
+                };
+                let Some((statement, _)) = cstr(&body[n..]) else {
+                    return false;
+                };
+                self.record_bind(&portal, &statement);
+                match self.portal_plans.get(&portal).cloned() {
+                    Some(plan) => self.needs(&plan),
+                    None => false,
                 }
-                false
             }
             b'C' => {
                 let body = body.to_vec();

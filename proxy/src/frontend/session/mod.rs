@@ -11,8 +11,8 @@ mod mirror;
 mod upstream;
 
 pub(in crate::frontend) use downstream::Downstream;
-pub(in crate::frontend) use mirror::writes_large_object;
 pub(crate) use flow::Flow;
+pub(in crate::frontend) use mirror::writes_large_object;
 pub(in crate::frontend) use upstream::Upstream;
 
 use super::reply::{fatal, send_error};

@@ -211,8 +211,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         }
         (Some(chunk), err, terminate)
     }
-
-    }
+}
 
 impl<R> Upstream<'_, R> {
     /// `sql` as the server reads it, in a form that reads the same whatever
@@ -404,4 +403,3 @@ fn count_statement(c: &Classified) {
         metrics::counter!(STATEMENTS_UNPARSED_TOTAL).increment(1);
     }
 }
-
