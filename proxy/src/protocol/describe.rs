@@ -11,8 +11,6 @@ pub struct FieldDescription {
     pub format: i16,
 }
 
-use super::rows::{field_count as count, next_value};
-
 /// Decodes a RowDescription body.
 pub fn row_description(body: &[u8]) -> Result<Vec<FieldDescription>, ProtocolError> {
     const W: &str = "RowDescription";
@@ -51,6 +49,38 @@ pub fn data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     let n = count(body, W)?;
     let mut at = 2;
     (0..n).map(|_| next_value(body, &mut at, W)).collect()
+}
+
+fn count(body: &[u8], what: &'static str) -> Result<usize, ProtocolError> {
+    let n = body
+        .get(..2)
+        .ok_or(ProtocolError::malformed(what, "truncated"))?;
+    usize::try_from(i16::from_be_bytes([n[0], n[1]]))
+        .map_err(|_| ProtocolError::malformed(what, "negative field count"))
+}
+
+/// The value at `at` (None for NULL), moving `at` past it.
+fn next_value<'a>(
+    body: &'a [u8],
+    at: &mut usize,
+    what: &'static str,
+) -> Result<Option<&'a [u8]>, ProtocolError> {
+    let len = body
+        .get(*at..*at + 4)
+        .ok_or(ProtocolError::malformed(what, "truncated"))?;
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    *at += 4;
+    if len < 0 {
+        return Ok(None);
+    }
+    let end = at
+        .checked_add(len as usize)
+        .ok_or(ProtocolError::malformed(what, "bad length"))?;
+    let v = body
+        .get(*at..end)
+        .ok_or(ProtocolError::malformed(what, "truncated value"))?;
+    *at = end;
+    Ok(Some(v))
 }
 
 #[cfg(test)]
