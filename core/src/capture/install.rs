@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 /// Bumped whenever the installed SQL changes; an instance installs when the primary has
 /// another version.
-pub const VERSION: &str = "capture-4";
+pub const VERSION: &str = "capture-5";
 
 /// Images per capture row are cut at about this many bytes (a single larger row travels
 /// alone), so neither the primary nor the proxy ever holds one huge JSON value.
@@ -28,6 +28,12 @@ pub enum InstallError {
     #[error("installing change capture on the old database: {0}")]
     Sql(#[source] tokio_postgres::Error),
 }
+
+/// The tables capture watches (alias `c`).
+const USER_TABLES: &str = "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+      AND n.nspname NOT IN ('_switchyard', 'pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 
 /// What `install` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +58,11 @@ fn chunks(expr: &str, from: &str) -> String {
 }
 
 /// The key of row `r` (an alias of a transition table) as a JSON object, from the key
-/// column names the trigger was created with.
+/// column names the trigger was created with (its arguments after the first, the mode).
 fn key_of(r: &str) -> String {
     format!(
-        "CASE TG_NARGS WHEN 1 THEN pg_catalog.jsonb_build_object(TG_ARGV[0], pg_catalog.to_jsonb({r}.*) -> TG_ARGV[0]) \
-         ELSE _switchyard.key_of(pg_catalog.to_jsonb({r}.*), TG_ARGV) END"
+        "CASE TG_NARGS WHEN 2 THEN pg_catalog.jsonb_build_object(TG_ARGV[1], pg_catalog.to_jsonb({r}.*) -> TG_ARGV[1]) \
+         ELSE _switchyard.key_of(pg_catalog.to_jsonb({r}.*), TG_ARGV[1:TG_NARGS - 1]) END"
     )
 }
 
@@ -116,13 +122,20 @@ pub fn install_sql() -> String {
     );
     let deleted_keys = chunks(&key_of("o"), "sy_old o");
     let insert = capture_function("capture_insert", &emit('I', &new_images));
+    // Keys that went away are looked for only when a row's key changed: the table's
+    // `switchyard_capture_k` row trigger (WHEN its key is distinct) says so. A partitioned
+    // table always looks (a row moved between partitions fires no UPDATE row trigger).
     let update = capture_function(
         "capture_update",
         &format!(
             "IF TG_NARGS = 0 THEN
     {}
-  ELSE
+  ELSIF TG_ARGV[0] = 'always'
+        OR pg_catalog.current_setting('switchyard.moved_' || TG_RELID::text, true) = 'on' THEN
     {}
+    IF TG_ARGV[0] <> 'always' THEN
+      PERFORM pg_catalog.set_config('switchyard.moved_' || TG_RELID::text, '', true);
+    END IF;
   END IF;
   {}",
             emit('d', &old_images),
@@ -272,7 +285,9 @@ BEGIN
   WHERE i.indrelid = rel AND i.indisprimary;
   changed := (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgenabled = 'A'
               AND t.tgname IN ('switchyard_capture_i', 'switchyard_capture_u',
-                               'switchyard_capture_d', 'switchyard_capture_t')) <> 4
+                               'switchyard_capture_d', 'switchyard_capture_t',
+                               'switchyard_capture_k'))
+             <> CASE WHEN c.relkind = 'r' AND keys <> '{}' THEN 5 ELSE 4 END
              OR NOT EXISTS (SELECT 1 FROM _switchyard.tables s WHERE s.relid = rel AND s.key_columns = keys);
   IF changed OR bump THEN
     INSERT INTO _switchyard.tables (relid, version, key_columns)
@@ -282,12 +297,16 @@ BEGIN
   IF changed THEN
     PERFORM set_config('switchyard.watching', 'on', true);
     FOREACH name IN ARRAY ARRAY['switchyard_capture_i', 'switchyard_capture_u',
-                                'switchyard_capture_d', 'switchyard_capture_t'] LOOP
+                                'switchyard_capture_d', 'switchyard_capture_t',
+                                'switchyard_capture_k'] LOOP
       IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = name) THEN
         EXECUTE format('DROP TRIGGER %I ON %s', name, rel::regclass);
       END IF;
     END LOOP;
-    args := (SELECT coalesce(string_agg(quote_literal(k), ', '), '') FROM unnest(keys) k);
+    -- Arguments: the mode, then the key columns (none for a table without a key).
+    args := CASE WHEN keys = '{}' THEN ''
+                 ELSE quote_literal(CASE WHEN c.relkind = 'p' THEN 'always' ELSE 'flag' END) || ', '
+                      || (SELECT string_agg(quote_literal(k), ', ') FROM unnest(keys) k) END;
     EXECUTE format('CREATE TRIGGER switchyard_capture_i AFTER INSERT ON %s REFERENCING NEW TABLE AS sy_new '
                    'FOR EACH STATEMENT EXECUTE FUNCTION _switchyard.capture_insert()', rel::regclass);
     EXECUTE format('CREATE TRIGGER switchyard_capture_u AFTER UPDATE ON %s REFERENCING OLD TABLE AS sy_old '
@@ -300,9 +319,26 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER switchyard_capture_i, '
                    'ENABLE ALWAYS TRIGGER switchyard_capture_u, ENABLE ALWAYS TRIGGER switchyard_capture_d, '
                    'ENABLE ALWAYS TRIGGER switchyard_capture_t', rel::regclass);
+    IF c.relkind = 'r' AND keys <> '{}' THEN
+      EXECUTE format('CREATE TRIGGER switchyard_capture_k AFTER UPDATE ON %s FOR EACH ROW '
+                     'WHEN ((%s) IS DISTINCT FROM (%s)) EXECUTE FUNCTION _switchyard.key_moved()',
+                     rel::regclass,
+                     (SELECT string_agg('OLD.' || quote_ident(k), ', ') FROM unnest(keys) k),
+                     (SELECT string_agg('NEW.' || quote_ident(k), ', ') FROM unnest(keys) k));
+      EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER switchyard_capture_k', rel::regclass);
+    END IF;
     PERFORM set_config('switchyard.watching', '', true);
   END IF;
   RETURN changed;
+END $f$;
+
+-- A row's key changed in the current statement: its statement trigger looks for the keys
+-- that went away (only then: that costs as much as the rest of the capture).
+CREATE OR REPLACE FUNCTION _switchyard.key_moved() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  PERFORM set_config('switchyard.moved_' || TG_RELID::text, 'on', true);
+  RETURN NULL;
 END $f$;
 
 -- Rows a CREATE TABLE AS / SELECT INTO loaded before its table had triggers.
@@ -367,8 +403,16 @@ pub async fn install(client: &Client) -> Result<InstallReport, InstallError> {
         .map(|r| r.get::<_, String>(0));
     if installed.as_deref() != Some(VERSION) {
         let sql = install_sql();
+        // An upgrade rebuilds every table's triggers in the same transaction as the
+        // functions: triggers and functions of two versions never meet.
+        let rebuild = if installed.is_some() {
+            format!("DELETE FROM _switchyard.tables; SELECT _switchyard.watch(c.oid, false) FROM {USER_TABLES};")
+        } else {
+            String::new()
+        };
         let script = format!(
             "BEGIN; SELECT pg_advisory_xact_lock(hashtext('switchyard.capture.install')); {sql}
+             {rebuild}
              INSERT INTO _switchyard.meta VALUES ('capture', '{VERSION}')
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value; COMMIT;"
         );
@@ -382,11 +426,7 @@ pub async fn install(client: &Client) -> Result<InstallReport, InstallError> {
     // holds no other table's lock meanwhile.
     let rows = client
         .query(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
-               AND n.nspname NOT IN ('_switchyard', 'pg_catalog', 'information_schema')
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-             ORDER BY c.oid",
+            &format!("SELECT c.oid FROM {USER_TABLES} ORDER BY c.oid"),
             &[],
         )
         .await
