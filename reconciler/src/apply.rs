@@ -120,6 +120,12 @@ impl Applier {
         !self.source.is_closed() && !self.target.is_closed()
     }
 
+    /// The connection to the source of truth (the old database), for looking up origin
+    /// transactions between batches.
+    pub fn source(&self) -> &Client {
+        &self.source
+    }
+
     /// Applies `items`; the outcome of each, in order.
     pub async fn apply(&mut self, items: &[Pending], report: &mut ReplayReport) -> Vec<Outcome> {
         let mut out = vec![Outcome::Done; items.len()];

@@ -5,6 +5,11 @@
 //! with `FOR UPDATE SKIP LOCKED`, so several replayers can run at once; a record that keeps
 //! failing is retried with backoff and dead-lettered (`dead = true`, reason kept) after
 //! `max_attempts`.
+//!
+//! Unlike a Kafka record, an embedded record needs no wait for its origin transaction: the
+//! proxy inserts it inside the client's own transaction on old, so the claim query sees it
+//! only once that transaction committed (its rows visible to the re-sync), and a rolled-back
+//! transaction takes its records with it.
 
 use crate::apply::{Applier, Outcome, Pending};
 use crate::config::ReconcilerConfig;
@@ -45,6 +50,13 @@ pub struct ReplayReport {
     /// Kafka only: records still in the embedded table (statements, fallbacks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedded_backlog: Option<i64>,
+    /// Kafka only: records dropped because their origin transaction rolled back on the old
+    /// database (their changes never happened there).
+    pub records_dropped_aborted: u64,
+    /// Kafka only: records that name no origin transaction, applied without waiting.
+    pub records_without_xid: u64,
+    /// Kafka only: records held until their origin transaction ends on the old database.
+    pub waiting_for_origin: u64,
 }
 
 /// Messages of one partition not yet replayed and committed.
@@ -66,6 +78,8 @@ impl ReplayReport {
         self.records_failed += o.records_failed;
         self.records_dead += o.records_dead;
         self.busy_seconds += o.busy_seconds;
+        self.records_dropped_aborted += o.records_dropped_aborted;
+        self.records_without_xid += o.records_without_xid;
         self.embedded_backlog = Some(o.backlog);
     }
 
@@ -86,9 +100,16 @@ impl ReplayReport {
              switchyard_replay_records_total{{outcome=\"applied\"}} {}\n\
              switchyard_replay_records_total{{outcome=\"failed\"}} {}\n\
              switchyard_replay_records_total{{outcome=\"dead\"}} {}\n\
+             switchyard_replay_records_total{{outcome=\"dropped_aborted\"}} {}\n\
              # HELP switchyard_replay_change_log_events_total Change-log rows applied by this run.\n\
              # TYPE switchyard_replay_change_log_events_total counter\n\
              switchyard_replay_change_log_events_total {}\n\
+             # HELP switchyard_replay_records_without_xid_total Records that named no origin transaction (applied without waiting for it).\n\
+             # TYPE switchyard_replay_records_without_xid_total counter\n\
+             switchyard_replay_records_without_xid_total {}\n\
+             # HELP switchyard_replay_waiting_for_origin Records held until their origin transaction ends on the old database.\n\
+             # TYPE switchyard_replay_waiting_for_origin gauge\n\
+             switchyard_replay_waiting_for_origin {}\n\
              # HELP switchyard_replay_backlog Records still waiting in the retry log.\n\
              # TYPE switchyard_replay_backlog gauge\n\
              switchyard_replay_backlog {}\n\
@@ -101,7 +122,10 @@ impl ReplayReport {
             self.records_done,
             self.records_failed,
             self.records_dead,
+            self.records_dropped_aborted,
             self.change_log_events,
+            self.records_without_xid,
+            self.waiting_for_origin,
             self.backlog,
             self.oldest_age_secs,
             self.rate()

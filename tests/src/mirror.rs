@@ -31,8 +31,17 @@ pub async fn pair_with(schema: &str) -> Result<Pair> {
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     on(&pair.old, schema)?;
     on(&pair.new, schema)?;
+    for c in [&pair.old, &pair.new] {
+        on(c, CHECKPOINT)?;
+    }
     Ok(pair)
 }
+
+/// The test clusters run with `synchronous_commit = off`: a commit can sit in WAL buffers
+/// for a few hundred milliseconds, and a test that soon after stops a cluster with
+/// `stop_immediate` loses it (the schema is gone from new after the restart, and replay
+/// fails on a missing table). A checkpoint writes the setup out.
+const CHECKPOINT: &str = "CHECKPOINT";
 
 /// `switchyard-reconciler CMD --old .. --new .. EXTRA...` against the pair.
 pub async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
@@ -83,6 +92,7 @@ pub async fn pgbench_pair() -> Result<Pair> {
                 "pgbench -i: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            c.psql(DB, CHECKPOINT)?;
         }
         Ok(())
     })?;

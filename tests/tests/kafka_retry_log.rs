@@ -1,7 +1,8 @@
 //! The Kafka retry log against a real broker (tansu): records confirmed before the primary
 //! commits, the broker down while the secondary is down (scenario 10), replay as a consumer
 //! group (duplicates after a crash before the offset commit, two reconcilers, a rebalance
-//! mid-replay), poison records dead-lettered, and the errors a user can hit.
+//! mid-replay), poison records dead-lettered, and the errors a user can hit. `origin`:
+//! replay waits for each record's origin transaction to end on old.
 
 use anyhow::{ensure, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -17,6 +18,9 @@ use switchyard_tests::proxy::{proxy_url, run_proxy_to_exit, start_proxy, Pair, D
 use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::{Broker, PgCluster};
+
+#[path = "kafka_retry_log/origin.rs"]
+mod origin;
 
 const TOPIC: &str = "switchyard.retry";
 

@@ -4,18 +4,29 @@
 //! that dies in between leaves the batch to be delivered again, and applying a re-sync
 //! order twice is harmless. A record that cannot be applied after `max_attempts` goes to
 //! the dead-letter topic with the reason in a header, then its offset is committed.
+//!
+//! A record is applied only once its origin transaction has ended on the old database: the
+//! proxy confirms a record before it sends COMMIT to old, so a record can be read while its
+//! rows are still invisible there, and a re-sync then would delete them on new. Records of
+//! a running origin are held (with their partition's offset) and looked up again after a
+//! growing pause; records of a rolled-back origin are dropped. See [`held`] for the offset
+//! rule and [`crate::origin`] for the lookup.
+
+mod fetch;
+mod held;
+mod lag;
 
 use crate::apply::{Applier, Outcome, Pending};
 use crate::config::ReconcilerConfig;
-use crate::replay::{PartitionLag, ReplayOptions, ReplayReport};
+use crate::replay::{ReplayOptions, ReplayReport};
 use anyhow::{Context, Result};
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use fetch::{assignment, commit, forget_moved, pace, take_batch};
+use held::{Backlog, Taken};
+use lag::{cached_lag, exact_lag, LagContext, Replayer};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::statistics::Statistics;
-use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use switchyard_core::retry_kafka::{self, KafkaSettings};
@@ -27,34 +38,14 @@ const UNASSIGNED_GIVE_UP: Duration = Duration::from_secs(90);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 /// Longest pause between attempts at a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// One record taken from the topic.
-struct Taken {
-    partition: i32,
-    offset: i64,
-    /// Milliseconds since the epoch, from the message timestamp.
-    created_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    record: Result<Pending, String>,
-}
-
-impl Taken {
-    fn from_message(m: &BorrowedMessage<'_>) -> Taken {
-        let payload = m.payload().unwrap_or_default().to_vec();
-        let record = retry_kafka::decode(&payload)
-            .map(Pending::from)
-            .map_err(|e| format!("not a retry record: {e}"));
-        Taken {
-            partition: m.partition(),
-            offset: m.offset(),
-            created_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload,
-            record,
-        }
-    }
-}
+/// How long the first message of a batch is waited for when nothing else is due.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// How often a record held for a running origin is reported (warning), once it has
+/// waited that long.
+const WAIT_WARNING_EVERY: Duration = Duration::from_secs(30);
+/// How long a draining run waits for running origins when nothing else is left; then it
+/// stops, leaving those records (and their partitions' offsets) for a later run.
+const DRAIN_ORIGIN_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// Drains (or with `follow`, keeps consuming) the Kafka retry topic.
 pub async fn run(
@@ -87,18 +78,32 @@ pub async fn run(
     let mut report = ReplayReport::default();
     // Statement records and the proxy's fallbacks are in the embedded table.
     embedded_pass(cfg, opts, &mut report).await;
+    let mut held = Backlog::default();
+    let mut paused: BTreeSet<i32> = BTreeSet::new();
     let mut last_housekeeping = Instant::now();
     let mut unassigned_since = Instant::now();
     let mut last_progress = Instant::now();
+    let mut last_moved = Instant::now();
+    let mut last_wait_warning: Option<Instant> = None;
     loop {
+        let first_wait = held.next_due().map_or(IDLE_WAIT, |t| {
+            t.saturating_duration_since(Instant::now()).min(IDLE_WAIT)
+        });
         let t_take = Instant::now();
-        let batch = take_batch(&consumer, opts.batch as usize).await?;
+        let batch = take_batch(&consumer, opts.batch as usize, first_wait).await?;
         let taken = t_take.elapsed();
-        if batch.is_empty() {
-            let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-            if assigned > 0 {
-                unassigned_since = Instant::now();
-            }
+        let got = batch.len();
+        let assigned = assignment(&consumer);
+        if assigned.as_ref().is_some_and(|a| !a.is_empty()) {
+            unassigned_since = Instant::now();
+        }
+        if let Some(a) = &assigned {
+            forget_moved(&consumer, settings, a, &mut held, &mut paused);
+        }
+        report.records_without_xid += held.add(batch);
+        if held.is_empty() {
+            // Nothing waits any more: no partition may stay paused.
+            pace(&consumer, settings, &held, &mut paused, opts.batch as usize);
             if opts.follow {
                 if last_housekeeping.elapsed() > HOUSEKEEPING_EVERY {
                     last_housekeeping = Instant::now();
@@ -107,11 +112,12 @@ pub async fn run(
                 }
                 report.partitions = exact_lag(&consumer, &settings.topic);
                 report.oldest_age_secs = 0.0;
+                report.waiting_for_origin = 0;
                 report.seconds = started.elapsed().as_secs_f64();
                 on_progress(&report);
                 continue;
             }
-            if assigned == 0 {
+            if assigned.is_none_or(|a| a.is_empty()) {
                 if unassigned_since.elapsed() > UNASSIGNED_GIVE_UP {
                     tracing::info!("No partition assigned to this reconciler; stopping.");
                     break;
@@ -125,70 +131,119 @@ pub async fn run(
             }
             continue;
         }
-        report.oldest_age_secs = batch
-            .iter()
-            .filter_map(|t| t.created_ms)
-            .min()
+        report.oldest_age_secs = held
+            .oldest_created_ms()
             .map(|ms| (now_ms() - ms).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
         let t0 = Instant::now();
-        apply_batch(
+        let (applied, dropped) = step(
             &mut applier,
             cfg,
             opts,
             &dead_letters,
             settings,
-            &batch,
+            &mut held,
             &mut report,
         )
         .await?;
-        let applied = t0.elapsed();
-        failpoint("replay-after-apply");
-        commit(&consumer, settings, &batch)?;
-        report.busy_seconds += taken.as_secs_f64() + t0.elapsed().as_secs_f64();
-        tracing::debug!(
-            records = batch.len(),
-            apply_ms = applied.as_millis() as u64,
-            commit_ms = (t0.elapsed() - applied).as_millis() as u64,
-            "Replayed a batch."
-        );
+        if applied > 0 {
+            failpoint("replay-after-apply");
+        }
+        let next = held.committable();
+        if !next.is_empty() {
+            commit(&consumer, settings, &next)?;
+        }
+        pace(&consumer, settings, &held, &mut paused, opts.batch as usize);
+        report.waiting_for_origin = held.waiting() as u64;
+        if got > 0 || applied > 0 || dropped > 0 {
+            last_moved = Instant::now();
+            report.busy_seconds += taken.as_secs_f64() + t0.elapsed().as_secs_f64();
+            tracing::debug!(
+                taken = got,
+                applied,
+                dropped,
+                ms = t0.elapsed().as_millis() as u64,
+                "Replayed a batch."
+            );
+        }
         if last_progress.elapsed() > Duration::from_secs(1) {
             last_progress = Instant::now();
             report.partitions = cached_lag(&consumer);
             report.seconds = started.elapsed().as_secs_f64();
             on_progress(&report);
         }
+        if got == 0 && opts.follow && last_housekeeping.elapsed() > HOUSEKEEPING_EVERY {
+            last_housekeeping = Instant::now();
+            resolve_in_doubt(cfg, &applier).await;
+            embedded_pass(cfg, opts, &mut report).await;
+        }
+        if let Some(w) = held.longest_wait(Instant::now()) {
+            if w.waited >= WAIT_WARNING_EVERY
+                && last_wait_warning.is_none_or(|t| t.elapsed() >= WAIT_WARNING_EVERY)
+            {
+                last_wait_warning = Some(Instant::now());
+                tracing::warn!(
+                    xid = %w.xid,
+                    partition = w.partition,
+                    offset = w.offset,
+                    waited_secs = w.waited.as_secs(),
+                    waiting = report.waiting_for_origin,
+                    "A retry record waits for its origin transaction to end on the old database; its partition's offset is held back. That session: SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE backend_xid = xid('{}'::xid8)",
+                    w.xid
+                );
+            }
+            if !opts.follow && held.only_waiting() && last_moved.elapsed() > DRAIN_ORIGIN_GIVE_UP {
+                tracing::warn!(
+                    xid = %w.xid,
+                    waiting = report.waiting_for_origin,
+                    "Stopping with records whose origin transactions are still running on the old database; a later run replays them."
+                );
+                report.partitions = exact_lag(&consumer, &settings.topic);
+                break;
+            }
+        }
     }
     report.oldest_age_secs = 0.0;
+    report.waiting_for_origin = held.waiting() as u64;
     report.backlog = report.partitions.iter().map(|p| p.lag).sum();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Up to `max` messages: waits a little for the first, then takes what is already there.
-async fn take_batch(consumer: &Replayer, max: usize) -> Result<Vec<Taken>> {
-    let t0 = Instant::now();
-    let mut out = Vec::new();
-    let mut wait = Duration::from_millis(500);
-    while out.len() < max {
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) => break,
-            Ok(Ok(m)) => out.push(Taken::from_message(&m)),
-            Ok(Err(e)) => {
-                // Broker trouble is reported and waited out; librdkafka reconnects.
-                tracing::warn!(error = %e, "Reading the retry topic failed.");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                break;
+/// Looks up the origins that are due, then applies the records that are ready. Returns
+/// how many records were applied (or dead-lettered) and how many dropped.
+async fn step(
+    applier: &mut Applier,
+    cfg: &ReconcilerConfig,
+    opts: &ReplayOptions,
+    dead_letters: &FutureProducer,
+    settings: &KafkaSettings,
+    held: &mut Backlog,
+    report: &mut ReplayReport,
+) -> Result<(usize, u64)> {
+    let due = held.due(Instant::now());
+    let mut dropped = 0;
+    if !due.is_empty() {
+        if !applier.is_healthy() {
+            *applier = reconnect(cfg).await;
+        }
+        match crate::origin::statuses(applier.source(), &due).await {
+            Ok(s) => dropped = held.resolve(&s, Instant::now()),
+            Err(e) => {
+                tracing::warn!(error = %e, "Looking up origin transactions failed; trying again.");
+                held.postpone(Instant::now() + held::LONGEST_RECHECK);
             }
         }
-        wait = Duration::from_millis(20);
+        report.records_dropped_aborted += dropped;
     }
-    tracing::trace!(
-        records = out.len(),
-        ms = t0.elapsed().as_millis() as u64,
-        "Took a batch."
-    );
-    Ok(out)
+    let ready = held.ready();
+    if ready.is_empty() {
+        return Ok((0, dropped));
+    }
+    let n = ready.len();
+    apply_batch(applier, cfg, opts, dead_letters, settings, &ready, report).await?;
+    held.finish_ready();
+    Ok((n, dropped))
 }
 
 /// Applies a batch until every record is applied or dead-lettered. Trouble reaching the
@@ -200,7 +255,7 @@ async fn apply_batch(
     opts: &ReplayOptions,
     dead_letters: &FutureProducer,
     settings: &KafkaSettings,
-    batch: &[Taken],
+    batch: &[&Taken],
     report: &mut ReplayReport,
 ) -> Result<()> {
     let mut todo: Vec<usize> = Vec::new();
@@ -228,7 +283,7 @@ async fn apply_batch(
             match outcome {
                 Outcome::Done => report.records_done += 1,
                 Outcome::Poison(reason) => {
-                    dead_letter(dead_letters, settings, &batch[i], &reason).await?;
+                    dead_letter(dead_letters, settings, batch[i], &reason).await?;
                     report.records_dead += 1;
                 }
                 Outcome::Failed(reason) => again.push((i, reason)),
@@ -243,7 +298,7 @@ async fn apply_batch(
         report.records_failed += again.len() as u64;
         if attempts >= opts.max_attempts {
             for (i, reason) in &again {
-                dead_letter(dead_letters, settings, &batch[*i], reason).await?;
+                dead_letter(dead_letters, settings, batch[*i], reason).await?;
                 report.records_dead += 1;
             }
             break;
@@ -315,109 +370,6 @@ async fn dead_letter(
         })?;
     Ok(())
 }
-
-/// Commits, per partition, the offset after the batch's last message. A commit refused
-/// because the partition moved to another member is fine: that member replays the batch.
-fn commit(consumer: &Replayer, settings: &KafkaSettings, batch: &[Taken]) -> Result<()> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for t in batch {
-        let e = next.entry(t.partition).or_insert(t.offset + 1);
-        *e = (*e).max(t.offset + 1);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in next {
-        tpl.add_partition_offset(&settings.topic, p, Offset::Offset(o))
-            .context("building the offset list")?;
-    }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-        tracing::warn!(error = %e, "Committing offsets failed; the batch will be replayed (harmless).");
-    }
-    Ok(())
-}
-
-/// Lag per assigned partition, exactly: the broker's high watermark minus the committed
-/// offset. Network round trips per partition, so only when idle (is the backlog drained?).
-fn exact_lag(consumer: &Replayer, topic: &str) -> Vec<PartitionLag> {
-    tokio::task::block_in_place(|| {
-        let Ok(assigned) = consumer.assignment() else {
-            return Vec::new();
-        };
-        let committed = consumer
-            .committed_offsets(assigned.clone(), Duration::from_secs(5))
-            .unwrap_or(assigned);
-        let mut out = Vec::new();
-        for e in committed.elements_for_topic(topic) {
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))
-            else {
-                continue;
-            };
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => low,
-            };
-            out.push(PartitionLag {
-                partition: e.partition(),
-                lag: (high - at).max(0),
-            });
-        }
-        out
-    })
-}
-
-/// Lag per assigned partition from librdkafka's statistics (refreshed every second from
-/// its fetches): no round trip, for progress while replaying.
-fn cached_lag(consumer: &Replayer) -> Vec<PartitionLag> {
-    let assigned: Vec<i32> = consumer
-        .assignment()
-        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
-        .unwrap_or_default();
-    let cached: Option<Vec<PartitionLag>> = {
-        let Ok(lags) = consumer.context().lags.lock() else {
-            return Vec::new();
-        };
-        assigned
-            .into_iter()
-            .map(|p| {
-                lags.get(&p).map(|&lag| PartitionLag {
-                    partition: p,
-                    lag: lag.max(0),
-                })
-            })
-            .collect()
-    };
-    // A partition just assigned has no figure yet: ask the broker rather than report a
-    // partial (and so falsely drained) picture.
-    cached.unwrap_or_else(|| exact_lag(consumer, &consumer.context().topic))
-}
-
-/// The consumer, with a context that keeps librdkafka's per-partition lag figures.
-type Replayer = StreamConsumer<LagContext>;
-
-struct LagContext {
-    topic: String,
-    lags: Mutex<BTreeMap<i32, i64>>,
-}
-
-impl ClientContext for LagContext {
-    fn stats(&self, stats: Statistics) {
-        let Some(t) = stats.topics.get(&self.topic) else {
-            return;
-        };
-        if let Ok(mut lags) = self.lags.lock() {
-            // Only the latest figures: a partition that moved away must not keep its last.
-            lags.clear();
-            for (&p, part) in &t.partitions {
-                // -1 means "not known yet" (nothing fetched or committed).
-                if p >= 0 && part.consumer_lag >= 0 {
-                    lags.insert(p, part.consumer_lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for LagContext {}
 
 async fn resolve_in_doubt(cfg: &ReconcilerConfig, applier: &Applier) {
     let Ok(old) = crate::connect::connect(crate::connect::Db::Old, &cfg.old).await else {
