@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # bench/dual_writes.sh: pgbench tpcb-like through switchyard-proxy with dual writes
-# (two-phase mode) side by side with the old database alone, and retry-log replay speed.
+# (two-phase mode, change capture on old) side by side with the same work done directly,
+# and retry-log replay speed.
 #
 #   SCALE=10 DURATION=15 bench/dual_writes.sh
 #
 # Two throwaway clusters ("old" and "new", both `pgbench -i -s SCALE`, identical data,
-# max_prepared_transactions set on new), and the proxy in front. Measures, in one run:
-#   1 client:  latency direct to old, direct to new, and through the proxy; the target is
-#              proxy <= 1.25 x (old + new) (a dual write does the work on both databases);
-#   8 clients: TPS direct to old vs through the proxy;
+# max_prepared_transactions set on new). Measures, in one run:
+#   baseline (before the proxy installs capture on old):
+#              1 client direct to old, to new, and to new with PREPARE / COMMIT PREPARED;
+#              8 clients: old tpcb-like and new tpcb-like with PREPARE / COMMIT PREPARED run
+#              at once (the "ideal": the same work both databases do for the proxy, without
+#              it); old's CPU and WAL bytes per transaction;
+#   through the proxy (capture installed):
+#              1 client: latency; the target is proxy <= 1.25 x (old + new);
+#              8 clients: TPS against the ideal; old's CPU and WAL bytes per transaction;
 #   replay:    new stopped, the proxy runs the 8-client load for REPLAY_SECS (every write
 #              queued in the retry log), new started, `switchyard-reconciler replay`
 #              timed: records/s vs the dual-write TPS (target: >= 2x);
@@ -27,7 +33,8 @@ REPLAY_SECS=${REPLAY_SECS:-10}
 DURABLE=${DURABLE:-0}
 SECTIONS=${SECTIONS:-"latency replay memory"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
-l_old=- l_new=- l_sy=- t_old=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-
+l_old=- l_new=- l_new2=- l_sy=- t_old=- t_new2=- t_ideal=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-
+cpu_base=- wal_base=- cpu_sy=- wal_sy=-
 RECONCILER_BIN=${RECONCILER_BIN:-$BENCH_ROOT/target/release/switchyard-reconciler}
 DB=bench
 
@@ -40,27 +47,95 @@ for p in "$P_OLD" "$P_NEW"; do
 done
 free_port P_SY
 free_port P_ADM
-start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
 
-bench() { # NAME PORT CLIENTS SECONDS
-  local out="$BENCH_WORK/$1.out"
-  run_pgbench "$out" -h 127.0.0.1 -p "$2" -U postgres -n -M "$MODE" -c "$3" -j "$3" -T "$4" "$DB" \
-    || die "$1: $BENCH_LAST_ERROR"
+# tpcb-like as pgbench runs it, then the same with PREPARE / COMMIT PREPARED: what the
+# proxy makes new do for each transaction.
+TPCB_2PC="$BENCH_WORK/tpcb-2pc.sql"
+cat >"$TPCB_2PC" <<'SQL'
+\set aid random(1, 100000 * :scale)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+PREPARE TRANSACTION 'bench:' || :client_id;
+COMMIT PREPARED 'bench:' || :client_id;
+SQL
+# pgbench cannot build a gid from a variable inside PREPARE TRANSACTION: one script per
+# client number would do, but the gid only has to be unique among open prepared
+# transactions, and each client has at most one.
+for c in $(seq 0 7); do
+  sed "s/'bench:' || :client_id/'bench:$c'/" "$TPCB_2PC" >"$BENCH_WORK/tpcb-2pc-$c.sql"
+done
+
+bench() { # NAME PORT CLIENTS SECONDS [pgbench args...]
+  local name=$1 port=$2 clients=$3 secs=$4 out="$BENCH_WORK/$1.out"; shift 4
+  run_pgbench "$out" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" -c "$clients" -j "$clients" -T "$secs" "$@" "$DB" \
+    || die "$name: $BENCH_LAST_ERROR"
   echo "$out"
+}
+# One client per prepared-transaction gid: client i runs script i.
+bench_2pc() { # NAME PORT CLIENTS SECONDS
+  local name=$1 port=$2 clients=$3 secs=$4 i pids=() outs=()
+  for i in $(seq 0 $((clients - 1))); do
+    run_pgbench "$BENCH_WORK/$name-$i.out" -h 127.0.0.1 -p "$port" -U postgres -n -M "$MODE" -c 1 -T "$secs" \
+      -f "$BENCH_WORK/tpcb-2pc-$i.sql" "$DB" >/dev/null &
+    pids+=($!)
+    outs+=("$BENCH_WORK/$name-$i.out")
+  done
+  for i in "${pids[@]}"; do wait "$i" || die "$name failed"; done
+  awk '/^tps = / {s += $3} END {printf "%.1f", s}' "${outs[@]}"
+}
+wal_lsn() { psql_at "$P_OLD" "$DB" -At -c "SELECT pg_current_wal_lsn()"; }
+wal_bytes() { psql_at "$P_OLD" "$DB" -At -c "SELECT pg_wal_lsn_diff('$2', '$1')"; }
+# Old's CPU ms and WAL bytes per transaction while OUT's pgbench ran: MEASURED_CMD prints OUT.
+per_txn() { # TICKS0 LSN0 OUT -> "cpu_ms wal_bytes"
+  local t1 l1 n
+  t1=$(proc_ticks "$(postmaster_pid old)")
+  l1=$(wal_lsn)
+  n=$(pgbench_transactions "$3")
+  awk -v t="$((t1 - $1))" -v hz="$(getconf CLK_TCK)" -v w="$(wal_bytes "$2" "$l1")" -v n="$n" \
+    'BEGIN {printf "%.3f %.0f", 1000 * t / hz / n, w / n}'
 }
 
 if has latency; then
-  log "warm-up"
+  log "baseline (no capture on old yet): warm-up"
   bench warm-old "$P_OLD" 4 5 >/dev/null
   bench warm-new "$P_NEW" 4 5 >/dev/null
-  bench warm-sy "$P_SY" 4 5 >/dev/null
-  log "1 client, $DURATION s each"
+  log "baseline: 1 client, $DURATION s each"
   l_old=$(pgbench_latency_ms "$(bench c1-old "$P_OLD" 1 "$DURATION")")
   l_new=$(pgbench_latency_ms "$(bench c1-new "$P_NEW" 1 "$DURATION")")
+  l_new2=$(pgbench_latency_ms "$(bench c1-new-2pc "$P_NEW" 1 "$DURATION" -f "$BENCH_WORK/tpcb-2pc-0.sql")")
+  log "baseline: 8 clients old direct, measuring old's CPU and WAL"
+  t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
+  o=$(bench c8-old "$P_OLD" 8 "$DURATION")
+  t_old=$(pgbench_tps "$o")
+  read -r cpu_base wal_base <<<"$(per_txn "$t0" "$w0" "$o")"
+  log "baseline: the ideal, old tpcb-like and new tpcb-like with 2PC at once"
+  bench c8-ideal-old "$P_OLD" 8 "$DURATION" >"$BENCH_WORK/ideal-old.path" &
+  ideal_old_pid=$!
+  t_new2=$(bench_2pc c8-ideal-new "$P_NEW" 8 "$DURATION")
+  wait "$ideal_old_pid" || die "ideal old run failed"
+  t_ideal_old=$(pgbench_tps "$(cat "$BENCH_WORK/ideal-old.path")")
+  t_ideal=$(awk -v a="$t_ideal_old" -v b="$t_new2" 'BEGIN {printf "%.1f", (a < b) ? a : b}')
+fi
+
+start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
+
+if has latency; then
+  log "through the proxy: warm-up"
+  bench warm-sy "$P_SY" 4 5 >/dev/null
+  log "through the proxy: 1 client, $DURATION s"
   l_sy=$(pgbench_latency_ms "$(bench c1-sy "$P_SY" 1 "$DURATION")")
-  log "8 clients, $DURATION s each"
-  t_old=$(pgbench_tps "$(bench c8-old "$P_OLD" 8 "$DURATION")")
-  t_sy=$(pgbench_tps "$(bench c8-sy "$P_SY" 8 "$DURATION")")
+  log "through the proxy: 8 clients, measuring old's CPU and WAL"
+  t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
+  o=$(bench c8-sy "$P_SY" 8 "$DURATION")
+  t_sy=$(pgbench_tps "$o")
+  read -r cpu_sy wal_sy <<<"$(per_txn "$t0" "$w0" "$o")"
 fi
 
 if has replay; then
@@ -98,19 +173,26 @@ if has memory; then
 fi
 rows=$((SCALE * 100000))
 
-echo "machine: $(machine_summary); scale $SCALE, -M $MODE, ${DURATION}s runs, durable=$DURABLE"
-printf '%-44s %12s\n' "measure" "value"
-printf '%-44s %12s\n' "1-client latency, old direct (ms)" "$l_old"
-printf '%-44s %12s\n' "1-client latency, new direct (ms)" "$l_new"
-printf '%-44s %12s\n' "1-client latency, through proxy (ms)" "$l_sy"
-printf '%-44s %12s\n' "proxy / (old + new)  [target <= 1.25]" "$(awk -v s="$l_sy" -v a="$l_old" -v b="$l_new" 'BEGIN {if (a + b > 0) printf "%.2f", s / (a + b); else print "-"}')"
-printf '%-44s %12s\n' "8-client TPS, old direct" "$t_old"
-printf '%-44s %12s\n' "8-client TPS, through proxy" "$t_sy"
-printf '%-44s %12s\n' "proxy / direct TPS" "$(awk -v s="$t_sy" -v a="$t_old" 'BEGIN {if (a > 0) printf "%.2f", s / a; else print "-"}')"
-printf '%-44s %12s\n' "8-client TPS while new was down (queued)" "$t_queue"
-printf '%-44s %12s\n' "retry records queued" "$records"
-printf '%-44s %12s\n' "replay time (s)" "$replay_s"
-printf '%-44s %12s\n' "replay records/s" "$replay_rps"
-printf '%-44s %12s\n' "replay / dual-write TPS  [target >= 2]" "$(awk -v r="$replay_rps" -v t="$t_sy" 'BEGIN {if (t > 0) printf "%.2f", r / t; else print "-"}')"
-printf '%-44s %12s\n' "proxy RSS before large UPDATE (KiB)" "$rss_before"
-printf '%-44s %12s\n' "proxy peak RSS during UPDATE of $rows rows" "$peak"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b + 0 > 0) printf "%.2f", a / b; else print "-"}'; }
+echo "machine: $(machine_summary); scale $SCALE, -M $MODE, ${DURATION}s runs, durable=$DURABLE; $(git_describe)"
+printf '%-52s %12s\n' "measure" "value"
+printf '%-52s %12s\n' "1-client latency, old direct, no capture (ms)" "$l_old"
+printf '%-52s %12s\n' "1-client latency, new direct (ms)" "$l_new"
+printf '%-52s %12s\n' "1-client latency, new direct with 2PC (ms)" "$l_new2"
+printf '%-52s %12s\n' "1-client latency, through proxy (ms)" "$l_sy"
+printf '%-52s %12s\n' "proxy / (old + new)  [target <= 1.25]" "$(awk -v s="$l_sy" -v a="$l_old" -v b="$l_new" 'BEGIN {if (a + b > 0) printf "%.2f", s / (a + b); else print "-"}')"
+printf '%-52s %12s\n' "8-client TPS, old direct alone" "$t_old"
+printf '%-52s %12s\n' "8-client TPS, ideal (old + new with 2PC at once)" "$t_ideal"
+printf '%-52s %12s\n' "8-client TPS, through proxy" "$t_sy"
+printf '%-52s %12s\n' "proxy / ideal TPS" "$(ratio "$t_sy" "$t_ideal")"
+printf '%-52s %12s\n' "old's CPU ms per txn, no capture (direct)" "$cpu_base"
+printf '%-52s %12s\n' "old's CPU ms per txn, capture (through proxy)" "$cpu_sy"
+printf '%-52s %12s\n' "old's WAL bytes per txn, no capture (direct)" "$wal_base"
+printf '%-52s %12s\n' "old's WAL bytes per txn, capture (through proxy)" "$wal_sy"
+printf '%-52s %12s\n' "8-client TPS while new was down (queued)" "$t_queue"
+printf '%-52s %12s\n' "retry records queued" "$records"
+printf '%-52s %12s\n' "replay time (s)" "$replay_s"
+printf '%-52s %12s\n' "replay records/s" "$replay_rps"
+printf '%-52s %12s\n' "replay / dual-write TPS  [target >= 2]" "$(ratio "$replay_rps" "$t_sy")"
+printf '%-52s %12s\n' "proxy RSS before large UPDATE (KiB)" "$rss_before"
+printf '%-52s %12s\n' "proxy peak RSS during UPDATE of $rows rows" "$peak"

@@ -31,6 +31,7 @@ pub const RETRY_KAFKA_CONFIRM_SECONDS: &str = "switchyard_retry_kafka_confirm_se
 pub const RETRY_KAFKA_FAILURES_TOTAL: &str = "switchyard_retry_kafka_failures_total";
 pub const MIRROR_COMMITS_REFUSED_TOTAL: &str = "switchyard_mirror_commits_refused_total";
 pub const CAPTURE_EVENTS_TOTAL: &str = "switchyard_capture_events_total";
+pub const COMMIT_PHASE_SECONDS: &str = "switchyard_commit_phase_seconds";
 pub const CAPTURE_LOG_BACKLOG: &str = "switchyard_capture_log_backlog";
 pub const CAPTURE_LOG_APPLIED_TOTAL: &str = "switchyard_capture_log_applied_total";
 
@@ -85,6 +86,8 @@ pub struct HotMetrics {
     pub request_duration: [metrics::Histogram; 6],
     pub cache_hit: metrics::Counter,
     pub cache_miss: metrics::Counter,
+    /// Time in each phase of a lockstep commit: drain, prepare, record, commit_primary.
+    pub commit_phase: [metrics::Histogram; 4],
 }
 
 static HOT: OnceLock<HotMetrics> = OnceLock::new();
@@ -107,6 +110,8 @@ pub fn hot() -> &'static HotMetrics {
                 .map(|c| metrics::histogram!(REQUEST_DURATION, "class" => c.as_str())),
             cache_hit: metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => "hit"),
             cache_miss: metrics::counter!(CLASSIFIER_CACHE_TOTAL, "result" => "miss"),
+            commit_phase: ["drain", "prepare", "record", "commit_primary"]
+                .map(|p| metrics::histogram!(COMMIT_PHASE_SECONDS, "phase" => p)),
         }
     })
 }

@@ -38,6 +38,19 @@ enum Phase {
     Finish { committed: bool },
 }
 
+impl Phase {
+    /// Index into the phase histograms (each phase's time is recorded when the next starts).
+    fn metric(self) -> usize {
+        match self {
+            Phase::Drain => 0,
+            Phase::Prepare => 1,
+            Phase::Record => 2,
+            Phase::CommitPrimary => 3,
+            Phase::Finish { .. } => 4,
+        }
+    }
+}
+
 impl<R, W> Mediation<'_, '_, R, W>
 where
     R: AsyncRead + Unpin,
@@ -50,8 +63,16 @@ where
         };
         let mut how = Some(how);
         let mut phase = Phase::Drain;
+        let mut started = std::time::Instant::now();
         loop {
             tracing::trace!(?phase, "commit");
+            let i = phase.metric();
+            let now = std::time::Instant::now();
+            if i > 0 {
+                crate::metrics::hot().commit_phase[i - 1]
+                    .record(now.duration_since(started).as_secs_f64());
+            }
+            started = now;
             phase = match phase {
                 Phase::Drain => match self.drain().await? {
                     Drained::Done => Phase::Prepare,
