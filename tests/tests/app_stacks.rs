@@ -560,8 +560,8 @@ async fn dba_session_through_psql() -> Result<()> {
 }
 
 // ------------------------------------------------------------------------------------------
-// Minimal reproductions of what the stacks found (each fails on the proxy as of this
-// branch; see the report in the commit message).
+// Minimal reproductions of the proxy bugs the stacks found. Each fails on the proxy as of
+// this branch; its comment says what happens and where.
 // ------------------------------------------------------------------------------------------
 
 /// Django makes every foreign key DEFERRABLE INITIALLY DEFERRED, so a bad reference fails
