@@ -1,9 +1,13 @@
-//! Real client programs for end-to-end tests: `psql`, `pgbench` and the Python drivers
-//! (psycopg 3, asyncpg) from the virtualenv that `.ci/setup` creates.
+//! Real client programs for end-to-end tests: `psql`, `pgbench`, the Python drivers and
+//! frameworks (psycopg 3, asyncpg, SQLAlchemy, Django) from the virtualenv that `.ci/setup`
+//! creates, and node-postgres, which it installs into the cache.
 //!
 //! Environment:
 //! - `SWITCHYARD_PYTHON`: the Python interpreter to run the driver scripts with (default
 //!   `${SWITCHYARD_CACHE:-/root/.cache/switchyard}/venv/bin/python`).
+//! - `SWITCHYARD_NODE`: the Node.js binary (default: `node` on `PATH`).
+//! - `SWITCHYARD_NODE_MODULES`: the `node_modules` folder holding `pg` (default
+//!   `${SWITCHYARD_CACHE:-/root/.cache/switchyard}/node/node_modules`).
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -33,6 +37,13 @@ pub fn pgbench_bin() -> PathBuf {
     pg_client("pgbench")
 }
 
+/// `SWITCHYARD_CACHE`, else `/root/.cache/switchyard` (where `.ci/setup` puts things).
+fn cache_dir() -> PathBuf {
+    std::env::var_os("SWITCHYARD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/switchyard"))
+}
+
 /// The Python interpreter with psycopg and asyncpg: `SWITCHYARD_PYTHON`, else the venv under
 /// `SWITCHYARD_CACHE`. Fails with a hint at `.ci/setup` when it is missing.
 pub fn python_bin() -> Result<PathBuf> {
@@ -43,10 +54,7 @@ pub fn python_bin() -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let cache = std::env::var_os("SWITCHYARD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.cache/switchyard"));
-    let p = cache.join("venv/bin/python");
+    let p = cache_dir().join("venv/bin/python");
     if p.is_file() {
         Ok(p)
     } else {
@@ -62,6 +70,48 @@ pub fn python_bin() -> Result<PathBuf> {
 pub fn python_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("python")
+        .join(name)
+}
+
+/// The Node.js binary: `SWITCHYARD_NODE`, else `node` found on `PATH`.
+pub fn node_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SWITCHYARD_NODE") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("SWITCHYARD_NODE={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("node"))
+        .find(|p| p.is_file())
+        .context("node is not on PATH: run .ci/setup (or set SWITCHYARD_NODE)")
+}
+
+/// The `node_modules` folder with node-postgres, for `NODE_PATH` (scripts run from the
+/// source tree, so `require('pg')` cannot find it beside them): `SWITCHYARD_NODE_MODULES`,
+/// else `node/node_modules` under `SWITCHYARD_CACHE`. Fails with a hint at `.ci/setup` when
+/// `pg` is not there.
+pub fn node_modules() -> Result<PathBuf> {
+    let dir = std::env::var_os("SWITCHYARD_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("node/node_modules"));
+    if dir.join("pg/package.json").is_file() {
+        Ok(dir)
+    } else {
+        bail!(
+            "{} has no node-postgres: run .ci/setup (or set SWITCHYARD_NODE_MODULES)",
+            dir.display()
+        )
+    }
+}
+
+/// A script shipped in `tests/node/`.
+pub fn node_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("node")
         .join(name)
 }
 

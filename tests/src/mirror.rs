@@ -130,3 +130,112 @@ pub fn assert_same(pair: &Pair, tables: &[&str]) -> Result<()> {
 pub fn retry_records(pair: &Pair) -> Result<i64> {
     Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
 }
+
+/// The user tables of `c` (ordinary and partitioned, outside the system schemas and
+/// Switchyard's own `_switchyard`) as `schema.table`, each part quoted when it needs it
+/// (what SQL and the reconciler's `--tables` both read), sorted. `keyed` keeps only tables
+/// with a primary key.
+pub fn user_tables(c: &PgCluster, keyed: bool) -> Result<Vec<String>> {
+    let filter = if keyed {
+        "AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p')"
+    } else {
+        ""
+    };
+    let out = on(
+        c,
+        &format!(
+            "SELECT format('%I.%I', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_switchyard') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' {filter} \
+             ORDER BY 1"
+        ),
+    )?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// Asserts both clusters have the same user tables and that every one of them holds the
+/// same rows (all of them as text, sorted; see [`assert_same`]). Returns the tables.
+pub fn assert_all_tables_same(pair: &Pair) -> Result<Vec<String>> {
+    let old = user_tables(&pair.old, false)?;
+    let new = user_tables(&pair.new, false)?;
+    ensure!(
+        old == new,
+        "the databases have different tables:\n--- old\n{old:?}\n--- new\n{new:?}"
+    );
+    let names: Vec<&str> = old.iter().map(String::as_str).collect();
+    assert_same(pair, &names)?;
+    Ok(old)
+}
+
+/// One line per schema object a migration can create in the user's schemas: relations,
+/// columns (type, NOT NULL, identity, default), constraints, indexes, triggers, routines,
+/// enum/domain/range types, schemas. Switchyard's own schema and its capture triggers on
+/// the old database are left out: they are what the proxy adds, not the application.
+const SCHEMA_OUTLINE: &str = r#"
+WITH rels AS (
+  SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relkind
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_switchyard')
+    AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%'
+)
+SELECT line FROM (
+  SELECT format('relation %s kind %s', name, relkind) AS line FROM rels
+  UNION ALL
+  SELECT format('column %s.%I %s%s%s%s%s', r.name, a.attname, format_type(a.atttypid, a.atttypmod),
+         CASE WHEN a.attnotnull THEN ' not null' ELSE '' END,
+         CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END,
+         CASE WHEN a.attgenerated <> '' THEN ' generated' ELSE '' END,
+         coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''))
+  FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f')
+  UNION ALL
+  SELECT format('constraint %s %I %s', r.name, co.conname, pg_get_constraintdef(co.oid))
+  FROM rels r JOIN pg_constraint co ON co.conrelid = r.oid
+  UNION ALL
+  SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM rels r JOIN pg_index i ON i.indrelid = r.oid
+  UNION ALL
+  SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text
+  FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid
+  WHERE NOT t.tgisinternal AND t.tgname NOT LIKE 'switchyard\_capture\_%'
+  UNION ALL
+  SELECT 'routine ' || replace(pg_get_functiondef(p.oid), E'\n', ' ')
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_switchyard') AND p.prokind IN ('f', 'p')
+  UNION ALL
+  SELECT format('type %I.%I %s %s', n.nspname, t.typname, t.typtype,
+         (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid))
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE t.typtype IN ('e', 'd', 'r') AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_switchyard')
+  UNION ALL
+  SELECT format('schema %I', nspname) FROM pg_namespace
+  WHERE nspname NOT IN ('pg_catalog', 'information_schema', '_switchyard') AND nspname NOT LIKE 'pg\_%'
+) s ORDER BY line COLLATE "C""#;
+
+/// The user schema of `c`, one object per line (see `SCHEMA_OUTLINE`).
+pub fn schema_outline(c: &PgCluster) -> Result<String> {
+    on(c, SCHEMA_OUTLINE)
+}
+
+/// Asserts old and new have the same user schema (DDL that went through the proxy was
+/// mirrored); the error lists the lines only one side has.
+pub fn assert_same_schema(pair: &Pair) -> Result<()> {
+    let old = schema_outline(&pair.old)?;
+    let new = schema_outline(&pair.new)?;
+    if old == new {
+        return Ok(());
+    }
+    let (o, n): (
+        std::collections::BTreeSet<&str>,
+        std::collections::BTreeSet<&str>,
+    ) = (old.lines().collect(), new.lines().collect());
+    let only = |a: &std::collections::BTreeSet<&str>, b: &std::collections::BTreeSet<&str>| {
+        a.difference(b).copied().collect::<Vec<_>>().join("\n")
+    };
+    anyhow::bail!(
+        "the schemas differ\n--- only on old\n{}\n--- only on new\n{}",
+        only(&o, &n),
+        only(&n, &o)
+    )
+}
