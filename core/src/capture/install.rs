@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 /// Bumped whenever the installed SQL changes; an instance installs when the primary has
 /// another version.
-pub const VERSION: &str = "capture-5";
+pub const VERSION: &str = "capture-10";
 
 /// Images per capture row are cut at about this many bytes (a single larger row travels
 /// alone), so neither the primary nor the proxy ever holds one huge JSON value.
@@ -25,7 +25,7 @@ pub enum InstallError {
          admin role such as rds_superuser or azure_pg_admin)"
     )]
     Privilege { role: String, detail: String },
-    #[error("installing change capture on the old database: {0}")]
+    #[error("installing change capture on the old database: {}", db_message(.0))]
     Sql(#[source] tokio_postgres::Error),
 }
 
@@ -35,6 +35,17 @@ const USER_TABLES: &str = "pg_class c JOIN pg_namespace n ON n.oid = c.relnamesp
       AND n.nspname NOT IN ('_switchyard', 'pg_catalog', 'information_schema')
       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 
+/// The server's own message (with its detail) when there is one.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.where_() {
+            Some(w) => format!("{} ({w})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
 /// What `install` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InstallReport {
@@ -42,8 +53,6 @@ pub struct InstallReport {
     pub upgraded: bool,
     /// User tables that now carry the capture triggers.
     pub tables: usize,
-    /// Of those, tables whose triggers were created or rebuilt now.
-    pub tables_changed: usize,
 }
 
 /// Chunks of JSON built from `expr` (a json or jsonb value per row) over `from`, each about
@@ -57,12 +66,13 @@ fn chunks(expr: &str, from: &str) -> String {
     )
 }
 
-/// The key of row `r` (an alias of a transition table) as a JSON object, from the key
-/// column names the trigger was created with (its arguments after the first, the mode).
+/// The key of row `r` (an alias of a transition table) as a JSON object's text, from the
+/// key column names the trigger was created with (its arguments after the first, the mode).
+/// Built from `json`, not `jsonb`: a json column may hold `\u0000`, which jsonb refuses.
 fn key_of(r: &str) -> String {
     format!(
-        "CASE TG_NARGS WHEN 2 THEN pg_catalog.jsonb_build_object(TG_ARGV[1], pg_catalog.to_jsonb({r}.*) -> TG_ARGV[1]) \
-         ELSE _switchyard.key_of(pg_catalog.to_jsonb({r}.*), TG_ARGV[1:TG_NARGS - 1]) END"
+        "(CASE TG_NARGS WHEN 2 THEN pg_catalog.json_build_object(TG_ARGV[1], pg_catalog.to_json({r}.*) -> TG_ARGV[1]) \
+         ELSE _switchyard.key_of(pg_catalog.to_json({r}.*), TG_ARGV[1:TG_NARGS - 1]) END)::text"
     )
 }
 
@@ -83,6 +93,54 @@ fn emit(op: char, query: &str) -> String {
     )
 }
 
+/// Row images of transition table `source` (`sy_new r` or `sy_old r`) as capture rows of
+/// operation `op`. A table with a column whose type has its own cast to json (hstore, say)
+/// gets its images from the expression `watch` stored for it (that column as its text, which
+/// reads back), through dynamic SQL; every other table, `to_json(r.*)`.
+fn emit_images(op: char, source: &str) -> String {
+    let fixed = emit(op, &chunks("pg_catalog.to_json(r.*)", source));
+    let dynamic = chunks("%s", source);
+    format!(
+        "IF text_images THEN
+    image_expr := (SELECT coalesce(t.images, 'pg_catalog.to_json(r.*)') FROM _switchyard.tables t WHERE t.relid = TG_RELID);
+    IF lockstep THEN
+      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_lockstep (xid, seq, relid, op, rows)
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j
+        FROM ({dynamic}) c(j)$q$, image_expr) USING TG_RELID;
+    ELSE
+      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j, $2
+        FROM ({dynamic}) c(j)$q$, image_expr) USING TG_RELID, pg_catalog.current_setting('switchyard.session', true);
+    END IF;
+  ELSE
+    {fixed}
+  END IF;"
+    )
+}
+
+/// Keys (`D`) from `query`, or for a table in `+text` mode (it has a json column, whose
+/// `\u0000` the json parser behind `->` refuses) from `dynamic`, a format() template whose
+/// `%1$s` is the table's stored key expression.
+fn emit_keys(query: &str, dynamic: &str) -> String {
+    let fixed = emit('D', query);
+    format!(
+        "IF text_images THEN
+    key_expr := (SELECT t.keys FROM _switchyard.tables t WHERE t.relid = TG_RELID);
+    IF lockstep THEN
+      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_lockstep (xid, seq, relid, op, rows)
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, 'D', c.j
+        FROM ({dynamic}) c(j)$q$, key_expr) USING TG_RELID;
+    ELSE
+      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, 'D', c.j, $2
+        FROM ({dynamic}) c(j)$q$, key_expr) USING TG_RELID, pg_catalog.current_setting('switchyard.session', true);
+    END IF;
+  ELSE
+    {fixed}
+  END IF;"
+    )
+}
+
 /// A capture trigger function: `body` runs with `lockstep` set and output settings exact.
 fn capture_function(name: &str, body: &str) -> String {
     format!(
@@ -91,6 +149,9 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
   lockstep boolean;
   saved text[];
+  text_images boolean := TG_NARGS > 0 AND TG_ARGV[0] LIKE '%+text';
+  image_expr text;
+  key_expr text;
 BEGIN
   IF pg_catalog.current_setting('switchyard.apply', true) = 'on' THEN RETURN NULL; END IF;
   lockstep := pg_catalog.current_setting('switchyard.capture', true) = 'lockstep';
@@ -110,49 +171,55 @@ END $f$;
 
 /// The whole install script: schema, tables, functions, event triggers.
 pub fn install_sql() -> String {
-    let new_images = chunks("pg_catalog.to_json(r.*)", "sy_new r");
-    let old_images = chunks("pg_catalog.to_json(r.*)", "sy_old r");
     let moved_keys = chunks(
-        "d.k",
+        "d.k::json",
         &format!(
             "(SELECT {} AS k FROM sy_old o EXCEPT ALL SELECT {} FROM sy_new n) d",
             key_of("o"),
             key_of("n")
         ),
     );
-    let deleted_keys = chunks(&key_of("o"), "sy_old o");
-    let insert = capture_function("capture_insert", &emit('I', &new_images));
+    let deleted_keys = chunks(&format!("{}::json", key_of("o")), "sy_old o");
+    let insert = capture_function("capture_insert", &emit_images('I', "sy_new r"));
+    // Arguments: the mode (`keyless`, `flag` or `always`, with `+text` when the images come
+    // from the table's stored expression), then the key columns.
     // Keys that went away are looked for only when a row's key changed: the table's
     // `switchyard_capture_k` row trigger (WHEN its key is distinct) says so. A partitioned
     // table always looks (a row moved between partitions fires no UPDATE row trigger).
     let update = capture_function(
         "capture_update",
         &format!(
-            "IF TG_NARGS = 0 THEN
+            "IF TG_NARGS = 1 THEN
     {}
-  ELSIF TG_ARGV[0] = 'always'
+  ELSIF TG_ARGV[0] LIKE 'always%'
         OR pg_catalog.current_setting('switchyard.moved_' || TG_RELID::text, true) = 'on' THEN
     {}
-    IF TG_ARGV[0] <> 'always' THEN
+    IF TG_ARGV[0] NOT LIKE 'always%' THEN
       PERFORM pg_catalog.set_config('switchyard.moved_' || TG_RELID::text, '', true);
     END IF;
   END IF;
   {}",
-            emit('d', &old_images),
-            emit('D', &moved_keys),
-            emit('U', &new_images)
+            emit_images('d', "sy_old r"),
+            emit_keys(
+                &moved_keys,
+                &chunks(
+                    "d.k::json",
+                    "(SELECT %1$s AS k FROM sy_old r EXCEPT ALL SELECT %1$s FROM sy_new r) d"
+                )
+            ),
+            emit_images('U', "sy_new r")
         ),
     );
     let delete = capture_function(
         "capture_delete",
         &format!(
-            "IF TG_NARGS = 0 THEN
+            "IF TG_NARGS = 1 THEN
     {}
   ELSE
     {}
   END IF;",
-            emit('d', &old_images),
-            emit('D', &deleted_keys)
+            emit_images('d', "sy_old r"),
+            emit_keys(&deleted_keys, &chunks("(%1$s)::json", "sy_old r"))
         ),
     );
     let truncate = capture_function("capture_truncate", &emit('T', "SELECT NULL::json"));
@@ -193,12 +260,17 @@ CREATE TABLE IF NOT EXISTS _switchyard.tables (
     version bigint NOT NULL,
     key_columns text[] NOT NULL
 );
+-- The image expression of a table with a column whose type has its own cast to json
+-- (NULL: `to_json(r.*)`).
+ALTER TABLE _switchyard.tables ADD COLUMN IF NOT EXISTS images text;
+-- The key expression (text of a JSON object) of a table in `+text` mode.
+ALTER TABLE _switchyard.tables ADD COLUMN IF NOT EXISTS keys text;
 "#;
 
 const FUNCTIONS_SQL: &str = r#"
-CREATE OR REPLACE FUNCTION _switchyard.key_of(r jsonb, cols text[]) RETURNS jsonb
+CREATE OR REPLACE FUNCTION _switchyard.key_of(r json, cols text[]) RETURNS json
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS
-$f$ SELECT jsonb_object_agg(c, r -> c) FROM unnest(cols) c $f$;
+$f$ SELECT json_object_agg(c, r -> c) FROM unnest(cols) c $f$;
 
 CREATE OR REPLACE FUNCTION _switchyard.exact_output() RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
@@ -262,15 +334,20 @@ BEGIN
 END $f$;
 
 -- Puts the capture triggers on a table (or rebuilds them when its primary key changed),
--- and gives it a new version when `bump` or when something changed.
+-- and gives it a new version when `bump` or when something changed. False when the table
+-- is not one capture watches (temporary, a view, a system table).
 CREATE OR REPLACE FUNCTION _switchyard.watch(rel oid, bump boolean) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
   c record;
-  keys text[];
+  key_cols text[];
   args text;
   name text;
   changed boolean;
+  image_expr text;
+  key_expr text;
+  has_json boolean;
+  mode text;
 BEGIN
   SELECT cl.relkind, cl.relpersistence, n.nspname INTO c
   FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = rel;
@@ -279,20 +356,47 @@ BEGIN
      OR c.nspname LIKE 'pg\_toast%' OR c.nspname LIKE 'pg\_temp%' THEN
     RETURN false;
   END IF;
-  SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}') INTO keys
+  SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}') INTO key_cols
   FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
   WHERE i.indrelid = rel AND i.indisprimary;
+  -- Columns whose type (or its element or base type) has its own cast to json are imaged
+  -- as their text, which their type reads back (hstore's json cast gives an object, which
+  -- hstore cannot read).
+  SELECT CASE WHEN bool_or(x.own_cast) THEN
+           '(''{'' || ' || string_agg(format('%L || coalesce(pg_catalog.to_json(r.%I%s)::text, ''null'')',
+                                              to_json(x.attname::text)::text || ':', x.attname,
+                                              CASE WHEN x.own_cast THEN '::text' ELSE '' END),
+                                       ' || '','' || ' ORDER BY x.attnum) || ' || ''}'')::json'
+         END INTO image_expr
+  FROM (SELECT a.attnum, a.attname,
+               EXISTS (SELECT 1 FROM pg_cast k JOIN pg_type ty ON ty.oid = a.atttypid
+                       WHERE k.castsource IN (ty.oid, ty.typelem, ty.typbasetype)
+                         AND k.casttarget IN ('json'::regtype, 'jsonb'::regtype) AND k.castfunc <> 0) AS own_cast
+        FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped) x;
+  -- A json column may hold \u0000, which the json parser behind `->` refuses: such a table
+  -- gets its keys from columns, not from its image.
+  has_json := EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+                      WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                        AND 'json'::regtype IN (ty.oid, ty.typelem, ty.typbasetype));
+  key_expr := CASE WHEN key_cols = '{}' THEN NULL
+                   ELSE 'pg_catalog.json_build_object(' ||
+                        (SELECT string_agg(format('%L, r.%I', k, k), ', ') FROM unnest(key_cols) k) || ')::text' END;
+  mode := CASE WHEN key_cols = '{}' THEN 'keyless' WHEN c.relkind = 'p' THEN 'always' ELSE 'flag' END
+          || CASE WHEN image_expr IS NOT NULL OR has_json THEN '+text' ELSE '' END;
   changed := (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgenabled = 'A'
               AND t.tgname IN ('switchyard_capture_i', 'switchyard_capture_u',
                                'switchyard_capture_d', 'switchyard_capture_t',
                                'switchyard_capture_k'))
-             <> CASE WHEN c.relkind = 'r' AND keys <> '{}' THEN 5 ELSE 4 END
-             OR NOT EXISTS (SELECT 1 FROM _switchyard.tables s WHERE s.relid = rel AND s.key_columns = keys);
+             <> CASE WHEN c.relkind = 'r' AND key_cols <> '{}' THEN 5 ELSE 4 END
+             OR NOT EXISTS (SELECT 1 FROM _switchyard.tables s WHERE s.relid = rel AND s.key_columns = key_cols
+                            AND (s.images IS NULL) = (image_expr IS NULL)
+                            AND (s.keys IS NULL) = (NOT has_json OR key_expr IS NULL));
   IF changed OR bump THEN
-    INSERT INTO _switchyard.tables (relid, version, key_columns)
-    VALUES (rel, nextval('_switchyard.table_version'), keys)
-    ON CONFLICT (relid) DO UPDATE SET version = EXCLUDED.version, key_columns = EXCLUDED.key_columns;
+    INSERT INTO _switchyard.tables (relid, version, key_columns, images, keys)
+    VALUES (rel, nextval('_switchyard.table_version'), key_cols, image_expr, CASE WHEN has_json THEN key_expr END)
+    ON CONFLICT (relid) DO UPDATE SET version = EXCLUDED.version, key_columns = EXCLUDED.key_columns,
+                                      images = EXCLUDED.images, keys = EXCLUDED.keys;
   END IF;
   IF changed THEN
     PERFORM set_config('switchyard.watching', 'on', true);
@@ -303,12 +407,10 @@ BEGIN
         EXECUTE format('DROP TRIGGER %I ON %s', name, rel::regclass);
       END IF;
     END LOOP;
-    -- Arguments: the mode, then the key columns (none for a table without a key).
-    args := CASE WHEN keys = '{}' THEN ''
-                 ELSE quote_literal(CASE WHEN c.relkind = 'p' THEN 'always' ELSE 'flag' END) || ', '
-                      || (SELECT string_agg(quote_literal(k), ', ') FROM unnest(keys) k) END;
+    -- Arguments: the mode, then the key columns.
+    args := quote_literal(mode) || coalesce((SELECT ', ' || string_agg(quote_literal(k), ', ') FROM unnest(key_cols) k), '');
     EXECUTE format('CREATE TRIGGER switchyard_capture_i AFTER INSERT ON %s REFERENCING NEW TABLE AS sy_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION _switchyard.capture_insert()', rel::regclass);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION _switchyard.capture_insert(%s)', rel::regclass, args);
     EXECUTE format('CREATE TRIGGER switchyard_capture_u AFTER UPDATE ON %s REFERENCING OLD TABLE AS sy_old '
                    'NEW TABLE AS sy_new FOR EACH STATEMENT EXECUTE FUNCTION _switchyard.capture_update(%s)',
                    rel::regclass, args);
@@ -319,17 +421,17 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER switchyard_capture_i, '
                    'ENABLE ALWAYS TRIGGER switchyard_capture_u, ENABLE ALWAYS TRIGGER switchyard_capture_d, '
                    'ENABLE ALWAYS TRIGGER switchyard_capture_t', rel::regclass);
-    IF c.relkind = 'r' AND keys <> '{}' THEN
+    IF c.relkind = 'r' AND key_cols <> '{}' THEN
       EXECUTE format('CREATE TRIGGER switchyard_capture_k AFTER UPDATE ON %s FOR EACH ROW '
                      'WHEN ((%s) IS DISTINCT FROM (%s)) EXECUTE FUNCTION _switchyard.key_moved()',
                      rel::regclass,
-                     (SELECT string_agg('OLD.' || quote_ident(k), ', ') FROM unnest(keys) k),
-                     (SELECT string_agg('NEW.' || quote_ident(k), ', ') FROM unnest(keys) k));
+                     (SELECT string_agg('OLD.' || quote_ident(k), ', ') FROM unnest(key_cols) k),
+                     (SELECT string_agg('NEW.' || quote_ident(k), ', ') FROM unnest(key_cols) k));
       EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER switchyard_capture_k', rel::regclass);
     END IF;
     PERFORM set_config('switchyard.watching', '', true);
   END IF;
-  RETURN changed;
+  RETURN true;
 END $f$;
 
 -- A row's key changed in the current statement: its statement trigger looks for the keys
@@ -341,18 +443,29 @@ BEGIN
   RETURN NULL;
 END $f$;
 
--- Rows a CREATE TABLE AS / SELECT INTO loaded before its table had triggers.
-CREATE OR REPLACE FUNCTION _switchyard.capture_all(rel oid) RETURNS void
+-- Every row of a table as images: the rows a CREATE TABLE AS / SELECT INTO loaded before
+-- its table had triggers, or (`replace`) rows a DDL rewrote with values the secondary would
+-- compute otherwise. A table without a key is replaced whole (truncated, then inserted).
+CREATE OR REPLACE FUNCTION _switchyard.capture_all(rel oid, replace boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET extra_float_digits = 3 SET IntervalStyle = 'postgres' AS $f$
 DECLARE
-  target text := CASE WHEN current_setting('switchyard.capture', true) = 'lockstep'
+  lockstep boolean := current_setting('switchyard.capture', true) = 'lockstep';
+  target text := CASE WHEN lockstep
                       THEN '_switchyard.capture_lockstep (xid, seq, relid, op, rows)'
                       ELSE '_switchyard.capture_log (xid, seq, relid, op, rows)' END;
 BEGIN
+  IF NOT EXISTS (SELECT 1 FROM _switchyard.tables t WHERE t.relid = rel) THEN
+    RETURN;
+  END IF;
+  IF replace AND (SELECT t.key_columns = '{}' FROM _switchyard.tables t WHERE t.relid = rel) THEN
+    EXECUTE format('INSERT INTO %s VALUES (pg_current_xact_id(), nextval(''_switchyard.capture_seq''), %s, ''T'', NULL)',
+                   target, rel);
+  END IF;
   EXECUTE format('INSERT INTO %s SELECT pg_current_xact_id(), nextval(''_switchyard.capture_seq''), %s, ''I'', c.j '
                  'FROM (SELECT json_agg(x) FROM (SELECT x, sum(pg_column_size(x)) OVER (ROWS UNBOUNDED PRECEDING) / %s AS g '
-                 'FROM (SELECT to_json(r.*) AS x FROM %s r) i) s GROUP BY g ORDER BY g) c(j)', target, rel, CHUNK_BYTES_LITERAL, rel::regclass);
+                 'FROM (SELECT %s AS x FROM %s r) i) s GROUP BY g ORDER BY g) c(j)', target, rel, CHUNK_BYTES_LITERAL,
+                 coalesce((SELECT t.images FROM _switchyard.tables t WHERE t.relid = rel), 'to_json(r.*)'), rel::regclass);
 END $f$;
 
 CREATE OR REPLACE FUNCTION _switchyard.on_ddl() RETURNS event_trigger
@@ -362,8 +475,8 @@ BEGIN
   IF current_setting('switchyard.watching', true) = 'on' THEN RETURN; END IF;
   FOR r IN SELECT DISTINCT d.objid, d.command_tag FROM pg_event_trigger_ddl_commands() d
            WHERE d.classid = 'pg_class'::regclass AND d.object_type IN ('table', 'table column') LOOP
-    PERFORM _switchyard.watch(r.objid, true);
-    IF r.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+    -- Only tables capture watches (not a temporary CREATE TABLE AS) get their rows captured.
+    IF _switchyard.watch(r.objid, true) AND r.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
       PERFORM _switchyard.capture_all(r.objid);
     END IF;
   END LOOP;
@@ -433,13 +546,12 @@ pub async fn install(client: &Client) -> Result<InstallReport, InstallError> {
         .map_err(InstallError::Sql)?;
     for row in rows {
         let oid: u32 = row.get(0);
-        let changed: bool = client
+        let watched: bool = client
             .query_one("SELECT _switchyard.watch($1, false)", &[&oid])
             .await
             .map_err(InstallError::Sql)?
             .get(0);
-        report.tables += 1;
-        report.tables_changed += usize::from(changed);
+        report.tables += usize::from(watched);
     }
     client
         .batch_execute("RESET lock_timeout; RESET client_min_messages")

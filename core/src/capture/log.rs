@@ -29,6 +29,8 @@ pub struct LogReport {
     pub outside_proxy: u64,
     pub keys_resynced: u64,
     pub statements: u64,
+    /// Rows of tables that no longer exist, dropped without applying.
+    pub gone: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum LogError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("table oid {0} no longer exists on the primary")]
+    Gone(u32),
     #[error("a key in the change log for {table} is unreadable: {detail}")]
     Key { table: String, detail: String },
 }
@@ -88,14 +92,15 @@ impl LogTables {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
                 let row = primary
-                    .query_one(
+                    .query_opt(
                         "SELECT n.nspname::text, c.relname::text FROM pg_class c \
                          JOIN pg_namespace n ON n.oid = c.relnamespace \
                          WHERE c.oid = coalesce(pg_partition_root($1::oid::regclass)::oid, $1::oid)",
                         &[&oid],
                     )
                     .await
-                    .map_err(|source| LogError::Name { oid, source })?;
+                    .map_err(|source| LogError::Name { oid, source })?
+                    .ok_or(LogError::Gone(oid))?;
                 let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
                 let meta = load_table(target, &name).await?;
                 let sql = ApplySql::from(&meta);
@@ -182,7 +187,17 @@ pub async fn drain_once(
                 i = end;
             }
             _ => {
-                let (_, sql) = tables.get(source, target, e.relid).await?;
+                let sql = match tables.get(source, target, e.relid).await {
+                    Ok((_, sql)) => sql,
+                    // Dropped since (a temporary table, or one dropped by a later DDL): its
+                    // rows went with it.
+                    Err(LogError::Gone(_)) => {
+                        report.gone += 1;
+                        i += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
                 let rows = e.rows.as_deref().unwrap_or("[]");
                 if sql.has_key() {
                     let k = sql.keys_of(rows).map_err(|err| LogError::Key {

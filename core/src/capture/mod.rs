@@ -51,3 +51,12 @@ pub fn note_statement_sql(sql: &str) -> String {
         crate::ident::quote_literal(sql)
     )
 }
+
+/// Captures every row of `table` (a name as the session resolves it) after a DDL that
+/// rewrote them with values the secondary would compute differently.
+pub fn refill_sql(table: &str) -> String {
+    format!(
+        "SELECT _switchyard.capture_all({}::regclass, true)",
+        crate::ident::quote_literal(table)
+    )
+}

@@ -8,6 +8,7 @@
 use pg_query::protobuf::{ObjectType, TransactionStmtKind};
 use pg_query::NodeEnum;
 use std::sync::Arc;
+use switchyard_core::ident::quote_ident;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
@@ -35,9 +36,13 @@ pub enum Plan {
     Write,
     /// DDL, mirrored as text at its place among the transaction's changes. `secondary` is
     /// the text for the secondary: the statement itself, or for CREATE TABLE AS the table
-    /// without its rows (they arrive captured).
+    /// without its rows (they arrive captured). `refill` names a table the statement
+    /// rewrites with values the secondary would compute otherwise (ADD COLUMN with a
+    /// volatile default, a serial or identity column, ALTER TYPE ... USING a function):
+    /// its rows are captured after it.
     Ddl {
         secondary: Arc<str>,
+        refill: Option<Arc<str>>,
     },
     Txn(TxnOp),
     /// Forwarded untouched, counted as not mirrored (the reason says why).
@@ -166,8 +171,18 @@ fn plan_one(
         | NodeEnum::UpdateStmt(_)
         | NodeEnum::DeleteStmt(_)
         | NodeEnum::MergeStmt(_) => Plan::Write,
+        // SELECT ... INTO TEMP: a temporary table, nothing to migrate.
+        NodeEnum::SelectStmt(s)
+            if s.into_clause
+                .as_ref()
+                .and_then(|i| i.rel.as_ref())
+                .is_some_and(|r| r.relpersistence == "t") =>
+        {
+            Plan::Pass
+        }
         NodeEnum::SelectStmt(s) if s.into_clause.is_some() => Plan::Ddl {
             secondary: without_data(parsed).unwrap_or_else(|| Arc::from(sql)),
+            refill: None,
         },
         NodeEnum::SelectStmt(_) | NodeEnum::ExplainStmt(_) => {
             if calls_large_objects() {
@@ -194,6 +209,11 @@ fn plan_one(
         }
         NodeEnum::CreateTableAsStmt(_) => Plan::Ddl {
             secondary: without_data(parsed).unwrap_or_else(|| Arc::from(sql)),
+            refill: None,
+        },
+        NodeEnum::AlterTableStmt(a) => Plan::Ddl {
+            secondary: Arc::from(sql),
+            refill: refilled(a),
         },
         // Temporary tables live and die with the session: nothing to migrate.
         NodeEnum::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| r.relpersistence == "t") => {
@@ -293,6 +313,7 @@ fn plan_one(
         | NodeEnum::DropdbStmt(_) => Plan::Pass,
         _ => Plan::Ddl {
             secondary: Arc::from(sql),
+            refill: None,
         },
     }
 }
@@ -352,6 +373,59 @@ fn code_only(source: &str) -> String {
         }
     }
     out
+}
+
+/// The table an ALTER TABLE fills with values the secondary would compute differently: a
+/// column added with a default that calls anything (now(), gen_random_uuid(), nextval(),
+/// CURRENT_TIMESTAMP), a serial or identity column, or a type change USING a call.
+fn refilled(a: &pg_query::protobuf::AlterTableStmt) -> Option<Arc<str>> {
+    use pg_query::protobuf::{AlterTableType, ConstrType};
+    let calls = |n: &pg_query::protobuf::Node| {
+        let d = format!("{n:?}");
+        d.contains("FuncCall") || d.contains("SqlvalueFunction")
+    };
+    let volatile = a.cmds.iter().any(|c| {
+        let Some(NodeEnum::AlterTableCmd(cmd)) = c.node.as_ref() else {
+            return false;
+        };
+        let Some(NodeEnum::ColumnDef(col)) = cmd.def.as_ref().and_then(|d| d.node.as_ref()) else {
+            return false;
+        };
+        if cmd.subtype == AlterTableType::AtAlterColumnType as i32 {
+            return col.raw_default.as_deref().is_some_and(calls);
+        }
+        if cmd.subtype != AlterTableType::AtAddColumn as i32 {
+            return false;
+        }
+        let serial = col.type_name.as_ref().is_some_and(|t| {
+            t.names.iter().any(|n| {
+                matches!(n.node.as_ref(), Some(NodeEnum::String(s))
+                    if matches!(s.sval.as_str(), "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8"))
+            })
+        });
+        serial
+            || col.constraints.iter().any(|k| match k.node.as_ref() {
+                Some(NodeEnum::Constraint(k)) => {
+                    k.contype == ConstrType::ConstrIdentity as i32
+                        || (k.contype == ConstrType::ConstrDefault as i32
+                            && k.raw_expr.as_deref().is_some_and(calls))
+                }
+                _ => false,
+            })
+    });
+    let rel = a.relation.as_ref()?;
+    volatile.then(|| {
+        let name = if rel.schemaname.is_empty() {
+            quote_ident(&rel.relname)
+        } else {
+            format!(
+                "{}.{}",
+                quote_ident(&rel.schemaname),
+                quote_ident(&rel.relname)
+            )
+        };
+        Arc::from(name.as_str())
+    })
 }
 
 /// CREATE TABLE AS / SELECT INTO for the secondary: the table without its rows, which the
@@ -436,10 +510,42 @@ mod tests {
         assert_eq!(
             p("CREATE TABLE x (id int)"),
             Plan::Ddl {
-                secondary: Arc::from("CREATE TABLE x (id int)")
+                secondary: Arc::from("CREATE TABLE x (id int)"),
+                refill: None
             }
         );
+        let refill = |sql: &str| match p(sql) {
+            Plan::Ddl { refill, .. } => refill.map(|r| r.to_string()),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            refill("ALTER TABLE app.t ADD COLUMN at timestamptz NOT NULL DEFAULT now(), ADD COLUMN k uuid DEFAULT gen_random_uuid()"),
+            Some("\"app\".\"t\"".into())
+        );
+        assert_eq!(
+            refill("ALTER TABLE t ADD COLUMN n bigserial"),
+            Some("\"t\"".into())
+        );
+        assert_eq!(
+            refill("ALTER TABLE t ADD COLUMN n int GENERATED ALWAYS AS IDENTITY"),
+            Some("\"t\"".into())
+        );
+        assert_eq!(
+            refill("ALTER TABLE t ADD COLUMN at timestamptz DEFAULT CURRENT_TIMESTAMP"),
+            Some("\"t\"".into())
+        );
+        assert_eq!(
+            refill("ALTER TABLE t ALTER COLUMN v TYPE int USING length(v)"),
+            Some("\"t\"".into())
+        );
+        assert_eq!(refill("ALTER TABLE t ADD COLUMN n int DEFAULT 7"), None);
+        assert_eq!(
+            refill("ALTER TABLE t ALTER COLUMN v SET DEFAULT now()"),
+            None
+        );
         assert_eq!(p("CREATE TEMP TABLE s (id int)"), Plan::Pass);
+        assert_eq!(p("SELECT 1 AS a INTO TEMP scratch"), Plan::Pass);
+        assert_eq!(p("CREATE TEMP TABLE scratch AS SELECT 1 AS a"), Plan::Pass);
         assert_eq!(
             p("CREATE INDEX CONCURRENTLY i ON t (a)"),
             Plan::Flagged {
@@ -453,13 +559,13 @@ mod tests {
 
     #[test]
     fn create_table_as_reaches_the_secondary_without_rows() {
-        let Plan::Ddl { secondary: s } =
+        let Plan::Ddl { secondary: s, .. } =
             p("CREATE TABLE t2 AS SELECT now() AS at, g FROM generate_series(1, 3) g")
         else {
             panic!("expected DDL with a secondary text");
         };
         assert!(s.ends_with("WITH NO DATA"), "{s}");
-        let Plan::Ddl { secondary: s } = p("SELECT * INTO t3 FROM t") else {
+        let Plan::Ddl { secondary: s, .. } = p("SELECT * INTO t3 FROM t") else {
             panic!("expected DDL with a secondary text");
         };
         assert!(
@@ -469,7 +575,8 @@ mod tests {
         assert_eq!(
             p("CREATE MATERIALIZED VIEW v AS SELECT 1"),
             Plan::Ddl {
-                secondary: Arc::from("CREATE MATERIALIZED VIEW v AS SELECT 1")
+                secondary: Arc::from("CREATE MATERIALIZED VIEW v AS SELECT 1"),
+                refill: None
             }
         );
     }

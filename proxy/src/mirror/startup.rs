@@ -59,6 +59,7 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
             {
                 tracing::warn!(error = %e, "Could not create _switchyard.applied_statements on the new database.");
             }
+            always_triggers(&c).await?;
         }
         Err(e) if e.to_string().contains("session_replication_role") => {
             return Err(format!(
@@ -76,6 +77,33 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
     Ok(())
 }
 
+/// User triggers on new enabled ALWAYS fire even for the applier (that is what ALWAYS
+/// means under session_replication_role = replica): their effects, which arrive captured
+/// from old, would be made twice. Refused at start, naming them and the fix.
+async fn always_triggers(new: &tokio_postgres::Client) -> Result<(), String> {
+    let rows = new
+        .query(
+            "SELECT format('%s (on %s)', quote_ident(t.tgname), t.tgrelid::regclass) FROM pg_trigger t \
+             WHERE t.tgenabled = 'A' AND NOT t.tgisinternal AND t.tgname NOT LIKE 'switchyard\\_capture\\_%' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("listing the new database's triggers: {e}"))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Err(format!(
+        "the new database has triggers enabled ALWAYS: {}. They fire even for the changes \
+         Switchyard applies (which already carry their effects, captured on old), so those \
+         effects would be made twice. For the migration, make them ordinary triggers on the \
+         new database (`ALTER TABLE <table> ENABLE TRIGGER <trigger>`), and ENABLE ALWAYS \
+         again after the cutover",
+        names.join(", ")
+    ))
+}
+
 /// Installs change capture on the primary and reads its routines. Missing rights are an
 /// error (the invariant could not be kept); trouble reaching it is the caller's to retry.
 async fn install(m: &Mirror, c: &tokio_postgres::Client) -> Result<(), String> {
@@ -84,7 +112,6 @@ async fn install(m: &Mirror, c: &tokio_postgres::Client) -> Result<(), String> {
         .map_err(|e| format!("{e:#}"))?;
     tracing::info!(
         tables = report.tables,
-        changed = report.tables_changed,
         upgraded = report.upgraded,
         "Change capture is installed on the old database."
     );

@@ -49,6 +49,9 @@ pub struct Txn {
     unconfirmed: BTreeMap<Arc<str>, u64>,
     /// Tables truncated by the same command, waiting for the next event.
     truncated: Vec<String>,
+    /// Keys whose images the secondary cannot read (a json value holding `\u0000`, which
+    /// `json_populate_recordset` refuses): re-synced by key through the retry log.
+    pub resync: Vec<(Arc<str>, String)>,
     pub prepared: Option<String>,
     /// Something happened that the retry log cannot describe: the transaction must not
     /// commit unless the secondary took everything.
@@ -58,7 +61,7 @@ pub struct Txn {
 impl Txn {
     /// The retry log must get records before the primary commits.
     pub fn needs_records(&self) -> bool {
-        self.broken.is_some() && self.events > 0
+        (self.broken.is_some() && self.events > 0) || !self.resync.is_empty()
     }
 }
 
@@ -241,7 +244,7 @@ impl MirrorSession {
             _ => &sql.write,
         };
         if table.has_key() {
-            let keys = if event.op == Op::DeleteKeys {
+            let keys: Vec<serde_json::Value> = if event.op == Op::DeleteKeys {
                 images
             } else {
                 images
@@ -249,6 +252,16 @@ impl MirrorSession {
                     .map(|image| key_of(image, &table.key))
                     .collect()
             };
+            if rows.contains("\\u0000") {
+                // Old may store it in json; the apply on new cannot read it back. These rows
+                // go by key, re-read from old by replay; the rest stays in lockstep.
+                self.txn.resync.extend(
+                    keys.into_iter()
+                        .map(|k| (table.shared_name.clone(), k.to_string())),
+                );
+                self.mirror.status.rows(&table.name, 0, n);
+                return;
+            }
             self.track_keys(table, keys);
         } else {
             self.keep_statement(
@@ -336,7 +349,9 @@ impl MirrorSession {
             self.txn.keys.len() + self.txn.overflow.len() + self.txn.statements.len(),
         );
         let mut seen = std::collections::HashSet::new();
-        for (table, key) in &self.txn.keys {
+        let broken = self.txn.broken.is_some();
+        let keys = self.txn.keys.iter().filter(|_| broken);
+        for (table, key) in keys.chain(&self.txn.resync) {
             if self.txn.overflow.contains_key(&**table) || !seen.insert((&**table, key.as_str())) {
                 continue;
             }
@@ -350,7 +365,7 @@ impl MirrorSession {
                 reason: reason.clone(),
             });
         }
-        for (table, why) in &self.txn.overflow {
+        for (table, why) in self.txn.overflow.iter().filter(|_| broken) {
             out.push(RetryRecord {
                 idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
                 kind: RecordKind::Table,
@@ -361,7 +376,7 @@ impl MirrorSession {
                 reason: why.clone(),
             });
         }
-        for (i, (sql, why)) in self.txn.statements.iter().enumerate() {
+        for (i, (sql, why)) in self.txn.statements.iter().enumerate().filter(|_| broken) {
             let o = Origin {
                 ordinal: i as u32 + 1,
                 ..origin.clone()

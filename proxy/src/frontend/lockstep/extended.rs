@@ -8,7 +8,7 @@ use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
 use crate::protocol::frontend::{FrontendMessage, Target};
 use crate::protocol::Frame;
-use switchyard_core::capture::{note_statement_sql, DEFER_SQL};
+use switchyard_core::capture::{note_statement_sql, refill_sql, DEFER_SQL};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Mediation<'_, '_, R, W>
@@ -78,13 +78,20 @@ where
                 if wrap || !claimed || reclaim {
                     self.claim_before_execute(wrap);
                 }
-                if let Plan::Ddl { secondary } = &*plan {
+                if let Plan::Ddl { secondary, .. } = &*plan {
                     // Noted first: rows the DDL writes come after it.
                     self.count_mode(secondary, "DDL", true);
                     self.inject(&note_statement_sql(secondary), Sink::Swallow);
                 }
                 self.send(frame.raw());
                 self.expect_execute();
+                if let Plan::Ddl {
+                    refill: Some(table),
+                    ..
+                } = &*plan
+                {
+                    self.inject(&refill_sql(table), Sink::Swallow);
+                }
             }
             Plan::Txn(TxnOp::Commit { .. }) if claimed => {
                 // How the statements before it ended decides the commit.

@@ -19,9 +19,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    /// Queues one statement through the extended protocol; its rows go to `sink`.
+    /// Queues one statement through the extended protocol; its rows go to `sink`. The
+    /// portal is closed first too: after an error, the previous statement's closing Close
+    /// was skipped, and its portal lives until the transaction ends.
     pub(super) fn inject(&mut self, sql: &str, sink: Sink) {
         for msg in [
+            FrontendMessage::Close {
+                target: Target::Portal,
+                name: OWN.into(),
+            },
             FrontendMessage::Close {
                 target: Target::Statement,
                 name: OWN.into(),
@@ -49,7 +55,7 @@ where
         ] {
             msg.encode(&mut self.to_primary);
         }
-        for _ in 0..3 {
+        for _ in 0..4 {
             self.expect.push(Expect::Swallow);
         }
         self.expect.push(Expect::Results {

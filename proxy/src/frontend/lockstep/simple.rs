@@ -7,7 +7,7 @@ use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
 use crate::protocol::{Frame, ProtocolError};
 use bytes::Bytes;
-use switchyard_core::capture::{note_statement_sql, DEFER_SQL};
+use switchyard_core::capture::{note_statement_sql, refill_sql, DEFER_SQL};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Mediation<'_, '_, R, W>
@@ -51,7 +51,7 @@ where
                 if wrap || !claimed || reclaim {
                     self.claim_before_query(wrap);
                 }
-                if let Plan::Ddl { secondary } = plan {
+                if let Plan::Ddl { secondary, .. } = plan {
                     self.count_mode(sql, "DDL", true);
                     // Noted first, so rows the DDL itself writes (CREATE TABLE AS) come after
                     // it; if the DDL fails, the note is rolled back with it.
@@ -63,6 +63,14 @@ where
                 } else {
                     Sink::Client
                 });
+                if let Plan::Ddl {
+                    refill: Some(table),
+                    ..
+                } = plan
+                {
+                    // The rewrite filled the rows with old's values: they follow as images.
+                    self.inject_query(&refill_sql(table));
+                }
                 self.settle().await?;
                 if wrap {
                     self.finish_wrapped().await?;
