@@ -426,6 +426,12 @@ async fn writes_outside_the_proxy_reach_new_and_are_counted() -> Result<()> {
          INSERT INTO loose VALUES (1, 'x'), (1, 'x'); DELETE FROM t WHERE id = 2; INSERT INTO t (id, v) VALUES (3, 'kept')",
     )?;
     c.batch_execute("CALL batches()").await?;
+    // A transaction that set the lockstep claim itself and committed without draining: its
+    // rows are left in the lockstep table, applied from there and counted.
+    on(
+        &s.pair.old,
+        "BEGIN; SET LOCAL switchyard.capture = lockstep; INSERT INTO t (id, v) VALUES (60, 'left over'); COMMIT",
+    )?;
     let admin = s.proxy.admin_addr().context("admin")?;
     poll_until_async(
         "the change log to be drained",
@@ -436,13 +442,20 @@ async fn writes_outside_the_proxy_reach_new_and_are_counted() -> Result<()> {
             let cap = &v["mirror"]["capture"];
             Ok((cap["log_backlog"] == 0
                 && cap["writes_outside_proxy"].as_u64() >= Some(5)
-                && cap["writes_outside_lockstep"].as_u64() >= Some(2))
+                && cap["writes_outside_lockstep"].as_u64() >= Some(3)
+                && cap["lockstep_leftovers"].as_u64() >= Some(1))
             .then_some(()))
         },
     )
     .await?;
     assert_same(&s.pair, &["t", "loose"])?;
     ensure!(on(&s.pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0");
+    ensure!(
+        on(
+            &s.pair.old,
+            "SELECT count(*) FROM _switchyard.capture_lockstep"
+        )? == "0"
+    );
     Ok(())
 }
 

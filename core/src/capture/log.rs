@@ -31,6 +31,8 @@ pub struct LogReport {
     pub statements: u64,
     /// Rows of tables that no longer exist, dropped without applying.
     pub gone: u64,
+    /// Of `events`, rows a claimed transaction committed without draining.
+    pub leftovers: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +128,77 @@ pub async fn drain_once(
     tables: &mut LogTables,
     limit: i64,
 ) -> Result<LogReport, LogError> {
+    let mut report = drain_from(claim, source, target, tables, limit, Source::Log).await?;
+    // Rows of the lockstep table are drained by their own transaction before it commits;
+    // one that committed with rows left (a write the proxy did not expect in a claimed
+    // transaction) is applied from here, and counted.
+    let leftovers = drain_from(
+        claim,
+        source,
+        target,
+        tables,
+        limit,
+        Source::LockstepLeftovers,
+    )
+    .await?;
+    report.leftovers = leftovers.events;
+    report.events += leftovers.events;
+    report.keys_resynced += leftovers.keys_resynced;
+    report.statements += leftovers.statements;
+    report.gone += leftovers.gone;
+    Ok(report)
+}
+
+/// Which table a pass drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Log,
+    LockstepLeftovers,
+}
+
+impl Source {
+    fn claim_sql(self) -> &'static str {
+        match self {
+            Source::Log => {
+                "SELECT l.id, l.xid::text, l.seq, l.relid, NULL::bigint, l.op::text, l.rows::text, l.via \
+                 FROM _switchyard.capture_log l ORDER BY l.id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+            Source::LockstepLeftovers => {
+                "SELECT l.seq, l.xid::text, l.seq, l.relid, NULL::bigint, l.op::text, l.rows::text, 'lockstep'::text \
+                 FROM _switchyard.capture_lockstep l ORDER BY l.seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+        }
+    }
+
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Source::Log => "DELETE FROM _switchyard.capture_log WHERE id = ANY($1)",
+            Source::LockstepLeftovers => {
+                "DELETE FROM _switchyard.capture_lockstep WHERE seq = ANY($1)"
+            }
+        }
+    }
+
+    /// The once-only mark of row `id` on the target.
+    fn mark(self, id: i64) -> String {
+        match self {
+            Source::Log => format!("log:{id}"),
+            Source::LockstepLeftovers => format!("lockstep:{id}"),
+        }
+    }
+}
+
+async fn drain_from(
+    claim: &mut Client,
+    source: &mut Client,
+    target: &mut Writer,
+    tables: &mut LogTables,
+    limit: i64,
+    from: Source,
+) -> Result<LogReport, LogError> {
     let tx = claim.transaction().await.map_err(LogError::Claim)?;
     let rows = tx
-        .query(
-            "SELECT l.id, l.xid::text, l.seq, l.relid, NULL::bigint, l.op::text, l.rows::text, l.via \
-             FROM _switchyard.capture_log l ORDER BY l.id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
-        )
+        .query(from.claim_sql(), &[&limit])
         .await
         .map_err(LogError::Claim)?;
     let mut report = LogReport::default();
@@ -182,7 +248,7 @@ pub async fn drain_once(
                 }
                 let group: Vec<(i64, &Event)> =
                     events[i..end].iter().map(|(id, e)| (*id, e)).collect();
-                apply_once(source, target, tables, &group).await?;
+                apply_once(source, target, tables, &group, from).await?;
                 report.statements += 1;
                 i = end;
             }
@@ -206,19 +272,16 @@ pub async fn drain_once(
                     })?;
                     keys.entry(e.relid).or_default().extend(k);
                 } else {
-                    apply_once(source, target, tables, &[(*id, e)]).await?;
+                    apply_once(source, target, tables, &[(*id, e)], from).await?;
                 }
                 i += 1;
             }
         }
     }
     flush_keys(source, target, tables, &mut keys, &mut report).await?;
-    tx.execute(
-        "DELETE FROM _switchyard.capture_log WHERE id = ANY($1)",
-        &[&ids],
-    )
-    .await
-    .map_err(LogError::Claim)?;
+    tx.execute(from.delete_sql(), &[&ids])
+        .await
+        .map_err(LogError::Claim)?;
     tx.commit().await.map_err(LogError::Claim)?;
     report.events = ids.len() as u64;
     Ok(report)
@@ -259,6 +322,7 @@ async fn apply_once(
     target: &mut Writer,
     tables: &mut LogTables,
     group: &[(i64, &Event)],
+    from: Source,
 ) -> Result<(), LogError> {
     let mut statements: Vec<(String, Option<String>)> = Vec::new();
     let mut truncated = Vec::new();
@@ -304,7 +368,7 @@ async fn apply_once(
         .transaction()
         .await
         .map_err(apply_err("a transaction"))?;
-    let marks: Vec<String> = group.iter().map(|(id, _)| format!("log:{id}")).collect();
+    let marks: Vec<String> = group.iter().map(|(id, _)| from.mark(*id)).collect();
     let fresh = tx
         .execute(
             "INSERT INTO _switchyard.applied_statements (idempotency_key) SELECT unnest($1::text[]) \

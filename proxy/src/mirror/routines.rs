@@ -14,6 +14,9 @@ pub struct Snapshot {
     writers: HashSet<String>,
     /// Procedures whose every overload is SQL or PL/pgSQL without COMMIT, ROLLBACK or CALL.
     plain: HashSet<String>,
+    /// A user constraint trigger is deferrable: it may write at COMMIT, so a commit fires
+    /// the deferred triggers before it drains the capture.
+    pub deferred_writers: bool,
 }
 
 impl Routines for Snapshot {
@@ -70,6 +73,13 @@ impl RoutineSet {
                 next.writers.insert(qualified);
             }
         }
+        next.deferred_writers = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgdeferrable AND NOT tgisinternal)",
+                &[],
+            )
+            .await?
+            .get(0);
         next.plain = procedures
             .into_iter()
             .filter_map(|(n, plain)| plain.then_some(n))

@@ -238,6 +238,8 @@ pub async fn log_loop(m: Arc<Mirror>) {
                             .fetch_add(r.outside_proxy, Ordering::Relaxed);
                         c.writes_outside_lockstep
                             .fetch_add(r.events - r.outside_proxy, Ordering::Relaxed);
+                        c.lockstep_leftovers
+                            .fetch_add(r.leftovers, Ordering::Relaxed);
                         metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "outside_proxy")
                             .increment(r.outside_proxy);
                         metrics::counter!(crate::metrics::CAPTURE_LOG_APPLIED_TOTAL, "via" => "proxy")

@@ -49,6 +49,9 @@ pub struct CaptureCounters {
     /// Of those, written through a proxy but outside lockstep (a procedure that commits by
     /// itself, a write the proxy did not recognise).
     pub writes_outside_lockstep: AtomicU64,
+    /// Of those, rows a claimed transaction committed without draining them (a write the
+    /// proxy did not expect there, such as a function it did not know writes).
+    pub lockstep_leftovers: AtomicU64,
     /// Why the change log could not be drained last time, if it could not.
     pub log_error: std::sync::Mutex<Option<String>>,
 }
@@ -62,6 +65,7 @@ pub struct CaptureSnapshot {
     pub log_applied: u64,
     pub writes_outside_proxy: u64,
     pub writes_outside_lockstep: u64,
+    pub lockstep_leftovers: u64,
     pub log_error: Option<String>,
 }
 
@@ -200,6 +204,7 @@ impl MirrorStatus {
                     .capture
                     .writes_outside_lockstep
                     .load(Ordering::Relaxed),
+                lockstep_leftovers: self.capture.lockstep_leftovers.load(Ordering::Relaxed),
                 log_error: self.capture.log_error.lock().ok().and_then(|e| e.clone()),
             },
         }

@@ -303,10 +303,7 @@ impl MirrorSession {
     /// PREPARE TRANSACTION on the secondary; false when the transaction has to be recorded.
     pub async fn prepare(&mut self) -> bool {
         self.flush_truncates().await;
-        if !self.txn.open {
-            return false;
-        }
-        if !self.sync().await {
+        if !self.txn.open || self.txn.broken.is_some() {
             return false;
         }
         let Some(xid) = self.txn.xid.clone() else {
@@ -315,25 +312,27 @@ impl MirrorSession {
             ));
             return false;
         };
+        // Sent behind the applies without waiting for them: one round trip for all. If an
+        // apply failed, the server ends the aborted transaction at PREPARE without preparing
+        // it, and the first error is what `sync` reports.
         let gid = gid_for(&xid);
-        match self
+        if let Err(e) = self
             .secondary
-            .execute(
+            .queue_batch(
                 "PREPARE TRANSACTION",
-                &format!("PREPARE TRANSACTION '{gid}'"),
+                format!("PREPARE TRANSACTION '{gid}'"),
             )
             .await
         {
-            Ok(()) => {
-                self.txn.open = false;
-                self.txn.prepared = Some(gid);
-                true
-            }
-            Err(e) => {
-                self.fail(&e);
-                false
-            }
+            self.fail(&e);
+            return false;
         }
+        if !self.sync().await {
+            return false;
+        }
+        self.txn.open = false;
+        self.txn.prepared = Some(gid);
+        true
     }
 
     /// The re-sync orders for everything this transaction changed, when the secondary did

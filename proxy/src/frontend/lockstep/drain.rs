@@ -24,12 +24,14 @@ where
 {
     pub(super) async fn drain(&mut self) -> Result<Drained, End> {
         // Deferred constraint triggers fire now rather than at COMMIT, so what they write is
-        // captured too (and a deferred constraint that fails, fails here, before anything
-        // reached the secondary).
-        self.inject(
-            "SET CONSTRAINTS ALL IMMEDIATE",
-            super::expect::Sink::Swallow,
-        );
+        // captured too (and one that fails, fails here, before anything reached the
+        // secondary). Where the database has none, nothing can write at COMMIT.
+        if self.ms.mirror.routines.current().deferred_writers {
+            self.inject(
+                "SET CONSTRAINTS ALL IMMEDIATE",
+                super::expect::Sink::Swallow,
+            );
+        }
         loop {
             let Some(rows) = self.query_rows(DRAIN_SQL).await? else {
                 return Ok(Drained::Failed);
