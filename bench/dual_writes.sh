@@ -33,7 +33,7 @@ REPLAY_SECS=${REPLAY_SECS:-10}
 DURABLE=${DURABLE:-0}
 SECTIONS=${SECTIONS:-"latency replay memory"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
-l_old=- l_new=- l_new2=- l_sy=- t_old=- t_new2=- t_ideal=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-
+phases=- l_old=- l_new=- l_new2=- l_sy=- t_old=- t_new2=- t_ideal=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-
 cpu_base=- wal_base=- cpu_sy=- wal_sy=-
 RECONCILER_BIN=${RECONCILER_BIN:-$BENCH_ROOT/target/release/switchyard-reconciler}
 DB=bench
@@ -90,6 +90,14 @@ bench_2pc() { # NAME PORT CLIENTS SECONDS
   for i in "${pids[@]}"; do wait "$i" || die "$name failed"; done
   awk '/^tps = / {s += $3} END {printf "%.1f", s}' "${outs[@]}"
 }
+# phase_ms METRICS_BEFORE METRICS_AFTER PHASE: ms per commit spent in PHASE in between.
+phase_ms() {
+  local k="{phase=\"$3\"}"
+  metric() { grep -F "$1$k " <<<"$2" | awk '{print $2}'; }
+  awk -v s0="$(metric switchyard_commit_phase_seconds_sum "$1")" -v s1="$(metric switchyard_commit_phase_seconds_sum "$2")" \
+      -v c0="$(metric switchyard_commit_phase_seconds_count "$1")" -v c1="$(metric switchyard_commit_phase_seconds_count "$2")" \
+      'BEGIN {if (c1 - c0 > 0) printf "%.3f", 1000 * (s1 - s0) / (c1 - c0); else print "-"}'
+}
 wal_lsn() { psql_at "$P_OLD" "$DB" -At -c "SELECT pg_current_wal_lsn()"; }
 wal_bytes() { psql_at "$P_OLD" "$DB" -At -c "SELECT pg_wal_lsn_diff('$2', '$1')"; }
 # Old's CPU ms and WAL bytes per transaction while OUT's pgbench ran: MEASURED_CMD prints OUT.
@@ -130,7 +138,13 @@ if has latency; then
   log "through the proxy: warm-up"
   bench warm-sy "$P_SY" 4 5 >/dev/null
   log "through the proxy: 1 client, $DURATION s"
+  m0=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
   l_sy=$(pgbench_latency_ms "$(bench c1-sy "$P_SY" 1 "$DURATION")")
+  m1=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
+  # Where a 1-client commit's time goes: ms per commit in each phase of the protocol.
+  phases=$(for ph in drain prepare record commit_primary; do
+    printf '%s %s ' "$ph" "$(phase_ms "$m0" "$m1" "$ph")"
+  done)
   log "through the proxy: 8 clients, measuring old's CPU and WAL"
   t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
   o=$(bench c8-sy "$P_SY" 8 "$DURATION")
@@ -180,6 +194,7 @@ printf '%-52s %12s\n' "1-client latency, old direct, no capture (ms)" "$l_old"
 printf '%-52s %12s\n' "1-client latency, new direct (ms)" "$l_new"
 printf '%-52s %12s\n' "1-client latency, new direct with 2PC (ms)" "$l_new2"
 printf '%-52s %12s\n' "1-client latency, through proxy (ms)" "$l_sy"
+printf '%-52s %s\n' "1-client commit phases (ms per commit)" "$phases"
 printf '%-52s %12s\n' "proxy / (old + new)  [target <= 1.25]" "$(awk -v s="$l_sy" -v a="$l_old" -v b="$l_new" 'BEGIN {if (a + b > 0) printf "%.2f", s / (a + b); else print "-"}')"
 printf '%-52s %12s\n' "8-client TPS, old direct alone" "$t_old"
 printf '%-52s %12s\n' "8-client TPS, ideal (old + new with 2PC at once)" "$t_ideal"

@@ -319,19 +319,6 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
           json_build_object('sql', sql, 'search_path', path));
 $f$;
 
--- Before a client's own PREPARE TRANSACTION: its outcome is decided later, possibly by
--- another session, so its changes go to the durable log, committed (or not) with it.
-CREATE OR REPLACE FUNCTION _switchyard.defer() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-BEGIN
-  IF pg_current_xact_id_if_assigned() IS NULL THEN
-    RETURN;
-  END IF;
-  WITH d AS (DELETE FROM _switchyard.capture_lockstep c
-             WHERE c.xid = pg_current_xact_id_if_assigned() RETURNING c.*)
-  INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
-  SELECT d.xid, d.seq, d.relid, d.op, d.rows, current_setting('switchyard.session', true) FROM d;
-END $f$;
 
 -- Puts the capture triggers on a table (or rebuilds them when its primary key changed),
 -- and gives it a new version when `bump` or when something changed. False when the table

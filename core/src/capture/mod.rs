@@ -40,10 +40,6 @@ pub const DRAIN_PAGE: i32 = 32;
 pub const DRAIN_SQL: &str =
     "SELECT xid::text, seq, relid, version, op, rows::text FROM _switchyard.drain(32)";
 
-/// Moves the current transaction's lockstep rows into the durable log (before a client's own
-/// PREPARE TRANSACTION: its outcome is decided later, elsewhere).
-pub const DEFER_SQL: &str = "SELECT _switchyard.defer()";
-
 /// Records a statement mirrored as text (DDL) at its place among the transaction's rows.
 pub fn note_statement_sql(sql: &str) -> String {
     format!(

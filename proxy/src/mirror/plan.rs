@@ -34,6 +34,9 @@ pub enum Plan {
     Pass,
     /// May change rows: its transaction is claimed for lockstep capture first.
     Write,
+    /// COPY ... FROM: a write whose data follows the statement (nothing may be sent behind
+    /// it before the data).
+    CopyFrom,
     /// DDL, mirrored as text at its place among the transaction's changes. `secondary` is
     /// the text for the secondary: the statement itself, or for CREATE TABLE AS the table
     /// without its rows (they arrive captured). `refill` names a table the statement
@@ -198,7 +201,7 @@ fn plan_one(
                 Plan::Pass
             }
         }
-        NodeEnum::CopyStmt(c) if c.is_from => Plan::Write,
+        NodeEnum::CopyStmt(c) if c.is_from => Plan::CopyFrom,
         NodeEnum::CreateTableAsStmt(c)
             if c.into
                 .as_ref()
@@ -494,7 +497,7 @@ mod tests {
             p("WITH d AS (DELETE FROM a RETURNING *) SELECT * FROM d"),
             Plan::Write
         );
-        assert_eq!(p("COPY t FROM STDIN"), Plan::Write);
+        assert_eq!(p("COPY t FROM STDIN"), Plan::CopyFrom);
         assert_eq!(p("COPY t TO STDOUT"), Plan::Pass);
         assert_eq!(p("TRUNCATE t"), Plan::Write);
         assert_eq!(p("SELECT * FROM t FOR UPDATE"), Plan::Pass);

@@ -35,6 +35,9 @@ pub struct Txn {
     pub xid: Option<String>,
     /// Events applied or recorded.
     pub events: u64,
+    /// Savepoints open in the client's transaction, oldest first: the secondary's
+    /// transaction follows them (replayed at its BEGIN when it opens later).
+    savepoints: Vec<(String, usize)>,
     /// A statement (DDL) was among them.
     pub had_statements: bool,
     /// Keys touched, as compact JSON text with a shared table name: up to
@@ -124,7 +127,12 @@ impl MirrorSession {
             return false;
         }
         if !self.txn.open {
-            match self.secondary.queue_batch("BEGIN", "BEGIN".into()).await {
+            let mut sql = String::from("BEGIN");
+            for (sp, _) in &self.txn.savepoints {
+                sql.push_str("; SAVEPOINT ");
+                sql.push_str(&switchyard_core::ident::quote_ident(sp));
+            }
+            match self.secondary.queue_batch("BEGIN", sql).await {
                 Ok(()) => self.txn.open = true,
                 Err(e) => {
                     self.fail(&e);
@@ -276,6 +284,56 @@ impl MirrorSession {
             .or_default() += n;
         let statement: Arc<str> = Arc::from(statement);
         self.send(statement, rows).await;
+    }
+
+    /// The savepoints the client's transaction has open, for a secondary transaction not
+    /// open yet: its BEGIN opens them too.
+    pub fn start_with(&mut self, savepoints: Vec<String>) {
+        if !self.txn.open {
+            self.txn.savepoints = savepoints.into_iter().map(|s| (s, 0)).collect();
+        }
+    }
+
+    /// A SAVEPOINT, RELEASE or ROLLBACK TO the primary took: the secondary's transaction
+    /// does the same at the same place among the changes.
+    pub async fn savepoint_op(&mut self, op: &super::plan::TxnOp) {
+        use super::plan::TxnOp;
+        let q = switchyard_core::ident::quote_ident;
+        // Until the secondary's transaction opens, the session's list is what it starts
+        // with (`start_with`). Once open, each savepoint also remembers how many statement
+        // records came before it: a rollback to it drops the later ones (their rows are gone
+        // on the primary too).
+        if !self.txn.open {
+            return;
+        }
+        let sql = match op {
+            TxnOp::Savepoint(n) => {
+                self.txn
+                    .savepoints
+                    .push((n.clone(), self.txn.statements.len()));
+                format!("SAVEPOINT {}", q(n))
+            }
+            TxnOp::Release(n) => {
+                if let Some(i) = self.txn.savepoints.iter().rposition(|(s, _)| s == n) {
+                    self.txn.savepoints.truncate(i);
+                }
+                format!("RELEASE SAVEPOINT {}", q(n))
+            }
+            TxnOp::RollbackTo(n) => {
+                if let Some(i) = self.txn.savepoints.iter().rposition(|(s, _)| s == n) {
+                    let kept = self.txn.savepoints[i].1;
+                    self.txn.statements.truncate(kept);
+                    self.txn.savepoints.truncate(i + 1);
+                }
+                format!("ROLLBACK TO SAVEPOINT {}", q(n))
+            }
+            _ => return,
+        };
+        if self.txn.open && self.txn.broken.is_none() {
+            if let Err(e) = self.secondary.queue_batch("SAVEPOINT", sql).await {
+                self.fail(&e);
+            }
+        }
     }
 
     /// Waits for the queued secondary work; false (and the transaction marked broken) if any

@@ -156,6 +156,28 @@ where
         }
     }
 
+    /// The client prepares its transaction itself (PREPARE TRANSACTION): the outcome is
+    /// decided later, possibly by another session. What the secondary holds is dropped and
+    /// every change goes as re-sync orders recorded in the transaction, committed (or not)
+    /// with it. False when they could not be recorded: the transaction is then rolled back
+    /// with the reason.
+    pub(super) async fn before_client_prepare(&mut self, simple: bool) -> Result<bool, End> {
+        self.up.set_dirty(true);
+        if let Drained::Failed = self.drain().await? {
+            self.primary_refused(simple).await?;
+            return Ok(false);
+        }
+        self.ms
+            .abandon("the client prepares the transaction itself (PREPARE TRANSACTION)");
+        if self.ms.txn.unrecordable.is_some()
+            || (self.ms.txn.needs_records() && !self.write_records().await?)
+        {
+            self.fail_commit(simple).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// DDL committed: functions and procedures may have changed, and with them the plans.
     async fn refresh_routines(&mut self) {
         let mirror = self.ms.mirror.clone();

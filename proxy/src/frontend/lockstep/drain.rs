@@ -22,21 +22,70 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    /// The drain at commit: deferred triggers fire first where the database has any, then
+    /// whatever the transaction captured since its last drain is applied. Skipped when
+    /// nothing can have been captured since (every write was drained as it ran).
     pub(super) async fn drain(&mut self) -> Result<Drained, End> {
+        let deferred = self.ms.mirror.routines.current().deferred_writers;
+        if !deferred && !self.up.dirty() {
+            return Ok(Drained::Done);
+        }
         // Deferred constraint triggers fire now rather than at COMMIT, so what they write is
         // captured too (and one that fails, fails here, before anything reached the
-        // secondary). Where the database has none, nothing can write at COMMIT.
-        if self.ms.mirror.routines.current().deferred_writers {
+        // secondary).
+        if deferred {
             self.inject(
                 "SET CONSTRAINTS ALL IMMEDIATE",
                 super::expect::Sink::Swallow,
             );
         }
+        self.queue_drain();
+        self.settle().await?;
+        self.apply_drained().await
+    }
+
+    /// After a settle: applies what an eager drain returned. A drain that failed in a live
+    /// transaction leaves it unable to commit (with a clear error at its commit).
+    pub(super) async fn drained(&mut self) -> Result<(), End> {
+        if let Drained::Failed = self.apply_drained().await? {
+            let detail = self
+                .swallowed
+                .take()
+                .map(|e| e.message().to_string())
+                .unwrap_or_default();
+            self.unreadable(&format!("reading the captured changes: {detail}"));
+        }
+        Ok(())
+    }
+
+    /// Asks for the next page of the transaction's captured changes, behind whatever was
+    /// sent before it (its answer is read by the next `settle`).
+    pub(super) fn queue_drain(&mut self) {
+        self.swallowed = None;
+        self.inject(DRAIN_SQL, super::expect::Sink::Rows);
+        self.draining = true;
+    }
+
+    /// Applies the page a queued drain returned (and the pages after it) to the secondary,
+    /// without waiting for the secondary. Failed when the drain itself failed in a live
+    /// transaction; a transaction already failed on the primary has nothing to apply.
+    pub(super) async fn apply_drained(&mut self) -> Result<Drained, End> {
+        if !std::mem::take(&mut self.draining) {
+            return Ok(Drained::Done);
+        }
         loop {
-            let Some(rows) = self.query_rows(DRAIN_SQL).await? else {
+            if self.swallowed.is_some() {
+                if self.status == b'E' || self.error_seen {
+                    self.swallowed = None;
+                    return Ok(Drained::Done);
+                }
                 return Ok(Drained::Failed);
-            };
+            }
+            let rows = std::mem::take(&mut self.rows);
             let n = rows.len();
+            if n > 0 && !self.ms.txn.open {
+                self.ms.start_with(self.up.savepoints());
+            }
             for row in rows {
                 let values: Vec<Option<&[u8]>> = row.iter().map(|v| v.as_deref()).collect();
                 let event = match Event::from_text(&values) {
@@ -64,8 +113,12 @@ where
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::CAPTURE_EVENTS_TOTAL).increment(n as u64);
             if n < DRAIN_PAGE as usize {
+                self.up.set_dirty(false);
                 return Ok(Drained::Done);
             }
+            self.queue_drain();
+            self.draining = false;
+            self.settle().await?;
         }
     }
 

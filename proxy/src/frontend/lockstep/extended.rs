@@ -8,7 +8,7 @@ use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
 use crate::protocol::frontend::{FrontendMessage, Target};
 use crate::protocol::Frame;
-use switchyard_core::capture::{note_statement_sql, refill_sql, DEFER_SQL};
+use switchyard_core::capture::{note_statement_sql, refill_sql};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Mediation<'_, '_, R, W>
@@ -45,6 +45,7 @@ where
             FrontendMessage::Flush => {
                 self.send(frame.raw());
                 self.settle().await?;
+                self.drained().await?;
                 self.flush_all().await?;
             }
             FrontendMessage::FunctionCall(call)
@@ -73,7 +74,7 @@ where
         self.up.note_execute(&frame);
         let (claimed, reclaim) = self.up.claimed();
         match &*plan {
-            Plan::Write | Plan::Ddl { .. } if self.status != b'E' => {
+            Plan::Write | Plan::CopyFrom | Plan::Ddl { .. } if self.status != b'E' => {
                 let wrap = self.status == b'I';
                 if wrap || !claimed || reclaim {
                     self.claim_before_execute(wrap);
@@ -92,10 +93,28 @@ where
                 {
                     self.inject(&refill_sql(table), Sink::Swallow);
                 }
+                if self.wrapped || *plan == Plan::CopyFrom {
+                    self.up.set_dirty(true);
+                } else {
+                    self.queue_drain();
+                }
+            }
+            Plan::Txn(op @ (TxnOp::Savepoint(_) | TxnOp::Release(_) | TxnOp::RollbackTo(_)))
+                if claimed =>
+            {
+                // In order with the changes drained before it.
+                self.settle().await?;
+                self.drained().await?;
+                self.send(frame.raw());
+                self.expect_execute();
+                if !self.failed {
+                    self.ms.savepoint_op(op).await;
+                }
             }
             Plan::Txn(TxnOp::Commit { .. }) if claimed => {
                 // How the statements before it ended decides the commit.
                 self.settle().await?;
+                self.drained().await?;
                 if !self.failed && self.status == b'T' {
                     self.commit(super::commit::CommitHow::Client {
                         raw: frame.raw().clone(),
@@ -108,9 +127,25 @@ where
                 }
             }
             Plan::Txn(TxnOp::Prepare) if claimed => {
-                self.inject(DEFER_SQL, Sink::Swallow);
+                self.settle().await?;
+                self.drained().await?;
+                if !self.failed && self.status == b'T' && self.before_client_prepare(false).await? {
+                    self.send(frame.raw());
+                    self.expect_execute();
+                    self.settle().await?;
+                    self.ms.finish(false).await;
+                } else if !self.failed {
+                    self.send(frame.raw());
+                    self.expect_execute();
+                }
+            }
+            Plan::Txn(TxnOp::Rollback | TxnOp::Commit { .. }) if claimed => {
+                // Ends without a lockstep commit (rolled back, or failed before): so does the
+                // secondary's transaction.
                 self.send(frame.raw());
                 self.expect_execute();
+                self.ms.finish(false).await;
+                self.up.set_claimed(false);
             }
             Plan::Txn(TxnOp::Begin) => {
                 self.send(frame.raw());
@@ -119,6 +154,7 @@ where
             }
             Plan::Rejected { reason } => {
                 self.settle().await?;
+                self.drained().await?;
                 error_response(&mut self.out, &rejected(reason));
                 self.error_seen = true;
                 self.failed = true;
@@ -146,6 +182,7 @@ where
             forward: !self.wrapped,
         });
         self.settle().await?;
+        self.drained().await?;
         if self.wrapped {
             self.finish_wrapped().await?;
         }

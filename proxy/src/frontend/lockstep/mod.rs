@@ -54,6 +54,8 @@ pub(super) struct Mediation<'m, 'a, R, W> {
     rows: Vec<Vec<Option<Bytes>>>,
     /// The error an injected statement got.
     swallowed: Option<ErrorFields>,
+    /// A drain was sent; its rows are applied after the next `settle`.
+    draining: bool,
     /// The ReadyForQuery of the current Query was already written.
     ready_sent: bool,
     max: usize,
@@ -87,6 +89,7 @@ where
         held: Vec::new(),
         rows: Vec::new(),
         swallowed: None,
+        draining: false,
         ready_sent: false,
         max,
     };
@@ -104,6 +107,11 @@ where
     W: AsyncWrite + Unpin,
 {
     async fn run(&mut self) -> Result<(), End> {
+        if self.status == b'I' && self.ms.txn.open {
+            // The primary's transaction ended without the proxy (the session's state says
+            // so): the secondary's must not outlive it.
+            self.ms.finish(false).await;
+        }
         if self.up.batch_open {
             // Part of this batch already went through the passthrough; a Sync of our own
             // separates its answers from what this module sends next.

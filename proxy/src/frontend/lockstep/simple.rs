@@ -7,7 +7,7 @@ use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
 use crate::protocol::{Frame, ProtocolError};
 use bytes::Bytes;
-use switchyard_core::capture::{note_statement_sql, refill_sql, DEFER_SQL};
+use switchyard_core::capture::{note_statement_sql, refill_sql};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Mediation<'_, '_, R, W>
@@ -46,7 +46,7 @@ where
     ) -> Result<(), End> {
         let (claimed, reclaim) = self.up.claimed();
         match plan {
-            Plan::Write | Plan::Ddl { .. } if self.status != b'E' => {
+            Plan::Write | Plan::CopyFrom | Plan::Ddl { .. } if self.status != b'E' => {
                 let wrap = self.status == b'I';
                 if wrap || !claimed || reclaim {
                     self.claim_before_query(wrap);
@@ -71,20 +71,45 @@ where
                     // The rewrite filled the rows with old's values: they follow as images.
                     self.inject_query(&refill_sql(table));
                 }
+                if self.wrapped || *plan == Plan::CopyFrom {
+                    // A transaction the proxy opened drains at its commit, just after; behind a
+                    // COPY only its data may come.
+                    self.up.set_dirty(true);
+                } else {
+                    // Drained right behind the statement, in the same round trip: its changes
+                    // reach the secondary while the client goes on.
+                    self.queue_drain();
+                }
                 self.settle().await?;
+                self.drained().await?;
                 if wrap {
                     self.finish_wrapped().await?;
+                }
+            }
+            Plan::Txn(op @ (TxnOp::Savepoint(_) | TxnOp::Release(_) | TxnOp::RollbackTo(_)))
+                if claimed =>
+            {
+                self.pass(raw, hold).await?;
+                if !self.error_seen {
+                    self.ms.savepoint_op(op).await;
                 }
             }
             Plan::Txn(TxnOp::Commit { .. }) if claimed && self.status == b'T' => {
                 self.commit(super::commit::CommitHow::Client { raw, simple: true })
                     .await?;
             }
-            Plan::Txn(TxnOp::Prepare) if claimed => {
-                // Decided later, possibly elsewhere: its changes go to the durable log and
-                // commit (or not) with it.
-                self.inject_query(DEFER_SQL);
+            Plan::Txn(TxnOp::Prepare) if claimed && self.status == b'T' => {
+                if self.before_client_prepare(true).await? {
+                    self.pass(raw, hold).await?;
+                    self.ms.finish(false).await;
+                }
+            }
+            Plan::Txn(TxnOp::Rollback | TxnOp::Commit { .. } | TxnOp::Prepare) if claimed => {
+                // The transaction ends without a lockstep commit (rolled back, or failed
+                // before): so does the secondary's.
                 self.pass(raw, hold).await?;
+                self.ms.finish(false).await;
+                self.up.set_claimed(false);
             }
             Plan::Rejected { reason } => {
                 error_response(&mut self.out, &rejected(reason));

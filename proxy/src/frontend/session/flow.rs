@@ -17,6 +17,12 @@ pub(crate) struct Flow {
     /// The claim may have been undone (ROLLBACK TO a savepoint older than it, RESET ALL):
     /// the next write claims again.
     pub reclaim: bool,
+    /// A statement the proxy did not drain behind ran in the claimed transaction (a FETCH,
+    /// a SET...): the commit drains once more before it prepares.
+    pub dirty: bool,
+    /// Savepoints open in the current transaction, oldest first (whether claimed or not):
+    /// the secondary's transaction starts with them.
+    pub savepoints: Vec<String>,
 }
 
 impl Flow {
@@ -26,6 +32,8 @@ impl Flow {
             txn_status: b'I',
             claimed: false,
             reclaim: false,
+            dirty: false,
+            savepoints: Vec::new(),
         }
     }
 
@@ -39,6 +47,8 @@ impl Flow {
         if status == b'I' {
             self.claimed = false;
             self.reclaim = false;
+            self.dirty = false;
+            self.savepoints.clear();
         }
     }
 }

@@ -32,6 +32,39 @@ impl<R> Upstream<'_, R> {
         }
     }
 
+    pub(in crate::frontend) fn dirty(&self) -> bool {
+        self.flow.lock().map(|f| f.dirty).unwrap_or(true)
+    }
+
+    pub(in crate::frontend) fn set_dirty(&self, dirty: bool) {
+        if let Ok(mut f) = self.flow.lock() {
+            f.dirty = dirty;
+        }
+    }
+
+    /// A statement passes through a claimed transaction undrained: unless it is a plain
+    /// read, the commit drains once more.
+    fn passing(&self, classes: &[crate::classify::Classified]) {
+        if classes
+            .iter()
+            .any(|c| !matches!(c.class, StatementClass::Read | StatementClass::Transaction))
+        {
+            if let Ok(mut f) = self.flow.lock() {
+                if f.claimed {
+                    f.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn set_dirty_if_claimed(&self) {
+        if let Ok(mut f) = self.flow.lock() {
+            if f.claimed {
+                f.dirty = true;
+            }
+        }
+    }
+
     fn mark_reclaim(&self) {
         if let Ok(mut f) = self.flow.lock() {
             if f.claimed {
@@ -40,26 +73,70 @@ impl<R> Upstream<'_, R> {
         }
     }
 
+    /// The savepoints open in the current transaction, oldest first.
+    pub(in crate::frontend) fn savepoints(&self) -> Vec<String> {
+        self.flow
+            .lock()
+            .map(|f| f.savepoints.clone())
+            .unwrap_or_default()
+    }
+
+    /// Follows the transaction's savepoints, mediated or not.
+    fn track_savepoint(&self, op: &TxnOp) {
+        let Ok(mut f) = self.flow.lock() else {
+            return;
+        };
+        match op {
+            TxnOp::Savepoint(n) => f.savepoints.push(n.clone()),
+            TxnOp::Release(n) => {
+                if let Some(i) = f.savepoints.iter().rposition(|s| s == n) {
+                    f.savepoints.truncate(i);
+                }
+            }
+            TxnOp::RollbackTo(n) => {
+                if let Some(i) = f.savepoints.iter().rposition(|s| s == n) {
+                    f.savepoints.truncate(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Whether a statement with this plan needs the mediator now.
     pub(in crate::frontend) fn needs(&self, plan: &Plan) -> bool {
+        if let Plan::Txn(op) = plan {
+            self.track_savepoint(op);
+        }
         let (claimed, reclaim) = self.claimed();
         match plan {
             Plan::Pass
             | Plan::Flagged { .. }
             | Plan::SelfCommitting
-            | Plan::Txn(
-                TxnOp::Begin
-                | TxnOp::Savepoint(_)
-                | TxnOp::Release(_)
-                | TxnOp::Rollback
-                | TxnOp::FinishPrepared,
-            ) => false,
-            Plan::ResetsClaim | Plan::Txn(TxnOp::RollbackTo(_)) => {
+            | Plan::Txn(TxnOp::Begin | TxnOp::FinishPrepared) => false,
+            Plan::ResetsClaim => {
                 self.mark_reclaim();
                 false
             }
-            Plan::Write => !claimed || reclaim,
-            Plan::Txn(TxnOp::Commit { .. } | TxnOp::Prepare) => claimed,
+            // Every write: the mediator drains its changes right behind it, so they reach
+            // the secondary while the client goes on.
+            Plan::Write | Plan::CopyFrom => {
+                let _ = reclaim;
+                true
+            }
+            // The secondary's transaction follows the claimed one's savepoints.
+            Plan::Txn(TxnOp::RollbackTo(_)) => {
+                self.mark_reclaim();
+                claimed
+            }
+            // A claimed transaction's secondary may hold changes: however it ends, the
+            // proxy ends the secondary's too.
+            Plan::Txn(
+                TxnOp::Commit { .. }
+                | TxnOp::Rollback
+                | TxnOp::Prepare
+                | TxnOp::Savepoint(_)
+                | TxnOp::Release(_),
+            ) => claimed,
             Plan::Ddl { .. } | Plan::Rejected { .. } | Plan::Multi(_) => true,
         }
     }
@@ -138,10 +215,20 @@ impl<R> Upstream<'_, R> {
                 false
             }
             b'E' => match cstr(body) {
-                Some((portal, _)) => match self.portal_plans.get(&portal).cloned() {
-                    Some(plan) => self.needs(&plan),
-                    None => false,
-                },
+                Some((portal, _)) => {
+                    let needed = match self.portal_plans.get(&portal).cloned() {
+                        Some(plan) => self.needs(&plan),
+                        None => false,
+                    };
+                    if !needed {
+                        match self.portals.get(&portal).cloned() {
+                            Some(classes) => self.passing(&classes),
+                            // Bound in this very batch: not classified yet; assume it may write.
+                            None => self.set_dirty_if_claimed(),
+                        }
+                    }
+                    needed
+                }
                 None => false,
             },
             b'F' => self.function_call_needs_mediation(start, end),
@@ -171,6 +258,7 @@ impl<R> Upstream<'_, R> {
         let needed = self.needs(&plan);
         if !needed {
             self.count_passed(&plan, sql);
+            self.passing(&classes);
         }
         needed
     }
