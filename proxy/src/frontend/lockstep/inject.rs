@@ -1,7 +1,8 @@
 //! Statements of the proxy's own on the client's primary connection. In the middle of an
 //! extended batch they go through the extended protocol under a statement and portal name
-//! of the proxy's (so the client's unnamed ones survive), ended by Flush, not Sync; in front
-//! of a client's Query, as a Query of their own.
+//! of the proxy's (so the client's unnamed ones survive), ended by Flush, not Sync (the
+//! client's Sync ends them); while serving a client's Query, as Queries of their own, so
+//! the server is idle (not waiting for a Sync) when the client is.
 
 use super::expect::{Expect, Sink};
 use super::Mediation;
@@ -23,6 +24,16 @@ where
     /// portal is closed first too: after an error, the previous statement's closing Close
     /// was skipped, and its portal lives until the transaction ends.
     pub(super) fn inject(&mut self, sql: &str, sink: Sink) {
+        if self.in_query {
+            self.send(&super::query_frame(sql));
+            self.expect.push(Expect::Results {
+                sink,
+                until_ready: true,
+                injected: true,
+            });
+            self.expect.push(Expect::Ready { forward: false });
+            return;
+        }
         for msg in [
             FrontendMessage::Close {
                 target: Target::Portal,

@@ -58,6 +58,8 @@ pub(super) struct Mediation<'m, 'a, R, W> {
     draining: bool,
     /// The ReadyForQuery of the current Query was already written.
     ready_sent: bool,
+    /// The request is a simple-protocol Query (the proxy's statements go as Queries too).
+    in_query: bool,
     max: usize,
 }
 
@@ -91,6 +93,7 @@ where
         swallowed: None,
         draining: false,
         ready_sent: false,
+        in_query: false,
         max,
     };
     let result = m.run().await;
@@ -128,6 +131,7 @@ where
         }
         let mut frame = self.client_frame().await?;
         if frame.tag() == b'Q' {
+            self.in_query = true;
             return self.query(frame).await;
         }
         loop {
@@ -136,7 +140,10 @@ where
                 b'X' => return Err(End::ClientTerminated),
                 // A Query inside an unfinished batch: the server takes it as the batch's
                 // end; so does the proxy.
-                b'Q' => return self.query(frame).await,
+                b'Q' => {
+                    self.in_query = true;
+                    return self.query(frame).await;
+                }
                 _ if self.failed => {}
                 _ => self.extended(frame).await?,
             }

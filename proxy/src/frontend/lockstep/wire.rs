@@ -27,8 +27,10 @@ where
     pub(super) async fn flush_primary(&mut self) -> Result<(), End> {
         if !self.to_primary.is_empty() {
             // The server holds extended-protocol results until a Flush or Sync; the proxy
-            // waits for them now, whatever the client will send later.
-            if !self.to_primary.ends_with(b"S\0\0\0\x04") {
+            // waits for them now, whatever the client will send later. Behind anything else
+            // a Flush would be a message of its own: read while the server is idle, it stops
+            // the idle-in-transaction timer, and nothing starts it again.
+            if ends_extended(&self.to_primary) {
                 self.to_primary.put_slice(b"H\0\0\0\x04");
             }
             let chunk = self.to_primary.split();
@@ -160,7 +162,11 @@ where
                     needs_sync,
                 } => {
                     if injected {
-                        self.swallowed = Some(decode_error(&f));
+                        // The first error is the cause; statements queued behind it (as
+                        // Queries, which an error does not skip) fail only because of it.
+                        if self.swallowed.is_none() {
+                            self.swallowed = Some(decode_error(&f));
+                        }
                     } else {
                         self.relay_error(f.raw());
                         self.failed = true;
@@ -221,9 +227,40 @@ where
     }
 }
 
+/// The last message in `buf` is an extended-protocol one whose results the server holds
+/// back until a Flush or Sync.
+fn ends_extended(buf: &[u8]) -> bool {
+    let mut last = None;
+    let mut at = 0;
+    while let Some(len) = buf.get(at + 1..at + 5) {
+        last = buf.get(at).copied();
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        at += 1 + len;
+    }
+    matches!(last, Some(b'P' | b'B' | b'E' | b'D' | b'C'))
+}
+
 pub(super) fn decode_error(f: &Frame) -> ErrorFields {
     match crate::protocol::backend::BackendMessage::decode(f) {
         Ok(crate::protocol::backend::BackendMessage::ErrorResponse(e)) => e,
         _ => ErrorFields::new("ERROR", "XX000", "unreadable error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_extended;
+
+    #[test]
+    fn a_flush_goes_only_behind_extended_messages() {
+        let query = b"Q\0\0\0\x0eSELECT 1;\0";
+        let execute = b"E\0\0\0\x09\0\0\0\0\0";
+        let sync = b"S\0\0\0\x04";
+        assert!(!ends_extended(query));
+        assert!(ends_extended(execute));
+        assert!(!ends_extended(&[&execute[..], sync].concat()));
+        assert!(ends_extended(&[&query[..], execute].concat()));
+        assert!(!ends_extended(&[&execute[..], query].concat()));
+        assert!(!ends_extended(b""));
     }
 }
