@@ -162,7 +162,7 @@ where
     /// with it. False when they could not be recorded: the transaction is then rolled back
     /// with the reason.
     pub(super) async fn before_client_prepare(&mut self, simple: bool) -> Result<bool, End> {
-        self.up.set_dirty(true);
+        self.up.note_undrained();
         if let Drained::Failed = self.drain().await? {
             self.primary_refused(simple).await?;
             return Ok(false);

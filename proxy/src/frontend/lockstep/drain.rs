@@ -9,6 +9,14 @@ use std::sync::Arc;
 use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Write statements a claimed transaction runs before the proxy drains behind one. Each
+/// drain is a statement on the primary (about 60 µs of its CPU, measured with pgbench
+/// scripts against old directly) and a page for the proxy to read; draining at commit only
+/// costs one per transaction but leaves all of new's work to the commit. Every few
+/// statements bounds what the commit still has to carry, and a transaction of a few writes
+/// (most of them) drains once. `docs/benchmarks.md` has the comparison.
+const EAGER_DRAIN_EVERY: u32 = 8;
+
 /// How the drain ended.
 pub(super) enum Drained {
     /// Every change reached the secondary transaction (or its records).
@@ -27,7 +35,7 @@ where
     /// nothing can have been captured since (every write was drained as it ran).
     pub(super) async fn drain(&mut self) -> Result<Drained, End> {
         let deferred = self.ms.mirror.routines.current().deferred_writers;
-        if !deferred && !self.up.dirty() {
+        if !deferred && self.up.undrained() == 0 {
             return Ok(Drained::Done);
         }
         // Deferred constraint triggers fire now rather than at COMMIT, so what they write is
@@ -42,6 +50,31 @@ where
         self.queue_drain();
         self.settle().await?;
         self.apply_drained().await
+    }
+
+    /// A write statement was queued: drains behind it, in the same round trip, once enough
+    /// statements are undrained. A transaction the proxy opened drains at its commit, just
+    /// after; behind a COPY only its data may come.
+    pub(super) fn after_write(&mut self, copy: bool) {
+        let n = self.up.note_undrained();
+        if !self.wrapped && !copy && n >= EAGER_DRAIN_EVERY {
+            self.queue_drain();
+        }
+    }
+
+    /// Before a SAVEPOINT reaches new: the changes made before it must be there first, or a
+    /// later ROLLBACK TO it would undo them on new but not on old. (Undrained changes are
+    /// then always newer than every open savepoint, so RELEASE and ROLLBACK TO need no
+    /// drain: what ROLLBACK TO undoes on old never reaches new.)
+    pub(super) async fn drain_before_savepoint(&mut self) -> Result<(), End> {
+        self.settle().await?;
+        self.drained().await?;
+        if self.up.undrained() > 0 && !self.failed && self.status == b'T' {
+            self.queue_drain();
+            self.settle().await?;
+            self.drained().await?;
+        }
+        Ok(())
     }
 
     /// After a settle: applies what an eager drain returned. A drain that failed in a live
@@ -113,7 +146,7 @@ where
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::CAPTURE_EVENTS_TOTAL).increment(n as u64);
             if n < DRAIN_PAGE as usize {
-                self.up.set_dirty(false);
+                self.up.set_drained();
                 return Ok(Drained::Done);
             }
             self.queue_drain();

@@ -93,18 +93,18 @@ where
                 {
                     self.inject(&refill_sql(table), Sink::Swallow);
                 }
-                if self.wrapped || *plan == Plan::CopyFrom {
-                    self.up.set_dirty(true);
-                } else {
-                    self.queue_drain();
-                }
+                self.after_write(*plan == Plan::CopyFrom);
             }
             Plan::Txn(op @ (TxnOp::Savepoint(_) | TxnOp::Release(_) | TxnOp::RollbackTo(_)))
                 if claimed =>
             {
                 // In order with the changes drained before it.
-                self.settle().await?;
-                self.drained().await?;
+                if let TxnOp::Savepoint(_) = op {
+                    self.drain_before_savepoint().await?;
+                } else {
+                    self.settle().await?;
+                    self.drained().await?;
+                }
                 self.send(frame.raw());
                 self.expect_execute();
                 if !self.failed {

@@ -22,6 +22,7 @@ where
         for (i, piece) in pieces.iter().enumerate() {
             let last = i + 1 == pieces.len();
             let raw = query_frame(&piece.sql);
+            self.up.follow(&piece.plan);
             match &piece.plan {
                 Plan::Txn(TxnOp::Begin) if implicit => {
                     // The implicit transaction becomes an ordinary one, open after the string.

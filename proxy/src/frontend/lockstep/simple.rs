@@ -71,15 +71,7 @@ where
                     // The rewrite filled the rows with old's values: they follow as images.
                     self.inject_query(&refill_sql(table));
                 }
-                if self.wrapped || *plan == Plan::CopyFrom {
-                    // A transaction the proxy opened drains at its commit, just after; behind a
-                    // COPY only its data may come.
-                    self.up.set_dirty(true);
-                } else {
-                    // Drained right behind the statement, in the same round trip: its changes
-                    // reach the secondary while the client goes on.
-                    self.queue_drain();
-                }
+                self.after_write(*plan == Plan::CopyFrom);
                 self.settle().await?;
                 self.drained().await?;
                 if wrap {
@@ -89,6 +81,9 @@ where
             Plan::Txn(op @ (TxnOp::Savepoint(_) | TxnOp::Release(_) | TxnOp::RollbackTo(_)))
                 if claimed =>
             {
+                if let TxnOp::Savepoint(_) = op {
+                    self.drain_before_savepoint().await?;
+                }
                 self.pass(raw, hold).await?;
                 if !self.error_seen {
                     self.ms.savepoint_op(op).await;

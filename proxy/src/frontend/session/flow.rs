@@ -17,9 +17,9 @@ pub(crate) struct Flow {
     /// The claim may have been undone (ROLLBACK TO a savepoint older than it, RESET ALL):
     /// the next write claims again.
     pub reclaim: bool,
-    /// A statement the proxy did not drain behind ran in the claimed transaction (a FETCH,
-    /// a SET...): the commit drains once more before it prepares.
-    pub dirty: bool,
+    /// Statements that may have written since the claimed transaction's changes were last
+    /// drained: the commit drains them, or the mediator once enough have piled up.
+    pub undrained: u32,
     /// Savepoints open in the current transaction, oldest first (whether claimed or not):
     /// the secondary's transaction starts with them.
     pub savepoints: Vec<String>,
@@ -32,7 +32,7 @@ impl Flow {
             txn_status: b'I',
             claimed: false,
             reclaim: false,
-            dirty: false,
+            undrained: 0,
             savepoints: Vec::new(),
         }
     }
@@ -47,7 +47,7 @@ impl Flow {
         if status == b'I' {
             self.claimed = false;
             self.reclaim = false;
-            self.dirty = false;
+            self.undrained = 0;
             self.savepoints.clear();
         }
     }

@@ -32,13 +32,25 @@ impl<R> Upstream<'_, R> {
         }
     }
 
-    pub(in crate::frontend) fn dirty(&self) -> bool {
-        self.flow.lock().map(|f| f.dirty).unwrap_or(true)
+    /// Statements that may have written since the last drain.
+    pub(in crate::frontend) fn undrained(&self) -> u32 {
+        self.flow.lock().map(|f| f.undrained).unwrap_or(u32::MAX)
     }
 
-    pub(in crate::frontend) fn set_dirty(&self, dirty: bool) {
+    /// One more statement that may have written; returns how many are undrained now.
+    pub(in crate::frontend) fn note_undrained(&self) -> u32 {
+        self.flow
+            .lock()
+            .map(|mut f| {
+                f.undrained = f.undrained.saturating_add(1);
+                f.undrained
+            })
+            .unwrap_or(u32::MAX)
+    }
+
+    pub(in crate::frontend) fn set_drained(&self) {
         if let Ok(mut f) = self.flow.lock() {
-            f.dirty = dirty;
+            f.undrained = 0;
         }
     }
 
@@ -51,16 +63,16 @@ impl<R> Upstream<'_, R> {
         {
             if let Ok(mut f) = self.flow.lock() {
                 if f.claimed {
-                    f.dirty = true;
+                    f.undrained = f.undrained.saturating_add(1);
                 }
             }
         }
     }
 
-    fn set_dirty_if_claimed(&self) {
+    fn note_undrained_if_claimed(&self) {
         if let Ok(mut f) = self.flow.lock() {
             if f.claimed {
-                f.dirty = true;
+                f.undrained = f.undrained.saturating_add(1);
             }
         }
     }
@@ -102,40 +114,43 @@ impl<R> Upstream<'_, R> {
         }
     }
 
+    /// What a statement about to run does to the transaction's savepoints and claim.
+    /// `needs` calls it for a statement of its own; the mediator for each statement of a
+    /// string it runs one by one.
+    pub(in crate::frontend) fn follow(&self, plan: &Plan) {
+        match plan {
+            Plan::Txn(op) => {
+                self.track_savepoint(op);
+                if let TxnOp::RollbackTo(_) = op {
+                    self.mark_reclaim();
+                }
+            }
+            Plan::ResetsClaim => self.mark_reclaim(),
+            _ => {}
+        }
+    }
+
     /// Whether a statement with this plan needs the mediator now.
     pub(in crate::frontend) fn needs(&self, plan: &Plan) -> bool {
-        if let Plan::Txn(op) = plan {
-            self.track_savepoint(op);
-        }
-        let (claimed, reclaim) = self.claimed();
+        self.follow(plan);
+        let (claimed, _) = self.claimed();
         match plan {
             Plan::Pass
             | Plan::Flagged { .. }
             | Plan::SelfCommitting
-            | Plan::Txn(TxnOp::Begin | TxnOp::FinishPrepared) => false,
-            Plan::ResetsClaim => {
-                self.mark_reclaim();
-                false
-            }
-            // Every write: the mediator drains its changes right behind it, so they reach
-            // the secondary while the client goes on.
-            Plan::Write | Plan::CopyFrom => {
-                let _ = reclaim;
-                true
-            }
-            // The secondary's transaction follows the claimed one's savepoints.
-            Plan::Txn(TxnOp::RollbackTo(_)) => {
-                self.mark_reclaim();
-                claimed
-            }
+            | Plan::Txn(TxnOp::Begin | TxnOp::FinishPrepared)
+            | Plan::ResetsClaim => false,
+            // Every write: the mediator claims its transaction and counts it for the drain.
+            Plan::Write | Plan::CopyFrom => true,
             // A claimed transaction's secondary may hold changes: however it ends, the
-            // proxy ends the secondary's too.
+            // proxy ends the secondary's too, and it follows the claimed one's savepoints.
             Plan::Txn(
                 TxnOp::Commit { .. }
                 | TxnOp::Rollback
                 | TxnOp::Prepare
                 | TxnOp::Savepoint(_)
-                | TxnOp::Release(_),
+                | TxnOp::Release(_)
+                | TxnOp::RollbackTo(_),
             ) => claimed,
             Plan::Ddl { .. } | Plan::Rejected { .. } | Plan::Multi(_) => true,
         }
@@ -224,7 +239,7 @@ impl<R> Upstream<'_, R> {
                         match self.portals.get(&portal).cloned() {
                             Some(classes) => self.passing(&classes),
                             // Bound in this very batch: not classified yet; assume it may write.
-                            None => self.set_dirty_if_claimed(),
+                            None => self.note_undrained_if_claimed(),
                         }
                     }
                     needed
