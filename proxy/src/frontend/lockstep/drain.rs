@@ -10,12 +10,12 @@ use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Write statements a claimed transaction runs before the proxy drains behind one. Each
-/// drain is a statement on the primary (about 60 µs of its CPU, measured with pgbench
-/// scripts against old directly) and a page for the proxy to read; draining at commit only
-/// costs one per transaction but leaves all of new's work to the commit. Every few
-/// statements bounds what the commit still has to carry, and a transaction of a few writes
-/// (most of them) drains once. `docs/benchmarks.md` has the comparison.
-const EAGER_DRAIN_EVERY: u32 = 8;
+/// drain costs the primary a statement (60-120 µs of its CPU, measured with pgbench scripts
+/// against old directly), but draining only every 8th write left a pgbench transaction's
+/// whole apply to its commit: 2.8-3.0 ms against 2.35 ms when each write drains and its
+/// applies on new overlap the client's next statement, with no measurable CPU saved on old
+/// (`docs/benchmarks.md`, "Drain timing"). Kept as a knob for the comparison.
+const EAGER_DRAIN_EVERY: u32 = 1;
 
 /// How the drain ended.
 pub(super) enum Drained {
