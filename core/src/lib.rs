@@ -19,6 +19,7 @@ pub mod config_layer;
 pub mod connect;
 pub mod copy_conn;
 pub mod copy_hash;
+pub mod cutover;
 pub mod diff;
 pub mod dsn;
 pub mod ident;

@@ -245,6 +245,44 @@ function drawProgress(progress) {
   box.appendChild(table);
 }
 
+const PHASE_NOTES = {
+  "shadow": "reads and writes on old; new follows",
+  "canary": "a share of sessions read from new; writes on old",
+  "reads-new": "autocommit reads from new; writes on old, new follows",
+  "writes-new": "writes on new; old follows",
+  "done": "old detached",
+};
+
+function drawCutover(c) {
+  if (!c) return;
+  setText("phase", c.phase, c.control_table_ok ? null : "bad");
+  let note = PHASE_NOTES[c.phase] || "";
+  if (c.phase === "canary") note = `${c.percent} % of sessions read from new; writes on old`;
+  $("phase-note").textContent = `epoch ${c.epoch} · ${note}`;
+  const parts = [`This instance runs epoch ${c.epoch} (${c.phase}).`];
+  if (c.converged === false) parts.push("Not every live instance runs it yet.");
+  if (c.converged === true) parts.push("Every live instance runs it.");
+  if (!c.control_table_ok) parts.push("The control table is out of reach: this instance takes no writes.");
+  if (c.error) parts.push(`Control table: ${c.error}`);
+  $("cutover-note").textContent = parts.join(" ");
+  fillTable("cutover-instances", c.instances || [], (tr, i) => {
+    cell(tr, i.id);
+    cell(tr, i.phase);
+    cell(tr, fmt(i.epoch), i.epoch === c.epoch ? "num" : "num warn");
+    cell(tr, i.ready_epoch === null ? "" : fmt(i.ready_epoch), "num");
+    cell(tr, `${i.last_seen_secs.toFixed(1)} s ago`, i.live ? null : "bad");
+  }, "no instance registered");
+  fillTable("cutover-history", c.history || [], (tr, h) => {
+    cell(tr, h.at);
+    cell(tr, `${h.from} → ${h.to}${h.to === "canary" ? ` ${h.percent} %` : ""}`);
+    cell(tr, fmt(h.epoch), "num");
+    cell(tr, h.by);
+    const td = cell(tr, h.detail ? `${h.outcome}: ${h.detail}` : h.outcome, h.outcome === "flipped" ? "ok" : "warn");
+    td.title = h.detail || "";
+    cell(tr, `${fmt(h.wait_ms)} ms`, "num");
+  }, "no flip yet");
+}
+
 function verdict(status, shadow) {
   const el = $("verdict");
   const problems = [];
@@ -272,8 +310,7 @@ async function poll() {
       fetch("/metrics", { cache: "no-store" }).then((r) => (r.ok ? r.text() : "")),
     ]);
     $("instance").textContent = `${status.instance_id} · v${status.version} · up ${fmt(status.uptime_secs)} s`;
-    setText("phase", status.phase || "shadow");
-    $("phase-note").textContent = "reads and writes on old; new follows";
+    drawCutover(status.cutover);
     setText("sessions", fmt(status.sessions.active));
     $("sessions-note").textContent = `${fmt(status.sessions.total)} since start, max ${fmt(status.sessions.max)}`;
     const total = counterSum(metrics, "switchyard_statements_total");

@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/api/status", get(status))
         .merge(crate::dashboard::routes())
         .route("/api/mismatches", get(mismatches))
+        .route("/api/cutover", get(cutover_status).post(cutover_flip))
         .with_state(AdminState { shared, metrics })
 }
 
@@ -64,8 +65,9 @@ struct Status {
     classifier_cache_entries: usize,
     /// Dual writes; null when mirroring is off.
     mirror: Option<crate::mirror::status::MirrorSnapshot>,
-    /// Cutover phase: only `shadow` exists so far (old serves reads and writes, new follows).
+    /// The cutover phase this instance runs (also in `cutover.phase`).
     phase: &'static str,
+    cutover: crate::cutover::api::CutoverStatus,
     /// Backfill progress per table (from its chunk table on the new database).
     progress: Vec<crate::progress::ProgressEntry>,
     /// Shadow reads; null when off.
@@ -115,10 +117,26 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
         },
         classifier_cache_entries: sh.classifier.len(),
         mirror: sh.mirror.as_ref().map(|m| m.snapshot()),
-        phase: "shadow",
+        phase: sh.cutover.phase().as_str(),
+        cutover: crate::cutover::api::status(sh).await,
         progress: sh.progress.get(),
         shadow: sh.shadow.as_ref().map(|s| s.snapshot()),
     })
+}
+
+async fn cutover_status(State(s): State<AdminState>) -> impl IntoResponse {
+    Json(crate::cutover::api::status(&s.shared).await)
+}
+
+async fn cutover_flip(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<crate::cutover::api::FlipBody>, axum::extract::rejection::JsonRejection>,
+) -> axum::response::Response {
+    match body {
+        Ok(Json(body)) => crate::cutover::api::flip(&s.shared, &headers, body).await,
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Confirmed shadow-read mismatches, newest first; 404 when shadow reads are off.

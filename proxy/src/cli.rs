@@ -46,7 +46,8 @@ pub struct Args {
     /// PEM private key for TLS to clients.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    /// Name of this instance in status and metrics.
+    /// Name of this instance in status, metrics and the cutover; unique per instance
+    /// [default: hostname:port]
     #[arg(long)]
     pub instance_id: Option<String>,
     /// Threads serving sessions; 0 = one per CPU core [default: 0]
@@ -75,6 +76,18 @@ pub struct Args {
     /// compared, 0 to 1 [default: 0]
     #[arg(long)]
     pub shadow_sample_rate: Option<f64>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Move the cutover flag (every running instance follows), or show it: `cutover status`.
+    ///
+    /// Phases: shadow → canary (--percent of sessions read from new) → reads-new →
+    /// writes-new → done. Each flip runs pre-flight checks first, is confirmed by every
+    /// live instance, and is abandoned (nothing changes) if one does not confirm in time.
+    Cutover(crate::cutover::cli::CutoverArgs),
 }
 
 impl Args {

@@ -47,7 +47,9 @@ pub struct ProxyConfig {
     /// disables it.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
-    /// Name of this proxy instance in status and metrics; defaults to host:port of `listen`.
+    /// Name of this proxy instance in status, metrics and the cutover's instance list; must
+    /// be unique among the instances in front of the same database. Defaults to the
+    /// machine's hostname and the port of `listen`.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// Largest protocol message accepted from a client, in bytes.
@@ -99,6 +101,64 @@ pub struct ProxyConfig {
     /// Shadow reads: sampled reads compared on both databases.
     #[serde(default)]
     pub shadow: crate::shadow::ShadowConfig,
+    /// The cutover flag: how instances follow it.
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+    /// Bearer token `POST /api/cutover` requires; needed whenever `admin_listen` is not a
+    /// loopback address.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// How often an instance heartbeats and re-reads the flag (a NOTIFY wakes it sooner).
+    #[serde(default = "default_cutover_poll_ms")]
+    pub poll_ms: u64,
+    /// An instance not heard from this long is not live; one that cannot reach the control
+    /// table this long stops taking writes.
+    #[serde(default = "default_cutover_lease_secs")]
+    pub lease_secs: u64,
+    /// How long a flip waits for every instance to confirm before it is abandoned.
+    #[serde(default = "default_cutover_timeout_secs")]
+    pub flip_timeout_secs: u64,
+}
+
+fn default_cutover_poll_ms() -> u64 {
+    250
+}
+
+fn default_cutover_lease_secs() -> u64 {
+    5
+}
+
+fn default_cutover_timeout_secs() -> u64 {
+    10
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig {
+            poll_ms: default_cutover_poll_ms(),
+            lease_secs: default_cutover_lease_secs(),
+            flip_timeout_secs: default_cutover_timeout_secs(),
+        }
+    }
+}
+
+impl CutoverConfig {
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.max(10))
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    pub fn flip_timeout(&self) -> Duration {
+        Duration::from_secs(self.flip_timeout_secs.max(1))
+    }
 }
 
 /// How writes reach the secondary.
@@ -239,6 +299,8 @@ impl ProxyConfig {
             mirror: MirrorConfig::default(),
             retry_log: RetryLogConfig::default(),
             shadow: crate::shadow::ShadowConfig::default(),
+            cutover: CutoverConfig::default(),
+            admin_token: None,
         }
     }
 
@@ -289,6 +351,18 @@ impl Validate for ProxyConfig {
                 "listen",
                 format!("{:?} is not an address like 127.0.0.1:6432", self.listen),
             );
+        }
+        if let Ok(a) = self.admin_listen.parse::<SocketAddr>() {
+            if !a.ip().is_loopback() && self.admin_token.as_deref().unwrap_or("").is_empty() {
+                bad(
+                    "admin_token",
+                    format!(
+                        "the admin port listens on {a}, beyond loopback: set admin_token \
+                         (SWITCHYARD_ADMIN_TOKEN) so that only holders of it can move the \
+                         cutover flag"
+                    ),
+                );
+            }
         }
         if !self.admin_listen.is_empty() && self.admin_listen.parse::<SocketAddr>().is_err() {
             bad(

@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod dashboard;
 pub mod frontend;
 mod frontend_limits;

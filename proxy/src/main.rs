@@ -14,7 +14,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(switchyard_proxy::cli::Command::Cutover(c)) = args.command.take() {
+        return switchyard_proxy::cutover::cli::run(c);
+    }
     let config = match args.load_with_warnings(std::env::vars()) {
         Ok((c, warnings)) => {
             for w in warnings {

@@ -147,10 +147,18 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             "No users are configured: local clients may connect as this user and database without a password."
         );
     }
-    let instance_id = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| listen_addr.to_string());
+    // Unique per instance: the cutover waits for every registered id, and replicas of a
+    // container image share their listen address.
+    let instance_id = config.instance_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if host.is_empty() {
+            listen_addr.to_string()
+        } else {
+            format!("{host}:{}", listen_addr.port())
+        }
+    });
     let kafka = if config.mirror.mode != crate::config::MirrorMode::Off
         && config.retry_log.backend == switchyard_core::retry_kafka::Backend::Kafka
     {
@@ -184,8 +192,32 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
             max_message_size: config.max_message_size,
         },
     );
+    let cutover = Arc::new(crate::cutover::Live::new(config.cutover.lease()));
+    let follower = mirror.as_ref().map(|m| crate::cutover::follower::Follower {
+        live: cutover.clone(),
+        old: old.clone(),
+        new: new.clone(),
+        instance_id: instance_id.clone(),
+        config: config.cutover.clone(),
+        connect_timeout: config.connect_timeout(),
+        mirror: Some(m.clone()),
+    });
+    if let Some(f) = &follower {
+        // The instance starts on the current epoch, never on a default: until it has read
+        // it, it takes no writes and reads stay on old.
+        if let Err(e) = f.start().await {
+            tracing::warn!(error = %e, "Cannot read the cutover flag yet; writes wait until this instance has.");
+        }
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(f) = follower {
+        tokio::spawn(f.run(shutdown_rx.clone()));
+    }
+    let cutover_control =
+        crate::mirror::control::Control::new(old.clone(), config.connect_timeout());
     let shared = Arc::new(Shared {
+        cutover,
+        cutover_control,
         instance_id,
         mirror: mirror.clone(),
         progress: Default::default(),

@@ -39,6 +39,10 @@ pub struct Shared {
     pub progress: crate::progress::Progress,
     /// Shadow reads; None while no statement can be sampled.
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
+    /// The cutover phase this instance runs.
+    pub cutover: Arc<crate::cutover::Live>,
+    /// Connection to the old database's cutover control table, for the status API.
+    pub cutover_control: crate::mirror::control::Control,
 }
 
 impl Shared {

@@ -29,12 +29,23 @@ pub async fn request_full(
     path: &str,
     body: &str,
 ) -> Result<(u16, String, String)> {
+    request_with(addr, method, path, body, "").await
+}
+
+/// `request_full` with extra header lines (each ending in `\r\n`).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> Result<(u16, String, String)> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
             .context("connecting to the admin server")?;
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await?;

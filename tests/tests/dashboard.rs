@@ -249,3 +249,43 @@ async fn dashboard_shows_an_injected_mismatch() -> Result<()> {
     eprintln!("screenshot: {}", shot.display());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let mut config = pair.config();
+    config.instance_id = Some("dash-1".into());
+    config.cutover.poll_ms = 100;
+    let proxy = start_proxy(config).await?;
+    let admin = proxy.admin_addr().context("admin server")?;
+    let (code, body) = switchyard_tests::http::request(
+        admin,
+        "POST",
+        "/api/cutover",
+        r#"{"to": "canary", "percent": 25, "by": "dashboard test"}"#,
+    )
+    .await?;
+    ensure!(code == 200, "{code} {body}");
+    let url = format!("http://{admin}/");
+    let dom = tokio::task::block_in_place(|| {
+        poll_until(
+            "the page to show the canary",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                Ok((text_of(&dom, "phase").as_deref() == Some("canary")).then_some(dom))
+            },
+        )
+    })?;
+    let note = text_of(&dom, "phase-note").unwrap_or_default();
+    ensure!(note.contains("epoch 1") && note.contains("25 %"), "{note}");
+    ensure!(
+        dom.contains("<td>dash-1</td>"),
+        "the instance is listed: {dom}"
+    );
+    ensure!(
+        dom.contains("shadow → canary 25 %") && dom.contains("<td>dashboard test</td>"),
+        "the flip is in the timeline: {dom}"
+    );
+    Ok(())
+}

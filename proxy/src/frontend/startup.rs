@@ -128,7 +128,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     shared.sessions_active.fetch_add(1, Ordering::Relaxed);
     shared.sessions_total.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
-    Session::new(shared.clone(), client, buf, backend, peer)
+    Session::new(shared.clone(), client, buf, backend, peer, params)
         .run()
         .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);

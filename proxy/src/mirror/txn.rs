@@ -452,6 +452,19 @@ impl MirrorSession {
     }
 
     /// Ends the transaction after the primary committed (`committed`) or rolled back.
+    /// Waits until new has run everything queued, the COMMIT PREPARED of `finish`
+    /// included. If it cannot, the transaction is in doubt there: counted as a retry
+    /// record, so reads stay on old until recovery has finished it.
+    pub async fn wait_finished(&mut self) {
+        if let Err(e) = self.secondary.sync().await {
+            tracing::warn!(error = %e, "New did not confirm a commit; reads stay on old until it is resolved.");
+            self.mirror
+                .status
+                .retry_backlog
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub async fn finish(&mut self, committed: bool) {
         if let Some(gid) = self.txn.prepared.take() {
             self.secondary.finish_prepared(&gid, committed).await;
@@ -473,6 +486,20 @@ impl MirrorSession {
             }
         }
         // Rows never confirmed by the secondary: queued if the primary committed them.
+        if committed && self.txn.broken.is_some() {
+            // Until the recovery loop counts the records: reads stay on old meanwhile.
+            self.mirror
+                .status
+                .retry_backlog
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if committed && self.txn.broken.is_some() {
+            // Until the recovery loop counts the records: reads stay on old meanwhile.
+            self.mirror
+                .status
+                .retry_backlog
+                .fetch_add(1, Ordering::Relaxed);
+        }
         for (table, n) in std::mem::take(&mut self.txn.unconfirmed) {
             if committed && self.txn.broken.is_some() {
                 self.mirror.status.rows(&table, 0, n);

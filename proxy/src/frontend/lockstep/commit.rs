@@ -131,6 +131,11 @@ where
                 Phase::Finish { committed } => {
                     let had_ddl = self.ms.txn.had_statements;
                     self.ms.finish(committed).await;
+                    if committed && self.up.shared.cutover.read_your_writes() {
+                        // Reads go to new: the client hears of its commit only once new
+                        // has it, so its next read (on any instance) sees it.
+                        self.ms.wait_finished().await;
+                    }
                     self.up.set_claimed(false);
                     if injected {
                         // The client's statement completed only now that it committed.

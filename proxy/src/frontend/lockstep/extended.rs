@@ -73,6 +73,7 @@ where
         let plan = self.up.portal_plan(portal);
         self.up.note_execute(&frame);
         let (claimed, reclaim) = self.up.claimed();
+        let plan = self.unless_paused(&plan);
         match &*plan {
             Plan::Write | Plan::CopyFrom | Plan::Ddl { .. } if self.status != b'E' => {
                 let wrap = self.status == b'I';

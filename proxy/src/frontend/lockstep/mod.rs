@@ -18,10 +18,12 @@ mod expect;
 mod extended;
 mod inject;
 mod multi;
+mod reads;
 mod simple;
 mod wire;
 
 use super::session::{Downstream, End, Upstream};
+use crate::mirror::plan::Plan;
 use crate::mirror::txn::MirrorSession;
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::buf_public::tagged;
@@ -130,8 +132,12 @@ where
             self.failed = self.error_seen;
         }
         let mut frame = self.client_frame().await?;
+        let routed = std::mem::take(&mut self.up.route.pending);
         if frame.tag() == b'Q' {
             self.in_query = true;
+            if routed {
+                return self.read_on_new(frame).await;
+            }
             return self.query(frame).await;
         }
         loop {
@@ -148,6 +154,22 @@ where
                 _ => self.extended(frame).await?,
             }
             frame = self.client_frame().await?;
+        }
+    }
+
+    /// `plan`, or a refusal when it writes and this instance lost the cutover control table
+    /// for longer than its lease (it may be running a stale epoch).
+    fn unless_paused<'p>(&self, plan: &'p Plan) -> std::borrow::Cow<'p, Plan> {
+        if matches!(plan, Plan::Write | Plan::CopyFrom | Plan::Ddl { .. })
+            && !self.up.shared.cutover.control_ok()
+        {
+            std::borrow::Cow::Owned(Plan::Rejected {
+                reason: "this proxy instance lost the cutover control table on the old \
+                         database for longer than its lease, so it takes no writes until \
+                         it reaches it again (another instance may have moved the flag)",
+            })
+        } else {
+            std::borrow::Cow::Borrowed(plan)
         }
     }
 

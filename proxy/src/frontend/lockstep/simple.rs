@@ -45,6 +45,7 @@ where
         hold: bool,
     ) -> Result<(), End> {
         let (claimed, reclaim) = self.up.claimed();
+        let plan = &*self.unless_paused(plan);
         match plan {
             Plan::Write | Plan::CopyFrom | Plan::Ddl { .. } if self.status != b'E' => {
                 let wrap = self.status == b'I';

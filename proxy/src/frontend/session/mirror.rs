@@ -263,10 +263,21 @@ impl<R> Upstream<'_, R> {
         }
         // Reads that call no function never need the proxy: the common case stays cheap.
         let classes = self.classify(sql);
-        if classes
+        let pure = classes
             .iter()
-            .all(|c| c.class == StatementClass::Read && !c.calls_functions)
+            .all(|c| c.class == StatementClass::Read && !c.calls_functions);
+        // A read the cutover sends to new: in autocommit only (the mediator checks again
+        // once earlier requests are answered), and never one whose functions may write.
+        if self.route.reads_new(self.shared)
+            && !self.batch_open
+            && super::route::routable(sql, &classes)
+            && self.txn_status() == b'I'
+            && (pure || *mirror.plan(sql) == Plan::Pass)
         {
+            self.route.pending = true;
+            return true;
+        }
+        if pure {
             return false;
         }
         let plan = mirror.plan(sql);

@@ -8,11 +8,14 @@
 mod downstream;
 mod flow;
 mod mirror;
+mod reader;
+mod route;
 mod upstream;
 
 pub(in crate::frontend) use downstream::Downstream;
 pub(crate) use flow::Flow;
 pub(in crate::frontend) use mirror::writes_large_object;
+pub(in crate::frontend) use reader::Reader;
 pub(in crate::frontend) use upstream::Upstream;
 
 use super::reply::{fatal, send_error};
@@ -74,15 +77,19 @@ pub struct Session {
     client_buf: BytesMut,
     backend: BackendConn,
     peer: SocketAddr,
+    startup: Vec<(String, String)>,
 }
 
 impl Session {
+    /// `startup`: the client's startup parameters, as the primary got them (a connection
+    /// to new for routed reads gets them too).
     pub fn new(
         shared: Arc<Shared>,
         client: ClientStream,
         client_buf: BytesMut,
         backend: BackendConn,
         peer: SocketAddr,
+        startup: Vec<(String, String)>,
     ) -> Self {
         Session {
             shared,
@@ -90,6 +97,7 @@ impl Session {
             client_buf,
             backend,
             peer,
+            startup,
         }
     }
 
@@ -100,18 +108,19 @@ impl Session {
             client_buf,
             backend,
             peer,
+            startup,
         } = self;
         // Plain TCP splits into owned halves without a lock; TLS needs the shared split.
         match client {
             ClientStream::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                pump(shared, r, w, client_buf, backend, peer).await
+                pump(shared, r, w, client_buf, backend, peer, startup).await
             }
             ClientStream::Tls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
                 // Boxed: a second instance of the pump's state would otherwise size every
                 // session's task, TLS or not.
-                Box::pin(pump(shared, r, w, client_buf, backend, peer)).await
+                Box::pin(pump(shared, r, w, client_buf, backend, peer, startup)).await
             }
         }
     }
@@ -125,6 +134,7 @@ async fn pump<R, W>(
     client_buf: BytesMut,
     backend: BackendConn,
     peer: SocketAddr,
+    startup: Vec<(String, String)>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -149,6 +159,7 @@ async fn pump<R, W>(
         .shadow
         .clone()
         .map(|s| ShadowTap::new(s, &backend.params));
+    let route = route::Route::new(&shared, startup, &backend.params);
     let (server_r, server_w) = backend.stream.into_split();
     let mut up = Upstream {
         shared: &shared,
@@ -170,6 +181,7 @@ async fn pump<R, W>(
         conforming_strings: &conforming_strings,
         server_utf8,
         shadow,
+        route,
     };
     let mut down = Downstream {
         shared: &shared,
@@ -255,6 +267,9 @@ async fn pump<R, W>(
     if !matches!(end, End::ClientTerminated | End::ServerClosed) {
         // Let the server end the backend cleanly rather than log an unexpected EOF.
         let _ = up.server.write_all(b"X\0\0\0\x04").await;
+    }
+    if let Some(r) = up.route.reader.take() {
+        r.close().await;
     }
     let _ = down.client.shutdown().await;
     tracing::debug!(%peer, ?end, "Session closed.");

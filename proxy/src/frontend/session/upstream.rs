@@ -56,6 +56,8 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) server_utf8: bool,
     /// Shadow reads: samples this session's reads (None when off).
     pub(in crate::frontend) shadow: Option<ShadowTap>,
+    /// Reads the cutover routes to new.
+    pub(in crate::frontend) route: super::route::Route,
 }
 
 impl<R: AsyncRead + Unpin> Upstream<'_, R> {
@@ -243,7 +245,9 @@ impl<R> Upstream<'_, R> {
 
     /// Bookkeeping for messages the mediator handles.
     pub(in crate::frontend) fn note_query(&mut self, sql: &str) {
-        for c in self.classify(sql).iter() {
+        let classes = self.classify(sql);
+        self.route.observe(sql, &classes);
+        for c in classes.iter() {
             count_statement(c);
         }
     }
@@ -290,6 +294,7 @@ impl<R> Upstream<'_, R> {
                 let first = sql.and_then(|sql| {
                     let sql = &*self.as_server_reads(sql);
                     let classes = self.classify(sql);
+                    self.route.observe(sql, &classes);
                     for c in classes.iter() {
                         count_statement(c);
                     }

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# bench/cutover.sh: what clients feel while the cutover flag moves, side by side with the
+# classic manual cutover through PgBouncer, under the same load in one run.
+#
+#   SCALE=10 DURATION=40 FLIPS=10 bench/cutover.sh
+#
+# Two throwaway clusters ("old" and "new", both `pgbench -i -s SCALE`). Load: pgbench
+# (-M simple, 8 clients) running tpcb-like and select-only (weights 1:4), with a
+# per-transaction log.
+#   switchyard: two proxy instances, 4 clients through each; the script moves the flag
+#               reads-new, then back to shadow, FLIPS times each
+#               (`switchyard-proxy cutover`), a flip every ~DURATION/(2*FLIPS+1) s;
+#   pgbouncer:  one PgBouncer (transaction pooling) in front of old, 8 clients; the same
+#               number of switches, each PAUSE → point the database at the other server →
+#               RELOAD → RESUME (the data diverges, which this load does not mind).
+# For each: the longest a transaction took that overlapped a switch window, p99 latency of
+# transactions overlapping a window and of the others, client errors, how long the
+# switches took, and TPS per second. Environment: SCALE [10], DURATION [40], FLIPS [10],
+# DURABLE [0], PROXY_BIN, PG_BIN, PGBENCH, PSQL, PGBOUNCER.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SCALE=${SCALE:-10}
+DURATION=${DURATION:-40}
+FLIPS=${FLIPS:-10}
+DURABLE=${DURABLE:-0}
+DB=bench
+command -v python3 >/dev/null || die "python3 is needed to summarise the logs"
+bench_init cutover
+
+start_pgbench_pair "$DB" "$SCALE" "$DURABLE"
+OLD_URL="postgres://postgres@127.0.0.1:$P_OLD/$DB"
+NEW_URL="postgres://postgres@127.0.0.1:$P_NEW/$DB"
+GAP=$(awk -v d="$DURATION" -v f="$FLIPS" 'BEGIN {printf "%.2f", d / (2 * f + 1)}')
+
+now() { date +%s.%N; }
+
+# load NAME PORT CLIENTS: pgbench in the background with a per-transaction log.
+load() {
+  local name=$1 port=$2 clients=$3
+  mkdir -p "$BENCH_WORK/$name"
+  (cd "$BENCH_WORK/$name" && "$PGBENCH" -h 127.0.0.1 -p "$port" -U postgres -n -M simple \
+      -b tpcb-like@1 -b select-only@4 -c "$clients" -j "$clients" -T "$DURATION" \
+      -l --log-prefix=tx "$DB" >"$BENCH_WORK/$name.out" 2>&1) &
+  echo $!
+}
+
+# ---------------------------------------------------------------- switchyard
+free_port P_S1; free_port P_A1; free_port P_S2; free_port P_A2
+start_switchyard sy1 "$P_S1" "$P_A1" old new "$DB" --instance-id sy1
+start_switchyard sy2 "$P_S2" "$P_A2" old new "$DB" --instance-id sy2
+log "switchyard: load through two instances, $FLIPS x (reads-new, shadow)"
+WIN="$BENCH_WORK/sy-windows.txt"; : >"$WIN"
+j1=$(load sy-load1 "$P_S1" 4)
+j2=$(load sy-load2 "$P_S2" 4)
+sleep "$GAP"
+for i in $(seq 1 "$FLIPS"); do
+  for phase in reads-new shadow; do
+    t0=$(now)
+    out=$(env -u SWITCHYARD_OLD -u SWITCHYARD_NEW "$PROXY_BIN" cutover "$phase" \
+          --old "$OLD_URL" --new "$NEW_URL" --by bench --json 2>&1) \
+      || { echo "$out" >&2; die "cutover to $phase failed"; }
+    t1=$(now)
+    confirm=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["confirm_ms"])' <<<"$out")
+    echo "$t0 $t1 $confirm" >>"$WIN"
+    sleep "$GAP"
+  done
+done
+wait "$j1" "$j2" || true
+cat "$BENCH_WORK"/sy-load*/tx* >"$BENCH_WORK/sy-tx.log"
+stop_switchyard sy1 || true
+stop_switchyard sy2 || true
+
+# ---------------------------------------------------------------- pgbouncer
+free_port P_PGB
+PGB_DIR=$BENCH_WORK/pgb
+mkdir -p "$PGB_DIR/sock"
+printf '"postgres" ""\n' >"$PGB_DIR/userlist.txt"
+pgb_ini() { # PG_PORT
+  cat >"$PGB_DIR/pgbouncer.ini" <<EOF
+[databases]
+$DB = host=127.0.0.1 port=$1 dbname=$DB user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $P_PGB
+unix_socket_dir = $PGB_DIR/sock
+auth_type = trust
+auth_file = $PGB_DIR/userlist.txt
+admin_users = postgres
+pool_mode = transaction
+max_client_conn = 60
+default_pool_size = 20
+logfile = $PGB_DIR/pgbouncer.log
+pidfile = $PGB_DIR/pgbouncer.pid
+EOF
+}
+pgb_ini "$P_OLD"
+[ "$(id -u)" = 0 ] && chown -R postgres "$PGB_DIR"
+if [ "$(id -u)" = 0 ]; then
+  "$PGBOUNCER" -u postgres "$PGB_DIR/pgbouncer.ini" >"$PGB_DIR/stderr.log" 2>&1 &
+else
+  "$PGBOUNCER" "$PGB_DIR/pgbouncer.ini" >"$PGB_DIR/stderr.log" 2>&1 &
+fi
+PGB_PID=$!
+bench_defer "stop_pid $PGB_PID 10"
+wait_for_pg "$P_PGB" "$DB" "$PGB_PID" "$PGB_DIR/pgbouncer.log"
+admin() { "$PSQL" -X -q -h 127.0.0.1 -p "$P_PGB" -U postgres pgbouncer -c "$1" >/dev/null; }
+log "pgbouncer: load, $FLIPS x (switch to new, switch to old) with PAUSE/RELOAD/RESUME"
+PWIN="$BENCH_WORK/pgb-windows.txt"; : >"$PWIN"
+j=$(load pgb-load "$P_PGB" 8)
+sleep "$GAP"
+for i in $(seq 1 "$FLIPS"); do
+  for port in "$P_NEW" "$P_OLD"; do
+    t0=$(now)
+    admin "PAUSE $DB"
+    pgb_ini "$port"
+    admin "RELOAD"
+    admin "RESUME $DB"
+    t1=$(now)
+    echo "$t0 $t1 $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", (b - a) * 1000}')" >>"$PWIN"
+    sleep "$GAP"
+  done
+done
+wait "$j" || true
+cat "$BENCH_WORK"/pgb-load/tx* >"$BENCH_WORK/pgb-tx.log"
+
+# ---------------------------------------------------------------- summary
+python3 - "$BENCH_WORK" "$(machine_summary)" "$(git_describe)" <<'PY'
+import sys, re
+work, machine, rev = sys.argv[1:4]
+
+def windows(path):
+    return [tuple(float(x) for x in l.split()) for l in open(path) if l.strip()]
+
+def txs(path):
+    out = []
+    for l in open(path):
+        f = l.split()
+        # client tx latency_us script epoch_s epoch_us
+        if len(f) < 6 or f[2] == "failed":
+            continue
+        end = int(f[4]) + int(f[5]) / 1e6
+        lat = int(f[2]) / 1e3
+        out.append((end - lat / 1e3, end, lat))
+    return out
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+def failures(out):
+    text = open(out).read()
+    m = re.search(r"number of failed transactions: (\d+)", text)
+    aborted = re.search(r"(\d+) of \d+ clients? aborted|aborted in command", text)
+    errs = len(re.findall(r"(?m)^pgbench: error", text))
+    return (int(m.group(1)) if m else 0) + errs
+
+def summary(name, tx, win, outs):
+    inside, outside = [], []
+    for s, e, lat in tx:
+        (inside if any(s < w1 and e > w0 for w0, w1, _ in win) else outside).append(lat)
+    per_sec = {}
+    for s, e, lat in tx:
+        per_sec[int(e)] = per_sec.get(int(e), 0) + 1
+    secs = sorted(per_sec)[1:-1]
+    tps = [per_sec[k] for k in secs]
+    return {
+        "name": name,
+        "switches": len(win),
+        "switch_ms_max": max(w[2] for w in win) if win else float("nan"),
+        "switch_ms_med": pct([w[2] for w in win], 50),
+        "wall_ms_max": max((w[1] - w[0]) * 1000 for w in win) if win else float("nan"),
+        "longest_in": max(inside) if inside else float("nan"),
+        "p99_in": pct(inside, 99),
+        "p99_out": pct(outside, 99),
+        "n_in": len(inside),
+        "errors": sum(failures(o) for o in outs),
+        "tps_min": min(tps) if tps else 0,
+        "tps_med": pct(tps, 50),
+        "timeline": tps,
+    }
+
+sy = summary("switchyard", txs(f"{work}/sy-tx.log"), windows(f"{work}/sy-windows.txt"),
+             [f"{work}/sy-load1.out", f"{work}/sy-load2.out"])
+pb = summary("pgbouncer", txs(f"{work}/pgb-tx.log"), windows(f"{work}/pgb-windows.txt"),
+             [f"{work}/pgb-load.out"])
+print(f"machine: {machine}; {rev}")
+rows = [
+    ("switches (flag moves / PAUSE-RELOAD-RESUME)", "switches", "{:.0f}"),
+    ("switch confirmed in, median (ms)", "switch_ms_med", "{:.0f}"),
+    ("switch confirmed in, max (ms)", "switch_ms_max", "{:.0f}"),
+    ("switch wall time incl. the tool's start, max (ms)", "wall_ms_max", "{:.0f}"),
+    ("transactions overlapping a switch", "n_in", "{:.0f}"),
+    ("longest transaction overlapping a switch (ms)", "longest_in", "{:.1f}"),
+    ("p99 latency overlapping a switch (ms)", "p99_in", "{:.2f}"),
+    ("p99 latency otherwise (ms)", "p99_out", "{:.2f}"),
+    ("client errors", "errors", "{:.0f}"),
+    ("TPS per second, median / min", None, None),
+]
+print(f"{'measure':<52}{'switchyard':>14}{'pgbouncer':>14}")
+for label, key, f in rows:
+    if key is None:
+        a = f"{sy['tps_med']:.0f} / {sy['tps_min']}"
+        b = f"{pb['tps_med']:.0f} / {pb['tps_min']}"
+    else:
+        a, b = f.format(sy[key]), f.format(pb[key])
+    print(f"{label:<52}{a:>14}{b:>14}")
+for s in (sy, pb):
+    print(f"TPS timeline, {s['name']}: {' '.join(str(x) for x in s['timeline'])}")
+PY

@@ -1,0 +1,203 @@
+//! `switchyard-proxy cutover <phase>|status`: moves or shows the flag from the command
+//! line, through the old database's control table (no running instance needed).
+
+use std::process::ExitCode;
+use std::time::Duration;
+use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
+use switchyard_core::dsn::Dsn;
+
+#[derive(Debug, clap::Args)]
+pub struct CutoverArgs {
+    /// The phase to move to (shadow, canary, reads-new, writes-new, done), or `status`.
+    pub phase: String,
+    /// URL of the old database (holds the control table).
+    #[arg(long, env = "SWITCHYARD_OLD")]
+    pub old: String,
+    /// URL of the new database (checked before reads move there).
+    #[arg(long, env = "SWITCHYARD_NEW")]
+    pub new: String,
+    /// Share of sessions reading from new, for canary (0 to 100).
+    #[arg(long, default_value_t = 0)]
+    pub percent: u8,
+    /// Run the pre-flight checks only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds every instance gets to confirm (then to run the new epoch).
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+    /// Seconds after which an instance not heard from is not live.
+    #[arg(long, default_value_t = 5)]
+    pub lease_secs: u64,
+    /// Name in the log and the timeline [default: cli@<host user>]
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit status: 0 done, 1 refused or abandoned (nothing changed), 2 an error.
+pub fn run(args: CutoverArgs) -> ExitCode {
+    let runtime = match switchyard_core::tool::build_runtime(1) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard-proxy cutover: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run_async(args))
+}
+
+async fn connect(url: &str, what: &str) -> Result<tokio_postgres::Client, String> {
+    let dsn = Dsn::parse(url).map_err(|e| format!("--{what}: {e}"))?;
+    crate::mirror::control::connect(
+        &dsn,
+        "switchyard-cutover-cli",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| format!("the {what} database: {e}"))
+}
+
+async fn run_async(args: CutoverArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("switchyard-proxy cutover: {e}");
+        ExitCode::from(2)
+    };
+    let old = match connect(&args.old, "old").await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let lease = Duration::from_secs(args.lease_secs.max(1));
+    if args.phase == "status" {
+        return match cutover::status(&old, lease).await {
+            Ok(s) if args.json => print_json(&s),
+            Ok(s) => {
+                println!(
+                    "phase {} (epoch {}{}){}",
+                    s.phase,
+                    s.epoch,
+                    if s.phase == "canary" {
+                        format!(", {} % of sessions read from new", s.percent)
+                    } else {
+                        String::new()
+                    },
+                    if s.converged {
+                        ", every live instance runs it"
+                    } else {
+                        ", NOT converged"
+                    }
+                );
+                if let Some(p) = &s.proposed {
+                    println!("being confirmed: {p}");
+                }
+                for i in &s.instances {
+                    println!(
+                        "  instance {:<24} {:<10} epoch {:<4} seen {:.1} s ago{}",
+                        i.id,
+                        i.phase,
+                        i.epoch,
+                        i.last_seen_secs,
+                        if i.live { "" } else { " (not live)" }
+                    );
+                }
+                for h in s.history.iter().take(10) {
+                    println!(
+                        "  {} {} → {} epoch {} by {}: {}{}",
+                        h.at,
+                        h.from,
+                        h.to,
+                        h.epoch,
+                        h.by,
+                        h.outcome,
+                        if h.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", h.detail)
+                        }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    }
+    let to: Phase = match args.phase.parse() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("{e}, or status")),
+    };
+    let new = match connect(&args.new, "new").await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("switchyard-proxy cutover: {e} (its checks fail)");
+            None
+        }
+    };
+    let req = FlipRequest {
+        to,
+        percent: args.percent,
+        by: args.by.unwrap_or_else(|| {
+            format!(
+                "cli@{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            )
+        }),
+        dry_run: args.dry_run,
+        timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        lease,
+    };
+    match cutover::flip(&old, new.as_ref(), &req).await {
+        Ok(r) if args.json => print_json(&r),
+        Ok(r) => {
+            print!("{}", r.checks);
+            if r.dry_run {
+                println!("dry run: every check passed; nothing changed");
+            } else {
+                println!(
+                    "{} → {}: epoch {}, confirmed by every live instance in {} ms{}",
+                    r.from,
+                    r.to,
+                    r.epoch,
+                    r.confirm_ms,
+                    if r.converged {
+                        ""
+                    } else {
+                        " (not every instance reported it yet)"
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                let _ = print_json(&serde_json::json!({
+                    "error": e.to_string(),
+                    "checks": e.checks(),
+                }));
+            } else {
+                if let Some(c) = e.checks() {
+                    eprint!("{c}");
+                }
+                eprintln!("switchyard-proxy cutover: {e}");
+            }
+            match e {
+                FlipError::Db(_) | FlipError::Invalid(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard-proxy cutover: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Follows the cutover flag: heartbeats into the control table and reads the state in the
+//! same round trip, every `cutover.poll_ms` and at once on a NOTIFY. A proposal is
+//! confirmed only once this instance is ready for it: for a phase that reads from new,
+//! commits wait for new (read-your-writes) and every commit that did not wait has finished
+//! there.
+
+use super::Live;
+use crate::config::CutoverConfig;
+use crate::mirror::Mirror;
+use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_core::cutover::{ensure_schema, Phase, CHANNEL, HEARTBEAT_SQL};
+use switchyard_core::dsn::Dsn;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{AsyncMessage, Client};
+
+/// A heartbeat that takes longer than this counts as failed (a lock on the control table
+/// must not hold the instance on a stale epoch past its lease without it knowing).
+const STATEMENT_TIMEOUT_MS: u64 = 2000;
+
+pub struct Follower {
+    pub live: Arc<Live>,
+    pub old: Dsn,
+    pub new: Dsn,
+    pub instance_id: String,
+    pub config: CutoverConfig,
+    pub connect_timeout: Duration,
+    pub mirror: Option<Arc<Mirror>>,
+}
+
+/// What the control table said.
+struct Seen {
+    phase: Phase,
+    epoch: i64,
+    percent: u8,
+    proposal: Option<(Phase, i64, u8)>,
+}
+
+impl Follower {
+    /// Reads the state once, before the instance takes clients, so it starts on the
+    /// current epoch.
+    pub async fn start(&self) -> Result<(), String> {
+        self.live.follow();
+        let (client, _wake) = self.connect().await?;
+        ensure_schema(&client).await.map_err(|e| {
+            format!(
+                "creating the cutover control tables: {}",
+                switchyard_core::cutover::pg_error(&e)
+            )
+        })?;
+        let seen = self.heartbeat(&client).await?;
+        self.live.heartbeat_ok();
+        self.adopt(&seen);
+        Ok(())
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut conn: Option<(Client, Arc<Notify>)> = None;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                conn = match self.connect().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.failed(&mut failing_since, &e);
+                        None
+                    }
+                };
+            }
+            let mut again = false;
+            if let Some((client, _)) = &conn {
+                match self.step(client).await {
+                    Ok(confirmed_now) => {
+                        if failing_since.take().is_some() {
+                            tracing::info!("The cutover control table is reachable again.");
+                        }
+                        // A confirmation goes out at once, not at the next poll.
+                        again = confirmed_now;
+                    }
+                    Err(e) => {
+                        self.failed(&mut failing_since, &e);
+                        conn = None;
+                    }
+                }
+            }
+            if again {
+                continue;
+            }
+            let wake = conn.as_ref().map(|(_, w)| w.clone());
+            tokio::select! {
+                _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
+                _ = tokio::time::sleep(self.config.poll()) => {}
+                _ = crate::shared::stopped(&mut shutdown) => break,
+            }
+        }
+        // Gone on purpose: flips stop waiting for this instance.
+        if let Some((client, _)) = &conn {
+            let _ = client
+                .execute(
+                    "DELETE FROM _switchyard.cutover_instances WHERE id = $1",
+                    &[&self.instance_id],
+                )
+                .await;
+        }
+    }
+
+    fn failed(&self, since: &mut Option<Instant>, e: &str) {
+        if since.is_none() {
+            tracing::warn!(error = %e, "Cannot reach the cutover control table on the old database; past the lease this instance stops taking writes.");
+            *since = Some(Instant::now());
+        }
+    }
+
+    async fn connect(&self) -> Result<(Client, Arc<Notify>), String> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.old.host)
+            .port(self.old.port)
+            .user(&self.old.user)
+            .dbname(&self.old.dbname)
+            .application_name("switchyard-cutover")
+            .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
+            .connect_timeout(self.connect_timeout);
+        if let Some(p) = &self.old.password {
+            cfg.password(p);
+        }
+        let (client, mut connection) =
+            tokio::time::timeout(self.connect_timeout, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| format!("{}: connect timed out", self.old))?
+                .map_err(|e| format!("{}: {}", self.old, switchyard_core::cutover::pg_error(&e)))?;
+        let wake = Arc::new(Notify::new());
+        let notify = wake.clone();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = ?e, "The cutover connection ended.");
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "LISTEN on the old database: {}",
+                    switchyard_core::cutover::pg_error(&e)
+                )
+            })?;
+        Ok((client, wake))
+    }
+
+    fn backlog(&self) -> i64 {
+        self.mirror
+            .as_ref()
+            .map(|m| m.status.retry_backlog.load(Ordering::Relaxed) as i64)
+            .unwrap_or(0)
+    }
+
+    async fn heartbeat(&self, client: &Client) -> Result<Seen, String> {
+        let live = &self.live;
+        let row = client
+            .query_one(
+                HEARTBEAT_SQL,
+                &[
+                    &self.instance_id,
+                    &live.epoch(),
+                    &live.phase().as_str(),
+                    &live.ready_epoch(),
+                    &self.backlog(),
+                ],
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "cutover heartbeat: {}",
+                    switchyard_core::cutover::pg_error(&e)
+                )
+            })?;
+        let phase = |s: Option<String>| s.and_then(|s| s.parse::<Phase>().ok());
+        let pct = |p: Option<i32>| p.unwrap_or(0).clamp(0, 100) as u8;
+        let proposal = match (phase(row.get(3)), row.get::<_, Option<i64>>(4)) {
+            (Some(p), Some(e)) => Some((p, e, pct(row.get(5)))),
+            _ => None,
+        };
+        Ok(Seen {
+            phase: phase(row.get(0)).ok_or("unknown phase in the control table")?,
+            epoch: row.get(1),
+            percent: pct(row.get(2)),
+            proposal,
+        })
+    }
+
+    /// One heartbeat and what follows from it; true when a proposal was just confirmed
+    /// (the confirmation is sent by the next heartbeat, right away).
+    async fn step(&self, client: &Client) -> Result<bool, String> {
+        let seen = self.heartbeat(client).await?;
+        self.live.heartbeat_ok();
+        self.adopt(&seen);
+        match seen.proposal {
+            Some((phase, epoch, percent)) if epoch > seen.epoch => {
+                if self.live.ready_epoch() == Some(epoch) {
+                    return Ok(false);
+                }
+                if self.prepare(phase, percent).await {
+                    tracing::info!(phase = %phase, epoch, "Ready for the proposed cutover epoch.");
+                    self.live.set_ready(Some(epoch));
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            _ => {
+                if self.live.ready_epoch().is_some() {
+                    self.live.set_ready(None);
+                    self.live
+                        .set_ryw(self.live.phase().any_reads_new(self.live.percent()));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs the committed epoch if it is newer than this instance's.
+    fn adopt(&self, seen: &Seen) {
+        let live = &self.live;
+        if seen.epoch != live.epoch() || seen.phase != live.phase() {
+            let from = live.phase();
+            // Before reads move: commits from here on wait for new.
+            if seen.phase.any_reads_new(seen.percent) {
+                live.set_ryw(true);
+            }
+            live.run_epoch(seen.phase, seen.epoch, seen.percent);
+            if !seen.phase.any_reads_new(seen.percent) && live.ready_epoch().is_none() {
+                live.set_ryw(false);
+            }
+            metrics::gauge!(crate::metrics::CUTOVER_EPOCH).set(seen.epoch as f64);
+            tracing::info!(from = %from, to = %seen.phase, epoch = seen.epoch, percent = seen.percent, "Running a new cutover epoch.");
+        } else if seen.percent != live.percent() {
+            live.run_epoch(seen.phase, seen.epoch, seen.percent);
+        }
+        if seen.epoch == live.ready_epoch().unwrap_or(-1) {
+            live.set_ready(None);
+        }
+    }
+
+    /// Gets ready for `phase`: if it reads from new, commits wait for new from now on, and
+    /// every commit that did not wait must have finished on new. False if that could not be
+    /// shown in time (the flip is then abandoned by the coordinator's timeout).
+    async fn prepare(&self, phase: Phase, percent: u8) -> bool {
+        if !phase.any_reads_new(percent) {
+            return true;
+        }
+        self.live.set_ryw(true);
+        if self.mirror.is_none() {
+            return true;
+        }
+        let client = match crate::mirror::control::connect(
+            &self.new,
+            "switchyard-cutover",
+            None,
+            self.connect_timeout,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot check the new database's prepared transactions before a cutover.");
+                return false;
+            }
+        };
+        let Ok(before) = pending(&client).await else {
+            return false;
+        };
+        let deadline = Instant::now() + self.config.flip_timeout();
+        loop {
+            match pending(&client).await {
+                Ok(now) if !now.iter().any(|g| before.contains(g)) => return true,
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// The proxy's prepared transactions on new (commits between PREPARE and COMMIT PREPARED).
+async fn pending(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    c.query(
+        "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'switchyard:%'",
+        &[],
+    )
+    .await
+    .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}

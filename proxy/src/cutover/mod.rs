@@ -1,0 +1,176 @@
+//! This instance's view of the cutover flag: the phase it runs (set by `follower` from the
+//! control table), what sessions consult to route a read, and the admin endpoints that move
+//! the flag (`api`).
+
+pub mod api;
+pub mod cli;
+pub mod follower;
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+use switchyard_core::cutover::Phase;
+
+pub struct Live {
+    phase: AtomicU8,
+    epoch: AtomicI64,
+    percent: AtomicU8,
+    /// The proposal this instance confirmed, 0 if none.
+    ready_epoch: AtomicI64,
+    /// Commits wait for new's COMMIT PREPARED before the client hears of them: a read
+    /// routed to new right after must see the write.
+    ryw: AtomicBool,
+    /// Milliseconds since `started` of the last heartbeat the control table took;
+    /// `NEVER` before the first.
+    last_ok_ms: AtomicU64,
+    /// A follower keeps this instance on the flag (dual writes on). Without one the phase
+    /// stays `shadow` and nothing depends on the control table.
+    following: AtomicBool,
+    started: Instant,
+    lease: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveSnapshot {
+    pub phase: &'static str,
+    pub epoch: i64,
+    pub percent: u8,
+    pub ready_epoch: Option<i64>,
+    pub read_your_writes: bool,
+    pub control_table_ok: bool,
+    pub last_heartbeat_secs: Option<f64>,
+}
+
+const NEVER: u64 = u64::MAX;
+
+fn phase_index(p: Phase) -> u8 {
+    Phase::ALL.iter().position(|x| *x == p).unwrap_or(0) as u8
+}
+
+impl Live {
+    pub fn new(lease: Duration) -> Self {
+        Live {
+            phase: AtomicU8::new(0),
+            epoch: AtomicI64::new(0),
+            percent: AtomicU8::new(0),
+            ready_epoch: AtomicI64::new(0),
+            ryw: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(NEVER),
+            following: AtomicBool::new(false),
+            started: Instant::now(),
+            lease,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::ALL[self.phase.load(Ordering::Acquire) as usize % Phase::ALL.len()]
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn percent(&self) -> u8 {
+        self.percent.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn run_epoch(&self, phase: Phase, epoch: i64, percent: u8) {
+        self.percent.store(percent, Ordering::Relaxed);
+        self.phase.store(phase_index(phase), Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    pub(crate) fn set_ready(&self, epoch: Option<i64>) {
+        self.ready_epoch
+            .store(epoch.unwrap_or(0), Ordering::Release);
+    }
+
+    pub fn ready_epoch(&self) -> Option<i64> {
+        Some(self.ready_epoch.load(Ordering::Acquire)).filter(|e| *e != 0)
+    }
+
+    pub(crate) fn set_ryw(&self, on: bool) {
+        self.ryw.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether a commit must wait for new's COMMIT PREPARED before answering the client.
+    pub fn read_your_writes(&self) -> bool {
+        self.ryw.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn heartbeat_ok(&self) {
+        self.last_ok_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    pub(crate) fn follow(&self) {
+        self.following.store(true, Ordering::Release);
+    }
+
+    /// None before the first heartbeat.
+    fn since_heartbeat(&self) -> Option<Duration> {
+        let last = self.last_ok_ms.load(Ordering::Acquire);
+        (last != NEVER).then(|| {
+            self.started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last))
+        })
+    }
+
+    /// False until the state was read, and once the control table was out of reach for
+    /// longer than the lease: the instance may be running a stale epoch, so it takes no
+    /// writes (and reads stay on old).
+    pub fn control_ok(&self) -> bool {
+        !self.following.load(Ordering::Acquire)
+            || self.since_heartbeat().is_some_and(|d| d <= self.lease)
+    }
+
+    /// Whether a session whose canary draw is `draw` reads from new now.
+    pub fn reads_from_new(&self, draw: u8) -> bool {
+        self.phase().reads_from_new(self.percent(), draw) && self.control_ok()
+    }
+
+    pub fn snapshot(&self) -> LiveSnapshot {
+        LiveSnapshot {
+            phase: self.phase().as_str(),
+            epoch: self.epoch(),
+            percent: self.percent(),
+            ready_epoch: self.ready_epoch(),
+            read_your_writes: self.read_your_writes(),
+            control_table_ok: self.control_ok(),
+            last_heartbeat_secs: self.since_heartbeat().map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_without_a_heartbeat_past_its_lease_routes_nothing_to_new() {
+        let live = Live::new(Duration::from_millis(50));
+        assert!(live.control_ok(), "not following: nothing to lose");
+        live.follow();
+        assert!(!live.control_ok(), "following, before the first heartbeat");
+        live.run_epoch(Phase::ReadsNew, 3, 0);
+        live.heartbeat_ok();
+        assert!(live.reads_from_new(99));
+        assert_eq!(live.phase(), Phase::ReadsNew);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!live.control_ok());
+        assert!(!live.reads_from_new(99));
+        live.heartbeat_ok();
+        assert!(live.reads_from_new(99));
+    }
+
+    #[test]
+    fn canary_routes_by_draw() {
+        let live = Live::new(Duration::from_secs(5));
+        live.follow();
+        live.heartbeat_ok();
+        live.run_epoch(Phase::Canary, 1, 25);
+        assert!(live.reads_from_new(24));
+        assert!(!live.reads_from_new(25));
+    }
+}

@@ -1,0 +1,231 @@
+//! A read the cutover sends to new: the client's Query goes to the session's connection to
+//! new and the answer comes back as new gave it. If new cannot answer before anything was
+//! forwarded (no connection, settings refused, a read-only error from a statement that
+//! turned out to write), the Query runs on old instead, and the client sees no difference.
+
+use super::Mediation;
+use crate::frontend::session::{End, Reader};
+use crate::protocol::backend::{error_response, BackendMessage, ErrorFields};
+use crate::protocol::Frame;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Forward the answer in pieces of about this much, not all at once.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// How a routed read ended.
+enum Outcome {
+    Answered,
+    /// Nothing reached the client: run it on old.
+    Fallback(&'static str),
+}
+
+impl<R, W> Mediation<'_, '_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    pub(super) async fn read_on_new(&mut self, frame: Frame) -> Result<(), End> {
+        if self.status != b'I' || self.up.batch_open {
+            return self.query(frame).await;
+        }
+        let body = &frame.raw()[Frame::HEADER..];
+        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+        self.up.note_query(&sql);
+        match self.answer_from_new(&frame).await? {
+            Outcome::Answered => {
+                metrics::counter!(crate::metrics::READS_ROUTED_TOTAL, "to" => "new").increment(1);
+                Ok(())
+            }
+            Outcome::Fallback(why) => {
+                metrics::counter!(crate::metrics::READS_ROUTED_TOTAL, "to" => "old", "why" => why)
+                    .increment(1);
+                self.ready_sent = false;
+                self.statement(
+                    frame.raw().clone(),
+                    &sql,
+                    &crate::mirror::plan::Plan::Pass,
+                    false,
+                )
+                .await?;
+                if !self.ready_sent {
+                    super::ready(&mut self.out, self.status);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn answer_from_new(&mut self, frame: &Frame) -> Result<Outcome, End> {
+        let route = &mut self.up.route;
+        if route.reader.is_none() {
+            match Reader::open(self.up.shared, &route.startup).await {
+                Ok(r) => route.reader = Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot open a connection to new for routed reads; they stay on old for now.");
+                    route.connect_failed();
+                    return Ok(Outcome::Fallback("connect"));
+                }
+            }
+        }
+        let settings = route.settings.replay();
+        let Some(reader) = route.reader.as_mut() else {
+            return Ok(Outcome::Fallback("connect"));
+        };
+        if let Err(e) = reader.apply(&settings).await {
+            tracing::warn!(error = %e, "A session's settings could not be replayed on new; its read runs on old.");
+            self.drop_reader().await;
+            return Ok(Outcome::Fallback("settings"));
+        }
+        if reader.send(frame.raw()).await.is_err() {
+            self.drop_reader().await;
+            return Ok(Outcome::Fallback("io"));
+        }
+        // Held until the statement produced something: an error before that can still
+        // fall back to old unseen.
+        let mut held = BytesMut::new();
+        let mut forwarded = false;
+        let mut read_only_error = false;
+        let mut foreign_types = false;
+        loop {
+            let Some(reader) = self.up.route.reader.as_mut() else {
+                return Ok(Outcome::Fallback("io"));
+            };
+            let f = match reader.frame().await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.drop_reader().await;
+                    if !forwarded {
+                        return Ok(Outcome::Fallback("io"));
+                    }
+                    tracing::warn!(error = %e, "New failed in the middle of a routed read.");
+                    error_response(
+                        &mut self.out,
+                        &ErrorFields::new(
+                            "ERROR",
+                            "08006",
+                            format!("switchyard: the new database failed during a read: {e}"),
+                        ),
+                    );
+                    super::ready(&mut self.out, b'I');
+                    self.ready_sent = true;
+                    self.error_seen = true;
+                    return Ok(Outcome::Answered);
+                }
+            };
+            match f.tag() {
+                b'Z' => {
+                    if read_only_error {
+                        return Ok(Outcome::Fallback("read_only"));
+                    }
+                    if foreign_types {
+                        return Ok(Outcome::Fallback("user_types"));
+                    }
+                    self.out.extend_from_slice(&held);
+                    self.out.extend_from_slice(f.raw());
+                    self.ready_sent = true;
+                    return Ok(Outcome::Answered);
+                }
+                b'E' if !forwarded => {
+                    if let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::decode(&f) {
+                        // 25006: the statement writes after all; old must run it.
+                        if e.code() == "25006" {
+                            read_only_error = true;
+                            continue;
+                        }
+                    }
+                    self.error_seen = true;
+                    held.extend_from_slice(f.raw());
+                }
+                // A read changes no parameter; new's own reports are not the session's.
+                b'S' | b'A' => {}
+                b'T' if !forwarded && user_types(&f) => {
+                    // A type of the database's own (enum, domain, composite) has another
+                    // OID on new: a client that knows it by old's OID would misread it.
+                    foreign_types = true;
+                }
+                b'T' | b'N' if !forwarded => held.extend_from_slice(f.raw()),
+                _ if foreign_types => {}
+                _ => {
+                    if !forwarded {
+                        forwarded = true;
+                        self.out.extend_from_slice(&held);
+                        held.clear();
+                    }
+                    if f.tag() == b'E' {
+                        self.error_seen = true;
+                    }
+                    self.out.extend_from_slice(f.raw());
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush_client().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drop_reader(&mut self) {
+        if let Some(r) = self.up.route.reader.take() {
+            r.close().await;
+        }
+    }
+}
+
+/// OIDs below this are PostgreSQL's own, the same in every database of a version.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// Whether a RowDescription names a column type created in the database (whose OID differs
+/// between old and new).
+fn user_types(f: &Frame) -> bool {
+    let body = f.body();
+    let Some(n) = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return false;
+    };
+    let mut rest = &body[2..];
+    for _ in 0..n {
+        // name\0, table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        let Some(fixed) = rest.get(nul + 1..nul + 19) else {
+            return false;
+        };
+        let ty = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
+        if ty >= FIRST_NORMAL_OID {
+            return true;
+        }
+        rest = &rest[nul + 19..];
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    fn row_description(types: &[u32]) -> Frame {
+        let mut b = BytesMut::new();
+        crate::protocol::buf_public::tagged(&mut b, b'T', |b| {
+            b.put_u16(types.len() as u16);
+            for (i, ty) in types.iter().enumerate() {
+                b.put_slice(format!("c{i}").as_bytes());
+                b.put_u8(0);
+                b.put_u32(16400);
+                b.put_i16(1);
+                b.put_u32(*ty);
+                b.put_i16(-1);
+                b.put_i32(-1);
+                b.put_i16(0);
+            }
+        });
+        Frame::from_encoded(b.freeze())
+    }
+
+    #[test]
+    fn built_in_column_types_are_the_same_on_both_sides() {
+        assert!(!user_types(&row_description(&[23, 25, 1184])));
+        assert!(user_types(&row_description(&[23, 16385])));
+        assert!(!user_types(&row_description(&[])));
+    }
+}

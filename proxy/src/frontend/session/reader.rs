@@ -1,0 +1,116 @@
+//! A session's connection to new for the reads the cutover routes there. Opened on the
+//! first such read with the client's startup parameters, read-only by default (a write
+//! that slipped past the classifier fails there instead of landing on new alone), and
+//! given the session's settings (search_path, TimeZone, DateStyle...) before each read
+//! whenever they changed.
+
+use crate::backend::{connect, Role};
+use crate::protocol::backend::BackendMessage;
+use crate::protocol::frontend::FrontendMessage;
+use crate::protocol::Frame;
+use crate::shared::Shared;
+use bytes::BytesMut;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub(crate) struct Reader {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// The settings last replayed here.
+    applied: Arc<[String]>,
+    max: usize,
+}
+
+impl Reader {
+    pub(crate) async fn open(
+        shared: &Shared,
+        startup: &[(String, String)],
+    ) -> Result<Reader, String> {
+        let mut params: Vec<(String, String)> = startup
+            .iter()
+            .filter(|(k, _)| k != "switchyard.session" && k != "default_transaction_read_only")
+            .cloned()
+            .collect();
+        params.push(("default_transaction_read_only".into(), "on".into()));
+        let b = connect(Role::New, &shared.new, &params, &shared.connect_options())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Reader {
+            stream: b.stream,
+            buf: b.read_buf,
+            applied: Arc::from(Vec::new()),
+            max: shared.config.max_message_size,
+        })
+    }
+
+    /// Brings the connection's settings to `settings` (statements replayed in order after
+    /// a RESET ALL, which returns to the startup values).
+    pub(crate) async fn apply(&mut self, settings: &Arc<[String]>) -> Result<(), String> {
+        if Arc::ptr_eq(&self.applied, settings) || *self.applied == **settings {
+            return Ok(());
+        }
+        let mut sql = String::from("RESET ALL");
+        for s in settings.iter() {
+            sql.push_str("; ");
+            sql.push_str(s);
+        }
+        self.send_query(&sql).await?;
+        let mut error = None;
+        loop {
+            let f = self.frame().await?;
+            match f.tag() {
+                b'E' => {
+                    if let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::decode(&f) {
+                        error.get_or_insert(format!("{}: {}", e.code(), e.message()));
+                    }
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(format!("replaying the session's settings on new: {e}")),
+            None => {
+                self.applied = settings.clone();
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn send_query(&mut self, sql: &str) -> Result<(), String> {
+        let mut b = BytesMut::new();
+        FrontendMessage::Query(sql.to_string()).encode(&mut b);
+        self.send(&b).await
+    }
+
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| format!("writing to new: {e}"))
+    }
+
+    pub(crate) async fn frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some(f) = Frame::parse(&mut self.buf, self.max).map_err(|e| e.to_string())? {
+                return Ok(f);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| format!("reading from new: {e}"))?;
+            if n == 0 {
+                return Err("new closed the connection".into());
+            }
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = self.stream.write_all(b"X\0\0\0\x04").await;
+    }
+}

@@ -1,0 +1,505 @@
+//! The cutover flag on real clusters with two proxy instances: reads move to new and back
+//! (canary sticky per session, read-your-writes across instances, reads in transactions and
+//! session-bound reads kept on old), a flip abandoned while one instance is frozen, an
+//! instance cut off from the control table stops writing, pre-flight refusals (retry
+//! backlog, phases not available yet), the CLI and the admin token.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use switchyard_proxy::{ProxyConfig, RunningProxy};
+use switchyard_tests::http::{get, request, request_with};
+use switchyard_tests::mirror::{assert_same, init_tracing, reconciler, retry_records};
+use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, Pair, ProxyProcess, DB};
+use tokio_postgres::Client;
+
+const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL);
+                      CREATE SCHEMA s2; CREATE TABLE s2.t (id int PRIMARY KEY, w text);
+                      INSERT INTO s2.t VALUES (1, 'in s2');";
+
+async fn pair() -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    for c in [&pair.old, &pair.new] {
+        tokio::task::block_in_place(|| c.psql(DB, SCHEMA))?;
+    }
+    Ok(pair)
+}
+
+fn config(pair: &Pair, id: &str) -> ProxyConfig {
+    let mut c = pair.config();
+    c.instance_id = Some(id.into());
+    c.cutover.poll_ms = 100;
+    c.cutover.flip_timeout_secs = 3;
+    c
+}
+
+fn admin(p: &RunningProxy) -> Result<SocketAddr> {
+    p.admin_addr().context("the admin server is off")
+}
+
+/// POSTs a flip to an instance; returns (HTTP status, JSON body).
+async fn flip(p: &RunningProxy, body: &str) -> Result<(u16, Value)> {
+    let (status, text) = request(admin(p)?, "POST", "/api/cutover", body).await?;
+    let v = serde_json::from_str(&text).with_context(|| format!("flip answer: {text}"))?;
+    Ok((status, v))
+}
+
+async fn phase_of(p: &RunningProxy) -> Result<(String, i64)> {
+    let (_, text) = get(admin(p)?, "/api/status").await?;
+    let v: Value = serde_json::from_str(&text)?;
+    Ok((
+        v["cutover"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        v["cutover"]["epoch"].as_i64().unwrap_or(-1),
+    ))
+}
+
+/// Which server answered: `SHOW port` is a plain read, routed like any other.
+async fn port_of(c: &Client) -> Result<u16> {
+    let rows = c.simple_query("SHOW port").await?;
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).context("no port")?.parse()?);
+        }
+    }
+    anyhow::bail!("SHOW port returned no row")
+}
+
+async fn one(c: &Client, sql: &str) -> Result<String> {
+    for m in c.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("NULL").to_string());
+        }
+    }
+    anyhow::bail!("{sql}: no row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let (old_port, new_port) = (pair.old.port(), pair.new.port());
+    let a = start_proxy(config(&pair, "a")).await?;
+    let b = start_proxy(config(&pair, "b")).await?;
+    let ca = connect_proxy(&a).await?;
+    let cb = connect_proxy(&b).await?;
+    ensure!(port_of(&ca).await? == old_port, "shadow reads from old");
+    ensure!(phase_of(&a).await? == ("shadow".into(), 0));
+
+    // A row only new has (written around the proxy): seen through the proxy once reads
+    // moved there.
+    tokio::task::block_in_place(|| pair.new.psql(DB, "INSERT INTO t VALUES (-1, 'new only')"))?;
+    let (status, report) = flip(&a, r#"{"to": "reads-new", "by": "test"}"#).await?;
+    ensure!(status == 200, "flip to reads-new: {status} {report}");
+    ensure!(
+        report["epoch"] == 1 && report["converged"] == true,
+        "{report}"
+    );
+    for p in [&a, &b] {
+        ensure!(phase_of(p).await? == ("reads-new".into(), 1));
+    }
+    ensure!(port_of(&ca).await? == new_port && port_of(&cb).await? == new_port);
+    ensure!(one(&cb, "SELECT v FROM t WHERE id = -1").await? == "new only");
+    tokio::task::block_in_place(|| pair.new.psql(DB, "DELETE FROM t WHERE id = -1"))?;
+
+    // Read-your-writes across instances: a commit through a is answered once new has it,
+    // so the next read through b (on new) sees it.
+    for i in 0..100 {
+        ca.simple_query(&format!("INSERT INTO t VALUES ({i}, 'w{i}')"))
+            .await?;
+        let n = one(&cb, "SELECT count(*) FROM t").await?;
+        ensure!(
+            n == (i + 1).to_string(),
+            "after insert {i}, b read {n} rows"
+        );
+    }
+    // Inside a transaction, reads stay with the writes on old.
+    ca.batch_execute("BEGIN").await?;
+    ensure!(
+        port_of(&ca).await? == old_port,
+        "a read inside a transaction"
+    );
+    ca.batch_execute("COMMIT").await?;
+    // Extended protocol reads stay on old in this version; answers are right either way.
+    let n: i64 = ca.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    ensure!(n == 100);
+    // The session's settings follow it to new.
+    ca.batch_execute("SET search_path TO s2").await?;
+    ensure!(one(&ca, "SELECT w FROM t").await? == "in s2");
+    ca.batch_execute("RESET search_path").await?;
+    ensure!(one(&ca, "SELECT count(*) FROM t").await? == "100");
+    // A temporary table exists on old only: the session's reads stay there.
+    let cc = connect_proxy(&b).await?;
+    cc.batch_execute("CREATE TEMP TABLE scratch AS SELECT 7 AS x")
+        .await?;
+    ensure!(one(&cc, "SELECT x FROM scratch").await? == "7");
+    ensure!(
+        port_of(&cc).await? == old_port,
+        "a session with temp tables"
+    );
+    // Session-bound functions stay on old.
+    ensure!(one(&ca, "SELECT pg_try_advisory_lock(42)").await? == "t");
+    ensure!(
+        one(
+            &pair_client(&pair.old).await?,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        )
+        .await?
+            == "1",
+        "the advisory lock is held on old"
+    );
+
+    // Canary: half the sessions read from new, each always from the same side.
+    let (status, report) = flip(&b, r#"{"to": "canary", "percent": 50}"#).await?;
+    ensure!(status == 200, "flip to canary: {status} {report}");
+    let (mut on_new, mut on_old) = (0, 0);
+    for _ in 0..40 {
+        let c = connect_proxy(if on_new % 2 == 0 { &a } else { &b }).await?;
+        let first = port_of(&c).await?;
+        for _ in 0..3 {
+            ensure!(port_of(&c).await? == first, "canary is sticky per session");
+        }
+        if first == new_port {
+            on_new += 1
+        } else {
+            on_old += 1
+        }
+    }
+    ensure!(
+        on_new > 0 && on_old > 0,
+        "canary 50%: {on_new} on new, {on_old} on old"
+    );
+
+    // Back to shadow: every read from old again.
+    let (status, report) = flip(&a, r#"{"to": "shadow"}"#).await?;
+    ensure!(status == 200, "back to shadow: {status} {report}");
+    ensure!(port_of(&ca).await? == old_port && port_of(&cb).await? == old_port);
+    let (_, text) = get(admin(&a)?, "/api/cutover").await?;
+    let v: Value = serde_json::from_str(&text)?;
+    let history = v["history"].as_array().context("history")?;
+    ensure!(history.len() == 3, "three flips in the timeline: {text}");
+    ensure!(history[2]["by"] == "test" && history[0]["to"] == "shadow");
+    ensure!(v["instances"].as_array().map(Vec::len) == Some(2), "{text}");
+
+    assert_same(&pair, &["t"])?;
+    ensure!(retry_records(&pair)? == 0);
+    Ok(())
+}
+
+async fn pair_client(c: &switchyard_tests::PgCluster) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(&c.url(DB), tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let a = start_proxy(config(&pair, "a")).await?;
+    let b = tokio::task::block_in_place(|| {
+        ProxyProcess::spawn_for(
+            &pair,
+            &[
+                ("SWITCHYARD_INSTANCE_ID", "frozen-b"),
+                ("SWITCHYARD_CUTOVER__POLL_MS", "100"),
+            ],
+        )
+    })?;
+    let cb = b.client().await?;
+    // Both registered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = get(admin(&a)?, "/api/cutover").await?;
+        let v: Value = serde_json::from_str(&text)?;
+        if v["instances"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "b never registered: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Checks only: nothing changes.
+    let (status, report) = flip(&a, r#"{"to": "reads-new", "dry_run": true}"#).await?;
+    ensure!(status == 200 && report["dry_run"] == true, "{report}");
+    ensure!(phase_of(&a).await? == ("shadow".into(), 0));
+    // Phases this version cannot run are refused before anything waits.
+    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
+    ensure!(status == 409, "writes-new: {status} {report}");
+    ensure!(
+        report["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("captured side"),
+        "{report}"
+    );
+    let (status, _) = request(admin(&a)?, "POST", "/api/cutover", r#"{"to": "sideways"}"#).await?;
+    ensure!(status == 400, "an unknown phase is a bad request");
+
+    let pid = b.pid().context("b's pid")? as i32;
+    switchyard_tests::process::send_signal(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let started = Instant::now();
+    let flipped = flip(&a, r#"{"to": "reads-new"}"#).await;
+    let waited = started.elapsed();
+    switchyard_tests::process::send_signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+    let (status, report) = flipped?;
+    ensure!(
+        status == 409,
+        "a flip with a frozen instance: {status} {report}"
+    );
+    ensure!(
+        report["waiting_for"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|i| i == "frozen-b")),
+        "{report}"
+    );
+    ensure!(
+        waited < Duration::from_secs(10),
+        "abandoned after its timeout, not later"
+    );
+    ensure!(
+        phase_of(&a).await? == ("shadow".into(), 0),
+        "everyone stays on epoch 0"
+    );
+    ensure!(port_of(&cb).await? == pair.old.port());
+
+    // Thawed, b confirms: the same flip goes through.
+    let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
+    ensure!(
+        status == 200 && report["converged"] == true,
+        "{status} {report}"
+    );
+    ensure!(port_of(&cb).await? == pair.new.port(), "b follows the flip");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let mut cfg = config(&pair, "cut-off");
+    cfg.cutover.lease_secs = 1;
+    let p = start_proxy(cfg).await?;
+    let c = connect_proxy(&p).await?;
+    c.simple_query("INSERT INTO t VALUES (1, 'before')").await?;
+    // Someone holds the control table: the heartbeat cannot get through.
+    let locker = pair_client(&pair.old).await?;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE _switchyard.cutover IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        match c.simple_query("INSERT INTO t VALUES (2, 'during')").await {
+            Err(e) => break e,
+            Ok(_) => {
+                c.simple_query("DELETE FROM t WHERE id = 2").await?;
+            }
+        }
+        ensure!(Instant::now() < deadline, "writes were never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    ensure!(
+        text.contains("lost the cutover control table"),
+        "{refused:?}"
+    );
+    // Reads still work, and the table is unchanged.
+    ensure!(one(&c, "SELECT v FROM t WHERE id = 1").await? == "before");
+    locker.batch_execute("COMMIT").await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c
+        .simple_query("INSERT INTO t VALUES (3, 'after')")
+        .await
+        .is_err()
+    {
+        ensure!(Instant::now() < deadline, "writes never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_same(&pair, &["t"])?;
+    ensure!(retry_records(&pair)? == 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let p = start_proxy(config(&pair, "a")).await?;
+    let c = connect_proxy(&p).await?;
+    tokio::task::block_in_place(|| pair.new.stop_fast())?;
+    c.simple_query("INSERT INTO t VALUES (1, 'while new was down')")
+        .await?;
+    tokio::task::block_in_place(|| pair.new.start())?;
+    ensure!(retry_records(&pair)? > 0, "the write was queued");
+    let (status, report) = flip(&p, r#"{"to": "reads-new"}"#).await?;
+    ensure!(status == 409, "{status} {report}");
+    let failed: Vec<&Value> = report["checks"]
+        .as_array()
+        .context("checks")?
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    ensure!(
+        failed.len() == 1 && failed[0]["name"] == "retry backlog empty",
+        "{report}"
+    );
+    // Replayed, new has everything: the flip goes through and the row is read from new.
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay: {}", run.text());
+    ensure!(retry_records(&pair)? == 0);
+    let (status, report) = flip(&p, r#"{"to": "reads-new"}"#).await?;
+    ensure!(status == 200, "{status} {report}");
+    ensure!(one(&c, "SELECT v FROM t WHERE id = 1").await? == "while new was down");
+    // The instance counts the retry log every few seconds; reads move once it saw it
+    // empty.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while port_of(&c).await? != pair.new.port() {
+        ensure!(Instant::now() < deadline, "reads never moved to new");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_same(&pair, &["t"])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_moves_and_shows_the_flag_and_the_token_guards_the_api() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let mut cfg = config(&pair, "a");
+    cfg.admin_token = Some("s3cret".into());
+    let p = start_proxy(cfg).await?;
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let cli = |args: &[&str]| -> Result<std::process::Output> {
+        let mut all = vec!["cutover"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--old", &old, "--new", &new, "--timeout-secs", "3"]);
+        std::process::Command::new(proxy_bin()?)
+            .args(&all)
+            .output()
+            .context("running switchyard-proxy cutover")
+    };
+    let out = tokio::task::block_in_place(|| cli(&["status"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains("phase shadow (epoch 0)"),
+        "{text}"
+    );
+    ensure!(text.contains("instance a"), "{text}");
+    let out = tokio::task::block_in_place(|| cli(&["done"]))?;
+    ensure!(out.status.code() == Some(1), "done is refused: {out:?}");
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("[FAIL] phase available"));
+    let out = tokio::task::block_in_place(|| cli(&["nowhere"]))?;
+    ensure!(out.status.code() == Some(2), "an unknown phase: {out:?}");
+    let out = tokio::task::block_in_place(|| cli(&["reads-new"]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains("shadow → reads-new: epoch 1"),
+        "{text} {out:?}"
+    );
+    ensure!(phase_of(&p).await? == ("reads-new".into(), 1));
+
+    // Over HTTP, the token is required.
+    let body = r#"{"to": "shadow"}"#;
+    let (status, _) = request(admin(&p)?, "POST", "/api/cutover", body).await?;
+    ensure!(status == 401, "no token: {status}");
+    let (status, _, _) = request_with(
+        admin(&p)?,
+        "POST",
+        "/api/cutover",
+        body,
+        "Authorization: Bearer wrong\r\n",
+    )
+    .await?;
+    ensure!(status == 401, "a wrong token: {status}");
+    let (status, _, text) = request_with(
+        admin(&p)?,
+        "POST",
+        "/api/cutover",
+        body,
+        "Authorization: Bearer s3cret\r\n",
+    )
+    .await?;
+    ensure!(status == 200, "{status} {text}");
+    ensure!(phase_of(&p).await? == ("shadow".into(), 2));
+    Ok(())
+}
+
+/// Scenario 30: pgbench through two instances (simple protocol through one, whose reads
+/// move, prepared through the other) while reads move to new and back six times: no
+/// failed transaction, and old and new equal after, without replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
+    init_tracing();
+    let pair = switchyard_tests::mirror::pgbench_pair().await?;
+    let a = start_proxy(config(&pair, "a")).await?;
+    let b = start_proxy(config(&pair, "b")).await?;
+    let run = |p: &RunningProxy, mode: &'static str| {
+        let url = switchyard_tests::proxy::proxy_url(p, "postgres");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(switchyard_tests::clients::pgbench_bin())
+                .args(["-n", "-M", mode, "-c", "3", "-j", "3", "-T", "8"])
+                .args(["-b", "tpcb-like@1", "-b", "select-only@3"])
+                .arg(url)
+                .output()
+        })
+    };
+    let simple = run(&a, "simple");
+    let prepared = run(&b, "prepared");
+    let mut epochs = Vec::new();
+    for phase in [
+        "reads-new",
+        "shadow",
+        "canary",
+        "reads-new",
+        "shadow",
+        "reads-new",
+    ] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let body = if phase == "canary" {
+            r#"{"to": "canary", "percent": 50}"#.to_string()
+        } else {
+            format!(r#"{{"to": "{phase}"}}"#)
+        };
+        let (status, report) = flip(&a, &body).await?;
+        ensure!(
+            status == 200,
+            "flip to {phase} under load: {status} {report}"
+        );
+        epochs.push(report["epoch"].as_i64().unwrap_or(-1));
+    }
+    ensure!(epochs == [1, 2, 3, 4, 5, 6], "{epochs:?}");
+    for (what, out) in [("simple", simple.await??), ("prepared", prepared.await??)] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "pgbench -M {what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            text.contains("number of failed transactions: 0 "),
+            "pgbench -M {what}: {text}"
+        );
+    }
+    let routed = switchyard_tests::http::get(admin(&a)?, "/metrics").await?.1;
+    ensure!(
+        routed.contains("switchyard_reads_routed_total{to=\"new\"}"),
+        "reads went to new under load"
+    );
+    assert_same(
+        &pair,
+        &[
+            "pgbench_accounts",
+            "pgbench_branches",
+            "pgbench_tellers",
+            "pgbench_history",
+        ],
+    )?;
+    ensure!(retry_records(&pair)? == 0);
+    Ok(())
+}
