@@ -35,14 +35,21 @@ GAP=$(awk -v d="$DURATION" -v f="$FLIPS" 'BEGIN {printf "%.2f", d / (2 * f + 1)}
 
 now() { date +%s.%N; }
 
-# load NAME PORT CLIENTS: pgbench in the background with a per-transaction log.
+# load NAME PORT CLIENTS: pgbench in the background with a per-transaction log; its pid
+# is added to LOADS.
+LOADS=()
 load() {
   local name=$1 port=$2 clients=$3
   mkdir -p "$BENCH_WORK/$name"
-  (cd "$BENCH_WORK/$name" && "$PGBENCH" -h 127.0.0.1 -p "$port" -U postgres -n -M simple \
+  (cd "$BENCH_WORK/$name" && exec "$PGBENCH" -h 127.0.0.1 -p "$port" -U postgres -n -M simple \
       -b tpcb-like@1 -b select-only@4 -c "$clients" -j "$clients" -T "$DURATION" \
       -l --log-prefix=tx "$DB" >"$BENCH_WORK/$name.out" 2>&1) &
-  echo $!
+  LOADS+=($!)
+}
+wait_loads() {
+  local p
+  for p in "${LOADS[@]}"; do wait "$p" || warn "pgbench $p exited with $?"; done
+  LOADS=()
 }
 
 # ---------------------------------------------------------------- switchyard
@@ -51,8 +58,8 @@ start_switchyard sy1 "$P_S1" "$P_A1" old new "$DB" --instance-id sy1
 start_switchyard sy2 "$P_S2" "$P_A2" old new "$DB" --instance-id sy2
 log "switchyard: load through two instances, $FLIPS x (reads-new, shadow)"
 WIN="$BENCH_WORK/sy-windows.txt"; : >"$WIN"
-j1=$(load sy-load1 "$P_S1" 4)
-j2=$(load sy-load2 "$P_S2" 4)
+load sy-load1 "$P_S1" 4
+load sy-load2 "$P_S2" 4
 sleep "$GAP"
 for i in $(seq 1 "$FLIPS"); do
   for phase in reads-new shadow; do
@@ -66,7 +73,7 @@ for i in $(seq 1 "$FLIPS"); do
     sleep "$GAP"
   done
 done
-wait "$j1" "$j2" || true
+wait_loads
 cat "$BENCH_WORK"/sy-load*/tx* >"$BENCH_WORK/sy-tx.log"
 stop_switchyard sy1 || true
 stop_switchyard sy2 || true
@@ -108,7 +115,7 @@ wait_for_pg "$P_PGB" "$DB" "$PGB_PID" "$PGB_DIR/pgbouncer.log"
 admin() { "$PSQL" -X -q -h 127.0.0.1 -p "$P_PGB" -U postgres pgbouncer -c "$1" >/dev/null; }
 log "pgbouncer: load, $FLIPS x (switch to new, switch to old) with PAUSE/RELOAD/RESUME"
 PWIN="$BENCH_WORK/pgb-windows.txt"; : >"$PWIN"
-j=$(load pgb-load "$P_PGB" 8)
+load pgb-load "$P_PGB" 8
 sleep "$GAP"
 for i in $(seq 1 "$FLIPS"); do
   for port in "$P_NEW" "$P_OLD"; do
@@ -122,7 +129,7 @@ for i in $(seq 1 "$FLIPS"); do
     sleep "$GAP"
   done
 done
-wait "$j" || true
+wait_loads
 cat "$BENCH_WORK"/pgb-load/tx* >"$BENCH_WORK/pgb-tx.log"
 
 # ---------------------------------------------------------------- summary
@@ -174,6 +181,7 @@ def summary(name, tx, win, outs):
         "switch_ms_med": pct([w[2] for w in win], 50),
         "wall_ms_max": max((w[1] - w[0]) * 1000 for w in win) if win else float("nan"),
         "longest_in": max(inside) if inside else float("nan"),
+        "longest_out": max(outside) if outside else float("nan"),
         "p99_in": pct(inside, 99),
         "p99_out": pct(outside, 99),
         "n_in": len(inside),
@@ -195,6 +203,7 @@ rows = [
     ("switch wall time incl. the tool's start, max (ms)", "wall_ms_max", "{:.0f}"),
     ("transactions overlapping a switch", "n_in", "{:.0f}"),
     ("longest transaction overlapping a switch (ms)", "longest_in", "{:.1f}"),
+    ("longest transaction otherwise (ms)", "longest_out", "{:.1f}"),
     ("p99 latency overlapping a switch (ms)", "p99_in", "{:.2f}"),
     ("p99 latency otherwise (ms)", "p99_out", "{:.2f}"),
     ("client errors", "errors", "{:.0f}"),
