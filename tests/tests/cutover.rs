@@ -1,6 +1,7 @@
 //! The cutover flag on real clusters with two proxy instances: reads move to new and back
-//! (canary sticky per session, read-your-writes across instances, reads in transactions and
-//! session-bound reads kept on old), a flip abandoned while one instance is frozen, an
+//! (simple and extended protocol, canary sticky per session, read-your-writes across
+//! instances, reads in transactions and session-bound reads kept on old), a flip abandoned
+//! while one instance is frozen, an
 //! instance cut off from the control table stops writing, pre-flight refusals (retry
 //! backlog, phases not available yet), the CLI and the admin token.
 
@@ -16,7 +17,10 @@ use tokio_postgres::Client;
 
 const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL);
                       CREATE SCHEMA s2; CREATE TABLE s2.t (id int PRIMARY KEY, w text);
-                      INSERT INTO s2.t VALUES (1, 'in s2');";
+                      INSERT INTO s2.t VALUES (1, 'in s2');
+                      CREATE TYPE mood AS ENUM ('ok', 'sad');
+                      CREATE TABLE m (id int PRIMARY KEY, x mood);
+                      INSERT INTO m VALUES (1, 'sad');";
 
 async fn pair() -> Result<Pair> {
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
@@ -88,6 +92,7 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
     let cb = connect_proxy(&b).await?;
     ensure!(port_of(&ca).await? == old_port, "shadow reads from old");
     ensure!(phase_of(&a).await? == ("shadow".into(), 0));
+    let by_id = ca.prepare("SELECT v FROM t WHERE id = $1").await?;
 
     // A row only new has (written around the proxy): seen through the proxy once reads
     // moved there.
@@ -123,9 +128,37 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
         "a read inside a transaction"
     );
     ca.batch_execute("COMMIT").await?;
-    // Extended protocol reads stay on old in this version; answers are right either way.
+    // Extended protocol: each tokio-postgres query is a Parse/Describe batch (on old) then
+    // a Bind/Execute batch, which new answers after preparing the statement there.
     let n: i64 = ca.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
     ensure!(n == 100);
+    for c in [&ca, &cb] {
+        let port: String = c.query_one("SHOW port", &[]).await?.get(0);
+        ensure!(
+            port == new_port.to_string(),
+            "an extended-protocol read: {port}"
+        );
+    }
+    // A statement prepared before the flip, on old only, runs on new after it.
+    tokio::task::block_in_place(|| pair.new.psql(DB, "INSERT INTO t VALUES (-2, 'new only')"))?;
+    let v: String = ca.query_one(&by_id, &[&-2i64]).await?.get(0);
+    ensure!(
+        v == "new only",
+        "the statement prepared before the flip read {v}"
+    );
+    tokio::task::block_in_place(|| pair.new.psql(DB, "DELETE FROM t WHERE id = -2"))?;
+    // A column of a type of the database's own (its OID differs on new) is read on old.
+    let url = switchyard_tests::proxy::proxy_url(&a, "postgres");
+    let out = switchyard_tests::clients::psql_url(&url, "SELECT x FROM m").await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == "sad",
+        "{out:?}"
+    );
+    let metrics = get(admin(&a)?, "/metrics").await?.1;
+    ensure!(
+        metrics.contains("why=\"user_types\""),
+        "counted as read on old"
+    );
     // The session's settings follow it to new.
     ca.batch_execute("SET search_path TO s2").await?;
     ensure!(one(&ca, "SELECT w FROM t").await? == "in s2");
@@ -430,9 +463,9 @@ async fn the_cli_moves_and_shows_the_flag_and_the_token_guards_the_api() -> Resu
     Ok(())
 }
 
-/// Scenario 30: pgbench through two instances (simple protocol through one, whose reads
-/// move, prepared through the other) while reads move to new and back six times: no
-/// failed transaction, and old and new equal after, without replay.
+/// Scenario 30: pgbench through two instances (simple protocol through one, prepared
+/// statements through the other) while reads move to new and back six times: reads reach
+/// new through both, no failed transaction, and old and new equal after, without replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
     init_tracing();
@@ -486,11 +519,13 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
             "pgbench -M {what}: {text}"
         );
     }
-    let routed = switchyard_tests::http::get(admin(&a)?, "/metrics").await?.1;
-    ensure!(
-        routed.contains("switchyard_reads_routed_total{to=\"new\"}"),
-        "reads went to new under load"
-    );
+    for (what, p) in [("simple", &a), ("prepared", &b)] {
+        let routed = get(admin(p)?, "/metrics").await?.1;
+        ensure!(
+            routed.contains("switchyard_reads_routed_total{to=\"new\"}"),
+            "pgbench -M {what}: reads went to new under load"
+        );
+    }
     assert_same(
         &pair,
         &[
@@ -501,5 +536,62 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
         ],
     )?;
     ensure!(retry_records(&pair)? == 0);
+    Ok(())
+}
+
+/// psycopg 3 (unnamed statements, then named ones past its prepare threshold) and asyncpg
+/// (cached named statements, from their second run) read from new in reads-new, with the
+/// right rows; their reads inside a transaction stay on old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_drivers_read_from_new() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let a = start_proxy(config(&pair, "a")).await?;
+    let c = connect_proxy(&a).await?;
+    for i in 0..6 {
+        c.simple_query(&format!("INSERT INTO t VALUES ({i}, 'row {i}')"))
+            .await?;
+    }
+    let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
+    ensure!(status == 200, "{status} {report}");
+    let python = switchyard_tests::clients::python_bin()?;
+    let script = switchyard_tests::clients::python_script("cutover_reads.py");
+    let url = switchyard_tests::proxy::proxy_url(&a, "postgres");
+    let out = switchyard_tests::clients::run_client(
+        tokio::process::Command::new(python).arg(&script).arg(&url),
+        "cutover_reads.py",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success("cutover_reads.py")?;
+    let (old, new) = (pair.old.port().to_string(), pair.new.port().to_string());
+    let metrics = get(admin(&a)?, "/metrics").await?.1;
+    let routed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_reads_routed_total"))
+        .collect();
+    let mut lines = 0;
+    for line in out.stdout.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() >= 3, "{line}");
+        // asyncpg prepares a statement with Parse, Describe, Flush and runs it in the same
+        // server batch (Bind, Execute, Sync): its first run goes to old with its Parse.
+        let first_asyncpg = f[0] == "asyncpg" && f[1].ends_with("-0");
+        let want = if f[1] == "in-transaction" || first_asyncpg {
+            &old
+        } else {
+            &new
+        };
+        ensure!(
+            f[2] == want,
+            "{line}: answered by port {}, want {want}; {routed:?}",
+            f[2]
+        );
+        if let Some(i) = f[1].strip_prefix("param-") {
+            ensure!(line.ends_with(&format!("row {i}")), "{line}");
+        }
+        lines += 1;
+    }
+    ensure!(lines == 26, "{}", out.stdout);
     Ok(())
 }

@@ -21,7 +21,7 @@ where
         match msg {
             FrontendMessage::Parse { name, query, .. } => {
                 let query = self.up.as_server_reads(&query).into_owned();
-                self.up.note_parse(&name, &query);
+                self.up.note_parse(&name, &query, frame.raw());
                 self.send(frame.raw());
                 self.expect.push(Expect::Relay);
             }

@@ -19,6 +19,7 @@ mod extended;
 mod inject;
 mod multi;
 mod reads;
+mod reads_ext;
 mod simple;
 mod wire;
 
@@ -99,6 +100,8 @@ where
         max,
     };
     let result = m.run().await;
+    // What the mediator took is not part of the next batch the pump scans.
+    m.up.route.end_batch();
     let flushed = m.flush_all().await;
     m.up.set_txn_status(m.status);
     crate::metrics::hot().request_duration[crate::classify::StatementClass::Write.index()]
@@ -139,6 +142,9 @@ where
                 return self.read_on_new(frame).await;
             }
             return self.query(frame).await;
+        }
+        if routed {
+            return self.batch_on_new(frame).await;
         }
         loop {
             match frame.tag() {

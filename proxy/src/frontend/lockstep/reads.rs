@@ -1,6 +1,6 @@
 //! A read the cutover sends to new: the client's Query goes to the session's connection to
 //! new and the answer comes back as new gave it. If new cannot answer before anything was
-//! forwarded (no connection, settings refused, a read-only error from a statement that
+//! forwarded (no connection, settings refused, an error such as 25006 from a statement that
 //! turned out to write), the Query runs on old instead, and the client sees no difference.
 
 use super::Mediation;
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 const FLUSH_AT: usize = 64 * 1024;
 
 /// How a routed read ended.
-enum Outcome {
+pub(super) enum Outcome {
     Answered,
     /// Nothing reached the client: run it on old.
     Fallback(&'static str),
@@ -57,6 +57,22 @@ where
     }
 
     async fn answer_from_new(&mut self, frame: &Frame) -> Result<Outcome, End> {
+        if let Some(why) = self.reader_ready().await {
+            return Ok(Outcome::Fallback(why));
+        }
+        let Some(reader) = self.up.route.reader.as_mut() else {
+            return Ok(Outcome::Fallback("connect"));
+        };
+        if reader.send(frame.raw()).await.is_err() {
+            self.drop_reader().await;
+            return Ok(Outcome::Fallback("io"));
+        }
+        self.relay_from_new().await
+    }
+
+    /// Opens the session's connection to new if needed and brings its settings up to date;
+    /// the reason to fall back to old if that failed.
+    pub(super) async fn reader_ready(&mut self) -> Option<&'static str> {
         let route = &mut self.up.route;
         if route.reader.is_none() {
             match Reader::open(self.up.shared, &route.startup).await {
@@ -64,28 +80,27 @@ where
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot open a connection to new for routed reads; they stay on old for now.");
                     route.connect_failed();
-                    return Ok(Outcome::Fallback("connect"));
+                    return Some("connect");
                 }
             }
         }
         let settings = route.settings.replay();
-        let Some(reader) = route.reader.as_mut() else {
-            return Ok(Outcome::Fallback("connect"));
-        };
+        let reader = route.reader.as_mut()?;
         if let Err(e) = reader.apply(&settings).await {
             tracing::warn!(error = %e, "A session's settings could not be replayed on new; its read runs on old.");
             self.drop_reader().await;
-            return Ok(Outcome::Fallback("settings"));
+            return Some("settings");
         }
-        if reader.send(frame.raw()).await.is_err() {
-            self.drop_reader().await;
-            return Ok(Outcome::Fallback("io"));
-        }
-        // Held until the statement produced something: an error before that can still
-        // fall back to old unseen.
+        None
+    }
+
+    /// Passes new's answer to the client through its ReadyForQuery. What comes before the
+    /// first row or completion is held, so an error there (or a type old would name
+    /// differently) can still fall back to old unseen.
+    pub(super) async fn relay_from_new(&mut self) -> Result<Outcome, End> {
         let mut held = BytesMut::new();
         let mut forwarded = false;
-        let mut read_only_error = false;
+        let mut failed = false;
         let mut foreign_types = false;
         loop {
             let Some(reader) = self.up.route.reader.as_mut() else {
@@ -115,8 +130,8 @@ where
             };
             match f.tag() {
                 b'Z' => {
-                    if read_only_error {
-                        return Ok(Outcome::Fallback("read_only"));
+                    if failed {
+                        return Ok(Outcome::Fallback("error"));
                     }
                     if foreign_types {
                         return Ok(Outcome::Fallback("user_types"));
@@ -127,25 +142,30 @@ where
                     return Ok(Outcome::Answered);
                 }
                 b'E' if !forwarded => {
+                    // Old is the source of truth: an error before anything was forwarded
+                    // (25006: the statement writes after all; or new lacks something) is
+                    // old's to give, or not.
                     if let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::decode(&f) {
-                        // 25006: the statement writes after all; old must run it.
-                        if e.code() == "25006" {
-                            read_only_error = true;
-                            continue;
-                        }
+                        tracing::debug!(
+                            sqlstate = e.code(),
+                            message = e.message(),
+                            "A routed read failed on new; it runs on old."
+                        );
                     }
-                    self.error_seen = true;
-                    held.extend_from_slice(f.raw());
+                    failed = true;
                 }
                 // A read changes no parameter; new's own reports are not the session's.
                 b'S' | b'A' => {}
-                b'T' if !forwarded && user_types(&f) => {
+                b'T' | b't' if !forwarded && user_types(&f) => {
                     // A type of the database's own (enum, domain, composite) has another
                     // OID on new: a client that knows it by old's OID would misread it.
                     foreign_types = true;
                 }
-                b'T' | b'N' if !forwarded => held.extend_from_slice(f.raw()),
-                _ if foreign_types => {}
+                // Parse/Bind/Close complete, descriptions, notices: held.
+                b'1' | b'2' | b'3' | b't' | b'n' | b'T' | b'N' if !forwarded => {
+                    held.extend_from_slice(f.raw())
+                }
+                _ if foreign_types || failed => {}
                 _ => {
                     if !forwarded {
                         forwarded = true;
@@ -164,7 +184,7 @@ where
         }
     }
 
-    async fn drop_reader(&mut self) {
+    pub(super) async fn drop_reader(&mut self) {
         if let Some(r) = self.up.route.reader.take() {
             r.close().await;
         }
@@ -174,14 +194,20 @@ where
 /// OIDs below this are PostgreSQL's own, the same in every database of a version.
 const FIRST_NORMAL_OID: u32 = 16384;
 
-/// Whether a RowDescription names a column type created in the database (whose OID differs
-/// between old and new).
+/// Whether a RowDescription (or ParameterDescription) names a type created in the
+/// database (whose OID differs between old and new).
 fn user_types(f: &Frame) -> bool {
     let body = f.body();
     let Some(n) = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
         return false;
     };
     let mut rest = &body[2..];
+    if f.tag() == b't' {
+        return rest
+            .chunks_exact(4)
+            .take(n as usize)
+            .any(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) >= FIRST_NORMAL_OID);
+    }
     for _ in 0..n {
         // name\0, table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
@@ -227,5 +253,12 @@ mod tests {
         assert!(!user_types(&row_description(&[23, 25, 1184])));
         assert!(user_types(&row_description(&[23, 16385])));
         assert!(!user_types(&row_description(&[])));
+        let mut b = BytesMut::new();
+        crate::protocol::buf_public::tagged(&mut b, b't', |b| {
+            b.put_u16(2);
+            b.put_u32(23);
+            b.put_u32(16390);
+        });
+        assert!(user_types(&Frame::from_encoded(b.freeze())));
     }
 }

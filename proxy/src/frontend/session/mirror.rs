@@ -197,15 +197,43 @@ impl<R> Upstream<'_, R> {
             Some((std::str::from_utf8(&b[..nul]).ok()?.to_string(), nul + 1))
         };
         match tag {
-            b'Q' => match cstr(body) {
-                Some((sql, _)) => self.query_needs_mediation(&sql),
-                None => false,
-            },
+            b'Q' => {
+                self.route.end_batch();
+                match cstr(body) {
+                    Some((sql, _)) => self.query_needs_mediation(&sql),
+                    None => false,
+                }
+            }
             b'P' => {
                 if let Some((name, n)) = cstr(body) {
                     if let Some((sql, _)) = cstr(&body[n..]) {
-                        self.record_parse(&name, &sql);
+                        let routable = self.record_parse(&name, &sql);
+                        // Only named statements are kept (to prepare them on new later).
+                        let raw = if name.is_empty() {
+                            bytes::Bytes::new()
+                        } else {
+                            bytes::Bytes::copy_from_slice(&self.buf[start - 5..end])
+                        };
+                        self.route.on_parse(&name, raw, routable);
                     }
+                }
+                false
+            }
+            b'D' => {
+                if let (Some(&kind), Some((name, _))) = (body.first(), cstr(&body[1..])) {
+                    self.route.on_describe(kind, &name);
+                }
+                false
+            }
+            b'S' => {
+                // A batch of reads the cutover sends to new, handed over whole.
+                if self.route.end_batch()
+                    && self.route.reads_new(self.shared)
+                    && !self.batch_open
+                    && self.txn_status() == b'I'
+                {
+                    self.route.pending = true;
+                    return true;
                 }
                 false
             }
@@ -219,6 +247,7 @@ impl<R> Upstream<'_, R> {
                     return false;
                 };
                 self.record_bind(&portal, &statement);
+                self.route.on_bind(&portal, &statement);
                 match self.portal_plans.get(&portal).cloned() {
                     Some(plan) => self.needs(&plan),
                     None => false,
@@ -227,10 +256,14 @@ impl<R> Upstream<'_, R> {
             b'C' => {
                 let body = body.to_vec();
                 self.record_close(&body);
+                if let (Some(&kind), Some((name, _))) = (body.first(), cstr(&body[1..])) {
+                    self.route.on_close(kind, &name);
+                }
                 false
             }
             b'E' => match cstr(body) {
                 Some((portal, _)) => {
+                    self.route.on_execute(&portal);
                     let needed = match self.portal_plans.get(&portal).cloned() {
                         Some(plan) => self.needs(&plan),
                         None => false,
@@ -246,8 +279,14 @@ impl<R> Upstream<'_, R> {
                 }
                 None => false,
             },
-            b'F' => self.function_call_needs_mediation(start, end),
-            _ => false,
+            b'F' => {
+                self.route.on_other();
+                self.function_call_needs_mediation(start, end)
+            }
+            _ => {
+                self.route.on_other();
+                false
+            }
         }
     }
 
@@ -290,17 +329,21 @@ impl<R> Upstream<'_, R> {
     }
 
     /// A Parse: the plan of the statement it names ("" for the unnamed one).
-    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) {
+    /// Returns whether the statement is a read the cutover may send to new.
+    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) -> bool {
         let Some(mirror) = self.mirror.clone() else {
-            return;
+            return false;
         };
         let sql = self.as_server_reads(sql).into_owned();
         let plan = mirror.plan(&sql);
         if matches!(*plan, Plan::Pass) {
             self.plans.remove(name);
+            let classes = self.classify(&sql);
+            super::route::routable(&sql, &classes)
         } else {
             self.count_passed(&plan, &sql);
             self.plans.insert(name.to_string(), plan);
+            false
         }
     }
 

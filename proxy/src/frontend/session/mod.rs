@@ -15,7 +15,7 @@ mod upstream;
 pub(in crate::frontend) use downstream::Downstream;
 pub(crate) use flow::Flow;
 pub(in crate::frontend) use mirror::writes_large_object;
-pub(in crate::frontend) use reader::Reader;
+pub(in crate::frontend) use reader::{parse_hash, Reader};
 pub(in crate::frontend) use upstream::Upstream;
 
 use super::reply::{fatal, send_error};

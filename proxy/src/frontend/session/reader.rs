@@ -10,6 +10,7 @@ use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::Frame;
 use crate::shared::Shared;
 use bytes::BytesMut;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +21,13 @@ pub(crate) struct Reader {
     /// The settings last replayed here.
     applied: Arc<[String]>,
     max: usize,
+    /// Named statements prepared here, by a hash of the Parse message that made them.
+    pub(crate) prepared: HashMap<String, u64>,
+}
+
+/// Identifies a Parse message (name, text and parameter types).
+pub(crate) fn parse_hash(raw: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(raw)
 }
 
 impl Reader {
@@ -41,6 +49,7 @@ impl Reader {
             buf: b.read_buf,
             applied: Arc::from(Vec::new()),
             max: shared.config.max_message_size,
+            prepared: HashMap::new(),
         })
     }
 
@@ -56,6 +65,17 @@ impl Reader {
             sql.push_str(s);
         }
         self.send_query(&sql).await?;
+        match self.read_to_ready().await? {
+            Some(e) => Err(format!("replaying the session's settings on new: {e}")),
+            None => {
+                self.applied = settings.clone();
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads through the next ReadyForQuery; the first error on the way, if any.
+    async fn read_to_ready(&mut self) -> Result<Option<String>, String> {
         let mut error = None;
         loop {
             let f = self.frame().await?;
@@ -65,15 +85,8 @@ impl Reader {
                         error.get_or_insert(format!("{}: {}", e.code(), e.message()));
                     }
                 }
-                b'Z' => break,
+                b'Z' => return Ok(error),
                 _ => {}
-            }
-        }
-        match error {
-            Some(e) => Err(format!("replaying the session's settings on new: {e}")),
-            None => {
-                self.applied = settings.clone();
-                Ok(())
             }
         }
     }
@@ -107,6 +120,17 @@ impl Reader {
             if n == 0 {
                 return Err("new closed the connection".into());
             }
+        }
+    }
+
+    /// Runs `messages` (the proxy's own Parse/Close) and a Sync; an error if any failed.
+    pub(crate) async fn run_own(&mut self, messages: &[u8]) -> Result<(), String> {
+        let mut b = BytesMut::from(messages);
+        b.extend_from_slice(b"S\0\0\0\x04");
+        self.send(&b).await?;
+        match self.read_to_ready().await? {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 

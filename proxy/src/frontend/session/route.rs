@@ -1,12 +1,16 @@
 //! Which of a session's reads the cutover sends to new: in `canary` (sessions whose draw
-//! falls under the percentage) and `reads-new`, a single read-only statement in autocommit
-//! (simple protocol). Reads inside a transaction stay on old with its writes; so do
-//! statements that touch session state on old (advisory locks, currval, temporary tables).
+//! falls under the percentage) and `reads-new`, a single read-only statement in autocommit:
+//! a simple Query, or an extended-protocol batch (through its Sync) whose every Execute
+//! runs such a statement, bound in the same batch. Reads inside a transaction stay on old
+//! with its writes; so do statements that touch session state on old (advisory locks,
+//! currval, temporary tables).
 
 use super::reader::Reader;
 use crate::classify::{Classified, StatementClass};
 use crate::shadow::settings::Settings;
 use crate::shared::Shared;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -44,6 +48,28 @@ pub(crate) struct Route {
     /// there.
     pinned: bool,
     connect_failed: Option<Instant>,
+    /// The Parse message of each named statement the session has, as the client sent it:
+    /// what prepares it on new when a routed batch binds it.
+    pub(crate) parses: HashMap<String, Bytes>,
+    /// Named statements that are routable reads.
+    routable_statements: HashSet<String>,
+    /// The extended-protocol batch being scanned.
+    batch: Batch,
+}
+
+/// What the scan of an extended-protocol batch found so far.
+#[derive(Default)]
+enum Batch {
+    #[default]
+    Empty,
+    /// Only routable reads: the statements parsed and portals bound in it.
+    Reads {
+        parsed: HashSet<String>,
+        portals: HashSet<String>,
+        executes: u32,
+    },
+    /// Something that must run on old.
+    No,
 }
 
 impl Route {
@@ -61,7 +87,130 @@ impl Route {
             startup,
             pinned: false,
             connect_failed: None,
+            parses: HashMap::new(),
+            routable_statements: HashSet::new(),
+            batch: Batch::Empty,
         }
+    }
+
+    fn reads(&mut self) -> Option<(&mut HashSet<String>, &mut HashSet<String>, &mut u32)> {
+        if let Batch::Empty = self.batch {
+            self.batch = Batch::Reads {
+                parsed: HashSet::new(),
+                portals: HashSet::new(),
+                executes: 0,
+            };
+        }
+        match &mut self.batch {
+            Batch::Reads {
+                parsed,
+                portals,
+                executes,
+            } => Some((parsed, portals, executes)),
+            _ => None,
+        }
+    }
+
+    fn statement_routable(&self, parsed: &HashSet<String>, name: &str) -> bool {
+        // The unnamed statement only if parsed in the same batch (new's may be older).
+        parsed.contains(name) || (!name.is_empty() && self.routable_statements.contains(name))
+    }
+
+    /// A Parse; `raw` is the whole message.
+    pub(crate) fn on_parse(&mut self, name: &str, raw: Bytes, routable: bool) {
+        if !self.enabled {
+            return;
+        }
+        if !name.is_empty() {
+            self.parses.insert(name.to_string(), raw);
+            if routable {
+                self.routable_statements.insert(name.to_string());
+            } else {
+                self.routable_statements.remove(name);
+            }
+        }
+        match self.reads() {
+            Some((parsed, _, _)) if routable => {
+                parsed.insert(name.to_string());
+            }
+            _ => self.batch = Batch::No,
+        }
+    }
+
+    pub(crate) fn on_bind(&mut self, portal: &str, statement: &str) {
+        if !self.enabled {
+            return;
+        }
+        let ok = match &self.batch {
+            Batch::Reads { parsed, .. } => self.statement_routable(parsed, statement),
+            Batch::Empty => self.statement_routable(&HashSet::new(), statement),
+            Batch::No => false,
+        };
+        match self.reads() {
+            Some((_, portals, _)) if ok => {
+                portals.insert(portal.to_string());
+            }
+            _ => self.batch = Batch::No,
+        }
+    }
+
+    /// A Describe of a statement (`S`) or portal (`P`).
+    pub(crate) fn on_describe(&mut self, kind: u8, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        let ok = match &self.batch {
+            Batch::Reads {
+                parsed, portals, ..
+            } => {
+                if kind == b'S' {
+                    self.statement_routable(parsed, name)
+                } else {
+                    portals.contains(name)
+                }
+            }
+            Batch::Empty => kind == b'S' && self.statement_routable(&HashSet::new(), name),
+            Batch::No => false,
+        };
+        if !ok || self.reads().is_none() {
+            self.batch = Batch::No;
+        }
+    }
+
+    pub(crate) fn on_execute(&mut self, portal: &str) {
+        if !self.enabled {
+            return;
+        }
+        match self.reads() {
+            Some((_, portals, executes)) if portals.contains(portal) => *executes += 1,
+            _ => self.batch = Batch::No,
+        }
+    }
+
+    /// A Close of a statement (`S`) or portal.
+    pub(crate) fn on_close(&mut self, kind: u8, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        if kind == b'S' {
+            self.parses.remove(name);
+            self.routable_statements.remove(name);
+        }
+        self.batch = Batch::No;
+    }
+
+    /// Any other message inside a batch (Flush, FunctionCall, copy data...).
+    pub(crate) fn on_other(&mut self) {
+        self.batch = Batch::No;
+    }
+
+    /// At the batch's Sync (or a Query, which ends it too): whether it held only routable
+    /// reads, at least one executed. The scan starts over.
+    pub(crate) fn end_batch(&mut self) -> bool {
+        matches!(
+            std::mem::take(&mut self.batch),
+            Batch::Reads { executes, .. } if executes > 0
+        )
     }
 
     /// Follows a statement the session runs on old (settings, temporary objects).

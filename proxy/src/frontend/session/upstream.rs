@@ -252,10 +252,12 @@ impl<R> Upstream<'_, R> {
         }
     }
 
-    pub(in crate::frontend) fn note_parse(&mut self, name: &str, sql: &str) {
+    /// `raw`: the whole Parse message.
+    pub(in crate::frontend) fn note_parse(&mut self, name: &str, sql: &str, raw: &Bytes) {
         let classes = self.classify(sql);
         self.statements.insert(name.to_string(), classes);
-        self.record_parse(name, sql);
+        let routable = self.record_parse(name, sql);
+        self.route.on_parse(name, raw.clone(), routable);
     }
 
     pub(in crate::frontend) fn note_bind(&mut self, frame: &Frame) {
@@ -272,6 +274,11 @@ impl<R> Upstream<'_, R> {
 
     pub(in crate::frontend) fn note_close(&mut self, frame: &Frame) {
         self.inspect(frame, true);
+        let body = frame.body();
+        if let (Some(&kind), Some(name)) = (body.first(), body.get(1..body.len().saturating_sub(1)))
+        {
+            self.route.on_close(kind, &String::from_utf8_lossy(name));
+        }
         self.record_close(frame.body().as_ref());
     }
 
