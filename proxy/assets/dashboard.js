@@ -264,6 +264,7 @@ function drawCutover(c) {
   if (c.converged === true) parts.push("Every live instance runs it.");
   if (!c.control_table_ok) parts.push("The control table is out of reach: this instance takes no writes.");
   if (c.error) parts.push(`Control table: ${c.error}`);
+  if ((c.sent_back || []).length > 0) parts.push(`${c.sent_back.length} query shape(s) sent back to old after a confirmed mismatch.`);
   $("cutover-note").textContent = parts.join(" ");
   fillTable("cutover-instances", c.instances || [], (tr, i) => {
     cell(tr, i.id);
@@ -272,6 +273,10 @@ function drawCutover(c) {
     cell(tr, i.ready_epoch === null ? "" : fmt(i.ready_epoch), "num");
     cell(tr, `${i.last_seen_secs.toFixed(1)} s ago`, i.live ? null : "bad");
   }, "no instance registered");
+  fillTable("cutover-sent-back", c.sent_back || [], (tr, b) => {
+    cell(tr, b.fingerprint);
+    cell(tr, b.query, "bad");
+  }, "none: every shape reads where the phase says");
   fillTable("cutover-history", c.history || [], (tr, h) => {
     cell(tr, h.at);
     cell(tr, `${h.from} → ${h.to}${h.to === "canary" ? ` ${h.percent} %` : ""}`);

@@ -123,6 +123,14 @@ pub struct CutoverConfig {
     /// How long a flip waits for every instance to confirm before it is abandoned.
     #[serde(default = "default_cutover_timeout_secs")]
     pub flip_timeout_secs: u64,
+    /// A shadow mismatch confirmed this recently (by any instance) refuses a flip that
+    /// moves reads to new.
+    #[serde(default = "default_mismatch_window_secs")]
+    pub mismatch_window_secs: u64,
+}
+
+fn default_mismatch_window_secs() -> u64 {
+    600
 }
 
 fn default_cutover_poll_ms() -> u64 {
@@ -143,6 +151,7 @@ impl Default for CutoverConfig {
             poll_ms: default_cutover_poll_ms(),
             lease_secs: default_cutover_lease_secs(),
             flip_timeout_secs: default_cutover_timeout_secs(),
+            mismatch_window_secs: default_mismatch_window_secs(),
         }
     }
 }

@@ -201,6 +201,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         config: config.cutover.clone(),
         connect_timeout: config.connect_timeout(),
         mirror: Some(m.clone()),
+        shadow: shadow.clone(),
     });
     if let Some(f) = &follower {
         // The instance starts on the current epoch, never on a default: until it has read

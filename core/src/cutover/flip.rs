@@ -30,6 +30,8 @@ pub struct FlipRequest {
     pub timeout: Duration,
     /// An instance not heard from for this long is not live.
     pub lease: Duration,
+    /// A confirmed shadow mismatch this recent refuses a flip that moves reads to new.
+    pub mismatch_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +91,8 @@ pub struct Instance {
     pub retry_backlog: i64,
     pub last_seen_secs: f64,
     pub live: bool,
+    /// Seconds since its shadow reads last confirmed a mismatch, if ever.
+    pub last_mismatch_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,7 +146,8 @@ async fn instances(old: &Client, lease: Duration) -> Result<Vec<Instance>, FlipE
     let rows = old
         .query(
             "SELECT id, phase, epoch, ready_epoch, retry_backlog,
-                    extract(epoch FROM clock_timestamp() - last_seen)::float8
+                    extract(epoch FROM clock_timestamp() - last_seen)::float8,
+                    extract(epoch FROM clock_timestamp() - last_mismatch)::float8
              FROM _switchyard.cutover_instances ORDER BY id",
             &[],
         )
@@ -159,6 +164,7 @@ async fn instances(old: &Client, lease: Duration) -> Result<Vec<Instance>, FlipE
                 retry_backlog: r.get(4),
                 last_seen_secs: secs,
                 live: secs <= lease.as_secs_f64(),
+                last_mismatch_secs: r.get(6),
             }
         })
         .collect())
@@ -256,6 +262,33 @@ async fn preflight(
         },
     );
     if req.to.any_reads_new(req.percent) {
+        // A shape old and new answer differently, confirmed lately by any instance's
+        // shadow reads: reads should not move until it is understood (and repaired).
+        let recent: Vec<String> = instances
+            .iter()
+            .filter(|i| i.live)
+            .filter_map(|i| {
+                i.last_mismatch_secs
+                    .filter(|s| *s <= req.mismatch_window.as_secs_f64())
+                    .map(|s| format!("{} ({:.0} s ago)", i.id, s))
+            })
+            .collect();
+        checks.push(
+            "no recent mismatch",
+            recent.is_empty(),
+            if recent.is_empty() {
+                format!(
+                    "no confirmed shadow mismatch in the last {} s",
+                    req.mismatch_window.as_secs()
+                )
+            } else {
+                format!(
+                    "shadow reads confirmed old and new differ: {} (see /api/mismatches; \
+                     switchyard-reconciler verify / repair)",
+                    recent.join(", ")
+                )
+            },
+        );
         // New must hold every change before it serves a read.
         let embedded: i64 = old
             .query_one(

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS _switchyard.cutover_instances (
   last_seen timestamptz NOT NULL,
   started timestamptz NOT NULL
 );
+-- When the instance's shadow reads last confirmed that old and new answer differently.
+ALTER TABLE _switchyard.cutover_instances ADD COLUMN IF NOT EXISTS last_mismatch timestamptz;
 -- Every flip attempted, whatever its outcome.
 CREATE TABLE IF NOT EXISTS _switchyard.cutover_log (
   at timestamptz NOT NULL DEFAULT now(),
@@ -48,23 +50,29 @@ CREATE TABLE IF NOT EXISTS _switchyard.cutover_log (
 "#;
 
 /// An instance's heartbeat and read of the state, in one round trip. Parameters: id,
-/// epoch, phase, ready_epoch (or NULL), retry_backlog.
+/// epoch, phase, ready_epoch (or NULL), retry_backlog, seconds since the last confirmed
+/// shadow mismatch (or NULL).
 pub const HEARTBEAT_SQL: &str = "WITH hb AS (
   INSERT INTO _switchyard.cutover_instances AS i
-    (id, epoch, phase, ready_epoch, retry_backlog, last_seen, started)
-  VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp())
+    (id, epoch, phase, ready_epoch, retry_backlog, last_seen, started, last_mismatch)
+  VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp(),
+          clock_timestamp() - make_interval(secs => $6))
   ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, phase = EXCLUDED.phase,
     ready_epoch = EXCLUDED.ready_epoch, retry_backlog = EXCLUDED.retry_backlog,
-    last_seen = EXCLUDED.last_seen)
+    last_seen = EXCLUDED.last_seen, last_mismatch = EXCLUDED.last_mismatch)
 SELECT phase, epoch, percent, proposed_phase, proposed_epoch, proposed_percent
 FROM _switchyard.cutover";
 
 /// Creates the control tables if missing. Several instances may start at once: the
 /// advisory lock keeps their CREATEs from racing on the catalog.
 pub async fn ensure_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
+    // The newest column, so tables made by an older version are brought up to date.
     let exists = client
         .query_one(
-            "SELECT to_regclass('_switchyard.cutover_log') IS NOT NULL",
+            "SELECT EXISTS (SELECT FROM pg_attribute
+               WHERE attrelid = to_regclass('_switchyard.cutover_instances')
+                 AND attname = 'last_mismatch' AND NOT attisdropped)
+               AND to_regclass('_switchyard.cutover_log') IS NOT NULL",
             &[],
         )
         .await?

@@ -122,6 +122,7 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         dry_run: body.dry_run,
         timeout: shared.config.cutover.flip_timeout(),
         lease: shared.config.cutover.lease(),
+        mismatch_window: std::time::Duration::from_secs(shared.config.cutover.mismatch_window_secs),
     };
     let timeout = shared.config.connect_timeout();
     let old =

@@ -28,6 +28,9 @@ pub struct CutoverArgs {
     /// Seconds after which an instance not heard from is not live.
     #[arg(long, default_value_t = 5)]
     pub lease_secs: u64,
+    /// A shadow mismatch confirmed this many seconds ago or later refuses moving reads to new.
+    #[arg(long, default_value_t = 600)]
+    pub mismatch_window_secs: u64,
     /// Name in the log and the timeline [default: cli@<host user>]
     #[arg(long)]
     pub by: Option<String>,
@@ -146,6 +149,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         dry_run: args.dry_run,
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
         lease,
+        mismatch_window: Duration::from_secs(args.mismatch_window_secs),
     };
     match cutover::flip(&old, new.as_ref(), &req).await {
         Ok(r) if args.json => print_json(&r),

@@ -28,6 +28,8 @@ pub struct Follower {
     pub config: CutoverConfig,
     pub connect_timeout: Duration,
     pub mirror: Option<Arc<Mirror>>,
+    /// Its confirmed mismatches are reported in the heartbeat (a pre-flight check).
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 /// What the control table said.
@@ -175,6 +177,11 @@ impl Follower {
                     &live.phase().as_str(),
                     &live.ready_epoch(),
                     &self.backlog(),
+                    &self
+                        .shadow
+                        .as_ref()
+                        .and_then(|s| s.stats.since_confirmed())
+                        .map(|d| d.as_secs_f64()),
                 ],
             )
             .await

@@ -28,6 +28,15 @@ pub struct Live {
     following: AtomicBool,
     started: Instant,
     lease: Duration,
+    /// Query shapes whose shadow comparisons confirmed a mismatch while reads could go to
+    /// new: they read from old from then on (fingerprint → the shape's text).
+    sent_back: dashmap::DashMap<u64, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SentBack {
+    pub fingerprint: String,
+    pub query: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +48,8 @@ pub struct LiveSnapshot {
     pub read_your_writes: bool,
     pub control_table_ok: bool,
     pub last_heartbeat_secs: Option<f64>,
+    /// Query shapes the canary sent back to old.
+    pub sent_back: Vec<SentBack>,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -59,6 +70,7 @@ impl Live {
             following: AtomicBool::new(false),
             started: Instant::now(),
             lease,
+            sent_back: dashmap::DashMap::new(),
         }
     }
 
@@ -130,6 +142,20 @@ impl Live {
         self.phase().reads_from_new(self.percent(), draw) && self.control_ok()
     }
 
+    /// Keeps a query shape on old for good (a confirmed mismatch); true the first time.
+    pub fn send_back(&self, fingerprint: u64, query: &str) -> bool {
+        if self.sent_back.contains_key(&fingerprint) {
+            return false;
+        }
+        self.sent_back
+            .insert(fingerprint, query.to_string())
+            .is_none()
+    }
+
+    pub fn is_sent_back(&self, fingerprint: u64) -> bool {
+        self.sent_back.contains_key(&fingerprint)
+    }
+
     pub fn snapshot(&self) -> LiveSnapshot {
         LiveSnapshot {
             phase: self.phase().as_str(),
@@ -139,6 +165,14 @@ impl Live {
             read_your_writes: self.read_your_writes(),
             control_table_ok: self.control_ok(),
             last_heartbeat_secs: self.since_heartbeat().map(|d| d.as_secs_f64()),
+            sent_back: self
+                .sent_back
+                .iter()
+                .map(|e| SentBack {
+                    fingerprint: format!("{:016x}", e.key()),
+                    query: e.value().clone(),
+                })
+                .collect(),
         }
     }
 }

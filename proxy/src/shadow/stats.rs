@@ -96,6 +96,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub rechecks_pending: AtomicU64,
     pub rechecks_dropped: AtomicU64,
+    /// When a comparison last confirmed a mismatch (None: never).
+    last_confirmed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Stats {
@@ -108,6 +110,7 @@ impl Stats {
             dropped: AtomicU64::new(0),
             rechecks_pending: AtomicU64::new(0),
             rechecks_dropped: AtomicU64::new(0),
+            last_confirmed: std::sync::Mutex::new(None),
         }
     }
 
@@ -136,13 +139,40 @@ impl Stats {
         f(&mut e)
     }
 
+    /// Whether old and new answered a statement of this shape differently, confirmed.
+    pub fn confirmed(&self, fingerprint: u64) -> bool {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .is_some_and(|e| e.shadow.confirmed > 0)
+    }
+
+    /// The shape's text (constants replaced by `$n`), if it was seen.
+    pub fn query_of(&self, fingerprint: u64) -> Option<String> {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .map(|e| e.query.clone())
+    }
+
     pub fn sampled(&self, fingerprint: u64, kind: Kind, query: &str) {
         self.with(fingerprint, query, |e| counts(e, kind).sampled += 1);
         metrics::counter!(COMPARISONS_TOTAL, "kind" => kind.as_str(), "outcome" => "sampled")
             .increment(1);
     }
 
+    /// How long ago a comparison last confirmed a mismatch.
+    pub fn since_confirmed(&self) -> Option<Duration> {
+        self.last_confirmed
+            .lock()
+            .ok()
+            .and_then(|t| t.map(|t| t.elapsed()))
+    }
+
     pub fn outcome(&self, fingerprint: u64, kind: Kind, query: &str, outcome: Outcome) {
+        if matches!((kind, &outcome), (Kind::Shadow, Outcome::Confirmed(_))) {
+            if let Ok(mut t) = self.last_confirmed.lock() {
+                *t = Some(std::time::Instant::now());
+            }
+        }
         self.with(fingerprint, query, |e| {
             let c = counts(e, kind);
             match outcome {

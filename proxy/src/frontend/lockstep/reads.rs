@@ -32,6 +32,12 @@ where
         let body = &frame.raw()[Frame::HEADER..];
         let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
         self.up.note_query(&sql);
+        // Compared on both sides like any sampled read: a shape whose comparison confirms
+        // a mismatch stops reading from new.
+        let classes = self.up.classify(&sql);
+        if let Some(tap) = self.up.shadow.as_mut() {
+            tap.query(&sql, &classes, || true);
+        }
         match self.answer_from_new(&frame).await? {
             Outcome::Answered => {
                 metrics::counter!(crate::metrics::READS_ROUTED_TOTAL, "to" => "new").increment(1);

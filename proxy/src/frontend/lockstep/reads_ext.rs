@@ -156,12 +156,22 @@ where
                 Ok(FrontendMessage::Parse { name, query, .. }) => {
                     let query = self.up.as_server_reads(&query).into_owned();
                     self.up.note_parse(&name, &query, f.raw());
+                    let classes = self.up.classify(&query);
+                    if let Some(tap) = self.up.shadow.as_mut() {
+                        tap.parse(f, &classes);
+                    }
                     self.send(f.raw());
                     self.expect.push(Expect::Swallow);
                     parses += 1;
                 }
                 Ok(FrontendMessage::Bind(_)) => self.up.note_bind(f),
-                Ok(FrontendMessage::Execute { .. }) => self.up.note_execute(f),
+                Ok(FrontendMessage::Execute { .. }) => {
+                    self.up.note_execute(f);
+                    // Sampled like any read, so a shape new answers differently is caught.
+                    if let Some(tap) = self.up.shadow.as_mut() {
+                        tap.execute(f, || true);
+                    }
+                }
                 _ => {}
             }
         }

@@ -207,14 +207,14 @@ impl<R> Upstream<'_, R> {
             b'P' => {
                 if let Some((name, n)) = cstr(body) {
                     if let Some((sql, _)) = cstr(&body[n..]) {
-                        let routable = self.record_parse(&name, &sql);
+                        let shape = self.record_parse(&name, &sql);
                         // Only named statements are kept (to prepare them on new later).
                         let raw = if name.is_empty() {
                             bytes::Bytes::new()
                         } else {
                             bytes::Bytes::copy_from_slice(&self.buf[start - 5..end])
                         };
-                        self.route.on_parse(&name, raw, routable);
+                        self.route.on_parse(&name, raw, shape);
                     }
                 }
                 false
@@ -227,11 +227,15 @@ impl<R> Upstream<'_, R> {
             }
             b'S' => {
                 // A batch of reads the cutover sends to new, handed over whole.
-                if self.route.end_batch()
-                    && self.route.reads_new(self.shared)
-                    && !self.batch_open
-                    && self.txn_status() == b'I'
-                {
+                let shapes = self.route.end_batch();
+                if shapes.is_some_and(|shapes| {
+                    self.route.reads_new(self.shared)
+                        && !self.batch_open
+                        && self.txn_status() == b'I'
+                        && shapes
+                            .iter()
+                            .all(|fp| super::route::Route::shape_ok(self.shared, *fp))
+                }) {
                     self.route.pending = true;
                     return true;
                 }
@@ -312,6 +316,7 @@ impl<R> Upstream<'_, R> {
             && super::route::routable(sql, &classes)
             && self.txn_status() == b'I'
             && (pure || *mirror.plan(sql) == Plan::Pass)
+            && super::route::Route::shape_ok(self.shared, classes[0].fingerprint)
         {
             self.route.pending = true;
             return true;
@@ -329,21 +334,20 @@ impl<R> Upstream<'_, R> {
     }
 
     /// A Parse: the plan of the statement it names ("" for the unnamed one).
-    /// Returns whether the statement is a read the cutover may send to new.
-    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) -> bool {
-        let Some(mirror) = self.mirror.clone() else {
-            return false;
-        };
+    /// Returns the shape's fingerprint if the statement is a read the cutover may send to
+    /// new.
+    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) -> Option<u64> {
+        let mirror = self.mirror.clone()?;
         let sql = self.as_server_reads(sql).into_owned();
         let plan = mirror.plan(&sql);
         if matches!(*plan, Plan::Pass) {
             self.plans.remove(name);
             let classes = self.classify(&sql);
-            super::route::routable(&sql, &classes)
+            super::route::routable_shape(&sql, &classes)
         } else {
             self.count_passed(&plan, &sql);
             self.plans.insert(name.to_string(), plan);
-            false
+            None
         }
     }
 

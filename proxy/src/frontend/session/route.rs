@@ -51,8 +51,8 @@ pub(crate) struct Route {
     /// The Parse message of each named statement the session has, as the client sent it:
     /// what prepares it on new when a routed batch binds it.
     pub(crate) parses: HashMap<String, Bytes>,
-    /// Named statements that are routable reads.
-    routable_statements: HashSet<String>,
+    /// Named statements that are routable reads, with their shape's fingerprint.
+    routable_statements: HashMap<String, u64>,
     /// The extended-protocol batch being scanned.
     batch: Batch,
 }
@@ -62,11 +62,13 @@ pub(crate) struct Route {
 enum Batch {
     #[default]
     Empty,
-    /// Only routable reads: the statements parsed and portals bound in it.
+    /// Only routable reads: the statements parsed (with their fingerprints) and portals
+    /// bound in it, and the shapes it runs.
     Reads {
-        parsed: HashSet<String>,
+        parsed: HashMap<String, u64>,
         portals: HashSet<String>,
         executes: u32,
+        shapes: Vec<u64>,
     },
     /// Something that must run on old.
     No,
@@ -88,17 +90,26 @@ impl Route {
             pinned: false,
             connect_failed: None,
             parses: HashMap::new(),
-            routable_statements: HashSet::new(),
+            routable_statements: HashMap::new(),
             batch: Batch::Empty,
         }
     }
 
-    fn reads(&mut self) -> Option<(&mut HashSet<String>, &mut HashSet<String>, &mut u32)> {
+    #[allow(clippy::type_complexity)]
+    fn reads(
+        &mut self,
+    ) -> Option<(
+        &mut HashMap<String, u64>,
+        &mut HashSet<String>,
+        &mut u32,
+        &mut Vec<u64>,
+    )> {
         if let Batch::Empty = self.batch {
             self.batch = Batch::Reads {
-                parsed: HashSet::new(),
+                parsed: HashMap::new(),
                 portals: HashSet::new(),
                 executes: 0,
+                shapes: Vec::new(),
             };
         }
         match &mut self.batch {
@@ -106,32 +117,45 @@ impl Route {
                 parsed,
                 portals,
                 executes,
-            } => Some((parsed, portals, executes)),
+                shapes,
+            } => Some((parsed, portals, executes, shapes)),
             _ => None,
         }
     }
 
-    fn statement_routable(&self, parsed: &HashSet<String>, name: &str) -> bool {
-        // The unnamed statement only if parsed in the same batch (new's may be older).
-        parsed.contains(name) || (!name.is_empty() && self.routable_statements.contains(name))
+    /// The fingerprint of a statement a routed batch may run: parsed in the batch, or a
+    /// named routable one (the unnamed statement only if parsed in the same batch: new's
+    /// may be older).
+    fn statement_shape(&self, parsed: Option<&HashMap<String, u64>>, name: &str) -> Option<u64> {
+        parsed
+            .and_then(|p| p.get(name))
+            .or_else(|| {
+                (!name.is_empty())
+                    .then(|| self.routable_statements.get(name))
+                    .flatten()
+            })
+            .copied()
     }
 
-    /// A Parse; `raw` is the whole message.
-    pub(crate) fn on_parse(&mut self, name: &str, raw: Bytes, routable: bool) {
+    /// A Parse; `raw` is the whole message, `shape` the fingerprint of a routable read.
+    pub(crate) fn on_parse(&mut self, name: &str, raw: Bytes, shape: Option<u64>) {
         if !self.enabled {
             return;
         }
         if !name.is_empty() {
             self.parses.insert(name.to_string(), raw);
-            if routable {
-                self.routable_statements.insert(name.to_string());
-            } else {
-                self.routable_statements.remove(name);
+            match shape {
+                Some(fp) => {
+                    self.routable_statements.insert(name.to_string(), fp);
+                }
+                None => {
+                    self.routable_statements.remove(name);
+                }
             }
         }
-        match self.reads() {
-            Some((parsed, _, _)) if routable => {
-                parsed.insert(name.to_string());
+        match (self.reads(), shape) {
+            (Some((parsed, ..)), Some(fp)) => {
+                parsed.insert(name.to_string(), fp);
             }
             _ => self.batch = Batch::No,
         }
@@ -141,14 +165,15 @@ impl Route {
         if !self.enabled {
             return;
         }
-        let ok = match &self.batch {
-            Batch::Reads { parsed, .. } => self.statement_routable(parsed, statement),
-            Batch::Empty => self.statement_routable(&HashSet::new(), statement),
-            Batch::No => false,
+        let shape = match &self.batch {
+            Batch::Reads { parsed, .. } => self.statement_shape(Some(parsed), statement),
+            Batch::Empty => self.statement_shape(None, statement),
+            Batch::No => None,
         };
-        match self.reads() {
-            Some((_, portals, _)) if ok => {
+        match (self.reads(), shape) {
+            (Some((_, portals, _, shapes)), Some(fp)) => {
                 portals.insert(portal.to_string());
+                shapes.push(fp);
             }
             _ => self.batch = Batch::No,
         }
@@ -164,12 +189,12 @@ impl Route {
                 parsed, portals, ..
             } => {
                 if kind == b'S' {
-                    self.statement_routable(parsed, name)
+                    self.statement_shape(Some(parsed), name).is_some()
                 } else {
                     portals.contains(name)
                 }
             }
-            Batch::Empty => kind == b'S' && self.statement_routable(&HashSet::new(), name),
+            Batch::Empty => kind == b'S' && self.statement_shape(None, name).is_some(),
             Batch::No => false,
         };
         if !ok || self.reads().is_none() {
@@ -182,7 +207,7 @@ impl Route {
             return;
         }
         match self.reads() {
-            Some((_, portals, executes)) if portals.contains(portal) => *executes += 1,
+            Some((_, portals, executes, _)) if portals.contains(portal) => *executes += 1,
             _ => self.batch = Batch::No,
         }
     }
@@ -204,13 +229,38 @@ impl Route {
         self.batch = Batch::No;
     }
 
-    /// At the batch's Sync (or a Query, which ends it too): whether it held only routable
-    /// reads, at least one executed. The scan starts over.
-    pub(crate) fn end_batch(&mut self) -> bool {
-        matches!(
-            std::mem::take(&mut self.batch),
-            Batch::Reads { executes, .. } if executes > 0
-        )
+    /// At the batch's Sync (or a Query, which ends it too): the shapes it runs if it held
+    /// only routable reads, at least one executed. The scan starts over.
+    pub(crate) fn end_batch(&mut self) -> Option<Vec<u64>> {
+        match std::mem::take(&mut self.batch) {
+            Batch::Reads {
+                executes, shapes, ..
+            } if executes > 0 => Some(shapes),
+            _ => None,
+        }
+    }
+
+    /// Whether a shape may read from new: not once shadow comparisons confirmed that old
+    /// and new answer it differently (the canary protects itself; the shape stays on old).
+    pub(crate) fn shape_ok(shared: &Shared, fingerprint: u64) -> bool {
+        if shared.cutover.is_sent_back(fingerprint) {
+            return false;
+        }
+        let Some(shadow) = shared.shadow.as_ref() else {
+            return true;
+        };
+        let mismatched = shadow.stats.confirmed(fingerprint);
+        let query = || shadow.stats.query_of(fingerprint).unwrap_or_default();
+        if mismatched && shared.cutover.send_back(fingerprint, &query()) {
+            let query = query();
+            tracing::warn!(
+                fingerprint = format!("{fingerprint:016x}"),
+                query,
+                "Old and new answered a query shape differently; it reads from old from now on."
+            );
+            metrics::counter!(crate::metrics::READS_SENT_BACK_TOTAL).increment(1);
+        }
+        !mismatched
     }
 
     /// Follows a statement the session runs on old (settings, temporary objects).
@@ -246,6 +296,12 @@ impl Route {
     pub(crate) fn connect_failed(&mut self) {
         self.connect_failed = Some(Instant::now());
     }
+}
+
+/// The fingerprint of a statement that may be answered by new: one read-only statement
+/// that calls nothing tied to the session on old.
+pub(crate) fn routable_shape(sql: &str, classes: &[Classified]) -> Option<u64> {
+    routable(sql, classes).then(|| classes[0].fingerprint)
 }
 
 /// Whether a statement may be answered by new: one read-only statement that calls nothing

@@ -256,8 +256,8 @@ impl<R> Upstream<'_, R> {
     pub(in crate::frontend) fn note_parse(&mut self, name: &str, sql: &str, raw: &Bytes) {
         let classes = self.classify(sql);
         self.statements.insert(name.to_string(), classes);
-        let routable = self.record_parse(name, sql);
-        self.route.on_parse(name, raw.clone(), routable);
+        let shape = self.record_parse(name, sql);
+        self.route.on_parse(name, raw.clone(), shape);
     }
 
     pub(in crate::frontend) fn note_bind(&mut self, frame: &Frame) {
