@@ -297,6 +297,10 @@ function verdict(status, shadow) {
   if (shadow && shadow.totals.confirmed > 0) problems.push(["bad", "confirmed mismatches"]);
   if (m && m.retry_backlog > 0) problems.push(["warn", "retry backlog"]);
   if (m && m.in_doubt > 0) problems.push(["warn", "in-doubt transactions"]);
+  const c = status.cutover;
+  if (c && !c.control_table_ok) problems.push(["bad", "cutover control table out of reach"]);
+  if (c && (c.sent_back || []).length > 0) problems.push(["warn", "query shapes sent back to old"]);
+  if (c && c.converged === false) problems.push(["warn", "instances on different epochs"]);
   el.classList.remove("ok", "warn", "bad");
   if (problems.length === 0) {
     el.textContent = "old and new agree";

@@ -14,6 +14,7 @@ pub mod backfill;
 pub mod broker;
 pub mod browser;
 pub mod clients;
+pub mod cutover;
 pub mod http;
 pub mod logs;
 pub mod mirror;

@@ -1,85 +1,18 @@
 //! The cutover flag on real clusters with two proxy instances: reads move to new and back
 //! (simple and extended protocol, canary sticky per session, read-your-writes across
-//! instances, reads in transactions and session-bound reads kept on old), a flip abandoned
-//! while one instance is frozen, an
-//! instance cut off from the control table stops writing, pre-flight refusals (retry
-//! backlog, phases not available yet), the CLI and the admin token.
+//! instances, reads in transactions and session-bound reads kept on old), flips under
+//! pgbench load, a flip abandoned while one instance is frozen, an instance cut off from
+//! the control table stops writing, pre-flight refusals (retry backlog, phases not
+//! available yet), the CLI and the admin token.
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use switchyard_proxy::{ProxyConfig, RunningProxy};
+use switchyard_proxy::RunningProxy;
+use switchyard_tests::cutover::{admin, config, flip, one, pair, pair_client, phase_of, port_of};
 use switchyard_tests::http::{get, request, request_with};
 use switchyard_tests::mirror::{assert_same, init_tracing, reconciler, retry_records};
-use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, Pair, ProxyProcess, DB};
-use tokio_postgres::Client;
-
-const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL);
-                      CREATE SCHEMA s2; CREATE TABLE s2.t (id int PRIMARY KEY, w text);
-                      INSERT INTO s2.t VALUES (1, 'in s2');
-                      CREATE TYPE mood AS ENUM ('ok', 'sad');
-                      CREATE TABLE m (id int PRIMARY KEY, x mood);
-                      INSERT INTO m VALUES (1, 'sad');";
-
-async fn pair() -> Result<Pair> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    for c in [&pair.old, &pair.new] {
-        tokio::task::block_in_place(|| c.psql(DB, SCHEMA))?;
-    }
-    Ok(pair)
-}
-
-fn config(pair: &Pair, id: &str) -> ProxyConfig {
-    let mut c = pair.config();
-    c.instance_id = Some(id.into());
-    c.cutover.poll_ms = 100;
-    c.cutover.flip_timeout_secs = 3;
-    c
-}
-
-fn admin(p: &RunningProxy) -> Result<SocketAddr> {
-    p.admin_addr().context("the admin server is off")
-}
-
-/// POSTs a flip to an instance; returns (HTTP status, JSON body).
-async fn flip(p: &RunningProxy, body: &str) -> Result<(u16, Value)> {
-    let (status, text) = request(admin(p)?, "POST", "/api/cutover", body).await?;
-    let v = serde_json::from_str(&text).with_context(|| format!("flip answer: {text}"))?;
-    Ok((status, v))
-}
-
-async fn phase_of(p: &RunningProxy) -> Result<(String, i64)> {
-    let (_, text) = get(admin(p)?, "/api/status").await?;
-    let v: Value = serde_json::from_str(&text)?;
-    Ok((
-        v["cutover"]["phase"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        v["cutover"]["epoch"].as_i64().unwrap_or(-1),
-    ))
-}
-
-/// Which server answered: `SHOW port` is a plain read, routed like any other.
-async fn port_of(c: &Client) -> Result<u16> {
-    let rows = c.simple_query("SHOW port").await?;
-    for m in rows {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).context("no port")?.parse()?);
-        }
-    }
-    anyhow::bail!("SHOW port returned no row")
-}
-
-async fn one(c: &Client, sql: &str) -> Result<String> {
-    for m in c.simple_query(sql).await? {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            return Ok(r.get(0).unwrap_or("NULL").to_string());
-        }
-    }
-    anyhow::bail!("{sql}: no row")
-}
+use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, ProxyProcess, DB};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
@@ -220,12 +153,6 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
     assert_same(&pair, &["t"])?;
     ensure!(retry_records(&pair)? == 0);
     Ok(())
-}
-
-async fn pair_client(c: &switchyard_tests::PgCluster) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(&c.url(DB), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,154 +463,5 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
         ],
     )?;
     ensure!(retry_records(&pair)? == 0);
-    Ok(())
-}
-
-/// psycopg 3 (unnamed statements, then named ones past its prepare threshold) and asyncpg
-/// (cached named statements, from their second run) read from new in reads-new, with the
-/// right rows; their reads inside a transaction stay on old.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_drivers_read_from_new() -> Result<()> {
-    init_tracing();
-    let pair = pair().await?;
-    let a = start_proxy(config(&pair, "a")).await?;
-    let c = connect_proxy(&a).await?;
-    for i in 0..6 {
-        c.simple_query(&format!("INSERT INTO t VALUES ({i}, 'row {i}')"))
-            .await?;
-    }
-    let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
-    ensure!(status == 200, "{status} {report}");
-    let python = switchyard_tests::clients::python_bin()?;
-    let script = switchyard_tests::clients::python_script("cutover_reads.py");
-    let url = switchyard_tests::proxy::proxy_url(&a, "postgres");
-    let out = switchyard_tests::clients::run_client(
-        tokio::process::Command::new(python).arg(&script).arg(&url),
-        "cutover_reads.py",
-        Duration::from_secs(120),
-    )
-    .await?
-    .success("cutover_reads.py")?;
-    let (old, new) = (pair.old.port().to_string(), pair.new.port().to_string());
-    let metrics = get(admin(&a)?, "/metrics").await?.1;
-    let routed: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_reads_routed_total"))
-        .collect();
-    let mut lines = 0;
-    for line in out.stdout.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        ensure!(f.len() >= 3, "{line}");
-        // asyncpg prepares a statement with Parse, Describe, Flush and runs it in the same
-        // server batch (Bind, Execute, Sync): its first run goes to old with its Parse.
-        let first_asyncpg = f[0] == "asyncpg" && f[1].ends_with("-0");
-        let want = if f[1] == "in-transaction" || first_asyncpg {
-            &old
-        } else {
-            &new
-        };
-        ensure!(
-            f[2] == want,
-            "{line}: answered by port {}, want {want}; {routed:?}",
-            f[2]
-        );
-        if let Some(i) = f[1].strip_prefix("param-") {
-            ensure!(line.ends_with(&format!("row {i}")), "{line}");
-        }
-        lines += 1;
-    }
-    ensure!(lines == 26, "{}", out.stdout);
-    Ok(())
-}
-
-/// Scenario 35: in canary, a query shape that old and new answer differently (a row changed
-/// on new behind everyone's back) goes back to old by itself once shadow comparisons
-/// confirm it, through either protocol; other shapes keep reading from new, and the status
-/// (and so the dashboard) names the shape.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
-    init_tracing();
-    let pair = pair().await?;
-    let mut cfg = config(&pair, "a");
-    cfg.shadow.sample_rate = 1.0;
-    cfg.shadow.recheck_delay_ms = 200;
-    let a = start_proxy(cfg).await?;
-    let c = connect_proxy(&a).await?;
-    c.simple_query("INSERT INTO t VALUES (1, 'same'), (2, 'same')")
-        .await?;
-    let (status, report) = flip(&a, r#"{"to": "canary", "percent": 100}"#).await?;
-    ensure!(status == 200, "{status} {report}");
-    tokio::task::block_in_place(|| {
-        pair.new
-            .psql(DB, "UPDATE t SET v = 'drifted' WHERE id IN (1, 2)")
-    })?;
-    let by_id = c
-        .prepare("SELECT v FROM t WHERE id = $1 AND v <> ''")
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen_drift = (false, false);
-    loop {
-        let simple = one(&c, "SELECT v FROM t WHERE id = 1").await?;
-        let extended: String = c.query_one(&by_id, &[&2i64]).await?.get(0);
-        seen_drift.0 |= simple == "drifted";
-        seen_drift.1 |= extended == "drifted";
-        if simple == "same" && extended == "same" {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "still reading new's drifted rows: {simple} / {extended}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ensure!(
-        seen_drift == (true, true),
-        "the reads came from new first: {seen_drift:?}"
-    );
-    // Sent back for good, and named.
-    for _ in 0..5 {
-        ensure!(one(&c, "SELECT v FROM t WHERE id = 1").await? == "same");
-    }
-    ensure!(
-        port_of(&c).await? == pair.new.port(),
-        "other shapes still read from new"
-    );
-    let (_, text) = get(admin(&a)?, "/api/status").await?;
-    let v: Value = serde_json::from_str(&text)?;
-    let back = v["cutover"]["sent_back"].as_array().context("sent_back")?;
-    ensure!(back.len() == 2, "two shapes sent back: {text}");
-    ensure!(
-        back.iter().all(|b| b["query"]
-            .as_str()
-            .unwrap_or("")
-            .contains("FROM t WHERE id")),
-        "{text}"
-    );
-    // Moving every read to new is refused while the mismatch is recent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let report = loop {
-        let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
-        if status == 409 {
-            break report;
-        }
-        // The heartbeat carrying the mismatch may not have reached the table yet: back
-        // to canary and try again.
-        ensure!(
-            Instant::now() < deadline,
-            "reads-new was never refused: {report}"
-        );
-        flip(&a, r#"{"to": "canary", "percent": 100}"#).await?;
-    };
-    let failed: Vec<&Value> = report["checks"]
-        .as_array()
-        .context("checks")?
-        .iter()
-        .filter(|c| c["ok"] == false)
-        .collect();
-    ensure!(
-        failed.len() == 1 && failed[0]["name"] == "no recent mismatch",
-        "{report}"
-    );
-    tokio::task::block_in_place(|| pair.new.psql(DB, "UPDATE t SET v = 'same'"))?;
     Ok(())
 }

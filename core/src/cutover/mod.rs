@@ -6,10 +6,12 @@
 mod checks;
 mod flip;
 mod schema;
+mod status;
 
 pub use checks::{Check, Checks};
-pub use flip::{flip, status, FlipError, FlipReport, FlipRequest, Instance, LogEntry, Status};
+pub use flip::{flip, FlipError, FlipReport, FlipRequest};
 pub use schema::{ensure_schema, CHANNEL, HEARTBEAT_SQL};
+pub use status::{status, Instance, LogEntry, Status};
 
 use std::fmt;
 use std::str::FromStr;
