@@ -103,6 +103,8 @@ pub struct CopyConn {
     /// The socket's receive low-water mark: 1 (the default) except while a batched read
     /// has raised it.
     lowat: usize,
+    /// The highest mark set since the current COPY started.
+    lowat_peak: usize,
     wbuf: BytesMut,
     broken: bool,
 }
@@ -140,6 +142,7 @@ impl CopyConn {
                         stream,
                         rbuf: BytesMut::with_capacity(READ_SIZE),
                         lowat: 1,
+                        lowat_peak: 1,
                         wbuf: BytesMut::new(),
                         broken: false,
                     };
@@ -225,6 +228,7 @@ impl CopyConn {
                 }
             }
         }
+        self.lowat_peak = self.lowat;
         Ok(CopyOut {
             conn: self,
             in_data: 0,
@@ -382,7 +386,10 @@ impl CopyConn {
         if self.lowat == 1 {
             if let Some(tcp) = self.stream.tcp() {
                 match crate::rcvlowat::set(tcp, BATCH_BYTES) {
-                    Ok(v) => self.lowat = v,
+                    Ok(v) => {
+                        self.lowat = v;
+                        self.lowat_peak = self.lowat_peak.max(v);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "Could not raise the receive low-water mark; reading unbatched.")
                     }
@@ -498,6 +505,12 @@ impl CopyOut<'_> {
     /// large COPY is read over TCP.
     pub fn receive_mark(&self) -> usize {
         self.conn.lowat
+    }
+
+    /// The highest receive low-water mark this COPY's reads set (whether or not a batch
+    /// then arrived within [`BATCH_WAIT`], which a busy machine may miss).
+    pub fn peak_receive_mark(&self) -> usize {
+        self.conn.lowat_peak
     }
 
     /// Moves buffered data out, skipping the headers of `CopyData` messages; stops at the

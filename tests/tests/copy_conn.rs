@@ -129,7 +129,7 @@ async fn large_copies_are_read_in_batches_without_losing_or_holding_back_data() 
                 let mut got = BytesMut::new();
                 let mut most = 1;
                 while copy.read(&mut got).await? {
-                    most = most.max(copy.receive_mark());
+                    most = most.max(copy.peak_receive_mark());
                 }
                 anyhow::Ok((got, most))
             })
