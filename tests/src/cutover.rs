@@ -85,3 +85,14 @@ pub async fn pair_client(c: &crate::PgCluster) -> Result<Client> {
     tokio::spawn(conn);
     Ok(client)
 }
+
+/// The names of the failed checks in a flip's report.
+pub fn failed_checks(report: &Value) -> Result<Vec<String>> {
+    Ok(report["checks"]
+        .as_array()
+        .context("the report has no checks")?
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect())
+}

@@ -9,7 +9,9 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard_proxy::RunningProxy;
-use switchyard_tests::cutover::{admin, config, flip, one, pair, pair_client, phase_of, port_of};
+use switchyard_tests::cutover::{
+    admin, config, failed_checks, flip, one, pair, pair_client, phase_of, port_of,
+};
 use switchyard_tests::http::{get, request, request_with};
 use switchyard_tests::mirror::{assert_same, init_tracing, reconciler, retry_records};
 use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, ProxyProcess, DB};
@@ -299,14 +301,8 @@ async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
     ensure!(retry_records(&pair)? > 0, "the write was queued");
     let (status, report) = flip(&p, r#"{"to": "reads-new"}"#).await?;
     ensure!(status == 409, "{status} {report}");
-    let failed: Vec<&Value> = report["checks"]
-        .as_array()
-        .context("checks")?
-        .iter()
-        .filter(|c| c["ok"] == false)
-        .collect();
     ensure!(
-        failed.len() == 1 && failed[0]["name"] == "retry backlog empty",
+        failed_checks(&report)? == ["retry backlog empty"],
         "{report}"
     );
     // Replayed, new has everything: the flip goes through and the row is read from new.

@@ -4,7 +4,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use switchyard_tests::cutover::{admin, config, flip, one, pair, port_of};
+use switchyard_tests::cutover::{admin, config, failed_checks, flip, one, pair, port_of};
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::init_tracing;
 use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
@@ -144,14 +144,8 @@ async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
         );
         flip(&a, r#"{"to": "canary", "percent": 100}"#).await?;
     };
-    let failed: Vec<&Value> = report["checks"]
-        .as_array()
-        .context("checks")?
-        .iter()
-        .filter(|c| c["ok"] == false)
-        .collect();
     ensure!(
-        failed.len() == 1 && failed[0]["name"] == "no recent mismatch",
+        failed_checks(&report)? == ["no recent mismatch"],
         "{report}"
     );
     tokio::task::block_in_place(|| pair.new.psql(DB, "UPDATE t SET v = 'same'"))?;

@@ -4,6 +4,7 @@
 mod auth;
 mod connect;
 mod error;
+pub mod read;
 
 pub use connect::{connect, send_cancel, BackendConn, ConnectOptions};
 pub use error::BackendError;

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A started connection used only by the shadow executor.
@@ -176,24 +176,14 @@ impl Conn {
     }
 
     async fn next_frame(&mut self, role: Role, max: usize) -> Result<Frame, SideError> {
-        loop {
-            if let Some(f) = Frame::parse(&mut self.buf, max)
-                .map_err(|source| SideError::Protocol { role, source })?
-            {
-                return Ok(f);
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|source| SideError::Io { role, source })?;
-            if n == 0 {
-                return Err(SideError::Closed { role });
-            }
-        }
+        use crate::backend::read::{next_frame, ReadError};
+        next_frame(&mut self.stream, &mut self.buf, max)
+            .await
+            .map_err(|e| match e {
+                ReadError::Protocol(source) => SideError::Protocol { role, source },
+                ReadError::Io(source) => SideError::Io { role, source },
+                ReadError::Closed => SideError::Closed { role },
+            })
     }
 }
 

@@ -12,7 +12,7 @@ use crate::shared::Shared;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub(crate) struct Reader {
@@ -105,22 +105,14 @@ impl Reader {
     }
 
     pub(crate) async fn frame(&mut self) -> Result<Frame, String> {
-        loop {
-            if let Some(f) = Frame::parse(&mut self.buf, self.max).map_err(|e| e.to_string())? {
-                return Ok(f);
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| format!("reading from new: {e}"))?;
-            if n == 0 {
-                return Err("new closed the connection".into());
-            }
-        }
+        use crate::backend::read::{next_frame, ReadError};
+        next_frame(&mut self.stream, &mut self.buf, self.max)
+            .await
+            .map_err(|e| match e {
+                ReadError::Protocol(e) => e.to_string(),
+                ReadError::Io(e) => format!("reading from new: {e}"),
+                ReadError::Closed => "new closed the connection".into(),
+            })
     }
 
     /// Runs `messages` (the proxy's own Parse/Close) and a Sync; an error if any failed.
