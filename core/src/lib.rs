@@ -21,6 +21,7 @@ pub mod copy_conn;
 pub mod copy_hash;
 pub mod cutover;
 pub mod diff;
+pub mod direction;
 pub mod dsn;
 pub mod ident;
 pub mod key;

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS _switchyard.applied_statements (
 /// Prefix of the two-phase transaction ids the proxy prepares on the secondary; the rest is
 /// the primary's transaction id (`pg_current_xact_id()`), which recovery looks up with
 /// `pg_xact_status()`.
-pub const GID_PREFIX: &str = "switchyard:";
+pub use crate::direction::GID_PREFIX;
 
 /// The gid for a primary transaction id.
 pub fn gid_for(primary_xid: &str) -> String {
