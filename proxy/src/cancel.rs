@@ -32,6 +32,13 @@ impl CancelRegistry {
         (pid, key)
     }
 
+    /// The session moved to another server connection (the cutover moved writes).
+    pub fn retarget(&self, pid: i32, target: CancelTarget) {
+        if let Some(mut entry) = self.sessions.get_mut(&pid) {
+            entry.value_mut().1 = target;
+        }
+    }
+
     pub fn unregister(&self, pid: i32) {
         self.sessions.remove(&pid);
     }

@@ -127,6 +127,14 @@ pub struct CutoverConfig {
     /// moves reads to new.
     #[serde(default = "default_mismatch_window_secs")]
     pub mismatch_window_secs: u64,
+    /// A flip that moves writes holds new transactions while those in flight finish; if
+    /// they have not within this, the instance does not confirm and the flip is abandoned.
+    #[serde(default = "default_write_drain_ms")]
+    pub write_drain_ms: u64,
+}
+
+fn default_write_drain_ms() -> u64 {
+    5000
 }
 
 fn default_mismatch_window_secs() -> u64 {
@@ -152,6 +160,7 @@ impl Default for CutoverConfig {
             lease_secs: default_cutover_lease_secs(),
             flip_timeout_secs: default_cutover_timeout_secs(),
             mismatch_window_secs: default_mismatch_window_secs(),
+            write_drain_ms: default_write_drain_ms(),
         }
     }
 }
@@ -163,6 +172,11 @@ impl CutoverConfig {
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs.max(1))
+    }
+
+    /// Never past the flip's own timeout, so an instance gives up before the coordinator.
+    pub fn write_drain(&self) -> Duration {
+        Duration::from_millis(self.write_drain_ms.max(1)).min(self.flip_timeout() / 2)
     }
 
     pub fn flip_timeout(&self) -> Duration {

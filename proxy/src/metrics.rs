@@ -16,6 +16,7 @@ pub const CUTOVER_FLIPS_TOTAL: &str = "switchyard_cutover_flips_total";
 pub const CUTOVER_FLIP_SECONDS: &str = "switchyard_cutover_flip_confirm_seconds";
 pub const READS_ROUTED_TOTAL: &str = "switchyard_reads_routed_total";
 pub const READS_SENT_BACK_TOTAL: &str = "switchyard_reads_sent_back_total";
+pub const SESSIONS_MOVED_TOTAL: &str = "switchyard_sessions_moved_total";
 pub const STATEMENTS_UNPARSED_TOTAL: &str = "switchyard_statements_unparsed_total";
 pub const CLASSIFIER_CACHE_TOTAL: &str = "switchyard_classifier_cache_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::direction::Direction;
 use switchyard_core::dsn::DsnError;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -172,8 +173,20 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     };
     let mirror = crate::mirror::Mirror::new(
         config.mirror.clone(),
+        Direction::OldToNew,
         old.clone(),
         new.clone(),
+        instance_id.clone(),
+        config.connect_timeout(),
+        kafka.clone(),
+    );
+    // The same, the other way round, for the cutover's writes-new: set up once writes are
+    // about to move (`Follower::prepare`).
+    let mirror_back = crate::mirror::Mirror::new(
+        config.mirror.clone(),
+        Direction::NewToOld,
+        new.clone(),
+        old.clone(),
         instance_id.clone(),
         config.connect_timeout(),
         kafka,
@@ -201,7 +214,10 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         config: config.cutover.clone(),
         connect_timeout: config.connect_timeout(),
         mirror: Some(m.clone()),
+        mirror_back: mirror_back.clone(),
         shadow: shadow.clone(),
+        ready_since: Default::default(),
+        abandoned: Default::default(),
     });
     if let Some(f) = &follower {
         // The instance starts on the current epoch, never on a default: until it has read
@@ -209,6 +225,16 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         if let Err(e) = f.start().await {
             tracing::warn!(error = %e, "Cannot read the cutover flag yet; writes wait until this instance has.");
         }
+    }
+    if let Some(m) = mirror_back
+        .as_ref()
+        .filter(|_| cutover.direction() == Direction::NewToOld)
+    {
+        // Started in writes-new: sessions write to new from the first one on.
+        m.activate();
+        crate::mirror::startup::check(m)
+            .await
+            .map_err(StartError::Mirror)?;
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(f) = follower {
@@ -221,6 +247,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         cutover_control,
         instance_id,
         mirror: mirror.clone(),
+        mirror_back,
         progress: Default::default(),
         shadow,
         classifier: Classifier::new(config.classifier_cache_size),
@@ -277,7 +304,10 @@ async fn serve(
             }
         });
     }
-    if let Some(m) = shared.mirror.clone() {
+    for m in [shared.mirror.clone(), shared.mirror_back.clone()]
+        .into_iter()
+        .flatten()
+    {
         background.spawn(crate::mirror::startup::recover_loop(
             m.clone(),
             Duration::from_secs(5),

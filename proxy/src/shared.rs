@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Instant;
+use switchyard_core::direction::Direction;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -33,8 +34,10 @@ pub struct Shared {
     pub sessions_total: AtomicU64,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
-    /// Dual writes; None when `mirror.mode = "off"`.
+    /// Dual writes with old as the primary; None when `mirror.mode = "off"`.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// Dual writes with new as the primary (the cutover's writes-new).
+    pub mirror_back: Option<Arc<crate::mirror::Mirror>>,
     /// Backfill progress read from the new database, for the dashboard.
     pub progress: crate::progress::Progress,
     /// Shadow reads; None while no statement can be sampled.
@@ -57,6 +60,14 @@ impl Shared {
         match role {
             Role::Old => &self.old,
             Role::New => &self.new,
+        }
+    }
+
+    /// The dual writes of sessions whose primary is `direction`'s.
+    pub fn mirror_for(&self, direction: Direction) -> Option<&Arc<crate::mirror::Mirror>> {
+        match direction {
+            Direction::OldToNew => self.mirror.as_ref(),
+            Direction::NewToOld => self.mirror_back.as_ref(),
         }
     }
 

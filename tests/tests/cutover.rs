@@ -189,13 +189,13 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
     ensure!(status == 200 && report["dry_run"] == true, "{report}");
     ensure!(phase_of(&a).await? == ("shadow".into(), 0));
     // Phases this version cannot run are refused before anything waits.
-    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
-    ensure!(status == 409, "writes-new: {status} {report}");
+    let (status, report) = flip(&a, r#"{"to": "done"}"#).await?;
+    ensure!(status == 409, "done: {status} {report}");
     ensure!(
         report["error"]
             .as_str()
             .unwrap_or("")
-            .contains("captured side"),
+            .contains("detaching old"),
         "{report}"
     );
     let (status, _) = request(admin(&a)?, "POST", "/api/cutover", r#"{"to": "sideways"}"#).await?;

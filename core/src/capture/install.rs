@@ -275,13 +275,32 @@ pub async fn install(client: &Client) -> Result<InstallReport, InstallError> {
         )
         .await
         .map_err(InstallError::Sql)?;
+    // A short lock timeout, tried again: on a busy table (a secondary taking applied
+    // changes, say) the trigger's lock waits behind transactions in flight, and everything
+    // after it would wait behind the lock; briefly and often is what keeps them moving.
+    client
+        .batch_execute("SET lock_timeout = '50ms'")
+        .await
+        .map_err(InstallError::Sql)?;
     for row in rows {
         let oid: u32 = row.get(0);
-        let watched: bool = client
-            .query_one("SELECT _switchyard.watch($1, false)", &[&oid])
-            .await
-            .map_err(InstallError::Sql)?
-            .get(0);
+        let mut tries = 0;
+        let watched: bool = loop {
+            match client
+                .query_one("SELECT _switchyard.watch($1, false)", &[&oid])
+                .await
+            {
+                Ok(r) => break r.get(0),
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                        && tries < 200 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(InstallError::Sql(e)),
+            }
+        };
         report.tables += usize::from(watched);
     }
     client

@@ -77,8 +77,8 @@ pub(super) async fn preflight(
             format!("{} → {}", from.phase, req.to)
         } else {
             format!(
-                "{} needs new to be the captured side (writes moved to new), which this \
-                 version does not have yet",
+                "{} (detaching old) is not built in this version; writes-new keeps old \
+                 equal as the secondary",
                 req.to
             )
         },
@@ -130,54 +130,165 @@ pub(super) async fn preflight(
                 )
             },
         );
-        // New must hold every change before it serves a read.
-        let embedded: i64 = old
-            .query_one(
-                "SELECT CASE WHEN to_regclass('_switchyard.retry_log') IS NULL THEN 0
-                 ELSE (SELECT count(*) FROM _switchyard.retry_log) END",
-                &[],
-            )
-            .await?
-            .get(0);
-        // The table is counted here rather than taken from the instances' heartbeats,
-        // which count it only every few seconds.
-        let backlog = embedded;
-        checks.push(
-            "retry backlog empty",
-            backlog == 0,
-            if backlog == 0 {
-                "0 records".to_string()
-            } else {
-                format!(
-                    "{backlog} records not applied on new yet (run switchyard-reconciler replay)"
-                )
-            },
-        );
-        match new {
-            Some(new) => {
-                let n: i64 = new
-                    .query_one(
-                        "SELECT count(*) FROM pg_prepared_xacts
-                         WHERE gid LIKE 'switchyard:%' AND prepared < now() - interval '10 seconds'",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                checks.push(
-                    "no in-doubt commits",
-                    n == 0,
-                    if n == 0 {
-                        "no prepared transaction older than 10 s on new".to_string()
-                    } else {
-                        format!(
-                            "{n} prepared transactions on new older than 10 s (run \
-                             switchyard-reconciler recover)"
-                        )
-                    },
-                );
-            }
-            None => checks.push("no in-doubt commits", false, "new database not reachable"),
-        }
+    }
+    let moves_writes = from.phase.direction() != req.to.direction();
+    if req.to.any_reads_new(req.percent) || moves_writes {
+        backlog_and_in_doubt(old, new, &mut checks).await?;
+    }
+    if moves_writes {
+        write_flip(old, new, req, &mut checks).await?;
     }
     Ok(checks)
+}
+
+/// Rows of `table` on `c`, 0 where it does not exist (yet). Two statements: a table named
+/// in a query must exist when the query is parsed, whatever a CASE around it says.
+async fn count_if_exists(c: &Client, table: &str, filter: &str) -> Result<i64, FlipError> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        c.query_one(&format!("SELECT count(*) FROM {table} {filter}"), &[])
+            .await?
+            .get(0),
+    )
+}
+
+/// Every change the secondary missed must be applied before reads move to it or the
+/// primary changes: retry logs (old's while old is the primary, new's while new is) and
+/// prepared transactions left in doubt on either side.
+async fn backlog_and_in_doubt(
+    old: &Client,
+    new: Option<&Client>,
+    checks: &mut Checks,
+) -> Result<(), FlipError> {
+    // Counted here rather than taken from the instances' heartbeats, which count it only
+    // every few seconds.
+    let mut backlog = count_if_exists(old, "_switchyard.retry_log", "").await?;
+    if let Some(new) = new {
+        backlog += count_if_exists(new, "_switchyard.retry_log", "").await?;
+    }
+    checks.push(
+        "retry backlog empty",
+        backlog == 0,
+        if backlog == 0 {
+            "0 records".to_string()
+        } else {
+            format!(
+                "{backlog} records not applied on the secondary yet (run switchyard-reconciler \
+                 replay)"
+            )
+        },
+    );
+    let Some(new) = new else {
+        checks.push("no in-doubt commits", false, "new database not reachable");
+        return Ok(());
+    };
+    let older = "WHERE gid LIKE 'switchyard:%' AND prepared < now() - interval '10 seconds'";
+    let on_new = count_if_exists(new, "pg_prepared_xacts", older).await?;
+    let on_old = count_if_exists(old, "pg_prepared_xacts", older).await?;
+    checks.push(
+        "no in-doubt commits",
+        on_new + on_old == 0,
+        if on_new + on_old == 0 {
+            "no prepared transaction older than 10 s".to_string()
+        } else {
+            format!(
+                "prepared transactions older than 10 s: {on_new} on new, {on_old} on old (run \
+                 switchyard-reconciler recover)"
+            )
+        },
+    );
+    Ok(())
+}
+
+/// What must hold before writes move from one database to the other: the side that becomes
+/// the secondary can take two-phase commits and applies without firing triggers of its own,
+/// and no write made outside the proxy waits in the current primary's change log.
+async fn write_flip(
+    old: &Client,
+    new: Option<&Client>,
+    req: &FlipRequest,
+    checks: &mut Checks,
+) -> Result<(), FlipError> {
+    let Some(new) = new else {
+        checks.push(
+            "new reachable",
+            false,
+            "moving writes needs the new database",
+        );
+        return Ok(());
+    };
+    let to_new = req.to.direction() == crate::direction::Direction::NewToOld;
+    let (primary, secondary, secondary_name) = if to_new {
+        (new, old, "old")
+    } else {
+        (old, new, "new")
+    };
+    let prepared: i32 = secondary
+        .query_one(
+            "SELECT current_setting('max_prepared_transactions')::int",
+            &[],
+        )
+        .await?
+        .get(0);
+    checks.push(
+        "secondary two-phase",
+        prepared > 0,
+        if prepared > 0 {
+            format!("{secondary_name} has max_prepared_transactions = {prepared}")
+        } else {
+            format!(
+                "{secondary_name} has max_prepared_transactions = 0 and cannot follow in \
+                 lockstep; set it (e.g. to max_connections) and restart it"
+            )
+        },
+    );
+    let always: Vec<String> = secondary
+        .query(
+            "SELECT format('%s on %s', quote_ident(t.tgname), t.tgrelid::regclass) FROM pg_trigger t
+             WHERE t.tgenabled = 'A' AND NOT t.tgisinternal
+               AND t.tgname NOT LIKE 'switchyard\\_capture\\_%' ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    checks.push(
+        "secondary triggers",
+        always.is_empty(),
+        if always.is_empty() {
+            format!("no user trigger on {secondary_name} fires for applied changes")
+        } else {
+            format!(
+                "triggers enabled ALWAYS on {secondary_name} would fire for the changes applied \
+                 there (their effects arrive captured): {}; ALTER TABLE ... ENABLE TRIGGER ... \
+                 for the migration",
+                always.join(", ")
+            )
+        },
+    );
+    // Writes that bypassed the proxy, captured on either side, still to be applied.
+    let mut waiting = 0;
+    for c in [primary, secondary] {
+        waiting += count_if_exists(c, "_switchyard.capture_log", "").await?;
+    }
+    checks.push(
+        "change log drained",
+        waiting == 0,
+        if waiting == 0 {
+            "no write made outside the proxy waits to be applied".to_string()
+        } else {
+            format!(
+                "{waiting} captured writes made outside the proxy are not applied yet (the \
+                 proxy drains them within seconds; switchyard-reconciler replay does too)"
+            )
+        },
+    );
+    Ok(())
 }

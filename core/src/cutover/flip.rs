@@ -215,13 +215,15 @@ pub async fn flip(
         .collect();
     loop {
         let now = instances(old, req.lease).await?;
-        let waiting: Vec<String> = now
-            .iter()
-            .filter(|i| (i.live || expected.contains(&i.id)) && i.ready_epoch != Some(epoch))
-            .map(|i| i.id.clone())
-            .collect();
+        let mut waiting = unconfirmed(&now, &expected, epoch);
         if waiting.is_empty() {
-            break;
+            // Every instance holds for the new epoch. For a write flip the old primary takes
+            // no proxied write now: this is where sequences are checked.
+            // MERGE-PENDING: sequences checked inside the pause (super::pause::inside).
+            waiting = commit(old, req, &expected, epoch).await?;
+            if waiting.is_empty() {
+                break;
+            }
         }
         if started.elapsed() >= req.timeout {
             withdraw(old, epoch).await?;
@@ -250,15 +252,6 @@ pub async fn flip(
         tokio::time::sleep(POLL).await;
     }
     let confirm = started.elapsed();
-    old.execute(
-        "UPDATE _switchyard.cutover SET phase = proposed_phase, epoch = proposed_epoch,
-           percent = proposed_percent, changed_by = proposed_by, changed_at = clock_timestamp(),
-           proposed_phase = NULL, proposed_epoch = NULL, proposed_percent = NULL,
-           proposed_by = NULL, proposed_at = NULL
-         WHERE proposed_epoch = $1",
-        &[&epoch],
-    )
-    .await?;
     notify(old).await?;
     // Every live instance confirmed it is ready: each runs the new epoch at its next poll.
     let converge_start = Instant::now();
@@ -285,6 +278,59 @@ pub async fn flip(
     )
     .await?;
     Ok(report(epoch, confirm, converged, now))
+}
+
+/// Instances that must confirm `epoch` and have not (yet, or any more).
+fn unconfirmed(now: &[Instance], expected: &[String], epoch: i64) -> Vec<String> {
+    now.iter()
+        .filter(|i| (i.live || expected.contains(&i.id)) && i.ready_epoch != Some(epoch))
+        .map(|i| i.id.clone())
+        .collect()
+}
+
+/// Commits the proposal if every instance still confirms it, re-read under the state row's
+/// lock (see `HEARTBEAT_SQL`); returns those that no longer do, and then commits nothing.
+async fn commit(
+    old: &Client,
+    req: &FlipRequest,
+    expected: &[String],
+    epoch: i64,
+) -> Result<Vec<String>, FlipError> {
+    old.batch_execute("BEGIN; SELECT 1 FROM _switchyard.cutover FOR UPDATE")
+        .await?;
+    let done = async {
+        let now = instances(old, req.lease).await?;
+        let waiting = unconfirmed(&now, expected, epoch);
+        if !waiting.is_empty() {
+            return Ok::<_, FlipError>(waiting);
+        }
+        old.execute(
+            "UPDATE _switchyard.cutover SET phase = proposed_phase, epoch = proposed_epoch,
+               percent = proposed_percent, changed_by = proposed_by,
+               changed_at = clock_timestamp(), proposed_phase = NULL, proposed_epoch = NULL,
+               proposed_percent = NULL, proposed_by = NULL, proposed_at = NULL
+             WHERE proposed_epoch = $1",
+            &[&epoch],
+        )
+        .await?;
+        Ok(waiting)
+    }
+    .await;
+    match done {
+        Ok(waiting) => {
+            old.batch_execute(if waiting.is_empty() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            })
+            .await?;
+            Ok(waiting)
+        }
+        Err(e) => {
+            let _ = old.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 async fn withdraw(old: &Client, epoch: i64) -> Result<(), FlipError> {

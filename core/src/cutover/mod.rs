@@ -68,10 +68,17 @@ impl Phase {
         }
     }
 
-    /// Phases a build of the proxy can run. The write phases need new to be the captured
-    /// side, which is not built yet.
+    /// Phases a build of the proxy can run. `done` (old detached) is not built yet.
     pub fn available(self) -> bool {
-        matches!(self, Phase::Shadow | Phase::Canary | Phase::ReadsNew)
+        !matches!(self, Phase::Done)
+    }
+
+    /// Which database takes the client's statements (the primary) in this phase.
+    pub fn direction(self) -> crate::direction::Direction {
+        match self {
+            Phase::WritesNew | Phase::Done => crate::direction::Direction::NewToOld,
+            _ => crate::direction::Direction::OldToNew,
+        }
     }
 }
 

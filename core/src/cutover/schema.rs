@@ -49,7 +49,11 @@ CREATE TABLE IF NOT EXISTS _switchyard.cutover_log (
 );
 "#;
 
-/// An instance's heartbeat and read of the state, in one round trip. Parameters: id,
+/// An instance's heartbeat and read of the state, in one round trip. The state row is read
+/// `FOR SHARE`: a commit locks it before it re-reads the confirmations, so a heartbeat that
+/// takes a confirmation back either lands before that re-read (the flip does not commit)
+/// or returns the committed epoch (the instance runs it). An instance never goes on under
+/// the old epoch once the new one was committed with its confirmation. Parameters: id,
 /// epoch, phase, ready_epoch (or NULL), retry_backlog, seconds since the last confirmed
 /// shadow mismatch (or NULL).
 pub const HEARTBEAT_SQL: &str = "WITH hb AS (
@@ -61,7 +65,7 @@ pub const HEARTBEAT_SQL: &str = "WITH hb AS (
     ready_epoch = EXCLUDED.ready_epoch, retry_backlog = EXCLUDED.retry_backlog,
     last_seen = EXCLUDED.last_seen, last_mismatch = EXCLUDED.last_mismatch)
 SELECT phase, epoch, percent, proposed_phase, proposed_epoch, proposed_percent
-FROM _switchyard.cutover";
+FROM _switchyard.cutover FOR SHARE";
 
 /// Creates the control tables if missing. Several instances may start at once: the
 /// advisory lock keeps their CREATEs from racing on the catalog.

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_core::cutover::{ensure_schema, Phase, CHANNEL, HEARTBEAT_SQL};
+use switchyard_core::direction::Direction;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client};
@@ -28,8 +29,14 @@ pub struct Follower {
     pub config: CutoverConfig,
     pub connect_timeout: Duration,
     pub mirror: Option<Arc<Mirror>>,
+    /// The dual writes of writes-new, set up before writes move to new.
+    pub mirror_back: Option<Arc<Mirror>>,
     /// Its confirmed mismatches are reported in the heartbeat (a pre-flight check).
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
+    /// When this instance confirmed the proposal it is ready for.
+    pub ready_since: std::sync::Mutex<Option<Instant>>,
+    /// A proposal this instance could not get ready for, or gave up on: not tried again.
+    pub abandoned: std::sync::atomic::AtomicI64,
 }
 
 /// What the control table said.
@@ -205,33 +212,75 @@ impl Follower {
         })
     }
 
-    /// One heartbeat and what follows from it; true when a proposal was just confirmed
-    /// (the confirmation is sent by the next heartbeat, right away).
+    /// One heartbeat and what follows from it; true when a proposal was just confirmed or
+    /// taken back (the next heartbeat says so right away).
     async fn step(&self, client: &Client) -> Result<bool, String> {
         let seen = self.heartbeat(client).await?;
         self.live.heartbeat_ok();
         self.adopt(&seen);
+        let ready = self.live.ready_epoch();
         match seen.proposal {
             Some((phase, epoch, percent)) if epoch > seen.epoch => {
-                if self.live.ready_epoch() == Some(epoch) {
+                if ready == Some(epoch) {
+                    if self.given_up(epoch) {
+                        // The heartbeat just taken holds back the confirmation; the next
+                        // one tells whether the flip committed meanwhile.
+                        self.live.set_ready(None);
+                        return Ok(true);
+                    }
+                    return Ok(false);
+                }
+                if ready.is_none() && self.live.gate.is_closed() {
+                    // The confirmation was taken back and the flip did not commit with it.
+                    self.reopen("the proposal was not committed in time");
+                }
+                if self.abandoned.load(Ordering::Relaxed) == epoch {
                     return Ok(false);
                 }
                 if self.prepare(phase, percent).await {
                     tracing::info!(phase = %phase, epoch, "Ready for the proposed cutover epoch.");
                     self.live.set_ready(Some(epoch));
+                    *self.ready_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now());
                     return Ok(true);
                 }
+                self.abandoned.store(epoch, Ordering::Relaxed);
                 Ok(false)
             }
             _ => {
-                if self.live.ready_epoch().is_some() {
+                if ready.is_some() {
                     self.live.set_ready(None);
                     self.live
                         .set_ryw(self.live.phase().any_reads_new(self.live.percent()));
                 }
+                // No proposal: none can commit any more (a commit needs it).
+                if self.live.gate.is_closed() {
+                    self.reopen("the proposal was withdrawn");
+                }
                 Ok(false)
             }
         }
+    }
+
+    /// This instance confirmed a proposal that has not committed for longer than any
+    /// coordinator waits: it takes the confirmation back rather than hold writes for good.
+    fn given_up(&self, epoch: i64) -> bool {
+        let since = *self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self.config.flip_timeout() * 2 + Duration::from_secs(1);
+        if since.is_some_and(|t| t.elapsed() > limit) {
+            tracing::warn!(epoch, "A confirmed cutover proposal was neither committed nor withdrawn in time; taking the confirmation back.");
+            self.abandoned.store(epoch, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn reopen(&self, why: &str) {
+        tracing::info!(
+            reason = why,
+            "The write pause ends; transactions start on the same primary as before."
+        );
+        self.live.gate.open();
     }
 
     /// Runs the committed epoch if it is newer than this instance's.
@@ -247,8 +296,15 @@ impl Follower {
             if !seen.phase.any_reads_new(seen.percent) && live.ready_epoch().is_none() {
                 live.set_ryw(false);
             }
+            if let Some(m) = self.mirror_for(seen.phase.direction()) {
+                // Kept installed by the background loop from now on, even on an instance
+                // that did not take part in the flip.
+                m.activate();
+            }
+            // Sessions held by a write flip start on the primary of the new epoch.
+            live.gate.open();
             metrics::gauge!(crate::metrics::CUTOVER_EPOCH).set(seen.epoch as f64);
-            tracing::info!(from = %from, to = %seen.phase, epoch = seen.epoch, percent = seen.percent, "Running a new cutover epoch.");
+            tracing::info!(from = %from, to = %seen.phase, epoch = seen.epoch, percent = seen.percent, primary = %seen.phase.direction().primary(), "Running a new cutover epoch.");
         } else if seen.percent != live.percent() {
             live.run_epoch(seen.phase, seen.epoch, seen.percent);
         }
@@ -257,19 +313,65 @@ impl Follower {
         }
     }
 
-    /// Gets ready for `phase`: if it reads from new, commits wait for new from now on, and
-    /// every commit that did not wait must have finished on new. False if that could not be
-    /// shown in time (the flip is then abandoned by the coordinator's timeout).
+    /// Gets ready for `phase`: if it reads from new, commits wait for new from now on; if
+    /// it moves writes, the other direction's dual writes are set up, new transactions
+    /// hold at their start and those in flight finish; and every commit on the secondary
+    /// that nobody waited for has finished there. False if that could not be shown in
+    /// time (the flip is then abandoned by the coordinator's timeout, and the pause ends).
     async fn prepare(&self, phase: Phase, percent: u8) -> bool {
-        if !phase.any_reads_new(percent) {
+        let moves = phase.direction() != self.live.direction();
+        if !phase.any_reads_new(percent) && !moves {
             return true;
         }
-        self.live.set_ryw(true);
-        if self.mirror.is_none() {
-            return true;
+        if phase.any_reads_new(percent) {
+            self.live.set_ryw(true);
         }
+        let Some(current) = self.mirror_for(self.live.direction()) else {
+            return true;
+        };
+        if moves {
+            let Some(next) = self.mirror_for(phase.direction()) else {
+                return false;
+            };
+            // Before anything waits: capture on the next primary, the next secondary checked.
+            next.activate();
+            if let Err(e) = crate::mirror::startup::check(next).await {
+                tracing::warn!(error = %e, "Writes cannot move: the other direction's dual writes are not ready.");
+                return false;
+            }
+            self.live.gate.close();
+            let deadline = Instant::now() + self.config.write_drain();
+            loop {
+                let (busy, pinned) = (self.live.gate.busy(), self.live.gate.pinned());
+                if busy == 0 && pinned == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(busy, pinned, "Transactions in flight did not finish within cutover.write_drain_ms (or sessions hold temporary objects): not confirming the write flip.");
+                    self.reopen("transactions in flight did not finish in time");
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let ok = self.secondary_settled(current).await;
+        if !ok && moves {
+            self.reopen("prepared transactions on the secondary did not finish in time");
+        }
+        ok
+    }
+
+    fn mirror_for(&self, direction: Direction) -> Option<&Arc<Mirror>> {
+        match direction {
+            Direction::OldToNew => self.mirror.as_ref(),
+            Direction::NewToOld => self.mirror_back.as_ref(),
+        }
+    }
+
+    /// Every transaction prepared on the current secondary before now has finished there.
+    async fn secondary_settled(&self, m: &Mirror) -> bool {
         let client = match crate::mirror::control::connect(
-            &self.new,
+            &m.secondary,
             "switchyard-cutover",
             None,
             self.connect_timeout,
@@ -278,14 +380,14 @@ impl Follower {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "Cannot check the new database's prepared transactions before a cutover.");
+                tracing::warn!(error = %e, "Cannot check the secondary's prepared transactions before a cutover.");
                 return false;
             }
         };
         let Ok(before) = pending(&client).await else {
             return false;
         };
-        let deadline = Instant::now() + self.config.flip_timeout();
+        let deadline = Instant::now() + self.config.flip_timeout() / 2;
         loop {
             match pending(&client).await {
                 Ok(now) if !now.iter().any(|g| before.contains(g)) => return true,
@@ -298,7 +400,8 @@ impl Follower {
     }
 }
 
-/// The proxy's prepared transactions on new (commits between PREPARE and COMMIT PREPARED).
+/// The proxy's prepared transactions on a secondary (commits between PREPARE and COMMIT
+/// PREPARED).
 async fn pending(c: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
     c.query(
         "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'switchyard:%'",

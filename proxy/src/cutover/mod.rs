@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod follower;
+pub mod gate;
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
@@ -31,6 +32,8 @@ pub struct Live {
     /// Query shapes whose shadow comparisons confirmed a mismatch while reads could go to
     /// new: they read from old from then on (fingerprint → the shape's text).
     sent_back: dashmap::DashMap<u64, String>,
+    /// The write pause of a flip that moves writes.
+    pub gate: gate::WriteGate,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +49,12 @@ pub struct LiveSnapshot {
     pub percent: u8,
     pub ready_epoch: Option<i64>,
     pub read_your_writes: bool,
+    /// The database sessions write to.
+    pub primary: &'static str,
+    /// A write flip holds new transactions at their start.
+    pub write_pause: bool,
+    pub sessions_busy: usize,
+    pub sessions_pinned: usize,
     pub control_table_ok: bool,
     pub last_heartbeat_secs: Option<f64>,
     /// Query shapes the canary sent back to old.
@@ -71,6 +80,7 @@ impl Live {
             started: Instant::now(),
             lease,
             sent_back: dashmap::DashMap::new(),
+            gate: gate::WriteGate::default(),
         }
     }
 
@@ -80,6 +90,11 @@ impl Live {
 
     pub fn epoch(&self) -> i64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Which database sessions use as their primary now.
+    pub fn direction(&self) -> switchyard_core::direction::Direction {
+        self.phase().direction()
     }
 
     pub fn percent(&self) -> u8 {
@@ -163,6 +178,13 @@ impl Live {
             percent: self.percent(),
             ready_epoch: self.ready_epoch(),
             read_your_writes: self.read_your_writes(),
+            primary: match self.direction().primary() {
+                switchyard_core::connect::Db::Old => "old",
+                switchyard_core::connect::Db::New => "new",
+            },
+            write_pause: self.gate.is_closed(),
+            sessions_busy: self.gate.busy(),
+            sessions_pinned: self.gate.pinned(),
             control_table_ok: self.control_ok(),
             last_heartbeat_secs: self.since_heartbeat().map(|d| d.as_secs_f64()),
             sent_back: self

@@ -69,9 +69,15 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         params.retain(|(k, _)| k != "switchyard.session");
         params.push(("switchyard.session".into(), shared.instance_id.clone()));
     }
+    // A session starts on whichever database takes writes now (writes-new: new).
+    let direction = shared.cutover.direction();
+    let role = match direction.primary() {
+        switchyard_core::connect::Db::Old => Role::Old,
+        switchyard_core::connect::Db::New => Role::New,
+    };
     let backend = match Box::pin(connect(
-        Role::Old,
-        &shared.old,
+        role,
+        shared.dsn(role),
         &params,
         &shared.connect_options(),
     ))
@@ -80,7 +86,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "Cannot open the primary connection for a client.");
-            metrics::counter!(BACKEND_CONNECT_ERRORS_TOTAL, "role" => "old", "kind" => e.kind())
+            metrics::counter!(BACKEND_CONNECT_ERRORS_TOTAL, "role" => direction.primary().to_string(), "kind" => e.kind())
                 .increment(1);
             send_error(&mut client, &e.client_fields()).await;
             return;
@@ -128,7 +134,12 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     shared.sessions_active.fetch_add(1, Ordering::Relaxed);
     shared.sessions_total.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
-    Session::new(shared.clone(), client, buf, backend, peer, params)
+    let place = super::session::Place {
+        direction,
+        cancel_pid: pid,
+        params,
+    };
+    Session::new(shared.clone(), client, buf, backend, peer, place)
         .run()
         .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);

@@ -19,6 +19,7 @@ use control::Control;
 use dashmap::DashMap;
 use plan::Plan;
 use std::sync::Arc;
+use switchyard_core::direction::Direction;
 use switchyard_core::dsn::Dsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,9 @@ pub enum MirrorError {
     Connect(String),
     #[error("catalog: {0}")]
     Catalog(String),
-    #[error("{what} on the new database failed{}: {message}", sqlstate.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    #[error("{what} on the {side} database failed{}: {message}", sqlstate.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
     Secondary {
+        side: switchyard_core::connect::Db,
         what: String,
         sqlstate: Option<String>,
         message: String,
@@ -49,10 +51,13 @@ impl MirrorError {
     }
 }
 
-/// Mirroring state shared by all sessions.
+/// Mirroring state shared by the sessions of one direction (old primary and new secondary,
+/// or, from the cutover's `writes-new` on, the other way round).
 pub struct Mirror {
     pub config: MirrorConfig,
-    pub new: Dsn,
+    pub direction: Direction,
+    /// The secondary's URL (the primary's is the control connection's).
+    pub secondary: Dsn,
     pub instance: String,
     pub control: Control,
     pub tables: tables::Tables,
@@ -61,6 +66,10 @@ pub struct Mirror {
     pub status: status::MirrorStatus,
     /// Set when retry records go to Kafka (`retry_log.backend = "kafka"`).
     pub kafka: Option<Arc<retry_kafka::KafkaSink>>,
+    /// Capture is to be kept installed on this direction's primary. Always for old to new;
+    /// new to old from the first time writes are about to move to new (capture costs new
+    /// nothing before).
+    active: std::sync::atomic::AtomicBool,
 }
 
 const PLAN_CACHE_MAX: usize = 20_000;
@@ -68,8 +77,9 @@ const PLAN_CACHE_MAX: usize = 20_000;
 impl Mirror {
     pub fn new(
         config: MirrorConfig,
-        old: Dsn,
-        new: Dsn,
+        direction: Direction,
+        primary: Dsn,
+        secondary: Dsn,
         instance: String,
         connect_timeout: std::time::Duration,
         kafka: Option<Arc<retry_kafka::KafkaSink>>,
@@ -79,15 +89,27 @@ impl Mirror {
         }
         Some(Arc::new(Mirror {
             config,
-            new,
+            direction,
+            secondary,
             instance,
-            control: Control::new(old, connect_timeout),
+            control: Control::new(primary, connect_timeout),
             tables: tables::Tables::default(),
             routines: routines::RoutineSet::default(),
             plans: DashMap::new(),
             status: status::MirrorStatus::default(),
             kafka,
+            active: std::sync::atomic::AtomicBool::new(direction == Direction::OldToNew),
         }))
+    }
+
+    pub fn active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// From now on capture is kept installed on this direction's primary.
+    pub fn activate(&self) {
+        self.active
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// What `/api/status` shows under `mirror`.
@@ -163,7 +185,8 @@ impl Mirror {
 
     pub fn new_secondary(&self) -> secondary::Secondary {
         secondary::Secondary::new(
-            self.new.clone(),
+            self.secondary.clone(),
+            self.direction.secondary(),
             std::time::Duration::from_millis(self.config.secondary_statement_timeout_ms),
             std::time::Duration::from_millis(self.config.secondary_lock_timeout_ms),
         )
@@ -173,12 +196,22 @@ impl Mirror {
     /// primary may be briefly down at start (writes then fail clearly until it exists).
     pub async fn prepare_primary(&self) -> Result<(), MirrorError> {
         let c = self.control.client().await?;
-        c.batch_execute(switchyard_core::retry::EMBEDDED_SCHEMA_SQL)
-            .await
-            .map_err(|e| {
-                MirrorError::Catalog(format!(
-                    "creating _switchyard.retry_log on the old database: {e}"
-                ))
-            })
+        // Instances set it up at once when writes move: the lock keeps their CREATEs from
+        // racing on the catalog.
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('switchyard.retry_log')); {} COMMIT",
+            switchyard_core::retry::EMBEDDED_SCHEMA_SQL
+        );
+        let r = c.batch_execute(&sql).await;
+        if r.is_err() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        r.map_err(|e| {
+            MirrorError::Catalog(format!(
+                "creating _switchyard.retry_log on the {} database: {}",
+                self.direction.primary(),
+                switchyard_core::cutover::pg_error(&e)
+            ))
+        })
     }
 }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::connect::Db;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -41,6 +42,7 @@ type Pending = Pin<Box<dyn Future<Output = Result<(), MirrorError>> + Send>>;
 
 pub struct Secondary {
     dsn: Dsn,
+    side: Db,
     timeout: Duration,
     options: String,
     conn: Option<Conn>,
@@ -60,29 +62,31 @@ impl Drop for Conn {
     }
 }
 
-fn secondary_error(what: &str, e: tokio_postgres::Error) -> MirrorError {
+fn secondary_error(side: Db, what: &str, e: tokio_postgres::Error) -> MirrorError {
     let sqlstate = e.code().map(|c| c.code().to_string());
     let message = match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => e.to_string(),
     };
     MirrorError::Secondary {
+        side,
         what: what.to_string(),
         sqlstate,
         message,
     }
 }
 
-fn lost(what: &str) -> MirrorError {
+fn lost(side: Db, what: &str) -> MirrorError {
     MirrorError::Secondary {
+        side,
         what: what.to_string(),
         sqlstate: None,
-        message: "the connection to the new database was lost".into(),
+        message: format!("the connection to the {side} database was lost"),
     }
 }
 
 impl Secondary {
-    pub fn new(dsn: Dsn, statement_timeout: Duration, lock_timeout: Duration) -> Self {
+    pub fn new(dsn: Dsn, side: Db, statement_timeout: Duration, lock_timeout: Duration) -> Self {
         let options = format!(
             "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout=0 {}",
             statement_timeout.as_millis(),
@@ -91,6 +95,7 @@ impl Secondary {
         );
         Secondary {
             dsn,
+            side,
             // Client side, a little above the server's own bound, for a secondary that
             // stopped answering altogether.
             timeout: statement_timeout + Duration::from_millis(500),
@@ -109,9 +114,10 @@ impl Secondary {
         }
         if let Some(t) = self.retry_after {
             if Instant::now() < t {
-                return Err(MirrorError::Connect(
-                    "the new database was unreachable moments ago; not retrying yet".into(),
-                ));
+                return Err(MirrorError::Connect(format!(
+                    "the {} database was unreachable moments ago; not retrying yet",
+                    self.side
+                )));
             }
         }
         match connect(
@@ -125,7 +131,7 @@ impl Secondary {
             Ok(client) => {
                 self.retry_after = None;
                 let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-                let task = tokio::spawn(pipeline(Arc::new(client), rx));
+                let task = tokio::spawn(pipeline(Arc::new(client), rx, self.side));
                 self.conn = Some(Conn {
                     ops: tx.clone(),
                     task,
@@ -145,11 +151,12 @@ impl Secondary {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
                 self.abandon();
-                Err(lost(what))
+                Err(lost(self.side, what))
             }
             Err(_) => {
                 self.abandon();
                 Err(MirrorError::Secondary {
+                    side: self.side,
                     what: what.into(),
                     sqlstate: None,
                     message: format!("no answer within {:?}", self.timeout),
@@ -185,14 +192,18 @@ impl Secondary {
             return Ok(());
         };
         let ops = conn.ops.clone();
+        let side = self.side;
         let (tx, rx) = oneshot::channel();
         let r = tokio::time::timeout(self.timeout, async {
-            ops.send(Op::Sync(tx)).await.map_err(|_| lost("sync"))?;
-            rx.await.map_err(|_| lost("sync"))?
+            ops.send(Op::Sync(tx))
+                .await
+                .map_err(|_| lost(side, "sync"))?;
+            rx.await.map_err(|_| lost(side, "sync"))?
         })
         .await
         .unwrap_or_else(|_| {
             Err(MirrorError::Secondary {
+                side,
                 what: "apply".into(),
                 sqlstate: None,
                 message: format!("no answer within {:?}", self.timeout),
@@ -224,14 +235,14 @@ impl Secondary {
             gid: gid.to_string(),
         };
         if self.queue("finish", op).await.is_err() {
-            tracing::warn!(gid, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
+            tracing::warn!(gid, side = %self.side, "Finishing a prepared transaction on the secondary failed; recovery will resolve it.");
             metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
         }
     }
 }
 
 /// Sends each operation as it arrives and collects the answers in order.
-async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>) {
+async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>, side: Db) {
     let mut statements: HashMap<Arc<str>, Statement> = HashMap::new();
     let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut first_error: Option<MirrorError> = None;
@@ -249,13 +260,13 @@ async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>) {
                     }
                     Op::Batch { what, sql } => {
                         let c = client.clone();
-                        Box::pin(async move { c.batch_execute(&sql).await.map_err(|e| secondary_error(what, e)) })
+                        Box::pin(async move { c.batch_execute(&sql).await.map_err(|e| secondary_error(side, what, e)) })
                     }
                     Op::Finish { sql, gid } => {
                         let c = client.clone();
                         Box::pin(async move {
                             if let Err(e) = c.batch_execute(&sql).await {
-                                tracing::warn!(gid, error = %e, "Finishing a prepared transaction on the new database failed; recovery will resolve it.");
+                                tracing::warn!(gid, %side, error = %e, "Finishing a prepared transaction on the secondary failed; recovery will resolve it.");
                                 metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
                             }
                             Ok(())
@@ -274,13 +285,13 @@ async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>) {
                                     statements.insert(sql.clone(), s.clone());
                                     Ok(s)
                                 }
-                                Err(e) => Err(secondary_error("prepare", e)),
+                                Err(e) => Err(secondary_error(side, "prepare", e)),
                             },
                         };
                         let c = client.clone();
                         Box::pin(async move {
                             let s = statement?;
-                            c.execute(&s, &[&rows]).await.map(|_| ()).map_err(|e| secondary_error("apply", e))
+                            c.execute(&s, &[&rows]).await.map(|_| ()).map_err(|e| secondary_error(side, "apply", e))
                         })
                     }
                 };

@@ -13,20 +13,21 @@ use switchyard_core::capture;
 /// fatal (the proxy must start while the new database is down, and writes fail clearly
 /// while the primary is); missing rights are, because the invariant could not be kept.
 pub async fn check(m: &Mirror) -> Result<(), String> {
+    let (primary, secondary) = (m.direction.primary(), m.direction.secondary());
     if let Err(e) = m.prepare_primary().await {
-        tracing::warn!(error = %e, "Could not create the retry log on the old database yet; writes will fail until it exists.");
+        tracing::warn!(error = %e, %primary, "Could not create the retry log on the primary yet; writes will fail until it exists.");
     }
     match m.control.client().await {
         Ok(c) => install(m, &c).await?,
         Err(e) => {
             // Until it is installed no claimed transaction can commit (the drain is missing):
-            // writes fail clearly, none is lost. The recovery loop installs it once old answers.
-            tracing::warn!(error = %e, "The old database is not reachable at start; change capture will be installed when it is.");
+            // writes fail clearly, none is lost. The recovery loop installs it once it answers.
+            tracing::warn!(error = %e, %primary, "The primary is not reachable; change capture will be installed when it is.");
         }
     }
     let timeout = Duration::from_secs(5);
     match connect(
-        &m.new,
+        &m.secondary,
         "switchyard-check",
         Some(capture::WRITER_OPTIONS),
         timeout,
@@ -44,44 +45,46 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
                 Ok(r) => r.get(0),
                 Err(e) => {
                     return Err(format!(
-                        "reading max_prepared_transactions on the new database: {e}"
+                        "reading max_prepared_transactions on the {secondary} database: {e}"
                     ))
                 }
             };
             if n == 0 {
-                return Err("the new database has max_prepared_transactions = 0, so it cannot take two-phase commits; \
-                            set it (e.g. to max_connections) and restart it, or run with mirror.mode = \"off\""
-                    .into());
+                return Err(format!("the {secondary} database has max_prepared_transactions = 0, so it cannot take two-phase commits; \
+                            set it (e.g. to max_connections) and restart it, or run with mirror.mode = \"off\""));
             }
             if let Err(e) = c
                 .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
                 .await
             {
-                tracing::warn!(error = %e, "Could not create _switchyard.applied_statements on the new database.");
+                tracing::warn!(error = %e, %secondary, "Could not create _switchyard.applied_statements on the secondary.");
             }
-            always_triggers(&c).await?;
+            always_triggers(&c, secondary).await?;
         }
         Err(e) if e.to_string().contains("session_replication_role") => {
             return Err(format!(
-                "{e}: the proxy applies captured changes on the new database with \
-                 session_replication_role = replica (the new database's own triggers and \
-                 foreign-key actions must not fire: their effects arrive captured). The role of \
-                 the --new URL needs superuser, the managed service's admin role, or on \
-                 PostgreSQL 15+ `GRANT SET ON PARAMETER session_replication_role TO <role>`"
+                "{e}: the proxy applies captured changes on the {secondary} database with \
+                 session_replication_role = replica (its own triggers and foreign-key actions \
+                 must not fire: their effects arrive captured). The role of the --{secondary} \
+                 URL needs superuser, the managed service's admin role, or on PostgreSQL 15+ \
+                 `GRANT SET ON PARAMETER session_replication_role TO <role>`"
             ))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "The new database is not reachable at start; writes go to the retry log until it is.");
+            tracing::warn!(error = %e, %secondary, "The secondary is not reachable; writes go to the retry log until it is.");
         }
     }
     Ok(())
 }
 
-/// User triggers on new enabled ALWAYS fire even for the applier (that is what ALWAYS
-/// means under session_replication_role = replica): their effects, which arrive captured
-/// from old, would be made twice. Refused at start, naming them and the fix.
-async fn always_triggers(new: &tokio_postgres::Client) -> Result<(), String> {
-    let rows = new
+/// User triggers on the secondary enabled ALWAYS fire even for the applier (that is what
+/// ALWAYS means under session_replication_role = replica): their effects, which arrive
+/// captured from the primary, would be made twice. Refused, naming them and the fix.
+async fn always_triggers(
+    c: &tokio_postgres::Client,
+    side: switchyard_core::connect::Db,
+) -> Result<(), String> {
+    let rows = c
         .query(
             "SELECT format('%s (on %s)', quote_ident(t.tgname), t.tgrelid::regclass) FROM pg_trigger t \
              WHERE t.tgenabled = 'A' AND NOT t.tgisinternal AND t.tgname NOT LIKE 'switchyard\\_capture\\_%' \
@@ -89,17 +92,17 @@ async fn always_triggers(new: &tokio_postgres::Client) -> Result<(), String> {
             &[],
         )
         .await
-        .map_err(|e| format!("listing the new database's triggers: {e}"))?;
+        .map_err(|e| format!("listing the {side} database's triggers: {e}"))?;
     if rows.is_empty() {
         return Ok(());
     }
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     Err(format!(
-        "the new database has triggers enabled ALWAYS: {}. They fire even for the changes \
-         Switchyard applies (which already carry their effects, captured on old), so those \
-         effects would be made twice. For the migration, make them ordinary triggers on the \
-         new database (`ALTER TABLE <table> ENABLE TRIGGER <trigger>`), and ENABLE ALWAYS \
-         again after the cutover",
+        "the {side} database has triggers enabled ALWAYS: {}. They fire even for the changes \
+         Switchyard applies there (which already carry their effects, captured on the \
+         primary), so those effects would be made twice. For the migration, make them \
+         ordinary triggers (`ALTER TABLE <table> ENABLE TRIGGER <trigger>`), and ENABLE \
+         ALWAYS again after the cutover",
         names.join(", ")
     ))
 }
@@ -113,11 +116,12 @@ async fn install(m: &Mirror, c: &tokio_postgres::Client) -> Result<(), String> {
     tracing::info!(
         tables = report.tables,
         upgraded = report.upgraded,
-        "Change capture is installed on the old database."
+        primary = %m.direction.primary(),
+        "Change capture is installed on the primary."
     );
     m.status.capture.installed.store(true, Ordering::Relaxed);
     if let Err(e) = m.routines.refresh(c).await {
-        tracing::warn!(error = %e, "Could not read the old database's routines.");
+        tracing::warn!(error = %e, "Could not read the primary's routines.");
     }
     Ok(())
 }
@@ -128,10 +132,10 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
     let timeout = Duration::from_secs(5);
     loop {
         let primary = m.control.client().await;
-        if let Ok(p) = &primary {
+        if let (Ok(p), true) = (&primary, m.active()) {
             if !m.status.capture.installed.load(Ordering::Relaxed) {
                 if let Err(e) = install(&m, p).await {
-                    tracing::error!(error = %e, "Change capture could not be installed on the old database; writes cannot commit until it is.");
+                    tracing::error!(error = %e, primary = %m.direction.primary(), "Change capture could not be installed on the primary; writes cannot commit until it is.");
                 }
             }
             if let Ok(row) = p
@@ -165,15 +169,17 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
                 Err(e) => tracing::debug!(error = %e, "Reading the routines failed."),
             }
         }
-        let secondary = connect(&m.new, "switchyard-recover", None, timeout).await;
+        let secondary = connect(&m.secondary, "switchyard-recover", None, timeout).await;
         if let (Ok(p), Ok(s)) = (primary, secondary) {
+            // MERGE-PENDING: resolve this direction's gids only (resolve_in_doubt_dir).
             match switchyard_core::recover::resolve_in_doubt(&p, &s, Duration::from_secs(2)).await {
                 Ok(r) => {
                     if !r.committed.is_empty() || !r.rolled_back.is_empty() {
                         tracing::info!(
                             committed = r.committed.len(),
                             rolled_back = r.rolled_back.len(),
-                            "Resolved in-doubt prepared transactions on the new database."
+                            secondary = %m.direction.secondary(),
+                            "Resolved in-doubt prepared transactions on the secondary."
                         );
                     }
                     m.status.in_doubt.store(
@@ -201,12 +207,12 @@ pub async fn log_loop(m: Arc<Mirror>) {
     let mut tables = capture::log::LogTables::default();
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     loop {
-        if conns.is_none() {
+        if conns.is_none() && m.status.capture.installed.load(Ordering::Relaxed) {
             let opened = async {
                 let claim = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
                 let source = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
                 let target = connect(
-                    &m.new,
+                    &m.secondary,
                     "switchyard-log",
                     Some(capture::WRITER_OPTIONS),
                     timeout,
@@ -214,7 +220,7 @@ pub async fn log_loop(m: Arc<Mirror>) {
                 .await?;
                 let target = switchyard_core::connect::Writer::set_up(
                     target,
-                    switchyard_core::connect::Db::New,
+                    m.direction.secondary(),
                     switchyard_core::connect::WriteMode::Replica,
                 )
                 .await

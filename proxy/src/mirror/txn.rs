@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_core::capture::apply::{truncate_sql, ApplySql};
 use switchyard_core::capture::{Event, Op};
-use switchyard_core::retry::{gid_for, Origin, RecordKind, RetryRecord};
+use switchyard_core::retry::{Origin, RecordKind, RetryRecord};
 
 /// Statement records (DDL, rows of tables without a key) kept per transaction in case the
 /// secondary fails; beyond this the transaction cannot commit unless the secondary takes it.
@@ -365,15 +365,16 @@ impl MirrorSession {
             return false;
         }
         let Some(xid) = self.txn.xid.clone() else {
-            self.fail(&MirrorError::Catalog(
-                "the old database's transaction id is unknown".into(),
-            ));
+            self.fail(&MirrorError::Catalog(format!(
+                "the {} database's transaction id is unknown",
+                self.mirror.direction.primary()
+            )));
             return false;
         };
         // Sent behind the applies without waiting for them: one round trip for all. If an
         // apply failed, the server ends the aborted transaction at PREPARE without preparing
         // it, and the first error is what `sync` reports.
-        let gid = gid_for(&xid);
+        let gid = self.mirror.direction.gid(&xid);
         if let Err(e) = self
             .secondary
             .queue_batch(

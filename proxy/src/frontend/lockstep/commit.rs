@@ -12,6 +12,7 @@ use crate::metrics::MIRROR_RETRY_RECORDS_TOTAL;
 use crate::protocol::backend::{error_response, ErrorFields};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
+use switchyard_core::direction::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Who sends the primary's COMMIT.
@@ -131,9 +132,13 @@ where
                 Phase::Finish { committed } => {
                     let had_ddl = self.ms.txn.had_statements;
                     self.ms.finish(committed).await;
-                    if committed && self.up.shared.cutover.read_your_writes() {
+                    if committed
+                        && self.ms.mirror.direction == Direction::OldToNew
+                        && self.up.shared.cutover.read_your_writes()
+                    {
                         // Reads go to new: the client hears of its commit only once new
-                        // has it, so its next read (on any instance) sees it.
+                        // has it, so its next read (on any instance) sees it. (With new the
+                        // primary, reads are where the writes are.)
                         self.ms.wait_finished().await;
                     }
                     self.up.set_claimed(false);

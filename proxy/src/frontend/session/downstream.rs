@@ -113,12 +113,12 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
         let Ok(mut f) = self.flow.lock() else {
             return false;
         };
-        f.status(status);
         if let Some((started, class)) = f.pending.pop_front() {
             let class = class.unwrap_or(StatementClass::Other);
             crate::metrics::hot().request_duration[class.index()]
                 .record(started.elapsed().as_secs_f64());
         }
+        f.status(status);
         f.idle()
     }
 }

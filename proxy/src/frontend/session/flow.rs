@@ -4,7 +4,8 @@
 
 use crate::classify::StatementClass;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub(crate) struct Flow {
@@ -23,11 +24,29 @@ pub(crate) struct Flow {
     /// Savepoints open in the current transaction, oldest first (whether claimed or not):
     /// the secondary's transaction starts with them.
     pub savepoints: Vec<String>,
+    /// The mediator has the session: busy whatever the status says.
+    pub mediating: bool,
+    /// Counts busy sessions for a write flip's pause (`cutover::gate`).
+    busy: Option<Arc<AtomicUsize>>,
+    counted: bool,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if self.counted {
+            if let Some(b) = &self.busy {
+                b.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 impl Flow {
-    pub fn new() -> Self {
+    pub fn new(busy: Option<Arc<AtomicUsize>>) -> Self {
         Flow {
+            mediating: false,
+            busy,
+            counted: false,
             pending: VecDeque::new(),
             txn_status: b'I',
             claimed: false,
@@ -41,6 +60,31 @@ impl Flow {
         self.pending.is_empty() && self.txn_status == b'I'
     }
 
+    /// Brings the busy count up to date after a change of state.
+    pub fn account(&mut self) {
+        let busy = !self.idle() || self.mediating;
+        if busy != self.counted {
+            if let Some(b) = &self.busy {
+                if busy {
+                    b.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    b.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            self.counted = busy;
+        }
+    }
+
+    pub fn begin(&mut self, class: Option<StatementClass>) {
+        self.pending.push_back((Instant::now(), class));
+        self.account();
+    }
+
+    pub fn mediating(&mut self, on: bool) {
+        self.mediating = on;
+        self.account();
+    }
+
     /// The server reported `status` in a ReadyForQuery.
     pub fn status(&mut self, status: u8) {
         self.txn_status = status;
@@ -50,6 +94,7 @@ impl Flow {
             self.undrained = 0;
             self.savepoints.clear();
         }
+        self.account();
     }
 }
 

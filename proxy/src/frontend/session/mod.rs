@@ -10,7 +10,10 @@ mod flow;
 mod mirror;
 mod reader;
 mod route;
+mod swap;
 mod upstream;
+
+pub use swap::Place;
 
 pub(in crate::frontend) use downstream::Downstream;
 pub(crate) use flow::Flow;
@@ -31,6 +34,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_core::direction::Direction;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Read buffers start small, so thousands of idle sessions stay cheap, and grow while reads
@@ -60,6 +64,8 @@ type IdleSignal = tokio::sync::Notify;
 pub(crate) enum End {
     /// A request needs dual-write handling; both pumps are quiet.
     Mediate,
+    /// Writes moved to the other database: the session moves before its next request.
+    Swap,
     ClientClosed,
     ClientTerminated,
     ServerClosed,
@@ -77,7 +83,7 @@ pub struct Session {
     client_buf: BytesMut,
     backend: BackendConn,
     peer: SocketAddr,
-    startup: Vec<(String, String)>,
+    place: Place,
 }
 
 impl Session {
@@ -89,7 +95,7 @@ impl Session {
         client_buf: BytesMut,
         backend: BackendConn,
         peer: SocketAddr,
-        startup: Vec<(String, String)>,
+        place: Place,
     ) -> Self {
         Session {
             shared,
@@ -97,7 +103,7 @@ impl Session {
             client_buf,
             backend,
             peer,
-            startup,
+            place,
         }
     }
 
@@ -108,19 +114,19 @@ impl Session {
             client_buf,
             backend,
             peer,
-            startup,
+            place,
         } = self;
         // Plain TCP splits into owned halves without a lock; TLS needs the shared split.
         match client {
             ClientStream::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                pump(shared, r, w, client_buf, backend, peer, startup).await
+                pump(shared, r, w, client_buf, backend, peer, place).await
             }
             ClientStream::Tls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
                 // Boxed: a second instance of the pump's state would otherwise size every
                 // session's task, TLS or not.
-                Box::pin(pump(shared, r, w, client_buf, backend, peer, startup)).await
+                Box::pin(pump(shared, r, w, client_buf, backend, peer, place)).await
             }
         }
     }
@@ -134,12 +140,13 @@ async fn pump<R, W>(
     client_buf: BytesMut,
     backend: BackendConn,
     peer: SocketAddr,
-    startup: Vec<(String, String)>,
+    mut place: swap::Place,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let flow = Mutex::new(Flow::new());
+    let direction = place.direction;
+    let flow = Mutex::new(Flow::new(Some(shared.cutover.gate.busy_counter())));
     let became_idle = IdleSignal::new();
     let drained = tokio::sync::Notify::new();
     let writing = AtomicBool::new(false);
@@ -153,13 +160,15 @@ async fn pump<R, W>(
         .params
         .iter()
         .any(|(k, v)| k == "server_encoding" && is_utf8_encoding(v.as_bytes()));
-    let mirror = shared.mirror.clone();
+    let mirror = shared.mirror_for(direction).cloned();
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let shadow = shared
         .shadow
         .clone()
+        .filter(|_| direction == Direction::OldToNew)
         .map(|s| ShadowTap::new(s, &backend.params));
-    let route = route::Route::new(&shared, startup, &backend.params);
+    let mut route = route::Route::new(&shared, place.params.clone(), &backend.params);
+    route.primary_new = direction == Direction::NewToOld;
     let (server_r, server_w) = backend.stream.into_split();
     let mut up = Upstream {
         shared: &shared,
@@ -182,6 +191,7 @@ async fn pump<R, W>(
         server_utf8,
         shadow,
         route,
+        direction,
     };
     let mut down = Downstream {
         shared: &shared,
@@ -207,10 +217,35 @@ async fn pump<R, W>(
         };
         match (end, mirror_session.as_mut()) {
             (End::Mediate, Some(ms)) => {
+                set_mediating(&flow, true);
                 // Boxed: only mirroring sessions mediate, and its state is large.
-                if let Err(e) = Box::pin(super::lockstep::mediate(&mut up, &mut down, ms)).await {
+                let r = Box::pin(super::lockstep::mediate(&mut up, &mut down, ms)).await;
+                set_mediating(&flow, false);
+                if let Err(e) = r {
                     break e;
                 }
+            }
+            (End::Swap, _) => {
+                let to = shared.cutover.direction();
+                let moved = Box::pin(swap::swap(
+                    &shared,
+                    &mut place,
+                    to,
+                    &mut up,
+                    &mut down,
+                    &mut mirror_session,
+                ))
+                .await;
+                if let Err(e) = moved {
+                    tracing::warn!(%peer, error = %e, "A session could not move to the database that takes writes now.");
+                    send_error(
+                        &mut down.client,
+                        &fatal("08006", format!("switchyard: {e}")),
+                    )
+                    .await;
+                    break End::Swap;
+                }
+                tracing::debug!(%peer, to = %to.primary(), "Session moved to the new primary.");
             }
             (End::Mediate, None) => {
                 break End::Io(
@@ -255,14 +290,19 @@ async fn pump<R, W>(
             tracing::debug!(%peer, side, error = %e, "Session ended by an I/O error.")
         }
         End::ServerClosed if !down.server_said_fatal => {
-            tracing::warn!(%peer, "The old database closed a session's connection without an error.");
+            let primary = up.direction.primary();
+            tracing::warn!(%peer, %primary, "The primary closed a session's connection without an error.");
             let fields = fatal(
                 "08006",
-                "switchyard: the connection to the old database was lost",
+                format!("switchyard: the connection to the {primary} database was lost"),
             );
             send_error(&mut down.client, &fields).await;
         }
-        End::ClientClosed | End::ClientTerminated | End::ServerClosed | End::Mediate => {}
+        End::ClientClosed
+        | End::ClientTerminated
+        | End::ServerClosed
+        | End::Mediate
+        | End::Swap => {}
     }
     if !matches!(end, End::ClientTerminated | End::ServerClosed) {
         // Let the server end the backend cleanly rather than log an unexpected EOF.
@@ -273,6 +313,12 @@ async fn pump<R, W>(
     }
     let _ = down.client.shutdown().await;
     tracing::debug!(%peer, ?end, "Session closed.");
+}
+
+fn set_mediating(flow: &Mutex<Flow>, on: bool) {
+    if let Ok(mut f) = flow.lock() {
+        f.mediating(on);
+    }
 }
 
 /// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).

@@ -53,6 +53,22 @@ impl Reader {
         })
     }
 
+    /// Wraps a connection the session is about to make its primary, to bring its settings
+    /// and prepared statements level with the one it replaces.
+    pub(crate) fn from_conn(stream: TcpStream, buf: BytesMut, max: usize) -> Reader {
+        Reader {
+            stream,
+            buf,
+            applied: Arc::from(Vec::new()),
+            max,
+            prepared: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Brings the connection's settings to `settings` (statements replayed in order after
     /// a RESET ALL, which returns to the startup values).
     pub(crate) async fn apply(&mut self, settings: &Arc<[String]>) -> Result<(), String> {

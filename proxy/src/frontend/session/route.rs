@@ -37,6 +37,9 @@ const OLD_SESSION_FUNCTIONS: &[&str] = &[
 pub(crate) struct Route {
     /// Dual writes are on (new follows old), so routing is possible at all.
     enabled: bool,
+    /// The session's primary is new (writes-new): its reads are there already.
+    pub(crate) primary_new: bool,
+    live: std::sync::Arc<crate::cutover::Live>,
     /// The session's sticky canary draw, 0..100.
     draw: u8,
     /// The request handed to the mediator is a read for new.
@@ -55,6 +58,14 @@ pub(crate) struct Route {
     routable_statements: HashMap<String, u64>,
     /// The extended-protocol batch being scanned.
     batch: Batch,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if self.pinned {
+            self.live.gate.unpin();
+        }
+    }
 }
 
 /// What the scan of an extended-protocol batch found so far.
@@ -82,6 +93,8 @@ impl Route {
     ) -> Self {
         Route {
             enabled: shared.mirror.is_some(),
+            primary_new: false,
+            live: shared.cutover.clone(),
             draw: rand::random::<u8>() % 100,
             pending: false,
             reader: None,
@@ -276,6 +289,7 @@ impl Route {
             && contains_ignore_case(sql, "temp")
         {
             self.pinned = true;
+            self.live.gate.pin();
         }
     }
 
@@ -283,6 +297,7 @@ impl Route {
     pub(crate) fn reads_new(&self, shared: &Shared) -> bool {
         self.enabled
             && !self.pinned
+            && !self.primary_new
             && shared.cutover.reads_from_new(self.draw)
             && self
                 .connect_failed

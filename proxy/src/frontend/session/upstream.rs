@@ -17,7 +17,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -58,6 +57,8 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) shadow: Option<ShadowTap>,
     /// Reads the cutover routes to new.
     pub(in crate::frontend) route: super::route::Route,
+    /// Which database is this session's primary.
+    pub(in crate::frontend) direction: switchyard_core::direction::Direction,
 }
 
 impl<R: AsyncRead + Unpin> Upstream<'_, R> {
@@ -72,6 +73,14 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let mut room = MIN_READ_CHUNK;
         let mut last_read = 0;
         loop {
+            if self.buf.len() >= Frame::HEADER
+                && super::swap::may_hold_or_move(self)
+                && super::swap::at_boundary(self)
+            {
+                if let Some(end) = super::swap::at_request(self).await {
+                    return end;
+                }
+            }
             // Whatever whole messages are buffered go out in one write.
             let (chunk, err, terminate) = self.take_frames();
             if let Some(chunk) = chunk {
@@ -397,7 +406,7 @@ impl<R> Upstream<'_, R> {
 
     fn begin_request(&self, class: Option<StatementClass>) {
         if let Ok(mut f) = self.flow.lock() {
-            f.pending.push_back((Instant::now(), class));
+            f.begin(class);
         }
     }
 
