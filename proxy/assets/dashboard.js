@@ -253,6 +253,17 @@ const PHASE_NOTES = {
   "done": "old detached",
 };
 
+// Reads moved to a cold new go to disk: new's ratio well under old's says warm it up first
+// (switchyard-proxy cutover warm-up).
+function drawCache(r) {
+  const ratio = (x) => (x === null || x === undefined ? null : x);
+  const oldR = ratio(r.old), newR = ratio(r.new);
+  setText("cache-old", pct(oldR));
+  const cold = oldR !== null && newR !== null && newR < oldR - 0.05;
+  setText("cache-new", pct(newR), cold ? "warn" : null);
+  $("cache-note").textContent = r.error ? r.error : cold ? "colder than old: see cutover warm-up" : "since statistics reset";
+}
+
 function drawCutover(c) {
   if (!c) return;
   setText("phase", c.phase, c.control_table_ok ? null : "bad");
@@ -266,6 +277,7 @@ function drawCutover(c) {
   if (c.error) parts.push(`Control table: ${c.error}`);
   if ((c.sent_back || []).length > 0) parts.push(`${c.sent_back.length} query shape(s) sent back to old after a confirmed mismatch.`);
   $("cutover-note").textContent = parts.join(" ");
+  drawCache(c.cache_hit_ratio || {});
   fillTable("cutover-instances", c.instances || [], (tr, i) => {
     cell(tr, i.id);
     cell(tr, i.phase);

@@ -242,9 +242,11 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     }
     let cutover_control =
         crate::mirror::control::Control::new(old.clone(), config.connect_timeout());
+    let new_control = crate::mirror::control::Control::new(new.clone(), config.connect_timeout());
     let shared = Arc::new(Shared {
         cutover,
         cutover_control,
+        new_control,
         instance_id,
         mirror: mirror.clone(),
         mirror_back,

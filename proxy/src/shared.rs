@@ -46,6 +46,8 @@ pub struct Shared {
     pub cutover: Arc<crate::cutover::Live>,
     /// Connection to the old database's cutover control table, for the status API.
     pub cutover_control: crate::mirror::control::Control,
+    /// Connection to the new database for the status API (its cache hit ratio).
+    pub new_control: crate::mirror::control::Control,
 }
 
 impl Shared {

@@ -287,5 +287,9 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
         dom.contains("shadow → canary 25 %") && dom.contains("<td>dashboard test</td>"),
         "the flip is in the timeline: {dom}"
     );
+    for id in ["cache-old", "cache-new"] {
+        let ratio = text_of(&dom, id).unwrap_or_default();
+        ensure!(ratio.ends_with(" %"), "{id} shows a hit ratio: {ratio:?}");
+    }
     Ok(())
 }

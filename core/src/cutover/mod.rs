@@ -6,7 +6,9 @@
 mod checks;
 mod flip;
 mod schema;
+pub mod sequences;
 mod status;
+pub mod warmup;
 
 pub use checks::{Check, Checks};
 pub use flip::{flip, FlipError, FlipReport, FlipRequest};

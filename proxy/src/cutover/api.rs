@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
 
+// Declared here rather than in `cutover/mod.rs` (the status is its caller); the path keeps
+// it beside its siblings.
+#[path = "warm.rs"]
+pub mod warm;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlipBody {
@@ -39,6 +44,8 @@ pub struct CutoverStatus {
     pub instances: Vec<cutover::Instance>,
     pub history: Vec<cutover::LogEntry>,
     pub error: Option<String>,
+    /// Old's and new's buffer cache hit ratios.
+    pub cache_hit_ratio: warm::WarmStatus,
 }
 
 pub async fn status(shared: &Shared) -> CutoverStatus {
@@ -54,13 +61,24 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             .await
             .map_err(|e| e.to_string())
     };
-    match tokio::time::timeout(Duration::from_secs(2), read).await {
+    let ratios = async {
+        tokio::time::timeout(Duration::from_secs(2), warm::hit_ratios(shared))
+            .await
+            .unwrap_or_else(|_| warm::WarmStatus {
+                error: Some("the hit ratios did not come within 2 s".into()),
+                ..Default::default()
+            })
+    };
+    let (read, cache_hit_ratio) =
+        tokio::join!(tokio::time::timeout(Duration::from_secs(2), read), ratios);
+    match read {
         Ok(Ok(s)) => CutoverStatus {
             live,
             converged: Some(s.converged),
             instances: s.instances,
             history: s.history,
             error: None,
+            cache_hit_ratio,
         },
         Ok(Err(e)) => CutoverStatus {
             live,
@@ -68,6 +86,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             instances: Vec::new(),
             history: Vec::new(),
             error: Some(e),
+            cache_hit_ratio,
         },
         Err(_) => CutoverStatus {
             live,
@@ -75,6 +94,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             instances: Vec::new(),
             history: Vec::new(),
             error: Some("the control table did not answer within 2 s".into()),
+            cache_hit_ratio,
         },
     }
 }

@@ -1,5 +1,6 @@
-//! `switchyard-proxy cutover <phase>|status`: moves or shows the flag from the command
-//! line, through the old database's control table (no running instance needed).
+//! `switchyard-proxy cutover <phase>|status|warm-up`: moves or shows the flag from the
+//! command line, through the old database's control table (no running instance needed), or
+//! warms new's buffer cache.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use switchyard_core::dsn::Dsn;
 
 #[derive(Debug, clap::Args)]
 pub struct CutoverArgs {
-    /// The phase to move to (shadow, canary, reads-new, writes-new, done), or `status`.
+    /// The phase to move to (shadow, canary, reads-new, writes-new, done), `status`, or
+    /// `warm-up` (load old's hot relations into new's buffer cache).
     pub phase: String,
     /// URL of the old database (holds the control table).
     #[arg(long, env = "SWITCHYARD_OLD")]
@@ -19,9 +21,13 @@ pub struct CutoverArgs {
     /// Share of sessions reading from new, for canary (0 to 100).
     #[arg(long, default_value_t = 0)]
     pub percent: u8,
-    /// Run the pre-flight checks only.
+    /// Run the pre-flight checks only (warm-up: show what would be loaded).
     #[arg(long)]
     pub dry_run: bool,
+    /// Warm-up: share of new's shared_buffers to fill (1 to 100).
+    #[arg(long, default_value_t = switchyard_core::cutover::warmup::DEFAULT_BUDGET_PERCENT,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub budget_percent: u8,
     /// Seconds every instance gets to confirm (then to run the new epoch).
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
@@ -73,6 +79,14 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let lease = Duration::from_secs(args.lease_secs.max(1));
+    if args.phase == "warm-up" {
+        let new = match connect(&args.new, "new").await {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        return super::api::warm::cli(&old, &new, args.budget_percent, args.dry_run, args.json)
+            .await;
+    }
     if args.phase == "status" {
         return match cutover::status(&old, lease).await {
             Ok(s) if args.json => print_json(&s),
@@ -128,7 +142,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
     }
     let to: Phase = match args.phase.parse() {
         Ok(p) => p,
-        Err(e) => return fail(format!("{e}, or status")),
+        Err(e) => return fail(format!("{e}, or status, or warm-up")),
     };
     let new = match connect(&args.new, "new").await {
         Ok(c) => Some(c),
