@@ -8,21 +8,24 @@
 # (-M simple, 8 clients) running tpcb-like and select-only (weights 1:4), with a
 # per-transaction log.
 #   switchyard: two proxy instances, 4 clients through each; the script moves the flag
-#               reads-new, then back to shadow, FLIPS times each
-#               (`switchyard-proxy cutover`), a flip every ~DURATION/(2*FLIPS+1) s;
+#               through SEQ (reads-new writes-new reads-new shadow) FLIPS times
+#               (`switchyard-proxy cutover`), a flip every ~DURATION/(len(SEQ)*FLIPS+1) s;
+#               flips that move writes (to and from writes-new) are also summed up apart;
 #   pgbouncer:  one PgBouncer (transaction pooling) in front of old, 8 clients; the same
 #               number of switches, each PAUSE → point the database at the other server →
 #               RELOAD → RESUME (the data diverges, which this load does not mind).
 # For each: the longest a transaction took that overlapped a switch window, p99 latency of
 # transactions overlapping a window and of the others, client errors, how long the
 # switches took, and TPS per second. Environment: SCALE [10], DURATION [40], FLIPS [10],
-# DURABLE [0], PROXY_BIN, PG_BIN, PGBENCH, PSQL, PGBOUNCER.
+# SEQ, DURABLE [0], PROXY_BIN, PG_BIN, PGBENCH, PSQL, PGBOUNCER.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}
 DURATION=${DURATION:-40}
 FLIPS=${FLIPS:-10}
+SEQ=${SEQ:-reads-new writes-new reads-new shadow}
+read -r -a PHASES <<<"$SEQ"
 DURABLE=${DURABLE:-0}
 DB=bench
 command -v python3 >/dev/null || die "python3 is needed to summarise the logs"
@@ -31,7 +34,7 @@ bench_init cutover
 start_pgbench_pair "$DB" "$SCALE" "$DURABLE"
 OLD_URL="postgres://postgres@127.0.0.1:$P_OLD/$DB"
 NEW_URL="postgres://postgres@127.0.0.1:$P_NEW/$DB"
-GAP=$(awk -v d="$DURATION" -v f="$FLIPS" 'BEGIN {printf "%.2f", d / (2 * f + 1)}')
+GAP=$(awk -v d="$DURATION" -v f="$FLIPS" -v n="${#PHASES[@]}" 'BEGIN {printf "%.2f", d / (n * f + 1)}')
 
 now() { date +%s.%N; }
 
@@ -56,20 +59,24 @@ wait_loads() {
 free_port P_S1; free_port P_A1; free_port P_S2; free_port P_A2
 start_switchyard sy1 "$P_S1" "$P_A1" old new "$DB" --instance-id sy1
 start_switchyard sy2 "$P_S2" "$P_A2" old new "$DB" --instance-id sy2
-log "switchyard: load through two instances, $FLIPS x (reads-new, shadow)"
+log "switchyard: load through two instances, $FLIPS x ($SEQ)"
 WIN="$BENCH_WORK/sy-windows.txt"; : >"$WIN"
 load sy-load1 "$P_S1" 4
 load sy-load2 "$P_S2" 4
 sleep "$GAP"
+prev=shadow
 for i in $(seq 1 "$FLIPS"); do
-  for phase in reads-new shadow; do
+  for phase in "${PHASES[@]}"; do
+    kind=r
+    [ "$phase" = writes-new ] || [ "$prev" = writes-new ] && kind=w
+    prev=$phase
     t0=$(now)
     out=$(env -u SWITCHYARD_OLD -u SWITCHYARD_NEW "$PROXY_BIN" cutover "$phase" \
           --old "$OLD_URL" --new "$NEW_URL" --by bench --json 2>&1) \
       || { echo "$out" >&2; die "cutover to $phase failed"; }
     t1=$(now)
     confirm=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["confirm_ms"])' <<<"$out")
-    echo "$t0 $t1 $confirm" >>"$WIN"
+    echo "$t0 $t1 $confirm $kind" >>"$WIN"
     sleep "$GAP"
   done
 done
@@ -113,19 +120,21 @@ PGB_PID=$!
 bench_defer "stop_pid $PGB_PID 10"
 wait_for_pg "$P_PGB" "$DB" "$PGB_PID" "$PGB_DIR/pgbouncer.log"
 admin() { "$PSQL" -X -q -h 127.0.0.1 -p "$P_PGB" -U postgres pgbouncer -c "$1" >/dev/null; }
-log "pgbouncer: load, $FLIPS x (switch to new, switch to old) with PAUSE/RELOAD/RESUME"
+log "pgbouncer: load, $FLIPS x ${#PHASES[@]} switches between old and new with PAUSE/RELOAD/RESUME"
 PWIN="$BENCH_WORK/pgb-windows.txt"; : >"$PWIN"
 load pgb-load "$P_PGB" 8
 sleep "$GAP"
 for i in $(seq 1 "$FLIPS"); do
-  for port in "$P_NEW" "$P_OLD"; do
+  for n in "${!PHASES[@]}"; do
+    port=$P_NEW
+    [ $((n % 2)) = 1 ] && port=$P_OLD
     t0=$(now)
     admin "PAUSE $DB"
     pgb_ini "$port"
     admin "RELOAD"
     admin "RESUME $DB"
     t1=$(now)
-    echo "$t0 $t1 $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", (b - a) * 1000}')" >>"$PWIN"
+    echo "$t0 $t1 $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", (b - a) * 1000}') w" >>"$PWIN"
     sleep "$GAP"
   done
 done
@@ -137,8 +146,13 @@ python3 - "$BENCH_WORK" "$(machine_summary)" "$(git_describe)" <<'PY'
 import sys, re
 work, machine, rev = sys.argv[1:4]
 
-def windows(path):
-    return [tuple(float(x) for x in l.split()) for l in open(path) if l.strip()]
+def windows(path, kind=None):
+    out = []
+    for l in open(path):
+        f = l.split()
+        if f and (kind is None or f[3] == kind):
+            out.append(tuple(float(x) for x in f[:3]))
+    return out
 
 def txs(path):
     out = []
@@ -195,6 +209,8 @@ sy = summary("switchyard", txs(f"{work}/sy-tx.log"), windows(f"{work}/sy-windows
              [f"{work}/sy-load1.out", f"{work}/sy-load2.out"])
 pb = summary("pgbouncer", txs(f"{work}/pgb-tx.log"), windows(f"{work}/pgb-windows.txt"),
              [f"{work}/pgb-load.out"])
+syw = summary("switchyard", txs(f"{work}/sy-tx.log"), windows(f"{work}/sy-windows.txt", "w"),
+              [f"{work}/sy-load1.out", f"{work}/sy-load2.out"])
 print(f"machine: {machine}; {rev}")
 rows = [
     ("switches (flag moves / PAUSE-RELOAD-RESUME)", "switches", "{:.0f}"),
@@ -217,6 +233,9 @@ for label, key, f in rows:
     else:
         a, b = f.format(sy[key]), f.format(pb[key])
     print(f"{label:<52}{a:>14}{b:>14}")
+print(f"flips that moved writes (to or from writes-new): {syw['switches']}")
+for label, key, f in rows[1:3] + rows[5:6] + rows[7:8]:
+    print(f"  {label:<50}{f.format(syw[key]):>14}{f.format(pb[key]):>14}")
 for s in (sy, pb):
     print(f"TPS timeline, {s['name']}: {' '.join(str(x) for x in s['timeline'])}")
 PY

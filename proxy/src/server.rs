@@ -218,6 +218,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         shadow: shadow.clone(),
         ready_since: Default::default(),
         abandoned: Default::default(),
+        prepared_for: Default::default(),
     });
     if let Some(f) = &follower {
         // The instance starts on the current epoch, never on a default: until it has read

@@ -129,3 +129,161 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
     ensure!(one(&old, "SELECT count(*) FROM pgbench_branches").await? == "1");
     Ok(())
 }
+
+/// An app's schema as it would be on both sides: a serial key, an identity key, an audit
+/// trigger stamping its own time, a key-less tag table cascading from wallet.
+const APP: &str = "
+CREATE TABLE wallet (id serial PRIMARY KEY, owner text NOT NULL, balance int NOT NULL DEFAULT 0);
+CREATE TABLE audit (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, wallet int, op text,
+                    at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE FUNCTION audit_wallet() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit (wallet, op) VALUES (NEW.id, TG_OP); RETURN NEW; END $$;
+CREATE TRIGGER wallet_audit AFTER INSERT OR UPDATE ON wallet
+  FOR EACH ROW EXECUTE FUNCTION audit_wallet();
+CREATE TABLE tag (wallet int REFERENCES wallet ON DELETE CASCADE, tag text);";
+
+const APP_TABLES: [&str; 3] = ["wallet", "audit", "tag"];
+
+async fn write_some(c: &tokio_postgres::Client, owner: &str) -> Result<i32> {
+    let id: i32 = c
+        .query_one(
+            "INSERT INTO wallet (owner) VALUES ($1) RETURNING id",
+            &[&owner],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("inserting {owner}: {e:?}"))?
+        .get(0);
+    c.batch_execute(&format!(
+        "UPDATE wallet SET balance = balance + 10 WHERE id = {id};
+         INSERT INTO tag VALUES ({id}, '{owner}');"
+    ))
+    .await?;
+    Ok(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Result<()> {
+    init_tracing();
+    let pair = tokio::task::spawn_blocking(switchyard_tests::proxy::Pair::start).await??;
+    for c in [&pair.old, &pair.new] {
+        tokio::task::block_in_place(|| c.psql(switchyard_tests::proxy::DB, APP))?;
+    }
+    let (old_port, new_port) = (pair.old.port(), pair.new.port());
+    let a = start_proxy(config(&pair, "a")).await?;
+    let b = start_proxy(config(&pair, "b")).await?;
+    let ca = connect_proxy(&a).await?;
+    let cb = connect_proxy(&b).await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(write_some(&ca, &format!("shadow{i}")).await?);
+    }
+    // Prepared on old before the flip, run on new after it.
+    let add = cb
+        .prepare("INSERT INTO wallet (owner) VALUES ($1) RETURNING id")
+        .await?;
+
+    // A transaction left open on a table keeps capture from being installed on new: the
+    // flip is refused before anything waits, and writes go on on old.
+    let open = connect_proxy(&b).await?;
+    open.batch_execute("BEGIN; UPDATE wallet SET balance = 1 WHERE id = 1")
+        .await?;
+    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
+    ensure!(
+        status == 409,
+        "a flip while a transaction stays open: {status} {report}"
+    );
+    ensure!(
+        report["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("capture could not be installed on new"),
+        "{report}"
+    );
+    ensure!(phase_of(&a).await?.0 == "shadow");
+    ids.push(write_some(&ca, "after-refusal").await?);
+    ensure!(port_of(&ca).await? == old_port);
+    open.batch_execute("COMMIT").await?;
+
+    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
+    ensure!(status == 200, "flip to writes-new: {status} {report}");
+    ensure!(port_of(&ca).await? == new_port && port_of(&cb).await? == new_port);
+    // New hands out ids past every one old handed out (serial and identity).
+    let id: i32 = cb
+        .query_one(&add, &[&"prepared-before"])
+        .await
+        .map_err(|e| anyhow::anyhow!("the statement prepared before the flip: {e:?}"))?
+        .get(0);
+    ensure!(
+        id > *ids.iter().max().unwrap_or(&0),
+        "new's sequence: {id} after {ids:?}"
+    );
+    ids.push(id);
+    for i in 0..5 {
+        ids.push(write_some(&ca, &format!("writes-new{i}")).await?);
+    }
+    ca.batch_execute("DELETE FROM wallet WHERE id = 2").await?;
+    // A cancel reaches the query on new.
+    let cs = connect_proxy(&a).await?;
+    let cancel_token = cs.cancel_token();
+    let sleeper =
+        tokio::spawn(async move { cs.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    let new = pair_client(&pair.new).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while one(&new, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").await? != "1" {
+        ensure!(std::time::Instant::now() < deadline, "the sleep never ran on new");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel_token.cancel_query(tokio_postgres::NoTls).await?;
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), sleeper).await??;
+    ensure!(
+        cancelled.as_ref().err().and_then(|e| e.code())
+            == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "cancel on new: {cancelled:?}"
+    );
+    assert_same(&pair, &APP_TABLES)?;
+
+    // Back to shadow: old takes writes again, and hands out ids past new's.
+    let (status, report) = flip(&b, r#"{"to": "shadow"}"#).await?;
+    ensure!(status == 200, "back to shadow: {status} {report}");
+    ensure!(port_of(&ca).await? == old_port);
+    let id = write_some(&cb, "back-on-old").await?;
+    ensure!(
+        id > *ids.iter().max().unwrap_or(&0),
+        "old's sequence: {id} after {ids:?}"
+    );
+    ids.push(id);
+    // A transaction left open holds the write pause past its deadline: the flip is
+    // abandoned, and the load goes on on old.
+    open.batch_execute("BEGIN; UPDATE wallet SET balance = 2 WHERE id = 1")
+        .await?;
+    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
+    ensure!(
+        status == 409,
+        "a write flip while a transaction stays open: {status} {report}"
+    );
+    ensure!(
+        report["waiting_for"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|i| i == "b")),
+        "{report}"
+    );
+    ensure!(phase_of(&b).await?.0 == "shadow");
+    ids.push(write_some(&ca, "after-abandon").await?);
+    ensure!(port_of(&ca).await? == old_port);
+    open.batch_execute("COMMIT").await?;
+    // And forward again.
+    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
+    ensure!(status == 200, "forward again: {status} {report}");
+    ids.push(write_some(&cb, "forward-again").await?);
+    eventually(&pair.old, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
+    eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
+    assert_same(&pair, &APP_TABLES)?;
+    // Each trigger fired once, on the primary of its time; its rows reached the other side.
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM audit WHERE op = 'INSERT'")? == ids.len().to_string()
+    );
+    for c in [&pair.old, &pair.new] {
+        ensure!(on(c, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    }
+    Ok(())
+}

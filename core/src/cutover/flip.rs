@@ -42,6 +42,9 @@ pub struct FlipReport {
     pub confirm_ms: u64,
     /// Every live instance runs the new epoch.
     pub converged: bool,
+    /// Sequences set on the side that takes writes (a write flip; before and inside the
+    /// pause).
+    pub sequences_set: usize,
     pub instances: Vec<Instance>,
 }
 
@@ -64,6 +67,8 @@ pub enum FlipError {
     },
     #[error("invalid cutover request: {0}")]
     Invalid(String),
+    #[error("cutover to {to} not started: {reason}")]
+    Pause { to: Phase, reason: String },
     #[error("cutover control table: {}", super::pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
 }
@@ -159,6 +164,7 @@ pub async fn flip(
             confirm_ms: confirm.as_millis() as u64,
             converged,
             instances,
+            sequences_set: 0,
         };
     if !checks.passed() {
         if !req.dry_run {
@@ -181,6 +187,27 @@ pub async fn flip(
             .filter(|i| i.live)
             .all(|i| i.epoch == from.epoch);
         return Ok(report(from.epoch, Duration::ZERO, converged, before));
+    }
+    let moves_writes = from.phase.direction() != req.to.direction();
+    let mut sequences_set = 0;
+    if moves_writes {
+        let new = new.ok_or_else(|| pause_error(req.to, "the new database is not reachable"))?;
+        match super::pause::before(old, new, req.to, req.timeout).await {
+            Ok(moves) => sequences_set = moves.iter().filter(|m| m.moved).count(),
+            Err(reason) => {
+                log(
+                    old,
+                    req,
+                    from.phase,
+                    from.epoch,
+                    "refused",
+                    &reason,
+                    Duration::ZERO,
+                )
+                .await?;
+                return Err(pause_error(req.to, reason));
+            }
+        }
     }
     let epoch = from.epoch + 1;
     let proposed = old
@@ -219,7 +246,25 @@ pub async fn flip(
         if waiting.is_empty() {
             // Every instance holds for the new epoch. For a write flip the old primary takes
             // no proxied write now: this is where sequences are checked.
-            // MERGE-PENDING: sequences checked inside the pause (super::pause::inside).
+            if let Some(new) = new.filter(|_| moves_writes) {
+                match super::pause::inside(old, new, req.to).await {
+                    Ok(n) => sequences_set += n,
+                    Err(reason) => {
+                        withdraw(old, epoch).await?;
+                        log(
+                            old,
+                            req,
+                            from.phase,
+                            from.epoch,
+                            "abandoned",
+                            &reason,
+                            started.elapsed(),
+                        )
+                        .await?;
+                        return Err(pause_error(req.to, reason));
+                    }
+                }
+            }
             waiting = commit(old, req, &expected, epoch).await?;
             if waiting.is_empty() {
                 break;
@@ -277,7 +322,16 @@ pub async fn flip(
         confirm,
     )
     .await?;
-    Ok(report(epoch, confirm, converged, now))
+    let mut r = report(epoch, confirm, converged, now);
+    r.sequences_set = sequences_set;
+    Ok(r)
+}
+
+fn pause_error(to: Phase, reason: impl Into<String>) -> FlipError {
+    FlipError::Pause {
+        to,
+        reason: reason.into(),
+    }
 }
 
 /// Instances that must confirm `epoch` and have not (yet, or any more).

@@ -5,6 +5,7 @@
 
 mod checks;
 mod flip;
+mod pause;
 mod schema;
 pub mod sequences;
 mod status;

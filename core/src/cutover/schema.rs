@@ -64,7 +64,8 @@ pub const HEARTBEAT_SQL: &str = "WITH hb AS (
   ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, phase = EXCLUDED.phase,
     ready_epoch = EXCLUDED.ready_epoch, retry_backlog = EXCLUDED.retry_backlog,
     last_seen = EXCLUDED.last_seen, last_mismatch = EXCLUDED.last_mismatch)
-SELECT phase, epoch, percent, proposed_phase, proposed_epoch, proposed_percent
+SELECT phase, epoch, percent, proposed_phase, proposed_epoch, proposed_percent,
+       extract(epoch FROM proposed_at)::float8
 FROM _switchyard.cutover FOR SHARE";
 
 /// Creates the control tables if missing. Several instances may start at once: the

@@ -1,6 +1,7 @@
 //! `POST /api/cutover` (move the flag, answered once every live instance runs the new
 //! epoch, or 409 with the reason) and the cutover part of `/api/status`.
 
+use super::warm;
 use crate::shared::Shared;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,8 +12,6 @@ use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
 
 // Declared here rather than in `cutover/mod.rs` (the status is its caller); the path keeps
 // it beside its siblings.
-#[path = "warm.rs"]
-pub mod warm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +170,7 @@ pub fn respond(req: &FlipRequest, result: Result<cutover::FlipReport, FlipError>
     let outcome = match &result {
         Ok(r) if r.dry_run => "dry_run",
         Ok(_) => "flipped",
-        Err(FlipError::Refused { .. }) => "refused",
+        Err(FlipError::Refused { .. }) | Err(FlipError::Pause { .. }) => "refused",
         Err(FlipError::Abandoned { .. }) => "abandoned",
         Err(FlipError::Busy { .. }) => "busy",
         Err(FlipError::Invalid(_)) => "invalid",

@@ -84,8 +84,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
-        return super::api::warm::cli(&old, &new, args.budget_percent, args.dry_run, args.json)
-            .await;
+        return super::warm::cli(&old, &new, args.budget_percent, args.dry_run, args.json).await;
     }
     if args.phase == "status" {
         return match cutover::status(&old, lease).await {

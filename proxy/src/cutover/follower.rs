@@ -36,7 +36,9 @@ pub struct Follower {
     /// When this instance confirmed the proposal it is ready for.
     pub ready_since: std::sync::Mutex<Option<Instant>>,
     /// A proposal this instance could not get ready for, or gave up on: not tried again.
-    pub abandoned: std::sync::atomic::AtomicI64,
+    pub abandoned: std::sync::Mutex<Option<Proposal>>,
+    /// The proposal this instance got ready for.
+    pub prepared_for: std::sync::Mutex<Option<Proposal>>,
 }
 
 /// What the control table said.
@@ -44,7 +46,17 @@ struct Seen {
     phase: Phase,
     epoch: i64,
     percent: u8,
-    proposal: Option<(Phase, i64, u8)>,
+    proposal: Option<Proposal>,
+}
+
+/// A proposal as the control table shows it; `at` (when it was made, as f64 bits) tells a
+/// proposal from an earlier one of the same phase and epoch that was withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposal {
+    phase: Phase,
+    epoch: i64,
+    percent: u8,
+    at: u64,
 }
 
 impl Follower {
@@ -201,7 +213,12 @@ impl Follower {
         let phase = |s: Option<String>| s.and_then(|s| s.parse::<Phase>().ok());
         let pct = |p: Option<i32>| p.unwrap_or(0).clamp(0, 100) as u8;
         let proposal = match (phase(row.get(3)), row.get::<_, Option<i64>>(4)) {
-            (Some(p), Some(e)) => Some((p, e, pct(row.get(5)))),
+            (Some(p), Some(e)) => Some(Proposal {
+                phase: p,
+                epoch: e,
+                percent: pct(row.get(5)),
+                at: row.get::<_, Option<f64>>(6).unwrap_or(0.0).to_bits(),
+            }),
             _ => None,
         };
         Ok(Seen {
@@ -220,9 +237,27 @@ impl Follower {
         self.adopt(&seen);
         let ready = self.live.ready_epoch();
         match seen.proposal {
-            Some((phase, epoch, percent)) if epoch > seen.epoch => {
+            Some(proposal) if proposal.epoch > seen.epoch => {
+                let Proposal {
+                    phase,
+                    epoch,
+                    percent,
+                    ..
+                } = proposal;
+                let prepared_for = *self.prepared_for.lock().unwrap_or_else(|e| e.into_inner());
+                if ready == Some(epoch) && prepared_for != Some(proposal) {
+                    // Ready for an earlier proposal under the same epoch number: another
+                    // phase needs getting ready for it.
+                    self.live.set_ready(None);
+                    if self.live.gate.is_closed() {
+                        self.reopen(
+                            "another proposal replaced the one this instance was ready for",
+                        );
+                    }
+                    return Ok(true);
+                }
                 if ready == Some(epoch) {
-                    if self.given_up(epoch) {
+                    if self.given_up(proposal) {
                         // The heartbeat just taken holds back the confirmation; the next
                         // one tells whether the flip committed meanwhile.
                         self.live.set_ready(None);
@@ -234,7 +269,7 @@ impl Follower {
                     // The confirmation was taken back and the flip did not commit with it.
                     self.reopen("the proposal was not committed in time");
                 }
-                if self.abandoned.load(Ordering::Relaxed) == epoch {
+                if *self.abandoned.lock().unwrap_or_else(|e| e.into_inner()) == Some(proposal) {
                     return Ok(false);
                 }
                 if self.prepare(phase, percent).await {
@@ -242,9 +277,10 @@ impl Follower {
                     self.live.set_ready(Some(epoch));
                     *self.ready_since.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(Instant::now());
+                    *self.prepared_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(proposal);
                     return Ok(true);
                 }
-                self.abandoned.store(epoch, Ordering::Relaxed);
+                *self.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(proposal);
                 Ok(false)
             }
             _ => {
@@ -264,12 +300,12 @@ impl Follower {
 
     /// This instance confirmed a proposal that has not committed for longer than any
     /// coordinator waits: it takes the confirmation back rather than hold writes for good.
-    fn given_up(&self, epoch: i64) -> bool {
+    fn given_up(&self, proposal: Proposal) -> bool {
         let since = *self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
         let limit = self.config.flip_timeout() * 2 + Duration::from_secs(1);
         if since.is_some_and(|t| t.elapsed() > limit) {
-            tracing::warn!(epoch, "A confirmed cutover proposal was neither committed nor withdrawn in time; taking the confirmation back.");
-            self.abandoned.store(epoch, Ordering::Relaxed);
+            tracing::warn!(epoch = proposal.epoch, "A confirmed cutover proposal was neither committed nor withdrawn in time; taking the confirmation back.");
+            *self.abandoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(proposal);
             return true;
         }
         false

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod follower;
 pub mod gate;
+pub mod warm;
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};

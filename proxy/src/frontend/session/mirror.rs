@@ -207,6 +207,7 @@ impl<R> Upstream<'_, R> {
             b'P' => {
                 if let Some((name, n)) = cstr(body) {
                     if let Some((sql, _)) = cstr(&body[n..]) {
+                        self.route.pin_on_session_lock(&sql);
                         let shape = self.record_parse(&name, &sql);
                         // Only named statements are kept (to prepare them on new later).
                         let raw = if name.is_empty() {

@@ -288,9 +288,23 @@ impl Route {
                 .any(|c| matches!(c.class, StatementClass::Ddl | StatementClass::Other))
             && contains_ignore_case(sql, "temp")
         {
-            self.pinned = true;
-            self.live.gate.pin();
+            self.pin();
         }
+        self.pin_on_session_lock(sql);
+    }
+
+    /// A session-level advisory lock is held by the server process: a session that took
+    /// one cannot move to the other database without letting it go (pinned, the write flip
+    /// waits for it). Transaction-level ones end with the transaction.
+    pub(crate) fn pin_on_session_lock(&mut self, sql: &str) {
+        if self.enabled && !self.pinned && contains_ignore_case(sql, "advisory_lock") {
+            self.pin();
+        }
+    }
+
+    fn pin(&mut self) {
+        self.pinned = true;
+        self.live.gate.pin();
     }
 
     /// Whether this session's reads go to new now.
