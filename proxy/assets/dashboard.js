@@ -273,6 +273,9 @@ function drawCutover(c) {
   const parts = [`This instance runs epoch ${c.epoch} (${c.phase}).`];
   if (c.converged === false) parts.push("Not every live instance runs it yet.");
   if (c.converged === true) parts.push("Every live instance runs it.");
+  if (c.primary) parts.push(`Sessions write to ${c.primary}.`);
+  if (c.write_pause) parts.push(`A write flip holds new transactions (${c.sessions_busy} session(s) still busy).`);
+  if (c.sessions_pinned > 0) parts.push(`${c.sessions_pinned} session(s) hold temporary tables or session advisory locks: writes cannot move until they end.`);
   if (!c.control_table_ok) parts.push("The control table is out of reach: this instance takes no writes.");
   if (c.error) parts.push(`Control table: ${c.error}`);
   if ((c.sent_back || []).length > 0) parts.push(`${c.sent_back.length} query shape(s) sent back to old after a confirmed mismatch.`);

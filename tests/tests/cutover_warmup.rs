@@ -204,3 +204,52 @@ async fn the_status_shows_both_cache_hit_ratios() -> Result<()> {
     }
     Ok(())
 }
+
+/// A flip's pre-flight shows both hit ratios; with `--require-warm` a new colder than old
+/// refuses the flip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_new_refuses_a_flip_that_requires_a_warm_cache() -> Result<()> {
+    let pair = pair_with(SCHEMA).await?;
+    tokio::task::block_in_place(|| pair.new.stop_fast().and_then(|_| pair.new.start()))?;
+    // Old reads hot again and again (hits); new reads it once after its restart (misses).
+    for _ in 0..20 {
+        on(&pair.old, "SELECT sum(length(pad)) FROM hot")?;
+    }
+    on(
+        &pair.new,
+        "SELECT pg_stat_reset(); SELECT sum(length(pad)) FROM hot",
+    )?;
+    let (old_url, new_url) = (pair.old.url(DB), pair.new.url(DB));
+    let flip = |extra: &[&str]| {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(proxy_bin()?)
+                .args(["cutover", "reads-new", "--old", &old_url, "--new", &new_url])
+                .args(["--dry-run", "--json"])
+                .args(&extra)
+                .output()
+                .context("running switchyard-proxy cutover reads-new --dry-run")
+        })
+    };
+    let warm_check = |out: &Output| -> Result<Value> {
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("the flip's JSON: {}", text(out)))?;
+        let checks = v["checks"].as_array().cloned().unwrap_or_default();
+        checks
+            .into_iter()
+            .find(|c| c["name"] == "new cache warm")
+            .with_context(|| format!("no cache check: {v}"))
+    };
+    let shown = flip(&[])?;
+    ensure!(shown.status.success(), "{}", text(&shown));
+    let check = warm_check(&shown)?;
+    ensure!(
+        check["ok"] == true && check["detail"].as_str().unwrap_or("").contains("colder"),
+        "{check}"
+    );
+    let refused = flip(&["--require-warm"])?;
+    ensure!(refused.status.code() == Some(1), "{}", text(&refused));
+    let check = warm_check(&refused)?;
+    ensure!(check["ok"] == false, "{check}");
+    Ok(())
+}

@@ -291,5 +291,10 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
         let ratio = text_of(&dom, id).unwrap_or_default();
         ensure!(ratio.ends_with(" %"), "{id} shows a hit ratio: {ratio:?}");
     }
+    let note = text_of(&dom, "cutover-note").unwrap_or_default();
+    ensure!(
+        note.contains("Sessions write to old."),
+        "the primary is named: {note}"
+    );
     Ok(())
 }

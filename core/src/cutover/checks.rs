@@ -134,6 +134,9 @@ pub(super) async fn preflight(
     let moves_writes = from.phase.direction() != req.to.direction();
     if req.to.any_reads_new(req.percent) || moves_writes {
         backlog_and_in_doubt(old, new, &mut checks).await?;
+        if let Some(new) = new {
+            warm(old, new, req, &mut checks).await;
+        }
     }
     if moves_writes {
         write_flip(old, new, req, &mut checks).await?;
@@ -291,4 +294,42 @@ async fn write_flip(
         },
     );
     Ok(())
+}
+
+/// New's cache hit ratio this far under old's counts as cold.
+const COLD_BY: f64 = 0.05;
+
+/// Reads moved to a cold new go to disk: the ratios are shown, and with `require_warm`
+/// a cold new refuses the flip (`switchyard-proxy cutover warm-up` loads it).
+async fn warm(old: &Client, new: &Client, req: &FlipRequest, checks: &mut Checks) {
+    use super::warmup::hit_ratio;
+    let pct = |r: Option<f64>| {
+        r.map_or("no reads yet".to_string(), |r| {
+            format!("{:.1} %", r * 100.0)
+        })
+    };
+    match (hit_ratio(old).await, hit_ratio(new).await) {
+        (Ok(o), Ok(n)) => {
+            let cold = matches!((o, n), (Some(o), Some(n)) if n < o - COLD_BY);
+            checks.push(
+                "new cache warm",
+                !(cold && req.require_warm),
+                format!(
+                    "cache hit ratio: new {}, old {}{}",
+                    pct(n),
+                    pct(o),
+                    if cold {
+                        " (new is colder: switchyard-proxy cutover warm-up)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        (Err(e), _) | (_, Err(e)) => checks.push(
+            "new cache warm",
+            !req.require_warm,
+            format!("cache hit ratios not readable: {e}"),
+        ),
+    }
 }

@@ -28,6 +28,9 @@ pub struct FlipRequest {
     pub lease: Duration,
     /// A confirmed shadow mismatch this recent refuses a flip that moves reads to new.
     pub mismatch_window: Duration,
+    /// Refuse a flip that moves reads or writes to new while new's buffer cache hit ratio
+    /// is more than `COLD_BY` under old's (otherwise it is only shown).
+    pub require_warm: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

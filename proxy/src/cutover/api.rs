@@ -24,6 +24,9 @@ pub struct FlipBody {
     /// Who asks, for the log and the timeline.
     #[serde(default)]
     pub by: Option<String>,
+    /// Refuse while new's buffer cache is colder than old's.
+    #[serde(default)]
+    pub require_warm: bool,
 }
 
 #[derive(Serialize)]
@@ -142,6 +145,7 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         timeout: shared.config.cutover.flip_timeout(),
         lease: shared.config.cutover.lease(),
         mismatch_window: std::time::Duration::from_secs(shared.config.cutover.mismatch_window_secs),
+        require_warm: body.require_warm,
     };
     let timeout = shared.config.connect_timeout();
     let old =

@@ -37,6 +37,10 @@ pub struct CutoverArgs {
     /// A shadow mismatch confirmed this many seconds ago or later refuses moving reads to new.
     #[arg(long, default_value_t = 600)]
     pub mismatch_window_secs: u64,
+    /// Refuse moving reads or writes to new while its buffer cache hit ratio is more than
+    /// 5 points under old's (without it the ratios are only shown).
+    #[arg(long)]
+    pub require_warm: bool,
     /// Name in the log and the timeline [default: cli@<host user>]
     #[arg(long)]
     pub by: Option<String>,
@@ -163,6 +167,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
         lease,
         mismatch_window: Duration::from_secs(args.mismatch_window_secs),
+        require_warm: args.require_warm,
     };
     match cutover::flip(&old, new.as_ref(), &req).await {
         Ok(r) if args.json => print_json(&r),
