@@ -106,6 +106,10 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
             && moved.contains("switchyard_sessions_moved_total{to=\"old\"}"),
         "sessions moved both ways under load"
     );
+    ensure!(
+        moved.contains("switchyard_cutover_write_pause_seconds_count"),
+        "the write pauses are measured"
+    );
     eventually(&pair.old, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     assert_same(&pair, &PGBENCH_TABLES)?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 /// How often the coordinator re-reads the confirmations.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone)]
 pub struct FlipRequest {

@@ -338,7 +338,9 @@ impl Follower {
                 m.activate();
             }
             // Sessions held by a write flip start on the primary of the new epoch.
-            live.gate.open();
+            if let Some((lasted, held)) = live.gate.open() {
+                tracing::info!(pause_ms = lasted.as_millis() as u64, held, primary = %seen.phase.direction().primary(), "The write pause ends; transactions start on the new primary.");
+            }
             metrics::gauge!(crate::metrics::CUTOVER_EPOCH).set(seen.epoch as f64);
             tracing::info!(from = %from, to = %seen.phase, epoch = seen.epoch, percent = seen.percent, primary = %seen.phase.direction().primary(), "Running a new cutover epoch.");
         } else if seen.percent != live.percent() {
@@ -375,6 +377,10 @@ impl Follower {
                 tracing::warn!(error = %e, "Writes cannot move: the other direction's dual writes are not ready.");
                 return false;
             }
+            // Opened before the pause, which it is needed in.
+            let Some(settle) = self.secondary_client(current).await else {
+                return false;
+            };
             self.live.gate.close();
             let deadline = Instant::now() + self.config.write_drain();
             loop {
@@ -389,12 +395,16 @@ impl Follower {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            let ok = secondary_settled(&settle, self.config.flip_timeout() / 2).await;
+            if !ok {
+                self.reopen("prepared transactions on the secondary did not finish in time");
+            }
+            return ok;
         }
-        let ok = self.secondary_settled(current).await;
-        if !ok && moves {
-            self.reopen("prepared transactions on the secondary did not finish in time");
+        match self.secondary_client(current).await {
+            Some(c) => secondary_settled(&c, self.config.flip_timeout() / 2).await,
+            None => false,
         }
-        ok
     }
 
     fn mirror_for(&self, direction: Direction) -> Option<&Arc<Mirror>> {
@@ -404,9 +414,8 @@ impl Follower {
         }
     }
 
-    /// Every transaction prepared on the current secondary before now has finished there.
-    async fn secondary_settled(&self, m: &Mirror) -> bool {
-        let client = match crate::mirror::control::connect(
+    async fn secondary_client(&self, m: &Mirror) -> Option<Client> {
+        match crate::mirror::control::connect(
             &m.secondary,
             "switchyard-cutover",
             None,
@@ -414,24 +423,28 @@ impl Follower {
         )
         .await
         {
-            Ok(c) => c,
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot check the secondary's prepared transactions before a cutover.");
-                return false;
+                None
             }
-        };
-        let Ok(before) = pending(&client).await else {
-            return false;
-        };
-        let deadline = Instant::now() + self.config.flip_timeout() / 2;
-        loop {
-            match pending(&client).await {
-                Ok(now) if !now.iter().any(|g| before.contains(g)) => return true,
-                Ok(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                _ => return false,
+        }
+    }
+}
+
+/// Every transaction prepared on the secondary before now has finished there.
+async fn secondary_settled(client: &Client, within: Duration) -> bool {
+    let Ok(before) = pending(client).await else {
+        return false;
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        match pending(client).await {
+            Ok(now) if !now.iter().any(|g| before.contains(g)) => return true,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await
             }
+            _ => return false,
         }
     }
 }

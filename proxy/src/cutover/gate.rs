@@ -18,19 +18,39 @@ pub struct WriteGate {
     /// Sessions holding state on their primary that another connection cannot have
     /// (temporary tables): they cannot move.
     pinned: AtomicUsize,
-    /// Sessions holding at the gate now.
+    /// Sessions holding at the gate now, and the most at once in this pause.
     waiting: AtomicUsize,
+    peak_waiting: AtomicUsize,
+    closed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl WriteGate {
     pub fn close(&self) {
+        if let Ok(mut at) = self.closed_at.lock() {
+            *at = Some(Instant::now());
+        }
+        self.peak_waiting.store(0, Ordering::Relaxed);
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    pub fn open(&self) {
-        if self.closed.swap(false, Ordering::SeqCst) {
-            self.opened.notify_waiters();
+    /// Ends the pause; how long it lasted and the most sessions it held at once.
+    pub fn open(&self) -> Option<(Duration, usize)> {
+        if !self.closed.swap(false, Ordering::SeqCst) {
+            return None;
         }
+        self.opened.notify_waiters();
+        let lasted = self
+            .closed_at
+            .lock()
+            .ok()
+            .and_then(|mut at| at.take())
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let held = self.peak_waiting.load(Ordering::Relaxed);
+        metrics::histogram!(crate::metrics::CUTOVER_WRITE_PAUSE_SECONDS)
+            .record(lasted.as_secs_f64());
+        metrics::histogram!(crate::metrics::CUTOVER_WRITE_PAUSE_HELD).record(held as f64);
+        Some((lasted, held))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -43,7 +63,8 @@ impl WriteGate {
         if !self.is_closed() {
             return;
         }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let now_waiting = self.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_waiting.fetch_max(now_waiting, Ordering::Relaxed);
         let until = Instant::now() + limit;
         loop {
             let opened = self.opened.notified();
