@@ -7,9 +7,13 @@
 //! the row from the source of truth, so records are idempotent and order-independent.
 //!
 //! The embedded backend keeps them in `_switchyard.retry_log` on the primary, written in the
-//! client's own transaction; other backends (Kafka) carry the same JSON.
+//! client's own transaction; other backends (Kafka) carry the same JSON. The primary is old
+//! before the cutover's `writes-new` phase and new from then on: each record's origin says
+//! which ([`Origin::direction`]), and so does the database whose table holds it.
 
+use crate::direction::Direction;
 use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
 
 /// Schema of the embedded backend, created by the proxy at start and by the reconciler.
 pub const EMBEDDED_SCHEMA_SQL: &str = "
@@ -46,15 +50,50 @@ CREATE TABLE IF NOT EXISTS _switchyard.applied_statements (
 /// `pg_xact_status()`.
 pub use crate::direction::GID_PREFIX;
 
-/// The gid for a primary transaction id.
+/// The gid for an old (forward primary) transaction id; [`Direction::gid`] for either.
 pub fn gid_for(primary_xid: &str) -> String {
-    format!("{GID_PREFIX}{primary_xid}")
+    Direction::OldToNew.gid(primary_xid)
 }
 
-/// The primary transaction id a gid names, if it is one of ours.
+/// The old transaction id a forward gid names, if it is one of ours (None for a reverse
+/// gid: see [`Direction::of_gid`]).
 pub fn xid_of_gid(gid: &str) -> Option<&str> {
-    let xid = gid.strip_prefix(GID_PREFIX)?;
-    (!xid.is_empty() && xid.bytes().all(|b| b.is_ascii_digit())).then_some(xid)
+    Direction::OldToNew.xid_of_gid(gid)
+}
+
+/// Records in the embedded log on `client`'s database still to replay (dead-lettered ones
+/// left out: replay gave up on them); 0 where the table does not exist. For the cutover's
+/// pre-flight, on the primary of the direction being left.
+pub async fn backlog(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    count_where(client, "NOT dead").await
+}
+
+/// Dead-lettered records in the embedded log on `client`'s database (changes the secondary
+/// never took: repair, then delete them); 0 where the table does not exist.
+pub async fn dead_letters(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    count_where(client, "dead").await
+}
+
+async fn count_where(client: &Client, cond: &str) -> Result<i64, tokio_postgres::Error> {
+    // The table is looked up before it is named: a statement naming a missing table fails
+    // at parse time, whatever the CASE around it says.
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('_switchyard.retry_log') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            &format!("SELECT count(*) FROM _switchyard.retry_log WHERE {cond}"),
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,10 +118,31 @@ impl RecordKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     pub instance: String,
-    /// The primary's transaction id.
+    /// The primary's transaction id (old's for old-to-new, new's for new-to-old).
     pub xid: Option<String>,
     /// Position of the statement within its transaction.
     pub ordinal: u32,
+    /// Which database was the primary: where `xid` is looked up, and which one replay
+    /// re-reads the rows from. Records written before the cutover existed have none and
+    /// are old-to-new.
+    #[serde(default = "forward")]
+    pub direction: Direction,
+}
+
+fn forward() -> Direction {
+    Direction::OldToNew
+}
+
+impl Origin {
+    /// An origin of `direction`'s primary transaction `xid`.
+    pub fn new(direction: Direction, instance: impl Into<String>, xid: Option<String>) -> Origin {
+        Origin {
+            instance: instance.into(),
+            xid,
+            ordinal: 0,
+            direction,
+        }
+    }
 }
 
 /// One re-sync order.
@@ -101,21 +161,24 @@ pub struct RetryRecord {
 }
 
 impl RetryRecord {
-    /// A stable idempotency key from the origin and what the record names.
+    /// A stable idempotency key from the origin and what the record names. Old and new
+    /// hand out transaction ids independently, so a new-to-old origin's direction is part
+    /// of the key; old-to-new keys stay what they were before directions existed.
     pub fn make_key(origin: &Origin, kind: RecordKind, table: &str, detail: &str) -> String {
-        let h = xxhash_rust::xxh3::xxh3_128(
-            format!(
-                "{}\0{}\0{}\0{}\0{}\0{}",
-                origin.instance,
-                origin.xid.as_deref().unwrap_or(""),
-                origin.ordinal,
-                kind.as_str(),
-                table,
-                detail
-            )
-            .as_bytes(),
+        let mut text = format!(
+            "{}\0{}\0{}\0{}\0{}\0{}",
+            origin.instance,
+            origin.xid.as_deref().unwrap_or(""),
+            origin.ordinal,
+            kind.as_str(),
+            table,
+            detail
         );
-        format!("{h:032x}")
+        if origin.direction != Direction::OldToNew {
+            text.push('\0');
+            text.push_str(origin.direction.as_str());
+        }
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
     }
 }
 
@@ -141,20 +204,39 @@ pub fn embedded_insert_sql(records: &[RetryRecord]) -> Result<String, serde_json
 mod tests {
     use super::*;
 
+    /// A record as proxies wrote it before origins had a direction still parses, as
+    /// old-to-new; a new one carries its direction and reads back the same.
+    #[test]
+    fn records_without_a_direction_are_old_to_new() {
+        let old = r#"{"idempotency_key":"k","kind":"row","table_name":"\"public\".\"t\"",
+            "key":{"id":1},"statement":null,"origin":{"instance":"p","xid":"7","ordinal":0},
+            "reason":"queued"}"#;
+        let r: RetryRecord = serde_json::from_str(old).expect("an old record parses");
+        assert_eq!(r.origin.direction, Direction::OldToNew);
+        let mut back = r.clone();
+        back.origin.direction = Direction::NewToOld;
+        let json = serde_json::to_string(&back).expect("serializes");
+        assert!(json.contains(r#""direction":"new-to-old""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<RetryRecord>(&json).expect("parses"),
+            back
+        );
+    }
+
     #[test]
     fn gid_round_trip() {
         assert_eq!(xid_of_gid(&gid_for("12345")), Some("12345"));
         assert_eq!(xid_of_gid("other:1"), None);
         assert_eq!(xid_of_gid("switchyard:"), None);
         assert_eq!(xid_of_gid("switchyard:1;drop"), None);
+        assert_eq!(xid_of_gid(&Direction::NewToOld.gid("7")), None);
     }
 
     #[test]
     fn insert_sql_survives_dollar_quotes_in_values() {
         let origin = Origin {
-            instance: "p1".into(),
-            xid: Some("7".into()),
             ordinal: 1,
+            ..Origin::new(Direction::OldToNew, "p1", Some("7".into()))
         };
         let r = RetryRecord {
             idempotency_key: "k".into(),
@@ -171,17 +253,29 @@ mod tests {
 
     #[test]
     fn idempotency_keys_differ_by_key() {
-        let o = Origin {
-            instance: "p".into(),
-            xid: Some("1".into()),
-            ordinal: 0,
-        };
+        let o = Origin::new(Direction::OldToNew, "p", Some("1".into()));
         let a = RetryRecord::make_key(&o, RecordKind::Row, "t", "{\"id\":1}");
         let b = RetryRecord::make_key(&o, RecordKind::Row, "t", "{\"id\":2}");
         assert_ne!(a, b);
         assert_eq!(
             a,
             RetryRecord::make_key(&o, RecordKind::Row, "t", "{\"id\":1}")
+        );
+        // Forward keys are as before directions existed; the same xid on new is another key.
+        assert_eq!(
+            a,
+            format!(
+                "{:032x}",
+                xxhash_rust::xxh3::xxh3_128(b"p\x001\x000\x00row\x00t\x00{\"id\":1}")
+            )
+        );
+        let reverse = Origin {
+            direction: Direction::NewToOld,
+            ..o
+        };
+        assert_ne!(
+            a,
+            RetryRecord::make_key(&reverse, RecordKind::Row, "t", "{\"id\":1}")
         );
     }
 }

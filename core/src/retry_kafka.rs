@@ -399,6 +399,7 @@ pub fn decode(payload: &[u8]) -> Result<RetryRecord, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::direction::Direction;
     use crate::retry::{Origin as RecordOrigin, RecordKind};
 
     fn kafka(brokers: &str) -> RetryLogConfig {
@@ -451,9 +452,8 @@ mod tests {
             key: Some(serde_json::json!({"id": 7})),
             statement: None,
             origin: RecordOrigin {
-                instance: "p".into(),
-                xid: Some("9".into()),
                 ordinal: 2,
+                ..RecordOrigin::new(Direction::NewToOld, "p", Some("9".into()))
             },
             reason: "down".into(),
         };

@@ -1,16 +1,20 @@
 //! Applying retry records, whichever backend they came from: row records re-sync their keys
 //! from the source of truth under a row lock (one re-sync per table per batch), table
 //! records run verify-and-repair once per table per batch, statement records run once on
-//! the new database, deduplicated by idempotency key in `_switchyard.applied_statements`.
+//! the secondary, deduplicated by idempotency key in its `_switchyard.applied_statements`.
+//!
+//! An [`Applier`] works in one [`Direction`]: old-to-new reads old and writes new (every
+//! phase before the cutover's `writes-new`), new-to-old reads new and writes old.
 
 use crate::config::ReconcilerConfig;
-use crate::connect::{connect, connect_writer, Db};
+use crate::connect::{connect, connect_writer};
 use crate::replay::ReplayReport;
 use crate::verify::RepairMode;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use switchyard_core::catalog::{load_table, TableMeta};
-use switchyard_core::connect::Writer;
+use switchyard_core::connect::{Db, Writer};
+use switchyard_core::direction::Direction;
 use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::KeyText;
 use switchyard_core::resync::resync_keys;
@@ -43,7 +47,7 @@ impl From<switchyard_core::retry::RetryRecord> for Pending {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
-    /// Worth trying again later (the new database was down, a lock timed out, ...).
+    /// Worth trying again later (the secondary was down, a lock timed out, ...).
     Failed(String),
     /// Can never succeed as it is: dead-letter it at once.
     Poison(String),
@@ -51,25 +55,45 @@ pub enum Outcome {
 
 pub struct Applier {
     cfg: ReconcilerConfig,
+    direction: Direction,
+    /// The direction's primary: the source of truth rows are re-read from.
     source: Client,
-    /// Every row and statement record is applied on this session (new's triggers and
-    /// foreign-key checks and actions do not fire; what they did on old arrives with
-    /// old's rows).
+    /// The direction's secondary. Every row and statement record is applied on this
+    /// session (its triggers and foreign-key checks and actions do not fire; what they did
+    /// on the primary arrives with the primary's rows).
     pub target: Writer,
     tables: HashMap<String, TableMeta>,
     log_tables: switchyard_core::capture::log::LogTables,
 }
 
+/// The URL of `db` in `cfg`.
+pub fn url_of(cfg: &ReconcilerConfig, db: Db) -> &str {
+    match db {
+        Db::Old => &cfg.old,
+        Db::New => &cfg.new,
+    }
+}
+
 impl Applier {
+    /// An applier from old to new.
     pub async fn connect(cfg: &ReconcilerConfig) -> Result<Applier> {
-        let source = connect(Db::Old, &cfg.old).await?;
-        let target = connect_writer(Db::New, &cfg.new).await?;
+        Applier::connect_dir(cfg, Direction::OldToNew).await
+    }
+
+    /// An applier that re-reads rows on `direction`'s primary and writes its secondary.
+    pub async fn connect_dir(cfg: &ReconcilerConfig, direction: Direction) -> Result<Applier> {
+        let (from, to) = (direction.primary(), direction.secondary());
+        let source = connect(from, url_of(cfg, from)).await?;
+        let target = connect_writer(to, url_of(cfg, to)).await?;
         target
             .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
             .await
-            .context("creating _switchyard.applied_statements on the new database")?;
+            .with_context(|| {
+                format!("creating _switchyard.applied_statements on the {to} database")
+            })?;
         Ok(Applier {
             cfg: cfg.clone(),
+            direction,
             source,
             target,
             tables: HashMap::new(),
@@ -77,9 +101,14 @@ impl Applier {
         })
     }
 
-    /// Applies old's change log (writes no proxy mirrored in lockstep: sessions straight on
-    /// old, procedures that commit by themselves) until it is empty. `claim` is a session on
-    /// old that holds the claimed rows' locks. Nothing to do where capture is not installed.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Applies the primary's change log (writes no proxy mirrored in lockstep: sessions
+    /// straight on the primary, procedures that commit by themselves) until it is empty.
+    /// `claim` is a session on the primary that holds the claimed rows' locks. Nothing to
+    /// do where capture is not installed.
     pub async fn drain_change_log(
         &mut self,
         claim: &mut Client,
@@ -91,7 +120,12 @@ impl Applier {
                 &[],
             )
             .await
-            .context("looking for the change log on the old database")?
+            .with_context(|| {
+                format!(
+                    "looking for the change log on the {} database",
+                    self.direction.primary()
+                )
+            })?
             .get(0);
         if !installed {
             return Ok(());
@@ -106,7 +140,7 @@ impl Applier {
             )
             .await
             .inspect_err(|_| self.log_tables.clear())
-            .context("applying the change log")?;
+            .with_context(|| format!("applying the change log {}", self.direction))?;
             report.change_log_events += r.events;
             report.writes_outside_proxy += r.outside_proxy;
             if r.events == 0 {
@@ -120,8 +154,8 @@ impl Applier {
         !self.source.is_closed() && !self.target.is_closed()
     }
 
-    /// The connection to the source of truth (the old database), for looking up origin
-    /// transactions between batches.
+    /// The connection to the source of truth (the direction's primary), for looking up
+    /// origin transactions between batches.
     pub fn source(&self) -> &Client {
         &self.source
     }
@@ -144,7 +178,7 @@ impl Applier {
             }
         }
         for (t, idx) in tables {
-            match repair_table(&self.cfg, t).await {
+            match repair_table(&self.cfg, self.direction, t).await {
                 Ok(()) => report.tables_repaired += 1,
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -190,7 +224,9 @@ impl Applier {
                     .map_err(|e| Outcome::Poison(format!("table name {table}: {e}")))?;
                 let m = load_table(&self.target, &name)
                     .await
-                    .with_context(|| format!("{table} on the new database"))
+                    .with_context(|| {
+                        format!("{table} on the {} database", self.direction.secondary())
+                    })
                     .map_err(|e| Outcome::Failed(format!("{e:#}")))?;
                 self.tables.insert(table.to_string(), m.clone());
                 m
@@ -225,9 +261,12 @@ impl Applier {
             .await?
             == 1;
         if fresh {
-            tx.batch_execute(sql)
-                .await
-                .with_context(|| format!("running {sql:?} on the new database"))?;
+            tx.batch_execute(sql).await.with_context(|| {
+                format!(
+                    "running {sql:?} on the {} database",
+                    self.direction.secondary()
+                )
+            })?;
         }
         tx.commit().await?;
         Ok(fresh)
@@ -249,14 +288,18 @@ fn key_text(meta: &TableMeta, key: &str) -> Result<KeyText> {
         .collect()
 }
 
-async fn repair_table(cfg: &ReconcilerConfig, table: &str) -> Result<()> {
+async fn repair_table(cfg: &ReconcilerConfig, direction: Direction, table: &str) -> Result<()> {
     let mut one = cfg.clone();
     one.reconciler.tables = vec![table.to_string()];
+    let source = match direction.primary() {
+        Db::Old => crate::cli::SourceSide::Old,
+        Db::New => crate::cli::SourceSide::New,
+    };
     let report = crate::verify::run(
         &one,
         None,
         Some(RepairMode {
-            source: crate::cli::SourceSide::Old,
+            source,
             dry_run: false,
         }),
         &mut |_| {},

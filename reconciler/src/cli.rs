@@ -27,10 +27,12 @@ pub enum Command {
     /// role needs a superuser, the managed service's admin role, or on PostgreSQL 15+
     /// GRANT SET ON PARAMETER session_replication_role on the target.
     Repair(RepairArgs),
-    /// Drain the retry log: re-sync queued keys from old to new, apply queued statements.
-    /// Writes with session_replication_role = replica, as repair does (on new).
+    /// Drain the retry logs and change logs: re-sync queued keys from old to new, apply
+    /// queued statements; and from new to old where new has them (the cutover's
+    /// writes-new phase). Writes with session_replication_role = replica, as repair does.
     Replay(ReplayArgs),
-    /// Finish prepared transactions the proxy left on new, as old's commit status says.
+    /// Finish prepared transactions a proxy left behind: on new as old's commit status
+    /// says, and on old (writes-new phase) as new's says.
     Recover(RecoverArgs),
 }
 
@@ -55,9 +57,9 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
-    /// Where the records are: "embedded" (the old database's table) or "kafka" (the topic,
-    /// as a consumer group, and the embedded table too, where statement records and
-    /// fallbacks go) [default: embedded]
+    /// Where the records are: "embedded" (the primary's table: old's, and new's once the
+    /// cutover moved the writes there) or "kafka" (the topic, as a consumer group, and the
+    /// embedded tables too, where statement records and fallbacks go) [default: embedded]
     #[arg(long, value_parser = ["embedded", "kafka"])]
     pub retry_log: Option<String>,
     /// Kafka bootstrap servers (host:port,...)

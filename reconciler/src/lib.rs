@@ -12,6 +12,7 @@ pub mod progress_table;
 pub mod recover;
 pub mod replay;
 pub mod replay_kafka;
+pub mod replay_report;
 pub mod report;
 pub mod schema;
 pub mod verify;
@@ -118,6 +119,12 @@ where
                     r.records_failed, r.records_dead, r.records_dropped_aborted, r.backlog,
                     r.change_log_events, r.writes_outside_proxy
                 );
+                for (d, c) in &r.directions {
+                    println!(
+                        "  {d}: {} records, {} change-log rows, {} dead-lettered, backlog {}",
+                        c.records_done, c.change_log_events, c.records_dead, c.backlog
+                    );
+                }
             }
             if !write_metrics(&r) {
                 return EXIT_ERROR;
@@ -146,17 +153,12 @@ where
     match rt.block_on(recover::run(&cfg, min_age)) {
         Ok(r) => {
             if args.format == Format::Json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                println!("{}", recover::json(&r));
             } else {
-                println!(
-                    "committed {}, rolled back {}, still pending {}, unknown {}",
-                    r.committed.len(),
-                    r.rolled_back.len(),
-                    r.pending.len(),
-                    r.unknown.len()
-                );
+                println!("{}", recover::human(&r));
             }
-            if r.pending.is_empty() && r.unknown.is_empty() {
+            let t = r.total();
+            if t.pending.is_empty() && t.unknown.is_empty() {
                 0
             } else {
                 1

@@ -2,7 +2,8 @@
 //! commits, the broker down while the secondary is down (scenario 10), replay as a consumer
 //! group (duplicates after a crash before the offset commit, two reconcilers, a rebalance
 //! mid-replay), poison records dead-lettered, and the errors a user can hit. `origin`:
-//! replay waits for each record's origin transaction to end on old.
+//! replay waits for each record's origin transaction to end on old; `reverse`: a
+//! new-to-old record waits for its origin on new and re-syncs from new into old.
 
 use anyhow::{ensure, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -21,6 +22,8 @@ use switchyard_tests::{Broker, PgCluster};
 
 #[path = "kafka_retry_log/origin.rs"]
 mod origin;
+#[path = "kafka_retry_log/reverse.rs"]
+mod reverse;
 
 const TOPIC: &str = "switchyard.retry";
 

@@ -75,6 +75,33 @@ pub async fn backlog(primary: &Client) -> Result<(i64, f64), tokio_postgres::Err
     Ok((row.get(0), row.get(1)))
 }
 
+/// Committed change-log rows on `client`'s database not yet applied to the other one: the
+/// log, and lockstep rows a committed transaction left behind (both drained by replay);
+/// 0 where capture is not installed. For the cutover's pre-flight, on the primary of the
+/// direction being left.
+pub async fn pending(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    // Looked up first: a statement naming a missing table fails whatever guards it.
+    let installed: bool = client
+        .query_one(
+            "SELECT to_regclass('_switchyard.capture_log') IS NOT NULL \
+             AND to_regclass('_switchyard.capture_lockstep') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !installed {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            "SELECT (SELECT count(*) FROM _switchyard.capture_log) \
+                  + (SELECT count(*) FROM _switchyard.capture_lockstep)",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// Tables known by the primary's oid: the name comes from the primary, the columns and key
 /// from the target (where the rows are written).
 #[derive(Default)]

@@ -255,6 +255,7 @@ mod tests {
                 instance: "test".into(),
                 xid: Some("42".into()),
                 ordinal: 1,
+                direction: switchyard_core::direction::Direction::OldToNew,
             },
             reason: "secondary down".into(),
         }

@@ -6,6 +6,10 @@
 //! transaction holds back its own partition's offset and nothing else; the records behind
 //! it are still applied when their origins committed (re-syncs are order-independent), they
 //! just cannot be committed before it.
+//!
+//! An origin is a transaction of its record's direction's primary (old for old-to-new, new
+//! for new-to-old): the two databases hand out transaction ids independently, so origins
+//! are looked up and resolved one direction at a time.
 
 use crate::apply::Pending;
 use crate::origin::XactStatus;
@@ -13,6 +17,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use switchyard_core::direction::Direction;
 use switchyard_core::retry_kafka;
 
 /// First pause before an origin still in progress is looked up again; it doubles each time
@@ -28,23 +33,31 @@ pub(super) struct Taken {
     pub created_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    /// The old database's id of the transaction the record came from.
+    /// The id of the transaction the record came from, on its direction's primary.
     pub xid: Option<String>,
+    /// Which database the origin transaction ran on and the rows are re-read from
+    /// (old-to-new for a record that cannot be read).
+    pub direction: Direction,
     pub record: Result<Pending, String>,
 }
 
 impl Taken {
     pub fn from_message(m: &BorrowedMessage<'_>) -> Taken {
         let payload = m.payload().unwrap_or_default().to_vec();
-        let (xid, record) = match retry_kafka::decode(&payload) {
+        let (xid, direction, record) = match retry_kafka::decode(&payload) {
             Ok(r) => match r.origin.xid.clone() {
                 Some(x) if !crate::origin::is_xid(&x) => (
                     None,
+                    r.origin.direction,
                     Err(format!("origin xid {x:?} is not a transaction id")),
                 ),
-                xid => (xid, Ok(Pending::from(r))),
+                xid => (xid, r.origin.direction, Ok(Pending::from(r))),
             },
-            Err(e) => (None, Err(format!("not a retry record: {e}"))),
+            Err(e) => (
+                None,
+                Direction::OldToNew,
+                Err(format!("not a retry record: {e}")),
+            ),
         };
         Taken {
             partition: m.partition(),
@@ -53,6 +66,7 @@ impl Taken {
             key: m.key().map(<[u8]>::to_vec),
             payload,
             xid,
+            direction,
             record,
         }
     }
@@ -83,6 +97,7 @@ struct Held {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Wait {
     pub xid: String,
+    pub direction: Direction,
     pub partition: i32,
     pub offset: i64,
     pub waited: Duration,
@@ -140,14 +155,15 @@ impl Backlog {
         self.parts.values().flatten()
     }
 
-    /// The distinct origins to look up now: those of new records and of waiting ones whose
-    /// pause is over.
-    pub fn due(&self, now: Instant) -> Vec<String> {
+    /// The distinct origins of `direction` to look up now: those of new records and of
+    /// waiting ones whose pause is over.
+    pub fn due(&self, now: Instant, direction: Direction) -> Vec<String> {
         if self.not_before.is_some_and(|t| now < t) {
             return Vec::new();
         }
         let due: BTreeSet<&String> = self
             .held()
+            .filter(|h| h.taken.direction == direction)
             .filter(|h| match h.stage {
                 Stage::New => true,
                 Stage::Waiting { next, .. } => next <= now,
@@ -176,14 +192,23 @@ impl Backlog {
         self.not_before = Some(until);
     }
 
-    /// Moves records on by their origin's status: committed (or forgotten, or unknown to
-    /// old) → ready, rolled back → finished (dropped), running → waiting, looked up again
-    /// after a pause that grows. Returns how many were dropped.
-    pub fn resolve(&mut self, status: &HashMap<String, XactStatus>, now: Instant) -> u64 {
+    /// Moves records of `direction` on by their origin's status (as its primary answered):
+    /// committed (or forgotten, or unknown to the primary) → ready, rolled back → finished
+    /// (dropped), running → waiting, looked up again after a pause that grows. Returns how
+    /// many were dropped.
+    pub fn resolve(
+        &mut self,
+        direction: Direction,
+        status: &HashMap<String, XactStatus>,
+        now: Instant,
+    ) -> u64 {
         self.not_before = None;
         let mut dropped = 0;
+        let primary = direction.primary();
         for h in self.parts.values_mut().flatten() {
-            if !matches!(h.stage, Stage::New | Stage::Waiting { .. }) {
+            if h.taken.direction != direction
+                || !matches!(h.stage, Stage::New | Stage::Waiting { .. })
+            {
                 continue;
             }
             let Some(xid) = h.taken.xid.as_deref() else {
@@ -199,7 +224,8 @@ impl Backlog {
                         xid,
                         partition = h.taken.partition,
                         offset = h.taken.offset,
-                        "The old database never started this record's origin transaction (restored or replaced?); re-syncing from it anyway."
+                        %primary,
+                        "The primary never started this record's origin transaction (restored or replaced?); re-syncing from it anyway."
                     );
                     Stage::Ready
                 }
@@ -208,7 +234,8 @@ impl Backlog {
                         xid,
                         partition = h.taken.partition,
                         offset = h.taken.offset,
-                        "Origin transaction rolled back on the old database; record dropped."
+                        %primary,
+                        "Origin transaction rolled back on its primary; record dropped."
                     );
                     dropped += 1;
                     Stage::Finished
@@ -317,6 +344,7 @@ impl Backlog {
             .min_by_key(|(since, _)| *since)
             .map(|(since, h)| Wait {
                 xid: h.taken.xid.clone().unwrap_or_default(),
+                direction: h.taken.direction,
                 partition: h.taken.partition,
                 offset: h.taken.offset,
                 waited: now.saturating_duration_since(since),
@@ -333,156 +361,5 @@ impl Backlog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(partition: i32, offset: i64, xid: Option<&str>) -> Taken {
-        Taken {
-            partition,
-            offset,
-            created_ms: Some(offset),
-            key: None,
-            payload: Vec::new(),
-            xid: xid.map(str::to_string),
-            record: Ok(Pending {
-                kind: "row".into(),
-                table: Some("\"public\".\"t\"".into()),
-                key: Some(format!("{{\"id\": {offset}}}")),
-                statement: None,
-                idempotency_key: format!("k{partition}-{offset}"),
-            }),
-        }
-    }
-
-    fn status(pairs: &[(&str, XactStatus)]) -> HashMap<String, XactStatus> {
-        pairs.iter().map(|(x, s)| (x.to_string(), *s)).collect()
-    }
-
-    fn offsets(ready: Vec<&Taken>) -> Vec<(i32, i64)> {
-        ready.iter().map(|t| (t.partition, t.offset)).collect()
-    }
-
-    #[test]
-    fn a_running_origin_holds_its_partitions_offset_and_nothing_else() {
-        let mut b = Backlog::default();
-        let now = Instant::now();
-        let without = b.add(vec![
-            rec(0, 10, Some("100")),
-            rec(0, 11, Some("101")),
-            rec(0, 12, None),
-            rec(1, 5, Some("101")),
-        ]);
-        assert_eq!(without, 1);
-        assert_eq!(b.due(now), vec!["100".to_string(), "101".to_string()]);
-        let dropped = b.resolve(
-            &status(&[
-                ("100", XactStatus::InProgress),
-                ("101", XactStatus::Committed),
-            ]),
-            now,
-        );
-        assert_eq!(dropped, 0);
-        // Behind the waiting record, its partition's others are applied all the same.
-        assert_eq!(offsets(b.ready()), vec![(0, 11), (0, 12), (1, 5)]);
-        b.finish_ready();
-        assert_eq!(b.committable(), BTreeMap::from([(1, 6)]));
-        assert_eq!(b.waiting(), 1);
-        assert!(b.only_waiting());
-        // Once the origin commits, the whole partition can be committed.
-        let later = now + FIRST_RECHECK;
-        assert_eq!(b.due(later), vec!["100".to_string()]);
-        b.resolve(&status(&[("100", XactStatus::Committed)]), later);
-        assert_eq!(offsets(b.ready()), vec![(0, 10)]);
-        b.finish_ready();
-        assert_eq!(b.committable(), BTreeMap::from([(0, 13)]));
-        assert!(b.is_empty());
-    }
-
-    #[test]
-    fn rolled_back_origins_are_dropped_and_their_offsets_committed() {
-        let mut b = Backlog::default();
-        let now = Instant::now();
-        b.add(vec![rec(2, 0, Some("7")), rec(2, 1, Some("8"))]);
-        let dropped = b.resolve(
-            &status(&[("7", XactStatus::Aborted), ("8", XactStatus::Forgotten)]),
-            now,
-        );
-        assert_eq!(dropped, 1);
-        assert_eq!(offsets(b.ready()), vec![(2, 1)]);
-        b.finish_ready();
-        assert_eq!(b.committable(), BTreeMap::from([(2, 2)]));
-    }
-
-    #[test]
-    fn lookups_back_off_from_100_ms_to_1_s() {
-        let mut b = Backlog::default();
-        let mut now = Instant::now();
-        b.add(vec![rec(0, 0, Some("9"))]);
-        let running = status(&[("9", XactStatus::InProgress)]);
-        let mut pauses = Vec::new();
-        for _ in 0..6 {
-            assert_eq!(b.due(now).len(), 1);
-            b.resolve(&running, now);
-            let next = b.next_due().expect("waiting");
-            pauses.push(next - now);
-            assert!(b.due(now).is_empty(), "not due before its pause is over");
-            now = next;
-        }
-        let ms: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, vec![100, 200, 400, 800, 1000, 1000]);
-        let w = b.longest_wait(now).expect("waiting");
-        assert_eq!((w.xid.as_str(), w.partition, w.offset), ("9", 0, 0));
-        assert_eq!(w.waited.as_millis(), 3500);
-    }
-
-    #[test]
-    fn a_failed_lookup_postpones_the_next() {
-        let mut b = Backlog::default();
-        let now = Instant::now();
-        b.add(vec![rec(0, 0, Some("9"))]);
-        b.postpone(now + LONGEST_RECHECK);
-        assert!(b.due(now).is_empty());
-        assert_eq!(b.next_due(), Some(now + LONGEST_RECHECK));
-        assert_eq!(b.due(now + LONGEST_RECHECK).len(), 1);
-    }
-
-    #[test]
-    fn a_partition_read_again_or_moved_away_is_forgotten() {
-        let mut b = Backlog::default();
-        let now = Instant::now();
-        b.add(vec![
-            rec(0, 4, Some("1")),
-            rec(0, 5, Some("1")),
-            rec(1, 0, None),
-        ]);
-        b.resolve(&status(&[("1", XactStatus::InProgress)]), now);
-        // Delivered again from the committed offset after a rebalance.
-        b.add(vec![rec(0, 4, Some("1"))]);
-        assert_eq!(b.waiting(), 0);
-        assert_eq!(b.due(now), vec!["1".to_string()]);
-        b.retain(&BTreeSet::from([0]));
-        assert!(b.ready().is_empty(), "partition 1 moved away");
-    }
-
-    #[test]
-    fn waiting_partitions_pause_once_they_hold_enough() {
-        let mut b = Backlog::default();
-        let now = Instant::now();
-        b.add(vec![rec(0, 0, Some("1")), rec(0, 1, None), rec(1, 0, None)]);
-        b.resolve(&status(&[("1", XactStatus::InProgress)]), now);
-        assert_eq!(b.to_pause(2), BTreeSet::from([0]));
-        assert!(b.to_pause(3).is_empty());
-        b.finish_ready();
-        b.committable();
-        assert_eq!(b.to_pause(1), BTreeSet::from([0]));
-    }
-
-    #[test]
-    fn records_that_are_not_retry_records_go_straight_to_apply() {
-        let mut b = Backlog::default();
-        let mut bad = rec(0, 0, None);
-        bad.record = Err("not a retry record".into());
-        assert_eq!(b.add(vec![bad]), 0);
-        assert_eq!(b.ready().len(), 1);
-    }
-}
+#[path = "held_tests.rs"]
+mod tests;

@@ -5,12 +5,16 @@
 //! order twice is harmless. A record that cannot be applied after `max_attempts` goes to
 //! the dead-letter topic with the reason in a header, then its offset is committed.
 //!
-//! A record is applied only once its origin transaction has ended on the old database: the
-//! proxy confirms a record before it sends COMMIT to old, so a record can be read while its
-//! rows are still invisible there, and a re-sync then would delete them on new. Records of
-//! a running origin are held (with their partition's offset) and looked up again after a
-//! growing pause; records of a rolled-back origin are dropped. See [`held`] for the offset
-//! rule and [`crate::origin`] for the lookup.
+//! A record is applied only once its origin transaction has ended on its primary: the proxy
+//! confirms a record before it sends COMMIT to the primary, so a record can be read while
+//! its rows are still invisible there, and a re-sync then would delete them on the
+//! secondary. Records of a running origin are held (with their partition's offset) and
+//! looked up again after a growing pause; records of a rolled-back origin are dropped. See
+//! [`held`] for the offset rule and [`crate::origin`] for the lookup.
+//!
+//! The primary is the one of the record's direction (its origin says): old for old-to-new,
+//! new for new-to-old (the cutover's `writes-new` phase). A new-to-old record waits for its
+//! transaction on new and re-syncs its rows from new into old.
 
 mod fetch;
 mod held;
@@ -29,6 +33,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use switchyard_core::direction::Direction;
 use switchyard_core::retry_kafka::{self, KafkaSettings};
 
 /// How long an empty assignment may last in a draining run before it stops (another
@@ -74,7 +79,10 @@ pub async fn run(
         .producer_config()
         .create()
         .context("creating the dead-letter producer")?;
-    let mut applier = Applier::connect(cfg).await?;
+    let mut appliers = Appliers {
+        forward: Applier::connect(cfg).await?,
+        reverse: None,
+    };
     let mut report = ReplayReport::default();
     // Statement records and the proxy's fallbacks are in the embedded table.
     embedded_pass(cfg, opts, &mut report).await;
@@ -107,7 +115,7 @@ pub async fn run(
             if opts.follow {
                 if last_housekeeping.elapsed() > HOUSEKEEPING_EVERY {
                     last_housekeeping = Instant::now();
-                    resolve_in_doubt(cfg, &applier).await;
+                    resolve_in_doubt(cfg).await;
                     embedded_pass(cfg, opts, &mut report).await;
                 }
                 report.partitions = exact_lag(&consumer, &settings.topic);
@@ -137,7 +145,7 @@ pub async fn run(
             .unwrap_or(0.0);
         let t0 = Instant::now();
         let (applied, dropped) = step(
-            &mut applier,
+            &mut appliers,
             cfg,
             opts,
             &dead_letters,
@@ -174,7 +182,7 @@ pub async fn run(
         }
         if got == 0 && opts.follow && last_housekeeping.elapsed() > HOUSEKEEPING_EVERY {
             last_housekeeping = Instant::now();
-            resolve_in_doubt(cfg, &applier).await;
+            resolve_in_doubt(cfg).await;
             embedded_pass(cfg, opts, &mut report).await;
         }
         if let Some(w) = held.longest_wait(Instant::now()) {
@@ -184,11 +192,13 @@ pub async fn run(
                 last_wait_warning = Some(Instant::now());
                 tracing::warn!(
                     xid = %w.xid,
+                    direction = %w.direction,
                     partition = w.partition,
                     offset = w.offset,
                     waited_secs = w.waited.as_secs(),
                     waiting = report.waiting_for_origin,
-                    "A retry record waits for its origin transaction to end on the old database; its partition's offset is held back. That session: SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE backend_xid = xid('{}'::xid8)",
+                    "A retry record waits for its origin transaction to end on the {} database; its partition's offset is held back. That session: SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE backend_xid = xid('{}'::xid8)",
+                    w.direction.primary(),
                     w.xid
                 );
             }
@@ -196,7 +206,7 @@ pub async fn run(
                 tracing::warn!(
                     xid = %w.xid,
                     waiting = report.waiting_for_origin,
-                    "Stopping with records whose origin transactions are still running on the old database; a later run replays them."
+                    "Stopping with records whose origin transactions are still running on their primary; a later run replays them."
                 );
                 report.partitions = exact_lag(&consumer, &settings.topic);
                 break;
@@ -210,10 +220,37 @@ pub async fn run(
     Ok(report)
 }
 
-/// Looks up the origins that are due, then applies the records that are ready. Returns
-/// how many records were applied (or dead-lettered) and how many dropped.
+/// One applier per direction; new-to-old's is connected when its first record comes (it
+/// writes into old, which a run with no such record must not need the right to).
+struct Appliers {
+    forward: Applier,
+    reverse: Option<Applier>,
+}
+
+impl Appliers {
+    /// `direction`'s applier, connected (again) if it is not healthy. The first connection
+    /// of new-to-old's fails the run as the forward one's does (a role that may not write
+    /// into old is refused with the fix).
+    async fn get(&mut self, cfg: &ReconcilerConfig, direction: Direction) -> Result<&mut Applier> {
+        if direction == Direction::NewToOld && self.reverse.is_none() {
+            self.reverse = Some(Applier::connect_dir(cfg, direction).await?);
+        }
+        let slot = match (direction, &mut self.reverse) {
+            (Direction::NewToOld, Some(a)) => a,
+            _ => &mut self.forward,
+        };
+        if !slot.is_healthy() {
+            *slot = reconnect(cfg, direction).await;
+        }
+        Ok(slot)
+    }
+}
+
+/// Looks up the origins that are due, then applies the records that are ready, each
+/// direction by its own applier. Returns how many records were applied (or
+/// dead-lettered) and how many dropped.
 async fn step(
-    applier: &mut Applier,
+    appliers: &mut Appliers,
     cfg: &ReconcilerConfig,
     opts: &ReplayOptions,
     dead_letters: &FutureProducer,
@@ -221,27 +258,44 @@ async fn step(
     held: &mut Backlog,
     report: &mut ReplayReport,
 ) -> Result<(usize, u64)> {
-    let due = held.due(Instant::now());
+    let now = Instant::now();
     let mut dropped = 0;
-    if !due.is_empty() {
-        if !applier.is_healthy() {
-            *applier = reconnect(cfg).await;
+    for d in Direction::BOTH {
+        let due = held.due(now, d);
+        if due.is_empty() {
+            continue;
         }
+        let applier = appliers.get(cfg, d).await?;
         match crate::origin::statuses(applier.source(), &due).await {
-            Ok(s) => dropped = held.resolve(&s, Instant::now()),
+            Ok(s) => {
+                let n = held.resolve(d, &s, Instant::now());
+                report.direction(d).records_dropped_aborted += n;
+                report.records_dropped_aborted += n;
+                dropped += n;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "Looking up origin transactions failed; trying again.");
+                tracing::warn!(error = %e, direction = %d, "Looking up origin transactions failed; trying again.");
                 held.postpone(Instant::now() + held::LONGEST_RECHECK);
             }
         }
-        report.records_dropped_aborted += dropped;
     }
     let ready = held.ready();
     if ready.is_empty() {
         return Ok((0, dropped));
     }
     let n = ready.len();
-    apply_batch(applier, cfg, opts, dead_letters, settings, &ready, report).await?;
+    for d in Direction::BOTH {
+        let batch: Vec<&Taken> = ready.iter().copied().filter(|t| t.direction == d).collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let mut sub = ReplayReport::default();
+        let applier = appliers.get(cfg, d).await?;
+        let applied =
+            apply_batch(applier, cfg, opts, dead_letters, settings, &batch, &mut sub).await;
+        report.add_direction(d, &sub);
+        applied?;
+    }
     held.finish_ready();
     Ok((n, dropped))
 }
@@ -271,7 +325,7 @@ async fn apply_batch(
     let mut attempts = 0;
     while !todo.is_empty() {
         if !applier.is_healthy() {
-            *applier = reconnect(cfg).await;
+            *applier = reconnect(cfg, applier.direction()).await;
         }
         let items: Vec<Pending> = todo
             .iter()
@@ -316,10 +370,10 @@ async fn apply_batch(
     Ok(())
 }
 
-async fn reconnect(cfg: &ReconcilerConfig) -> Applier {
+async fn reconnect(cfg: &ReconcilerConfig, direction: Direction) -> Applier {
     let mut pause = Duration::from_millis(500);
     loop {
-        match Applier::connect(cfg).await {
+        match Applier::connect_dir(cfg, direction).await {
             Ok(a) => return a,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "Reconnecting to the databases.");
@@ -371,19 +425,30 @@ async fn dead_letter(
     Ok(())
 }
 
-async fn resolve_in_doubt(cfg: &ReconcilerConfig, applier: &Applier) {
-    let Ok(old) = crate::connect::connect(crate::connect::Db::Old, &cfg.old).await else {
+/// Finishes prepared transactions a proxy left behind, in both directions.
+async fn resolve_in_doubt(cfg: &ReconcilerConfig) {
+    use crate::connect::{connect, Db};
+    let (Ok(old), Ok(new)) = (
+        connect(Db::Old, &cfg.old).await,
+        connect(Db::New, &cfg.new).await,
+    ) else {
         return;
     };
-    match switchyard_core::recover::resolve_in_doubt(&old, &applier.target, Duration::from_secs(2))
-        .await
+    match switchyard_core::recover::resolve_in_doubt_both(&old, &new, Duration::from_secs(2)).await
     {
-        Ok(r) if !r.committed.is_empty() || !r.rolled_back.is_empty() => tracing::info!(
-            committed = r.committed.len(),
-            rolled_back = r.rolled_back.len(),
-            "Resolved in-doubt transactions."
-        ),
-        Ok(_) => {}
+        Ok(r) => {
+            for d in Direction::BOTH {
+                let one = r.get(d);
+                if !one.is_idle() {
+                    tracing::info!(
+                        direction = %d,
+                        committed = one.committed.len(),
+                        rolled_back = one.rolled_back.len(),
+                        "Resolved in-doubt transactions."
+                    );
+                }
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "Resolving in-doubt transactions failed."),
     }
 }

@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
+use switchyard_core::direction::Direction;
 use switchyard_core::retry::{Origin, RecordKind, RetryRecord};
 use switchyard_core::retry_kafka::{self, KafkaSettings};
 use switchyard_tests::mirror::{assert_verified, on, pair_with};
@@ -21,7 +22,7 @@ use switchyard_tests::Broker;
 const GROUP: &str = "switchyard-reconciler";
 
 /// The retry topics, as the proxy creates them at start.
-async fn create_topics(broker: &Broker) -> Result<()> {
+pub(super) async fn create_topics(broker: &Broker) -> Result<()> {
     let settings = KafkaSettings {
         brokers: broker.bootstrap(),
         partitions: 4,
@@ -33,10 +34,19 @@ async fn create_topics(broker: &Broker) -> Result<()> {
 
 /// A row record for `public.<table>` key `id`, as the proxy writes it.
 fn row_record(table: &str, id: i32, xid: Option<&str>) -> RetryRecord {
+    row_record_dir(Direction::OldToNew, table, id, xid)
+}
+
+/// A row record of `direction`; `xid` is a transaction of that direction's primary.
+pub(super) fn row_record_dir(
+    direction: Direction,
+    table: &str,
+    id: i32,
+    xid: Option<&str>,
+) -> RetryRecord {
     let origin = Origin {
-        instance: "test".into(),
-        xid: xid.map(str::to_string),
         ordinal: 1,
+        ..Origin::new(direction, "test", xid.map(str::to_string))
     };
     let table = format!("\"public\".\"{table}\"");
     let key = serde_json::json!({ "id": id });
@@ -52,7 +62,7 @@ fn row_record(table: &str, id: i32, xid: Option<&str>) -> RetryRecord {
 }
 
 /// Publishes `r` to `partition` of the retry topic; its offset.
-async fn publish(broker: &Broker, r: &RetryRecord, partition: i32) -> Result<i64> {
+pub(super) async fn publish(broker: &Broker, r: &RetryRecord, partition: i32) -> Result<i64> {
     let producer: FutureProducer = broker.client_config().create()?;
     let payload = retry_kafka::encode(r)?;
     let delivered = producer
@@ -103,7 +113,7 @@ async fn committed_insert(pair: &Pair, sql: &str) -> Result<String> {
 }
 
 /// `table` on both sides, row by row.
-fn same_rows(pair: &Pair, table: &str) -> Result<()> {
+pub(super) fn same_rows(pair: &Pair, table: &str) -> Result<()> {
     let sql = format!("SELECT id, v FROM {table} ORDER BY id");
     let (old, new) = (on(&pair.old, &sql)?, on(&pair.new, &sql)?);
     ensure!(old == new, "{table} differs:\nold:\n{old}\nnew:\n{new}");

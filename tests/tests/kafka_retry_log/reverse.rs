@@ -1,0 +1,119 @@
+//! A new-to-old record (the cutover's `writes-new` phase: new is the primary) read from
+//! the topic: replay waits for its origin transaction on new, not old, then re-syncs its
+//! rows from new into old. New's transaction ids are pushed thousands past old's first, so
+//! a lookup on old (the wrong database) would find the id "in the future" there and apply
+//! the record at once, while its rows are still invisible.
+
+use super::origin::{create_topics, publish, row_record_dir, same_rows};
+use super::{kafka_flags, SERIAL};
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+use switchyard_core::direction::Direction;
+use switchyard_tests::mirror::{assert_verified, on, pair_with};
+use switchyard_tests::proxy::DB;
+use switchyard_tests::reconciler::ReconcilerProcess;
+use switchyard_tests::wait::poll_until;
+use switchyard_tests::Broker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let broker = tokio::task::spawn_blocking(Broker::start).await??;
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    on(
+        &pair.new,
+        "CREATE TABLE burn (i int); \
+         DO $$ BEGIN FOR i IN 1..5000 LOOP BEGIN INSERT INTO burn VALUES (i); \
+         EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$; DROP TABLE burn",
+    )?;
+    let seed = "INSERT INTO t VALUES (1, 'before the cutover')";
+    on(&pair.old, seed)?;
+    on(&pair.new, seed)?;
+    create_topics(&broker).await?;
+    // The origin: open on new, its changes invisible to any other session until it commits.
+    let origin = pair.new.connect(DB).await?;
+    origin
+        .batch_execute(
+            "BEGIN; UPDATE t SET v = 'written on new' WHERE id = 1; \
+             INSERT INTO t VALUES (2, 'inserted on new')",
+        )
+        .await?;
+    let xid: String = origin
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?
+        .get(0);
+    for (id, partition) in [(1, 0), (2, 1)] {
+        let r = row_record_dir(Direction::NewToOld, "t", id, Some(&xid));
+        publish(&broker, &r, partition).await?;
+    }
+
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let dir = tempfile::tempdir()?;
+    let metrics = dir.path().join("replay.prom").display().to_string();
+    let flags = kafka_flags(&broker);
+    let mut args: Vec<&str> = vec![
+        "replay",
+        "--follow",
+        "--old",
+        &old,
+        "--new",
+        &new,
+        "--metrics-file",
+        &metrics,
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    let mut replay = tokio::task::block_in_place(|| {
+        ReconcilerProcess::spawn(&args, &[("SWITCHYARD_LOG", "switchyard_reconciler=debug")])
+    })?;
+    let before = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
+    let rechecks = |log: &str| log.matches("Origin transaction still in progress").count();
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "replay to hold both records for the open transaction on new",
+            Duration::from_secs(120),
+            || {
+                if let Some(s) = replay.try_wait()? {
+                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
+                }
+                let now = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
+                ensure!(
+                    now == before,
+                    "old changed while the origin transaction is open on new: {now}\n{}",
+                    replay.log_text()
+                );
+                let waiting = std::fs::read_to_string(&metrics)
+                    .is_ok_and(|m| m.contains("switchyard_replay_waiting_for_origin 2\n"));
+                Ok((waiting && rechecks(&replay.log_text()) >= 3).then_some(()))
+            },
+        )
+    })?;
+    origin.batch_execute("COMMIT").await?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "new's rows on old, counted as new-to-old",
+            Duration::from_secs(60),
+            || {
+                if let Some(s) = replay.try_wait()? {
+                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
+                }
+                let arrived = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?
+                    == "written on new,inserted on new";
+                let counted = std::fs::read_to_string(&metrics).is_ok_and(|m| {
+                    m.contains(
+                        "switchyard_replay_applied_total{direction=\"new-to-old\",source=\"retry_log\"} 2\n",
+                    )
+                });
+                Ok((arrived && counted).then_some(()))
+            },
+        )
+    })
+    .with_context(|| replay.log_text())?;
+    ensure!(
+        on(&pair.new, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?
+            == "written on new,inserted on new",
+        "new, the source of truth, kept its rows"
+    );
+    same_rows(&pair, "t")?;
+    assert_verified(&pair, "t").await?;
+    Ok(())
+}
