@@ -279,7 +279,7 @@ async fn write_flip(
     // Writes that bypassed the proxy, captured on either side, still to be applied.
     let mut waiting = 0;
     for c in [primary, secondary] {
-        waiting += count_if_exists(c, "_switchyard.capture_log", "").await?;
+        waiting += crate::capture::log::pending(c).await?;
     }
     checks.push(
         "change log drained",

@@ -171,8 +171,14 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
         }
         let secondary = connect(&m.secondary, "switchyard-recover", None, timeout).await;
         if let (Ok(p), Ok(s)) = (primary, secondary) {
-            // MERGE-PENDING: resolve this direction's gids only (resolve_in_doubt_dir).
-            match switchyard_core::recover::resolve_in_doubt(&p, &s, Duration::from_secs(2)).await {
+            match switchyard_core::recover::resolve_in_doubt_dir(
+                m.direction,
+                &p,
+                &s,
+                Duration::from_secs(2),
+            )
+            .await
+            {
                 Ok(r) => {
                     if !r.committed.is_empty() || !r.rolled_back.is_empty() {
                         tracing::info!(

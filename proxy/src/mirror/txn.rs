@@ -401,7 +401,7 @@ impl MirrorSession {
             instance: self.mirror.instance.clone(),
             xid: self.txn.xid.clone(),
             ordinal: 0,
-            direction: switchyard_core::direction::Direction::OldToNew,
+            direction: self.mirror.direction,
         };
         let reason = self.txn.broken.clone().unwrap_or_else(|| "queued".into());
         let mut out = Vec::with_capacity(
