@@ -35,6 +35,9 @@ pub struct Live {
     sent_back: dashmap::DashMap<u64, String>,
     /// The write pause of a flip that moves writes.
     pub gate: gate::WriteGate,
+    /// Bumped when writes moved to the other database: idle sessions move at once rather
+    /// than at their next request (their connection to the former primary is let go).
+    moved: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +85,7 @@ impl Live {
             lease,
             sent_back: dashmap::DashMap::new(),
             gate: gate::WriteGate::default(),
+            moved: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -103,9 +107,18 @@ impl Live {
     }
 
     pub(crate) fn run_epoch(&self, phase: Phase, epoch: i64, percent: u8) {
+        let moved = phase.direction() != self.direction();
         self.percent.store(percent, Ordering::Relaxed);
         self.phase.store(phase_index(phase), Ordering::Release);
         self.epoch.store(epoch, Ordering::Release);
+        if moved {
+            self.moved.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Wakes when writes move to the other database.
+    pub fn watch_moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moved.subscribe()
     }
 
     pub(crate) fn set_ready(&self, epoch: Option<i64>) {

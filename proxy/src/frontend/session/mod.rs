@@ -192,6 +192,7 @@ async fn pump<R, W>(
         shadow,
         route,
         direction,
+        moves: shared.cutover.watch_moves(),
     };
     let mut down = Downstream {
         shared: &shared,

@@ -59,6 +59,8 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) route: super::route::Route,
     /// Which database is this session's primary.
     pub(in crate::frontend) direction: switchyard_core::direction::Direction,
+    /// Wakes the idle session when writes move (`cutover::Live::watch_moves`).
+    pub(in crate::frontend) moves: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<R: AsyncRead + Unpin> Upstream<'_, R> {
@@ -73,12 +75,13 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let mut room = MIN_READ_CHUNK;
         let mut last_read = 0;
         loop {
-            if self.buf.len() >= Frame::HEADER
-                && super::swap::may_hold_or_move(self)
-                && super::swap::at_boundary(self)
-            {
-                if let Some(end) = super::swap::at_request(self).await {
-                    return end;
+            if super::swap::may_hold_or_move(self) && super::swap::at_boundary(self) {
+                if self.buf.len() >= Frame::HEADER {
+                    if let Some(end) = super::swap::at_request(self).await {
+                        return end;
+                    }
+                } else if self.shared.cutover.direction() != self.direction {
+                    return End::Swap;
                 }
             }
             // Whatever whole messages are buffered go out in one write.
@@ -129,6 +132,8 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     Err(e) => return End::Io("client", e),
                 },
                 _ = timeout => return End::IdleTimeout,
+                // Idle only: a wait registered per request, not per read.
+                _ = self.moves.changed(), if idle && self.mirror.is_some() => {}
                 _ = self.became_idle.notified(), if !idle && idle_timeout.is_some() => {}
                 _ = &mut stop, if !shutdown_seen => {
                     if self.flow.lock().map(|f| f.idle()).unwrap_or(true) {
