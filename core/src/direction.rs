@@ -38,6 +38,13 @@ impl Direction {
         }
     }
 
+    pub fn other(self) -> Direction {
+        match self {
+            Direction::OldToNew => Direction::NewToOld,
+            Direction::NewToOld => Direction::OldToNew,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::OldToNew => "old-to-new",

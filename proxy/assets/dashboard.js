@@ -90,6 +90,8 @@ function drawMirror(m) {
     if (r.kafka_last_error) notes.push(`last error: ${r.kafka_last_error}`);
   }
   if (r.commits_refused) notes.push(`commits refused ${fmt(r.commits_refused)}`);
+  // In writes-new the counts are those of new's dual writes onto old.
+  if (m.direction === "new-to-old") notes.push("new is the primary, old follows");
   $("retry-note").textContent = notes.join(" · ");
   const errors = Object.entries(m.secondary_errors || {}).sort((a, b) => b[1] - a[1]);
   fillTable("secondary-errors", errors, (tr, [state, n]) => {

@@ -65,6 +65,8 @@ struct Status {
     classifier_cache_entries: usize,
     /// Dual writes; null when mirroring is off.
     mirror: Option<crate::mirror::status::MirrorSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirror_other: Option<crate::mirror::status::MirrorSnapshot>,
     /// The cutover phase this instance runs (also in `cutover.phase`).
     phase: &'static str,
     cutover: crate::cutover::api::CutoverStatus,
@@ -97,6 +99,8 @@ struct Backend {
 
 async fn status(State(s): State<AdminState>) -> Json<Status> {
     let sh = &s.shared;
+    let direction = sh.cutover.direction();
+    let other = direction.other();
     let backend = |role: Role| Backend {
         url: sh.dsn(role).to_string(),
         health: sh.health.get(role),
@@ -116,7 +120,12 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             new: backend(Role::New),
         },
         classifier_cache_entries: sh.classifier.len(),
-        mirror: sh.mirror.as_ref().map(|m| m.snapshot()),
+        // The dual writes sessions run now; the other direction's once it ran.
+        mirror: sh.mirror_for(direction).map(|m| m.snapshot()),
+        mirror_other: sh
+            .mirror_for(other)
+            .filter(|m| m.active())
+            .map(|m| m.snapshot()),
         phase: sh.cutover.phase().as_str(),
         cutover: crate::cutover::api::status(sh).await,
         progress: sh.progress.get(),

@@ -219,6 +219,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         ready_since: Default::default(),
         abandoned: Default::default(),
         prepared_for: Default::default(),
+        on_new: Default::default(),
     });
     if let Some(f) = &follower {
         // The instance starts on the current epoch, never on a default: until it has read
@@ -229,7 +230,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     }
     if let Some(m) = mirror_back
         .as_ref()
-        .filter(|_| cutover.direction() == Direction::NewToOld)
+        .filter(|_| cutover.phase() == switchyard_core::cutover::Phase::WritesNew)
     {
         // Started in writes-new: sessions write to new from the first one on.
         m.activate();

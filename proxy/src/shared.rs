@@ -73,6 +73,15 @@ impl Shared {
         }
     }
 
+    /// The dual writes a session with `direction`'s primary runs now: none once the
+    /// cutover is done (old detached).
+    pub fn session_mirror(&self, direction: Direction) -> Option<Arc<crate::mirror::Mirror>> {
+        if self.cutover.detached() {
+            return None;
+        }
+        self.mirror_for(direction).cloned()
+    }
+
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }

@@ -189,13 +189,14 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
     ensure!(status == 200 && report["dry_run"] == true, "{report}");
     ensure!(phase_of(&a).await? == ("shadow".into(), 0));
     // Phases this version cannot run are refused before anything waits.
+    // Done only follows writes-new: refused before anything waits.
     let (status, report) = flip(&a, r#"{"to": "done"}"#).await?;
     ensure!(status == 409, "done: {status} {report}");
     ensure!(
         report["error"]
             .as_str()
             .unwrap_or("")
-            .contains("detaching old"),
+            .contains("follows writes-new"),
         "{report}"
     );
     let (status, _) = request(admin(&a)?, "POST", "/api/cutover", r#"{"to": "sideways"}"#).await?;

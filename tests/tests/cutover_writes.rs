@@ -110,6 +110,16 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
         moved.contains("switchyard_cutover_write_pause_seconds_count"),
         "the write pauses are measured"
     );
+    let status: serde_json::Value = serde_json::from_str(&get(admin(&a)?, "/api/status").await?.1)?;
+    ensure!(
+        status["mirror"]["direction"] == "new-to-old"
+            && status["mirror"]["secondary"] == "old"
+            && status["mirror"]["rows_mirrored"].as_u64().unwrap_or(0) > 0
+            && status["mirror_other"]["direction"] == "old-to-new"
+            && status["cutover"]["primary"] == "new",
+        "the status shows new's dual writes onto old: {}",
+        status["mirror"]
+    );
     eventually(&pair.old, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     assert_same(&pair, &PGBENCH_TABLES)?;

@@ -20,6 +20,7 @@ pub mod event;
 pub mod install;
 pub mod log;
 mod schema;
+pub mod uninstall;
 
 pub use event::{Event, Op};
 

@@ -70,16 +70,16 @@ pub(super) async fn preflight(
     instances: &[Instance],
 ) -> Result<Checks, FlipError> {
     let mut checks = Checks::default();
+    let after_writes_new = req.to != super::Phase::Done || from.phase == super::Phase::WritesNew;
     checks.push(
         "phase available",
-        req.to.available(),
-        if req.to.available() {
+        req.to.available() && after_writes_new,
+        if after_writes_new {
             format!("{} → {}", from.phase, req.to)
         } else {
             format!(
-                "{} (detaching old) is not built in this version; writes-new keeps old \
-                 equal as the secondary",
-                req.to
+                "done follows writes-new (new the primary, old still equal); the flag is at {}",
+                from.phase
             )
         },
     );

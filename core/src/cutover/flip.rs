@@ -49,6 +49,9 @@ pub struct FlipReport {
     /// pause).
     pub sequences_set: usize,
     pub instances: Vec<Instance>,
+    /// Done: what removing change capture from new did (tables cleared, or why not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_removed: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,35 @@ pub async fn flip(
     }
     ensure_schema(old).await?;
     let from = state(old).await?;
+    if from.phase == Phase::Done {
+        if req.to != Phase::Done {
+            return Err(FlipError::Invalid(
+                "the cutover is done: old is detached, and the flag now lives on new".into(),
+            ));
+        }
+        // Done again: what is left of change capture on new comes off (nothing else moves).
+        let new = new.ok_or_else(|| pause_error(req.to, "the new database is not reachable"))?;
+        let control = super::done::control_for_done(new).await?;
+        let now = instances(control, req.lease).await?;
+        return Ok(FlipReport {
+            from: from.phase.to_string(),
+            to: req.to.to_string(),
+            percent: 0,
+            epoch: from.epoch,
+            dry_run: req.dry_run,
+            checks: Checks::default(),
+            confirm_ms: 0,
+            converged: now.iter().filter(|i| i.live).all(|i| i.epoch == from.epoch),
+            instances: now,
+            sequences_set: 0,
+            capture_removed: if req.dry_run {
+                None
+            } else {
+                Some(super::done::remove_capture(new, req.timeout).await)
+            },
+        });
+    }
+
     // A proposal left by a coordinator that died: withdrawn once well past its timeout.
     let busy = old
         .query_opt(
@@ -168,6 +200,7 @@ pub async fn flip(
             converged,
             instances,
             sequences_set: 0,
+            capture_removed: None,
         };
     if !checks.passed() {
         if !req.dry_run {
@@ -301,10 +334,19 @@ pub async fn flip(
     }
     let confirm = started.elapsed();
     notify(old).await?;
+    // Done: the flag moves to new, which instances follow from now on (they look there
+    // once old says done).
+    let control = match new.filter(|_| req.to == Phase::Done) {
+        Some(new) => {
+            super::done::move_control(new, req, epoch).await?;
+            new
+        }
+        None => old,
+    };
     // Every live instance confirmed it is ready: each runs the new epoch at its next poll.
     let converge_start = Instant::now();
     let (converged, now) = loop {
-        let now = instances(old, req.lease).await?;
+        let now = instances(control, req.lease).await?;
         let converged = now.iter().filter(|i| i.live).all(|i| i.epoch == epoch);
         if converged || converge_start.elapsed() >= req.timeout {
             break (converged, now);
@@ -327,6 +369,9 @@ pub async fn flip(
     .await?;
     let mut r = report(epoch, confirm, converged, now);
     r.sequences_set = sequences_set;
+    if let Some(new) = new.filter(|_| req.to == Phase::Done) {
+        r.capture_removed = Some(super::done::remove_capture(new, req.timeout).await);
+    }
     Ok(r)
 }
 

@@ -4,6 +4,7 @@
 //! committed under a new epoch (`flip`).
 
 mod checks;
+pub mod done;
 mod flip;
 mod pause;
 mod schema;
@@ -71,9 +72,9 @@ impl Phase {
         }
     }
 
-    /// Phases a build of the proxy can run. `done` (old detached) is not built yet.
+    /// Phases a build of the proxy can run.
     pub fn available(self) -> bool {
-        !matches!(self, Phase::Done)
+        true
     }
 
     /// Which database takes the client's statements (the primary) in this phase.

@@ -54,11 +54,13 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
     let live = shared.cutover.snapshot();
     let lease = shared.config.cutover.lease();
     let read = async {
-        let client = shared
-            .cutover_control
-            .client()
-            .await
-            .map_err(|e| e.to_string())?;
+        // Once done, the flag lives on new.
+        let control = if shared.cutover.detached() {
+            &shared.new_control
+        } else {
+            &shared.cutover_control
+        };
+        let client = control.client().await.map_err(|e| e.to_string())?;
         cutover::status(&client, lease)
             .await
             .map_err(|e| e.to_string())

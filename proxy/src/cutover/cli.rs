@@ -78,11 +78,21 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         eprintln!("switchyard-proxy cutover: {e}");
         ExitCode::from(2)
     };
+    let lease = Duration::from_secs(args.lease_secs.max(1));
     let old = match connect(&args.old, "old").await {
         Ok(c) => c,
+        Err(e) if args.phase == "status" => {
+            // Old may be gone for good once the cutover is done: new has the flag then.
+            let Ok(new) = connect(&args.new, "new").await else {
+                return fail(e);
+            };
+            if !matches!(cutover::done::done_on(&new).await, Ok(Some(_))) {
+                return fail(e);
+            }
+            new
+        }
         Err(e) => return fail(e),
     };
-    let lease = Duration::from_secs(args.lease_secs.max(1));
     if args.phase == "warm-up" {
         let new = match connect(&args.new, "new").await {
             Ok(c) => c,
@@ -91,7 +101,17 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         return super::warm::cli(&old, &new, args.budget_percent, args.dry_run, args.json).await;
     }
     if args.phase == "status" {
-        return match cutover::status(&old, lease).await {
+        // Once done, the flag lives on new (old may be gone).
+        let new = connect(&args.new, "new").await.ok();
+        let done_on_new = match &new {
+            Some(n) => cutover::done::done_on(n).await.ok().flatten().is_some(),
+            None => false,
+        };
+        let control = match (&new, done_on_new) {
+            (Some(n), true) => n,
+            _ => &old,
+        };
+        return match cutover::status(control, lease).await {
             Ok(s) if args.json => print_json(&s),
             Ok(s) => {
                 println!(

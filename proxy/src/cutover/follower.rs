@@ -39,6 +39,8 @@ pub struct Follower {
     pub abandoned: std::sync::Mutex<Option<Proposal>>,
     /// The proposal this instance got ready for.
     pub prepared_for: std::sync::Mutex<Option<Proposal>>,
+    /// The flag lives on new (the cutover is done).
+    pub on_new: std::sync::atomic::AtomicBool,
 }
 
 /// What the control table said.
@@ -64,7 +66,17 @@ impl Follower {
     /// current epoch.
     pub async fn start(&self) -> Result<(), String> {
         self.live.follow();
-        let (client, _wake) = self.connect().await?;
+        let (client, _wake) = match self.connect().await {
+            Ok(c) => c,
+            // Old may be gone for good once the cutover is done: new says so.
+            Err(e) => match self.done_on_new().await {
+                Some(_) => {
+                    self.on_new.store(true, Ordering::Release);
+                    self.connect().await?
+                }
+                None => return Err(e),
+            },
+        };
         ensure_schema(&client).await.map_err(|e| {
             format!(
                 "creating the cutover control tables: {}",
@@ -74,7 +86,44 @@ impl Follower {
         let seen = self.heartbeat(&client).await?;
         self.live.heartbeat_ok();
         self.adopt(&seen);
+        if self.follow_new_if_done(&seen).await {
+            let (client, _wake) = self.connect().await?;
+            ensure_schema(&client).await.map_err(|e| e.to_string())?;
+            let seen = self.heartbeat(&client).await?;
+            self.live.heartbeat_ok();
+            self.adopt(&seen);
+        }
         Ok(())
+    }
+
+    /// New's control table says the cutover is done (its epoch).
+    async fn done_on_new(&self) -> Option<i64> {
+        let c = crate::mirror::control::connect(
+            &self.new,
+            "switchyard-cutover",
+            None,
+            self.connect_timeout,
+        )
+        .await
+        .ok()?;
+        switchyard_core::cutover::done::done_on(&c)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Once old says done and new has the flag too, this instance follows new's control
+    /// table from then on; true when it just switched.
+    async fn follow_new_if_done(&self, seen: &Seen) -> bool {
+        if seen.phase != Phase::Done || self.on_new.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.done_on_new().await.is_none() {
+            return false;
+        }
+        tracing::info!("The cutover is done: following the flag on the new database from now on.");
+        self.on_new.store(true, Ordering::Release);
+        true
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -92,7 +141,13 @@ impl Follower {
             }
             let mut again = false;
             if let Some((client, _)) = &conn {
+                let on_new = self.on_new.load(Ordering::Acquire);
                 match self.step(client).await {
+                    Ok(_) if self.on_new.load(Ordering::Acquire) != on_new => {
+                        // The flag moved to new: reconnect there at once.
+                        conn = None;
+                        continue;
+                    }
                     Ok(confirmed_now) => {
                         if failing_since.take().is_some() {
                             tracing::info!("The cutover control table is reachable again.");
@@ -134,23 +189,33 @@ impl Follower {
         }
     }
 
+    /// Where the flag lives: old, or new once the cutover is done.
+    fn control(&self) -> &Dsn {
+        if self.on_new.load(Ordering::Acquire) {
+            &self.new
+        } else {
+            &self.old
+        }
+    }
+
     async fn connect(&self) -> Result<(Client, Arc<Notify>), String> {
+        let control = self.control();
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.old.host)
-            .port(self.old.port)
-            .user(&self.old.user)
-            .dbname(&self.old.dbname)
+        cfg.host(&control.host)
+            .port(control.port)
+            .user(&control.user)
+            .dbname(&control.dbname)
             .application_name("switchyard-cutover")
             .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
             .connect_timeout(self.connect_timeout);
-        if let Some(p) = &self.old.password {
+        if let Some(p) = &control.password {
             cfg.password(p);
         }
         let (client, mut connection) =
             tokio::time::timeout(self.connect_timeout, cfg.connect(tokio_postgres::NoTls))
                 .await
-                .map_err(|_| format!("{}: connect timed out", self.old))?
-                .map_err(|e| format!("{}: {}", self.old, switchyard_core::cutover::pg_error(&e)))?;
+                .map_err(|_| format!("{control}: connect timed out"))?
+                .map_err(|e| format!("{control}: {}", switchyard_core::cutover::pg_error(&e)))?;
         let wake = Arc::new(Notify::new());
         let notify = wake.clone();
         tokio::spawn(async move {
@@ -171,7 +236,7 @@ impl Follower {
             .await
             .map_err(|e| {
                 format!(
-                    "LISTEN on the old database: {}",
+                    "LISTEN on the control database: {}",
                     switchyard_core::cutover::pg_error(&e)
                 )
             })?;
@@ -235,6 +300,9 @@ impl Follower {
         let seen = self.heartbeat(client).await?;
         self.live.heartbeat_ok();
         self.adopt(&seen);
+        if self.follow_new_if_done(&seen).await {
+            return Ok(true);
+        }
         let ready = self.live.ready_epoch();
         match seen.proposal {
             Some(proposal) if proposal.epoch > seen.epoch => {
@@ -332,7 +400,12 @@ impl Follower {
             if !seen.phase.any_reads_new(seen.percent) && live.ready_epoch().is_none() {
                 live.set_ryw(false);
             }
-            if let Some(m) = self.mirror_for(seen.phase.direction()) {
+            if seen.phase == Phase::Done {
+                // Old is detached: neither direction's dual writes run any more.
+                for m in [&self.mirror, &self.mirror_back].into_iter().flatten() {
+                    m.detach();
+                }
+            } else if let Some(m) = self.mirror_for(seen.phase.direction()) {
                 // Kept installed by the background loop from now on, even on an instance
                 // that did not take part in the flip.
                 m.activate();

@@ -35,8 +35,9 @@ pub struct Live {
     sent_back: dashmap::DashMap<u64, String>,
     /// The write pause of a flip that moves writes.
     pub gate: gate::WriteGate,
-    /// Bumped when writes moved to the other database: idle sessions move at once rather
-    /// than at their next request (their connection to the former primary is let go).
+    /// Bumped when writes moved to the other database (or old was detached): idle sessions
+    /// move at once rather than at their next request (their connection to the former
+    /// primary is let go).
     moved: tokio::sync::watch::Sender<u64>,
 }
 
@@ -102,12 +103,18 @@ impl Live {
         self.phase().direction()
     }
 
+    /// The cutover is done: old is detached, sessions write to new alone.
+    pub fn detached(&self) -> bool {
+        self.phase() == Phase::Done
+    }
+
     pub fn percent(&self) -> u8 {
         self.percent.load(Ordering::Relaxed)
     }
 
     pub(crate) fn run_epoch(&self, phase: Phase, epoch: i64, percent: u8) {
-        let moved = phase.direction() != self.direction();
+        let moved = phase.direction() != self.direction()
+            || (phase == Phase::Done && self.phase() != Phase::Done);
         self.percent.store(percent, Ordering::Relaxed);
         self.phase.store(phase_index(phase), Ordering::Release);
         self.epoch.store(epoch, Ordering::Release);

@@ -70,6 +70,9 @@ pub struct Mirror {
     /// new to old from the first time writes are about to move to new (capture costs new
     /// nothing before).
     active: std::sync::atomic::AtomicBool,
+    /// The cutover is done: nothing of this direction runs any more (no drain of the
+    /// change log, no capture install).
+    detached: std::sync::atomic::AtomicBool,
 }
 
 const PLAN_CACHE_MAX: usize = 20_000;
@@ -99,11 +102,23 @@ impl Mirror {
             status: status::MirrorStatus::default(),
             kafka,
             active: std::sync::atomic::AtomicBool::new(direction == Direction::OldToNew),
+            detached: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
     pub fn active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Acquire)
+            && !self.detached.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.detached.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Old is detached (the cutover is done): this direction stops for good.
+    pub fn detach(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// From now on capture is kept installed on this direction's primary.
@@ -115,6 +130,11 @@ impl Mirror {
     /// What `/api/status` shows under `mirror`.
     pub fn snapshot(&self) -> status::MirrorSnapshot {
         let mut s = self.status.snapshot("two-phase");
+        s.direction = self.direction.as_str();
+        s.secondary = match self.direction.secondary() {
+            switchyard_core::connect::Db::Old => "old",
+            switchyard_core::connect::Db::New => "new",
+        };
         s.retry_log.backend = if self.kafka.is_some() {
             "kafka"
         } else {

@@ -131,6 +131,10 @@ async fn install(m: &Mirror, c: &tokio_postgres::Client) -> Result<(), String> {
 pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
     let timeout = Duration::from_secs(5);
     loop {
+        if m.is_detached() {
+            tokio::time::sleep(every).await;
+            continue;
+        }
         let primary = m.control.client().await;
         if let (Ok(p), true) = (&primary, m.active()) {
             if !m.status.capture.installed.load(Ordering::Relaxed) {
@@ -213,6 +217,12 @@ pub async fn log_loop(m: Arc<Mirror>) {
     let mut tables = capture::log::LogTables::default();
     let mut last_error_log = Instant::now() - Duration::from_secs(60);
     loop {
+        if !m.active() {
+            // Detached, or the reverse direction before its first use: nothing to drain.
+            conns = None;
+            tokio::time::sleep(every).await;
+            continue;
+        }
         if conns.is_none() && m.status.capture.installed.load(Ordering::Relaxed) {
             let opened = async {
                 let claim = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;

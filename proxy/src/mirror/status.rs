@@ -102,6 +102,10 @@ pub struct RetryLogSnapshot {
 #[derive(Debug, Serialize)]
 pub struct MirrorSnapshot {
     pub mode: String,
+    /// Which way these dual writes run (`old-to-new`, or `new-to-old` in writes-new), and
+    /// the database that follows.
+    pub direction: &'static str,
+    pub secondary: &'static str,
     pub rows_mirrored: u64,
     pub rows_queued: u64,
     pub statements_captured: u64,
@@ -162,6 +166,8 @@ impl MirrorStatus {
     pub fn snapshot(&self, mode: &str) -> MirrorSnapshot {
         MirrorSnapshot {
             mode: mode.to_string(),
+            direction: "old-to-new",
+            secondary: "new",
             rows_mirrored: self.rows_mirrored.load(Ordering::Relaxed),
             rows_queued: self.rows_queued.load(Ordering::Relaxed),
             statements_captured: self.statements_captured.load(Ordering::Relaxed),

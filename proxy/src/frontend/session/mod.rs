@@ -160,7 +160,7 @@ async fn pump<R, W>(
         .params
         .iter()
         .any(|(k, v)| k == "server_encoding" && is_utf8_encoding(v.as_bytes()));
-    let mirror = shared.mirror_for(direction).cloned();
+    let mirror = shared.session_mirror(direction);
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let shadow = shared
         .shadow

@@ -48,6 +48,19 @@ pub(super) async fn swap<R, W>(
 where
     W: AsyncWrite + Unpin,
 {
+    if to == up.direction {
+        // Old detached (done): same primary, no dual writes from here on.
+        if let Some(ms) = mirror_session.as_mut() {
+            if ms.txn.open {
+                ms.finish(false).await;
+            }
+        }
+        *mirror_session = None;
+        up.mirror = None;
+        up.shadow = None;
+        up.route.primary_new = true;
+        return Ok(());
+    }
     let db = to.primary();
     let b = connect(
         role(db),
@@ -85,7 +98,7 @@ where
             ms.finish(false).await;
         }
     }
-    let mirror = shared.mirror_for(to).cloned();
+    let mirror = shared.session_mirror(to);
     *mirror_session = mirror.clone().map(MirrorSession::new);
     up.mirror = mirror;
     up.shadow = match to {
@@ -118,7 +131,14 @@ pub(super) fn at_boundary<R>(up: &Upstream<'_, R>) -> bool {
 /// pumps can ask before every read).
 pub(super) fn may_hold_or_move<R>(up: &Upstream<'_, R>) -> bool {
     let live = &up.shared.cutover;
-    up.mirror.is_some() && (live.gate.is_closed() || live.direction() != up.direction)
+    up.mirror.is_some()
+        && (live.gate.is_closed() || live.direction() != up.direction || live.detached())
+}
+
+/// The session must move (or drop its dual writes, old being detached).
+pub(super) fn must_move<R>(up: &Upstream<'_, R>) -> bool {
+    let live = &up.shared.cutover;
+    live.direction() != up.direction || (live.detached() && up.mirror.is_some())
 }
 
 /// What a session does at a boundary with a request waiting: hold while a write flip
@@ -132,5 +152,5 @@ pub(super) async fn at_request<R>(up: &Upstream<'_, R>) -> Option<End> {
             .pass(up.shared.config.cutover.flip_timeout() * 2)
             .await;
     }
-    (live.direction() != up.direction).then_some(End::Swap)
+    must_move(up).then_some(End::Swap)
 }

@@ -80,7 +80,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                     if let Some(end) = super::swap::at_request(self).await {
                         return end;
                     }
-                } else if self.shared.cutover.direction() != self.direction {
+                } else if super::swap::must_move(self) {
                     return End::Swap;
                 }
             }
