@@ -290,6 +290,13 @@ function drawCutover(c) {
     cell(tr, i.ready_epoch === null ? "" : fmt(i.ready_epoch), "num");
     cell(tr, `${i.last_seen_secs.toFixed(1)} s ago`, i.live ? null : "bad");
   }, "no instance registered");
+  const next = c.next || null;
+  $("checklist-title").textContent = next ? `Checklist for ${next.to}` : "Checklist for the next phase";
+  fillTable("cutover-checklist", next ? next.checks : [], (tr, k) => {
+    cell(tr, k.name);
+    cell(tr, k.ok ? "ok" : "fails", k.ok ? "ok" : "bad");
+    cell(tr, k.detail);
+  }, c.phase === "done" ? "the cutover is done" : "not known (control table out of reach)");
   fillTable("cutover-sent-back", c.sent_back || [], (tr, b) => {
     cell(tr, b.fingerprint);
     cell(tr, b.query, "bad");

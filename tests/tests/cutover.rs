@@ -236,6 +236,64 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
         "{status} {report}"
     );
     ensure!(port_of(&cb).await? == pair.new.port(), "b follows the flip");
+
+    // A flip waiting for a frozen instance is withdrawn by `cutover cancel`, which is safe
+    // to repeat.
+    switchyard_tests::process::send_signal(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let pending = {
+        let body = r#"{"to": "shadow"}"#;
+        let admin = admin(&a)?;
+        tokio::spawn(async move { request(admin, "POST", "/api/cutover", body).await })
+    };
+    let old = pair_client(&pair.old).await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while one(
+        &old,
+        "SELECT count(proposed_epoch) FROM _switchyard.cutover",
+    )
+    .await?
+        != "1"
+    {
+        ensure!(Instant::now() < deadline, "the flip was never proposed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancel = || {
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(proxy_bin()?)
+                .args([
+                    "cutover",
+                    "cancel",
+                    "--old",
+                    &pair.old.url(DB),
+                    "--new",
+                    &pair.new.url(DB),
+                ])
+                .output()
+                .context("cutover cancel")
+        })
+    };
+    let out = cancel()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success() && text.contains("withdrew the flip to shadow"),
+        "{text}"
+    );
+    let (status, answer) = pending.await??;
+    switchyard_tests::process::send_signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+    ensure!(
+        status == 409 && answer.contains("withdrawn"),
+        "{status} {answer}"
+    );
+    let out = cancel()?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("no flip is being confirmed"),
+        "{out:?}"
+    );
+    ensure!(
+        phase_of(&a).await? == ("reads-new".into(), 1),
+        "everyone stays on epoch 1"
+    );
     Ok(())
 }
 

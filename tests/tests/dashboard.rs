@@ -296,5 +296,10 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
         note.contains("Sessions write to old."),
         "the primary is named: {note}"
     );
+    ensure!(
+        text_of(&dom, "checklist-title").as_deref() == Some("Checklist for reads-new")
+            && dom.contains("<td>retry backlog empty</td>"),
+        "the next phase's checklist is shown: {dom}"
+    );
     Ok(())
 }

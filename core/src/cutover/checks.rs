@@ -61,6 +61,40 @@ impl std::fmt::Display for Checks {
     }
 }
 
+/// The checklist of the next phase forward (shadow and canary: reads-new; reads-new:
+/// writes-new; writes-new: done), as a dry run would show it, for the status and the
+/// dashboard. None once done. Reads only: nothing is proposed or withdrawn.
+pub async fn next_checklist(
+    old: &Client,
+    new: Option<&Client>,
+    lease: std::time::Duration,
+    mismatch_window: std::time::Duration,
+) -> Result<Option<(super::Phase, Checks)>, FlipError> {
+    use super::Phase;
+    let from = super::status::state(old).await?;
+    let to = match from.phase {
+        Phase::Shadow | Phase::Canary => Phase::ReadsNew,
+        Phase::ReadsNew => Phase::WritesNew,
+        Phase::WritesNew => Phase::Done,
+        Phase::Done => return Ok(None),
+    };
+    let req = FlipRequest {
+        to,
+        percent: 0,
+        by: String::new(),
+        dry_run: true,
+        timeout: lease,
+        lease,
+        mismatch_window,
+        require_warm: false,
+    };
+    let instances = super::status::instances(old, lease).await?;
+    Ok(Some((
+        to,
+        preflight(old, new, &req, &from, &instances).await?,
+    )))
+}
+
 /// Runs the pre-flight checks for `req` against the current state.
 pub(super) async fn preflight(
     old: &Client,

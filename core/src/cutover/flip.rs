@@ -277,6 +277,26 @@ pub async fn flip(
         .map(|i| i.id.clone())
         .collect();
     loop {
+        let still: bool = old
+            .query_one(
+                "SELECT coalesce(proposed_epoch = $1, false) FROM _switchyard.cutover",
+                &[&epoch],
+            )
+            .await?
+            .get(0);
+        if !still {
+            log(
+                old,
+                req,
+                from.phase,
+                from.epoch,
+                "abandoned",
+                "withdrawn",
+                started.elapsed(),
+            )
+            .await?;
+            return Err(withdrawn(req, from.epoch));
+        }
         let now = instances(old, req.lease).await?;
         let mut waiting = unconfirmed(&now, &expected, epoch);
         if waiting.is_empty() {
@@ -375,6 +395,18 @@ pub async fn flip(
     Ok(r)
 }
 
+/// The proposal is gone: `cutover cancel`, or another coordinator found it stale.
+fn withdrawn(req: &FlipRequest, staying: i64) -> FlipError {
+    FlipError::Abandoned {
+        to: req.to,
+        epoch: staying,
+        reason: "the proposal was withdrawn (cutover cancel, or another coordinator took it \
+                 for stale)"
+            .into(),
+        waiting_for: Vec::new(),
+    }
+}
+
 fn pause_error(to: Phase, reason: impl Into<String>) -> FlipError {
     FlipError::Pause {
         to,
@@ -406,15 +438,19 @@ async fn commit(
         if !waiting.is_empty() {
             return Ok::<_, FlipError>(waiting);
         }
-        old.execute(
-            "UPDATE _switchyard.cutover SET phase = proposed_phase, epoch = proposed_epoch,
-               percent = proposed_percent, changed_by = proposed_by,
-               changed_at = clock_timestamp(), proposed_phase = NULL, proposed_epoch = NULL,
-               proposed_percent = NULL, proposed_by = NULL, proposed_at = NULL
-             WHERE proposed_epoch = $1",
-            &[&epoch],
-        )
-        .await?;
+        let committed = old
+            .execute(
+                "UPDATE _switchyard.cutover SET phase = proposed_phase, epoch = proposed_epoch,
+                   percent = proposed_percent, changed_by = proposed_by,
+                   changed_at = clock_timestamp(), proposed_phase = NULL, proposed_epoch = NULL,
+                   proposed_percent = NULL, proposed_by = NULL, proposed_at = NULL
+                 WHERE proposed_epoch = $1",
+                &[&epoch],
+            )
+            .await?;
+        if committed == 0 {
+            return Err(withdrawn(req, epoch - 1));
+        }
         Ok(waiting)
     }
     .await;
@@ -433,6 +469,33 @@ async fn commit(
             Err(e)
         }
     }
+}
+
+/// Withdraws the proposal being confirmed, if any (a flip whose coordinator died, or one
+/// the operator wants stopped): instances end their pause and stay on the epoch they run.
+/// Safe to repeat; returns the withdrawn proposal's (phase, epoch), logged as cancelled.
+pub async fn cancel(old: &Client, by: &str) -> Result<Option<(String, i64)>, FlipError> {
+    ensure_schema(old).await?;
+    let row = old
+        .query_opt(
+            "SELECT proposed_phase, proposed_epoch, phase, percent FROM _switchyard.cutover
+             WHERE proposed_epoch IS NOT NULL",
+            &[],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (to, epoch, from, percent): (String, i64, String, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    withdraw(old, epoch).await?;
+    old.execute(
+        "INSERT INTO _switchyard.cutover_log (by, from_phase, to_phase, percent, epoch, outcome)
+         VALUES ($1, $2, $3, $4, $5, 'cancelled')",
+        &[&by, &from, &to, &percent, &(epoch - 1)],
+    )
+    .await?;
+    Ok(Some((to, epoch)))
 }
 
 async fn withdraw(old: &Client, epoch: i64) -> Result<(), FlipError> {

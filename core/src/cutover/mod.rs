@@ -12,8 +12,8 @@ pub mod sequences;
 mod status;
 pub mod warmup;
 
-pub use checks::{Check, Checks};
-pub use flip::{flip, FlipError, FlipReport, FlipRequest};
+pub use checks::{next_checklist, Check, Checks};
+pub use flip::{cancel, flip, FlipError, FlipReport, FlipRequest};
 pub use schema::{ensure_schema, CHANNEL, HEARTBEAT_SQL};
 pub use status::{status, Instance, LogEntry, Status};
 

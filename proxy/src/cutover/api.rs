@@ -36,6 +36,12 @@ struct Refusal<'a> {
     waiting_for: &'a [String],
 }
 
+#[derive(Serialize)]
+pub struct NextChecks {
+    pub to: &'static str,
+    pub checks: cutover::Checks,
+}
+
 /// The instance's view and, when the control table answers, every instance and the latest
 /// flips.
 #[derive(Serialize)]
@@ -48,6 +54,9 @@ pub struct CutoverStatus {
     pub error: Option<String>,
     /// Old's and new's buffer cache hit ratios.
     pub cache_hit_ratio: warm::WarmStatus,
+    /// The next phase forward and its pre-flight checklist, as a dry run shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<NextChecks>,
 }
 
 pub async fn status(shared: &Shared) -> CutoverStatus {
@@ -61,9 +70,24 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             &shared.cutover_control
         };
         let client = control.client().await.map_err(|e| e.to_string())?;
-        cutover::status(&client, lease)
+        let status = cutover::status(&client, lease)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let next = if shared.cutover.detached() {
+            None
+        } else {
+            let new = shared.new_control.client().await.ok();
+            let window = Duration::from_secs(shared.config.cutover.mismatch_window_secs);
+            cutover::next_checklist(&client, new.as_deref(), lease, window)
+                .await
+                .ok()
+                .flatten()
+                .map(|(to, checks)| NextChecks {
+                    to: to.as_str(),
+                    checks,
+                })
+        };
+        Ok::<_, String>((status, next))
     };
     let ratios = async {
         tokio::time::timeout(Duration::from_secs(2), warm::hit_ratios(shared))
@@ -76,13 +100,14 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
     let (read, cache_hit_ratio) =
         tokio::join!(tokio::time::timeout(Duration::from_secs(2), read), ratios);
     match read {
-        Ok(Ok(s)) => CutoverStatus {
+        Ok(Ok((s, next))) => CutoverStatus {
             live,
             converged: Some(s.converged),
             instances: s.instances,
             history: s.history,
             error: None,
             cache_hit_ratio,
+            next,
         },
         Ok(Err(e)) => CutoverStatus {
             live,
@@ -91,6 +116,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             history: Vec::new(),
             error: Some(e),
             cache_hit_ratio,
+            next: None,
         },
         Err(_) => CutoverStatus {
             live,
@@ -99,6 +125,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             history: Vec::new(),
             error: Some("the control table did not answer within 2 s".into()),
             cache_hit_ratio,
+            next: None,
         },
     }
 }

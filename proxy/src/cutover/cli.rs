@@ -9,8 +9,9 @@ use switchyard_core::dsn::Dsn;
 
 #[derive(Debug, clap::Args)]
 pub struct CutoverArgs {
-    /// The phase to move to (shadow, canary, reads-new, writes-new, done), `status`, or
-    /// `warm-up` (load old's hot relations into new's buffer cache).
+    /// The phase to move to (shadow, canary, reads-new, writes-new, done), `status`,
+    /// `cancel` (withdraw a flip being confirmed; safe to repeat), or `warm-up` (load old's
+    /// hot relations into new's buffer cache).
     pub phase: String,
     /// URL of the old database (holds the control table).
     #[arg(long, env = "SWITCHYARD_OLD")]
@@ -100,6 +101,22 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         };
         return super::warm::cli(&old, &new, args.budget_percent, args.dry_run, args.json).await;
     }
+    if args.phase == "cancel" {
+        let by = args.by.clone().unwrap_or_else(default_by);
+        return match cutover::cancel(&old, &by).await {
+            Ok(Some((to, epoch))) => {
+                println!(
+                    "withdrew the flip to {to} (epoch {epoch}); every instance stays where it was"
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("no flip is being confirmed");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    }
     if args.phase == "status" {
         // Once done, the flag lives on new (old may be gone).
         let new = connect(&args.new, "new").await.ok();
@@ -177,12 +194,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
     let req = FlipRequest {
         to,
         percent: args.percent,
-        by: args.by.unwrap_or_else(|| {
-            format!(
-                "cli@{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-            )
-        }),
+        by: args.by.unwrap_or_else(default_by),
         dry_run: args.dry_run,
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
         lease,
@@ -242,4 +254,12 @@ fn print_json(v: &impl serde::Serialize) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Who moved the flag when `--by` is not given.
+fn default_by() -> String {
+    format!(
+        "cli@{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
