@@ -236,6 +236,20 @@ for label, key, f in rows:
 print(f"flips that moved writes (to or from writes-new): {syw['switches']}")
 for label, key, f in rows[1:3] + rows[5:6] + rows[7:8]:
     print(f"  {label:<50}{f.format(syw[key]):>14}{f.format(pb[key]):>14}")
+# Each instance logs every write pause it held ("The write pause ends ... pause_ms=N held=M"):
+# the longest any client waited at a transaction's start.
+pauses, held = [], []
+for name in ("sy1", "sy2"):
+    try:
+        text = open(f"{work}/{name}.log").read()
+    except OSError:
+        continue
+    for m in re.finditer(r"write pause ends.*?pause_ms=(\d+)\s+held=(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", text)):
+        pauses.append(int(m.group(1)))
+        held.append(int(m.group(2)))
+if pauses:
+    print(f"  write pause per instance (ms), median / max: {pct(pauses, 50):.0f} / {max(pauses)}"
+          f" over {len(pauses)} pauses; sessions held at once, max: {max(held)}")
 for s in (sy, pb):
     print(f"TPS timeline, {s['name']}: {' '.join(str(x) for x in s['timeline'])}")
 PY
