@@ -20,6 +20,8 @@ use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::{Broker, PgCluster};
 
+#[path = "kafka_retry_log/cutover.rs"]
+mod cutover;
 #[path = "kafka_retry_log/origin.rs"]
 mod origin;
 #[path = "kafka_retry_log/reverse.rs"]

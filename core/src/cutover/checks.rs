@@ -69,6 +69,7 @@ pub async fn next_checklist(
     new: Option<&Client>,
     lease: std::time::Duration,
     mismatch_window: std::time::Duration,
+    kafka: Option<crate::retry_kafka::KafkaSettings>,
 ) -> Result<Option<(super::Phase, Checks)>, FlipError> {
     use super::Phase;
     let from = super::status::state(old).await?;
@@ -87,6 +88,7 @@ pub async fn next_checklist(
         lease,
         mismatch_window,
         require_warm: false,
+        kafka,
     };
     let instances = super::status::instances(old, lease).await?;
     Ok(Some((
@@ -167,7 +169,7 @@ pub(super) async fn preflight(
     }
     let moves_writes = from.phase.direction() != req.to.direction();
     if req.to.any_reads_new(req.percent) || moves_writes {
-        backlog_and_in_doubt(old, new, &mut checks).await?;
+        backlog_and_in_doubt(old, new, req.kafka.as_ref(), &mut checks).await?;
         if let Some(new) = new {
             warm(old, new, req, &mut checks).await;
         }
@@ -201,6 +203,7 @@ async fn count_if_exists(c: &Client, table: &str, filter: &str) -> Result<i64, F
 async fn backlog_and_in_doubt(
     old: &Client,
     new: Option<&Client>,
+    kafka: Option<&crate::retry_kafka::KafkaSettings>,
     checks: &mut Checks,
 ) -> Result<(), FlipError> {
     // Counted here rather than taken from the instances' heartbeats, which count it only
@@ -209,16 +212,32 @@ async fn backlog_and_in_doubt(
     if let Some(new) = new {
         backlog += count_if_exists(new, "_switchyard.retry_log", "").await?;
     }
+    let in_kafka = match kafka {
+        Some(k) => Some(
+            super::kafka_backlog::kafka_backlog(k)
+                .await
+                .map(|n| (n, &k.topic)),
+        ),
+        None => None,
+    };
+    let (ok, detail) = match in_kafka {
+        Some(Err(e)) => (
+            false,
+            format!("{backlog} records in the tables; Kafka: {e}"),
+        ),
+        Some(Ok((n, topic))) => (
+            backlog + n == 0,
+            format!("{backlog} records in the tables, {n} in Kafka topic {topic} not replayed"),
+        ),
+        None => (backlog == 0, format!("{backlog} records")),
+    };
     checks.push(
         "retry backlog empty",
-        backlog == 0,
-        if backlog == 0 {
-            "0 records".to_string()
+        ok,
+        if ok {
+            detail
         } else {
-            format!(
-                "{backlog} records not applied on the secondary yet (run switchyard-reconciler \
-                 replay)"
-            )
+            format!("{detail}: not applied on the secondary yet (run switchyard-reconciler replay)")
         },
     );
     let Some(new) = new else {

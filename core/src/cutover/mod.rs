@@ -6,6 +6,7 @@
 mod checks;
 pub mod done;
 mod flip;
+pub mod kafka_backlog;
 mod pause;
 mod schema;
 pub mod sequences;

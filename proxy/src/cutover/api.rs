@@ -78,14 +78,20 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
         } else {
             let new = shared.new_control.client().await.ok();
             let window = Duration::from_secs(shared.config.cutover.mismatch_window_secs);
-            cutover::next_checklist(&client, new.as_deref(), lease, window)
-                .await
-                .ok()
-                .flatten()
-                .map(|(to, checks)| NextChecks {
-                    to: to.as_str(),
-                    checks,
-                })
+            cutover::next_checklist(
+                &client,
+                new.as_deref(),
+                lease,
+                window,
+                kafka_settings(shared),
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|(to, checks)| NextChecks {
+                to: to.as_str(),
+                checks,
+            })
         };
         Ok::<_, String>((status, next))
     };
@@ -128,6 +134,12 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             next: None,
         },
     }
+}
+
+/// The Kafka retry log's settings when records go there (its backlog is a check).
+fn kafka_settings(shared: &Shared) -> Option<switchyard_core::retry_kafka::KafkaSettings> {
+    (shared.config.retry_log.backend == switchyard_core::retry_kafka::Backend::Kafka)
+        .then(|| shared.config.retry_log.kafka.clone())
 }
 
 /// Whether the request carries the configured token (none configured: loopback only, which
@@ -175,6 +187,7 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         lease: shared.config.cutover.lease(),
         mismatch_window: std::time::Duration::from_secs(shared.config.cutover.mismatch_window_secs),
         require_warm: body.require_warm,
+        kafka: kafka_settings(shared),
     };
     let timeout = shared.config.connect_timeout();
     let old =

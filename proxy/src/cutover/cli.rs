@@ -42,6 +42,15 @@ pub struct CutoverArgs {
     /// 5 points under old's (without it the ratios are only shown).
     #[arg(long)]
     pub require_warm: bool,
+    /// With the Kafka retry log: its brokers, so that records not replayed yet count in
+    /// the backlog check.
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    #[arg(long, default_value = "switchyard.retry")]
+    pub kafka_topic: String,
+    /// The reconcilers' consumer group.
+    #[arg(long, default_value = "switchyard-reconciler")]
+    pub kafka_group: String,
     /// Name in the log and the timeline [default: cli@<host user>]
     #[arg(long)]
     pub by: Option<String>,
@@ -200,6 +209,14 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         lease,
         mismatch_window: Duration::from_secs(args.mismatch_window_secs),
         require_warm: args.require_warm,
+        kafka: args.kafka_brokers.as_ref().map(|brokers| {
+            switchyard_core::retry_kafka::KafkaSettings {
+                brokers: brokers.clone(),
+                topic: args.kafka_topic.clone(),
+                group: args.kafka_group.clone(),
+                ..Default::default()
+            }
+        }),
     };
     match cutover::flip(&old, new.as_ref(), &req).await {
         Ok(r) if args.json => print_json(&r),
