@@ -26,6 +26,10 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .merge(crate::dashboard::routes())
         .route("/api/mismatches", get(mismatches))
         .route("/api/cutover", get(cutover_status).post(cutover_flip))
+        .route(
+            "/api/cutover/sent-back",
+            axum::routing::delete(cutover_clear_sent_back),
+        )
         .with_state(AdminState { shared, metrics })
 }
 
@@ -135,6 +139,15 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
 
 async fn cutover_status(State(s): State<AdminState>) -> impl IntoResponse {
     Json(crate::cutover::api::status(&s.shared).await)
+}
+
+/// Lets every query shape the canary sent back read from new again (once the data was
+/// repaired), on this instance.
+async fn cutover_clear_sent_back(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    crate::cutover::api::clear_sent_back(&s.shared, &headers)
 }
 
 async fn cutover_flip(

@@ -149,5 +149,17 @@ async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
         "{report}"
     );
     tokio::task::block_in_place(|| pair.new.psql(DB, "UPDATE t SET v = 'same'"))?;
+    // Repaired: the shapes may read from new again once the operator says so.
+    let (status, answer) =
+        switchyard_tests::http::request(admin(&a)?, "DELETE", "/api/cutover/sent-back", "").await?;
+    ensure!(
+        status == 200 && answer.contains("\"cleared\":2"),
+        "{status} {answer}"
+    );
+    tokio::task::block_in_place(|| pair.new.psql(DB, "INSERT INTO t VALUES (3, 'only on new')"))?;
+    ensure!(
+        one(&c, "SELECT v FROM t WHERE id = 3").await? == "only on new",
+        "the shape reads from new again"
+    );
     Ok(())
 }

@@ -164,6 +164,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `DELETE /api/cutover/sent-back`: forgets the shapes sent back to old on this instance.
+pub fn clear_sent_back(shared: &Shared, headers: &HeaderMap) -> Response {
+    if !authorized(shared, headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "clearing sent-back shapes needs `Authorization: Bearer <admin_token>`\n",
+        )
+            .into_response();
+    }
+    let n = shared.cutover.clear_sent_back(|fp| {
+        shared
+            .shadow
+            .as_ref()
+            .map_or(0, |s| s.stats.confirmed_count(fp))
+    });
+    tracing::info!(
+        shapes = n,
+        "Query shapes sent back to old may read from new again."
+    );
+    (StatusCode::OK, Json(serde_json::json!({ "cleared": n }))).into_response()
+}
+
 pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Response {
     if !authorized(shared, headers) {
         return (

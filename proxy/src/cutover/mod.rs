@@ -33,6 +33,9 @@ pub struct Live {
     /// Query shapes whose shadow comparisons confirmed a mismatch while reads could go to
     /// new: they read from old from then on (fingerprint → the shape's text).
     sent_back: dashmap::DashMap<u64, String>,
+    /// Shapes cleared by the operator, with the confirmed mismatches counted then: only a
+    /// later one sends them back again.
+    forgiven: dashmap::DashMap<u64, u64>,
     /// The write pause of a flip that moves writes.
     pub gate: gate::WriteGate,
     /// Bumped when writes moved to the other database (or old was detached): idle sessions
@@ -85,6 +88,7 @@ impl Live {
             started: Instant::now(),
             lease,
             sent_back: dashmap::DashMap::new(),
+            forgiven: dashmap::DashMap::new(),
             gate: gate::WriteGate::default(),
             moved: tokio::sync::watch::Sender::new(0),
         }
@@ -186,6 +190,22 @@ impl Live {
         self.sent_back
             .insert(fingerprint, query.to_string())
             .is_none()
+    }
+
+    /// Forgets every shape sent back (the data was repaired); how many there were.
+    /// `confirmed_count` says how many mismatches each had confirmed so far.
+    pub fn clear_sent_back(&self, confirmed_count: impl Fn(u64) -> u64) -> usize {
+        let shapes: Vec<u64> = self.sent_back.iter().map(|e| *e.key()).collect();
+        for fp in &shapes {
+            self.forgiven.insert(*fp, confirmed_count(*fp));
+            self.sent_back.remove(fp);
+        }
+        shapes.len()
+    }
+
+    /// Confirmed mismatches of a shape the operator already cleared.
+    pub fn forgiven(&self, fingerprint: u64) -> u64 {
+        self.forgiven.get(&fingerprint).map_or(0, |n| *n)
     }
 
     pub fn is_sent_back(&self, fingerprint: u64) -> bool {

@@ -146,6 +146,13 @@ impl Stats {
             .is_some_and(|e| e.shadow.confirmed > 0)
     }
 
+    /// How many comparisons of this shape confirmed a mismatch.
+    pub fn confirmed_count(&self, fingerprint: u64) -> u64 {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .map_or(0, |e| e.shadow.confirmed)
+    }
+
     /// The shape's text (constants replaced by `$n`), if it was seen.
     pub fn query_of(&self, fingerprint: u64) -> Option<String> {
         self.by_fingerprint

@@ -262,7 +262,8 @@ impl Route {
         let Some(shadow) = shared.shadow.as_ref() else {
             return true;
         };
-        let mismatched = shadow.stats.confirmed(fingerprint);
+        let mismatched =
+            shadow.stats.confirmed_count(fingerprint) > shared.cutover.forgiven(fingerprint);
         let query = || shadow.stats.query_of(fingerprint).unwrap_or_default();
         if mismatched && shared.cutover.send_back(fingerprint, &query()) {
             let query = query();
