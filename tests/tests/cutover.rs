@@ -520,3 +520,39 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
     ensure!(retry_records(&pair)? == 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_read_running_on_new() -> Result<()> {
+    init_tracing();
+    let pair = pair().await?;
+    let a = start_proxy(config(&pair, "a")).await?;
+    let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
+    ensure!(status == 200, "{status} {report}");
+    let c = connect_proxy(&a).await?;
+    ensure!(port_of(&c).await? == pair.new.port(), "reads come from new");
+    let cancel = c.cancel_token();
+    let sleeper =
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    let new = pair_client(&pair.new).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while one(
+        &new,
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+    )
+    .await?
+        != "1"
+    {
+        ensure!(Instant::now() < deadline, "the sleep never ran on new");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel_query(tokio_postgres::NoTls).await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .context("the read on new was not cancelled")??;
+    ensure!(
+        ended.as_ref().err().and_then(|e| e.code())
+            == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{ended:?}"
+    );
+    Ok(())
+}

@@ -73,7 +73,26 @@ where
             self.drop_reader().await;
             return Ok(Outcome::Fallback("io"));
         }
-        self.relay_from_new().await
+        self.cancels_to_new(true);
+        let outcome = self.relay_from_new().await;
+        self.cancels_to_new(false);
+        outcome
+    }
+
+    /// Points the client's CancelRequests at new's connection while it answers (`on`), and
+    /// back at the primary after.
+    pub(super) fn cancels_to_new(&self, on: bool) {
+        let Some((pid, primary)) = &self.up.route.cancel else {
+            return;
+        };
+        let target = match (
+            on,
+            self.up.route.reader.as_ref().and_then(|r| r.cancel.clone()),
+        ) {
+            (true, Some(new)) => new,
+            _ => primary.clone(),
+        };
+        self.up.shared.cancel.retarget(*pid, target);
     }
 
     /// Opens the session's connection to new if needed and brings its settings up to date;
@@ -150,8 +169,19 @@ where
                 b'E' if !forwarded => {
                     // Old is the source of truth: an error before anything was forwarded
                     // (25006: the statement writes after all; or new lacks something) is
-                    // old's to give, or not.
-                    if let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::decode(&f) {
+                    // old's to give, or not. A cancel (the client's, or its statement
+                    // timeout) is the client's answer, not new's failure: running it again
+                    // on old would undo it.
+                    let decoded = BackendMessage::decode(&f);
+                    if let Ok(BackendMessage::ErrorResponse(e)) = &decoded {
+                        if e.code() == "57014" {
+                            forwarded = true;
+                            self.out.extend_from_slice(&held);
+                            held.clear();
+                            self.out.extend_from_slice(f.raw());
+                            self.error_seen = true;
+                            continue;
+                        }
                         tracing::debug!(
                             sqlstate = e.code(),
                             message = e.message(),

@@ -125,7 +125,10 @@ where
             self.drop_reader().await;
             return Ok(Outcome::Fallback("io"));
         }
-        let outcome = self.relay_from_new().await?;
+        self.cancels_to_new(true);
+        let outcome = self.relay_from_new().await;
+        self.cancels_to_new(false);
+        let outcome = outcome?;
         match outcome {
             Outcome::Answered => {
                 // The batch's own Parses now exist on new as the client sent them.

@@ -169,6 +169,14 @@ async fn pump<R, W>(
         .map(|s| ShadowTap::new(s, &backend.params));
     let mut route = route::Route::new(&shared, place.params.clone(), &backend.params);
     route.primary_new = direction == Direction::NewToOld;
+    route.cancel = Some((
+        place.cancel_pid,
+        crate::cancel::CancelTarget {
+            addr: backend.addr.clone(),
+            pid: backend.pid,
+            key: backend.key.clone(),
+        },
+    ));
     let (server_r, server_w) = backend.stream.into_split();
     let mut up = Upstream {
         shared: &shared,

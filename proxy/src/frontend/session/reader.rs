@@ -23,6 +23,8 @@ pub(crate) struct Reader {
     max: usize,
     /// Named statements prepared here, by a hash of the Parse message that made them.
     pub(crate) prepared: HashMap<String, u64>,
+    /// Where a client's CancelRequest goes while this connection answers it.
+    pub(crate) cancel: Option<crate::cancel::CancelTarget>,
 }
 
 /// Identifies a Parse message (name, text and parameter types).
@@ -45,6 +47,11 @@ impl Reader {
             .await
             .map_err(|e| e.to_string())?;
         Ok(Reader {
+            cancel: Some(crate::cancel::CancelTarget {
+                addr: b.addr.clone(),
+                pid: b.pid,
+                key: b.key.clone(),
+            }),
             stream: b.stream,
             buf: b.read_buf,
             applied: Arc::from(Vec::new()),
@@ -62,6 +69,7 @@ impl Reader {
             applied: Arc::from(Vec::new()),
             max,
             prepared: HashMap::new(),
+            cancel: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct Route {
     enabled: bool,
     /// The session's primary is new (writes-new): its reads are there already.
     pub(crate) primary_new: bool,
+    /// The client's cancel key and where its cancels go normally (the primary): a read
+    /// answered by new points them at new meanwhile.
+    pub(crate) cancel: Option<(i32, crate::cancel::CancelTarget)>,
     live: std::sync::Arc<crate::cutover::Live>,
     /// The session's sticky canary draw, 0..100.
     draw: u8,
@@ -94,6 +97,7 @@ impl Route {
         Route {
             enabled: shared.mirror.is_some(),
             primary_new: false,
+            cancel: None,
             live: shared.cutover.clone(),
             draw: rand::random::<u8>() % 100,
             pending: false,

@@ -90,9 +90,9 @@ where
     down.buf = buf;
     // The previous primary ends the backend cleanly rather than log an unexpected EOF.
     let _ = previous.write_all(b"X\0\0\0\x04").await;
-    shared
-        .cancel
-        .retarget(place.cancel_pid, CancelTarget { addr, pid, key });
+    let target = CancelTarget { addr, pid, key };
+    shared.cancel.retarget(place.cancel_pid, target.clone());
+    up.route.cancel = Some((place.cancel_pid, target));
     if let Some(ms) = mirror_session.as_mut() {
         if ms.txn.open {
             ms.finish(false).await;
