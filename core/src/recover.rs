@@ -57,6 +57,21 @@ impl BothDirections {
         }
     }
 
+    /// Logs what was committed or rolled back, per direction (nothing when idle).
+    pub fn log_resolved(&self) {
+        for d in Direction::BOTH {
+            let one = self.get(d);
+            if !one.is_idle() {
+                tracing::info!(
+                    direction = %d,
+                    committed = one.committed.len(),
+                    rolled_back = one.rolled_back.len(),
+                    "Resolved in-doubt transactions."
+                );
+            }
+        }
+    }
+
     /// Both directions in one report (forward first).
     pub fn total(&self) -> RecoverReport {
         let mut t = self.old_to_new.clone();

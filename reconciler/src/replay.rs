@@ -123,19 +123,7 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
         )
         .await
         {
-            Ok(r) => {
-                for d in Direction::BOTH {
-                    let one = r.get(d);
-                    if !one.is_idle() {
-                        tracing::info!(
-                            direction = %d,
-                            committed = one.committed.len(),
-                            rolled_back = one.rolled_back.len(),
-                            "Resolved in-doubt transactions."
-                        );
-                    }
-                }
-            }
+            Ok(r) => r.log_resolved(),
             Err(e) => tracing::warn!(error = %e, "Resolving in-doubt transactions failed."),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -47,6 +47,30 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Runs a statement that takes a table's lock under a short `lock_timeout`, again while
+/// the table is busy (up to about 14 s): short waits keep the statements queued behind the
+/// lock moving.
+pub(super) async fn with_lock_retries<T, F, Fut>(mut run: F) -> Result<T, InstallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match run().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && tries < 200 =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(InstallError::Sql(e)),
+        }
+    }
+}
+
 /// What `install` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct InstallReport {
@@ -284,23 +308,13 @@ pub async fn install(client: &Client) -> Result<InstallReport, InstallError> {
         .map_err(InstallError::Sql)?;
     for row in rows {
         let oid: u32 = row.get(0);
-        let mut tries = 0;
-        let watched: bool = loop {
-            match client
+        let watched: bool = with_lock_retries(|| async move {
+            client
                 .query_one("SELECT _switchyard.watch($1, false)", &[&oid])
                 .await
-            {
-                Ok(r) => break r.get(0),
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                        && tries < 200 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(InstallError::Sql(e)),
-            }
-        };
+        })
+        .await?
+        .get(0);
         report.tables += usize::from(watched);
     }
     client

@@ -2,7 +2,7 @@
 //! is `done` (old detached, nobody drains what new would capture). The `_switchyard`
 //! schema stays (the cutover's control table lives there).
 
-use super::install::InstallError;
+use super::install::{with_lock_retries, InstallError};
 use tokio_postgres::Client;
 
 const TRIGGERS: [&str; 5] = [
@@ -48,20 +48,7 @@ pub async fn uninstall(client: &Client) -> Result<usize, InstallError> {
             .iter()
             .map(|t| format!("DROP TRIGGER IF EXISTS {t} ON {table};"))
             .collect();
-        let mut tries = 0;
-        loop {
-            match client.batch_execute(&sql).await {
-                Ok(()) => break,
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
-                        && tries < 200 =>
-                {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(InstallError::Sql(e)),
-            }
-        }
+        with_lock_retries(|| client.batch_execute(&sql)).await?;
     }
     client
         .batch_execute(

@@ -309,17 +309,7 @@ pub async fn flip(
                 match super::pause::inside(old, new, req.to).await {
                     Ok(n) => sequences_set += n,
                     Err(reason) => {
-                        withdraw(old, epoch).await?;
-                        log(
-                            old,
-                            req,
-                            from.phase,
-                            from.epoch,
-                            "abandoned",
-                            &reason,
-                            started.elapsed(),
-                        )
-                        .await?;
+                        abandon(old, req, &from, epoch, &reason, started.elapsed()).await?;
                         return Err(pause_error(req.to, reason));
                     }
                 }
@@ -330,22 +320,12 @@ pub async fn flip(
             }
         }
         if started.elapsed() >= req.timeout {
-            withdraw(old, epoch).await?;
             let reason = format!(
                 "not confirmed within {:?} by {}",
                 req.timeout,
                 waiting.join(", ")
             );
-            log(
-                old,
-                req,
-                from.phase,
-                from.epoch,
-                "abandoned",
-                &reason,
-                started.elapsed(),
-            )
-            .await?;
+            abandon(old, req, &from, epoch, &reason, started.elapsed()).await?;
             return Err(FlipError::Abandoned {
                 to: req.to,
                 epoch: from.epoch,
@@ -415,6 +395,28 @@ fn pause_error(to: Phase, reason: impl Into<String>) -> FlipError {
         to,
         reason: reason.into(),
     }
+}
+
+/// Withdraws the proposal and logs the flip as abandoned.
+async fn abandon(
+    old: &Client,
+    req: &FlipRequest,
+    from: &super::status::State,
+    epoch: i64,
+    reason: &str,
+    waited: Duration,
+) -> Result<(), FlipError> {
+    withdraw(old, epoch).await?;
+    log(
+        old,
+        req,
+        from.phase,
+        from.epoch,
+        "abandoned",
+        reason,
+        waited,
+    )
+    .await
 }
 
 /// Instances that must confirm `epoch` and have not (yet, or any more).

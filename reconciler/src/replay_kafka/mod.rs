@@ -436,19 +436,7 @@ async fn resolve_in_doubt(cfg: &ReconcilerConfig) {
     };
     match switchyard_core::recover::resolve_in_doubt_both(&old, &new, Duration::from_secs(2)).await
     {
-        Ok(r) => {
-            for d in Direction::BOTH {
-                let one = r.get(d);
-                if !one.is_idle() {
-                    tracing::info!(
-                        direction = %d,
-                        committed = one.committed.len(),
-                        rolled_back = one.rolled_back.len(),
-                        "Resolved in-doubt transactions."
-                    );
-                }
-            }
-        }
+        Ok(r) => r.log_resolved(),
         Err(e) => tracing::warn!(error = %e, "Resolving in-doubt transactions failed."),
     }
 }
