@@ -8,13 +8,15 @@ pub mod done;
 mod flip;
 pub mod kafka_backlog;
 mod pause;
+mod proposal;
 mod schema;
 pub mod sequences;
 mod status;
 pub mod warmup;
 
 pub use checks::{next_checklist, Check, Checks};
-pub use flip::{cancel, flip, FlipError, FlipReport, FlipRequest};
+pub use flip::{flip, FlipError, FlipReport, FlipRequest};
+pub use proposal::cancel;
 pub use schema::{ensure_schema, CHANNEL, HEARTBEAT_SQL};
 pub use status::{status, Instance, LogEntry, Status};
 

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod follower;
 pub mod gate;
+mod prepare;
 pub mod warm;
 
 use serde::Serialize;
