@@ -208,16 +208,7 @@ pub async fn flip(
         };
     if !checks.passed() {
         if !req.dry_run {
-            log(
-                old,
-                req,
-                from.phase,
-                from.epoch,
-                "refused",
-                &checks.failures(),
-                Duration::ZERO,
-            )
-            .await?;
+            refused(old, req, &from, &checks.failures()).await?;
         }
         return Err(FlipError::Refused { to: req.to, checks });
     }
@@ -235,16 +226,7 @@ pub async fn flip(
         match super::pause::before(old, new, req.to, req.timeout).await {
             Ok(moves) => sequences_set = moves.iter().filter(|m| m.moved).count(),
             Err(reason) => {
-                log(
-                    old,
-                    req,
-                    from.phase,
-                    from.epoch,
-                    "refused",
-                    &reason,
-                    Duration::ZERO,
-                )
-                .await?;
+                refused(old, req, &from, &reason).await?;
                 return Err(pause_error(req.to, reason));
             }
         }
@@ -396,6 +378,25 @@ fn pause_error(to: Phase, reason: impl Into<String>) -> FlipError {
         to,
         reason: reason.into(),
     }
+}
+
+/// Logs a flip refused before anything waited.
+async fn refused(
+    old: &Client,
+    req: &FlipRequest,
+    from: &super::status::State,
+    detail: &str,
+) -> Result<(), FlipError> {
+    log(
+        old,
+        req,
+        from.phase,
+        from.epoch,
+        "refused",
+        detail,
+        Duration::ZERO,
+    )
+    .await
 }
 
 /// Withdraws the proposal and logs the flip as abandoned.

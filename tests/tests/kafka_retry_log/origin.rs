@@ -113,6 +113,25 @@ async fn committed_insert(pair: &Pair, sql: &str) -> Result<String> {
 }
 
 /// `table` on both sides, row by row.
+/// `switchyard-reconciler replay --follow` against the pair and the broker, writing its
+/// metrics to `metrics`, with debug logs (the tests count its origin re-checks).
+pub(super) fn spawn_follow(
+    pair: &Pair,
+    broker: &Broker,
+    metrics: &str,
+    extra: &[&str],
+) -> Result<ReconcilerProcess> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let flags = kafka_flags(broker);
+    let mut args: Vec<&str> = vec!["replay", "--follow"];
+    args.extend_from_slice(extra);
+    args.extend(["--old", &old, "--new", &new, "--metrics-file", metrics]);
+    args.extend(flags.iter().map(String::as_str));
+    tokio::task::block_in_place(|| {
+        ReconcilerProcess::spawn(&args, &[("SWITCHYARD_LOG", "switchyard_reconciler=debug")])
+    })
+}
+
 pub(super) fn same_rows(pair: &Pair, table: &str) -> Result<()> {
     let sql = format!("SELECT id, v FROM {table} ORDER BY id");
     let (old, new) = (on(&pair.old, &sql)?, on(&pair.new, &sql)?);
@@ -150,28 +169,11 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
     let other_xid = committed_insert(&pair, "INSERT INTO u VALUES (1, 'elsewhere')").await?;
     let other_at = publish(&broker, &row_record("u", 1, Some(&other_xid)), 1).await?;
 
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let dir = tempfile::tempdir()?;
-    let metrics = dir.path().join("replay.prom").display().to_string();
-    let flags = kafka_flags(&broker);
     // --batch 1: the partition holds a batch's worth as soon as its record waits, so it is
     // paused, and must be resumed once the origin commits.
-    let mut args: Vec<&str> = vec![
-        "replay",
-        "--follow",
-        "--batch",
-        "1",
-        "--old",
-        &old,
-        "--new",
-        &new,
-        "--metrics-file",
-        &metrics,
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let mut replay = tokio::task::block_in_place(|| {
-        ReconcilerProcess::spawn(&args, &[("SWITCHYARD_LOG", "switchyard_reconciler=debug")])
-    })?;
+    let dir = tempfile::tempdir()?;
+    let metrics = dir.path().join("replay.prom").display().to_string();
+    let mut replay = spawn_follow(&pair, &broker, &metrics, &["--batch", "1"])?;
     let offsets = offsets_reader(&broker)?;
     let rechecks = |log: &str| log.matches("Origin transaction still in progress").count();
     // Several lookups of the open origin, the other partition's record applied meanwhile.

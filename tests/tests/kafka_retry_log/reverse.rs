@@ -4,14 +4,13 @@
 //! a lookup on old (the wrong database) would find the id "in the future" there and apply
 //! the record at once, while its rows are still invisible.
 
-use super::origin::{create_topics, publish, row_record_dir, same_rows};
-use super::{kafka_flags, SERIAL};
+use super::origin::{create_topics, publish, row_record_dir, same_rows, spawn_follow};
+use super::SERIAL;
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
 use switchyard_tests::mirror::{assert_verified, on, pair_with};
 use switchyard_tests::proxy::DB;
-use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::Broker;
 
@@ -47,24 +46,9 @@ async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> 
         publish(&broker, &r, partition).await?;
     }
 
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
     let dir = tempfile::tempdir()?;
     let metrics = dir.path().join("replay.prom").display().to_string();
-    let flags = kafka_flags(&broker);
-    let mut args: Vec<&str> = vec![
-        "replay",
-        "--follow",
-        "--old",
-        &old,
-        "--new",
-        &new,
-        "--metrics-file",
-        &metrics,
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let mut replay = tokio::task::block_in_place(|| {
-        ReconcilerProcess::spawn(&args, &[("SWITCHYARD_LOG", "switchyard_reconciler=debug")])
-    })?;
+    let mut replay = spawn_follow(&pair, &broker, &metrics, &[])?;
     let before = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
     let rechecks = |log: &str| log.matches("Origin transaction still in progress").count();
     tokio::task::block_in_place(|| {
