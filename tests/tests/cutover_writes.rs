@@ -237,6 +237,15 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
         ids.push(write_some(&ca, &format!("writes-new{i}")).await?);
     }
     ca.batch_execute("DELETE FROM wallet WHERE id = 2").await?;
+    // A schema change mid-session on new reaches old, and the writes after it name the
+    // new column on both.
+    ca.batch_execute(
+        "BEGIN; ALTER TABLE wallet ADD COLUMN note text; \
+         UPDATE wallet SET note = 'after ddl' WHERE id = 1; COMMIT",
+    )
+    .await?;
+    cb.batch_execute("UPDATE wallet SET note = 'from b' WHERE id = 3")
+        .await?;
     // A cancel reaches the query on new.
     let cs = connect_proxy(&a).await?;
     let cancel_token = cs.cancel_token();
