@@ -82,11 +82,32 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
         "the statement prepared before the flip read {v}"
     );
     tokio::task::block_in_place(|| pair.new.psql(DB, "DELETE FROM t WHERE id = -2"))?;
-    // A column of a type of the database's own (its OID differs on new) is read on old.
+    // A type of the database's own that both sides numbered alike (the same script made
+    // both) is read on new.
     let url = switchyard_tests::proxy::proxy_url(&a, "postgres");
-    let out = switchyard_tests::clients::psql_url(&url, "SELECT x FROM m").await?;
+    let same = "SELECT x, current_setting('port') FROM m";
+    let out = switchyard_tests::clients::psql_url(&url, same).await?;
     ensure!(
-        String::from_utf8_lossy(&out.stdout).trim() == "sad",
+        String::from_utf8_lossy(&out.stdout).trim() == format!("sad|{new_port}"),
+        "{out:?}"
+    );
+    // One whose OID differs on new is read on old: a client that learned it by old's OID
+    // would misread new's description.
+    tokio::task::block_in_place(|| {
+        pair.new.psql(DB, "CREATE TYPE filler AS ENUM ('f')")?;
+        for c in [&pair.old, &pair.new] {
+            c.psql(
+                DB,
+                "CREATE TYPE size AS ENUM ('s', 'l'); CREATE TABLE z (id int PRIMARY KEY, s size); \
+                 INSERT INTO z VALUES (1, 'l')",
+            )?;
+        }
+        anyhow::Ok(())
+    })?;
+    let differs = "SELECT s, current_setting('port') FROM z";
+    let out = switchyard_tests::clients::psql_url(&url, differs).await?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).trim() == format!("l|{old_port}"),
         "{out:?}"
     );
     let metrics = get(admin(&a)?, "/metrics").await?.1;

@@ -117,7 +117,11 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
             && status["mirror"]["rows_mirrored"].as_u64().unwrap_or(0) > 0
             && status["mirror_other"]["direction"] == "old-to-new"
             && status["cutover"]["primary"] == "new"
-            && status["cutover"]["next"]["to"] == "done",
+            && status["cutover"]["next"]["to"] == "done"
+            && status["cutover"]["checks"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+            && status["cutover"]["checks"] == status["cutover"]["next"]["checks"],
         "the status shows new's dual writes onto old: {}",
         status["mirror"]
     );

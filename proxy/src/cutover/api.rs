@@ -57,6 +57,8 @@ pub struct CutoverStatus {
     /// The next phase forward and its pre-flight checklist, as a dry run shows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<NextChecks>,
+    /// The checklist of `next`, where the brief's interface names it.
+    pub checks: Option<cutover::Checks>,
 }
 
 pub async fn status(shared: &Shared) -> CutoverStatus {
@@ -113,6 +115,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             history: s.history,
             error: None,
             cache_hit_ratio,
+            checks: next.as_ref().map(|n| n.checks.clone()),
             next,
         },
         Ok(Err(e)) => CutoverStatus {
@@ -123,6 +126,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             error: Some(e),
             cache_hit_ratio,
             next: None,
+            checks: None,
         },
         Err(_) => CutoverStatus {
             live,
@@ -132,6 +136,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             error: Some("the control table did not answer within 2 s".into()),
             cache_hit_ratio,
             next: None,
+            checks: None,
         },
     }
 }

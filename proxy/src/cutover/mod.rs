@@ -7,6 +7,7 @@ pub mod cli;
 pub mod follower;
 pub mod gate;
 mod prepare;
+pub mod types;
 pub mod warm;
 
 use serde::Serialize;
@@ -43,6 +44,8 @@ pub struct Live {
     /// move at once rather than at their next request (their connection to the former
     /// primary is let go).
     moved: tokio::sync::watch::Sender<u64>,
+    /// User types numbered alike on both sides: reads of them may go to new.
+    pub types: types::SameTypes,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +95,7 @@ impl Live {
             forgiven: dashmap::DashMap::new(),
             gate: gate::WriteGate::default(),
             moved: tokio::sync::watch::Sender::new(0),
+            types: types::SameTypes::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! turned out to write), the Query runs on old instead, and the client sees no difference.
 
 use super::Mediation;
+use crate::cutover::types::Covers;
 use crate::frontend::session::{End, Reader};
 use crate::protocol::backend::{error_response, BackendMessage, ErrorFields};
 use crate::protocol::Frame;
@@ -192,7 +193,7 @@ where
                 }
                 // A read changes no parameter; new's own reports are not the session's.
                 b'S' | b'A' => {}
-                b'T' | b't' if !forwarded && user_types(&f) => {
+                b'T' | b't' if !forwarded && !self.types_alike(&f).await => {
                     // A type of the database's own (enum, domain, composite) has another
                     // OID on new: a client that knows it by old's OID would misread it.
                     foreign_types = true;
@@ -220,6 +221,36 @@ where
         }
     }
 
+    /// Whether every user type a description names has the same OID on old and new.
+    async fn types_alike(&self, f: &Frame) -> bool {
+        let oids = user_types(f);
+        if oids.is_empty() {
+            return true;
+        }
+        let shared = self.up.shared;
+        let types = &shared.cutover.types;
+        match types.covers(&oids) {
+            Covers::Yes => true,
+            Covers::No => false,
+            Covers::NoRefresh => {
+                let refresh = async {
+                    let old = shared.cutover_control.client().await.ok()?;
+                    let new = shared.new_control.client().await.ok()?;
+                    types.refresh(&old, &new).await.ok()
+                };
+                if tokio::time::timeout(TYPES_WITHIN, refresh)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    tracing::debug!("The user types of old and new could not be compared.");
+                }
+                types.covers(&oids) == Covers::Yes
+            }
+        }
+    }
+
     pub(super) async fn drop_reader(&mut self) {
         if let Some(r) = self.up.route.reader.take() {
             r.close().await;
@@ -230,35 +261,42 @@ where
 /// OIDs below this are PostgreSQL's own, the same in every database of a version.
 const FIRST_NORMAL_OID: u32 = 16384;
 
-/// Whether a RowDescription (or ParameterDescription) names a type created in the
-/// database (whose OID differs between old and new).
-fn user_types(f: &Frame) -> bool {
+/// How long a read waits for old's and new's user types to be compared.
+const TYPES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The types created in the database (whose OIDs may differ between old and new) that a
+/// RowDescription (or ParameterDescription) names.
+fn user_types(f: &Frame) -> Vec<u32> {
     let body = f.body();
+    let mut oids = Vec::new();
     let Some(n) = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
-        return false;
+        return oids;
     };
     let mut rest = &body[2..];
     if f.tag() == b't' {
-        return rest
-            .chunks_exact(4)
-            .take(n as usize)
-            .any(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) >= FIRST_NORMAL_OID);
+        oids.extend(
+            rest.chunks_exact(4)
+                .take(n as usize)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .filter(|&o| o >= FIRST_NORMAL_OID),
+        );
+        return oids;
     }
     for _ in 0..n {
         // name\0, table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
-            return false;
+            break;
         };
         let Some(fixed) = rest.get(nul + 1..nul + 19) else {
-            return false;
+            break;
         };
         let ty = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
         if ty >= FIRST_NORMAL_OID {
-            return true;
+            oids.push(ty);
         }
         rest = &rest[nul + 19..];
     }
-    false
+    oids
 }
 
 #[cfg(test)]
@@ -286,15 +324,15 @@ mod tests {
 
     #[test]
     fn built_in_column_types_are_the_same_on_both_sides() {
-        assert!(!user_types(&row_description(&[23, 25, 1184])));
-        assert!(user_types(&row_description(&[23, 16385])));
-        assert!(!user_types(&row_description(&[])));
+        assert!(user_types(&row_description(&[23, 25, 1184])).is_empty());
+        assert_eq!(user_types(&row_description(&[23, 16385])), vec![16385]);
+        assert!(user_types(&row_description(&[])).is_empty());
         let mut b = BytesMut::new();
         crate::protocol::buf_public::tagged(&mut b, b't', |b| {
             b.put_u16(2);
             b.put_u32(23);
             b.put_u32(16390);
         });
-        assert!(user_types(&Frame::from_encoded(b.freeze())));
+        assert_eq!(user_types(&Frame::from_encoded(b.freeze())), vec![16390]);
     }
 }

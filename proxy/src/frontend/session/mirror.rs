@@ -208,6 +208,8 @@ impl<R> Upstream<'_, R> {
                 if let Some((name, n)) = cstr(body) {
                     if let Some((sql, _)) = cstr(&body[n..]) {
                         self.route.pin_on_session_lock(&sql);
+                        let classes = self.classify(&sql);
+                        self.route.carry.observe(&sql, &classes);
                         let shape = self.record_parse(&name, &sql);
                         // Only named statements are kept (to prepare them on new later).
                         let raw = if name.is_empty() {

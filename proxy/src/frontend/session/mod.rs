@@ -5,6 +5,7 @@
 //! looks only at the messages it must. A request that needs dual-write handling pauses both
 //! and is handed to the mediator (`super::lockstep`).
 
+mod carry;
 mod downstream;
 mod flow;
 mod mirror;

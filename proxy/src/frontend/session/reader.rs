@@ -140,6 +140,29 @@ impl Reader {
     }
 
     /// Runs `messages` (the proxy's own Parse/Close) and a Sync; an error if any failed.
+    /// Runs each statement as its own Query (one failing leaves the others in place), all
+    /// sent at once; the errors, each with its statement.
+    pub(crate) async fn run_each(&mut self, statements: &[String]) -> Result<Vec<String>, String> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = BytesMut::new();
+        for s in statements {
+            crate::protocol::buf_public::tagged(&mut b, b'Q', |b| {
+                b.extend_from_slice(s.as_bytes());
+                b.extend_from_slice(&[0]);
+            });
+        }
+        self.send(&b).await?;
+        let mut errors = Vec::new();
+        for s in statements {
+            if let Some(e) = self.read_to_ready().await? {
+                errors.push(format!("{s}: {e}"));
+            }
+        }
+        Ok(errors)
+    }
+
     pub(crate) async fn run_own(&mut self, messages: &[u8]) -> Result<(), String> {
         let mut b = BytesMut::from(messages);
         b.extend_from_slice(b"S\0\0\0\x04");

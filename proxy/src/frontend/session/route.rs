@@ -49,6 +49,8 @@ pub(crate) struct Route {
     pub(crate) pending: bool,
     pub(crate) reader: Option<Reader>,
     pub(crate) settings: Settings,
+    /// Everything a move to the other database must set up again.
+    pub(crate) carry: super::carry::Carry,
     pub(crate) startup: Vec<(String, String)>,
     /// The session created temporary objects, which exist on old only: its reads stay
     /// there.
@@ -103,6 +105,7 @@ impl Route {
             pending: false,
             reader: None,
             settings: Settings::from_startup(server_params),
+            carry: Default::default(),
             startup,
             pinned: false,
             connect_failed: None,
@@ -287,6 +290,7 @@ impl Route {
             return;
         }
         self.settings.observe(sql);
+        self.carry.observe(sql, classes);
         if !self.pinned
             && classes
                 .iter()

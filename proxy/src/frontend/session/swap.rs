@@ -73,6 +73,9 @@ where
     let (pid, key, addr, params) = (b.pid, b.key.clone(), b.addr.clone(), b.params.clone());
     let mut conn = Reader::from_conn(b.stream, b.read_buf, shared.config.max_message_size);
     conn.apply(&up.route.settings.replay()).await?;
+    for e in conn.run_each(&up.route.carry.statements()).await? {
+        tracing::warn!(error = %e, to = %db, "A moved session's setting, prepared statement or LISTEN failed there; the session goes on without it.");
+    }
     // Every named statement the client prepared, as it sent it: its Binds must find them.
     let mut parses = BytesMut::new();
     for raw in up.route.parses.values() {

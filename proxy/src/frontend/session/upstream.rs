@@ -269,6 +269,8 @@ impl<R> Upstream<'_, R> {
     /// `raw`: the whole Parse message.
     pub(in crate::frontend) fn note_parse(&mut self, name: &str, sql: &str, raw: &Bytes) {
         let classes = self.classify(sql);
+        // Drivers that send everything as Parse/Bind/Execute set session state this way.
+        self.route.carry.observe(sql, &classes);
         self.statements.insert(name.to_string(), classes);
         let shape = self.record_parse(name, sql);
         self.route.on_parse(name, raw.clone(), shape);
