@@ -24,6 +24,7 @@ pub mod diff;
 pub mod direction;
 pub mod dsn;
 pub mod ident;
+pub mod intents;
 pub mod key;
 mod rcvlowat;
 pub mod recover;

@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS _switchyard.retry_log (
     dead boolean NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS retry_log_ready ON _switchyard.retry_log (next_attempt_at) WHERE NOT dead;
+CREATE TABLE IF NOT EXISTS _switchyard.intents (
+    xid xid8 PRIMARY KEY,
+    via text NOT NULL,
+    secondary_xid text NOT NULL,
+    records jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 ";
 
 /// Schema on the secondary that makes statement-mode replay happen once per record.
@@ -41,6 +48,12 @@ pub const APPLIED_STATEMENTS_SQL: &str = "
 CREATE SCHEMA IF NOT EXISTS _switchyard;
 CREATE TABLE IF NOT EXISTS _switchyard.applied_statements (
     idempotency_key text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- Lockstep mode: written by each secondary transaction (the primary's transaction id),
+-- so recovery knows for sure whether it committed; deleted with its intent.
+CREATE TABLE IF NOT EXISTS _switchyard.applied_intents (
+    xid text PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ";

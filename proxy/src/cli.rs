@@ -53,9 +53,11 @@ pub struct Args {
     /// Threads serving sessions; 0 = one per CPU core [default: 0]
     #[arg(long)]
     pub worker_threads: Option<usize>,
-    /// Dual writes: "two-phase" (mirror every write to --new) or "off" (passthrough)
-    /// [default: two-phase]
-    #[arg(long, value_parser = ["two-phase", "off"])]
+    /// Dual writes: "two-phase" (PREPARE on --new, which needs max_prepared_transactions >
+    /// 0), "lockstep" (no PREPARE: intents recorded on --old), "auto" (two-phase where
+    /// possible, else refuse to start naming the choices) or "off" (passthrough)
+    /// [default: auto]
+    #[arg(long, value_parser = ["two-phase", "lockstep", "auto", "off"])]
     pub mirror_mode: Option<String>,
     /// Where retry records go: "embedded" (a table in the old database) or "kafka"
     /// [default: embedded]
@@ -177,7 +179,7 @@ mod tests {
         let cfg = args(&["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"])
             .load(Vec::new())
             .expect("valid");
-        assert_eq!(cfg.mirror.mode, crate::config::MirrorMode::TwoPhase);
+        assert_eq!(cfg.mirror.mode, crate::config::MirrorMode::Auto);
     }
 
     #[test]

@@ -193,6 +193,13 @@ pub enum MirrorMode {
     /// Lockstep secondary transaction, PREPARE TRANSACTION on the secondary before the
     /// primary commits, COMMIT PREPARED after.
     TwoPhase,
+    /// The same lockstep transaction without PREPARE: the primary's transaction records an
+    /// intent (what it changed, and the secondary transaction's id); the primary commits,
+    /// then the secondary. For secondaries with `max_prepared_transactions = 0`.
+    Lockstep,
+    /// `two-phase` when the secondary can prepare transactions; otherwise the proxy does not
+    /// start and says which modes it can run.
+    Auto,
 }
 
 /// What happens to DDL while mirroring.
@@ -252,7 +259,7 @@ impl Default for MirrorConfig {
 }
 
 fn default_mirror_mode() -> MirrorMode {
-    MirrorMode::TwoPhase
+    MirrorMode::Auto
 }
 fn default_ddl() -> DdlPolicy {
     DdlPolicy::Mirror

@@ -32,6 +32,9 @@ pub const MIRROR_STATEMENT_MODE_TOTAL: &str = "switchyard_mirror_statement_mode_
 pub const MIRROR_SECONDARY_ERRORS_TOTAL: &str = "switchyard_mirror_secondary_errors_total";
 pub const MIRROR_IN_DOUBT_TOTAL: &str = "switchyard_mirror_in_doubt_total";
 pub const MIRROR_COMMITS_TOTAL: &str = "switchyard_mirror_commits_total";
+pub const MIRROR_INTENTS_CLEARED_TOTAL: &str = "switchyard_mirror_intents_cleared_total";
+/// Lockstep-mode commits whose secondary COMMIT failed: their intents wait for recovery.
+pub const MIRROR_INTENTS_UNFINISHED_TOTAL: &str = "switchyard_mirror_intents_unfinished_total";
 pub const MIRROR_RETRY_RECORDS_TOTAL: &str = "switchyard_mirror_retry_records_total";
 pub const MIRROR_RETRY_BACKLOG: &str = "switchyard_mirror_retry_backlog";
 pub const MIRROR_RETRY_OLDEST_SECONDS: &str = "switchyard_mirror_retry_oldest_seconds";

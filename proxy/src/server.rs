@@ -316,6 +316,7 @@ async fn serve(
             m.clone(),
             Duration::from_secs(5),
         ));
+        background.spawn(crate::mirror::intents::sweep_loop(m.clone()));
         background.spawn(crate::mirror::startup::log_loop(m));
     }
     background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(5)));

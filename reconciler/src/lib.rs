@@ -114,10 +114,10 @@ where
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 println!(
-                    "replayed {} records in {:.2}s ({} rows re-synced, {} tables repaired, {} statements applied); {} failed, {} dead-lettered, {} dropped (origin rolled back); backlog {}; change log: {} rows applied ({} written outside every proxy)",
+                    "replayed {} records in {:.2}s ({} rows re-synced, {} tables repaired, {} statements applied); {} failed, {} dead-lettered, {} dropped (origin rolled back); backlog {}; change log: {} rows applied ({} written outside every proxy); intents left behind: {} queued, {} cleared",
                     r.records_done, r.seconds, r.rows_resynced, r.tables_repaired, r.statements_applied,
                     r.records_failed, r.records_dead, r.records_dropped_aborted, r.backlog,
-                    r.change_log_events, r.writes_outside_proxy
+                    r.change_log_events, r.writes_outside_proxy, r.intents_queued, r.intents_cleared
                 );
                 for (d, c) in &r.directions {
                     println!(

@@ -93,6 +93,11 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
     ];
     let mut report = ReplayReport::default();
     loop {
+        // Intents first: those the secondary did not commit become retry records, which the
+        // passes below apply.
+        let [forward, reverse] = &mut sides;
+        resolve_intents(&mut forward.claim, &reverse.claim, &mut report).await;
+        resolve_intents(&mut reverse.claim, &forward.claim, &mut report).await;
         for side in &mut sides {
             let mut sub = ReplayReport::default();
             match pass(cfg, opts, side, &mut sub).await {
@@ -154,6 +159,22 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
     report.seconds = started.elapsed().as_secs_f64();
     report.busy_seconds = report.seconds;
     Ok(report)
+}
+
+async fn resolve_intents(
+    primary: &mut tokio_postgres::Client,
+    secondary: &tokio_postgres::Client,
+    report: &mut ReplayReport,
+) {
+    // Any age: an intent is visible only once its primary committed, and the secondary's
+    // transaction is then running (left alone), committed or aborted.
+    match switchyard_core::intents::resolve(primary, secondary, Duration::ZERO).await {
+        Ok(r) => {
+            report.intents_cleared += r.cleared;
+            report.intents_queued += r.queued;
+        }
+        Err(e) => tracing::warn!(error = %e, "Resolving intents failed."),
+    }
 }
 
 /// One pass over a direction's logs; false when its primary has none. New's logs are looked

@@ -17,6 +17,10 @@ pub struct ReplayReport {
     pub records_done: u64,
     pub records_failed: u64,
     pub records_dead: u64,
+    /// Lockstep mode: intents left behind whose secondary transaction committed (cleared),
+    /// and those whose orders went to the retry log and were replayed with it (queued).
+    pub intents_cleared: u64,
+    pub intents_queued: u64,
     /// Records still waiting in the embedded retry logs (old's and new's).
     pub backlog: i64,
     /// Age of the oldest record still waiting, in seconds (0 when none).
@@ -130,6 +134,8 @@ impl ReplayReport {
         self.add_counts(&o.counts());
         self.busy_seconds += o.busy_seconds;
         self.records_without_xid += o.records_without_xid;
+        self.intents_cleared += o.intents_cleared;
+        self.intents_queued += o.intents_queued;
         for (name, c) in &o.directions {
             let mine = self.directions.entry(name.clone()).or_default();
             mine.add(c);

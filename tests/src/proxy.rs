@@ -35,6 +35,21 @@ impl Pair {
         Ok(Pair { old, new })
     }
 
+    /// Two clusters, neither of which can prepare transactions (PostgreSQL's default, and
+    /// many managed services'): dual writes need `mirror.mode = "lockstep"`.
+    pub fn start_without_prepare() -> Result<Pair> {
+        let old = PgCluster::builder()
+            .start()
+            .context("starting the old cluster")?;
+        let new = PgCluster::builder()
+            .max_prepared_transactions(0)
+            .start()
+            .context("starting the new cluster")?;
+        old.create_database(DB)?;
+        new.create_database(DB)?;
+        Ok(Pair { old, new })
+    }
+
     /// A proxy config for this pair, listening on free loopback ports.
     pub fn config(&self) -> ProxyConfig {
         let mut c = ProxyConfig::new(self.old.url(DB), self.new.url(DB));

@@ -69,6 +69,7 @@ pub async fn next_checklist(
     new: Option<&Client>,
     lease: std::time::Duration,
     mismatch_window: std::time::Duration,
+    lockstep: bool,
     kafka: Option<crate::retry_kafka::KafkaSettings>,
 ) -> Result<Option<(super::Phase, Checks)>, FlipError> {
     use super::Phase;
@@ -88,6 +89,7 @@ pub async fn next_checklist(
         lease,
         mismatch_window,
         require_warm: false,
+        lockstep,
         kafka,
     };
     let instances = super::status::instances(old, lease).await?;
@@ -294,9 +296,11 @@ async fn write_flip(
         .get(0);
     checks.push(
         "secondary two-phase",
-        prepared > 0,
+        prepared > 0 || req.lockstep,
         if prepared > 0 {
             format!("{secondary_name} has max_prepared_transactions = {prepared}")
+        } else if req.lockstep {
+            format!("{secondary_name} has max_prepared_transactions = 0; lockstep mode needs none")
         } else {
             format!(
                 "{secondary_name} has max_prepared_transactions = 0 and cannot follow in \

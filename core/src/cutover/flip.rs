@@ -32,6 +32,9 @@ pub struct FlipRequest {
     /// Refuse a flip that moves reads or writes to new while new's buffer cache hit ratio
     /// is more than `COLD_BY` under old's (otherwise it is only shown).
     pub require_warm: bool,
+    /// Dual writes run without prepared transactions (`mirror.mode = "lockstep"`): the next
+    /// secondary need not allow them.
+    pub lockstep: bool,
     /// With the Kafka retry log: its records the reconcilers have not replayed count in the
     /// backlog check.
     pub kafka: Option<crate::retry_kafka::KafkaSettings>,

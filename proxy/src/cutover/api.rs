@@ -85,6 +85,7 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
                 new.as_deref(),
                 lease,
                 window,
+                lockstep(shared),
                 kafka_settings(shared),
             )
             .await
@@ -139,6 +140,11 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
             checks: None,
         },
     }
+}
+
+/// Dual writes without prepared transactions.
+fn lockstep(shared: &Shared) -> bool {
+    shared.config.mirror.mode == crate::config::MirrorMode::Lockstep
 }
 
 /// The Kafka retry log's settings when records go there (its backlog is a check).
@@ -214,6 +220,7 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         lease: shared.config.cutover.lease(),
         mismatch_window: std::time::Duration::from_secs(shared.config.cutover.mismatch_window_secs),
         require_warm: body.require_warm,
+        lockstep: lockstep(shared),
         kafka: kafka_settings(shared),
     };
     let timeout = shared.config.connect_timeout();

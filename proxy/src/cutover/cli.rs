@@ -42,6 +42,10 @@ pub struct CutoverArgs {
     /// 5 points under old's (without it the ratios are only shown).
     #[arg(long)]
     pub require_warm: bool,
+    /// The instances run `mirror.mode = "lockstep"` (no prepared transactions): the side
+    /// that becomes the secondary need not allow them.
+    #[arg(long)]
+    pub lockstep: bool,
     /// With the Kafka retry log: its brokers, so that records not replayed yet count in
     /// the backlog check.
     #[arg(long)]
@@ -209,6 +213,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         lease,
         mismatch_window: Duration::from_secs(args.mismatch_window_secs),
         require_warm: args.require_warm,
+        lockstep: args.lockstep,
         kafka: args.kafka_brokers.as_ref().map(|brokers| {
             switchyard_core::retry_kafka::KafkaSettings {
                 brokers: brokers.clone(),

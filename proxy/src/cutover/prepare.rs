@@ -57,7 +57,9 @@ impl Follower {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let ok = secondary_settled(&settle, self.config.flip_timeout() / 2).await;
+            let within = self.config.flip_timeout() / 2;
+            let ok =
+                secondary_settled(&settle, within).await && current.intents.settled(within).await;
             if !ok {
                 self.reopen("prepared transactions on the secondary did not finish in time");
             }

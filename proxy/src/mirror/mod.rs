@@ -5,6 +5,8 @@
 //! `crate::lockstep`.
 
 pub mod control;
+pub mod intent_commit;
+pub mod intents;
 pub mod plan;
 pub mod retry_kafka;
 pub mod routines;
@@ -73,6 +75,8 @@ pub struct Mirror {
     /// The cutover is done: nothing of this direction runs any more (no drain of the
     /// change log, no capture install).
     detached: std::sync::atomic::AtomicBool,
+    /// Lockstep mode's settled intents, deleted in batches.
+    pub intents: intents::Sweeper,
 }
 
 const PLAN_CACHE_MAX: usize = 20_000;
@@ -103,7 +107,13 @@ impl Mirror {
             kafka,
             active: std::sync::atomic::AtomicBool::new(direction == Direction::OldToNew),
             detached: std::sync::atomic::AtomicBool::new(false),
+            intents: intents::Sweeper::default(),
         }))
+    }
+
+    /// Commits record intents on the primary instead of preparing on the secondary.
+    pub fn intents_mode(&self) -> bool {
+        self.config.mode == MirrorMode::Lockstep
     }
 
     pub fn active(&self) -> bool {
@@ -129,7 +139,11 @@ impl Mirror {
 
     /// What `/api/status` shows under `mirror`.
     pub fn snapshot(&self) -> status::MirrorSnapshot {
-        let mut s = self.status.snapshot("two-phase");
+        let mut s = self.status.snapshot(if self.intents_mode() {
+            "lockstep"
+        } else {
+            "two-phase"
+        });
         s.direction = self.direction.as_str();
         s.secondary = match self.direction.secondary() {
             switchyard_core::connect::Db::Old => "old",

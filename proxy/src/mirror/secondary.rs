@@ -36,7 +36,19 @@ enum Op {
     Finish { sql: String, gid: String },
     /// Answers once everything queued before it was answered: the first error, if any.
     Sync(oneshot::Sender<Result<(), MirrorError>>),
+    /// One value (first column of the first row, as text) handed back through `reply`.
+    Value {
+        what: &'static str,
+        sql: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// COMMIT of a plain (not prepared) transaction, whose outcome goes to `done` rather
+    /// than to the next `sync` (the session may be on its next transaction by then).
+    Commit { done: CommitDone },
 }
+
+/// Told whether the secondary's COMMIT succeeded.
+pub type CommitDone = Box<dyn FnOnce(Result<(), MirrorError>) + Send>;
 
 type Pending = Pin<Box<dyn Future<Output = Result<(), MirrorError>> + Send>>;
 
@@ -221,6 +233,38 @@ impl Secondary {
         self.sync().await
     }
 
+    /// Queues a query for one value; its answer comes through the receiver (None if it
+    /// failed: the failure itself is what the next `sync` reports).
+    pub async fn queue_value(
+        &mut self,
+        what: &'static str,
+        sql: String,
+    ) -> Result<oneshot::Receiver<Option<String>>, MirrorError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(what, Op::Value { what, sql, reply }).await?;
+        Ok(rx)
+    }
+
+    /// COMMIT without waiting; `done` learns how it went.
+    pub async fn commit(&mut self, done: CommitDone) {
+        let side = self.side;
+        // `queue` drops the operation when it cannot send it: `done` is then told here.
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(done)));
+        let inner = shared.clone();
+        let op = Op::Commit {
+            done: Box::new(move |r| {
+                if let Some(d) = inner.lock().ok().and_then(|mut d| d.take()) {
+                    d(r)
+                }
+            }),
+        };
+        if self.queue("commit", op).await.is_err() {
+            if let Some(d) = shared.lock().ok().and_then(|mut d| d.take()) {
+                d(Err(lost(side, "commit")));
+            }
+        }
+    }
+
     /// Finishes a prepared transaction (COMMIT/ROLLBACK PREPARED) without waiting; later
     /// operations queue behind it. A failure leaves it in doubt for recovery, which is
     /// logged, and does not fail what comes after.
@@ -269,6 +313,32 @@ async fn pipeline(client: Arc<Client>, mut ops: mpsc::Receiver<Op>, side: Db) {
                                 tracing::warn!(gid, %side, error = %e, "Finishing a prepared transaction on the secondary failed; recovery will resolve it.");
                                 metrics::counter!(crate::metrics::MIRROR_IN_DOUBT_TOTAL).increment(1);
                             }
+                            Ok(())
+                        })
+                    }
+                    Op::Value { what, sql, reply } => {
+                        let c = client.clone();
+                        Box::pin(async move {
+                            match c.simple_query(&sql).await {
+                                Ok(messages) => {
+                                    let value = messages.iter().find_map(|m| match m {
+                                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                                        _ => None,
+                                    });
+                                    let _ = reply.send(value);
+                                    Ok(())
+                                }
+                                Err(e) => {
+                                    let _ = reply.send(None);
+                                    Err(secondary_error(side, what, e))
+                                }
+                            }
+                        })
+                    }
+                    Op::Commit { done } => {
+                        let c = client.clone();
+                        Box::pin(async move {
+                            done(c.batch_execute("COMMIT").await.map_err(|e| secondary_error(side, "COMMIT", e)));
                             Ok(())
                         })
                     }

@@ -49,9 +49,22 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
                     ))
                 }
             };
-            if n == 0 {
-                return Err(format!("the {secondary} database has max_prepared_transactions = 0, so it cannot take two-phase commits; \
-                            set it (e.g. to max_connections) and restart it, or run with mirror.mode = \"off\""));
+            match m.config.mode {
+                crate::config::MirrorMode::Lockstep => {
+                    tracing::info!(%secondary, "Dual writes in lockstep mode: intents recorded on the primary, no prepared transactions.");
+                }
+                _ if n == 0 => {
+                    return Err(format!(
+                        "the {secondary} database has max_prepared_transactions = 0, so it cannot take two-phase commits. \
+                         Choose a mode: mirror.mode = \"lockstep\" (--mirror-mode lockstep: no PREPARE; each transaction \
+                         records an intent on the {primary} database, which commits first, then the {secondary} one; \
+                         see docs/dual-writes.md), or set max_prepared_transactions (e.g. to max_connections) on \
+                         the {secondary} database and restart it for mirror.mode = \"two-phase\", or \"off\" for passthrough"
+                    ));
+                }
+                _ => {
+                    tracing::info!(%secondary, max_prepared_transactions = n, "Dual writes in two-phase mode (mirror.mode = \"lockstep\" runs without prepared transactions).");
+                }
             }
             if let Err(e) = c
                 .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
@@ -174,6 +187,9 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
             }
         }
         let secondary = connect(&m.secondary, "switchyard-recover", None, timeout).await;
+        if let (Ok(s), true) = (&secondary, m.active()) {
+            resolve_intents(&m, s, timeout).await;
+        }
         if let (Ok(p), Ok(s)) = (primary, secondary) {
             match switchyard_core::recover::resolve_in_doubt_dir(
                 m.direction,
@@ -203,6 +219,41 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Intents a crash or a failed secondary COMMIT left behind: cleared, or their orders moved
+/// into the retry log (which the reconciler's replay applies). On a connection of its own:
+/// moving an intent takes a transaction.
+async fn resolve_intents(m: &Mirror, secondary: &tokio_postgres::Client, timeout: Duration) {
+    let waiting = match m.control.client().await {
+        Ok(p) => switchyard_core::intents::count(&p, None).await.unwrap_or(0),
+        Err(_) => 0,
+    };
+    m.status
+        .intents
+        .store(waiting.max(0) as u64, Ordering::Relaxed);
+    if waiting == 0 {
+        return;
+    }
+    let Ok(mut p) = connect(m.control.dsn(), "switchyard-recover", None, timeout).await else {
+        return;
+    };
+    match switchyard_core::intents::resolve(&mut p, secondary, INTENT_MIN_AGE).await {
+        Ok(r) if r.cleared + r.queued > 0 => tracing::info!(
+            cleared = r.cleared,
+            queued = r.queued,
+            records = r.records,
+            secondary = %m.direction.secondary(),
+            "Resolved intents left behind: those the secondary had not committed went to the retry log."
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Resolving intents failed."),
+    }
+}
+
+/// An intent is visible only once its primary committed; the secondary's transaction is
+/// then running (left alone), committed or aborted: any age can be resolved. A little age
+/// spares the sweeper's work.
+const INTENT_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// Drains the change log into the new database: writes no proxy mirrored in lockstep reach
 /// it within `mirror.log_poll_ms` (and are counted), whoever made them.

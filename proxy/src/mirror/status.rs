@@ -14,6 +14,8 @@ pub struct MirrorStatus {
     pub commits_queued: AtomicU64,
     /// Prepared transactions on the secondary waiting for their primary's outcome.
     pub in_doubt: AtomicU64,
+    /// Lockstep mode: intents on the primary not yet deleted (sampled every few seconds).
+    pub intents: AtomicU64,
     /// Records waiting in the embedded retry log, and the age of the oldest, in seconds
     /// (sampled every few seconds).
     pub retry_backlog: AtomicU64,
@@ -112,6 +114,8 @@ pub struct MirrorSnapshot {
     pub commits_two_phase: u64,
     pub commits_queued: u64,
     pub in_doubt: u64,
+    /// Lockstep mode: intents on the primary (settled ones are deleted in batches).
+    pub intents: u64,
     pub retry_backlog: u64,
     pub retry_oldest_secs: u64,
     pub secondary_errors: std::collections::BTreeMap<String, u64>,
@@ -174,6 +178,7 @@ impl MirrorStatus {
             commits_two_phase: self.commits_two_phase.load(Ordering::Relaxed),
             commits_queued: self.commits_queued.load(Ordering::Relaxed),
             in_doubt: self.in_doubt.load(Ordering::Relaxed),
+            intents: self.intents.load(Ordering::Relaxed),
             retry_backlog: self.retry_backlog.load(Ordering::Relaxed),
             retry_oldest_secs: self.retry_oldest_secs.load(Ordering::Relaxed),
             retry_log: RetryLogSnapshot {

@@ -56,6 +56,10 @@ pub struct Txn {
     /// `json_populate_recordset` refuses): re-synced by key through the retry log.
     pub resync: Vec<(Arc<str>, String)>,
     pub prepared: Option<String>,
+    /// Lockstep mode: the secondary transaction's id, asked for right after its BEGIN.
+    pub secondary_xid: Option<tokio::sync::oneshot::Receiver<Option<String>>>,
+    /// Lockstep mode: the intent is in the primary's transaction (its xid).
+    pub intent: Option<String>,
     /// Something happened that the retry log cannot describe: the transaction must not
     /// commit unless the secondary took everything.
     pub unrecordable: Option<String>,
@@ -107,7 +111,7 @@ impl MirrorSession {
         }
     }
 
-    fn fail(&mut self, e: &MirrorError) {
+    pub(super) fn fail(&mut self, e: &MirrorError) {
         if self.txn.broken.is_none() {
             tracing::warn!(error = %e, "The new database did not take a change; its keys go to the retry log.");
             self.mirror.status.secondary_error(e.sqlstate());
@@ -137,6 +141,20 @@ impl MirrorSession {
                 Err(e) => {
                     self.fail(&e);
                     return false;
+                }
+            }
+            if self.mirror.intents_mode() {
+                // Recovery asks the secondary about this id when the intent is left behind.
+                let asked = self
+                    .secondary
+                    .queue_value("xid", "SELECT pg_catalog.pg_current_xact_id()::text".into())
+                    .await;
+                match asked {
+                    Ok(rx) => self.txn.secondary_xid = Some(rx),
+                    Err(e) => {
+                        self.fail(&e);
+                        return false;
+                    }
                 }
             }
         }
@@ -188,7 +206,7 @@ impl MirrorSession {
         }
     }
 
-    async fn flush_truncates(&mut self) {
+    pub(super) async fn flush_truncates(&mut self) {
         if self.txn.truncated.is_empty() {
             return;
         }
@@ -338,7 +356,7 @@ impl MirrorSession {
 
     /// Waits for the queued secondary work; false (and the transaction marked broken) if any
     /// of it failed.
-    async fn sync(&mut self) -> bool {
+    pub(super) async fn sync(&mut self) -> bool {
         self.flush_truncates().await;
         if self.txn.broken.is_some() {
             return false;
@@ -397,18 +415,30 @@ impl MirrorSession {
     /// The re-sync orders for everything this transaction changed, when the secondary did
     /// not take it.
     pub fn records(&self) -> Vec<RetryRecord> {
+        self.records_of(self.txn.broken.is_some())
+    }
+
+    /// The re-sync orders for this transaction's changes: all of them (`everything`), or
+    /// only those the retry log needs although the secondary took the rest.
+    pub(super) fn records_of(&self, everything: bool) -> Vec<RetryRecord> {
         let origin = Origin {
             instance: self.mirror.instance.clone(),
             xid: self.txn.xid.clone(),
             ordinal: 0,
             direction: self.mirror.direction,
         };
-        let reason = self.txn.broken.clone().unwrap_or_else(|| "queued".into());
+        let reason = self.txn.broken.clone().unwrap_or_else(|| {
+            if everything {
+                "intent".into()
+            } else {
+                "queued".into()
+            }
+        });
         let mut out = Vec::with_capacity(
             self.txn.keys.len() + self.txn.overflow.len() + self.txn.statements.len(),
         );
         let mut seen = std::collections::HashSet::new();
-        let broken = self.txn.broken.is_some();
+        let broken = everything;
         let keys = self.txn.keys.iter().filter(|_| broken);
         for (table, key) in keys.chain(&self.txn.resync) {
             if self.txn.overflow.contains_key(&**table) || !seen.insert((&**table, key.as_str())) {
@@ -468,7 +498,9 @@ impl MirrorSession {
     }
 
     pub async fn finish(&mut self, committed: bool) {
-        if let Some(gid) = self.txn.prepared.take() {
+        if let Some(xid) = self.txn.intent.take() {
+            self.finish_intent(xid, committed).await;
+        } else if let Some(gid) = self.txn.prepared.take() {
             self.secondary.finish_prepared(&gid, committed).await;
             if committed {
                 self.mirror
@@ -495,13 +527,6 @@ impl MirrorSession {
                 .retry_backlog
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if committed && self.txn.broken.is_some() {
-            // Until the recovery loop counts the records: reads stay on old meanwhile.
-            self.mirror
-                .status
-                .retry_backlog
-                .fetch_add(1, Ordering::Relaxed);
-        }
         for (table, n) in std::mem::take(&mut self.txn.unconfirmed) {
             if committed && self.txn.broken.is_some() {
                 self.mirror.status.rows(&table, 0, n);
@@ -515,6 +540,7 @@ impl MirrorSession {
                     .fetch_add(1, Ordering::Relaxed);
             }
             let outcome = match (committed, self.txn.broken.is_some()) {
+                (true, false) if self.mirror.intents_mode() => "lockstep",
                 (true, false) => "two_phase",
                 (true, true) => "queued",
                 (false, _) => "rolled_back",

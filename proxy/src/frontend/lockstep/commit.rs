@@ -15,6 +15,9 @@ use std::sync::atomic::Ordering;
 use switchyard_core::direction::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+const NOT_RECORDED: &str = "switchyard: the new database did not take this transaction's changes and they could not be recorded in the retry log; the transaction was rolled back";
+const INTENT_FAILED: &str = "switchyard: the transaction's intent (what lets recovery finish it on the secondary) could not be recorded; the transaction was rolled back on both databases";
+
 /// Who sends the primary's COMMIT.
 pub(super) enum CommitHow {
     /// The proxy, for the transaction it opened around an autocommit statement.
@@ -28,10 +31,12 @@ pub(super) enum CommitHow {
 enum Phase {
     /// Fire deferred triggers, drain the captured changes into the secondary transaction.
     Drain,
-    /// PREPARE TRANSACTION on the secondary.
+    /// PREPARE TRANSACTION on the secondary (lockstep mode: wait for its applies and
+    /// build the intent instead).
     Prepare,
     /// The secondary did not take it all: re-sync orders into the retry log, in the
-    /// primary's transaction (or to Kafka, confirmed), before the primary commits.
+    /// primary's transaction (or to Kafka, confirmed), before the primary commits;
+    /// lockstep mode: the intent, in the primary's transaction.
     Record,
     /// COMMIT on the primary: from here on the outcome is the primary's.
     CommitPrimary,
@@ -63,6 +68,7 @@ where
             CommitHow::Client { simple, .. } => (*simple, false),
         };
         let mut how = Some(how);
+        let mut intent: Option<String> = None;
         let mut phase = Phase::Drain;
         let mut started = std::time::Instant::now();
         loop {
@@ -84,13 +90,22 @@ where
                         return self.fail_commit(simple).await;
                     }
                     if self.ms.txn.events > 0 {
-                        self.ms.prepare().await;
+                        if self.ms.mirror.intents_mode() {
+                            intent = self.ms.intent().await;
+                        } else {
+                            self.ms.prepare().await;
+                        }
                     }
                     Phase::Record
                 }
                 Phase::Record => {
                     if self.ms.txn.needs_records() && !self.write_records().await? {
                         return self.fail_commit(simple).await;
+                    }
+                    if let Some(sql) = intent.take() {
+                        if !self.run_injected(&sql).await? {
+                            return self.fail_commit_with(simple, INTENT_FAILED).await;
+                        }
                     }
                     failpoint("after-prepare");
                     Phase::CommitPrimary
@@ -278,6 +293,10 @@ where
 
     /// The transaction cannot commit safely: roll it back and say why.
     async fn fail_commit(&mut self, simple: bool) -> Result<(), End> {
+        self.fail_commit_with(simple, NOT_RECORDED).await
+    }
+
+    async fn fail_commit_with(&mut self, simple: bool, message: &str) -> Result<(), End> {
         let detail = self
             .swallowed
             .take()
@@ -294,12 +313,7 @@ where
             .commits_refused
             .fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::MIRROR_COMMITS_REFUSED_TOTAL).increment(1);
-        let fields = ErrorFields::new(
-            "ERROR",
-            "XX000",
-            "switchyard: the new database did not take this transaction's changes and they could not be recorded in the retry log; the transaction was rolled back",
-        )
-        .with(b'D', detail);
+        let fields = ErrorFields::new("ERROR", "XX000", message).with(b'D', detail);
         error_response(&mut self.out, &fields);
         self.error_seen = true;
         self.status = b'I';

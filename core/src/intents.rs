@@ -1,0 +1,268 @@
+//! Intents: how `mirror.mode = "lockstep"` keeps the secondary equal without prepared
+//! transactions. The primary's transaction records, atomically with its commit, what it
+//! changed (its re-sync orders) and the id of the secondary's transaction that applied the
+//! same changes; the primary commits, then the secondary. Once the secondary committed, the
+//! proxy deletes the intent in a batch, off the client's path.
+//!
+//! An intent still there after a while means the proxy died between the two commits or the
+//! secondary's COMMIT failed. [`resolve`] asks the secondary about its transaction: if it
+//! committed, the intent is deleted; if it aborted (or the secondary no longer knows it),
+//! the intent's orders move into the retry log in one primary transaction, and replay
+//! applies them like any other (keys re-synced from the primary's current rows, so order
+//! does not matter; statements once each).
+
+use crate::retry::RetryRecord;
+use serde::Serialize;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+// The table lives beside the retry log: `retry::EMBEDDED_SCHEMA_SQL` creates both.
+
+/// The statement that records the current transaction's intent on the primary.
+pub fn insert_sql(
+    via: &str,
+    secondary_xid: &str,
+    records: &[RetryRecord],
+) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(records)?;
+    let mut tag = String::from("sy");
+    while json.contains(&format!("${tag}$")) {
+        tag.push('x');
+    }
+    Ok(format!(
+        "INSERT INTO _switchyard.intents (xid, via, secondary_xid, records) \
+         VALUES (pg_catalog.pg_current_xact_id(), {}, {}, ${tag}${json}${tag}$)",
+        crate::ident::quote_literal(via),
+        crate::ident::quote_literal(secondary_xid),
+    ))
+}
+
+/// What the secondary's transaction writes beside the applies: the mark recovery looks for.
+pub fn mark_sql(primary_xid: &str) -> String {
+    format!(
+        "INSERT INTO _switchyard.applied_intents (xid) VALUES ({})",
+        crate::ident::quote_literal(primary_xid)
+    )
+}
+
+/// On the secondary, once the intents of `settled` (primary transaction ids) are gone: makes
+/// every commit it acknowledged so far durable (a transaction committed with
+/// `synchronous_commit = on` flushes the WAL up to its commit record, and every earlier
+/// commit record lies before it) and deletes the marks of `settled`. Until such a flush, a
+/// commit acknowledged under `synchronous_commit = off` can still be lost in a crash, and
+/// its intent must stay.
+pub async fn flush_commits(
+    secondary: &Client,
+    settled: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let list = settled
+        .iter()
+        .map(|x| crate::ident::quote_literal(x))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let delete = if settled.is_empty() {
+        String::new()
+    } else {
+        format!("DELETE FROM _switchyard.applied_intents WHERE xid IN ({list}); ")
+    };
+    secondary
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_current_xact_id(); {delete}COMMIT"
+        ))
+        .await
+}
+
+/// Deletes the intents of transactions the secondary committed (primary transaction ids);
+/// only after [`flush_commits`] on the secondary.
+pub async fn clear(primary: &Client, xids: &[String]) -> Result<u64, tokio_postgres::Error> {
+    primary
+        .execute(
+            "DELETE FROM _switchyard.intents WHERE xid = ANY ($1::text[]::xid8[])",
+            &[&xids],
+        )
+        .await
+}
+
+/// Intents on a primary: all, and those of one instance (`via`).
+pub async fn count(primary: &Client, via: Option<&str>) -> Result<i64, tokio_postgres::Error> {
+    let installed: bool = primary
+        .query_one("SELECT to_regclass('_switchyard.intents') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !installed {
+        return Ok(0);
+    }
+    Ok(primary
+        .query_one(
+            "SELECT count(*) FROM _switchyard.intents WHERE $1::text IS NULL OR via = $1",
+            &[&via],
+        )
+        .await?
+        .get(0))
+}
+
+/// What one pass of [`resolve`] did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct IntentReport {
+    /// The secondary had committed: only the intent was left.
+    pub cleared: u64,
+    /// The secondary had not: their orders went to the retry log.
+    pub queued: u64,
+    /// Re-sync orders those carried.
+    pub records: u64,
+    /// The secondary's transaction is still running: looked at again later.
+    pub pending: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    #[error("reading intents on the primary: {0}")]
+    Read(#[source] tokio_postgres::Error),
+    #[error("asking the secondary about transaction {xid}: {source}")]
+    Status {
+        xid: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("an intent's orders are unreadable: {0}")]
+    Records(#[from] serde_json::Error),
+    #[error("moving an intent into the retry log on the primary: {0}")]
+    Queue(#[source] tokio_postgres::Error),
+}
+
+/// Settles the intents at least `min_age` old (younger ones belong to commits in progress):
+/// see the module documentation. Safe to run from several places at once: an intent is
+/// taken under `FOR UPDATE SKIP LOCKED` and moved in the same primary transaction (on
+/// `primary`, which must not be shared with other tasks meanwhile).
+pub async fn resolve(
+    primary: &mut Client,
+    secondary: &Client,
+    min_age: Duration,
+) -> Result<IntentReport, IntentError> {
+    let mut report = IntentReport::default();
+    let mut cleared = Vec::new();
+    if count(primary, None).await.map_err(IntentError::Read)? == 0 {
+        return Ok(report);
+    }
+    let rows = primary
+        .query(
+            "SELECT xid::text, secondary_xid FROM _switchyard.intents \
+             WHERE created_at <= clock_timestamp() - make_interval(secs => $1) \
+             ORDER BY created_at LIMIT 1000",
+            &[&min_age.as_secs_f64()],
+        )
+        .await
+        .map_err(IntentError::Read)?;
+    if !rows.is_empty() {
+        // A commit found below must not be lost to a crash after its intent is gone.
+        flush_commits(secondary, &[])
+            .await
+            .map_err(|source| IntentError::Status {
+                xid: "(flush)".into(),
+                source,
+            })?;
+    }
+    for row in rows {
+        let (xid, secondary_xid): (String, String) = (row.get(0), row.get(1));
+        let status = |source| IntentError::Status {
+            xid: secondary_xid.clone(),
+            source,
+        };
+        // First whether it still runs (an id the secondary handed out again after a
+        // crash may be running too: then this waits a little longer, harmlessly); once
+        // it does not, its mark is visible if and only if it committed.
+        let running: bool = secondary
+            .query_one(
+                "SELECT pg_catalog.pg_xact_status($1::text::xid8) IS NOT DISTINCT FROM 'in progress'",
+                &[&secondary_xid],
+            )
+            .await
+            .map_err(status)?
+            .get(0);
+        if running {
+            report.pending += 1;
+            continue;
+        }
+        let committed: bool = secondary
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM _switchyard.applied_intents WHERE xid = $1)",
+                &[&xid],
+            )
+            .await
+            .map_err(status)?
+            .get(0);
+        if committed {
+            report.cleared += clear(primary, std::slice::from_ref(&xid))
+                .await
+                .map_err(IntentError::Read)?;
+            cleared.push(xid);
+        } else if let Some(n) = queue(&mut *primary, &xid).await? {
+            report.queued += 1;
+            report.records += n;
+        }
+    }
+    if !cleared.is_empty() {
+        let _ = flush_commits(secondary, &cleared).await;
+    }
+    Ok(report)
+}
+
+/// Moves one intent's orders into the retry log and deletes it, in one transaction; None
+/// when another resolver took it first.
+async fn queue(primary: &mut Client, xid: &str) -> Result<Option<u64>, IntentError> {
+    let tx = primary.transaction().await.map_err(IntentError::Queue)?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT records::text FROM _switchyard.intents WHERE xid = $1::text::xid8 \
+             FOR UPDATE SKIP LOCKED",
+            &[&xid],
+        )
+        .await
+        .map_err(IntentError::Queue)?
+    else {
+        return Ok(None);
+    };
+    let records: Vec<RetryRecord> = serde_json::from_str(row.get(0))?;
+    if !records.is_empty() {
+        tx.batch_execute(&crate::retry::embedded_insert_sql(&records)?)
+            .await
+            .map_err(IntentError::Queue)?;
+    }
+    tx.execute(
+        "DELETE FROM _switchyard.intents WHERE xid = $1::text::xid8",
+        &[&xid],
+    )
+    .await
+    .map_err(IntentError::Queue)?;
+    tx.commit().await.map_err(IntentError::Queue)?;
+    Ok(Some(records.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::direction::Direction;
+    use crate::retry::{Origin, RecordKind};
+
+    #[test]
+    fn insert_quotes_everything_it_is_given() {
+        let origin = Origin {
+            instance: "p'1".into(),
+            xid: Some("42".into()),
+            ordinal: 0,
+            direction: Direction::OldToNew,
+        };
+        let record = RetryRecord {
+            idempotency_key: "k".into(),
+            kind: RecordKind::Statement,
+            table_name: None,
+            key: None,
+            statement: Some("INSERT INTO t VALUES ('$sy$')".into()),
+            origin,
+            reason: "intent".into(),
+        };
+        let sql = insert_sql("p'1", "77", &[record]).expect("serializes");
+        assert!(sql.contains("'p''1', '77', $syx$["), "{sql}");
+        assert!(sql.ends_with("]$syx$)"), "{sql}");
+    }
+}

@@ -1,0 +1,314 @@
+//! `mirror.mode = "lockstep"` on a new database that cannot prepare transactions
+//! (`max_prepared_transactions = 0`): the proxy says which modes it can run when none is
+//! chosen; in lockstep mode pgbench in every protocol mode and an application schema
+//! (trigger, cascade) leave both databases equal row by row without replay; and the faults
+//! between the two commits (the proxy killed, the secondary's COMMIT failing, the
+//! secondary killed under load) are finished from the intents by replay.
+
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+use switchyard_proxy::config::MirrorMode;
+use switchyard_proxy::ProxyConfig;
+use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::http::get;
+use switchyard_tests::mirror::{assert_same, assert_verified, eventually, on, reconciler};
+use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair, ProxyProcess, DB};
+use switchyard_tests::wait::poll_until;
+use switchyard_tests::PgCluster;
+
+const PGBENCH_TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+async fn pair_with(schema: &str) -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start_without_prepare).await??;
+    for c in [&pair.old, &pair.new] {
+        on(c, schema)?;
+        on(c, "CHECKPOINT")?;
+    }
+    Ok(pair)
+}
+
+async fn pgbench_pair() -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(Pair::start_without_prepare).await??;
+    tokio::task::block_in_place(|| -> Result<()> {
+        for c in [&pair.old, &pair.new] {
+            let out = std::process::Command::new(pgbench_bin())
+                .args(["-i", "-s", "1", "-q"])
+                .arg(c.url(DB))
+                .output()?;
+            ensure!(out.status.success(), "pgbench -i: {out:?}");
+            c.psql(DB, "CHECKPOINT")?;
+        }
+        Ok(())
+    })?;
+    Ok(pair)
+}
+
+fn lockstep(pair: &Pair) -> ProxyConfig {
+    let mut c = pair.config();
+    c.mirror.mode = MirrorMode::Lockstep;
+    c
+}
+
+async fn pgbench(url: &str, args: &[&str]) -> Result<String> {
+    let out = run_client(
+        tokio::process::Command::new(pgbench_bin())
+            .args(args)
+            .arg(url),
+        "pgbench",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success(&format!("pgbench {args:?}"))?;
+    ensure!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "pgbench saw errors:\n{}",
+        out.stdout
+    );
+    Ok(out.stdout)
+}
+
+const APP: &str = "
+CREATE TABLE account (id serial PRIMARY KEY, owner text NOT NULL, balance int NOT NULL DEFAULT 0,
+                      touched timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE entry (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    account int NOT NULL REFERENCES account ON DELETE CASCADE, amount int NOT NULL);
+CREATE TABLE audit (id serial PRIMARY KEY, op text NOT NULL, account int, at timestamptz NOT NULL);
+CREATE FUNCTION audit_account() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO audit (op, account, at) VALUES (TG_OP, coalesce(NEW.id, OLD.id), clock_timestamp());
+  RETURN NULL;
+END $$;
+CREATE TRIGGER audit_account AFTER INSERT OR UPDATE OR DELETE ON account
+  FOR EACH ROW EXECUTE FUNCTION audit_account();";
+
+const APP_TABLES: [&str; 3] = ["account", "entry", "audit"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> Result<()> {
+    let pair = pgbench_pair().await?;
+    on(&pair.old, APP)?;
+    on(&pair.new, APP)?;
+    // No mode chosen and new cannot prepare: the proxy names the choices, and starts no
+    // dual writes of a kind new cannot follow.
+    let refused = start_proxy(pair.config()).await;
+    let e = format!(
+        "{:#}",
+        refused
+            .err()
+            .context("the proxy started in two-phase mode")?
+    );
+    ensure!(
+        e.contains("max_prepared_transactions = 0")
+            && e.contains("lockstep")
+            && e.contains("two-phase"),
+        "{e}"
+    );
+
+    let proxy = start_proxy(lockstep(&pair)).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    for mode in ["simple", "extended", "prepared"] {
+        pgbench(&url, &["-c", "4", "-t", "60", "-n", "-M", mode]).await?;
+    }
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute(
+        "INSERT INTO account (owner) VALUES ('a'), ('b'), ('c');
+         INSERT INTO entry (account, amount) SELECT id, 10 FROM account;
+         BEGIN; UPDATE account SET balance = balance + 5 WHERE owner = 'a';
+                INSERT INTO entry (account, amount) VALUES (1, 5); COMMIT;
+         DELETE FROM account WHERE owner = 'b';",
+    )
+    .await?;
+    // A transaction rolled back on the primary leaves nothing anywhere.
+    c.batch_execute("BEGIN; INSERT INTO account (owner) VALUES ('gone'); ROLLBACK")
+        .await?;
+    assert_same(&pair, &PGBENCH_TABLES)?;
+    assert_same(&pair, &APP_TABLES)?;
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM entry")? == "3",
+        "the cascade reached new"
+    );
+    // Every intent was cleared behind the commits; nothing was queued or prepared.
+    eventually(&pair.old, "SELECT count(*) FROM _switchyard.intents", "0")?;
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    ensure!(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0");
+    let admin = proxy.admin_addr().context("admin")?;
+    let status: serde_json::Value = serde_json::from_str(&get(admin, "/api/status").await?.1)?;
+    ensure!(
+        status["mirror"]["mode"] == "lockstep"
+            && status["mirror"]["commits_queued"] == 0
+            && status["mirror"]["commits_two_phase"].as_u64().unwrap_or(0) >= 540,
+        "{}",
+        status["mirror"]
+    );
+    let metrics = get(admin, "/metrics").await?.1;
+    ensure!(
+        metrics.contains("switchyard_mirror_commits_total{outcome=\"lockstep\"}")
+            && metrics.contains("switchyard_mirror_intents_cleared_total"),
+        "lockstep commits and cleared intents are counted"
+    );
+    Ok(())
+}
+
+/// Runs one INSERT through a lockstep proxy binary that aborts at `failpoint`.
+async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut proxy = tokio::task::block_in_place(|| {
+        ProxyProcess::spawn(
+            &["--old", &old, "--new", &new, "--mirror-mode", "lockstep"],
+            &[("SWITCHYARD_FAILPOINT", failpoint)],
+        )
+    })?;
+    let client = proxy.client().await?;
+    let r = client
+        .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
+        .await;
+    ensure!(r.is_err(), "the proxy should have died at {failpoint}");
+    tokio::task::block_in_place(|| {
+        poll_until("the proxy to exit", Duration::from_secs(10), || {
+            Ok(proxy.try_wait()?.map(|_| ()))
+        })
+    })?;
+    Ok(())
+}
+
+/// Killed after the primary's COMMIT, before the secondary's: the intent is all that is
+/// left of the transaction on new's behalf; replay finishes it. The second time the
+/// restarted proxy's recovery moves the intent into the retry log by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_killed_between_the_two_commits_is_finished_from_the_intent() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    crash_at(&pair, "after-primary-commit", 1).await?;
+    ensure!(
+        on(&pair.old, "SELECT count(*) FROM t")? == "1",
+        "committed on old"
+    );
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM t")? == "0",
+        "not on new"
+    );
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "1");
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    ensure!(
+        run.stdout.contains("intents left behind: 1 queued"),
+        "{}",
+        run.text()
+    );
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
+    assert_verified(&pair, "t").await?;
+
+    // Killed before the primary's COMMIT: nothing happened anywhere.
+    crash_at(&pair, "after-prepare", 3).await?;
+    ensure!(on(&pair.old, "SELECT count(*) FROM t")? == "1");
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
+
+    crash_at(&pair, "after-primary-commit", 2).await?;
+    let proxy = start_proxy(lockstep(&pair)).await?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the proxy to move the intent into the retry log",
+            Duration::from_secs(30),
+            || {
+                let intents = on(&pair.old, "SELECT count(*) FROM _switchyard.intents")?;
+                let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
+                Ok((intents == "0" && queued == "1").then_some(()))
+            },
+        )
+    })?;
+    drop(proxy);
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    assert_verified(&pair, "t").await?;
+    ensure!(on(&pair.new, "SELECT count(*) FROM t")? == "2");
+    Ok(())
+}
+
+/// The secondary refuses the COMMIT (a deferred check there) after the primary committed:
+/// the client was answered from the primary's commit, the intent stays, recovery queues it,
+/// and replay brings new level once the cause is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_secondary_commit_is_left_to_the_intent() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let proxy = start_proxy(lockstep(&pair)).await?;
+    on(
+        &pair.new,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.v = 'poison' THEN RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION refuse();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER refuse;",
+    )?;
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute("INSERT INTO t VALUES (1, 'fine')").await?;
+    c.batch_execute("INSERT INTO t VALUES (2, 'poison')")
+        .await
+        .context("the primary committed: the client hears of success")?;
+    c.batch_execute("INSERT INTO t VALUES (3, 'fine')").await?;
+    ensure!(on(&pair.old, "SELECT count(*) FROM t")? == "3");
+    eventually(
+        &pair.new,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM t",
+        "1,3",
+    )?;
+    let admin = proxy.admin_addr().context("admin")?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "recovery to queue the unfinished transaction",
+            Duration::from_secs(30),
+            || {
+                let intents = on(&pair.old, "SELECT count(*) FROM _switchyard.intents")?;
+                let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
+                Ok((intents == "0" && queued == "1").then_some(()))
+            },
+        )
+    })?;
+    let metrics = get(admin, "/metrics").await?.1;
+    ensure!(
+        metrics.contains("switchyard_mirror_intents_unfinished_total 1"),
+        "the failed secondary commit is counted"
+    );
+    on(&pair.new, "DROP TRIGGER refuse ON t")?;
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    assert_same(&pair, &["t"])?;
+    Ok(())
+}
+
+/// The secondary stopped (immediate) under pgbench and restarted: no client error; what
+/// was queued and the intents of the commits cut off are replayed; verify equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Result<()> {
+    let pair = pgbench_pair().await?;
+    let proxy = start_proxy(lockstep(&pair)).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    let load = {
+        let url = url.clone();
+        tokio::spawn(
+            async move { pgbench(&url, &["-c", "4", "-T", "6", "-M", "prepared", "-n"]).await },
+        )
+    };
+    tokio::task::block_in_place(|| {
+        poll_until("the load to start", Duration::from_secs(10), || {
+            let n = on(&pair.new, "SELECT count(*) FROM pgbench_history")?;
+            Ok((n.parse::<i64>()? > 50).then_some(()))
+        })
+    })?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pair.new.start())?;
+    load.await??;
+    drop(proxy);
+    let run = reconciler(&pair, "replay", &[]).await?;
+    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
+    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
+    ensure!(hist(&pair.old)? == hist(&pair.new)?, "history differs");
+    Ok(())
+}
