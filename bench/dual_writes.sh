@@ -15,6 +15,12 @@
 #   through the proxy (capture installed):
 #              1 client: latency; the target is proxy <= 1.25 x (old + new);
 #              8 clients: TPS against the ideal; old's CPU and WAL bytes per transaction;
+#   modes:     (needs latency) old and new running plain tpcb-like at once, 8 clients each
+#              (the ideal without any commit protocol); then a second proxy in
+#              `--mirror-mode lockstep` (intents on old, no PREPARE): 1 client latency and
+#              8-client TPS, side by side with the two-phase proxy above. Targets:
+#              lockstep TPS >= 2 x two-phase, >= 0.7 x the plain ideal; lockstep
+#              latency <= old + new;
 #   replay:    new stopped, the proxy runs the 8-client load for REPLAY_SECS (every write
 #              queued in the retry log), new started, `switchyard-reconciler replay`
 #              timed: records/s vs the dual-write TPS (target: >= 2x);
@@ -31,10 +37,11 @@ DURATION=${DURATION:-15}
 MODE=${MODE:-prepared}
 REPLAY_SECS=${REPLAY_SECS:-10}
 DURABLE=${DURABLE:-0}
-SECTIONS=${SECTIONS:-"latency replay memory"}
+SECTIONS=${SECTIONS:-"latency modes replay memory"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 phases=- l_old=- l_new=- l_new2=- l_sy=- t_old=- t_new2=- t_ideal=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-
 cpu_base=- wal_base=- cpu_sy=- wal_sy=-
+t_plain_old=- t_plain_new=- t_plain=- l_ls=- t_ls=- cpu_ls=- wal_ls=- phases_ls=-
 RECONCILER_BIN=${RECONCILER_BIN:-$BENCH_ROOT/target/release/switchyard-reconciler}
 DB=bench
 
@@ -128,8 +135,24 @@ if has latency; then
   ideal_old_pid=$!
   t_new2=$(bench_2pc c8-ideal-new "$P_NEW" 8 "$DURATION")
   wait "$ideal_old_pid" || die "ideal old run failed"
+  # A client stopped by -T between PREPARE and COMMIT PREPARED leaves its transaction
+  # prepared, holding row locks every later run would wait on.
+  orphans=$(psql_at "$P_NEW" "$DB" -At -c "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'bench:%'")
+  for g in $(psql_at "$P_NEW" "$DB" -At -c "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'bench:%'"); do
+    psql_at "$P_NEW" "$DB" -c "ROLLBACK PREPARED '$g'" >/dev/null
+  done
+  [ "$orphans" = 0 ] || log "rolled back $orphans prepared transactions the direct 2PC run left"
   t_ideal_old=$(pgbench_tps "$(cat "$BENCH_WORK/ideal-old.path")")
   t_ideal=$(awk -v a="$t_ideal_old" -v b="$t_new2" 'BEGIN {printf "%.1f", (a < b) ? a : b}')
+  if has modes; then
+    log "baseline: old and new plain tpcb-like at once (no commit protocol)"
+    bench c8-plain-old "$P_OLD" 8 "$DURATION" >"$BENCH_WORK/plain-old.path" &
+    plain_old_pid=$!
+    t_plain_new=$(pgbench_tps "$(bench c8-plain-new "$P_NEW" 8 "$DURATION")")
+    wait "$plain_old_pid" || die "plain old run failed"
+    t_plain_old=$(pgbench_tps "$(cat "$BENCH_WORK/plain-old.path")")
+    t_plain=$(awk -v a="$t_plain_old" -v b="$t_plain_new" 'BEGIN {printf "%.1f", (a < b) ? a : b}')
+  fi
 fi
 
 start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
@@ -150,6 +173,27 @@ if has latency; then
   o=$(bench c8-sy "$P_SY" 8 "$DURATION")
   t_sy=$(pgbench_tps "$o")
   read -r cpu_sy wal_sy <<<"$(per_txn "$t0" "$w0" "$o")"
+fi
+
+if has modes && has latency; then
+  stop_switchyard sy
+  start_switchyard ls "$P_SY" "$P_ADM" old new "$DB" --mirror-mode lockstep
+  log "lockstep proxy: warm-up"
+  bench warm-ls "$P_SY" 4 5 >/dev/null
+  log "lockstep proxy: 1 client, $DURATION s"
+  m0=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
+  l_ls=$(pgbench_latency_ms "$(bench c1-ls "$P_SY" 1 "$DURATION")")
+  m1=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
+  phases_ls=$(for ph in drain prepare record commit_primary; do
+    printf '%s %s ' "$ph" "$(phase_ms "$m0" "$m1" "$ph")"
+  done)
+  log "lockstep proxy: 8 clients, measuring old's CPU and WAL"
+  t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
+  o=$(bench c8-ls "$P_SY" 8 "$DURATION")
+  t_ls=$(pgbench_tps "$o")
+  read -r cpu_ls wal_ls <<<"$(per_txn "$t0" "$w0" "$o")"
+  stop_switchyard ls
+  start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
 fi
 
 if has replay; then
@@ -204,6 +248,15 @@ printf '%-52s %12s\n' "old's CPU ms per txn, no capture (direct)" "$cpu_base"
 printf '%-52s %12s\n' "old's CPU ms per txn, capture (through proxy)" "$cpu_sy"
 printf '%-52s %12s\n' "old's WAL bytes per txn, no capture (direct)" "$wal_base"
 printf '%-52s %12s\n' "old's WAL bytes per txn, capture (through proxy)" "$wal_sy"
+printf '%-52s %12s\n' "8-client TPS, old and new plain at once (min)" "$t_plain"
+printf '%-52s %12s\n' "1-client latency, lockstep mode (ms)" "$l_ls"
+printf '%-52s %s\n' "1-client commit phases, lockstep (ms per commit)" "$phases_ls"
+printf '%-52s %12s\n' "lockstep / (old + new)  [target <= 1.0]" "$(awk -v s="$l_ls" -v a="$l_old" -v b="$l_new" 'BEGIN {if (a + b > 0) printf "%.2f", s / (a + b); else print "-"}')"
+printf '%-52s %12s\n' "8-client TPS, lockstep mode" "$t_ls"
+printf '%-52s %12s\n' "lockstep / two-phase TPS  [target >= 2]" "$(ratio "$t_ls" "$t_sy")"
+printf '%-52s %12s\n' "lockstep / plain ideal TPS  [target >= 0.7]" "$(ratio "$t_ls" "$t_plain")"
+printf '%-52s %12s\n' "old's CPU ms per txn, lockstep (through proxy)" "$cpu_ls"
+printf '%-52s %12s\n' "old's WAL bytes per txn, lockstep (through proxy)" "$wal_ls"
 printf '%-52s %12s\n' "8-client TPS while new was down (queued)" "$t_queue"
 printf '%-52s %12s\n' "retry records queued" "$records"
 printf '%-52s %12s\n' "replay time (s)" "$replay_s"

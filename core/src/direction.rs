@@ -6,10 +6,11 @@
 use crate::connect::Db;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
     /// Old is the primary, new the secondary (every phase before `writes-new`).
+    #[default]
     OldToNew,
     /// New is the primary, old the secondary (`writes-new`).
     NewToOld,

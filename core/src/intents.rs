@@ -11,12 +11,114 @@
 //! applies them like any other (keys re-synced from the primary's current rows, so order
 //! does not matter; statements once each).
 
-use crate::retry::RetryRecord;
-use serde::Serialize;
+use crate::direction::Direction;
+use crate::retry::{Origin, RecordKind, RetryRecord};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_postgres::Client;
 
 // The table lives beside the retry log: `retry::EMBEDDED_SCHEMA_SQL` creates both.
+
+/// What an intent keeps of a transaction's re-sync orders: the parts that differ between
+/// them (each order's origin is the intent's own), a third of their full size, written on
+/// every commit.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Orders {
+    #[serde(rename = "d")]
+    direction: Direction,
+    /// Keys by table.
+    #[serde(rename = "k", default)]
+    keys: Vec<(String, Vec<serde_json::Value>)>,
+    /// Tables re-synced whole, with why.
+    #[serde(rename = "t", default)]
+    tables: Vec<(String, String)>,
+    /// Statements with their ordinal and why.
+    #[serde(rename = "s", default)]
+    statements: Vec<(u32, String, String)>,
+}
+
+impl Orders {
+    fn of(records: &[RetryRecord]) -> Orders {
+        let mut o = Orders::default();
+        for r in records {
+            o.direction = r.origin.direction;
+            let table = r.table_name.clone().unwrap_or_default();
+            match r.kind {
+                RecordKind::Row => {
+                    let key = r.key.clone().unwrap_or(serde_json::Value::Null);
+                    match o.keys.last_mut() {
+                        Some((t, keys)) if *t == table => keys.push(key),
+                        _ => o.keys.push((table, vec![key])),
+                    }
+                }
+                RecordKind::Table => o.tables.push((table, r.reason.clone())),
+                RecordKind::Statement => o.statements.push((
+                    r.origin.ordinal,
+                    r.statement.clone().unwrap_or_default(),
+                    r.reason.clone(),
+                )),
+            }
+        }
+        o
+    }
+
+    /// The orders again, as the retry log takes them.
+    fn records(&self, via: &str, xid: &str) -> Vec<RetryRecord> {
+        let origin = Origin {
+            instance: via.to_string(),
+            xid: Some(xid.to_string()),
+            ordinal: 0,
+            direction: self.direction,
+        };
+        let reason = "intent left behind: the secondary did not commit".to_string();
+        let mut out = Vec::new();
+        for (table, keys) in &self.keys {
+            for key in keys {
+                out.push(RetryRecord {
+                    idempotency_key: RetryRecord::make_key(
+                        &origin,
+                        RecordKind::Row,
+                        table,
+                        &key.to_string(),
+                    ),
+                    kind: RecordKind::Row,
+                    table_name: Some(table.clone()),
+                    key: Some(key.clone()),
+                    statement: None,
+                    origin: origin.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for (table, why) in &self.tables {
+            out.push(RetryRecord {
+                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
+                kind: RecordKind::Table,
+                table_name: Some(table.clone()),
+                key: None,
+                statement: None,
+                origin: origin.clone(),
+                reason: why.clone(),
+            });
+        }
+        for (ordinal, sql, why) in &self.statements {
+            let o = Origin {
+                ordinal: *ordinal,
+                ..origin.clone()
+            };
+            out.push(RetryRecord {
+                idempotency_key: RetryRecord::make_key(&o, RecordKind::Statement, "", sql),
+                kind: RecordKind::Statement,
+                table_name: None,
+                key: None,
+                statement: Some(sql.clone()),
+                origin: o,
+                reason: why.clone(),
+            });
+        }
+        out
+    }
+}
 
 /// The statement that records the current transaction's intent on the primary.
 pub fn insert_sql(
@@ -24,7 +126,7 @@ pub fn insert_sql(
     secondary_xid: &str,
     records: &[RetryRecord],
 ) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_string(records)?;
+    let json = serde_json::to_string(&Orders::of(records))?;
     let mut tag = String::from("sy");
     while json.contains(&format!("${tag}$")) {
         tag.push('x');
@@ -213,7 +315,7 @@ async fn queue(primary: &mut Client, xid: &str) -> Result<Option<u64>, IntentErr
     let tx = primary.transaction().await.map_err(IntentError::Queue)?;
     let Some(row) = tx
         .query_opt(
-            "SELECT records::text FROM _switchyard.intents WHERE xid = $1::text::xid8 \
+            "SELECT records::text, via FROM _switchyard.intents WHERE xid = $1::text::xid8 \
              FOR UPDATE SKIP LOCKED",
             &[&xid],
         )
@@ -222,7 +324,8 @@ async fn queue(primary: &mut Client, xid: &str) -> Result<Option<u64>, IntentErr
     else {
         return Ok(None);
     };
-    let records: Vec<RetryRecord> = serde_json::from_str(row.get(0))?;
+    let orders: Orders = serde_json::from_str(row.get(0))?;
+    let records = orders.records(row.get(1), xid);
     if !records.is_empty() {
         tx.batch_execute(&crate::retry::embedded_insert_sql(&records)?)
             .await
@@ -241,28 +344,99 @@ async fn queue(primary: &mut Client, xid: &str) -> Result<Option<u64>, IntentErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::direction::Direction;
-    use crate::retry::{Origin, RecordKind};
 
-    #[test]
-    fn insert_quotes_everything_it_is_given() {
+    fn record(
+        kind: RecordKind,
+        table: Option<&str>,
+        key: Option<&str>,
+        sql: Option<&str>,
+        ordinal: u32,
+    ) -> RetryRecord {
         let origin = Origin {
             instance: "p'1".into(),
             xid: Some("42".into()),
-            ordinal: 0,
-            direction: Direction::OldToNew,
+            ordinal,
+            direction: Direction::NewToOld,
         };
-        let record = RetryRecord {
-            idempotency_key: "k".into(),
-            kind: RecordKind::Statement,
-            table_name: None,
-            key: None,
-            statement: Some("INSERT INTO t VALUES ('$sy$')".into()),
+        let key: Option<serde_json::Value> = key.map(|k| serde_json::from_str(k).expect("json"));
+        RetryRecord {
+            idempotency_key: RetryRecord::make_key(
+                &origin,
+                kind,
+                table.unwrap_or(""),
+                &key.as_ref()
+                    .map(|k| k.to_string())
+                    .or(sql.map(str::to_string))
+                    .unwrap_or_default(),
+            ),
+            kind,
+            table_name: table.map(str::to_string),
+            key,
+            statement: sql.map(str::to_string),
             origin,
-            reason: "intent".into(),
-        };
-        let sql = insert_sql("p'1", "77", &[record]).expect("serializes");
-        assert!(sql.contains("'p''1', '77', $syx$["), "{sql}");
-        assert!(sql.ends_with("]$syx$)"), "{sql}");
+            reason: "why".into(),
+        }
+    }
+
+    #[test]
+    fn orders_come_back_as_the_records_they_were_made_of() {
+        let records = vec![
+            record(
+                RecordKind::Row,
+                Some("\"public\".\"a\""),
+                Some(r#"{"id":1}"#),
+                None,
+                0,
+            ),
+            record(
+                RecordKind::Row,
+                Some("\"public\".\"a\""),
+                Some(r#"{"id":2}"#),
+                None,
+                0,
+            ),
+            record(
+                RecordKind::Row,
+                Some("\"public\".\"b\""),
+                Some(r#"{"k":"x"}"#),
+                None,
+                0,
+            ),
+            record(RecordKind::Table, Some("\"public\".\"big\""), None, None, 0),
+            record(
+                RecordKind::Statement,
+                None,
+                None,
+                Some("INSERT INTO h VALUES ('$sy$')"),
+                1,
+            ),
+        ];
+        let sql = insert_sql("p'1", "77", &records).expect("serializes");
+        assert!(sql.contains(r"E'p\'1', E'77', $syx${"), "{sql}");
+        assert!(sql.ends_with("}$syx$)"), "{sql}");
+        let orders = Orders::of(&records);
+        assert_eq!(orders.keys.len(), 2, "keys grouped by table");
+        let back = orders.records("p'1", "42");
+        assert_eq!(back.len(), records.len());
+        for (b, r) in back.iter().zip(&records) {
+            assert_eq!(
+                (
+                    &b.idempotency_key,
+                    b.kind,
+                    &b.table_name,
+                    &b.key,
+                    &b.statement,
+                    &b.origin
+                ),
+                (
+                    &r.idempotency_key,
+                    r.kind,
+                    &r.table_name,
+                    &r.key,
+                    &r.statement,
+                    &r.origin
+                )
+            );
+        }
     }
 }

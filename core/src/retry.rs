@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS _switchyard.intents (
     xid xid8 PRIMARY KEY,
     via text NOT NULL,
     secondary_xid text NOT NULL,
-    records jsonb NOT NULL,
+    records json NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 ";

@@ -22,6 +22,8 @@ use switchyard_tests::{Broker, PgCluster};
 
 #[path = "kafka_retry_log/cutover.rs"]
 mod cutover;
+#[path = "kafka_retry_log/lockstep.rs"]
+mod lockstep;
 #[path = "kafka_retry_log/origin.rs"]
 mod origin;
 #[path = "kafka_retry_log/reverse.rs"]

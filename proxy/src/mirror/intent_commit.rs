@@ -10,10 +10,17 @@ use super::MirrorError;
 use std::sync::atomic::Ordering;
 
 impl MirrorSession {
-    /// Waits for the secondary's applies; the statement that records the intent on the
-    /// primary, or None when there is nothing to record this way (nothing changed, or the
-    /// secondary failed and the changes go to the retry log instead).
-    pub async fn intent(&mut self) -> Option<String> {
+    /// Before the primary's COMMIT: queues the mark on the secondary, and returns the
+    /// statement that records the intent on the primary with the wait for the secondary's
+    /// applies (mark included), which the caller runs side by side: neither needs the
+    /// other. None when there is nothing to record this way (nothing changed, or the
+    /// secondary already failed and the changes go to the retry log instead).
+    pub async fn intent(
+        &mut self,
+    ) -> Option<(
+        String,
+        impl std::future::Future<Output = Result<(), MirrorError>> + 'static,
+    )> {
         self.flush_truncates().await;
         if !self.txn.open || self.txn.broken.is_some() {
             return None;
@@ -31,12 +38,16 @@ impl MirrorSession {
             self.fail(&e);
             return None;
         }
-        if !self.sync().await {
-            return None;
-        }
-        // Answered before the sync returned (it was queued right behind BEGIN).
+        // Asked right behind BEGIN: answered by now, or soon.
+        let within = std::time::Duration::from_millis(
+            self.mirror.config.secondary_statement_timeout_ms + 500,
+        );
         let secondary_xid = match self.txn.secondary_xid.take() {
-            Some(mut rx) => rx.try_recv().ok().flatten(),
+            Some(rx) => tokio::time::timeout(within, rx)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .flatten(),
             None => None,
         };
         let Some(secondary_xid) = secondary_xid else {
@@ -53,7 +64,7 @@ impl MirrorSession {
         ) {
             Ok(sql) => {
                 self.txn.intent = Some(xid);
-                Some(sql)
+                Some((sql, self.secondary.waiter()))
             }
             Err(e) => {
                 self.fail(&MirrorError::Catalog(format!("writing the intent: {e}")));
@@ -62,12 +73,26 @@ impl MirrorSession {
         }
     }
 
+    /// What the wait for the secondary's applies said. A failure leaves the transaction to
+    /// its intent: the primary still commits, and recovery redoes it from the intent.
+    pub fn intent_synced(&mut self, r: Result<(), MirrorError>) {
+        self.secondary.synced(&r);
+        self.note_synced(r);
+    }
+
+    /// The retry log needs records beside the intent: only keys the secondary could not
+    /// read (the intent covers everything else, and is deleted once the secondary commits).
+    pub fn intent_covers_records(&self) -> bool {
+        self.txn.intent.is_some() && self.txn.broken.is_some()
+    }
+
     /// The primary's transaction ended: COMMIT the secondary after it (without waiting),
     /// or roll it back. With the intent in a committed primary transaction nothing can be
-    /// lost from here: a COMMIT that fails leaves the intent to recovery.
+    /// lost from here: a COMMIT that fails (or a secondary that failed before) leaves the
+    /// intent to recovery.
     pub(super) async fn finish_intent(&mut self, primary_xid: String, committed: bool) {
         self.txn.open = false;
-        if !committed {
+        if !committed || self.txn.broken.is_some() {
             if self
                 .secondary
                 .execute("ROLLBACK", "ROLLBACK")
@@ -75,6 +100,15 @@ impl MirrorSession {
                 .is_err()
             {
                 self.secondary.abandon();
+            }
+            if committed {
+                tracing::warn!(xid = %primary_xid, secondary = %self.mirror.direction.secondary(),
+                    "The secondary failed before the primary's COMMIT; recovery applies the transaction from its intent.");
+                self.mirror
+                    .intents
+                    .unfinished
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::MIRROR_INTENTS_UNFINISHED_TOTAL).increment(1);
             }
             return;
         }

@@ -200,31 +200,44 @@ impl Secondary {
     /// Waits for everything queued; the first failure, if any. A failure without a SQLSTATE
     /// (timeout, lost connection) also drops the connection.
     pub async fn sync(&mut self) -> Result<(), MirrorError> {
-        let Some(conn) = &self.conn else {
-            return Ok(());
-        };
-        let ops = conn.ops.clone();
-        let side = self.side;
-        let (tx, rx) = oneshot::channel();
-        let r = tokio::time::timeout(self.timeout, async {
-            ops.send(Op::Sync(tx))
-                .await
-                .map_err(|_| lost(side, "sync"))?;
-            rx.await.map_err(|_| lost(side, "sync"))?
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(MirrorError::Secondary {
-                side,
-                what: "apply".into(),
-                sqlstate: None,
-                message: format!("no answer within {:?}", self.timeout),
+        let r = self.waiter().await;
+        self.synced(&r);
+        r
+    }
+
+    /// What `sync` waits for, borrowing nothing: it can run beside work on the primary.
+    /// Its answer goes through `synced` afterwards.
+    pub fn waiter(&self) -> impl std::future::Future<Output = Result<(), MirrorError>> + 'static {
+        let ops = self.conn.as_ref().map(|c| c.ops.clone());
+        let (side, timeout) = (self.side, self.timeout);
+        async move {
+            let Some(ops) = ops else {
+                return Ok(());
+            };
+            let (tx, rx) = oneshot::channel();
+            tokio::time::timeout(timeout, async {
+                ops.send(Op::Sync(tx))
+                    .await
+                    .map_err(|_| lost(side, "sync"))?;
+                rx.await.map_err(|_| lost(side, "sync"))?
             })
-        });
-        if let Err(MirrorError::Secondary { sqlstate: None, .. }) = &r {
+            .await
+            .unwrap_or_else(|_| {
+                Err(MirrorError::Secondary {
+                    side,
+                    what: "apply".into(),
+                    sqlstate: None,
+                    message: format!("no answer within {timeout:?}"),
+                })
+            })
+        }
+    }
+
+    /// A failure without a SQLSTATE (timeout, lost connection) drops the connection.
+    pub fn synced(&mut self, r: &Result<(), MirrorError>) {
+        if let Err(MirrorError::Secondary { sqlstate: None, .. }) = r {
             self.abandon();
         }
-        r
     }
 
     /// Queues `sql` and waits for it and everything before it.

@@ -362,6 +362,11 @@ impl MirrorSession {
             return false;
         }
         let result = self.secondary.sync().await;
+        self.note_synced(result)
+    }
+
+    /// Books what a sync of the secondary said: true if everything was taken.
+    pub(super) fn note_synced(&mut self, result: Result<(), MirrorError>) -> bool {
         let ok = result.is_ok();
         if let Err(e) = result {
             self.fail(&e);

@@ -68,7 +68,6 @@ where
             CommitHow::Client { simple, .. } => (*simple, false),
         };
         let mut how = Some(how);
-        let mut intent: Option<String> = None;
         let mut phase = Phase::Drain;
         let mut started = std::time::Instant::now();
         loop {
@@ -91,7 +90,14 @@ where
                     }
                     if self.ms.txn.events > 0 {
                         if self.ms.mirror.intents_mode() {
-                            intent = self.ms.intent().await;
+                            if let Some((sql, synced)) = self.ms.intent().await {
+                                let (synced, recorded) =
+                                    tokio::join!(synced, self.run_injected(&sql));
+                                self.ms.intent_synced(synced);
+                                if !recorded? {
+                                    return self.fail_commit_with(simple, INTENT_FAILED).await;
+                                }
+                            }
                         } else {
                             self.ms.prepare().await;
                         }
@@ -99,13 +105,11 @@ where
                     Phase::Record
                 }
                 Phase::Record => {
-                    if self.ms.txn.needs_records() && !self.write_records().await? {
+                    if self.ms.txn.needs_records()
+                        && !self.ms.intent_covers_records()
+                        && !self.write_records().await?
+                    {
                         return self.fail_commit(simple).await;
-                    }
-                    if let Some(sql) = intent.take() {
-                        if !self.run_injected(&sql).await? {
-                            return self.fail_commit_with(simple, INTENT_FAILED).await;
-                        }
                     }
                     failpoint("after-prepare");
                     Phase::CommitPrimary
