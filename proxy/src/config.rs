@@ -242,6 +242,14 @@ pub struct MirrorConfig {
     /// whole, so memory stays bounded for huge transactions.
     #[serde(default = "default_max_tracked_keys")]
     pub max_tracked_keys: usize,
+    /// Write statements a claimed transaction runs before the proxy drains what they
+    /// captured behind the next one (otherwise at its commit). Each drain is a statement on
+    /// the primary (about 0.09 ms of its CPU); draining early lets the secondary apply while
+    /// the client goes on. 1 drains behind every write; the default lets short transactions
+    /// drain once, at their commit, and long ones stream (docs/benchmarks.md, "Drain
+    /// timing").
+    #[serde(default = "default_drain_every_writes")]
+    pub drain_every_writes: u32,
 }
 
 impl Default for MirrorConfig {
@@ -254,8 +262,13 @@ impl Default for MirrorConfig {
             strict: false,
             log_poll_ms: default_log_poll(),
             max_tracked_keys: default_max_tracked_keys(),
+            drain_every_writes: default_drain_every_writes(),
         }
     }
+}
+
+fn default_drain_every_writes() -> u32 {
+    16
 }
 
 fn default_mirror_mode() -> MirrorMode {

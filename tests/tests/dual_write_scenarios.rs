@@ -184,3 +184,36 @@ async fn parameterised_merge_is_mirrored_in_lockstep() -> Result<()> {
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
     assert_verified(&pair, "app.\"Accounts\"").await
 }
+
+/// `mirror.drain_every_writes`: a short transaction reaches new at its commit; a longer
+/// one streams its changes to new while it runs (new holds the rows before the commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transactions_stream_to_new_and_short_ones_drain_at_commit() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, n int)").await?;
+    let mut cfg = pair.config();
+    cfg.mirror.drain_every_writes = 3;
+    let proxy = start_proxy(cfg).await?;
+    let c = connect_proxy(&proxy).await?;
+    let applier_in_transaction = "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'switchyard-mirror' AND state = 'idle in transaction'";
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1, 1); INSERT INTO t VALUES (2, 2)")
+        .await?;
+    // Two writes, under the threshold: nothing was sent to new yet.
+    ensure!(on(&pair.new, applier_in_transaction)? == "0");
+    c.batch_execute("INSERT INTO t VALUES (3, 3)").await?;
+    // The third drains: new's transaction holds the rows before the client commits.
+    eventually(&pair.new, applier_in_transaction, "1")?;
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM t")? == "0",
+        "not committed on new yet"
+    );
+    c.batch_execute("INSERT INTO t VALUES (4, 4); COMMIT")
+        .await?;
+    eventually(
+        &pair.new,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM t",
+        "1,2,3,4",
+    )?;
+    assert_verified(&pair, "t").await?;
+    Ok(())
+}

@@ -9,14 +9,6 @@ use std::sync::Arc;
 use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Write statements a claimed transaction runs before the proxy drains behind one. Each
-/// drain costs the primary a statement (60-120 µs of its CPU, measured with pgbench scripts
-/// against old directly), but draining only every 8th write left a pgbench transaction's
-/// whole apply to its commit: 2.8-3.0 ms against 2.35 ms when each write drains and its
-/// applies on new overlap the client's next statement, with no measurable CPU saved on old
-/// (`docs/benchmarks.md`, "Drain timing"). Kept as a knob for the comparison.
-const EAGER_DRAIN_EVERY: u32 = 1;
-
 /// How the drain ended.
 pub(super) enum Drained {
     /// Every change reached the secondary transaction (or its records).
@@ -57,7 +49,8 @@ where
     /// after; behind a COPY only its data may come.
     pub(super) fn after_write(&mut self, copy: bool) {
         let n = self.up.note_undrained();
-        if !self.wrapped && !copy && n >= EAGER_DRAIN_EVERY {
+        // `mirror.drain_every_writes`: see its documentation for what the number trades.
+        if !self.wrapped && !copy && n >= self.ms.mirror.config.drain_every_writes.max(1) {
             self.queue_drain();
         }
     }
