@@ -157,41 +157,37 @@ fi
 
 start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
 
-if has latency; then
-  log "through the proxy: warm-up"
-  bench warm-sy "$P_SY" 4 5 >/dev/null
-  log "through the proxy: 1 client, $DURATION s"
+# measure_proxy NAME LABEL: through the running proxy NAME, 1-client latency with where its
+# commits' time goes, then 8 clients with old's CPU and WAL per transaction; prints
+# "latency tps cpu wal phases...".
+measure_proxy() {
+  local name=$1 label=$2 m0 m1 l t0 w0 o t cw ph phases=""
+  log "$label: warm-up"
+  bench "warm-$name" "$P_SY" 4 5 >/dev/null
+  log "$label: 1 client, $DURATION s"
   m0=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
-  l_sy=$(pgbench_latency_ms "$(bench c1-sy "$P_SY" 1 "$DURATION")")
+  l=$(pgbench_latency_ms "$(bench "c1-$name" "$P_SY" 1 "$DURATION")")
   m1=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
   # Where a 1-client commit's time goes: ms per commit in each phase of the protocol.
-  phases=$(for ph in drain prepare record commit_primary; do
-    printf '%s %s ' "$ph" "$(phase_ms "$m0" "$m1" "$ph")"
-  done)
-  log "through the proxy: 8 clients, measuring old's CPU and WAL"
+  for ph in drain prepare record commit_primary; do
+    phases+="$ph $(phase_ms "$m0" "$m1" "$ph") "
+  done
+  log "$label: 8 clients, measuring old's CPU and WAL"
   t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
-  o=$(bench c8-sy "$P_SY" 8 "$DURATION")
-  t_sy=$(pgbench_tps "$o")
-  read -r cpu_sy wal_sy <<<"$(per_txn "$t0" "$w0" "$o")"
+  o=$(bench "c8-$name" "$P_SY" 8 "$DURATION")
+  t=$(pgbench_tps "$o")
+  cw=$(per_txn "$t0" "$w0" "$o")
+  echo "$l $t $cw $phases"
+}
+
+if has latency; then
+  read -r l_sy t_sy cpu_sy wal_sy phases <<<"$(measure_proxy sy "through the proxy")"
 fi
 
 if has modes && has latency; then
   stop_switchyard sy
   start_switchyard ls "$P_SY" "$P_ADM" old new "$DB" --mirror-mode lockstep
-  log "lockstep proxy: warm-up"
-  bench warm-ls "$P_SY" 4 5 >/dev/null
-  log "lockstep proxy: 1 client, $DURATION s"
-  m0=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
-  l_ls=$(pgbench_latency_ms "$(bench c1-ls "$P_SY" 1 "$DURATION")")
-  m1=$(curl -s "http://127.0.0.1:$P_ADM/metrics")
-  phases_ls=$(for ph in drain prepare record commit_primary; do
-    printf '%s %s ' "$ph" "$(phase_ms "$m0" "$m1" "$ph")"
-  done)
-  log "lockstep proxy: 8 clients, measuring old's CPU and WAL"
-  t0=$(proc_ticks "$(postmaster_pid old)"); w0=$(wal_lsn)
-  o=$(bench c8-ls "$P_SY" 8 "$DURATION")
-  t_ls=$(pgbench_tps "$o")
-  read -r cpu_ls wal_ls <<<"$(per_txn "$t0" "$w0" "$o")"
+  read -r l_ls t_ls cpu_ls wal_ls phases_ls <<<"$(measure_proxy ls "lockstep proxy")"
   stop_switchyard ls
   start_switchyard sy "$P_SY" "$P_ADM" old new "$DB"
 fi

@@ -8,6 +8,16 @@ pub fn quote_literal(value: &str) -> String {
     format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// A dollar-quoted literal of `text` (`$sy$...$sy$`, the tag lengthened until the text does
+/// not hold it): no escaping, whatever the session's settings, and cheap to parse.
+pub fn dollar_quoted(text: &str) -> String {
+    let mut tag = String::from("sy");
+    while text.contains(&format!("${tag}$")) {
+        tag.push('x');
+    }
+    format!("${tag}${text}${tag}$")
+}
+
 /// Quotes an identifier for SQL: always double-quoted, inner quotes doubled, so any name
 /// (mixed case, spaces, keywords, dots) is taken literally.
 pub fn quote_ident(name: &str) -> String {

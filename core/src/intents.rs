@@ -126,14 +126,10 @@ pub fn insert_sql(
     secondary_xid: &str,
     records: &[RetryRecord],
 ) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_string(&Orders::of(records))?;
-    let mut tag = String::from("sy");
-    while json.contains(&format!("${tag}$")) {
-        tag.push('x');
-    }
+    let json = crate::ident::dollar_quoted(&serde_json::to_string(&Orders::of(records))?);
     Ok(format!(
         "INSERT INTO _switchyard.intents (xid, via, secondary_xid, records) \
-         VALUES (pg_catalog.pg_current_xact_id(), {}, {}, ${tag}${json}${tag}$)",
+         VALUES (pg_catalog.pg_current_xact_id(), {}, {}, {json})",
         crate::ident::quote_literal(via),
         crate::ident::quote_literal(secondary_xid),
     ))

@@ -199,16 +199,12 @@ impl RetryRecord {
 /// inlined as a dollar-quoted JSON literal (so it can travel in a simple Query on a
 /// connection whose settings the proxy does not control).
 pub fn embedded_insert_sql(records: &[RetryRecord]) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_string(records)?;
-    let mut tag = String::from("sy");
-    while json.contains(&format!("${tag}$")) {
-        tag.push('x');
-    }
+    let json = crate::ident::dollar_quoted(&serde_json::to_string(records)?);
     Ok(format!(
         "INSERT INTO _switchyard.retry_log \
          (idempotency_key, kind, table_name, key, statement, origin, reason) \
          SELECT r.idempotency_key, r.kind, r.table_name, r.key, r.statement, r.origin, r.reason \
-         FROM jsonb_to_recordset(${tag}${json}${tag}$::jsonb) AS r(idempotency_key text, kind text, \
+         FROM jsonb_to_recordset({json}::jsonb) AS r(idempotency_key text, kind text, \
          table_name text, key jsonb, statement text, origin jsonb, reason text)"
     ))
 }

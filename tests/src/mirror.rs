@@ -80,7 +80,16 @@ pub fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
 
 /// A pair of clusters, each with `pgbench -i -s 1` (the same accounts, branches, tellers).
 pub async fn pgbench_pair() -> Result<Pair> {
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    pgbench_pair_from(Pair::start).await
+}
+
+/// The same on clusters that cannot prepare transactions (`mirror.mode = "lockstep"`).
+pub async fn pgbench_pair_without_prepare() -> Result<Pair> {
+    pgbench_pair_from(Pair::start_without_prepare).await
+}
+
+async fn pgbench_pair_from(start: fn() -> Result<Pair>) -> Result<Pair> {
+    let pair = tokio::task::spawn_blocking(start).await??;
     tokio::task::block_in_place(|| -> Result<()> {
         for c in [&pair.old, &pair.new] {
             let out = std::process::Command::new(crate::clients::pgbench_bin())
@@ -97,6 +106,28 @@ pub async fn pgbench_pair() -> Result<Pair> {
         Ok(())
     })?;
     Ok(pair)
+}
+
+/// Runs one `INSERT INTO t VALUES (id, 'x')` through a proxy binary (started with `args`
+/// besides the pair's URLs) that aborts at `failpoint`; returns once the process is gone.
+pub async fn crash_at(pair: &Pair, args: &[&str], failpoint: &str, id: i32) -> Result<()> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    let mut all = vec!["--old", old.as_str(), "--new", new.as_str()];
+    all.extend_from_slice(args);
+    let mut proxy = tokio::task::block_in_place(|| {
+        crate::proxy::ProxyProcess::spawn(&all, &[("SWITCHYARD_FAILPOINT", failpoint)])
+    })?;
+    let client = proxy.client().await?;
+    let r = client
+        .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
+        .await;
+    ensure!(r.is_err(), "the proxy should have died at {failpoint}");
+    tokio::task::block_in_place(|| {
+        crate::wait::poll_until("the proxy to exit", Duration::from_secs(10), || {
+            Ok(proxy.try_wait()?.map(|_| ()))
+        })
+    })?;
+    Ok(())
 }
 
 /// Every row of `table` on `c` as text, sorted.

@@ -201,10 +201,12 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
         .prepare("INSERT INTO wallet (owner) VALUES ($1) RETURNING id")
         .await?;
 
-    // A transaction left open on a table keeps capture from being installed on new: the
-    // flip is refused before anything waits, and writes go on on old.
-    let open = connect_proxy(&b).await?;
-    open.batch_execute("BEGIN; UPDATE wallet SET balance = 1 WHERE id = 1")
+    // A transaction left open on one of new's tables (a session straight on new, or a
+    // proxy transaction long enough to have streamed its changes there) keeps capture from
+    // being installed on new: the flip is refused before anything waits, and writes go on
+    // on old.
+    let open = pair_client(&pair.new).await?;
+    open.batch_execute("BEGIN; LOCK TABLE wallet IN ROW EXCLUSIVE MODE")
         .await?;
     let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
     ensure!(
@@ -222,6 +224,7 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
     ids.push(write_some(&ca, "after-refusal").await?);
     ensure!(port_of(&ca).await? == old_port);
     open.batch_execute("COMMIT").await?;
+    let open = connect_proxy(&b).await?;
 
     let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
     ensure!(status == 200, "flip to writes-new: {status} {report}");

@@ -7,27 +7,12 @@ use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_tests::clients::{pgbench_bin, run_client};
 use switchyard_tests::mirror::{assert_verified, on, pair_with, pgbench_pair, reconciler};
-use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, ProxyProcess, DB};
+use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
 
-/// Runs one INSERT through a proxy binary that aborts at `failpoint`; returns once the
-/// proxy process is gone.
 async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
-    let mut proxy = tokio::task::block_in_place(|| {
-        ProxyProcess::spawn_for(pair, &[("SWITCHYARD_FAILPOINT", failpoint)])
-    })?;
-    let client = proxy.client().await?;
-    let r = client
-        .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
-        .await;
-    ensure!(r.is_err(), "the proxy should have died at {failpoint}");
-    tokio::task::block_in_place(|| {
-        poll_until("the proxy to exit", Duration::from_secs(10), || {
-            Ok(proxy.try_wait()?.map(|_| ()))
-        })
-    })?;
-    Ok(())
+    switchyard_tests::mirror::crash_at(pair, &[], failpoint, id).await
 }
 
 /// Scenario 9, first half: killed after PREPARE, before the primary COMMIT. The primary

@@ -11,8 +11,10 @@ use switchyard_proxy::config::MirrorMode;
 use switchyard_proxy::ProxyConfig;
 use switchyard_tests::clients::{pgbench_bin, run_client};
 use switchyard_tests::http::get;
-use switchyard_tests::mirror::{assert_same, assert_verified, eventually, on, reconciler};
-use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair, ProxyProcess, DB};
+use switchyard_tests::mirror::{
+    assert_same, assert_verified, eventually, on, pgbench_pair_without_prepare, reconciler,
+};
+use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
 
@@ -29,22 +31,6 @@ async fn pair_with(schema: &str) -> Result<Pair> {
         on(c, schema)?;
         on(c, "CHECKPOINT")?;
     }
-    Ok(pair)
-}
-
-async fn pgbench_pair() -> Result<Pair> {
-    let pair = tokio::task::spawn_blocking(Pair::start_without_prepare).await??;
-    tokio::task::block_in_place(|| -> Result<()> {
-        for c in [&pair.old, &pair.new] {
-            let out = std::process::Command::new(pgbench_bin())
-                .args(["-i", "-s", "1", "-q"])
-                .arg(c.url(DB))
-                .output()?;
-            ensure!(out.status.success(), "pgbench -i: {out:?}");
-            c.psql(DB, "CHECKPOINT")?;
-        }
-        Ok(())
-    })?;
     Ok(pair)
 }
 
@@ -90,7 +76,7 @@ const APP_TABLES: [&str; 3] = ["account", "entry", "audit"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> Result<()> {
-    let pair = pgbench_pair().await?;
+    let pair = pgbench_pair_without_prepare().await?;
     on(&pair.old, APP)?;
     on(&pair.new, APP)?;
     // No mode chosen and new cannot prepare: the proxy names the choices, and starts no
@@ -154,26 +140,23 @@ async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> 
     Ok(())
 }
 
-/// Runs one INSERT through a lockstep proxy binary that aborts at `failpoint`.
 async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let mut proxy = tokio::task::block_in_place(|| {
-        ProxyProcess::spawn(
-            &["--old", &old, "--new", &new, "--mirror-mode", "lockstep"],
-            &[("SWITCHYARD_FAILPOINT", failpoint)],
-        )
-    })?;
-    let client = proxy.client().await?;
-    let r = client
-        .execute("INSERT INTO t VALUES ($1, 'x')", &[&id])
-        .await;
-    ensure!(r.is_err(), "the proxy should have died at {failpoint}");
+    switchyard_tests::mirror::crash_at(pair, &["--mirror-mode", "lockstep"], failpoint, id).await
+}
+
+/// Polls until recovery moved every intent on old into its retry log (`queued` records).
+fn intents_queued(pair: &Pair, queued: &str) -> Result<()> {
     tokio::task::block_in_place(|| {
-        poll_until("the proxy to exit", Duration::from_secs(10), || {
-            Ok(proxy.try_wait()?.map(|_| ()))
-        })
-    })?;
-    Ok(())
+        poll_until(
+            "recovery to move the intents into the retry log",
+            Duration::from_secs(30),
+            || {
+                let intents = on(&pair.old, "SELECT count(*) FROM _switchyard.intents")?;
+                let records = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
+                Ok((intents == "0" && records == queued).then_some(()))
+            },
+        )
+    })
 }
 
 /// Killed after the primary's COMMIT, before the secondary's: the intent is all that is
@@ -209,17 +192,7 @@ async fn proxy_killed_between_the_two_commits_is_finished_from_the_intent() -> R
 
     crash_at(&pair, "after-primary-commit", 2).await?;
     let proxy = start_proxy(lockstep(&pair)).await?;
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the proxy to move the intent into the retry log",
-            Duration::from_secs(30),
-            || {
-                let intents = on(&pair.old, "SELECT count(*) FROM _switchyard.intents")?;
-                let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
-                Ok((intents == "0" && queued == "1").then_some(()))
-            },
-        )
-    })?;
+    intents_queued(&pair, "1")?;
     drop(proxy);
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
@@ -256,17 +229,7 @@ async fn a_failing_secondary_commit_is_left_to_the_intent() -> Result<()> {
         "1,3",
     )?;
     let admin = proxy.admin_addr().context("admin")?;
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "recovery to queue the unfinished transaction",
-            Duration::from_secs(30),
-            || {
-                let intents = on(&pair.old, "SELECT count(*) FROM _switchyard.intents")?;
-                let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
-                Ok((intents == "0" && queued == "1").then_some(()))
-            },
-        )
-    })?;
+    intents_queued(&pair, "1")?;
     let metrics = get(admin, "/metrics").await?.1;
     ensure!(
         metrics.contains("switchyard_mirror_intents_unfinished_total 1"),
@@ -283,7 +246,7 @@ async fn a_failing_secondary_commit_is_left_to_the_intent() -> Result<()> {
 /// was queued and the intents of the commits cut off are replayed; verify equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Result<()> {
-    let pair = pgbench_pair().await?;
+    let pair = pgbench_pair_without_prepare().await?;
     let proxy = start_proxy(lockstep(&pair)).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
     let load = {
@@ -319,7 +282,7 @@ async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_move_to_new_and_back_in_lockstep_mode() -> Result<()> {
     use switchyard_tests::cutover::{config, flip, phase_of, port_of};
-    let pair = pgbench_pair().await?;
+    let pair = pgbench_pair_without_prepare().await?;
     let instance = |id: &str| {
         let mut c = config(&pair, id);
         c.mirror.mode = MirrorMode::Lockstep;

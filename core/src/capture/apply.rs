@@ -128,11 +128,10 @@ impl ApplySql {
     /// A self-contained statement equal to running `sql` with `rows` as its parameter, for
     /// a record replayed once (rows of a table without a key cannot be re-read by key).
     pub fn inline(sql: &str, rows: &str) -> String {
-        let mut tag = String::from("sy");
-        while rows.contains(&format!("${tag}$")) {
-            tag.push('x');
-        }
-        sql.replace("$1::text::json", &format!("${tag}${rows}${tag}$::json"))
+        sql.replace(
+            "$1::text::json",
+            &format!("{}::json", crate::ident::dollar_quoted(rows)),
+        )
     }
 }
 

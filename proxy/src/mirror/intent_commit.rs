@@ -25,13 +25,7 @@ impl MirrorSession {
         if !self.txn.open || self.txn.broken.is_some() {
             return None;
         }
-        let Some(xid) = self.txn.xid.clone() else {
-            self.fail(&MirrorError::Catalog(format!(
-                "the {} database's transaction id is unknown",
-                self.mirror.direction.primary()
-            )));
-            return None;
-        };
+        let xid = self.primary_xid()?;
         // The mark commits with the applies or not at all: what recovery goes by.
         let mark = switchyard_core::intents::mark_sql(&xid);
         if let Err(e) = self.secondary.queue_batch("mark", mark).await {

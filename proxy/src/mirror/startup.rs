@@ -66,11 +66,15 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
                     tracing::info!(%secondary, max_prepared_transactions = n, "Dual writes in two-phase mode (mirror.mode = \"lockstep\" runs without prepared transactions).");
                 }
             }
-            if let Err(e) = c
-                .batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
-                .await
-            {
-                tracing::warn!(error = %e, %secondary, "Could not create _switchyard.applied_statements on the secondary.");
+            // Instances check at once when writes move: the lock keeps their CREATEs from
+            // racing on the catalog.
+            let sql = format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('switchyard.applied')); {} COMMIT",
+                switchyard_core::retry::APPLIED_STATEMENTS_SQL
+            );
+            if let Err(e) = c.batch_execute(&sql).await {
+                let _ = c.batch_execute("ROLLBACK").await;
+                tracing::warn!(error = %switchyard_core::cutover::pg_error(&e), %secondary, "Could not create _switchyard.applied_statements and applied_intents on the secondary.");
             }
             always_triggers(&c, secondary).await?;
         }

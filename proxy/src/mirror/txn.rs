@@ -381,17 +381,26 @@ impl MirrorSession {
         ok
     }
 
+    /// The primary's transaction id (from the drained rows); without it the transaction
+    /// cannot be finished by recovery, so it is failed (its changes go to the retry log).
+    pub(super) fn primary_xid(&mut self) -> Option<String> {
+        let xid = self.txn.xid.clone();
+        if xid.is_none() {
+            self.fail(&MirrorError::Catalog(format!(
+                "the {} database's transaction id is unknown",
+                self.mirror.direction.primary()
+            )));
+        }
+        xid
+    }
+
     /// PREPARE TRANSACTION on the secondary; false when the transaction has to be recorded.
     pub async fn prepare(&mut self) -> bool {
         self.flush_truncates().await;
         if !self.txn.open || self.txn.broken.is_some() {
             return false;
         }
-        let Some(xid) = self.txn.xid.clone() else {
-            self.fail(&MirrorError::Catalog(format!(
-                "the {} database's transaction id is unknown",
-                self.mirror.direction.primary()
-            )));
+        let Some(xid) = self.primary_xid() else {
             return false;
         };
         // Sent behind the applies without waiting for them: one round trip for all. If an

@@ -9,8 +9,8 @@ use std::time::Duration;
 use switchyard_core::retry_kafka::OnBrokerFailure;
 use switchyard_proxy::config::MirrorMode;
 use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{assert_verified, on};
-use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, DB};
+use switchyard_tests::mirror::{assert_verified, on, pgbench_pair_without_prepare};
+use switchyard_tests::proxy::{proxy_url, start_proxy};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::{Broker, PgCluster};
 
@@ -18,18 +18,7 @@ use switchyard_tests::{Broker, PgCluster};
 async fn lockstep_mode_with_kafka_replays_records_and_intents() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = tokio::task::spawn_blocking(Pair::start_without_prepare).await??;
-    tokio::task::block_in_place(|| -> Result<()> {
-        for c in [&pair.old, &pair.new] {
-            let out = std::process::Command::new(pgbench_bin())
-                .args(["-i", "-s", "1", "-q"])
-                .arg(c.url(DB))
-                .output()?;
-            ensure!(out.status.success(), "pgbench -i: {out:?}");
-            c.psql(DB, "CHECKPOINT")?;
-        }
-        Ok(())
-    })?;
+    let pair = pgbench_pair_without_prepare().await?;
     let mut config = kafka_config(&pair, &broker, OnBrokerFailure::Fail);
     config.mirror.mode = MirrorMode::Lockstep;
     let proxy = start_proxy(config).await?;
