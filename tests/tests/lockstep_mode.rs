@@ -12,7 +12,8 @@ use switchyard_proxy::ProxyConfig;
 use switchyard_tests::clients::{pgbench_bin, run_client};
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::{
-    assert_same, assert_verified, eventually, on, pgbench_pair_without_prepare, reconciler,
+    assert_same, assert_verified, eventually, on, pgbench_across_secondary_restart,
+    pgbench_pair_without_prepare, reconciler,
 };
 use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair};
 use switchyard_tests::wait::poll_until;
@@ -109,6 +110,15 @@ async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> 
          DELETE FROM account WHERE owner = 'b';",
     )
     .await?;
+    // A schema change mid-session reaches new, and the writes after it name the new
+    // column on both.
+    c.batch_execute(
+        "BEGIN; ALTER TABLE account ADD COLUMN note text; \
+         UPDATE account SET note = 'after ddl' WHERE owner = 'a'; COMMIT",
+    )
+    .await?;
+    c.batch_execute("INSERT INTO account (owner, note) VALUES ('d', 'later')")
+        .await?;
     // A transaction rolled back on the primary leaves nothing anywhere.
     c.batch_execute("BEGIN; INSERT INTO account (owner) VALUES ('gone'); ROLLBACK")
         .await?;
@@ -249,22 +259,7 @@ async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Resu
     let pair = pgbench_pair_without_prepare().await?;
     let proxy = start_proxy(lockstep(&pair)).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
-    let load = {
-        let url = url.clone();
-        tokio::spawn(
-            async move { pgbench(&url, &["-c", "4", "-T", "6", "-M", "prepared", "-n"]).await },
-        )
-    };
-    tokio::task::block_in_place(|| {
-        poll_until("the load to start", Duration::from_secs(10), || {
-            let n = on(&pair.new, "SELECT count(*) FROM pgbench_history")?;
-            Ok((n.parse::<i64>()? > 50).then_some(()))
-        })
-    })?;
-    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| pair.new.start())?;
-    load.await??;
+    pgbench_across_secondary_restart(&pair, &url).await?;
     drop(proxy);
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
