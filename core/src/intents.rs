@@ -74,47 +74,21 @@ impl Orders {
         let mut out = Vec::new();
         for (table, keys) in &self.keys {
             for key in keys {
-                out.push(RetryRecord {
-                    idempotency_key: RetryRecord::make_key(
-                        &origin,
-                        RecordKind::Row,
-                        table,
-                        &key.to_string(),
-                    ),
-                    kind: RecordKind::Row,
-                    table_name: Some(table.clone()),
-                    key: Some(key.clone()),
-                    statement: None,
-                    origin: origin.clone(),
-                    reason: reason.clone(),
-                });
+                let text = key.to_string();
+                out.push(RetryRecord::row(
+                    &origin,
+                    table,
+                    &text,
+                    Some(key.clone()),
+                    reason.clone(),
+                ));
             }
         }
         for (table, why) in &self.tables {
-            out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
-                kind: RecordKind::Table,
-                table_name: Some(table.clone()),
-                key: None,
-                statement: None,
-                origin: origin.clone(),
-                reason: why.clone(),
-            });
+            out.push(RetryRecord::table(&origin, table, why.clone()));
         }
         for (ordinal, sql, why) in &self.statements {
-            let o = Origin {
-                ordinal: *ordinal,
-                ..origin.clone()
-            };
-            out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&o, RecordKind::Statement, "", sql),
-                kind: RecordKind::Statement,
-                table_name: None,
-                key: None,
-                statement: Some(sql.clone()),
-                origin: o,
-                reason: why.clone(),
-            });
+            out.push(RetryRecord::statement(&origin, *ordinal, sql, why.clone()));
         }
         out
     }

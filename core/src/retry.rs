@@ -174,6 +174,56 @@ pub struct RetryRecord {
 }
 
 impl RetryRecord {
+    /// Re-sync one row by key. `key_text` is the key as the caller holds it (what the
+    /// idempotency key is made of); `key` the same as a JSON value, if it parses.
+    pub fn row(
+        origin: &Origin,
+        table: &str,
+        key_text: &str,
+        key: Option<serde_json::Value>,
+        reason: String,
+    ) -> Self {
+        RetryRecord {
+            idempotency_key: Self::make_key(origin, RecordKind::Row, table, key_text),
+            kind: RecordKind::Row,
+            table_name: Some(table.to_string()),
+            key,
+            statement: None,
+            origin: origin.clone(),
+            reason,
+        }
+    }
+
+    /// Re-sync a whole table.
+    pub fn table(origin: &Origin, table: &str, reason: String) -> Self {
+        RetryRecord {
+            idempotency_key: Self::make_key(origin, RecordKind::Table, table, ""),
+            kind: RecordKind::Table,
+            table_name: Some(table.to_string()),
+            key: None,
+            statement: None,
+            origin: origin.clone(),
+            reason,
+        }
+    }
+
+    /// Run `sql` once; `ordinal` places it among its transaction's statements.
+    pub fn statement(origin: &Origin, ordinal: u32, sql: &str, reason: String) -> Self {
+        let origin = Origin {
+            ordinal,
+            ..origin.clone()
+        };
+        RetryRecord {
+            idempotency_key: Self::make_key(&origin, RecordKind::Statement, "", sql),
+            kind: RecordKind::Statement,
+            table_name: None,
+            key: None,
+            statement: Some(sql.to_string()),
+            origin,
+            reason,
+        }
+    }
+
     /// A stable idempotency key from the origin and what the record names. Old and new
     /// hand out transaction ids independently, so a new-to-old origin's direction is part
     /// of the key; old-to-new keys stay what they were before directions existed.

@@ -130,6 +130,43 @@ pub async fn crash_at(pair: &Pair, args: &[&str], failpoint: &str, id: i32) -> R
     Ok(())
 }
 
+/// pgbench (tpcb-like, 4 clients, 6 s, prepared) through `url`, with new stopped
+/// (immediate) once the load reaches it and started again 2 s later. Fails unless pgbench
+/// ran without a failed transaction; returns its output.
+pub async fn pgbench_across_secondary_restart(pair: &Pair, url: &str) -> Result<String> {
+    let load = {
+        let url = url.to_string();
+        tokio::spawn(async move {
+            crate::clients::run_client(
+                tokio::process::Command::new(crate::clients::pgbench_bin())
+                    .args(["-c", "4", "-T", "6", "-M", "prepared", "-n"])
+                    .arg(&url),
+                "pgbench under fault",
+                Duration::from_secs(120),
+            )
+            .await
+        })
+    };
+    tokio::task::block_in_place(|| {
+        crate::wait::poll_until("the load to reach new", Duration::from_secs(10), || {
+            let n: i64 = on(&pair.new, "SELECT count(*) FROM pgbench_history")?.parse()?;
+            Ok((n > 50).then_some(()))
+        })
+    })?;
+    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pair.new.start())?;
+    let out = load
+        .await??
+        .success("pgbench while the secondary was killed")?;
+    ensure!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "pgbench saw errors:\n{}",
+        out.stdout
+    );
+    Ok(out.stdout)
+}
+
 /// Every row of `table` on `c` as text, sorted.
 pub fn rows(c: &PgCluster, table: &str) -> Result<String> {
     on(c, &format!("SELECT t::text FROM {table} t ORDER BY 1"))

@@ -6,7 +6,9 @@
 use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{assert_verified, on, pair_with, pgbench_pair, reconciler};
+use switchyard_tests::mirror::{
+    assert_verified, on, pair_with, pgbench_across_secondary_restart, pgbench_pair, reconciler,
+};
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
@@ -74,35 +76,9 @@ async fn crash_between_commit_and_commit_prepared_is_committed() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
     let pair = pgbench_pair().await?;
-    let pgbench = pgbench_bin();
     let proxy = start_proxy(pair.config()).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
-    let load = {
-        let url = url.clone();
-        let bin = pgbench.clone();
-        tokio::spawn(async move {
-            run_client(
-                tokio::process::Command::new(bin)
-                    .args(["-c", "4", "-T", "6", "-M", "prepared", "-n"])
-                    .arg(&url),
-                "pgbench under fault",
-                Duration::from_secs(120),
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| pair.new.start())?;
-    let out = load
-        .await??
-        .success("pgbench while the secondary was killed")?;
-    ensure!(
-        out.stdout.contains("number of failed transactions: 0"),
-        "pgbench saw errors:\n{}",
-        out.stdout
-    );
+    pgbench_across_secondary_restart(&pair, &url).await?;
     drop(proxy);
     let queued: i64 = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?;
     ensure!(queued > 0, "the outage should have queued records");

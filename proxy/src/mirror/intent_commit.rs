@@ -87,14 +87,7 @@ impl MirrorSession {
     pub(super) async fn finish_intent(&mut self, primary_xid: String, committed: bool) {
         self.txn.open = false;
         if !committed || self.txn.broken.is_some() {
-            if self
-                .secondary
-                .execute("ROLLBACK", "ROLLBACK")
-                .await
-                .is_err()
-            {
-                self.secondary.abandon();
-            }
+            self.secondary.rollback().await;
             if committed {
                 tracing::warn!(xid = %primary_xid, secondary = %self.mirror.direction.secondary(),
                     "The secondary failed before the primary's COMMIT; recovery applies the transaction from its intent.");

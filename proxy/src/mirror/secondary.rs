@@ -240,6 +240,14 @@ impl Secondary {
         }
     }
 
+    /// Rolls the open transaction back; a secondary that does not answer loses its
+    /// connection (the transaction dies with it).
+    pub async fn rollback(&mut self) {
+        if self.execute("ROLLBACK", "ROLLBACK").await.is_err() {
+            self.abandon();
+        }
+    }
+
     /// Queues `sql` and waits for it and everything before it.
     pub async fn execute(&mut self, what: &'static str, sql: &str) -> Result<(), MirrorError> {
         self.queue_batch(what, sql.to_string()).await?;

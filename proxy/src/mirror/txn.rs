@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_core::capture::apply::{truncate_sql, ApplySql};
 use switchyard_core::capture::{Event, Op};
-use switchyard_core::retry::{Origin, RecordKind, RetryRecord};
+use switchyard_core::retry::{Origin, RetryRecord};
 
 /// Statement records (DDL, rows of tables without a key) kept per transaction in case the
 /// secondary fails; beyond this the transaction cannot commit unless the secondary takes it.
@@ -458,41 +458,24 @@ impl MirrorSession {
             if self.txn.overflow.contains_key(&**table) || !seen.insert((&**table, key.as_str())) {
                 continue;
             }
-            out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, table, key),
-                kind: RecordKind::Row,
-                table_name: Some(table.to_string()),
-                key: serde_json::from_str(key).ok(),
-                statement: None,
-                origin: origin.clone(),
-                reason: reason.clone(),
-            });
+            out.push(RetryRecord::row(
+                &origin,
+                table,
+                key,
+                serde_json::from_str(key).ok(),
+                reason.clone(),
+            ));
         }
         for (table, why) in self.txn.overflow.iter().filter(|_| broken) {
-            out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&origin, RecordKind::Table, table, ""),
-                kind: RecordKind::Table,
-                table_name: Some(table.clone()),
-                key: None,
-                statement: None,
-                origin: origin.clone(),
-                reason: why.clone(),
-            });
+            out.push(RetryRecord::table(&origin, table, why.clone()));
         }
         for (i, (sql, why)) in self.txn.statements.iter().enumerate().filter(|_| broken) {
-            let o = Origin {
-                ordinal: i as u32 + 1,
-                ..origin.clone()
-            };
-            out.push(RetryRecord {
-                idempotency_key: RetryRecord::make_key(&o, RecordKind::Statement, "", sql),
-                kind: RecordKind::Statement,
-                table_name: None,
-                key: None,
-                statement: Some(sql.clone()),
-                origin: o,
-                reason: format!("{reason} ({why})"),
-            });
+            out.push(RetryRecord::statement(
+                &origin,
+                i as u32 + 1,
+                sql,
+                format!("{reason} ({why})"),
+            ));
         }
         out
     }
@@ -524,14 +507,7 @@ impl MirrorSession {
             }
         } else if self.txn.open {
             // Rolled back on the primary, or abandoned after a secondary error.
-            if self
-                .secondary
-                .execute("ROLLBACK", "ROLLBACK")
-                .await
-                .is_err()
-            {
-                self.secondary.abandon();
-            }
+            self.secondary.rollback().await;
         }
         // Rows never confirmed by the secondary: queued if the primary committed them.
         if committed && self.txn.broken.is_some() {

@@ -5,13 +5,12 @@
 
 use super::{kafka_config, replay_kafka, SERIAL};
 use anyhow::{ensure, Result};
-use std::time::Duration;
 use switchyard_core::retry_kafka::OnBrokerFailure;
 use switchyard_proxy::config::MirrorMode;
-use switchyard_tests::clients::{pgbench_bin, run_client};
-use switchyard_tests::mirror::{assert_verified, on, pgbench_pair_without_prepare};
+use switchyard_tests::mirror::{
+    assert_verified, on, pgbench_across_secondary_restart, pgbench_pair_without_prepare,
+};
 use switchyard_tests::proxy::{proxy_url, start_proxy};
-use switchyard_tests::wait::poll_until;
 use switchyard_tests::{Broker, PgCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,33 +22,7 @@ async fn lockstep_mode_with_kafka_replays_records_and_intents() -> Result<()> {
     config.mirror.mode = MirrorMode::Lockstep;
     let proxy = start_proxy(config).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
-    let load = tokio::spawn(async move {
-        run_client(
-            tokio::process::Command::new(pgbench_bin())
-                .args(["-c", "4", "-T", "6", "-M", "prepared", "-n"])
-                .arg(&url),
-            "pgbench under fault",
-            Duration::from_secs(120),
-        )
-        .await
-    });
-    tokio::task::block_in_place(|| {
-        poll_until("the load to start", Duration::from_secs(10), || {
-            let n: i64 = on(&pair.new, "SELECT count(*) FROM pgbench_history")?.parse()?;
-            Ok((n > 50).then_some(()))
-        })
-    })?;
-    tokio::task::block_in_place(|| pair.new.stop_immediate())?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| pair.new.start())?;
-    let out = load
-        .await??
-        .success("pgbench while the secondary was killed")?;
-    ensure!(
-        out.stdout.contains("number of failed transactions: 0"),
-        "pgbench saw errors:\n{}",
-        out.stdout
-    );
+    pgbench_across_secondary_restart(&pair, &url).await?;
     drop(proxy);
     let run = replay_kafka(&pair, &broker, &["--format", "json"]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
