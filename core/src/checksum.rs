@@ -77,16 +77,64 @@ pub struct ChecksumError {
     pub source: tokio_postgres::Error,
 }
 
+/// The SQL expression of a row's hash over an explicit column list, with or without a key.
+#[derive(Debug, Clone)]
+pub struct RowHashSql {
+    /// Per hashed column in order: the quoted name, and for [`RowHash::Record`] how the
+    /// value enters the row (empty: as it is; else e.g. `::text`).
+    columns: Vec<(String, &'static str)>,
+    mode: RowHash,
+}
+
+impl RowHashSql {
+    /// Hashes `columns` (names of columns of `table`, in this order) the `mode` way. Both
+    /// servers must use the same list and mode.
+    pub fn new(table: &TableMeta, columns: &[String], mode: RowHash) -> Self {
+        RowHashSql {
+            columns: columns
+                .iter()
+                .map(|name| {
+                    let how = match table.column(name) {
+                        Some(c) if NATIVE_EXACT.contains(&c.type_oid) && c.collatable => {
+                            // Byte-wise, whatever the column's collation.
+                            " COLLATE \"C\""
+                        }
+                        Some(c) if NATIVE_EXACT.contains(&c.type_oid) => "",
+                        _ => "::text",
+                    };
+                    (quote_ident(name), how)
+                })
+                .collect(),
+            mode,
+        }
+    }
+
+    /// The row hash expression (see [`RowHash`]), on columns of `alias` when given.
+    pub fn expr(&self, alias: Option<&str>) -> String {
+        let prefix = alias.map(|a| format!("{a}.")).unwrap_or_default();
+        let cols = self
+            .columns
+            .iter()
+            .map(|(c, how)| match self.mode {
+                RowHash::Record => format!("({prefix}{c}{how})"),
+                RowHash::Text => format!("{prefix}{c}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.mode {
+            RowHash::Record => format!("hash_record_extended(ROW({cols}), 0)"),
+            RowHash::Text => format!("hashtextextended(ROW({cols})::text, 0)"),
+        }
+    }
+}
+
 /// The queries for one table, built once from its metadata and a column list.
 #[derive(Debug, Clone)]
 pub struct RangeQueries {
     table: String,
     display: String,
     key: KeySql,
-    /// Per hashed column in order: the quoted name, and for [`RowHash::Record`] how the
-    /// value enters the row (`None`: as it is; `Some(suffix)`: e.g. `::text`).
-    columns: Vec<(String, &'static str)>,
-    mode: RowHash,
+    hash: RowHashSql,
     int_key: bool,
 }
 
@@ -104,21 +152,7 @@ impl RangeQueries {
             table: table.quoted(),
             display: table.qualified_name().to_string(),
             key: KeySql::new(table),
-            columns: columns
-                .iter()
-                .map(|name| {
-                    let how = match table.column(name) {
-                        Some(c) if NATIVE_EXACT.contains(&c.type_oid) && c.collatable => {
-                            // Byte-wise, whatever the column's collation.
-                            " COLLATE \"C\""
-                        }
-                        Some(c) if NATIVE_EXACT.contains(&c.type_oid) => "",
-                        _ => "::text",
-                    };
-                    (quote_ident(name), how)
-                })
-                .collect(),
-            mode,
+            hash: RowHashSql::new(table, columns, mode),
             int_key,
         }
     }
@@ -133,22 +167,8 @@ impl RangeQueries {
         self.int_key
     }
 
-    /// The row hash expression (see [`RowHash`]).
     fn row_hash(&self, alias: Option<&str>) -> String {
-        let prefix = alias.map(|a| format!("{a}.")).unwrap_or_default();
-        let cols = self
-            .columns
-            .iter()
-            .map(|(c, how)| match self.mode {
-                RowHash::Record => format!("({prefix}{c}{how})"),
-                RowHash::Text => format!("{prefix}{c}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        match self.mode {
-            RowHash::Record => format!("hash_record_extended(ROW({cols}), 0)"),
-            RowHash::Text => format!("hashtextextended(ROW({cols})::text, 0)"),
-        }
+        self.hash.expr(alias)
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ChecksumError {
