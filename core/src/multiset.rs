@@ -203,8 +203,8 @@ pub fn mask(bits: u32) -> i64 {
 /// Bucket bits so that a bucket holds about `per_bucket` of `rows` rows (at most 2^20
 /// buckets: the bucket list of both sides stays a few megabytes).
 pub fn bucket_bits(rows: u64, per_bucket: u64) -> u32 {
-    let buckets = rows.div_ceil(per_bucket.max(1)).max(1);
-    buckets.next_power_of_two().trailing_zeros().min(20)
+    let buckets = rows.div_ceil(per_bucket.max(1)).clamp(1, 1 << 20);
+    buckets.next_power_of_two().trailing_zeros()
 }
 
 #[cfg(test)]

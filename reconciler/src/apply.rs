@@ -295,9 +295,14 @@ async fn repair_table(cfg: &ReconcilerConfig, direction: Direction, table: &str)
         Db::Old => crate::cli::SourceSide::Old,
         Db::New => crate::cli::SourceSide::New,
     };
+    // A table record re-syncs that table's rows; sequences are the cutover's business.
+    let scope = crate::verify::Scope {
+        row_hash: None,
+        sequences: false,
+    };
     let report = crate::verify::run(
         &one,
-        None,
+        scope,
         Some(RepairMode {
             source,
             dry_run: false,

@@ -184,6 +184,10 @@ pub struct VerifyArgs {
     /// fastest both servers support]. For tests and comparisons.
     #[arg(long, value_enum, hide = true)]
     pub row_hash: Option<RowHashArg>,
+    /// Leave sequences out (they are compared by default: one behind on the side that
+    /// takes writes next is a difference).
+    #[arg(long)]
+    pub skip_sequences: bool,
     /// Also write the results in Prometheus text format to this file (for node_exporter's
     /// textfile collector).
     #[arg(long)]

@@ -16,6 +16,8 @@ pub mod replay_report;
 pub mod report;
 pub mod schema;
 pub mod verify;
+pub mod verify_keyless;
+pub mod verify_sequences;
 
 use cli::{Cli, Command, Format, VerifyArgs};
 use std::io::Write;
@@ -200,8 +202,15 @@ where
         cli::RowHashArg::Record => RowHash::Record,
         cli::RowHashArg::Text => RowHash::Text,
     });
-    let report = runtime.block_on(verify::run(&cfg, row_hash, repair, &mut print));
+    let scope = verify::Scope {
+        row_hash,
+        sequences: !args.skip_sequences,
+    };
+    let report = runtime.block_on(verify::run(&cfg, scope, repair, &mut print));
     if human {
+        for q in &report.sequences {
+            println!("{}", report::human_sequence(q));
+        }
         if let Some(e) = &report.error {
             eprintln!("switchyard-reconciler: {e}");
         }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use switchyard_core::diff::{DiffKind, RowDiff};
 use switchyard_core::key::{DisplayKey, KeyText};
+use switchyard_core::multiset_diff::MultisetRow;
 
 /// Keys printed per kind in the human summary (JSON lists all that were found).
 const HUMAN_KEYS: usize = 20;
@@ -22,11 +23,18 @@ pub enum Status {
     Error,
 }
 
-/// One listed differing row.
+/// One listed differing row: by key, or in a table without a primary key by its image
+/// (`row`) and how many copies each side holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct RowReport {
     pub kind: &'static str,
     pub key: KeyText,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies_old: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies_new: Option<i64>,
 }
 
 fn kind_name(kind: DiffKind) -> &'static str {
@@ -42,8 +50,47 @@ impl From<&RowDiff> for RowReport {
         RowReport {
             kind: kind_name(d.kind),
             key: d.key.clone(),
+            row: None,
+            copies_old: None,
+            copies_new: None,
         }
     }
+}
+
+impl From<&MultisetRow> for RowReport {
+    fn from(d: &MultisetRow) -> Self {
+        RowReport {
+            kind: kind_name(if d.old_copies > d.new_copies {
+                DiffKind::MissingInNew
+            } else {
+                DiffKind::ExtraInNew
+            }),
+            key: Vec::new(),
+            row: Some(d.image.text.clone()),
+            copies_old: Some(d.old_copies),
+            copies_new: Some(d.new_copies),
+        }
+    }
+}
+
+/// A sequence on the side that takes writes next (new until the cutover's `writes-new`,
+/// old during it: where writes go on a rollback) whose next value comes before the other
+/// side's: its first `nextval` there would hand out a value already used.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceReport {
+    /// `schema.name` on the side ahead.
+    pub name: String,
+    /// `old` or `new`: the side behind.
+    pub behind: &'static str,
+    /// What `nextval` returns next on each side (null: used up).
+    pub next_old: Option<i64>,
+    pub next_new: Option<i64>,
+    /// Counts the other way on the side behind: no value can fix it, the definition must.
+    pub opposite_direction: bool,
+    pub status: Status,
+    /// After repair: what `nextval` returns next on the side that was behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired_next: Option<i64>,
 }
 
 /// What repair did (or, with `--dry-run`, would do) to one table.
@@ -121,6 +168,11 @@ pub struct Report {
     /// No differences and no errors.
     pub equal: bool,
     pub tables: Vec<TableReport>,
+    /// Sequences behind on the side that takes writes next (empty: none, or not checked).
+    pub sequences: Vec<SequenceReport>,
+    /// Why sequences were not compared, when they were not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequences_skipped: Option<String>,
     /// An error that stopped the run before or between tables.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -134,7 +186,9 @@ impl Report {
         } else if self
             .tables
             .iter()
-            .all(|t| matches!(t.status, Status::Equal | Status::Repaired))
+            .map(|t| t.status)
+            .chain(self.sequences.iter().map(|s| s.status))
+            .all(|s| matches!(s, Status::Equal | Status::Repaired))
         {
             0
         } else {
@@ -170,6 +224,14 @@ impl Report {
         );
         if errors > 0 {
             let _ = write!(s, ", {errors} failed");
+        }
+        let behind = self
+            .sequences
+            .iter()
+            .filter(|q| q.status == Status::Different)
+            .count();
+        if behind > 0 {
+            let _ = write!(s, "; {behind} sequence(s) behind");
         }
         if let Some(e) = &self.error {
             let _ = write!(s, "; error: {e}");
@@ -298,14 +360,17 @@ pub fn human_table(t: &TableReport) -> String {
         let shown: Vec<String> = keys
             .iter()
             .take(HUMAN_KEYS)
-            .map(|r| DisplayKey(&r.key).to_string())
+            .map(|r| match (&r.row, r.copies_old, r.copies_new) {
+                (Some(row), Some(o), Some(n)) => format!("{row} (copies: old {o}, new {n})"),
+                _ => DisplayKey(&r.key).to_string(),
+            })
             .collect();
-        let _ = write!(
-            s,
-            "\n  {label} ({}): {}",
-            t.key_columns.join(", "),
-            shown.join("; ")
-        );
+        let by = if t.key_columns.is_empty() {
+            "no primary key: whole rows".to_string()
+        } else {
+            t.key_columns.join(", ")
+        };
+        let _ = write!(s, "\n  {label} ({by}): {}", shown.join("; "));
         if keys.len() > HUMAN_KEYS {
             let _ = write!(
                 s,
@@ -340,6 +405,34 @@ pub fn human_table(t: &TableReport) -> String {
                 ""
             }
         );
+    }
+    s
+}
+
+/// The human line for one sequence found behind.
+pub fn human_sequence(q: &SequenceReport) -> String {
+    let show = |v: Option<i64>| v.map_or("nothing (used up)".to_string(), |v| v.to_string());
+    let (behind, ahead) = if q.behind == "new" {
+        (q.next_new, q.next_old)
+    } else {
+        (q.next_old, q.next_new)
+    };
+    let other = if q.behind == "new" { "old" } else { "new" };
+    let mut s = format!(
+        "sequence {}: BEHIND on {}: hands out {} next, {other} {}",
+        q.name,
+        q.behind,
+        show(behind),
+        show(ahead)
+    );
+    if q.opposite_direction {
+        s.push_str(" (it counts the other way there: fix its INCREMENT)");
+    }
+    match (q.status, q.repaired_next) {
+        (Status::Repaired, Some(v)) => {
+            let _ = write!(s, "\n  repaired: hands out {v} next");
+        }
+        _ => s.push_str("\n  (repair advances it; the cutover's write flip does too)"),
     }
     s
 }

@@ -1,13 +1,15 @@
 //! The schema check that runs before any data is read: same tables, same columns with the
-//! same types, a primary key on both sides and the same one.
+//! same types, and the same primary key on both sides, or none on either (a table without
+//! one is compared as a multiset of rows).
 
 use switchyard_core::catalog::TableMeta;
 
 /// Outcome of comparing one table's definition on the two sides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaCheck {
-    /// Comparable: the column names to hash, in old's order.
-    Comparable { columns: Vec<String> },
+    /// Comparable: the column names to hash, in old's order; `keyless` when neither side
+    /// has a primary key (rows are then matched by their whole image, copies counted).
+    Comparable { columns: Vec<String>, keyless: bool },
     /// Not comparable; one plain sentence per difference.
     Different(Vec<String>),
 }
@@ -48,9 +50,7 @@ pub fn compare(old: Option<&TableMeta>, new: Option<&TableMeta>) -> SchemaCheck 
     }
     let (ko, kn) = (key_names(old), key_names(new));
     match (ko.is_empty(), kn.is_empty()) {
-        (true, true) => {
-            problems.push("no primary key on either side: rows cannot be matched".into())
-        }
+        (true, true) => {}
         (true, false) => problems.push("no primary key in old".into()),
         (false, true) => problems.push("no primary key in new".into()),
         (false, false) if ko != kn => problems.push(format!(
@@ -63,6 +63,7 @@ pub fn compare(old: Option<&TableMeta>, new: Option<&TableMeta>) -> SchemaCheck 
     if problems.is_empty() {
         SchemaCheck::Comparable {
             columns: old.columns.iter().map(|c| c.name.clone()).collect(),
+            keyless: ko.is_empty(),
         }
     } else {
         SchemaCheck::Different(problems)
@@ -102,8 +103,27 @@ mod tests {
         assert_eq!(
             compare(Some(&a), Some(&b)),
             SchemaCheck::Comparable {
-                columns: vec!["id".into(), "v".into()]
+                columns: vec!["id".into(), "v".into()],
+                keyless: false
             }
+        );
+    }
+
+    #[test]
+    fn tables_without_a_key_on_either_side_compare_as_multisets() {
+        let a = table(&[("at", "timestamp"), ("v", "text")], &[]);
+        let b = table(&[("v", "text"), ("at", "timestamp")], &[]);
+        assert_eq!(
+            compare(Some(&a), Some(&b)),
+            SchemaCheck::Comparable {
+                columns: vec!["at".into(), "v".into()],
+                keyless: true
+            }
+        );
+        let keyed = table(&[("at", "timestamp"), ("v", "text")], &[0]);
+        assert_eq!(
+            compare(Some(&a), Some(&keyed)),
+            SchemaCheck::Different(vec!["no primary key in old".into()])
         );
     }
 

@@ -7,11 +7,14 @@ use crate::connect::{connect, connect_writer, Db};
 use crate::progress_table::ProgressTable;
 use crate::report::{RepairReport, Report, RowReport, Status, TableReport};
 use crate::schema::{compare, SchemaCheck};
+use crate::verify_keyless::{self, Keyless};
+use crate::verify_sequences;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::catalog::{list_user_tables, load_table, CatalogError, TableMeta};
+use switchyard_core::checksum::server_version_num;
 use switchyard_core::connect::Writer;
 use switchyard_core::diff::{diff_table, DiffKind, RowHash, Sides, TableDiff};
 use switchyard_core::ident::QualifiedName;
@@ -35,6 +38,17 @@ struct Comparable {
     old: TableMeta,
     new: TableMeta,
     columns: Vec<String>,
+    /// No primary key on either side: compared as a multiset of rows.
+    keyless: bool,
+}
+
+/// What a run compares besides the tables' rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    /// How rows are hashed; `None` picks the fastest both servers support.
+    pub row_hash: Option<RowHash>,
+    /// Compare (and repair) the sequences too.
+    pub sequences: bool,
 }
 
 /// Runs verify (or repair, with `repair`), calling `progress` with each table's report as
@@ -42,7 +56,7 @@ struct Comparable {
 /// databases cannot be reached) end up in `Report::error`.
 pub async fn run(
     cfg: &ReconcilerConfig,
-    row_hash: Option<RowHash>,
+    scope: Scope,
     repair: Option<RepairMode>,
     progress: &mut dyn FnMut(&TableReport),
 ) -> Report {
@@ -50,9 +64,11 @@ pub async fn run(
         command: if repair.is_some() { "repair" } else { "verify" },
         equal: false,
         tables: Vec::new(),
+        sequences: Vec::new(),
+        sequences_skipped: None,
         error: None,
     };
-    if let Err(e) = run_inner(cfg, row_hash, repair, progress, &mut report).await {
+    if let Err(e) = run_inner(cfg, scope, repair, progress, &mut report).await {
         report.error = Some(format!("{e:#}"));
     }
     report.equal = report.exit_code() == 0;
@@ -61,7 +77,7 @@ pub async fn run(
 
 async fn run_inner(
     cfg: &ReconcilerConfig,
-    row_hash: Option<RowHash>,
+    scope: Scope,
     repair: Option<RepairMode>,
     progress: &mut dyn FnMut(&TableReport),
     report: &mut Report,
@@ -127,21 +143,41 @@ async fn run_inner(
                 progress(&t);
                 report.tables.push(t);
             }
-            SchemaCheck::Comparable { columns } => {
+            SchemaCheck::Comparable { columns, keyless } => {
                 comparable.push(Comparable {
                     report_index: report.tables.len(),
                     old: old.expect("comparable tables exist on old"),
                     new: new.expect("comparable tables exist on new"),
                     columns,
+                    keyless,
                 });
                 t.status = Status::Equal;
                 report.tables.push(t);
             }
         }
     }
+    if scope.sequences {
+        let urls = repair
+            .filter(|m| !m.dry_run)
+            .map(|_| (cfg.old.as_str(), cfg.new.as_str()));
+        let checked =
+            verify_sequences::check(&meta_old, &meta_new, &cfg.table_names(), urls).await?;
+        report.sequences = checked.sequences;
+        report.sequences_skipped = checked.skipped;
+    } else {
+        report.sequences_skipped = Some("--skip-sequences".into());
+    }
     if comparable.is_empty() {
         return Ok(());
     }
+    let mode = match scope.row_hash {
+        Some(m) => m,
+        None => {
+            let (a, b) =
+                tokio::try_join!(server_version_num(&meta_old), server_version_num(&meta_new))?;
+            RowHash::for_versions(a, b)
+        }
+    };
 
     let jobs = cfg.reconciler.jobs;
     let mut pairs = Vec::with_capacity(jobs);
@@ -157,11 +193,27 @@ async fn run_inner(
         _ => None,
     };
     let mut opts = cfg.diff_options();
-    opts.row_hash = row_hash;
+    opts.row_hash = Some(mode);
     for c in comparable {
         let started = Instant::now();
         let t = &mut report.tables[c.report_index];
         board.running(&t.table.clone()).await;
+        if c.keyless {
+            let table = Keyless {
+                old: &c.old,
+                new: &c.new,
+                columns: &c.columns,
+            };
+            let fix = repair.map(|m| (m, repair_clients.as_mut()));
+            if let Err(e) = verify_keyless::run(t, &pairs[0], table, &opts, mode, fix).await {
+                t.status = Status::Error;
+                t.error = Some(format!("{e:#}"));
+            }
+            t.seconds = started.elapsed().as_secs_f64();
+            board.finished(t).await;
+            progress(t);
+            continue;
+        }
         match diff_table(&pairs, &c.old, &c.columns, &opts).await {
             Ok(diff) => {
                 fill(t, &diff);

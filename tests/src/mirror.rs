@@ -51,9 +51,11 @@ pub async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<Reconc
     run_reconciler(&args, RUN_TIMEOUT).await
 }
 
-/// The reconciler's verify must find `tables` (comma-separated) equal on both sides.
+/// The reconciler's verify must find `tables` (comma-separated) equal on both sides, row
+/// by row. Sequences are left out: while old takes the writes new's stay behind by design
+/// (the cutover's write flip advances them), and these checks are about rows.
 pub async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
-    let run = reconciler(pair, "verify", &["--tables", tables]).await?;
+    let run = reconciler(pair, "verify", &["--tables", tables, "--skip-sequences"]).await?;
     ensure!(
         run.code() == Some(0),
         "verify found differences:\n{}",

@@ -70,6 +70,8 @@ async fn verify_json(pair: &Pair, tables: &str) -> Result<switchyard_tests::reco
             tables,
             "--format",
             "json",
+            // Rows only: new's sequences stay behind while old takes the writes.
+            "--skip-sequences",
         ],
         Duration::from_secs(60),
     )

@@ -16,6 +16,7 @@ pub mod warmup;
 
 pub use checks::{next_checklist, Check, Checks};
 pub use flip::{flip, FlipError, FlipReport, FlipRequest};
+pub use pause::MARGIN as SEQUENCE_MARGIN;
 pub use proposal::cancel;
 pub use schema::{ensure_schema, CHANNEL, HEARTBEAT_SQL};
 pub use status::{status, Instance, LogEntry, Status};

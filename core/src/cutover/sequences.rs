@@ -182,6 +182,8 @@ struct Seq {
     quoted: String,
     /// `schema.table.column` of the serial or identity column owning it.
     owner: Option<String>,
+    /// Schema and name of that column's table.
+    owner_table: Option<(String, String)>,
     increment: i64,
     min: i64,
     max: i64,
@@ -190,12 +192,14 @@ struct Seq {
 async fn catalog(client: &Client, side: &str) -> Result<Vec<Seq>, SequenceError> {
     // Temporary sequences belong to other sessions, which alone can read them.
     let sql = format!(
-        "SELECT c.oid, n.nspname, c.relname, s.seqincrement, s.seqmin, s.seqmax, o.owner
+        "SELECT c.oid, n.nspname, c.relname, s.seqincrement, s.seqmin, s.seqmax, o.owner,
+                o.owner_schema, o.owner_table
          FROM pg_sequence s
          JOIN pg_class c ON c.oid = s.seqrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          LEFT JOIN LATERAL (
-             SELECT format('%I.%I.%I', tn.nspname, t.relname, a.attname) AS owner
+             SELECT format('%I.%I.%I', tn.nspname, t.relname, a.attname) AS owner,
+                    tn.nspname AS owner_schema, t.relname AS owner_table
              FROM pg_depend d
              JOIN pg_class t ON t.oid = d.refobjid
              JOIN pg_namespace tn ON tn.oid = t.relnamespace
@@ -222,6 +226,9 @@ async fn catalog(client: &Client, side: &str) -> Result<Vec<Seq>, SequenceError>
                 name: format!("{schema}.{name}"),
                 key: (schema, name),
                 owner: r.get(6),
+                owner_table: r
+                    .get::<_, Option<String>>(7)
+                    .zip(r.get::<_, Option<String>>(8)),
                 increment: r.get(3),
                 min: r.get(4),
                 max: r.get(5),
@@ -417,15 +424,28 @@ pub async fn advance(
     Ok(moves)
 }
 
-/// Names (`schema.name`, the source's) of the sequences whose next value on the target
-/// comes before the source's next value (below it counting up, above it counting down):
-/// the target would hand out values the source already did. [`advance`] with any margin
-/// leaves none. Sequences counting the other way on the target are listed too; sequences
-/// missing on the target are not (see [`advance`]).
-///
-/// The check to run once writes are paused, right before they move to the target: empty
-/// means the target's sequences cannot collide with a value the source used.
-pub async fn behind(source: &Client, target: &Client) -> Result<Vec<String>, SequenceError> {
+/// A sequence whose next value on the target comes before the source's next value.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Lagging {
+    /// `schema.name` on the source.
+    pub name: String,
+    /// Its counterpart on the target.
+    pub target_name: String,
+    /// Schema and name of the table whose serial or identity column owns it (on the source).
+    pub owner_table: Option<(String, String)>,
+    /// What `nextval` returns next on each side (None: used up).
+    pub source_next: Option<i64>,
+    pub target_next: Option<i64>,
+    /// The target counts the other way: no value of its can be set to fix it.
+    pub opposite_direction: bool,
+}
+
+/// The sequences whose next value on the target comes before the source's next value
+/// (below it counting up, above it counting down): the target would hand out values the
+/// source already did. [`advance`] with any margin leaves none. Sequences counting the
+/// other way on the target are listed too; sequences missing on the target are not (see
+/// [`advance`]).
+pub async fn lagging(source: &Client, target: &Client) -> Result<Vec<Lagging>, SequenceError> {
     let sides = read_sides(source, target).await?;
     let pairs: Vec<(usize, usize)> = sides
         .matched
@@ -438,11 +458,33 @@ pub async fn behind(source: &Client, target: &Client) -> Result<Vec<String>, Seq
     Ok(pairs
         .iter()
         .zip(&target_pos)
-        .filter(|((i, _), tp)| {
+        .filter_map(|((i, t), tp)| {
             let name = &sides.source[*i].name;
-            !matches!(target_next(name, &sides.source_pos[*i], tp, 0), Ok(None))
+            let sp = &sides.source_pos[*i];
+            let verdict = target_next(name, sp, tp, 0);
+            if matches!(verdict, Ok(None)) {
+                return None;
+            }
+            Some(Lagging {
+                name: name.clone(),
+                target_name: sides.target[*t].name.clone(),
+                owner_table: sides.source[*i].owner_table.clone(),
+                source_next: i64::try_from(sp.next()).ok(),
+                target_next: i64::try_from(tp.next()).ok(),
+                opposite_direction: matches!(verdict, Err(SequenceError::Direction { .. })),
+            })
         })
-        .map(|((i, _), _)| sides.source[*i].name.clone())
+        .collect())
+}
+
+/// Names of the [`lagging`] sequences: the check to run once writes are paused, right
+/// before they move to the target; empty means the target's sequences cannot collide with
+/// a value the source used.
+pub async fn behind(source: &Client, target: &Client) -> Result<Vec<String>, SequenceError> {
+    Ok(lagging(source, target)
+        .await?
+        .into_iter()
+        .map(|l| l.name)
         .collect())
 }
 

@@ -151,6 +151,7 @@ fn seq(name: &str, owner: Option<&str>) -> Seq {
         name: name.into(),
         quoted: String::new(),
         owner: owner.map(str::to_string),
+        owner_table: None,
         increment: 1,
         min: 1,
         max: i64::MAX,
