@@ -137,6 +137,14 @@ async fn compare_once(
             None
         }
         (Some(diff), true) if job.first_mismatch == Some(signature(&a, &b)) => {
+            // Only old against new can be accepted: a baseline that sorts differently is
+            // a statement whose order is not stable, worth seeing whatever the setting.
+            if diff == Difference::Collation
+                && job.kind == Kind::Shadow
+                && shadow.accepts_collation(job.fingerprint)
+            {
+                return Some(Outcome::Accepted(diff.as_str()));
+            }
             confirm(shadow, job, query, diff, &a, &b);
             Some(Outcome::Confirmed(diff.as_str()))
         }
@@ -217,14 +225,19 @@ fn confirm(shadow: &Shadow, job: &Job, query: &str, diff: Difference, a: &Digest
     let at_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    // Same rows in another order name no differing row: show both orders instead.
+    let first = match diff {
+        Difference::Order | Difference::Collation => shadow.config.sample_rows,
+        _ => 0,
+    };
     shadow.samples.push(MismatchSample {
         at_unix_ms,
         fingerprint,
         kind: job.kind.as_str(),
         query: query.to_string(),
         difference: diff.as_str(),
-        old: side_view(a, &only_a, &shadow.redactor),
-        other: side_view(b, &only_b, &shadow.redactor),
+        old: side_view(a, &only_a, first, &shadow.redactor),
+        other: side_view(b, &only_b, first, &shadow.redactor),
         redacted: shadow.redactor.redacts(),
         rows_listed,
     });
