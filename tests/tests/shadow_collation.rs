@@ -296,3 +296,50 @@ async fn a_text_sort_both_sides_agree_on_matches() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The dashboard lists the shape among the collation differences, and its sample says what
+/// it means and how to accept it, with each side's first rows in its own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_collation_differences_by_shape() -> Result<()> {
+    use std::time::Duration;
+    use switchyard_tests::browser::dump_dom;
+    use switchyard_tests::wait::poll_until;
+    let pair = pair().await?;
+    let proxy = start_proxy(shadow_config(&pair)).await?;
+    connect_proxy(&proxy).await?.query(ALL_BY_NAME, &[]).await?;
+    let s = confirmed_collation(&proxy, ALL_BY_NAME).await?;
+    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    let url = format!("http://{}/", proxy.admin_addr().context("admin server")?);
+    let dom = tokio::task::block_in_place(|| {
+        poll_until(
+            "the page to list the collation difference",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                Ok(dom
+                    .contains("confirmed mismatch: accept once understood")
+                    .then_some(dom))
+            },
+        )
+    })?;
+    let table_at = dom
+        .find("id=\"collation\"")
+        .context("the collation table")?;
+    let table = &dom[table_at..];
+    let table = &table[..table.find("</table>").context("table end")?];
+    ensure!(
+        table.contains(&format!("<td>{fp}</td>")) && table.contains(ALL_BY_NAME),
+        "{table}"
+    );
+    ensure!(
+        dom.contains("sort text differently")
+            && dom.contains(&format!("shadow.accept_collation = [\"{fp}\"]")),
+        "the sample explains the difference: {dom}"
+    );
+    ensure!(
+        dom.matches("first rows, in this side's order").count() == 2,
+        "both orders are shown: {dom}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
