@@ -343,3 +343,80 @@ async fn the_dashboard_shows_collation_differences_by_shape() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The instance `id` as the cutover status lists it.
+async fn instance(proxy: &RunningProxy, id: &str) -> Result<Option<Value>> {
+    let admin = proxy.admin_addr().context("admin server")?;
+    let (_, text) = switchyard_tests::http::get(admin, "/api/cutover").await?;
+    let v: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+    Ok(v["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["id"] == id).cloned()))
+}
+
+/// The cutover's pre-flight: a confirmed collation mismatch refuses moving reads to new like
+/// any other mismatch; once its shape is accepted it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collation_mismatch_blocks_reads_moving_to_new_unless_accepted() -> Result<()> {
+    use std::time::{Duration, Instant};
+    use switchyard_tests::cutover::{config, failed_checks, flip};
+    use switchyard_tests::wait::poll_until_async;
+    let canary = r#"{"to": "canary", "percent": 100}"#;
+
+    let pair1 = pair().await?;
+    let mut cfg = config(&pair1, "a");
+    cfg.shadow.sample_rate = 1.0;
+    cfg.shadow.recheck_delay_ms = 200;
+    let a = start_proxy(cfg).await?;
+    connect_proxy(&a).await?.query(ALL_BY_NAME, &[]).await?;
+    let s = confirmed_collation(&a, ALL_BY_NAME).await?;
+    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    poll_until_async(
+        "the heartbeat to carry the mismatch",
+        Duration::from_secs(30),
+        || async {
+            let i = instance(&a, "a").await?;
+            Ok(i.filter(|i| i["last_mismatch_secs"].is_number()))
+        },
+    )
+    .await?;
+    let (status, report) = flip(&a, canary).await?;
+    ensure!(status == 409, "refused: {status} {report}");
+    ensure!(
+        failed_checks(&report)? == ["no recent mismatch"],
+        "{report}"
+    );
+    a.shutdown().await;
+
+    let pair2 = pair().await?;
+    let mut cfg = config(&pair2, "b");
+    cfg.shadow.sample_rate = 1.0;
+    cfg.shadow.recheck_delay_ms = 200;
+    cfg.shadow.accept_collation = vec![fp];
+    let b = start_proxy(cfg).await?;
+    connect_proxy(&b).await?.query(ALL_BY_NAME, &[]).await?;
+    wait_shadow(&b, "the collation difference to be accepted", |s| {
+        settled(s) && count(entry(s, ALL_BY_NAME), "accepted") == 1
+    })
+    .await?;
+    let accepted_at = Instant::now();
+    // A heartbeat after the comparison: had it confirmed a mismatch, this one would say so.
+    let i = poll_until_async(
+        "a heartbeat after the accepted comparison",
+        Duration::from_secs(30),
+        || async {
+            let i = instance(&b, "b").await?;
+            let since = accepted_at.elapsed().as_secs_f64();
+            Ok(i.filter(|i| i["last_seen_secs"].as_f64().is_some_and(|s| s < since)))
+        },
+    )
+    .await?;
+    ensure!(i["last_mismatch_secs"].is_null(), "{i:#}");
+    let (status, report) = flip(&b, canary).await?;
+    ensure!(
+        status == 200,
+        "an accepted shape does not block: {status} {report}"
+    );
+    b.shutdown().await;
+    Ok(())
+}
