@@ -316,4 +316,23 @@ mod tests {
         assert_eq!(s.fingerprints().len(), 2, "one shape plus the shared entry");
         assert_eq!(s.fingerprints()["0000000000000000"].shadow.matched, 4);
     }
+
+    #[test]
+    fn accepted_is_seen_but_not_a_mismatch() {
+        let s = Stats::new(10);
+        s.sampled(7, Kind::Shadow, "SELECT name FROM t ORDER BY name");
+        s.outcome(7, Kind::Shadow, "q", Outcome::Accepted("collation"));
+        // What the cutover's pre-flight and the canary look at.
+        assert!(!s.confirmed(7));
+        assert_eq!(s.confirmed_count(7), 0);
+        assert!(s.since_confirmed().is_none());
+        let e = &s.fingerprints()["0000000000000007"];
+        assert_eq!((e.shadow.accepted, e.shadow.confirmed), (1, 0));
+        assert_eq!(e.accepted_differences["collation"], 1);
+        assert!(e.differences.is_empty());
+        s.outcome(7, Kind::Shadow, "q", Outcome::Confirmed("collation"));
+        assert_eq!(s.confirmed_count(7), 1);
+        assert!(s.since_confirmed().is_some());
+        assert_eq!(s.totals().0.accepted, 1);
+    }
 }
