@@ -174,6 +174,11 @@ function sideTable(title, side) {
   const h = document.createElement("h3");
   h.textContent = `${title}: ${fmt(side.rows)} rows`;
   wrap.appendChild(h);
+  if ((side.sort_collations || []).length > 0) {
+    const p = document.createElement("p");
+    p.textContent = `sorted under ${side.sort_collations.join("; ")}`;
+    wrap.appendChild(p);
+  }
   if ((side.first_rows || []).length > 0) {
     // An order or collation difference: the first rows as this side ordered them.
     const p = document.createElement("p");

@@ -20,15 +20,20 @@ INSERT INTO people VALUES (1, 'b'), (2, 'B'), (3, 'a'), (4, 'A');
 CREATE TABLE fruits (id int PRIMARY KEY, name text COLLATE "C" NOT NULL);
 INSERT INTO fruits VALUES (1, 'apple'), (2, 'cherry'), (3, 'apple'), (4, 'banana'),
   (5, 'banana'), (6, 'date');
+CREATE TABLE codes (id int PRIMARY KEY, code text COLLATE "C" NOT NULL);
+INSERT INTO codes VALUES (1, 'b'), (2, 'B'), (3, 'a'), (4, 'A');
 "#;
 
 /// The same rows; fruits in another physical order, so ties come back in other orders.
+/// `codes` has the same collation on both sides and one value changed on new.
 const PEOPLE_NEW: &str = r#"
 CREATE TABLE people (id int PRIMARY KEY, name text COLLATE "und-x-icu" NOT NULL);
 INSERT INTO people VALUES (4, 'A'), (3, 'a'), (2, 'B'), (1, 'b');
 CREATE TABLE fruits (id int PRIMARY KEY, name text COLLATE "und-x-icu" NOT NULL);
 INSERT INTO fruits VALUES (6, 'date'), (5, 'banana'), (4, 'banana'), (3, 'apple'),
   (2, 'cherry'), (1, 'apple');
+CREATE TABLE codes (id int PRIMARY KEY, code text COLLATE "C" NOT NULL);
+INSERT INTO codes VALUES (1, 'b'), (2, 'Z'), (3, 'a'), (4, 'A');
 "#;
 
 /// All rows, sorted by a text column.
@@ -128,6 +133,13 @@ async fn same_rows_in_another_text_order_is_a_collation_mismatch() -> Result<()>
             && first_names(&sample["other"]) == ["a", "A", "b", "B"],
         "both orders are shown: {sample:#}"
     );
+    ensure!(
+        sample["old"]["sort_collations"] == serde_json::json!(["name: C (libc)"])
+            && sample["other"]["sort_collations"][0]
+                .as_str()
+                .is_some_and(|c| c.starts_with("name: und-x-icu (icu, version ")),
+        "each side's collation of the sort column: {sample:#}"
+    );
     let shape = collation_shape(&m, &fp).context("the shape in the collation list")?;
     ensure!(
         shape["confirmed"] == 1
@@ -191,6 +203,37 @@ async fn text_sort_with_limit_returning_other_rows_is_a_collation_mismatch() -> 
     ensure!(
         collation_shape(&m, &fp).is_some_and(|shape| shape["confirmed"] == 1),
         "{m:#}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Under a limit, other rows with another key sequence while both sides name the same
+/// collation for the sort column: a changed value, not the sort, so `rows`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_rows_under_a_limit_with_the_same_collation_are_rows() -> Result<()> {
+    let pair = pair().await?;
+    let proxy = start_proxy(shadow_config(&pair)).await?;
+    // Old keeps A, B; new keeps A, Z (B changed to Z).
+    let q = "SELECT id, code FROM codes ORDER BY code LIMIT 2";
+    connect_proxy(&proxy).await?.query(q, &[]).await?;
+    let s = confirmed_collation(&proxy, "FROM codes").await?;
+    let e = entry(&s, "FROM codes").context("entry")?;
+    ensure!(e["differences"]["rows"] == 1, "{s:#}");
+    let (m, _) = mismatches(&proxy).await?;
+    let samples = samples_of(&m, "FROM codes");
+    ensure!(
+        samples.len() == 1 && samples[0]["difference"] == "rows",
+        "{m:#}"
+    );
+    ensure!(
+        samples[0]["old"]["sort_collations"] == samples[0]["other"]["sort_collations"]
+            && samples[0]["old"]["sort_collations"][0] == "code: C (libc)",
+        "{m:#}"
+    );
+    ensure!(
+        m["collation"].as_array().is_some_and(Vec::is_empty),
+        "not a collation difference: {m:#}"
     );
     proxy.shutdown().await;
     Ok(())
@@ -335,6 +378,10 @@ async fn the_dashboard_shows_collation_differences_by_shape() -> Result<()> {
         dom.contains("sort text differently")
             && dom.contains(&format!("shadow.accept_collation = [\"{fp}\"]")),
         "the sample explains the difference: {dom}"
+    );
+    ensure!(
+        dom.contains("sorted under name: C (libc)"),
+        "the collations are named: {dom}"
     );
     ensure!(
         dom.matches("first rows, in this side's order").count() == 2,

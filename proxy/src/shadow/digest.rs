@@ -24,6 +24,8 @@ const VALUE_BUDGET: usize = 1 << 20;
 pub struct Column {
     pub name: String,
     pub type_oid: u32,
+    /// (table OID, attribute number) when the column is a table's, to look up its collation.
+    pub source: Option<(u32, i16)>,
 }
 
 /// How rows are compared, decided from the statement's shape and the result columns.
@@ -148,6 +150,18 @@ impl Digest {
             max_kept,
             values: keep_values.then(Vec::new),
             value_bytes: 0,
+        }
+    }
+
+    /// The text columns among the sort keys (whose collation decides the order).
+    pub fn text_sort_columns(&self) -> Vec<&Column> {
+        match &self.mode {
+            Mode::Ordered { keys, .. } => keys
+                .iter()
+                .filter_map(|&k| self.columns.get(k))
+                .filter(|c| is_collatable(c.type_oid))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -307,6 +321,12 @@ pub fn compare(a: &Digest, b: &Digest) -> Option<Difference> {
         (true, true) if limited && collatable => Some(Difference::Collation),
         (true, _) => Some(Difference::Rows),
     }
+}
+
+/// Whether both results hold the same rows as multisets (under a limit, outside the last
+/// tie group), whatever their order.
+pub fn same_rows(a: &Digest, b: &Digest) -> bool {
+    a.sum == b.sum && a.mix == b.mix
 }
 
 /// What exactly differs, as one number: equal for two comparisons that found the same rows

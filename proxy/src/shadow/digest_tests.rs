@@ -7,6 +7,7 @@ fn cols(spec: &[(&str, u32)]) -> Vec<Column> {
         .map(|(n, t)| Column {
             name: n.to_string(),
             type_oid: *t,
+            source: None,
         })
         .collect()
 }
@@ -134,6 +135,7 @@ fn text_sort_in_another_order_is_a_collation_difference() {
     assert_eq!(a.order_unchecked, None, "text order is checked");
     assert_eq!(compare(&a, &b), Some(Difference::Collation));
     assert_eq!(compare(&a, &a.clone()), None, "the same order matches");
+    assert_eq!(a.text_sort_columns().len(), 1);
     // Other rows are a data difference whatever the order.
     let b = names(&sh, &["a", "A", "b", "C"]);
     assert_eq!(compare(&a, &b), Some(Difference::Rows));

@@ -27,6 +27,10 @@ pub struct SideView {
     /// returned them, so the two orders can be read side by side.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_rows: Vec<Vec<Option<String>>>,
+    /// For a collation difference: each text sort column's collation on this side
+    /// (`name: C (libc)`), where it is a table's column.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sort_collations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +105,7 @@ pub fn side_view(d: &Digest, hashes: &[u64], first: usize, redactor: &Redactor) 
         columns: d.columns.iter().map(view).collect(),
         only_here,
         first_rows,
+        sort_collations: Vec::new(),
     }
 }
 
@@ -172,12 +177,14 @@ mod tests {
                     columns: vec![],
                     only_here: vec![],
                     first_rows: vec![],
+                    sort_collations: vec![],
                 },
                 other: SideView {
                     rows: 0,
                     columns: vec![],
                     only_here: vec![],
                     first_rows: vec![],
+                    sort_collations: vec![],
                 },
                 redacted: true,
                 rows_listed: true,
