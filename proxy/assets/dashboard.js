@@ -111,8 +111,10 @@ function drawMirror(m) {
 }
 
 function matchRate(c) {
-  const compared = c.matched + c.confirmed + c.transient;
-  return compared > 0 ? (c.matched + c.transient) / compared : null;
+  // An accepted difference (a collation the operator judged harmless) counts as agreeing.
+  const accepted = c.accepted || 0;
+  const compared = c.matched + c.confirmed + c.transient + accepted;
+  return compared > 0 ? (c.matched + c.transient + accepted) / compared : null;
 }
 
 function drawShadow(s) {
@@ -139,12 +141,32 @@ function drawShadow(s) {
     const code = document.createElement("code");
     code.textContent = c.query || "";
     q.appendChild(code);
-    for (const k of ["sampled", "matched", "confirmed", "transient", "errors", "skipped"]) {
-      cell(tr, fmt(c[k]), k === "confirmed" && c[k] > 0 ? "num bad" : "num");
+    for (const k of ["sampled", "matched", "confirmed", "accepted", "transient", "errors", "skipped"]) {
+      cell(tr, fmt(c[k] || 0), k === "confirmed" && c[k] > 0 ? "num bad" : "num");
     }
     const r = matchRate(c);
     cell(tr, pct(r), "num");
   });
+}
+
+function rowsTable(columns, rows, emptyText, cls) {
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  for (const c of columns) {
+    const th = document.createElement("th");
+    th.textContent = c.name;
+    head.appendChild(th);
+  }
+  const body = table.createTBody();
+  if (rows.length === 0) {
+    const td = cell(body.insertRow(), emptyText, "muted");
+    td.colSpan = Math.max(1, columns.length);
+  }
+  for (const row of rows) {
+    const tr = body.insertRow();
+    for (const v of row) cell(tr, v === null ? "NULL" : v, cls);
+  }
+  return table;
 }
 
 function sideTable(title, side) {
@@ -152,24 +174,36 @@ function sideTable(title, side) {
   const h = document.createElement("h3");
   h.textContent = `${title}: ${fmt(side.rows)} rows`;
   wrap.appendChild(h);
-  const table = document.createElement("table");
-  const head = table.createTHead().insertRow();
-  for (const c of side.columns || []) {
-    const th = document.createElement("th");
-    th.textContent = c.name;
-    head.appendChild(th);
+  if ((side.sort_collations || []).length > 0) {
+    const p = document.createElement("p");
+    p.textContent = `sorted under ${side.sort_collations.join("; ")}`;
+    wrap.appendChild(p);
   }
-  const body = table.createTBody();
-  if ((side.only_here || []).length === 0) {
-    const td = cell(body.insertRow(), "no rows only here", "muted");
-    td.colSpan = Math.max(1, (side.columns || []).length);
+  if ((side.first_rows || []).length > 0) {
+    // An order or collation difference: the first rows as this side ordered them.
+    const p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = "first rows, in this side's order";
+    wrap.appendChild(p);
+    wrap.appendChild(rowsTable(side.columns || [], side.first_rows, "none"));
   }
-  for (const row of side.only_here || []) {
-    const tr = body.insertRow();
-    for (const v of row) cell(tr, v === null ? "NULL" : v, "only");
-  }
-  wrap.appendChild(table);
+  wrap.appendChild(rowsTable(side.columns || [], side.only_here || [], "no rows only here", "only"));
   return wrap;
+}
+
+function drawCollation(view) {
+  const shapes = view ? view.collation || [] : [];
+  fillTable("collation", shapes, (tr, c) => {
+    cell(tr, c.fingerprint);
+    const q = cell(tr, "");
+    const code = document.createElement("code");
+    code.textContent = c.query || "(not sampled yet)";
+    q.appendChild(code);
+    cell(tr, fmt(c.confirmed), c.confirmed > 0 ? "num bad" : "num");
+    cell(tr, fmt(c.accepted), "num");
+    if (c.accepted_by_setting) cell(tr, "accepted (shadow.accept_collation)", "ok");
+    else cell(tr, "confirmed mismatch: accept once understood", "bad");
+  }, view ? "no text sort differs" : "shadow reads are off");
 }
 
 function drawSamples(view) {
@@ -201,6 +235,14 @@ function drawSamples(view) {
     const q = document.createElement("pre");
     q.textContent = s.query;
     div.appendChild(q);
+    if (s.difference === "collation") {
+      const p = document.createElement("p");
+      p.className = "bad";
+      p.textContent = "The databases sort text differently: same rows in another order, or other rows " +
+        "under the LIMIT. Clients paging through this query will see other rows after the cutover. " +
+        `Once understood: shadow.accept_collation = ["${s.fingerprint}"].`;
+      div.appendChild(p);
+    }
     const diff = document.createElement("div");
     diff.className = "diff";
     diff.appendChild(sideTable("old", s.old));
@@ -361,6 +403,7 @@ async function poll() {
     drawMirror(status.mirror);
     drawShadow(status.shadow);
     drawSamples(mismatches);
+    drawCollation(mismatches);
     drawProgress(status.progress);
     verdict(status, status.shadow);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;

@@ -65,6 +65,16 @@ pub fn entry<'a>(shadow: &'a Value, needle: &str) -> Option<&'a Value> {
         .find(|e| e["query"].as_str().is_some_and(|q| q.contains(needle)))
 }
 
+/// The fingerprint (16 hex digits) of the entry whose normalized query contains `needle`.
+pub fn fingerprint_of(shadow: &Value, needle: &str) -> Option<String> {
+    shadow
+        .get("fingerprints")?
+        .as_object()?
+        .iter()
+        .find(|(_, e)| e["query"].as_str().is_some_and(|q| q.contains(needle)))
+        .map(|(fp, _)| fp.clone())
+}
+
 /// A counter of an entry (0 when absent).
 pub fn count(entry: Option<&Value>, key: &str) -> u64 {
     entry.and_then(|e| e[key].as_u64()).unwrap_or(0)
@@ -76,10 +86,17 @@ pub fn settled(shadow: &Value) -> bool {
     q["pushed"] == q["popped"] && q["rechecks_pending"].as_u64() == Some(0) && {
         // Each sampled comparison has an outcome.
         let t = &shadow["totals"];
-        let done = ["matched", "confirmed", "transient", "errors", "skipped"]
-            .iter()
-            .map(|k| t[*k].as_u64().unwrap_or(0))
-            .sum::<u64>();
+        let done = [
+            "matched",
+            "confirmed",
+            "accepted",
+            "transient",
+            "errors",
+            "skipped",
+        ]
+        .iter()
+        .map(|k| t[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
         done == t["sampled"].as_u64().unwrap_or(0)
     }
 }

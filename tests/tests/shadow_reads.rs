@@ -92,7 +92,9 @@ async fn equal_data_matches_under_normalization_and_differences_are_confirmed() 
     c.query("SELECT grp, id FROM items ORDER BY grp", &[])
         .await?;
     c.query("SELECT id, grp FROM items LIMIT 2", &[]).await?;
-    c.query("SELECT name FROM items ORDER BY name", &[]).await?;
+    // Text under different collations: equal as values (a text sort that orders them
+    // differently is a collation mismatch, see shadow_collation.rs).
+    c.query("SELECT name FROM items ORDER BY id", &[]).await?;
     for id in 1..=4i32 {
         c.query(
             "SELECT id, at, f8, f4, amount FROM items WHERE id = $1",
@@ -126,13 +128,8 @@ async fn equal_data_matches_under_normalization_and_differences_are_confirmed() 
         "equal data must match everywhere: {s:#}"
     );
     ensure!(
-        count(entry(&s, "ORDER BY name"), "matched") == 1,
-        "the collation query was compared: {s:#}"
-    );
-    ensure!(
-        entry(&s, "ORDER BY name").and_then(|e| e["order_unchecked"]["collation"].as_u64())
-            == Some(1),
-        "the text sort key is reported as unchecked order: {s:#}"
+        count(entry(&s, "SELECT name FROM items ORDER BY id"), "matched") == 1,
+        "text under different collations was compared: {s:#}"
     );
     ensure!(count(entry(&s, "at_text"), "matched") == 1, "{s:#}");
     ensure!(count(entry(&s, "only_other"), "matched") == 1, "{s:#}");

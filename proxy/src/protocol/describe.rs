@@ -1,5 +1,5 @@
-//! Reading result metadata and rows: RowDescription fields (name and type) and the values
-//! of a DataRow. Used by the shadow executor, which reads results instead of forwarding them.
+//! Reading result metadata and rows: RowDescription fields (name, type and source column)
+//! and the values of a DataRow. Used by the shadow executor, which reads results instead of forwarding them.
 
 use super::ProtocolError;
 
@@ -7,6 +7,9 @@ use super::ProtocolError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDescription {
     pub name: String,
+    /// The table the column comes from and its attribute number; 0 for an expression.
+    pub table_oid: u32,
+    pub column: i16,
     pub type_oid: u32,
     pub format: i16,
 }
@@ -31,10 +34,14 @@ pub fn row_description(body: &[u8]) -> Result<Vec<FieldDescription>, ProtocolErr
         let fixed = rest
             .get(nul + 1..nul + 19)
             .ok_or(ProtocolError::malformed(W, "truncated"))?;
+        let table_oid = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
+        let column = i16::from_be_bytes([fixed[4], fixed[5]]);
         let type_oid = u32::from_be_bytes([fixed[6], fixed[7], fixed[8], fixed[9]]);
         let format = i16::from_be_bytes([fixed[16], fixed[17]]);
         out.push(FieldDescription {
             name,
+            table_oid,
+            column,
             type_oid,
             format,
         });
@@ -94,8 +101,8 @@ mod tests {
         for (name, oid) in [("id", 23u32), ("doc", 3802)] {
             body.extend_from_slice(name.as_bytes());
             body.push(0);
-            body.extend_from_slice(&0i32.to_be_bytes());
-            body.extend_from_slice(&0i16.to_be_bytes());
+            body.extend_from_slice(&16384i32.to_be_bytes());
+            body.extend_from_slice(&2i16.to_be_bytes());
             body.extend_from_slice(&oid.to_be_bytes());
             body.extend_from_slice(&4i16.to_be_bytes());
             body.extend_from_slice(&(-1i32).to_be_bytes());
@@ -107,6 +114,7 @@ mod tests {
             (f[1].name.as_str(), f[1].type_oid, f[1].format),
             ("doc", 3802, 0)
         );
+        assert_eq!((f[1].table_oid, f[1].column), (16384, 2));
         assert!(row_description(&body[..body.len() - 1]).is_err());
     }
 

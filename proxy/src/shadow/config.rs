@@ -55,6 +55,11 @@ pub struct ShadowConfig {
     /// Statement shapes counted separately; beyond it new shapes share one `other` entry.
     #[serde(default = "default_max_fingerprints")]
     pub max_fingerprints: usize,
+    /// Shapes (fingerprints as 16 hex digits) whose text sort is known to differ between
+    /// the databases and was judged harmless: their collation differences are counted as
+    /// `accepted`, not as confirmed mismatches. Every other difference still confirms.
+    #[serde(default)]
+    pub accept_collation: Vec<String>,
 }
 
 impl Default for ShadowConfig {
@@ -73,6 +78,7 @@ impl Default for ShadowConfig {
             max_tracked_rows: default_max_tracked_rows(),
             redact: default_redact(),
             max_fingerprints: default_max_fingerprints(),
+            accept_collation: Vec::new(),
         }
     }
 }
@@ -132,6 +138,15 @@ impl ShadowConfig {
             .collect()
     }
 
+    /// Shapes whose collation differences are accepted; bad entries are reported by
+    /// `problems`.
+    pub fn parsed_accept_collation(&self) -> Vec<u64> {
+        self.accept_collation
+            .iter()
+            .filter_map(|k| parse_fingerprint(k))
+            .collect()
+    }
+
     /// Every bad value, as (key below `shadow.`, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -156,6 +171,14 @@ impl ShadowConfig {
                 ));
             }
         }
+        for (i, k) in self.accept_collation.iter().enumerate() {
+            if parse_fingerprint(k).is_none() {
+                out.push((
+                    format!("accept_collation[{i}]"),
+                    "must be a fingerprint of up to 16 hex digits, as shown in /api/status".into(),
+                ));
+            }
+        }
         for (key, v) in [
             ("concurrency", self.concurrency),
             ("queue_size", self.queue_size),
@@ -169,6 +192,14 @@ impl ShadowConfig {
         }
         out
     }
+}
+
+/// A fingerprint as shown in `/api/status`: up to 16 hex digits.
+fn parse_fingerprint(k: &str) -> Option<u64> {
+    if k.is_empty() || k.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(k, 16).ok()
 }
 
 #[cfg(test)]
@@ -202,5 +233,20 @@ mod tests {
             ]
         );
         assert_eq!(c.parsed_fingerprint_rates(), vec![(0xff, 2.0)]);
+    }
+
+    #[test]
+    fn accepted_collation_shapes_are_fingerprints() {
+        let c = ShadowConfig {
+            accept_collation: vec![
+                "00000000000000ff".into(),
+                "not-hex".into(),
+                "0123456789abcdef0".into(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(c.parsed_accept_collation(), vec![0xff]);
+        let keys: Vec<_> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["accept_collation[1]", "accept_collation[2]"]);
     }
 }

@@ -3,6 +3,11 @@
 //! sums of normalized row hashes (the multiset), and a chained hash of the ORDER BY keys
 //! (the order, with ties tolerated because tied rows share a key). A bounded list of row
 //! hashes (and, on re-checks, row values) is kept to name the differing rows.
+//!
+//! Text sort keys are compared like any other: the databases may sort text under different
+//! collations (or glibc/ICU versions), and an application paging through such a result
+//! sees other rows after the cutover. That is reported as its own difference, `Collation`,
+//! so an operator can tell it from lost or changed data and accept it per shape.
 
 use super::analyze::{Shape, SortKey};
 use super::normalize::{comparable_type, is_collatable, normalize};
@@ -19,6 +24,8 @@ const VALUE_BUDGET: usize = 1 << 20;
 pub struct Column {
     pub name: String,
     pub type_oid: u32,
+    /// (table OID, attribute number) when the column is a table's, to look up its collation.
+    pub source: Option<(u32, i16)>,
 }
 
 /// How rows are compared, decided from the statement's shape and the result columns.
@@ -28,8 +35,13 @@ pub enum Mode {
     Multiset,
     /// Top-level ORDER BY on output columns: the key sequence must match too. With a limit,
     /// the last group of tied keys may hold different rows (the cut falls inside a tie), so
-    /// only its size is compared.
-    Ordered { keys: Vec<usize>, limited: bool },
+    /// only its size is compared. `collatable`: a key is text, so an order that differs
+    /// (or, under a limit, a cut that fell elsewhere) is a collation difference.
+    Ordered {
+        keys: Vec<usize>,
+        limited: bool,
+        collatable: bool,
+    },
     /// LIMIT without ORDER BY: any subset is a valid answer, so only the count is compared.
     CountOnly,
 }
@@ -39,15 +51,12 @@ pub enum Mode {
 pub enum OrderUnchecked {
     /// A sort key is an expression, or names no output column.
     Expression,
-    /// A sort key is text: the databases may sort it under different collations.
-    Collation,
 }
 
 impl OrderUnchecked {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderUnchecked::Expression => "expression",
-            OrderUnchecked::Collation => "collation",
         }
     }
 }
@@ -63,6 +72,7 @@ pub fn mode_for(shape: &Shape, columns: &[Column]) -> (Mode, Option<OrderUncheck
         return (mode, None);
     }
     let mut keys = Vec::with_capacity(shape.order.len());
+    let mut collatable = false;
     for k in &shape.order {
         let idx = match k {
             SortKey::Position(p) => (*p >= 1 && *p <= columns.len()).then(|| p - 1),
@@ -70,10 +80,10 @@ pub fn mode_for(shape: &Shape, columns: &[Column]) -> (Mode, Option<OrderUncheck
             SortKey::Expression => None,
         };
         match idx {
-            Some(i) if is_collatable(columns[i].type_oid) => {
-                return (unchecked_mode(shape), Some(OrderUnchecked::Collation))
+            Some(i) => {
+                collatable |= is_collatable(columns[i].type_oid);
+                keys.push(i);
             }
-            Some(i) => keys.push(i),
             None => return (unchecked_mode(shape), Some(OrderUnchecked::Expression)),
         }
     }
@@ -81,6 +91,7 @@ pub fn mode_for(shape: &Shape, columns: &[Column]) -> (Mode, Option<OrderUncheck
         Mode::Ordered {
             keys,
             limited: shape.limited,
+            collatable,
         },
         None,
     )
@@ -142,6 +153,18 @@ impl Digest {
         }
     }
 
+    /// The text columns among the sort keys (whose collation decides the order).
+    pub fn text_sort_columns(&self) -> Vec<&Column> {
+        match &self.mode {
+            Mode::Ordered { keys, .. } => keys
+                .iter()
+                .filter_map(|&k| self.columns.get(k))
+                .filter(|c| is_collatable(c.type_oid))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Adds one row (None for NULL); values beyond the described columns are ignored.
     pub fn row(&mut self, values: &[Option<&[u8]>]) {
         self.rows += 1;
@@ -182,7 +205,7 @@ impl Digest {
             }
         }
         match &self.mode {
-            Mode::Ordered { keys, limited } => {
+            Mode::Ordered { keys, limited, .. } => {
                 let mut kh = Xxh3::new();
                 for &k in keys {
                     match values.get(k).copied().flatten() {
@@ -237,6 +260,9 @@ pub enum Difference {
     RowCount,
     Rows,
     Order,
+    /// Under a text sort: the same rows in another order, or (with a limit) other rows
+    /// where the key sequence differs too. The databases sort text differently.
+    Collation,
 }
 
 impl Difference {
@@ -247,6 +273,7 @@ impl Difference {
             Difference::RowCount => "row_count",
             Difference::Rows => "rows",
             Difference::Order => "order",
+            Difference::Collation => "collation",
         }
     }
 }
@@ -274,13 +301,32 @@ pub fn compare(a: &Digest, b: &Digest) -> Option<Difference> {
     if a.mode == Mode::CountOnly || b.mode == Mode::CountOnly {
         return None;
     }
-    if a.sum != b.sum || a.mix != b.mix {
-        return Some(Difference::Rows);
+    let rows_differ = a.sum != b.sum || a.mix != b.mix;
+    let Mode::Ordered {
+        limited,
+        collatable,
+        ..
+    } = a.mode
+    else {
+        return rows_differ.then_some(Difference::Rows);
+    };
+    let order_differs = a.chain != b.chain;
+    match (rows_differ, order_differs) {
+        (false, false) => None,
+        (false, true) if collatable => Some(Difference::Collation),
+        (false, true) => Some(Difference::Order),
+        // Under a limit the rows kept depend on where the sort put the cut: other rows with
+        // another key sequence is what a different text sort gives. Other rows under the
+        // same key sequence are not the sort's doing (a non-key column differs).
+        (true, true) if limited && collatable => Some(Difference::Collation),
+        (true, _) => Some(Difference::Rows),
     }
-    if matches!(a.mode, Mode::Ordered { .. }) && a.chain != b.chain {
-        return Some(Difference::Order);
-    }
-    None
+}
+
+/// Whether both results hold the same rows as multisets (under a limit, outside the last
+/// tie group), whatever their order.
+pub fn same_rows(a: &Digest, b: &Digest) -> bool {
+    a.sum == b.sum && a.mix == b.mix
 }
 
 /// What exactly differs, as one number: equal for two comparisons that found the same rows
@@ -353,161 +399,5 @@ pub fn differing_rows(a: &Digest, b: &Digest, limit: usize) -> (Vec<u64>, Vec<u6
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cols(spec: &[(&str, u32)]) -> Vec<Column> {
-        spec.iter()
-            .map(|(n, t)| Column {
-                name: n.to_string(),
-                type_oid: *t,
-            })
-            .collect()
-    }
-
-    fn shape(order: Vec<SortKey>, limited: bool) -> Shape {
-        Shape { order, limited }
-    }
-
-    fn digest(columns: &[(&str, u32)], sh: &Shape, rows: &[&[Option<&str>]]) -> Digest {
-        let mut d = Digest::new(cols(columns), sh, 100, true);
-        for r in rows {
-            let vals: Vec<Option<&[u8]>> = r.iter().map(|v| v.map(str::as_bytes)).collect();
-            d.row(&vals);
-        }
-        d
-    }
-
-    const INT: u32 = 23;
-
-    #[test]
-    fn any_order_without_order_by() {
-        let sh = shape(vec![], false);
-        let c = [("id", INT), ("v", 25)];
-        let a = digest(&c, &sh, &[&[Some("1"), Some("x")], &[Some("2"), None]]);
-        let b = digest(&c, &sh, &[&[Some("2"), None], &[Some("1"), Some("x")]]);
-        assert_eq!(compare(&a, &b), None);
-        let b = digest(&c, &sh, &[&[Some("2"), Some("")], &[Some("1"), Some("x")]]);
-        assert_eq!(compare(&a, &b), Some(Difference::Rows), "NULL is not ''");
-        let (oa, ob) = differing_rows(&a, &b, 5);
-        assert_eq!((oa.len(), ob.len()), (1, 1));
-        assert_eq!(oa[0], a.kept[1]);
-    }
-
-    #[test]
-    fn order_by_with_ties() {
-        let sh = shape(vec![SortKey::Name("g".into())], false);
-        let c = [("g", INT), ("id", INT)];
-        let a = digest(
-            &c,
-            &sh,
-            &[
-                &[Some("1"), Some("1")],
-                &[Some("1"), Some("2")],
-                &[Some("2"), Some("3")],
-            ],
-        );
-        let b = digest(
-            &c,
-            &sh,
-            &[
-                &[Some("1"), Some("2")],
-                &[Some("1"), Some("1")],
-                &[Some("2"), Some("3")],
-            ],
-        );
-        assert_eq!(compare(&a, &b), None, "ties may come in any order");
-        let b = digest(
-            &c,
-            &sh,
-            &[
-                &[Some("2"), Some("3")],
-                &[Some("1"), Some("1")],
-                &[Some("1"), Some("2")],
-            ],
-        );
-        assert_eq!(compare(&a, &b), Some(Difference::Order));
-    }
-
-    #[test]
-    fn limit_cut_inside_a_tie() {
-        let sh = shape(vec![SortKey::Position(1)], true);
-        let c = [("g", INT), ("id", INT)];
-        let a = digest(&c, &sh, &[&[Some("1"), Some("1")], &[Some("2"), Some("2")]]);
-        let b = digest(&c, &sh, &[&[Some("1"), Some("1")], &[Some("2"), Some("9")]]);
-        assert_eq!(
-            compare(&a, &b),
-            None,
-            "which tied row survives LIMIT is arbitrary"
-        );
-        let b = digest(&c, &sh, &[&[Some("1"), Some("7")], &[Some("2"), Some("2")]]);
-        assert_eq!(compare(&a, &b), Some(Difference::Rows));
-    }
-
-    #[test]
-    fn limit_without_order_compares_counts() {
-        let sh = shape(vec![], true);
-        let c = [("id", INT)];
-        let a = digest(&c, &sh, &[&[Some("1")], &[Some("2")]]);
-        let b = digest(&c, &sh, &[&[Some("3")], &[Some("4")]]);
-        assert_eq!(compare(&a, &b), None);
-        let b = digest(&c, &sh, &[&[Some("3")]]);
-        assert_eq!(compare(&a, &b), Some(Difference::RowCount));
-    }
-
-    #[test]
-    fn same_divergence_same_signature() {
-        let sh = shape(vec![], false);
-        let c = [("id", INT), ("v", INT)];
-        let a1 = digest(&c, &sh, &[&[Some("1"), Some("1")], &[Some("2"), Some("5")]]);
-        let b1 = digest(&c, &sh, &[&[Some("1"), Some("9")], &[Some("2"), Some("5")]]);
-        // Row 2 changed on both sides in between; row 1 still differs the same way.
-        let a2 = digest(&c, &sh, &[&[Some("1"), Some("1")], &[Some("2"), Some("6")]]);
-        let b2 = digest(&c, &sh, &[&[Some("1"), Some("9")], &[Some("2"), Some("6")]]);
-        assert_eq!(signature(&a1, &b1), signature(&a2, &b2));
-        // A writer moving on: the difference is another one each time.
-        let a3 = digest(&c, &sh, &[&[Some("1"), Some("2")], &[Some("2"), Some("5")]]);
-        let b3 = digest(&c, &sh, &[&[Some("1"), Some("1")], &[Some("2"), Some("5")]]);
-        assert_ne!(signature(&a1, &b1), signature(&a3, &b3));
-    }
-
-    #[test]
-    fn text_order_is_not_checked() {
-        let sh = shape(vec![SortKey::Name("name".into())], false);
-        let c = [("name", 25)];
-        let a = digest(&c, &sh, &[&[Some("B")], &[Some("a")]]);
-        let b = digest(&c, &sh, &[&[Some("a")], &[Some("B")]]);
-        assert_eq!(a.order_unchecked, Some(OrderUnchecked::Collation));
-        assert_eq!(compare(&a, &b), None);
-        let b = digest(&c, &sh, &[&[Some("a")], &[Some("b")]]);
-        assert_eq!(compare(&a, &b), Some(Difference::Rows));
-    }
-
-    #[test]
-    fn columns_and_types() {
-        let sh = shape(vec![], false);
-        let a = digest(&[("a", 114)], &sh, &[&[Some(r#"{"x": 1, "y": 2}"#)]]);
-        let b = digest(&[("a", 3802)], &sh, &[&[Some(r#"{"y": 2, "x": 1}"#)]]);
-        assert_eq!(compare(&a, &b), None, "json and jsonb");
-        let b = digest(&[("b", 3802)], &sh, &[]);
-        assert_eq!(compare(&a, &b), Some(Difference::Columns));
-        let b = digest(&[("a", 25)], &sh, &[]);
-        assert_eq!(compare(&a, &b), Some(Difference::Types));
-    }
-
-    #[test]
-    fn floats_and_numeric_normalized() {
-        let sh = shape(vec![], false);
-        let a = digest(
-            &[("f", 701), ("n", 1700)],
-            &sh,
-            &[&[Some("-0"), Some("1.50")], &[Some("NaN"), Some("2")]],
-        );
-        let b = digest(
-            &[("f", 701), ("n", 1700)],
-            &sh,
-            &[&[Some("0"), Some("1.5000")], &[Some("NaN"), Some("2.00")]],
-        );
-        assert_eq!(compare(&a, &b), None);
-    }
-}
+#[path = "digest_tests.rs"]
+mod tests;

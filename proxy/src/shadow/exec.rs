@@ -138,6 +138,8 @@ impl Conn {
                         .map(|f| Column {
                             name: f.name,
                             type_oid: f.type_oid,
+                            source: (f.table_oid != 0 && f.column > 0)
+                                .then_some((f.table_oid, f.column)),
                         })
                         .collect();
                     digest = Some(Digest::new(

@@ -10,9 +10,11 @@
 //!   (pure);
 //! - `exec`: running one statement on one database over the proxy's own protocol code;
 //!   `worker`: the bounded pool of comparisons and the re-check;
-//! - `stats` and `samples`: counters by fingerprint and the ring of confirmed mismatches.
+//! - `stats` and `samples`: counters by fingerprint and the ring of confirmed mismatches;
+//!   `collation`: text sorts that differ, per shape, and the shapes accepted.
 
 pub mod analyze;
+pub mod collation;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -38,7 +40,7 @@ use sample::{Kind, Sampler};
 use samples::{MismatchSample, Redactor, Samples};
 use serde::Serialize;
 use stats::{Counts, FingerprintStats, Stats, QUEUE_TOTAL};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use switchyard_core::dsn::Dsn;
@@ -65,6 +67,8 @@ pub struct Shadow {
     old_again: Pool,
     new: Pool,
     analyses: DashMap<Arc<str>, Arc<Analysis>>,
+    /// Shapes whose collation differences are accepted (`accept_collation`).
+    accept_collation: HashSet<u64>,
     max_message_size: usize,
     pushed: metrics::Counter,
     dropped: metrics::Counter,
@@ -104,6 +108,7 @@ impl Shadow {
             old_again: Pool::new(Role::Old, old.clone(), opts.clone(), idle, timeout),
             new: Pool::new(Role::New, new.clone(), opts.clone(), idle, timeout),
             analyses: DashMap::new(),
+            accept_collation: config.parsed_accept_collation().into_iter().collect(),
             max_message_size: opts.max_message_size,
             pushed: metrics::counter!(QUEUE_TOTAL, "event" => "pushed"),
             dropped: metrics::counter!(QUEUE_TOTAL, "event" => "dropped"),
@@ -192,11 +197,17 @@ impl Shadow {
         }
     }
 
+    /// Whether the operator accepted collation differences of this shape.
+    pub fn accepts_collation(&self, fingerprint: u64) -> bool {
+        self.accept_collation.contains(&fingerprint)
+    }
+
     /// `/api/mismatches`.
     pub fn mismatches(&self) -> MismatchesView {
         MismatchesView {
             redacted: self.redactor.redacts(),
             samples: self.samples.list(),
+            collation: collation::shapes(&self.stats.fingerprints(), &self.accept_collation),
         }
     }
 }
@@ -226,4 +237,6 @@ pub struct ShadowSnapshot {
 pub struct MismatchesView {
     pub redacted: bool,
     pub samples: Vec<MismatchSample>,
+    /// Query shapes whose text sort differs between the databases.
+    pub collation: Vec<collation::CollationShape>,
 }

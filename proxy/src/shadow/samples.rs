@@ -23,6 +23,14 @@ pub struct SideView {
     pub columns: Vec<ColumnView>,
     /// Rows only this side returned (first few), each value redacted unless configured.
     pub only_here: Vec<Vec<Option<String>>>,
+    /// For an order or collation difference: this side's first rows in the order it
+    /// returned them, so the two orders can be read side by side.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub first_rows: Vec<Vec<Option<String>>>,
+    /// For a collation difference: each text sort column's collation on this side
+    /// (`name: C (libc)`), where it is a table's column.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sort_collations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,24 +82,30 @@ impl Redactor {
     }
 }
 
-/// Builds one side's view: its rows among `hashes`, as rendered values.
-pub fn side_view(d: &Digest, hashes: &[u64], redactor: &Redactor) -> SideView {
+/// Builds one side's view: its rows among `hashes`, and its first `first` rows in result
+/// order, as rendered values.
+pub fn side_view(d: &Digest, hashes: &[u64], first: usize, redactor: &Redactor) -> SideView {
+    let render = |row: &[Option<String>]| -> Vec<Option<String>> {
+        row.iter()
+            .map(|v| v.as_deref().map(|s| redactor.show(s)))
+            .collect()
+    };
     let mut only_here = Vec::new();
+    let mut first_rows = Vec::new();
     if let Some(values) = &d.values {
         for h in hashes {
             if let Some((_, row)) = values.iter().find(|(x, _)| x == h) {
-                only_here.push(
-                    row.iter()
-                        .map(|v| v.as_deref().map(|s| redactor.show(s)))
-                        .collect(),
-                );
+                only_here.push(render(row));
             }
         }
+        first_rows = values.iter().take(first).map(|(_, r)| render(r)).collect();
     }
     SideView {
         rows: d.rows,
         columns: d.columns.iter().map(view).collect(),
         only_here,
+        first_rows,
+        sort_collations: Vec::new(),
     }
 }
 
@@ -162,11 +176,15 @@ mod tests {
                     rows: 0,
                     columns: vec![],
                     only_here: vec![],
+                    first_rows: vec![],
+                    sort_collations: vec![],
                 },
                 other: SideView {
                     rows: 0,
                     columns: vec![],
                     only_here: vec![],
+                    first_rows: vec![],
+                    sort_collations: vec![],
                 },
                 redacted: true,
                 rows_listed: true,

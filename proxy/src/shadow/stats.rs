@@ -12,6 +12,8 @@ pub const COMPARISONS_TOTAL: &str = "switchyard_shadow_comparisons_total";
 pub const QUEUE_TOTAL: &str = "switchyard_shadow_queue_total";
 pub const DURATION: &str = "switchyard_shadow_query_duration_seconds";
 pub const RECHECKS_PENDING: &str = "switchyard_shadow_rechecks_pending";
+/// Confirmed mismatches by difference (`rows`, `collation`, ...), kind and fingerprint.
+pub const MISMATCHES_TOTAL: &str = "switchyard_shadow_mismatches_total";
 
 /// Fingerprint of the shared entry for shapes beyond `max_fingerprints`.
 pub const OTHER: u64 = 0;
@@ -24,6 +26,9 @@ pub enum Outcome {
     Transient,
     /// Differed twice.
     Confirmed(&'static str),
+    /// Differed twice in a way the operator accepted for this shape (a collation
+    /// difference listed in `shadow.accept_collation`): seen, not a mismatch.
+    Accepted(&'static str),
     Error(&'static str),
     Skipped(&'static str),
 }
@@ -34,6 +39,7 @@ impl Outcome {
             Outcome::Matched => "matched",
             Outcome::Transient => "transient",
             Outcome::Confirmed(_) => "confirmed",
+            Outcome::Accepted(_) => "accepted",
             Outcome::Error(_) => "error",
             Outcome::Skipped(_) => "skipped",
         }
@@ -45,6 +51,8 @@ pub struct Counts {
     pub sampled: u64,
     pub matched: u64,
     pub confirmed: u64,
+    /// Confirmed differences of a kind accepted for the shape (collation).
+    pub accepted: u64,
     pub transient: u64,
     pub errors: u64,
     pub skipped: u64,
@@ -80,7 +88,10 @@ pub struct FingerprintStats {
     pub baseline: Counts,
     pub old_latency: Latency,
     pub new_latency: Latency,
+    /// Confirmed mismatches by difference.
     pub differences: BTreeMap<&'static str, u64>,
+    /// Accepted differences by difference (only `collation` can be accepted).
+    pub accepted_differences: BTreeMap<&'static str, u64>,
     pub error_kinds: BTreeMap<&'static str, u64>,
     pub skip_reasons: BTreeMap<&'static str, u64>,
     /// Comparisons under an ORDER BY whose order could not be checked, by reason.
@@ -186,11 +197,13 @@ impl Stats {
                 Outcome::Matched => c.matched += 1,
                 Outcome::Transient => c.transient += 1,
                 Outcome::Confirmed(_) => c.confirmed += 1,
+                Outcome::Accepted(_) => c.accepted += 1,
                 Outcome::Error(_) => c.errors += 1,
                 Outcome::Skipped(_) => c.skipped += 1,
             }
             match outcome {
                 Outcome::Confirmed(d) => *e.differences.entry(d).or_default() += 1,
+                Outcome::Accepted(d) => *e.accepted_differences.entry(d).or_default() += 1,
                 Outcome::Error(k) => *e.error_kinds.entry(k).or_default() += 1,
                 Outcome::Skipped(r) => *e.skip_reasons.entry(r).or_default() += 1,
                 _ => {}
@@ -201,6 +214,13 @@ impl Stats {
             "outcome" => outcome.label(),
             "fingerprint" => format!("{fingerprint:016x}"))
         .increment(1);
+        if let Outcome::Confirmed(d) = outcome {
+            metrics::counter!(MISMATCHES_TOTAL,
+                "kind" => kind.as_str(),
+                "difference" => d,
+                "fingerprint" => format!("{fingerprint:016x}"))
+            .increment(1);
+        }
     }
 
     pub fn latency(&self, fingerprint: u64, query: &str, side: &'static str, d: Duration) {
@@ -263,6 +283,7 @@ fn add(to: &mut Counts, c: &Counts) {
     to.sampled += c.sampled;
     to.matched += c.matched;
     to.confirmed += c.confirmed;
+    to.accepted += c.accepted;
     to.transient += c.transient;
     to.errors += c.errors;
     to.skipped += c.skipped;
@@ -294,5 +315,24 @@ mod tests {
         }
         assert_eq!(s.fingerprints().len(), 2, "one shape plus the shared entry");
         assert_eq!(s.fingerprints()["0000000000000000"].shadow.matched, 4);
+    }
+
+    #[test]
+    fn accepted_is_seen_but_not_a_mismatch() {
+        let s = Stats::new(10);
+        s.sampled(7, Kind::Shadow, "SELECT name FROM t ORDER BY name");
+        s.outcome(7, Kind::Shadow, "q", Outcome::Accepted("collation"));
+        // What the cutover's pre-flight and the canary look at.
+        assert!(!s.confirmed(7));
+        assert_eq!(s.confirmed_count(7), 0);
+        assert!(s.since_confirmed().is_none());
+        let e = &s.fingerprints()["0000000000000007"];
+        assert_eq!((e.shadow.accepted, e.shadow.confirmed), (1, 0));
+        assert_eq!(e.accepted_differences["collation"], 1);
+        assert!(e.differences.is_empty());
+        s.outcome(7, Kind::Shadow, "q", Outcome::Confirmed("collation"));
+        assert_eq!(s.confirmed_count(7), 1);
+        assert!(s.since_confirmed().is_some());
+        assert_eq!(s.totals().0.accepted, 1);
     }
 }

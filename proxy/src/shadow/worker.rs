@@ -3,6 +3,7 @@
 //! same moment, compares, and schedules the re-check of a mismatch.
 
 use super::analyze::Shape;
+use super::collation;
 use super::digest::{compare, differing_rows, signature, Difference, Digest};
 use super::error::SideError;
 use super::exec::{Limits, Pool, Statement};
@@ -137,7 +138,20 @@ async fn compare_once(
             None
         }
         (Some(diff), true) if job.first_mismatch == Some(signature(&a, &b)) => {
-            confirm(shadow, job, query, diff, &a, &b);
+            let (diff, collations) = if diff == Difference::Collation {
+                collation::explain((a_pool, b_pool), (&a, &b), limits).await
+            } else {
+                (diff, Default::default())
+            };
+            // Only old against new can be accepted: a baseline that sorts differently is
+            // a statement whose order is not stable, worth seeing whatever the setting.
+            if diff == Difference::Collation
+                && job.kind == Kind::Shadow
+                && shadow.accepts_collation(job.fingerprint)
+            {
+                return Some(Outcome::Accepted(diff.as_str()));
+            }
+            confirm(shadow, job, query, diff, (&a, &b), collations);
             Some(Outcome::Confirmed(diff.as_str()))
         }
         // Still different, but not in the same way: data in motion.
@@ -200,8 +214,16 @@ fn schedule_recheck(shadow: &Arc<Shadow>, job: &Job, signature: u64) {
     });
 }
 
-/// Records a confirmed mismatch: one sample in the ring, one log line.
-fn confirm(shadow: &Shadow, job: &Job, query: &str, diff: Difference, a: &Digest, b: &Digest) {
+/// Records a confirmed mismatch: one sample in the ring, one log line. `collations`: each
+/// side's text sort collations, for a collation difference.
+fn confirm(
+    shadow: &Shadow,
+    job: &Job,
+    query: &str,
+    diff: Difference,
+    (a, b): (&Digest, &Digest),
+    collations: (Vec<String>, Vec<String>),
+) {
     let (only_a, only_b) = differing_rows(a, b, shadow.config.sample_rows);
     let rows_listed = (a.kept.len() as u64) == a.rows && (b.kept.len() as u64) == b.rows;
     let fingerprint = format!("{:016x}", job.fingerprint);
@@ -214,6 +236,14 @@ fn confirm(shadow: &Shadow, job: &Job, query: &str, diff: Difference, a: &Digest
         query,
         "Shadow read mismatch confirmed after a re-check."
     );
+    // Same rows in another order name no differing row: show both orders instead.
+    let first = match diff {
+        Difference::Order | Difference::Collation => shadow.config.sample_rows,
+        _ => 0,
+    };
+    let mut old = side_view(a, &only_a, first, &shadow.redactor);
+    let mut other = side_view(b, &only_b, first, &shadow.redactor);
+    (old.sort_collations, other.sort_collations) = collations;
     let at_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -223,8 +253,8 @@ fn confirm(shadow: &Shadow, job: &Job, query: &str, diff: Difference, a: &Digest
         kind: job.kind.as_str(),
         query: query.to_string(),
         difference: diff.as_str(),
-        old: side_view(a, &only_a, &shadow.redactor),
-        other: side_view(b, &only_b, &shadow.redactor),
+        old,
+        other,
         redacted: shadow.redactor.redacts(),
         rows_listed,
     });
