@@ -46,10 +46,7 @@ async fn main() -> Result<()> {
     let all = KeyRange::all();
     for _ in 0..rounds {
         let t = Instant::now();
-        let (a, b) = tokio::try_join!(
-            ranges.checksum(&old, &all),
-            ranges.checksum(&new, &all)
-        )?;
+        let (a, b) = tokio::try_join!(ranges.checksum(&old, &all), ranges.checksum(&new, &all))?;
         keyed_s.push(t.elapsed().as_secs_f64());
         equal &= a == b;
         let t = Instant::now();

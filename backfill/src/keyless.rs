@@ -397,7 +397,7 @@ async fn stream(
                 .await
                 .with_context(|| format!("writing rows of {} to new", plan.name))?;
         }
-        if messages % BATCH_ROWS == 0 {
+        if messages.is_multiple_of(BATCH_ROWS) {
             if let Some(t) = throttle {
                 t.wait_unpaused().await;
                 t.take(BATCH_ROWS).await;

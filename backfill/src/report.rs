@@ -231,6 +231,25 @@ mod tests {
         s.tables[0].done = 1;
         s.tables[0].unverified = 1;
         assert_eq!(s.exit_code(), EXIT_ATTENTION);
+        s.tables[0].done = 2;
+        s.tables[0].unverified = 0;
+        s.refused.push(Skipped {
+            table: "public.bag".into(),
+            reason: "no primary key, and dual writes may be running".into(),
+        });
+        assert_eq!(
+            s.exit_code(),
+            EXIT_ATTENTION,
+            "a refused table needs attention"
+        );
+        assert!(s.human().lines().any(|l| l.starts_with("public.bag ")
+            && l.ends_with("refused: no primary key, and dual writes may be running")));
+        assert!(s
+            .prometheus()
+            .contains("switchyard_backfill_tables_refused 1"));
+        let doc: serde_json::Value = serde_json::from_str(&s.json()).expect("JSON");
+        assert_eq!(doc["refused"][0]["table"], "public.bag");
+        assert_eq!(doc["exit_code"], 1);
         s.error = Some("x".into());
         assert_eq!(s.exit_code(), EXIT_ERROR);
         assert!(s.json().contains("\"exit_code\":2"));
