@@ -307,6 +307,7 @@ async fn copy_claimed(
         copy_ms,
         verify_ms,
     };
+    hold_for_test(plan).await;
     // Recorded in the loading transaction: the rows and the record commit together.
     if !chunk_table::finish(&new, claim, worker, &outcome).await? {
         return Ok(None);
@@ -320,6 +321,22 @@ async fn copy_claimed(
         .await
         .with_context(|| format!("ending the snapshot of {} on old", plan.name))?;
     Ok(Some(rows))
+}
+
+/// Tests only (`BACKFILL_TEST_FAILPOINT=hold-keyless-until:PATH`): the copy, verified and
+/// still holding its locks and transactions, waits until PATH exists, so a test can watch
+/// what the locks do to writers.
+async fn hold_for_test(plan: &TablePlan) {
+    let Ok(point) = std::env::var("BACKFILL_TEST_FAILPOINT") else {
+        return;
+    };
+    let Some(path) = point.strip_prefix("hold-keyless-until:") else {
+        return;
+    };
+    tracing::warn!(table = %plan.name, path, "Failpoint hold-keyless-until: waiting.");
+    while !std::path::Path::new(path).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn shown(sum: &RangeChecksum) -> String {

@@ -1,7 +1,8 @@
 //! `switchyard-backfill` and tables without a primary key, against real clusters: copied
 //! whole in one snapshot and verified as multisets (duplicates and NULLs included), next
 //! to keyed tables; refused when new already holds rows, or while the real proxy
-//! dual-writes without `--lock-keyless`; copied under the lock while writes race it; a
+//! dual-writes without `--lock-keyless`; copied under the lock while writes race it, a
+//! writer to the table waiting for the copy and writers to other tables not; a
 //! copy killed midway leaves nothing behind and the next run copies the table once; a
 //! copy that does not verify is failed, not kept.
 
@@ -9,10 +10,12 @@ use anyhow::{ensure, Context, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_tests::backfill::{backfill, backfill_with_env, BACKFILL_TIMEOUT};
+use switchyard_tests::backfill::{
+    backfill, backfill_command, backfill_with_env, pair_args, wait_backfill, BACKFILL_TIMEOUT,
+};
 use switchyard_tests::mirror::{eventually, on, pair_with, pgbench_pair};
 use switchyard_tests::proxy::{Pair, ProxyProcess};
-use switchyard_tests::wait::poll_until_async;
+use switchyard_tests::wait::{poll_until, poll_until_async};
 
 /// Every distinct row of `table` on `c` with how many copies it has: the table as a
 /// multiset, in a stable order.
@@ -273,6 +276,84 @@ async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
     ensure!(
         on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
         "new took every mirrored write"
+    );
+    drop(proxy);
+    assert_same_multiset(&pair, "bag")?;
+    assert_same_multiset(&pair, "keyed")
+}
+
+/// `--lock-keyless` holds old's table in SHARE mode until the copy is committed on new: a
+/// write to it through the proxy waits (seen in old's `pg_locks`) while a write to a keyed
+/// table goes through; released, the waiting write lands once, on top of the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result<()> {
+    let pair = pair_with(BAG).await?;
+    on(&pair.old, BAG_ROWS)?;
+    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    let hold = tempfile::tempdir()?;
+    let release = hold.path().join("release");
+    let failpoint = format!("hold-keyless-until:{}", release.display());
+    let args = pair_args(&pair, &["--lock-keyless"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = backfill_command(&refs)?
+        .env("BACKFILL_TEST_FAILPOINT", &failpoint)
+        .spawn()
+        .context("starting switchyard-backfill")?;
+    let held = "SELECT count(*) FROM pg_locks \
+                WHERE relation = 'bag'::regclass AND mode = 'ShareLock' AND granted";
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the copy to hold bag in SHARE mode",
+            BACKFILL_TIMEOUT,
+            || Ok((on(&pair.old, held)? == "1").then_some(())),
+        )
+    })?;
+
+    let writer = proxy.client().await?;
+    let insert = tokio::spawn(async move {
+        writer
+            .batch_execute("INSERT INTO bag VALUES (77, 'during the copy', NULL, NULL)")
+            .await
+    });
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the write to bag to wait for the lock",
+            Duration::from_secs(20),
+            || {
+                let waiting = on(
+                    &pair.old,
+                    "SELECT count(*) FROM pg_locks \
+                 WHERE relation = 'bag'::regclass AND mode = 'RowExclusiveLock' AND NOT granted",
+                )?;
+                Ok((waiting == "1").then_some(()))
+            },
+        )
+    })?;
+    let other = proxy.client().await?;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        other.batch_execute("INSERT INTO keyed VALUES (-1, 'not blocked')"),
+    )
+    .await
+    .context("a write to another table waited for the copy")??;
+    ensure!(
+        !insert.is_finished(),
+        "the write to bag went through the lock"
+    );
+
+    std::fs::write(&release, b"")?;
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    tokio::time::timeout(Duration::from_secs(20), insert)
+        .await
+        .context("the write to bag after the copy")???;
+    eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
+    ensure!(
+        count(
+            &pair.new,
+            "SELECT count(*) FROM bag WHERE b = 'during the copy'"
+        )? == 1,
+        "the write that waited is on new once"
     );
     drop(proxy);
     assert_same_multiset(&pair, "bag")?;
