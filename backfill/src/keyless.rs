@@ -154,6 +154,9 @@ async fn copy_table(k: &Keyless, plan: &TablePlan, no: usize) -> Result<Option<S
     if finished(&k.control, plan).await? {
         return Ok(None);
     }
+    // A pause holds a table before its copy starts; a locked copy, once started, is not
+    // paused (its table's writers would wait for the pause too).
+    k.throttle.wait_unpaused().await;
     let old = connect(
         Db::Old,
         &k.cfg.old,
