@@ -373,6 +373,23 @@ mod tests {
     }
 
     #[test]
+    fn lock_keyless_comes_from_the_flag_or_the_environment() {
+        let urls = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let (defaults, _) = cli(&urls).load(Vec::new()).expect("valid");
+        assert!(!defaults.backfill.lock_keyless, "refusing is the default");
+        let flags: Vec<&str> = urls.iter().copied().chain(["--lock-keyless"]).collect();
+        let (cfg, _) = cli(&flags).load(Vec::new()).expect("valid");
+        assert!(cfg.backfill.lock_keyless);
+        let (cfg, _) = cli(&urls)
+            .load(vec![(
+                "SWITCHYARD_BACKFILL__LOCK_KEYLESS".into(),
+                "true".into(),
+            )])
+            .expect("valid");
+        assert!(cfg.backfill.lock_keyless);
+    }
+
+    #[test]
     fn pause_and_dry_run_exclude_each_other() {
         assert!(Cli::try_parse_from(["switchyard-backfill", "--pause", "--dry-run"]).is_err());
     }
