@@ -4,7 +4,16 @@
 # 100 scattered rows changed on new. Wall time, rows/s and differences found per tool.
 #
 #   cargo build --release -p switchyard-reconciler
+#   cargo build -p switchyard-backfill --example checksum_speed   # for KEYLESS=1
 #   SCALE=100 bench/verify.sh              # 10M rows per side (~1.3 GB each), ~10 min
+#
+# KEYLESS=1 (the default) also copies pgbench_accounts into pgbench_accounts_keyless (the
+# same rows, no primary key) on both sides and times, with the checksum_speed example,
+# the whole-table checksums a backfill verifies with, both sides at once: the keyed
+# table's key-range checksum over its whole range, and the keyless table's multiset
+# checksum (count and sum of row hashes, what `switchyard-backfill` compares for a table
+# without a primary key). The figures are the servers' (the example only waits), so a
+# debug build measures the same as a release one.
 #
 # Both clusters are initialised with `pgbench -i -s SCALE` (client-side generation), whose
 # data is deterministic (filler is blank, abalance 0), so old and new start equal; the
@@ -20,6 +29,8 @@
 #   RELADIFF_THREADS [1]  reladiff --threads (1 is reladiff's default)
 #   VERIFY_ARGS [""]      extra flags for switchyard verify (tuning: "--leaf-rows 1000")
 #   TOOLS ["switchyard reladiff"]   which tools to run
+#   KEYLESS [1]           the keyed vs keyless checksum timing above (0: skip)
+#   CHECKSUM_BIN [$CARGO_TARGET_DIR or target, then debug/examples/checksum_speed]
 #   ROUNDS [1]            runs per tool and data set; the table shows the median time
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before each run
 #   RESULTS_DIR [bench/results]   KEEP_WORK [0]
@@ -35,6 +46,8 @@ JOBS=${JOBS:-4}
 RELADIFF_THREADS=${RELADIFF_THREADS:-1}
 VERIFY_ARGS=${VERIFY_ARGS:-}
 TOOLS=${TOOLS:-"switchyard reladiff"}
+KEYLESS=${KEYLESS:-1}
+CHECKSUM_BIN=${CHECKSUM_BIN:-${CARGO_TARGET_DIR:-$BENCH_ROOT/target}/debug/examples/checksum_speed}
 ROUNDS=${ROUNDS:-1}
 QUIET_WAIT=${QUIET_WAIT:-120}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
@@ -45,7 +58,10 @@ TABLE=pgbench_accounts
 ROWS=$((SCALE * 100000))
 
 [ -x "$RECONCILER_BIN" ] || die "$RECONCILER_BIN not found: cargo build --release -p switchyard-reconciler"
-[ -x "$RELADIFF" ] || die "reladiff not found at $RELADIFF: run .ci/setup (or set RELADIFF)"
+[[ " $TOOLS " != *" reladiff "* ]] || [ -x "$RELADIFF" ] ||
+  die "reladiff not found at $RELADIFF: run .ci/setup (or set RELADIFF)"
+[ "$KEYLESS" = 0 ] || [ -x "$CHECKSUM_BIN" ] ||
+  die "$CHECKSUM_BIN not found: cargo build -p switchyard-backfill --example checksum_speed"
 
 STAMP=$(date +%Y-%m-%dT%H%M%S)
 MD_OUT=$RESULTS_DIR/verify-$STAMP.md
@@ -55,9 +71,11 @@ RAW=$BENCH_WORK/results.tsv
 : >"$RAW"
 FAILED=0
 
-# Enough memory that both copies stay cached; durability off (it is a read benchmark).
+# Enough memory that both copies stay cached; durability off (it is a read benchmark);
+# minimal WAL, so the tables created and filled in one transaction write none.
 settings=(shared_buffers=2GB max_connections=100 fsync=off synchronous_commit=off
-  full_page_writes=off max_wal_size=8GB checkpoint_timeout=30min)
+  full_page_writes=off max_wal_size=8GB checkpoint_timeout=30min wal_level=minimal
+  max_wal_senders=0)
 free_port P_OLD; start_cluster old "$P_OLD" "${settings[@]}"
 free_port P_NEW; start_cluster new "$P_NEW" "${settings[@]}"
 for p in "$P_OLD" "$P_NEW"; do psql_at "$p" postgres -c "CREATE DATABASE $DB"; done
@@ -84,6 +102,26 @@ done
 
 OLD_URL="postgres://postgres@127.0.0.1:$P_OLD/$DB"
 NEW_URL="postgres://postgres@127.0.0.1:$P_NEW/$DB"
+
+# Keyed vs keyless checksum, on identical data (before the changed rounds alter new).
+KEYLESS_JSON=
+if [ "$KEYLESS" != 0 ]; then
+  log "copying $TABLE into ${TABLE}_keyless (no primary key) on both clusters"
+  pids=()
+  for p in "$P_OLD" "$P_NEW"; do
+    psql_at "$p" "$DB" -c "BEGIN" -c "CREATE TABLE ${TABLE}_keyless AS SELECT * FROM $TABLE" \
+      -c "COMMIT" -c "VACUUM ANALYZE ${TABLE}_keyless" >/dev/null &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || die "creating ${TABLE}_keyless failed"; done
+  busy=$(wait_for_quiet "$QUIET_WAIT" 10 2) || warn "machine still ${busy}% busy before the checksums"
+  log "checksum_speed: keyed range checksum vs keyless multiset checksum, $ROUNDS round(s) (machine ${busy}% busy before)"
+  KEYLESS_JSON=$("$CHECKSUM_BIN" "$OLD_URL" "$NEW_URL" "$TABLE" "${TABLE}_keyless" "$ROUNDS") ||
+    { warn "checksum_speed failed"; FAILED=1; }
+  log "checksum_speed: $KEYLESS_JSON"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); sys.exit(0 if d["both_sides_equal"] and d["keyless_rows"] == d["keyed_rows"] == int(sys.argv[2]) else 1)' \
+    "$KEYLESS_JSON" "$ROWS" || { warn "checksums differ between the sides, or wrong row counts"; FAILED=1; }
+fi
 
 # run_tool TOOL DATASET ROUND: times one run, stores "dataset tool round seconds found busy".
 run_tool() {
@@ -161,6 +199,20 @@ PY
   echo "switchyard-reconciler: $(binary_summary "$RECONCILER_BIN"); reladiff $("$RELADIFF" --version 2>/dev/null | tr -d '\n' || echo '?')"
   echo
   echo "$table"
+  if [ -n "$KEYLESS_JSON" ]; then
+    echo
+    python3 - "$KEYLESS_JSON" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+print(f"Whole-table checksum, both sides at once, median of {d['rounds']} ({d['row_hash']} row hash):")
+print()
+print("| table | checksum | rows per side | wall s | rows/s per side |")
+print("| --- | --- | ---: | ---: | ---: |")
+for kind, name in (("keyed", "key range (whole table)"), ("keyless", "multiset")):
+    s = d[f"{kind}_seconds_median"]; n = d[f"{kind}_rows"]
+    print(f"| {d[kind + '_table']} | {name} | {n:,} | {s:.2f} | {n / s:,.0f} |")
+PY
+  fi
 } | tee "$MD_OUT"
 log "written to $MD_OUT"
 exit "$FAILED"

@@ -15,7 +15,7 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// ...); flags win over the environment, which wins over the file.
 ///
 /// Exit status: 0 every chunk copied and verified equal; 1 finished, but something needs
-/// attention (chunks failed or left unverified, tables skipped for lack of a primary key);
+/// attention (chunks failed or left unverified, tables without a primary key refused);
 /// 2 error (bad settings, a database unreachable, the plan impossible).
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-backfill", version)]
@@ -106,6 +106,12 @@ pub struct Cli {
     /// server's; 0 keeps the server's [default: 1024]
     #[arg(long)]
     pub rebuild_memory_mb: Option<u64>,
+    /// Copy tables without a primary key even while the proxy may be dual-writing them,
+    /// holding LOCK TABLE ... IN SHARE MODE on old for each one's copy and verification:
+    /// writers to that table wait meanwhile (reads go on). Without it such tables are
+    /// refused (exit 1) and everything else is copied.
+    #[arg(long)]
+    pub lock_keyless: bool,
     /// Print the plan (tables, key types, chunks) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -200,6 +206,9 @@ impl Cli {
         }
         if self.fire_new_triggers {
             layers = layers.flag("backfill.fire_new_triggers", true);
+        }
+        if self.lock_keyless {
+            layers = layers.flag("backfill.lock_keyless", true);
         }
         if let Some(v) = self.fk_mode {
             let text = match v {
@@ -361,6 +370,23 @@ mod tests {
         let err = load(&["--fire-new-triggers", "--fk-mode", "replica"]).expect_err("invalid");
         let keys: Vec<_> = err.0.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["backfill.fire_new_triggers"], "{err}");
+    }
+
+    #[test]
+    fn lock_keyless_comes_from_the_flag_or_the_environment() {
+        let urls = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let (defaults, _) = cli(&urls).load(Vec::new()).expect("valid");
+        assert!(!defaults.backfill.lock_keyless, "refusing is the default");
+        let flags: Vec<&str> = urls.iter().copied().chain(["--lock-keyless"]).collect();
+        let (cfg, _) = cli(&flags).load(Vec::new()).expect("valid");
+        assert!(cfg.backfill.lock_keyless);
+        let (cfg, _) = cli(&urls)
+            .load(vec![(
+                "SWITCHYARD_BACKFILL__LOCK_KEYLESS".into(),
+                "true".into(),
+            )])
+            .expect("valid");
+        assert!(cfg.backfill.lock_keyless);
     }
 
     #[test]

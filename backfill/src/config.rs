@@ -117,6 +117,12 @@ pub struct BackfillSettings {
     /// rows sort in memory instead of spilling to disk, and is what pgcopydb sets.
     #[serde(default = "default_rebuild_memory_mb")]
     pub rebuild_memory_mb: u64,
+    /// Tables without a primary key that old's change capture covers (the proxy may be
+    /// dual-writing them) are copied under `LOCK TABLE ... IN SHARE MODE` on old, writers
+    /// to the table waiting until its copy is committed and verified. Off, such tables are
+    /// refused (see docs/backfill.md, "Tables without a primary key").
+    #[serde(default)]
+    pub lock_keyless: bool,
 }
 
 fn default_jobs() -> usize {
@@ -177,6 +183,7 @@ impl Default for BackfillSettings {
             fire_new_triggers: false,
             progress_interval_secs: default_progress_interval_secs(),
             rebuild_memory_mb: default_rebuild_memory_mb(),
+            lock_keyless: false,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`worker`]: claim, copy, check, record.
 //! - [`throttle`], [`tasks`]: rate limit, pause, adaptive brake, lease renewal.
 //! - [`indexes`]: deferred indexes and constraints (`--defer-indexes`).
+//! - [`keyless`]: tables without a primary key, copied whole in one snapshot.
 //! - [`progress`], [`report`]: bars or log lines; summary, JSON, metrics, exit status.
 
 pub mod chunk_check;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connect;
 pub mod copy;
 pub mod indexes;
+pub mod keyless;
 pub mod plan;
 pub mod progress;
 pub mod report;

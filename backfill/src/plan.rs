@@ -57,14 +57,17 @@ pub struct Skipped {
 /// The tables to copy, in load order, and the ones left out with a reason.
 #[derive(Debug, Clone)]
 pub struct Selection {
+    /// Tables with a primary key: copied in key ranges.
     pub tables: Vec<TablePlan>,
+    /// Tables without one: copied whole in one snapshot after the keyed ones (`keyless`).
+    pub keyless: Vec<TablePlan>,
     pub skipped: Vec<Skipped>,
 }
 
 /// Picks the tables: the requested ones (every user table of old when none), minus the
 /// excluded; a requested table missing on old, or any table missing on new or with other
 /// columns there, is an error (the schema must be on new before the backfill); a table
-/// without a primary key is skipped and reported.
+/// without a primary key goes to `keyless`.
 pub async fn select_tables(
     old: &Client,
     new: &Client,
@@ -81,7 +84,8 @@ pub async fn select_tables(
     };
     let mut seen = BTreeSet::new();
     let mut tables = Vec::new();
-    let mut skipped = Vec::new();
+    let mut keyless = Vec::new();
+    let skipped = Vec::new();
     for name in names {
         if excluded.contains(&name) || !seen.insert(name.clone()) {
             continue;
@@ -93,14 +97,6 @@ pub async fn select_tables(
             }
             Err(e) => return Err(e).context("reading the old database's catalog"),
         };
-        if old_meta.primary_key.is_empty() {
-            skipped.push(Skipped {
-                table: name.to_string(),
-                reason: "no primary key: it cannot be cut into key ranges or re-synced by key"
-                    .into(),
-            });
-            continue;
-        }
         let mut new_meta = match load_table(new, &name).await {
             Ok(m) => m,
             Err(CatalogError::NotFound(_)) => bail!(
@@ -109,6 +105,19 @@ pub async fn select_tables(
             Err(e) => return Err(e).context("reading the new database's catalog"),
         };
         let key_missing_on_new = new_meta.primary_key.is_empty();
+        if old_meta.primary_key.is_empty() {
+            let columns = check_columns(&name, &old_meta, &new_meta)?;
+            keyless.push(TablePlan {
+                key_missing_on_new: false,
+                quoted: old_meta.quoted(),
+                name,
+                old: old_meta,
+                new: new_meta,
+                columns,
+                depends_on: Vec::new(),
+            });
+            continue;
+        }
         if key_missing_on_new {
             // Dropped by bulk mode (checked later): the key is old's, by column name.
             let mut key = Vec::new();
@@ -151,7 +160,11 @@ pub async fn select_tables(
             );
         }
     }
-    Ok(Selection { tables, skipped })
+    Ok(Selection {
+        tables,
+        keyless,
+        skipped,
+    })
 }
 
 /// The writable columns of old, each present on new with the same type and the same

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 /// Exit status: everything copied and verified.
 pub const EXIT_OK: u8 = 0;
-/// Finished, but chunks failed or stayed unverified, or tables were skipped.
+/// Finished, but chunks failed or stayed unverified, or tables were skipped or refused.
 pub const EXIT_ATTENTION: u8 = 1;
 /// Could not do the work.
 pub const EXIT_ERROR: u8 = 2;
@@ -19,6 +19,8 @@ pub const EXIT_ERROR: u8 = 2;
 pub struct Summary {
     pub tables: Vec<TableTotals>,
     pub skipped: Vec<Skipped>,
+    /// Tables without a primary key not copied, with the reason and the fix.
+    pub refused: Vec<Skipped>,
     /// Indexes and constraints rebuilt after a deferred load.
     pub rebuilt: Vec<String>,
     /// Chunks this process finished.
@@ -32,7 +34,10 @@ impl Summary {
     pub fn exit_code(&self) -> u8 {
         if self.error.is_some() {
             EXIT_ERROR
-        } else if !self.skipped.is_empty() || self.tables.iter().any(|t| t.done != t.chunks) {
+        } else if !self.skipped.is_empty()
+            || !self.refused.is_empty()
+            || self.tables.iter().any(|t| t.done != t.chunks)
+        {
             EXIT_ATTENTION
         } else {
             EXIT_OK
@@ -47,6 +52,7 @@ impl Summary {
             .iter()
             .map(|t| t.table.len())
             .chain(self.skipped.iter().map(|s| s.table.len()))
+            .chain(self.refused.iter().map(|s| s.table.len()))
             .max()
             .unwrap_or(5)
             .max(5);
@@ -82,6 +88,9 @@ impl Summary {
         }
         for s in &self.skipped {
             let _ = writeln!(out, "{:<width$}  skipped: {}", s.table, s.reason);
+        }
+        for s in &self.refused {
+            let _ = writeln!(out, "{:<width$}  refused: {}", s.table, s.reason);
         }
         for r in &self.rebuilt {
             let _ = writeln!(out, "rebuilt {r}");
@@ -164,6 +173,16 @@ impl Summary {
         );
         let _ = writeln!(
             out,
+            "# HELP switchyard_backfill_tables_refused Tables without a primary key refused."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_backfill_tables_refused gauge");
+        let _ = writeln!(
+            out,
+            "switchyard_backfill_tables_refused {}",
+            self.refused.len()
+        );
+        let _ = writeln!(
+            out,
             "# HELP switchyard_backfill_seconds Wall time of this run."
         );
         let _ = writeln!(out, "# TYPE switchyard_backfill_seconds gauge");
@@ -212,6 +231,25 @@ mod tests {
         s.tables[0].done = 1;
         s.tables[0].unverified = 1;
         assert_eq!(s.exit_code(), EXIT_ATTENTION);
+        s.tables[0].done = 2;
+        s.tables[0].unverified = 0;
+        s.refused.push(Skipped {
+            table: "public.bag".into(),
+            reason: "no primary key, and dual writes may be running".into(),
+        });
+        assert_eq!(
+            s.exit_code(),
+            EXIT_ATTENTION,
+            "a refused table needs attention"
+        );
+        assert!(s.human().lines().any(|l| l.starts_with("public.bag ")
+            && l.ends_with("refused: no primary key, and dual writes may be running")));
+        assert!(s
+            .prometheus()
+            .contains("switchyard_backfill_tables_refused 1"));
+        let doc: serde_json::Value = serde_json::from_str(&s.json()).expect("JSON");
+        assert_eq!(doc["refused"][0]["table"], "public.bag");
+        assert_eq!(doc["exit_code"], 1);
         s.error = Some("x".into());
         assert_eq!(s.exit_code(), EXIT_ERROR);
         assert!(s.json().contains("\"exit_code\":2"));

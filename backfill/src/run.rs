@@ -10,13 +10,14 @@ use crate::progress::{Progress, TableStart};
 use crate::report::Summary;
 use crate::throttle::Throttle;
 use crate::worker::{run_worker, Shared};
-use crate::{indexes, tasks};
+use crate::{indexes, keyless, tasks};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::checksum::{server_version_num, RowHash};
 use switchyard_core::connect::check_writer;
+use switchyard_core::key::KeyRange;
 use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
@@ -61,14 +62,22 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     let selection = select(cfg, &old, &control).await?;
     summary.skipped = selection.skipped.clone();
     let plans = selection.tables;
+    let keyless_plans = selection.keyless;
     let order: Vec<String> = plans.iter().map(|p| p.quoted.clone()).collect();
+    // Keyless tables are copied after the keyed ones, by their own pass.
+    let all: Vec<String> = order
+        .iter()
+        .cloned()
+        .chain(keyless_plans.iter().map(|p| p.quoted.clone()))
+        .collect();
     let display: HashMap<String, String> = plans
         .iter()
+        .chain(&keyless_plans)
         .map(|p| (p.quoted.clone(), p.name.to_string()))
         .collect();
 
     chunk_table::ensure_schema(&mut control).await?;
-    plan_missing(cfg, &old, &mut control, &plans).await?;
+    plan_missing(cfg, &old, &mut control, &plans, &keyless_plans).await?;
     if cfg.backfill.bulk == Some(true) && cfg.backfill.dual_writes {
         tracing::warn!("--bulk needs --dual-writes off (nothing else may write to new): not used.");
     }
@@ -98,7 +107,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         server_version_num(&old).await?,
         server_version_num(&control).await?,
     );
-    let starts = table_starts(&control, &order, &display).await?;
+    let starts = table_starts(&control, &all, &display).await?;
     let progress = Progress::new(&starts, opts.bars);
     let throttle = Arc::new(Throttle::new(cfg.backfill.max_rows_per_sec));
     // Before any worker claims: a run started while paused copies nothing.
@@ -129,7 +138,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
         scannable,
         control: control.clone(),
         worker_prefix: worker_prefix(),
-        throttle,
+        throttle: throttle.clone(),
         progress: progress.clone(),
         rebuild_guard: tokio::sync::Mutex::new(()),
         rebuilt: std::sync::Mutex::new(Vec::new()),
@@ -153,6 +162,21 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
             }
         }
     }
+    if first_error.is_none() && !keyless_plans.is_empty() {
+        // While the background tasks still renew the keyless chunks' leases.
+        let k = keyless::Keyless {
+            cfg: cfg.clone(),
+            control: control.clone(),
+            throttle,
+            progress: progress.clone(),
+            worker_prefix: shared.worker_prefix.clone(),
+            row_hash,
+        };
+        match keyless::copy_all(&k, &keyless_plans).await {
+            Ok(refused) => summary.refused = refused,
+            Err(e) => first_error = Some(e),
+        }
+    }
     background.abort_all();
     progress.finish();
     if let Some(e) = first_error {
@@ -162,7 +186,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     if let Ok(mut r) = shared.rebuilt.lock() {
         summary.rebuilt = std::mem::take(&mut *r);
     }
-    let totals = chunk_table::totals(&control, &order).await?;
+    let totals = chunk_table::totals(&control, &all).await?;
     let rows_after: i64 = totals.iter().map(|t| t.rows_old).sum();
     summary.rows_this_run = (rows_after - rows_before).max(0) as u64;
     if cfg.backfill.defer_indexes || indexes::pending(&control).await? {
@@ -193,8 +217,13 @@ async fn plan_missing(
     old: &Client,
     control: &mut Client,
     plans: &[TablePlan],
+    keyless_plans: &[TablePlan],
 ) -> Result<()> {
-    let names: Vec<String> = plans.iter().map(|p| p.quoted.clone()).collect();
+    let names: Vec<String> = plans
+        .iter()
+        .chain(keyless_plans)
+        .map(|p| p.quoted.clone())
+        .collect();
     let tx = control
         .transaction()
         .await
@@ -212,6 +241,24 @@ async fn plan_missing(
                 estimated_rows: split.estimated_rows,
                 depends_on: plan.depends_on.clone(),
                 ranges: split.ranges,
+            },
+        )
+        .await?;
+    }
+    for plan in keyless_plans
+        .iter()
+        .filter(|p| !planned.contains(&p.quoted))
+    {
+        chunk_table::insert_plan(
+            &tx,
+            &PlannedTable {
+                table_name: plan.quoted.clone(),
+                key_columns: Vec::new(),
+                split: keyless::SPLIT,
+                chunk_rows: 0,
+                estimated_rows: keyless::estimated_rows(old, plan).await?,
+                depends_on: Vec::new(),
+                ranges: vec![KeyRange::all()],
             },
         )
         .await?;
@@ -289,7 +336,7 @@ pub async fn dry_run(cfg: &BackfillConfig) -> Result<(Vec<DryRunTable>, Selectio
     let selection = select(cfg, &old, &new).await?;
     let has_table = chunk_table::exists(&new).await?;
     let mut out = Vec::new();
-    for p in &selection.tables {
+    for p in selection.tables.iter().chain(&selection.keyless) {
         let existing = if has_table {
             new.query_opt(
                 "SELECT t.split, t.estimated_rows, t.chunks::int8, \
@@ -314,6 +361,16 @@ pub async fn dry_run(cfg: &BackfillConfig) -> Result<(Vec<DryRunTable>, Selectio
                 depends_on: p.depends_on.clone(),
                 state: "resumes".into(),
                 chunks_done: r.get(3),
+            },
+            None if p.old.primary_key.is_empty() => DryRunTable {
+                table: p.name.to_string(),
+                key_columns,
+                split: keyless::SPLIT.into(),
+                estimated_rows: keyless::estimated_rows(&old, p).await?,
+                chunks: 1,
+                depends_on: Vec::new(),
+                state: "planned".into(),
+                chunks_done: 0,
             },
             None => {
                 let split = split_table(&old, p, cfg.backfill.chunk_rows).await?;
