@@ -72,11 +72,16 @@ pub fn validate_urls(
     origin_of: &dyn Fn(&str) -> Origin,
 ) {
     for (key, url) in [("old", old), ("new", new)] {
-        if let Err(e) = crate::dsn::Dsn::parse(url) {
+        let problem = match crate::dsn::Dsn::parse(url) {
+            Err(e) => Some(e.to_string()),
+            // TLS settings that cannot be honoured fail here, before anything connects.
+            Ok(dsn) => crate::tls::settings_for(&dsn).err().map(|e| e.to_string()),
+        };
+        if let Some(message) = problem {
             errors.push(ConfigError {
                 key: key.to_string(),
                 origin: origin_of(key),
-                message: e.to_string(),
+                message,
             });
         }
     }

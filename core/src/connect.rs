@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 /// Which database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,12 @@ pub enum ConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("the {db} database's TLS settings")]
+    Tls {
+        db: Db,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("connecting to the {db} database at {shown}")]
     Connect {
         db: Db,
@@ -50,18 +56,23 @@ pub fn shown(url: &str) -> String {
 /// Opens one connection (10 s connect timeout unless the URL sets one); its driver task
 /// runs on the current runtime.
 pub async fn connect(db: Db, url: &str, application_name: &str) -> Result<Client, ConnectError> {
-    let mut config: Config = url.parse().map_err(|source| ConnectError::Url {
-        db,
-        shown: shown(url),
-        source,
-    })?;
+    let tls =
+        crate::tls::settings_for_url(url).map_err(|source| ConnectError::Tls { db, source })?;
+    let mut config: Config = crate::tls::strip_tls_params(url)
+        .parse()
+        .map_err(|source| ConnectError::Url {
+            db,
+            shown: shown(url),
+            source,
+        })?;
+    let connector = crate::tls_stream::pg_connector(&mut config, &tls);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name(application_name);
     let (client, connection) =
         config
-            .connect(NoTls)
+            .connect(connector)
             .await
             .map_err(|source| ConnectError::Connect {
                 db,

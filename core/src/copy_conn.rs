@@ -11,16 +11,19 @@
 //! handed out a megabyte, the reader also waits for 128 KB to arrive before it wakes
 //! (`crate::rcvlowat`), instead of waking for every few 8 KB writes of the server.
 //!
-//! Plain TCP or a Unix socket, no TLS (like the tools' other connections); authentication
-//! trust, cleartext password, MD5 or SCRAM-SHA-256.
+//! TCP, with TLS as the URL's `sslmode` says ([`crate::tls`], as every other connection),
+//! or a Unix socket (never encrypted, as with libpq); authentication trust, cleartext
+//! password, MD5, or SCRAM-SHA-256 (`-PLUS` bound to the TLS connection where offered).
 
+use crate::tls::TlsSettings;
+use crate::tls_stream::{negotiate, Binding, DbStream};
 use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
 /// Bytes asked of the socket per read.
@@ -40,10 +43,16 @@ const MAX_OTHER_MESSAGE: usize = 16 * 1024 * 1024;
 pub enum CopyConnError {
     #[error("the database URL is not valid")]
     Url(#[source] tokio_postgres::Error),
-    #[error(
-        "the database URL asks for TLS (sslmode=require), which this connection does not support"
-    )]
-    TlsRequired,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS to {addr}: {source}")]
+    Negotiate {
+        addr: String,
+        #[source]
+        source: crate::tls_stream::NegotiateError,
+    },
+    #[error("authentication: {0}")]
+    Binding(#[from] crate::tls_stream::BindingError),
     #[error("connecting to {addr}")]
     Connect {
         addr: String,
@@ -94,6 +103,11 @@ impl Stream for tokio::net::TcpStream {
     }
 }
 impl Stream for tokio::net::UnixStream {}
+impl Stream for DbStream {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(DbStream::tcp(self))
+    }
+}
 
 /// One session. After any error other than a server error the session is
 /// [`broken`](CopyConn::is_broken) and should be dropped.
@@ -107,6 +121,8 @@ pub struct CopyConn {
     lowat_peak: usize,
     wbuf: BytesMut,
     broken: bool,
+    /// What SCRAM may bind to, and whether `channel_binding` requires it.
+    binding: Binding,
 }
 
 impl std::fmt::Debug for CopyConn {
@@ -120,10 +136,10 @@ impl std::fmt::Debug for CopyConn {
 impl CopyConn {
     /// Connects to a `postgres://` URL or key=value string, as `application_name`.
     pub async fn connect(url: &str, application_name: &str) -> Result<CopyConn, CopyConnError> {
-        let config: Config = url.parse().map_err(CopyConnError::Url)?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(CopyConnError::TlsRequired);
-        }
+        let tls = crate::tls::settings_for_url(url)?;
+        let config: Config = crate::tls::strip_tls_params(url)
+            .parse()
+            .map_err(CopyConnError::Url)?;
         let timeout = config
             .get_connect_timeout()
             .copied()
@@ -136,8 +152,8 @@ impl CopyConn {
                 .or(config.get_ports().first())
                 .copied()
                 .unwrap_or(5432);
-            match tokio::time::timeout(timeout, open(host, port)).await {
-                Ok(Ok(stream)) => {
+            match tokio::time::timeout(timeout, open(host, port, &tls)).await {
+                Ok(Ok((stream, binding))) => {
                     let mut conn = CopyConn {
                         stream,
                         rbuf: BytesMut::with_capacity(READ_SIZE),
@@ -145,6 +161,7 @@ impl CopyConn {
                         lowat_peak: 1,
                         wbuf: BytesMut::new(),
                         broken: false,
+                        binding,
                     };
                     // Trouble before the session is up names the server, as a failed
                     // connect does; server errors (a wrong password) speak for themselves.
@@ -267,19 +284,23 @@ impl CopyConn {
         frontend::startup_message(params, &mut self.wbuf).map_err(CopyConnError::Io)?;
         self.flush().await?;
         let password = config.get_password();
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram: Option<(sasl::ScramSha256, bool)> = None;
+        let mut bound = false;
         loop {
             let (tag, body) = self.next_message().await?;
             match tag {
                 b'R' => {
                     let msg = parse(body)?;
-                    self.authenticate(msg, user, password, &mut scram).await?;
+                    bound |= self.authenticate(msg, user, password, &mut scram).await?;
                 }
                 b'E' => {
                     self.broken = true;
                     return Err(server_error(body));
                 }
-                b'Z' => return Ok(()),
+                b'Z' => {
+                    self.binding.check_done(bound)?;
+                    return Ok(());
+                }
                 // ParameterStatus, BackendKeyData, notices.
                 _ => {}
             }
@@ -291,11 +312,11 @@ impl CopyConn {
         msg: backend::Message,
         user: &str,
         password: Option<&[u8]>,
-        scram: &mut Option<sasl::ScramSha256>,
-    ) -> Result<(), CopyConnError> {
+        scram: &mut Option<(sasl::ScramSha256, bool)>,
+    ) -> Result<bool, CopyConnError> {
         use backend::Message as M;
         match msg {
-            M::AuthenticationOk => return Ok(()),
+            M::AuthenticationOk => return Ok(false),
             M::AuthenticationCleartextPassword => {
                 let pw = password.ok_or(CopyConnError::NoPassword)?;
                 frontend::password_message(pw, &mut self.wbuf).map_err(CopyConnError::Io)?;
@@ -308,32 +329,30 @@ impl CopyConn {
             }
             M::AuthenticationSasl(body) => {
                 let pw = password.ok_or(CopyConnError::NoPassword)?;
-                let mut mechanisms = body.mechanisms();
-                let mut found = false;
-                while let Some(m) = mechanisms.next().map_err(CopyConnError::Auth)? {
-                    found |= m == sasl::SCRAM_SHA_256;
+                let mut listed = body.mechanisms();
+                let mut mechanisms = Vec::new();
+                while let Some(m) = listed.next().map_err(CopyConnError::Auth)? {
+                    mechanisms.push(m.to_string());
                 }
-                if !found {
-                    return Err(CopyConnError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
-                }
-                let s = sasl::ScramSha256::new(pw, sasl::ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                let (mechanism, cb) = self.binding.choose(&mechanisms)?;
+                let s = sasl::ScramSha256::new(pw, cb);
+                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
                     .map_err(CopyConnError::Io)?;
-                *scram = Some(s);
+                *scram = Some((s, mechanism == sasl::SCRAM_SHA_256_PLUS));
             }
             M::AuthenticationSaslContinue(body) => {
-                let s = scram
+                let (s, _) = scram
                     .as_mut()
                     .ok_or_else(|| CopyConnError::Protocol("SASL continue before start".into()))?;
                 s.update(body.data()).map_err(CopyConnError::Auth)?;
                 frontend::sasl_response(s.message(), &mut self.wbuf).map_err(CopyConnError::Io)?;
             }
             M::AuthenticationSaslFinal(body) => {
-                let s = scram
+                let (s, bound) = scram
                     .as_mut()
                     .ok_or_else(|| CopyConnError::Protocol("SASL final before start".into()))?;
                 s.finish(body.data()).map_err(CopyConnError::Auth)?;
-                return Ok(());
+                return Ok(*bound);
             }
             M::AuthenticationKerberosV5 => return Err(CopyConnError::UnsupportedAuth("Kerberos")),
             M::AuthenticationScmCredential => {
@@ -349,7 +368,8 @@ impl CopyConn {
                 ))
             }
         }
-        self.flush().await
+        self.flush().await?;
+        Ok(false)
     }
 
     async fn send_query(&mut self, sql: &str) -> Result<(), CopyConnError> {
@@ -586,7 +606,11 @@ impl Drop for CopyOut<'_> {
     }
 }
 
-async fn open(host: &Host, port: u16) -> Result<Box<dyn Stream>, CopyConnError> {
+async fn open(
+    host: &Host,
+    port: u16,
+    tls: &TlsSettings,
+) -> Result<(Box<dyn Stream>, Binding), CopyConnError> {
     match host {
         Host::Tcp(name) => {
             let s = tokio::net::TcpStream::connect((name.as_str(), port))
@@ -596,7 +620,14 @@ async fn open(host: &Host, port: u16) -> Result<Box<dyn Stream>, CopyConnError> 
                     source,
                 })?;
             let _ = s.set_nodelay(true);
-            Ok(Box::new(s))
+            let s = negotiate(s, tls, name)
+                .await
+                .map_err(|source| CopyConnError::Negotiate {
+                    addr: describe(host, port),
+                    source,
+                })?;
+            let binding = Binding::of(&s, tls);
+            Ok((Box::new(s), binding))
         }
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -606,7 +637,7 @@ async fn open(host: &Host, port: u16) -> Result<Box<dyn Stream>, CopyConnError> 
                     addr: path.display().to_string(),
                     source,
                 })?;
-            Ok(Box::new(s))
+            Ok((Box::new(s), Binding::plain(tls)))
         }
     }
 }

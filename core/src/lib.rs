@@ -35,4 +35,6 @@ pub mod resync;
 pub mod retry;
 pub mod retry_kafka;
 pub mod session;
+pub mod tls;
+pub mod tls_stream;
 pub mod tool;

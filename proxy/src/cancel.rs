@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// Where a cancel for one session must go.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub addr: String,
+    pub to: crate::backend::CancelAddr,
     pub pid: i32,
     pub key: Bytes,
 }
@@ -73,7 +73,11 @@ mod tests {
     fn only_the_right_key_cancels() {
         let r = CancelRegistry::default();
         let t = CancelTarget {
-            addr: "h:1".into(),
+            to: crate::backend::CancelAddr {
+                addr: "h:1".into(),
+                host: "h".into(),
+                tls: std::sync::Arc::new(switchyard_core::tls::TlsSettings::disabled()),
+            },
             pid: 42,
             key: Bytes::from_static(b"abcd"),
         };

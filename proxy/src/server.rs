@@ -39,6 +39,11 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("TLS to the {which} database: {source}")]
+    DbTls {
+        which: &'static str,
+        source: switchyard_core::tls::TlsError,
+    },
     #[error("dual writes: {0}")]
     Mirror(String),
 }
@@ -106,6 +111,10 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         which: "new",
         source,
     })?;
+    for (which, dsn) in [("old", &old), ("new", &new)] {
+        switchyard_core::tls::settings_for(dsn)
+            .map_err(|source| StartError::DbTls { which, source })?;
+    }
     let mut users = HashMap::new();
     for u in &config.users {
         let secret = Secret::parse(&u.name, &u.password).map_err(|source| StartError::User {

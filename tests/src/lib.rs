@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod reap;
 pub mod reconciler;
 pub mod shadow;
+pub mod tls_certs;
 pub mod wait;
 pub mod wire;
 

@@ -320,10 +320,18 @@ async fn connection_failures_are_clear() -> Result<()> {
         "{err:#}"
     );
     hang_up.await??;
-    let err = CopyConn::connect("postgres://postgres@127.0.0.1:1/x?sslmode=require", "test")
-        .await
-        .expect_err("tls");
-    assert!(matches!(err, CopyConnError::TlsRequired), "{err}");
+    // TLS settings that cannot be honoured fail before connecting, the password hidden.
+    let err = CopyConn::connect(
+        "postgres://postgres:hunter2@127.0.0.1:1/x?sslmode=verify-full&sslrootcert=/no/such.crt",
+        "test",
+    )
+    .await
+    .expect_err("tls");
+    assert!(matches!(err, CopyConnError::Tls(_)), "{err}");
+    assert!(
+        format!("{err:#}").contains("/no/such.crt") && !format!("{err:#}").contains("hunter2"),
+        "{err:#}"
+    );
     let err = CopyConn::connect("postgres://postgres@127.0.0.1:notaport/x", "test")
         .await
         .expect_err("bad url");

@@ -4,12 +4,19 @@ use super::{BackendError, Role};
 use crate::protocol::backend::Authentication;
 use crate::protocol::buf_public::tagged;
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::ScramSha256;
+use switchyard_core::tls_stream::Binding;
 
 /// Where an authentication exchange with a server stands.
 pub(super) enum AuthState {
     Start,
-    Scram(Box<ScramSha256>),
+    Scram {
+        scram: Box<ScramSha256>,
+        /// SCRAM-SHA-256-PLUS: bound to this TLS connection.
+        bound: bool,
+    },
+    /// The server proved it knows the password over a bound exchange.
+    Bound,
 }
 
 /// Produces the reply (if any) to one Authentication message.
@@ -19,6 +26,7 @@ pub(super) fn respond(
     req: Authentication,
     user: &str,
     password: Option<&str>,
+    binding: &Binding,
     out: &mut BytesMut,
 ) -> Result<(), BackendError> {
     let need_pw = || {
@@ -46,24 +54,28 @@ pub(super) fn respond(
             });
         }
         Authentication::Sasl { mechanisms } => {
-            if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
-                return Err(BackendError::Auth {
+            let (mechanism, cb) = binding
+                .choose(&mechanisms)
+                .map_err(|e| BackendError::Auth {
                     role,
-                    detail: format!("no supported SASL mechanism in {mechanisms:?}"),
-                });
-            }
+                    detail: e.to_string(),
+                })?;
             let pw = need_pw()?;
-            let scram = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+            let scram = ScramSha256::new(pw.as_bytes(), cb);
             let first = scram.message().to_vec();
             tagged(out, b'p', |w| {
-                w.extend_from_slice(b"SCRAM-SHA-256\0");
+                w.extend_from_slice(mechanism.as_bytes());
+                w.extend_from_slice(&[0]);
                 w.extend_from_slice(&(first.len() as i32).to_be_bytes());
                 w.extend_from_slice(&first);
             });
-            *state = AuthState::Scram(Box::new(scram));
+            *state = AuthState::Scram {
+                scram: Box::new(scram),
+                bound: mechanism.ends_with("-PLUS"),
+            };
         }
         Authentication::SaslContinue(data) => {
-            let AuthState::Scram(scram) = state else {
+            let AuthState::Scram { scram, .. } = state else {
                 return Err(BackendError::Auth {
                     role,
                     detail: "unexpected SASL continue".into(),
@@ -77,7 +89,7 @@ pub(super) fn respond(
             tagged(out, b'p', |w| w.extend_from_slice(&msg));
         }
         Authentication::SaslFinal(data) => {
-            let AuthState::Scram(scram) = state else {
+            let AuthState::Scram { scram, bound } = state else {
                 return Err(BackendError::Auth {
                     role,
                     detail: "unexpected SASL final".into(),
@@ -87,6 +99,9 @@ pub(super) fn respond(
                 role,
                 detail: format!("server signature check failed: {e}"),
             })?;
+            if *bound {
+                *state = AuthState::Bound;
+            }
         }
         Authentication::Unsupported(code) => {
             return Err(BackendError::UnsupportedAuth { role, code })

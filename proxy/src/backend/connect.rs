@@ -9,6 +9,8 @@ use crate::protocol::Frame;
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use switchyard_core::dsn::Dsn;
+use switchyard_core::tls::{settings_for, TlsSettings};
+use switchyard_core::tls_stream::{negotiate, Binding, DbStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,15 +24,25 @@ pub struct ConnectOptions {
 /// A started, authenticated connection, ready for queries.
 pub struct BackendConn {
     pub role: Role,
-    pub stream: TcpStream,
+    pub stream: DbStream,
     /// Bytes read past the first ReadyForQuery (normally none).
     pub read_buf: BytesMut,
     /// ParameterStatus values the server reported at startup, in order.
     pub params: Vec<(String, String)>,
     pub pid: i32,
     pub key: Bytes,
-    /// `host:port`, for cancel requests.
+    /// Where cancel requests for this backend go.
+    pub cancel_to: CancelAddr,
+}
+
+/// A backend's address for cancel requests, with the TLS its connection used (the cancel
+/// key is a secret: it travels as the session did).
+#[derive(Debug, Clone)]
+pub struct CancelAddr {
+    /// `host:port`.
     pub addr: String,
+    pub host: String,
+    pub tls: std::sync::Arc<TlsSettings>,
 }
 
 /// Connects to `dsn` as its user, passing `startup_params` (e.g. application_name) along.
@@ -54,14 +66,25 @@ async fn connect_inner(
     opts: &ConnectOptions,
 ) -> Result<BackendConn, BackendError> {
     let addr = dsn.address();
-    let mut stream = TcpStream::connect(&addr)
+    let tls = settings_for(dsn).map_err(|e| BackendError::Tls {
+        role,
+        detail: e.to_string(),
+    })?;
+    let tcp = TcpStream::connect(&addr)
         .await
         .map_err(|source| BackendError::Connect {
             role,
             addr: addr.clone(),
             source,
         })?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = negotiate(tcp, &tls, &dsn.host)
+        .await
+        .map_err(|e| BackendError::Tls {
+            role,
+            detail: format!("{dsn}: {e}"),
+        })?;
+    let binding = Binding::of(&stream, &tls);
     let io = |source| BackendError::Io { role, source };
 
     let mut params = vec![
@@ -111,6 +134,7 @@ async fn connect_inner(
                     a,
                     &dsn.user,
                     dsn.password.as_deref(),
+                    &binding,
                     &mut out,
                 )?;
                 if !out.is_empty() {
@@ -123,6 +147,12 @@ async fn connect_inner(
                 return Err(BackendError::Server { role, fields })
             }
             BackendMessage::ReadyForQuery(_) => {
+                binding
+                    .check_done(matches!(auth, AuthState::Bound))
+                    .map_err(|e| BackendError::Auth {
+                        role,
+                        detail: e.to_string(),
+                    })?;
                 let (pid, key) = key_data.unwrap_or((0, Bytes::new()));
                 return Ok(BackendConn {
                     role,
@@ -131,7 +161,11 @@ async fn connect_inner(
                     params: server_params,
                     pid,
                     key,
-                    addr,
+                    cancel_to: CancelAddr {
+                        addr,
+                        host: dsn.host.clone(),
+                        tls,
+                    },
                 });
             }
             // Notices and protocol negotiation during startup are informational.
@@ -140,15 +174,19 @@ async fn connect_inner(
     }
 }
 
-/// Sends a CancelRequest for a backend; the server answers by closing the connection.
+/// Sends a CancelRequest for a backend, over TLS when its session used TLS; the server
+/// answers by closing the connection.
 pub async fn send_cancel(
-    addr: &str,
+    to: &CancelAddr,
     pid: i32,
     key: &Bytes,
     timeout: Duration,
 ) -> std::io::Result<()> {
     let fut = async {
-        let mut s = TcpStream::connect(addr).await?;
+        let tcp = TcpStream::connect(&to.addr).await?;
+        let mut s = negotiate(tcp, &to.tls, &to.host)
+            .await
+            .map_err(std::io::Error::other)?;
         let mut out = BytesMut::new();
         StartupRequest::Cancel {
             pid,
@@ -156,6 +194,7 @@ pub async fn send_cancel(
         }
         .encode(&mut out);
         s.write_all(&out).await?;
+        s.flush().await?;
         // Wait for the server to close, so the cancel is delivered before we return.
         let mut sink = [0u8; 16];
         let _ = s.read(&mut sink).await;

@@ -26,6 +26,8 @@ pub enum BackendError {
     Io { role: Role, source: std::io::Error },
     #[error("{role} closed the connection during startup")]
     Closed { role: Role },
+    #[error("TLS to {role}: {detail}")]
+    Tls { role: Role, detail: String },
 }
 
 impl BackendError {
@@ -47,6 +49,7 @@ impl BackendError {
             BackendError::UnsupportedAuth { .. } | BackendError::Auth { .. } => "auth",
             BackendError::Protocol { .. } => "protocol",
             BackendError::Io { .. } | BackendError::Closed { .. } => "io",
+            BackendError::Tls { .. } => "tls",
         }
     }
 }

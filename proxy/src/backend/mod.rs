@@ -6,7 +6,7 @@ mod connect;
 mod error;
 pub mod read;
 
-pub use connect::{connect, send_cancel, BackendConn, ConnectOptions};
+pub use connect::{connect, send_cancel, BackendConn, CancelAddr, ConnectOptions};
 pub use error::BackendError;
 
 /// Which database a connection goes to; names it in messages and metric labels.

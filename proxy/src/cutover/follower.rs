@@ -210,8 +210,10 @@ impl Follower {
         if let Some(p) = &control.password {
             cfg.password(p);
         }
+        let tls = switchyard_core::tls::settings_for(control).map_err(|e| e.to_string())?;
+        let connector = switchyard_core::tls_stream::pg_connector(&mut cfg, &tls);
         let (client, mut connection) =
-            tokio::time::timeout(self.connect_timeout, cfg.connect(tokio_postgres::NoTls))
+            tokio::time::timeout(self.connect_timeout, cfg.connect(connector))
                 .await
                 .map_err(|_| format!("{control}: connect timed out"))?
                 .map_err(|e| format!("{control}: {}", switchyard_core::cutover::pg_error(&e)))?;

@@ -112,7 +112,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
     }
     let (pid, key) = shared.cancel.register(CancelTarget {
-        addr: backend.addr.clone(),
+        to: backend.cancel_to.clone(),
         pid: backend.pid,
         key: backend.key.clone(),
     });
@@ -208,7 +208,7 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
                 metrics::counter!(CANCEL_REQUESTS_TOTAL).increment(1);
                 if let Some(target) = shared.cancel.lookup(pid, &key) {
                     if let Err(e) = send_cancel(
-                        &target.addr,
+                        &target.to,
                         target.pid,
                         &target.key,
                         shared.config.connect_timeout(),

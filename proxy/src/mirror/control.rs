@@ -61,7 +61,10 @@ pub async fn connect(
     if let Some(o) = options {
         cfg.options(o);
     }
-    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+    let tls =
+        switchyard_core::tls::settings_for(dsn).map_err(|e| MirrorError::Connect(e.to_string()))?;
+    let connector = switchyard_core::tls_stream::pg_connector(&mut cfg, &tls);
+    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(connector))
         .await
         .map_err(|_| MirrorError::Connect(format!("{dsn}: timed out after {timeout:?}")))?
         .map_err(|e| MirrorError::Connect(format!("{dsn}: {e}")))?;

@@ -22,12 +22,12 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
+use switchyard_core::tls_stream::DbStream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A started connection used only by the shadow executor.
 pub struct Conn {
-    stream: TcpStream,
+    stream: DbStream,
     buf: BytesMut,
 }
 

@@ -13,6 +13,7 @@ pub struct PgClusterBuilder {
     pub(crate) max_prepared_transactions: u32,
     pub(crate) settings: Vec<(String, String)>,
     pub(crate) durable: bool,
+    pub(crate) tls: Option<crate::tls_certs::ServerTls>,
 }
 
 impl Default for PgClusterBuilder {
@@ -22,6 +23,7 @@ impl Default for PgClusterBuilder {
             max_prepared_transactions: 10,
             settings: Vec::new(),
             durable: false,
+            tls: None,
         }
     }
 }
@@ -49,6 +51,13 @@ impl PgClusterBuilder {
     /// `true` keeps PostgreSQL's crash safety (fsync etc.); needed by crash/kill tests.
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
+        self
+    }
+
+    /// `ssl = on` with this certificate, and TCP clients accepted over TLS only
+    /// (`hostssl` in `pg_hba.conf`; with `client_cert`, `clientcert=verify-full` too).
+    pub fn tls(mut self, tls: crate::tls_certs::ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -64,6 +64,7 @@ pub struct PgCluster {
     pub(super) log: PathBuf,
     pub(super) port: u16,
     pub(super) auth: Auth,
+    tls: Option<crate::tls_certs::ServerTls>,
     /// Server settings without `port` (it is written separately, see [`Self::write_settings`]).
     settings: Vec<(String, String)>,
 }
@@ -107,6 +108,18 @@ impl PgCluster {
                 settings.push((name.into(), "off".into()));
             }
         }
+        if opts.tls.is_some() {
+            // Copied into the data directory by `prepare_dir` (the server reads them as
+            // the postgres user).
+            for (name, value) in [
+                ("ssl", "on"),
+                ("ssl_cert_file", "server.crt"),
+                ("ssl_key_file", "server.key"),
+                ("ssl_ca_file", "ca.crt"),
+            ] {
+                settings.push((name.into(), value.into()));
+            }
+        }
         settings.extend(opts.settings);
         // From here on, Drop cleans up whatever exists.
         let mut cluster = PgCluster {
@@ -116,6 +129,7 @@ impl PgCluster {
             root,
             port: 0,
             auth: opts.auth,
+            tls: opts.tls,
             settings,
         };
         write_owner(&cluster.root)?;
@@ -141,8 +155,31 @@ impl PgCluster {
             Command::new("cp").arg("-a").arg(template).arg(&self.data),
             "copying the initdb template",
         )?;
-        config::write_hba(&self.data, self.auth)?;
+        config::write_hba(
+            &self.data,
+            self.auth,
+            self.tls.as_ref().map(|t| t.client_cert),
+        )?;
         chown_to_postgres(&self.data.join("pg_hba.conf"))?;
+        if let Some(tls) = &self.tls {
+            for (from, to) in [
+                (&tls.cert.cert, "server.crt"),
+                (&tls.cert.key, "server.key"),
+                (&tls.ca_file, "ca.crt"),
+            ] {
+                let dest = self.data.join(to);
+                std::fs::copy(from, &dest)
+                    .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+                chown_to_postgres(&dest)?;
+            }
+            // The server refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                self.data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .context("restricting the server key's permissions")?;
+        }
         Ok(())
     }
 

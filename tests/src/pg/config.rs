@@ -80,15 +80,21 @@ pub fn write_settings(data: &Path, settings: &[(String, String)]) -> Result<()> 
     Ok(())
 }
 
-/// Replaces `data/pg_hba.conf`: local (unix socket) trust, TCP on 127.0.0.1 with `auth`.
-pub fn write_hba(data: &Path, auth: Auth) -> Result<()> {
+/// Replaces `data/pg_hba.conf`: local (unix socket) trust, TCP on 127.0.0.1 with `auth`;
+/// with `tls`, TCP over TLS only (and with a client certificate when `client_cert`).
+pub fn write_hba(data: &Path, auth: Auth, tls: Option<bool>) -> Result<()> {
     let method = auth.hba_method();
+    let (kind, option) = match tls {
+        None => ("host", ""),
+        Some(false) => ("hostssl", ""),
+        Some(true) => ("hostssl", " clientcert=verify-full"),
+    };
     let text = format!(
         "# Written by the switchyard test harness.\n\
          local all all trust\n\
          local replication all trust\n\
-         host all all 127.0.0.1/32 {method}\n\
-         host replication all 127.0.0.1/32 {method}\n"
+         {kind} all all 127.0.0.1/32 {method}{option}\n\
+         {kind} replication all 127.0.0.1/32 {method}{option}\n"
     );
     let path = data.join("pg_hba.conf");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))

@@ -12,8 +12,8 @@ use crate::shared::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use switchyard_core::tls_stream::DbRead;
 use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::tcp::OwnedReadHalf;
 
 /// Primary → client.
 pub(crate) struct Downstream<'a, W> {
@@ -24,7 +24,7 @@ pub(crate) struct Downstream<'a, W> {
     pub(in crate::frontend) wants_idle_signal: bool,
     /// The server explained itself before closing; otherwise the proxy tells the client.
     pub(in crate::frontend) server_said_fatal: bool,
-    pub(in crate::frontend) server: OwnedReadHalf,
+    pub(in crate::frontend) server: DbRead,
     pub(in crate::frontend) buf: BytesMut,
     pub(in crate::frontend) client: W,
     pub(in crate::frontend) drained: &'a tokio::sync::Notify,

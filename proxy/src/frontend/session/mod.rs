@@ -173,7 +173,7 @@ async fn pump<R, W>(
     route.cancel = Some((
         place.cancel_pid,
         crate::cancel::CancelTarget {
-            addr: backend.addr.clone(),
+            to: backend.cancel_to.clone(),
             pid: backend.pid,
             key: backend.key.clone(),
         },

@@ -12,11 +12,11 @@ use crate::shared::Shared;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
+use switchyard_core::tls_stream::DbStream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 pub(crate) struct Reader {
-    stream: TcpStream,
+    stream: DbStream,
     buf: BytesMut,
     /// The settings last replayed here.
     applied: Arc<[String]>,
@@ -48,7 +48,7 @@ impl Reader {
             .map_err(|e| e.to_string())?;
         Ok(Reader {
             cancel: Some(crate::cancel::CancelTarget {
-                addr: b.addr.clone(),
+                to: b.cancel_to.clone(),
                 pid: b.pid,
                 key: b.key.clone(),
             }),
@@ -62,7 +62,7 @@ impl Reader {
 
     /// Wraps a connection the session is about to make its primary, to bring its settings
     /// and prepared statements level with the one it replaces.
-    pub(crate) fn from_conn(stream: TcpStream, buf: BytesMut, max: usize) -> Reader {
+    pub(crate) fn from_conn(stream: DbStream, buf: BytesMut, max: usize) -> Reader {
         Reader {
             stream,
             buf,
@@ -73,7 +73,7 @@ impl Reader {
         }
     }
 
-    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub(crate) fn into_parts(self) -> (DbStream, BytesMut) {
         (self.stream, self.buf)
     }
 

@@ -70,7 +70,8 @@ where
     )
     .await
     .map_err(|e| format!("connecting to the {db} database, which takes writes now: {e}"))?;
-    let (pid, key, addr, params) = (b.pid, b.key.clone(), b.addr.clone(), b.params.clone());
+    let (pid, key, cancel_to, params) =
+        (b.pid, b.key.clone(), b.cancel_to.clone(), b.params.clone());
     let mut conn = Reader::from_conn(b.stream, b.read_buf, shared.config.max_message_size);
     conn.apply(&up.route.settings.replay()).await?;
     for e in conn.run_each(&up.route.carry.statements()).await? {
@@ -93,7 +94,11 @@ where
     down.buf = buf;
     // The previous primary ends the backend cleanly rather than log an unexpected EOF.
     let _ = previous.write_all(b"X\0\0\0\x04").await;
-    let target = CancelTarget { addr, pid, key };
+    let target = CancelTarget {
+        to: cancel_to,
+        pid,
+        key,
+    };
     shared.cancel.retarget(place.cancel_pid, target.clone());
     up.route.cancel = Some((place.cancel_pid, target));
     if let Some(ms) = mirror_session.as_mut() {

@@ -17,8 +17,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_core::tls_stream::DbWrite;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 
 /// Largest unfinished extended-protocol batch held back while mirroring; beyond it the
 /// batch is forwarded as it comes.
@@ -31,7 +31,7 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) became_idle: &'a IdleSignal,
     pub(in crate::frontend) client: R,
     pub(in crate::frontend) buf: BytesMut,
-    pub(in crate::frontend) server: OwnedWriteHalf,
+    pub(in crate::frontend) server: DbWrite,
     /// Classification of each prepared statement, by name ("" is the unnamed one).
     pub(in crate::frontend) statements: HashMap<String, Arc<[Classified]>>,
     pub(in crate::frontend) portals: HashMap<String, Arc<[Classified]>>,
