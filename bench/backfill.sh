@@ -24,6 +24,7 @@
 # Environment (defaults in brackets):
 #   SCALE [100]  WIDE_ROWS [2000000]  JOBS [4] (switchyard --jobs, pgcopydb --table-jobs
 #   and --index-jobs)  CHUNK_ROWS [100000]  SAFE [0]  DIRECT [0]  SCAN [0]  TOOLS ["switchyard pgcopydb pg_dump"]
+#   TLS [0] (1 = both servers serve TLS, every tool connects with sslmode=require)
 #   DURABLE [0] (1 = fsync, synchronous_commit and full_page_writes on, as in production;
 #   0 turns them off on both clusters)
 #   ROUNDS [3] (every tool once per data set per round, the order rotating; the table
@@ -85,6 +86,13 @@ else
 fi
 free_port P_OLD; start_cluster old "$P_OLD" "${settings[@]}"
 free_port P_NEW; start_cluster new "$P_NEW" "${settings[@]}"
+# TLS=1: both servers serve TLS and every tool connects with sslmode=require.
+URL_PARAMS=
+if [ "${TLS:-0}" = 1 ]; then
+  enable_tls old
+  enable_tls new
+  URL_PARAMS="?sslmode=require"
+fi
 psql_at "$P_OLD" postgres -c "CREATE DATABASE accounts" -c "CREATE DATABASE wide"
 
 log "pgbench -i -s $SCALE into old/accounts"
@@ -135,7 +143,7 @@ run_tool() {
   local tool=$1 data=$2 target db out busy t0 t1 rc=0 rss ok
   db="${data}_${tool//-/_}"
   psql_at "$P_NEW" postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
-  local src="postgres://postgres@127.0.0.1:$P_OLD/$data" dst="postgres://postgres@127.0.0.1:$P_NEW/$db"
+  local src="postgres://postgres@127.0.0.1:$P_OLD/$data$URL_PARAMS" dst="postgres://postgres@127.0.0.1:$P_NEW/$db$URL_PARAMS"
   out=$BENCH_WORK/$tool-$data
   # Each run starts with the WAL of the previous ones checkpointed away (disk space).
   psql_at "$P_OLD" postgres -c CHECKPOINT >/dev/null

@@ -150,6 +150,20 @@ start_cluster() {
   _pg_ctl_start "$name"
 }
 
+# enable_tls NAME: a self-signed certificate for 127.0.0.1 in the cluster's data directory
+# and `ssl = on` (restarts it). Clients choose with `sslmode` (the URLs' DB_URL_PARAMS).
+enable_tls() {
+  local name=$1 dir
+  dir=$(cluster_dir "$name")
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$dir/server.key" -out "$dir/server.crt" >"$BENCH_WORK/$name.openssl.log" 2>&1 ||
+    { cat "$BENCH_WORK/$name.openssl.log" >&2; die "openssl failed for $name"; }
+  chmod 600 "$dir/server.key"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir/server.key" "$dir/server.crt"
+  restart_cluster "$name" ssl=on ssl_cert_file=server.crt ssl_key_file=server.key
+}
+
 # restart_cluster NAME [KEY=VALUE...]: applies settings and restarts (fast shutdown).
 restart_cluster() {
   local name=$1; shift
@@ -236,7 +250,8 @@ stop_pgbouncer() { stop_pid "${BENCH_PID[$1]}" 10 || warn "pgbouncer $1 needed S
 # start_switchyard NAME PORT ADMIN_PORT OLD_CLUSTER NEW_CLUSTER DB [EXTRA ARGS...]:
 # switchyard-proxy listening on 127.0.0.1:PORT, log in $BENCH_WORK/NAME.log. It runs
 # without the caller's SWITCHYARD_* variables (it would read them as settings); pass
-# settings as EXTRA ARGS.
+# settings as EXTRA ARGS. DB_URL_PARAMS (e.g. `?sslmode=require`) is appended to both
+# database URLs.
 start_switchyard() {
   local name=$1 port=$2 aport=$3 old=$4 new=$5 db=$6 pid v; shift 6
   local unset_env=()
@@ -245,8 +260,8 @@ start_switchyard() {
     case $v in SWITCHYARD_*) unset_env+=(-u "$v") ;; esac
   done
   env "${unset_env[@]}" "$PROXY_BIN" \
-    --old "postgres://postgres@127.0.0.1:${BENCH_PORT[$old]}/$db" \
-    --new "postgres://postgres@127.0.0.1:${BENCH_PORT[$new]}/$db" \
+    --old "postgres://postgres@127.0.0.1:${BENCH_PORT[$old]}/$db${DB_URL_PARAMS:-}" \
+    --new "postgres://postgres@127.0.0.1:${BENCH_PORT[$new]}/$db${DB_URL_PARAMS:-}" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" "$@" \
     >"$BENCH_WORK/$name.log" 2>&1 &
   pid=$!
