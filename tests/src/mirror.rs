@@ -4,7 +4,7 @@
 use crate::pg::PgCluster;
 use crate::proxy::{Pair, DB};
 use crate::reconciler::{run_reconciler, ReconcilerRun};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
 
 /// How long the reconciler may run in a test.
@@ -49,6 +49,21 @@ pub async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<Reconc
     let mut args = vec![cmd, "--old", &old, "--new", &new];
     args.extend_from_slice(extra);
     run_reconciler(&args, RUN_TIMEOUT).await
+}
+
+/// [`reconciler`] with `--format json`: the exit code and stdout parsed.
+pub async fn reconciler_json(
+    pair: &Pair,
+    cmd: &str,
+    extra: &[&str],
+) -> Result<(i32, serde_json::Value)> {
+    let mut args = vec!["--format", "json"];
+    args.extend_from_slice(extra);
+    let run = reconciler(pair, cmd, &args).await?;
+    let code = run.code().with_context(|| run.text())?;
+    let json = serde_json::from_str(&run.stdout)
+        .with_context(|| format!("stdout is not JSON:\n{}", run.text()))?;
+    Ok((code, json))
 }
 
 /// The reconciler's verify must find `tables` (comma-separated) equal on both sides, row

@@ -10,32 +10,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::clients::{python_bin, run_client};
+use switchyard_tests::mirror::{reconciler, reconciler_json};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
-use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
+use switchyard_tests::reconciler::run_reconciler;
 use switchyard_tests::refusing_port;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// (table, kind, key values).
 type Found = BTreeSet<(String, String, Vec<String>)>;
-
-async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let mut args = vec![cmd, "--old", &old, "--new", &new];
-    args.extend_from_slice(extra);
-    run_reconciler(&args, RUN_TIMEOUT).await
-}
-
-/// Runs with `--format json` and parses stdout.
-async fn reconciler_json(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<(i32, Value)> {
-    let mut args = vec!["--format", "json"];
-    args.extend_from_slice(extra);
-    let run = reconciler(pair, cmd, &args).await?;
-    let code = run.code().with_context(|| run.text())?;
-    let json: Value = serde_json::from_str(&run.stdout)
-        .with_context(|| format!("stdout is not JSON:\n{}", run.text()))?;
-    Ok((code, json))
-}
 
 fn found(json: &Value) -> Result<Found> {
     let mut out = Found::new();

@@ -4,28 +4,8 @@
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use std::time::Duration;
+use switchyard_tests::mirror::{reconciler, reconciler_json};
 use switchyard_tests::proxy::{Pair, DB};
-use switchyard_tests::reconciler::{run_reconciler, ReconcilerRun};
-
-const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-async fn reconciler(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<ReconcilerRun> {
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let mut args = vec![cmd, "--old", &old, "--new", &new];
-    args.extend_from_slice(extra);
-    run_reconciler(&args, RUN_TIMEOUT).await
-}
-
-async fn json(pair: &Pair, cmd: &str, extra: &[&str]) -> Result<(i32, Value)> {
-    let mut args = vec!["--format", "json"];
-    args.extend_from_slice(extra);
-    let run = reconciler(pair, cmd, &args).await?;
-    let code = run.code().with_context(|| run.text())?;
-    let v: Value = serde_json::from_str(&run.stdout)
-        .with_context(|| format!("stdout is not JSON:\n{}", run.text()))?;
-    Ok((code, v))
-}
 
 fn table<'a>(json: &'a Value, name: &str) -> Result<&'a Value> {
     json["tables"]
@@ -93,7 +73,7 @@ async fn tables_without_a_key_are_compared_as_multisets_and_repaired() -> Result
         "CREATE TABLE tmp AS SELECT * FROM events ORDER BY kind DESC NULLS FIRST;
          TRUNCATE events; INSERT INTO events SELECT * FROM tmp; DROP TABLE tmp;",
     )?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
     assert_eq!(table(&j, "public.events")?["status"], "equal");
     assert_eq!(table(&j, "public.events")?["rows_old"], 6);
@@ -110,7 +90,7 @@ async fn tables_without_a_key_are_compared_as_multisets_and_repaired() -> Result
          INSERT INTO events VALUES (NULL, 'refund', NULL, NULL);
          UPDATE events SET amount = 2 WHERE amount = 1e-3;",
     )?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 1, "{j:#}");
     let t = table(&j, "public.events")?;
     assert_eq!(t["status"], "different");
@@ -151,7 +131,7 @@ async fn tables_without_a_key_are_compared_as_multisets_and_repaired() -> Result
     );
 
     // Dry run: counts only, nothing changes.
-    let (code, j) = json(&pair, "repair", &["--dry-run"]).await?;
+    let (code, j) = reconciler_json(&pair, "repair", &["--dry-run"]).await?;
     assert_eq!(code, 1, "{j:#}");
     let r = &table(&j, "public.events")?["repair"];
     assert_eq!(
@@ -164,11 +144,11 @@ async fn tables_without_a_key_are_compared_as_multisets_and_repaired() -> Result
         multiset(&pair.new, "events")?
     );
 
-    let (code, j) = json(&pair, "repair", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "repair", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
     assert_eq!(table(&j, "public.events")?["status"], "repaired");
     assert_same_rows(&pair, "events")?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
 
     // From new: old is made to hold new's copies.
@@ -176,7 +156,7 @@ async fn tables_without_a_key_are_compared_as_multisets_and_repaired() -> Result
         DB,
         "INSERT INTO events SELECT * FROM events WHERE kind = 'pay' LIMIT 2",
     )?;
-    let (code, j) = json(&pair, "repair", &["--source", "new"]).await?;
+    let (code, j) = reconciler_json(&pair, "repair", &["--source", "new"]).await?;
     assert_eq!(code, 0, "{j:#}");
     assert_eq!(table(&j, "public.events")?["repair"]["upserted"], 2);
     assert_eq!(
@@ -203,7 +183,7 @@ async fn large_keyless_differences_are_narrowed_down_and_repaired() -> Result<()
         "DELETE FROM log WHERE ctid IN (SELECT ctid FROM log WHERE n % 1000 = 7 LIMIT 15);
          INSERT INTO log VALUES (-1, 'only on new'), (-1, 'only on new');",
     )?;
-    let (code, j) = json(&pair, "verify", &["--leaf-rows", "1000"]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &["--leaf-rows", "1000"]).await?;
     assert_eq!(code, 1, "{j:#}");
     let t = table(&j, "public.log")?;
     assert_eq!(
@@ -222,13 +202,13 @@ async fn large_keyless_differences_are_narrowed_down_and_repaired() -> Result<()
     );
 
     pair.new.psql(DB, "TRUNCATE log")?;
-    let (code, j) = json(&pair, "verify", &["--max-keys", "100"]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &["--max-keys", "100"]).await?;
     assert_eq!(code, 1);
     let t = table(&j, "public.log")?;
     assert_eq!(t["missing_in_new"], 40000, "{t:#}");
     assert_eq!(t["truncated"], true);
     assert_eq!(t["rows"].as_array().map(Vec::len), Some(100));
-    let (code, j) = json(
+    let (code, j) = reconciler_json(
         &pair,
         "repair",
         &["--max-keys", "5000", "--leaf-rows", "5000"],
@@ -253,7 +233,7 @@ async fn sequences_behind_on_the_side_taking_writes_next_are_differences() -> Re
          CREATE SEQUENCE invoice_no START 1000;";
     pair.old.psql(DB, schema)?;
     pair.new.psql(DB, schema)?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
     assert_eq!(j["sequences"].as_array().map(Vec::len), Some(0));
 
@@ -268,7 +248,7 @@ async fn sequences_behind_on_the_side_taking_writes_next_are_differences() -> Re
         "INSERT INTO orders SELECT g, 'o' FROM generate_series(1, 50) g;
          INSERT INTO tickets VALUES (1);",
     )?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 1, "{j:#}");
     assert_eq!(
         table(&j, "public.orders")?["status"],
@@ -297,14 +277,14 @@ async fn sequences_behind_on_the_side_taking_writes_next_are_differences() -> Re
         run.text()
     );
     // Rows only.
-    let (code, j) = json(&pair, "verify", &["--skip-sequences"]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &["--skip-sequences"]).await?;
     assert_eq!(code, 0, "{j:#}");
     // Naming tables narrows the check to the sequences their columns own.
-    let (code, j) = json(&pair, "verify", &["--tables", "tickets"]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &["--tables", "tickets"]).await?;
     assert_eq!(code, 1, "{j:#}");
     assert_eq!(j["sequences"].as_array().map(Vec::len), Some(1), "{j:#}");
 
-    let (code, j) = json(&pair, "repair", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "repair", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
     assert!(
         j["sequences"]
@@ -319,7 +299,7 @@ async fn sequences_behind_on_the_side_taking_writes_next_are_differences() -> Re
         .psql(DB, "SELECT nextval('orders_id_seq')")?
         .parse()?;
     assert!(next > 50, "new's next order id {next} collides with old's");
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 0, "{j:#}");
 
     // In writes-new, new takes the writes and old is where they go back: old is checked.
@@ -333,7 +313,7 @@ async fn sequences_behind_on_the_side_taking_writes_next_are_differences() -> Re
     client
         .batch_execute("UPDATE _switchyard.cutover SET phase = 'writes-new'")
         .await?;
-    let (code, j) = json(&pair, "verify", &[]).await?;
+    let (code, j) = reconciler_json(&pair, "verify", &[]).await?;
     assert_eq!(code, 1, "{j:#}");
     let seqs = j["sequences"].as_array().context("sequences")?;
     assert!(
