@@ -104,14 +104,8 @@ impl Stream for tokio::net::TcpStream {
 }
 impl Stream for tokio::net::UnixStream {}
 impl Stream for DbStream {
-    /// Plain TCP only. Over TLS the reader is not batched: a raised low-water mark left the
-    /// end of a large COPY unread there (a backfill over TLS hung), so TLS reads wake for
-    /// whatever arrives.
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        match self {
-            DbStream::Plain(s) => Some(s),
-            DbStream::Tls(_) => None,
-        }
+        Some(DbStream::tcp(self))
     }
 }
 
