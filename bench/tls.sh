@@ -39,13 +39,18 @@ measure() {
   run_pgbench "$out.warm" -h 127.0.0.1 -p "$P_SY" -U postgres -M "$MODE" -c "$CLIENTS" -j 2 -T 3 "${args[@]}" "$DB" ||
     die "warm-up $workload $sslmode: $BENCH_LAST_ERROR"
   busy=$(wait_for_quiet "$QUIET_WAIT" 10 2) || warn "machine still ${busy}% busy"
+  # Halfway through, count the sessions on old that are on TLS: the proxy's backends are
+  # really encrypted (or really not).
+  (sleep "$((DURATION / 2))"; psql_at "$P_OLD" postgres -At -c "SELECT count(*) FILTER (WHERE s.ssl) || ' of ' || count(*)
+     FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '$DB' AND a.client_addr IS NOT NULL" >"$out.ssl") &
+  local probe=$!
   run_pgbench "$out" -h 127.0.0.1 -p "$P_SY" -U postgres -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" "${args[@]}" "$DB" ||
     die "$workload $sslmode: $BENCH_LAST_ERROR"
-  # The proxy's backends are really on TLS (or really not).
+  wait "$probe" || true
   local on
-  on=$(psql_at "$P_OLD" postgres -At -c "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.datname = '$DB'")
+  on=$(cat "$out.ssl")
   printf '%s\t%s\t%s\t%s\n' "$workload" "$sslmode" "$(pgbench_tps "$out")" "$(awk '/latency average/ {print $4; exit}' "$out")" >>"$RAW"
-  log "$workload sslmode=$sslmode round $round: $(pgbench_tps "$out") TPS ($on TLS sessions on old)"
+  log "$workload sslmode=$sslmode round $round: $(pgbench_tps "$out") TPS (sessions on old on TLS mid-run: $on)"
   stop_switchyard "sy-$workload-$sslmode-$round"
 }
 
