@@ -22,7 +22,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
@@ -381,7 +381,7 @@ impl CopyConn {
     }
 
     async fn flush(&mut self) -> Result<(), CopyConnError> {
-        let r = self.stream.write_all(&self.wbuf).await;
+        let r = crate::tls_stream::write_flushed(&mut self.stream, &self.wbuf).await;
         self.wbuf.clear();
         r.map_err(|e| self.fail(CopyConnError::Io(e)))
     }

@@ -17,6 +17,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+/// Writes all of `data` and flushes it. Over TLS a write may return with the last record
+/// still in rustls's buffer (the socket, or the task's cooperative budget, said "not now"),
+/// and only a flush sends it: a request written without one can sit there unsent while
+/// the writer waits for the answer. Plain TCP flushes are free.
+pub async fn write_flushed<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    data: &[u8],
+) -> io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
 /// The `SSLRequest` code (1234 in the high 16 bits, 5679 in the low).
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 

@@ -460,6 +460,23 @@ async fn psycopg_through_proxy() -> Result<()> {
     Ok(())
 }
 
+/// The pid a driver is told is the primary backend's own: `pg_backend_pid()`, its own
+/// notifications and `pg_terminate_backend` agree with it, and a cancel still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_see_the_servers_own_backend_pid() -> Result<()> {
+    let python = python_bin()?;
+    let s = setup().await?;
+    let out = run_python(&python, "backend_pid.py", &s.url).await?;
+    ensure!(
+        out.stdout.contains("backend_pid: all checks passed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    s.proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_through_proxy() -> Result<()> {
     let python = python_bin()?; // before starting anything: a missing venv fails fast

@@ -8,6 +8,7 @@
 
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
+use switchyard_core::copy_conn::CopyConn;
 use switchyard_tests::backfill::run_backfill;
 use switchyard_tests::mirror::{assert_same, on};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
@@ -137,6 +138,55 @@ async fn backfill_verify_and_replay_run_over_tls_with_client_certificates() -> R
     let run = run_reconciler(&["verify", "--old", &bare, "--new", &new], RUN).await?;
     ensure!(run.code() == Some(2), "{}", run.text());
     ensure!(!run.text().contains(PgCluster::PASSWORD), "{}", run.text());
+    Ok(())
+}
+
+/// Polls `F` the first time with the task's cooperative budget used up, as a task that has
+/// just read a long COPY may find it: every socket operation then answers "not now" once.
+struct BudgetSpent<F> {
+    inner: std::pin::Pin<Box<F>>,
+    spent: bool,
+}
+
+impl<F: std::future::Future> std::future::Future for BudgetSpent<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        if !self.spent {
+            self.spent = true;
+            while tokio::task::coop::has_budget_remaining() {
+                match tokio::task::coop::poll_proceed(cx) {
+                    std::task::Poll::Ready(unit) => unit.made_progress(),
+                    std::task::Poll::Pending => break,
+                }
+            }
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// A request written just as the task's budget runs out: tokio-rustls takes the bytes but
+/// keeps the record they make until the socket may be written again, and only a flush
+/// sends it. Unflushed, the backfill's COPY reader waited for ever for the answer to a
+/// request the server never got (a backfill over TLS hung now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_written_when_the_budget_runs_out_still_reaches_the_server() -> Result<()> {
+    let ca = TestCa::new()?;
+    let pair = tokio::task::block_in_place(|| tls_pair(&ca, false))?;
+    let mut copy = CopyConn::connect(&url(&pair.new, &verify_full(&ca)), "budget").await?;
+    for round in 0..3 {
+        let sql = format!("COPY (SELECT {round} + 1) TO STDOUT");
+        let request = BudgetSpent {
+            inner: Box::pin(copy.copy_out_text(&sql)),
+            spent: false,
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), request)
+            .await
+            .context("no answer: the request stayed in the TLS buffer")??;
+        ensure!(got.trim() == (round + 1).to_string(), "{got}");
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use switchyard_core::dsn::Dsn;
 use switchyard_core::tls::{settings_for, TlsSettings};
+use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::{negotiate, Binding, DbStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,7 +105,7 @@ async fn connect_inner(
         params,
     }
     .encode(&mut out);
-    stream.write_all(&out).await.map_err(io)?;
+    write_flushed(&mut stream, &out).await.map_err(io)?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut auth = AuthState::Start;
@@ -138,7 +139,7 @@ async fn connect_inner(
                     &mut out,
                 )?;
                 if !out.is_empty() {
-                    stream.write_all(&out).await.map_err(io)?;
+                    write_flushed(&mut stream, &out).await.map_err(io)?;
                 }
             }
             BackendMessage::ParameterStatus { name, value } => server_params.push((name, value)),

@@ -15,11 +15,12 @@ use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::startup::StartupRequest;
 use crate::protocol::ProtocolError;
 use crate::shared::Shared;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_core::tls_stream::write_flushed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -107,11 +108,11 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
             tracing::warn!(%peer, %encoding, "Refused a mirrored session whose client encoding is not UTF8.");
             send_error(&mut client, &encoding_refused(encoding)).await;
             let mut server = backend.stream;
-            let _ = server.write_all(b"X\0\0\0\x04").await;
+            let _ = write_flushed(&mut server, b"X\0\0\0\x04").await;
             return;
         }
     }
-    let (pid, key) = shared.cancel.register(CancelTarget {
+    let cancel = shared.cancel.register(CancelTarget {
         to: backend.cancel_to.clone(),
         pid: backend.pid,
         key: backend.key.clone(),
@@ -125,10 +126,14 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         }
         .encode(&mut out);
     }
-    BackendMessage::BackendKeyData { pid, key }.encode(&mut out);
+    BackendMessage::BackendKeyData {
+        pid: cancel.pid,
+        key: Bytes::copy_from_slice(&cancel.key),
+    }
+    .encode(&mut out);
     BackendMessage::ReadyForQuery(b'I').encode(&mut out);
     if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
-        shared.cancel.unregister(pid);
+        shared.cancel.unregister(cancel);
         return;
     }
     shared.sessions_active.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +141,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
     let place = super::session::Place {
         direction,
-        cancel_pid: pid,
+        cancel,
         params,
     };
     Session::new(shared.clone(), client, buf, backend, peer, place)
@@ -144,7 +149,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
     shared.sessions_active.fetch_sub(1, Ordering::Relaxed);
-    shared.cancel.unregister(pid);
+    shared.cancel.unregister(cancel);
 }
 
 type Started = (ClientStream, BytesMut, Vec<(String, String)>);
@@ -180,7 +185,7 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
                 let offer_tls =
                     matches!(req, StartupRequest::Ssl) && !tls_done && shared.tls.is_some();
                 let answer: &[u8] = if offer_tls { b"S" } else { b"N" };
-                if stream.write_all(answer).await.is_err() {
+                if write_flushed(&mut stream, answer).await.is_err() {
                     return None;
                 }
                 if offer_tls {
@@ -206,19 +211,22 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
             }
             StartupRequest::Cancel { pid, key } => {
                 metrics::counter!(CANCEL_REQUESTS_TOTAL).increment(1);
-                if let Some(target) = shared.cancel.lookup(pid, &key) {
-                    if let Err(e) = send_cancel(
+                let targets = shared.cancel.lookup(pid, &key);
+                if targets.is_empty() {
+                    tracing::info!(%peer, "Cancel request for an unknown session ignored.");
+                }
+                let sent = targets.iter().map(|target| {
+                    send_cancel(
                         &target.to,
                         target.pid,
                         &target.key,
                         shared.config.connect_timeout(),
                     )
-                    .await
-                    {
+                });
+                for result in futures_util::future::join_all(sent).await {
+                    if let Err(e) = result {
                         tracing::info!(error = %e, "Could not forward a cancel request.");
                     }
-                } else {
-                    tracing::info!(%peer, "Cancel request for an unknown session ignored.");
                 }
                 return None;
             }
@@ -236,7 +244,7 @@ async fn startup(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Opti
                         unrecognized,
                     }
                     .encode(&mut out);
-                    if stream.write_all(&out).await.is_err() {
+                    if write_flushed(&mut stream, &out).await.is_err() {
                         return None;
                     }
                 }

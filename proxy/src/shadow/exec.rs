@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
+use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::DbStream;
-use tokio::io::AsyncWriteExt;
 
 /// A started connection used only by the shadow executor.
 pub struct Conn {
@@ -118,8 +118,7 @@ impl Conn {
         limits: Limits,
     ) -> Result<Digest, SideError> {
         let out = encode(stmt);
-        self.stream
-            .write_all(&out)
+        write_flushed(&mut self.stream, &out)
             .await
             .map_err(|source| SideError::Io { role, source })?;
         let mut ready = 0;

@@ -80,20 +80,17 @@ where
         outcome
     }
 
-    /// Points the client's CancelRequests at new's connection while it answers (`on`), and
-    /// back at the primary after.
+    /// Points the client's CancelRequests at new's connection too while it answers (`on`),
+    /// and at the primary alone after.
     pub(super) fn cancels_to_new(&self, on: bool) {
-        let Some((pid, primary)) = &self.up.route.cancel else {
+        let Some((k, primary)) = &self.up.route.cancel else {
             return;
         };
-        let target = match (
-            on,
-            self.up.route.reader.as_ref().and_then(|r| r.cancel.clone()),
-        ) {
-            (true, Some(new)) => new,
-            _ => primary.clone(),
-        };
-        self.up.shared.cancel.retarget(*pid, target);
+        let mut targets = vec![primary.clone()];
+        if on {
+            targets.extend(self.up.route.reader.as_ref().and_then(|r| r.cancel.clone()));
+        }
+        self.up.shared.cancel.set(*k, targets);
     }
 
     /// Opens the session's connection to new if needed and brings its settings up to date;

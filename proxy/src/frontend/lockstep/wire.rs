@@ -9,6 +9,7 @@ use crate::protocol::backend::ErrorFields;
 use crate::protocol::frontend::is_known_tag;
 use crate::protocol::{Frame, ProtocolError};
 use bytes::{BufMut, Bytes};
+use switchyard_core::tls_stream::write_flushed;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub(super) fn io_err(what: &str) -> End {
@@ -34,9 +35,7 @@ where
                 self.to_primary.put_slice(b"H\0\0\0\x04");
             }
             let chunk = self.to_primary.split();
-            self.up
-                .server
-                .write_all(&chunk)
+            write_flushed(&mut self.up.server, &chunk)
                 .await
                 .map_err(|e| End::Io("primary", e))?;
         }
@@ -206,9 +205,7 @@ where
                 b'd' => {
                     if self.to_primary.len() > 256 * 1024 {
                         let chunk = self.to_primary.split();
-                        self.up
-                            .server
-                            .write_all(&chunk)
+                        write_flushed(&mut self.up.server, &chunk)
                             .await
                             .map_err(|e| End::Io("primary", e))?;
                     }

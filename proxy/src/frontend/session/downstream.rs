@@ -3,15 +3,14 @@
 //! transaction status, ErrorResponse is counted, ParameterStatus is followed).
 
 use super::flow::Flow;
-use super::{
-    count_server_error, make_room, note_parameter, write_flush, End, IdleSignal, MIN_READ_CHUNK,
-};
+use super::{count_server_error, make_room, note_parameter, End, IdleSignal, MIN_READ_CHUNK};
 use crate::classify::StatementClass;
 use crate::protocol::Frame;
 use crate::shared::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::DbRead;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
@@ -83,7 +82,7 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                 if self.mirroring {
                     self.writing.store(true, Ordering::Relaxed);
                 }
-                if let Err(e) = write_flush(&mut self.client, &chunk).await {
+                if let Err(e) = write_flushed(&mut self.client, &chunk).await {
                     return End::Io("client", e);
                 }
                 if self.mirroring {

@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard_core::direction::Direction;
+use switchyard_core::tls_stream::write_flushed;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Read buffers start small, so thousands of idle sessions stay cheap, and grow while reads
@@ -171,7 +172,7 @@ async fn pump<R, W>(
     let mut route = route::Route::new(&shared, place.params.clone(), &backend.params);
     route.primary_new = direction == Direction::NewToOld;
     route.cancel = Some((
-        place.cancel_pid,
+        place.cancel,
         crate::cancel::CancelTarget {
             to: backend.cancel_to.clone(),
             pid: backend.pid,
@@ -316,7 +317,7 @@ async fn pump<R, W>(
     }
     if !matches!(end, End::ClientTerminated | End::ServerClosed) {
         // Let the server end the backend cleanly rather than log an unexpected EOF.
-        let _ = up.server.write_all(b"X\0\0\0\x04").await;
+        let _ = write_flushed(&mut up.server, b"X\0\0\0\x04").await;
     }
     if let Some(r) = up.route.reader.take() {
         r.close().await;
@@ -400,9 +401,4 @@ pub(super) fn count_server_error(body: &[u8]) -> bool {
         rest = &tail[nul + 1..];
     }
     fatal
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
-    w.write_all(data).await?;
-    w.flush().await
 }

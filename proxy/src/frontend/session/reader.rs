@@ -12,6 +12,7 @@ use crate::shared::Shared;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
+use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::DbStream;
 use tokio::io::AsyncWriteExt;
 
@@ -122,8 +123,7 @@ impl Reader {
     }
 
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(bytes)
+        write_flushed(&mut self.stream, bytes)
             .await
             .map_err(|e| format!("writing to new: {e}"))
     }

@@ -40,8 +40,8 @@ pub(crate) struct Route {
     /// The session's primary is new (writes-new): its reads are there already.
     pub(crate) primary_new: bool,
     /// The client's cancel key and where its cancels go normally (the primary): a read
-    /// answered by new points them at new meanwhile.
-    pub(crate) cancel: Option<(i32, crate::cancel::CancelTarget)>,
+    /// answered by new points them at new too meanwhile.
+    pub(crate) cancel: Option<(crate::cancel::SessionKey, crate::cancel::CancelTarget)>,
     live: std::sync::Arc<crate::cutover::Live>,
     /// The session's sticky canary draw, 0..100.
     draw: u8,

@@ -16,14 +16,15 @@ use bytes::BytesMut;
 use std::sync::atomic::Ordering;
 use switchyard_core::connect::Db;
 use switchyard_core::direction::Direction;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use switchyard_core::tls_stream::write_flushed;
+use tokio::io::AsyncWrite;
 
 /// Where a session starts, and what moving it needs: its client-facing cancel key and
 /// startup parameters.
 pub struct Place {
     /// The database its first connection went to.
     pub direction: Direction,
-    pub cancel_pid: i32,
+    pub cancel: crate::cancel::SessionKey,
     /// Startup parameters the primary connection was opened with.
     pub params: Vec<(String, String)>,
 }
@@ -93,14 +94,14 @@ where
     down.server = r;
     down.buf = buf;
     // The previous primary ends the backend cleanly rather than log an unexpected EOF.
-    let _ = previous.write_all(b"X\0\0\0\x04").await;
+    let _ = write_flushed(&mut previous, b"X\0\0\0\x04").await;
     let target = CancelTarget {
         to: cancel_to,
         pid,
         key,
     };
-    shared.cancel.retarget(place.cancel_pid, target.clone());
-    up.route.cancel = Some((place.cancel_pid, target));
+    shared.cancel.set(place.cancel, vec![target.clone()]);
+    up.route.cancel = Some((place.cancel, target));
     if let Some(ms) = mirror_session.as_mut() {
         if ms.txn.open {
             ms.finish(false).await;

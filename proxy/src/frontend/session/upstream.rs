@@ -17,8 +17,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::DbWrite;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest unfinished extended-protocol batch held back while mirroring; beyond it the
 /// batch is forwarded as it comes.
@@ -87,7 +88,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
             // Whatever whole messages are buffered go out in one write.
             let (chunk, err, terminate) = self.take_frames();
             if let Some(chunk) = chunk {
-                if let Err(e) = self.server.write_all(&chunk).await {
+                if let Err(e) = write_flushed(&mut self.server, &chunk).await {
                     return End::Io("primary", e);
                 }
             }
