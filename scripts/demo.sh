@@ -11,7 +11,7 @@ SMOKE=0
 PG_BIN=${SWITCHYARD_PG_BIN:-/usr/lib/postgresql/15/bin}
 LISTEN_PORT=${DEMO_PORT:-6432}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-9187}
-[ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL 15 not found in $PG_BIN: run bash .ci/setup first" >&2; exit 1; }
+[ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL 15 not found in $PG_BIN: run bash .ci/setup --demo first" >&2; exit 1; }
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
