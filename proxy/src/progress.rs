@@ -163,3 +163,37 @@ async fn read_backfill(client: &tokio_postgres::Client) -> Result<Vec<ProgressEn
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(job: &str, table: &str, rows: i64) -> ProgressEntry {
+        ProgressEntry {
+            job: job.into(),
+            table: table.into(),
+            done: 1,
+            total: 1,
+            rows,
+            state: "done".into(),
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn backfill_rows_sum_the_backfill_tables_only() {
+        let p = Progress::default();
+        assert_eq!(p.backfill_rows(), None, "nothing read yet");
+        p.set(vec![entry("verify", "a", 500)]);
+        assert_eq!(p.backfill_rows(), None, "no backfill ran");
+        let before = Instant::now();
+        p.set(vec![
+            entry("backfill", "a", 100),
+            entry("backfill", "b", 20),
+            entry("verify", "a", 500),
+        ]);
+        let (rows, read_at) = p.backfill_rows().expect("a backfill");
+        assert_eq!(rows, 120);
+        assert!(read_at >= before);
+    }
+}
