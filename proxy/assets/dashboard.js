@@ -1,4 +1,4 @@
-// The live page: polls the admin API every two seconds and redraws. Values from the API are
+// The live page: polls the admin API every two seconds and redraws (the plots are charts.js). Values from the API are
 // only ever set as text (never as HTML): query texts and sample values come from clients.
 "use strict";
 
@@ -379,10 +379,12 @@ function verdict(status, shadow) {
 
 async function poll() {
   try {
-    const [status, mismatches, metrics] = await Promise.all([
+    const [status, mismatches, metrics, history] = await Promise.all([
       getJson("/api/status"),
       getJson("/api/mismatches"),
       fetch("/metrics", { cache: "no-store" }).then((r) => (r.ok ? r.text() : "")),
+      // The plots are extra: without them the rest of the page still draws.
+      getJson("/api/history").catch(() => null),
     ]);
     $("instance").textContent = `${status.instance_id} · v${status.version} · up ${fmt(status.uptime_secs)} s`;
     drawCutover(status.cutover);
@@ -390,7 +392,12 @@ async function poll() {
     $("sessions-note").textContent = `${fmt(status.sessions.total)} since start, max ${fmt(status.sessions.max)}`;
     const total = counterSum(metrics, "switchyard_statements_total");
     const now = Date.now();
-    if (total !== null && lastStatements) {
+    const recent = history && history.statements_per_sec.length > 0
+      ? history.statements_per_sec[history.statements_per_sec.length - 1] : null;
+    if (recent !== null) {
+      // This proxy's own rate over the last second (the Prometheus counter is per process).
+      setText("sps", recent.toFixed(recent < 10 ? 1 : 0));
+    } else if (total !== null && lastStatements) {
       const rate = (total - lastStatements.total) / ((now - lastStatements.at) / 1000);
       setText("sps", rate >= 0 ? rate.toFixed(rate < 10 ? 1 : 0) : "–");
     }
@@ -405,6 +412,7 @@ async function poll() {
     drawSamples(mismatches);
     drawCollation(mismatches);
     drawProgress(status.progress);
+    drawHistory(history);
     verdict(status, status.shadow);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {

@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/api/status", get(status))
         .merge(crate::dashboard::routes())
         .route("/api/mismatches", get(mismatches))
+        .route("/api/history", get(history))
         .route("/api/cutover", get(cutover_status).post(cutover_flip))
         .route(
             "/api/cutover/sent-back",
@@ -158,6 +159,14 @@ async fn cutover_flip(
     match body {
         Ok(Json(body)) => crate::cutover::api::flip(&s.shared, &headers, body).await,
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The last minutes of rates and the cutover's phase changes, for the dashboard's plots.
+async fn history(State(s): State<AdminState>) -> axum::response::Response {
+    match s.shared.history.view() {
+        Some(v) => Json(v).into_response(),
+        None => (StatusCode::INTERNAL_SERVER_ERROR, "history unavailable\n").into_response(),
     }
 }
 

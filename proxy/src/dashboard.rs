@@ -1,6 +1,7 @@
 //! The live dashboard at `/` on the admin port: one page and its script and style, compiled
 //! into the binary (no CDN, nothing to deploy beside it). The page polls `/api/status`,
-//! `/api/mismatches` and `/metrics` and draws them.
+//! `/api/mismatches`, `/api/history` and `/metrics` and draws them; `charts.js` plots the
+//! history.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -9,13 +10,15 @@ use axum::Router;
 
 const PAGE: &str = include_str!("../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
+const CHARTS: &str = include_str!("../assets/charts.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
 
 /// Routes of the page, merged into the admin router.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(page))
-        .route("/assets/dashboard.js", get(script))
+        .route("/assets/dashboard.js", get(|| script(SCRIPT)))
+        .route("/assets/charts.js", get(|| script(CHARTS)))
         .route("/assets/dashboard.css", get(style))
 }
 
@@ -34,13 +37,13 @@ async fn page() -> impl IntoResponse {
     )
 }
 
-async fn script() -> impl IntoResponse {
+async fn script(body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        SCRIPT,
+        body,
     )
 }
 

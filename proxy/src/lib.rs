@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod frontend;
 mod frontend_limits;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod mirror;
 pub mod progress;

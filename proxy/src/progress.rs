@@ -7,7 +7,7 @@
 use crate::shared::Shared;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One job's progress on one table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -25,20 +25,30 @@ pub struct ProgressEntry {
     pub failed: bool,
 }
 
-/// The latest summary, shown in `/api/status` as `progress`.
+/// The latest summary, shown in `/api/status` as `progress`, and when it was read.
 #[derive(Default)]
 pub struct Progress {
-    entries: RwLock<Vec<ProgressEntry>>,
+    entries: RwLock<(Vec<ProgressEntry>, Option<Instant>)>,
 }
 
 impl Progress {
     pub fn get(&self) -> Vec<ProgressEntry> {
-        self.entries.read().map(|e| e.clone()).unwrap_or_default()
+        self.entries.read().map(|e| e.0.clone()).unwrap_or_default()
+    }
+
+    /// Rows the backfill copied (all tables) and when that was read; None while no
+    /// backfill reported progress.
+    pub fn backfill_rows(&self) -> Option<(i64, Instant)> {
+        let e = self.entries.read().ok()?;
+        let read_at = e.1?;
+        let mut backfill = e.0.iter().filter(|p| p.job == "backfill").peekable();
+        backfill.peek()?;
+        Some((backfill.map(|p| p.rows).sum(), read_at))
     }
 
     fn set(&self, v: Vec<ProgressEntry>) {
         if let Ok(mut e) = self.entries.write() {
-            *e = v;
+            *e = (v, Some(Instant::now()));
         }
     }
 }
@@ -152,4 +162,38 @@ async fn read_backfill(client: &tokio_postgres::Client) -> Result<Vec<ProgressEn
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(job: &str, table: &str, rows: i64) -> ProgressEntry {
+        ProgressEntry {
+            job: job.into(),
+            table: table.into(),
+            done: 1,
+            total: 1,
+            rows,
+            state: "done".into(),
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn backfill_rows_sum_the_backfill_tables_only() {
+        let p = Progress::default();
+        assert_eq!(p.backfill_rows(), None, "nothing read yet");
+        p.set(vec![entry("verify", "a", 500)]);
+        assert_eq!(p.backfill_rows(), None, "no backfill ran");
+        let before = Instant::now();
+        p.set(vec![
+            entry("backfill", "a", 100),
+            entry("backfill", "b", 20),
+            entry("verify", "a", 500),
+        ]);
+        let (rows, read_at) = p.backfill_rows().expect("a backfill");
+        assert_eq!(rows, 120);
+        assert!(read_at >= before);
+    }
 }

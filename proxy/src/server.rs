@@ -262,6 +262,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         mirror: mirror.clone(),
         mirror_back,
         progress: Default::default(),
+        history: Default::default(),
         shadow,
         classifier: Classifier::new(config.classifier_cache_size),
         connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
@@ -274,6 +275,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         health: Health::default(),
         sessions_active: AtomicUsize::new(0),
         sessions_total: AtomicU64::new(0),
+        statements_total: AtomicU64::new(0),
         started: Instant::now(),
         shutdown: shutdown_rx,
         config,
@@ -328,7 +330,9 @@ async fn serve(
         background.spawn(crate::mirror::intents::sweep_loop(m.clone()));
         background.spawn(crate::mirror::startup::log_loop(m));
     }
-    background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(5)));
+    // Every two seconds: the dashboard's backfill rate is taken between two refreshes.
+    background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(2)));
+    background.spawn(crate::history::run(shared.clone()));
     if let Some(s) = shared.shadow.clone() {
         background.spawn(s.run());
     }

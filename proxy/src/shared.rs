@@ -32,6 +32,9 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     pub sessions_active: AtomicUsize,
     pub sessions_total: AtomicU64,
+    /// Statements seen from clients (the Prometheus counter is process-wide and split by
+    /// class; this one is this proxy's, for the dashboard's history).
+    pub statements_total: AtomicU64,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
     /// Dual writes with old as the primary; None when `mirror.mode = "off"`.
@@ -40,6 +43,8 @@ pub struct Shared {
     pub mirror_back: Option<Arc<crate::mirror::Mirror>>,
     /// Backfill progress read from the new database, for the dashboard.
     pub progress: crate::progress::Progress,
+    /// The last minutes of counters, sampled for the dashboard's plots.
+    pub history: crate::history::History,
     /// Shadow reads; None while no statement can be sampled.
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
     /// The cutover phase this instance runs.

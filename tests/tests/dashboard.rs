@@ -17,6 +17,22 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
     Some(dom[open_end..close].trim().to_string())
 }
 
+/// The table row (up to its `</tr>`) that starts with `first_cell`.
+fn row_of(dom: &str, first_cell: &str) -> Option<String> {
+    let start = dom.find(first_cell)?;
+    let end = start + dom[start..].find("</tr>")?;
+    Some(dom[start..end].to_string())
+}
+
+/// The opening tag of the element with `id`, and the markup inside it up to its close.
+fn element_of<'a>(dom: &'a str, tag: &str, id: &str) -> Option<(&'a str, &'a str)> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let open = dom[..at].rfind(&format!("<{tag}"))?;
+    let open_end = at + dom[at..].find('>')? + 1;
+    let close = open_end + dom[open_end..].find(&format!("</{tag}>"))?;
+    Some((&dom[open..open_end], &dom[open_end..close]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_a_down_secondary_and_queued_rows() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
@@ -85,6 +101,7 @@ async fn dashboard_assets_are_embedded_and_locked_down() -> Result<()> {
     for (path, ty) in [
         ("/", "text/html"),
         ("/assets/dashboard.js", "text/javascript"),
+        ("/assets/charts.js", "text/javascript"),
         ("/assets/dashboard.css", "text/css"),
     ] {
         let (code, headers, body) =
@@ -130,18 +147,18 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
             .await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     let url = format!("http://{admin}/");
-    let dom = tokio::task::block_in_place(|| {
+    // The proxy refreshes its summary every few seconds: a refresh taken while the last
+    // chunks were still being marked shows the row before it says done.
+    let row = tokio::task::block_in_place(|| {
         poll_until(
-            "the page to show the backfill",
+            "the page to show the backfill done",
             Duration::from_secs(60),
             || {
                 let dom = dump_dom(&url)?;
-                Ok(dom.contains("<td>backfill</td>").then_some(dom))
+                Ok(row_of(&dom, "<td>backfill</td>").filter(|row| row.contains(">done<")))
             },
         )
     })?;
-    let row_start = dom.find("<td>backfill</td>").context("a backfill row")?;
-    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").context("row end")?];
     ensure!(row.contains("big"), "{row}");
     ensure!(
         row.contains(">5<") && row.contains(">5,000<") && row.contains(">done<"),
@@ -152,18 +169,16 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     switchyard_tests::mirror::on(&pair.new, "UPDATE big SET v = 'changed' WHERE id = 42")?;
     let run = switchyard_tests::mirror::reconciler(&pair, "verify", &["--tables", "big"]).await?;
     ensure!(run.code() == Some(1), "{}", run.text());
-    let dom = tokio::task::block_in_place(|| {
+    let row = tokio::task::block_in_place(|| {
         poll_until(
-            "the page to show the verify run",
+            "the page to show the verify run finished",
             Duration::from_secs(60),
             || {
                 let dom = dump_dom(&url)?;
-                Ok(dom.contains("<td>verify</td>").then_some(dom))
+                Ok(row_of(&dom, "<td>verify</td>").filter(|row| row.contains("different")))
             },
         )
     })?;
-    let row_start = dom.find("<td>verify</td>").context("a verify row")?;
-    let row = &dom[row_start..row_start + dom[row_start..].find("</tr>").context("row end")?];
     ensure!(
         row.contains("different (1 rows)") && row.contains(">5,000<"),
         "{row}"
@@ -301,5 +316,106 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
             && dom.contains("<td>retry backlog empty</td>"),
         "the next phase's checklist is shown: {dom}"
     );
+    Ok(())
+}
+
+/// The plots: with statements flowing through the proxy, `/api/history` gains one sample a
+/// second with their rate, and the page draws the statements chart (a non-empty line, and
+/// the chart marked as drawn once it has two points); a flip shows up in the phase timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_plots_the_last_minutes_and_the_phase_timeline() -> Result<()> {
+    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let mut config = pair.config();
+    config.cutover.poll_ms = 100;
+    let proxy = start_proxy(config).await?;
+    let admin = proxy.admin_addr().context("admin server")?;
+    let client = connect_proxy(&proxy).await?;
+    // An application's steady trickle, for as long as the test runs.
+    let app = tokio::spawn(async move {
+        for i in 1i32.. {
+            client
+                .execute("INSERT INTO t VALUES ($1, 'x')", &[&i])
+                .await?;
+            client.query("SELECT count(*) FROM t", &[]).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let (code, body) = switchyard_tests::http::request(
+        admin,
+        "POST",
+        "/api/cutover",
+        r#"{"to": "canary", "percent": 10, "by": "plots test"}"#,
+    )
+    .await?;
+    ensure!(code == 200, "{code} {body}");
+
+    let history = switchyard_tests::wait::poll_until_async(
+        "two samples with statements and the flip",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = switchyard_tests::http::get(admin, "/api/history").await?;
+            ensure!(code == 200, "{code} {body}");
+            let h: serde_json::Value = serde_json::from_str(&body)?;
+            let rates = h["statements_per_sec"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let busy = rates.iter().filter(|r| r.as_f64() > Some(0.0)).count();
+            let flipped = h["phases"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["to"] == "canary"));
+            Ok((busy >= 2 && flipped).then_some(h))
+        },
+    )
+    .await?;
+    ensure!(history["capacity"] == 600, "{history}");
+    let n = history["t"].as_array().map_or(0, Vec::len);
+    ensure!(
+        history["retry_backlog"].as_array().map(Vec::len) == Some(n),
+        "every series lines up with t: {history}"
+    );
+
+    let url = format!("http://{admin}/");
+    let (tag, inner) = tokio::task::block_in_place(|| {
+        poll_until(
+            "the statements chart to draw",
+            Duration::from_secs(60),
+            || {
+                let dom = dump_dom(&url)?;
+                let chart = element_of(&dom, "figure", "chart-statements")
+                    .map(|(tag, inner)| (tag.to_string(), inner.to_string()));
+                Ok(chart.filter(|(tag, _)| tag.contains("data-drawn=\"true\"")))
+            },
+        )
+    })?;
+    ensure!(
+        inner.contains("class=\"line s0\" d=\"M"),
+        "a line is drawn: {inner}"
+    );
+    let max: f64 = tag
+        .split("data-max=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("data-max")?
+        .parse()?;
+    ensure!(max > 0.0, "the plotted rate is above zero: {tag}");
+    let dom = tokio::task::block_in_place(|| dump_dom(&url))?;
+    let (_, changes) = element_of(&dom, "ul", "phase-changes").context("the phase list")?;
+    ensure!(changes.contains("shadow → canary (epoch 1)"), "{changes}");
+    let (_, strip) = element_of(&dom, "svg", "phase-strip").context("the phase strip")?;
+    ensure!(
+        strip.contains("class=\"phase p1\""),
+        "the canary band: {strip}"
+    );
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-plots.png");
+    tokio::task::block_in_place(|| screenshot(&url, &shot))?;
+    eprintln!("screenshot: {}", shot.display());
+    ensure!(
+        !app.is_finished(),
+        "the application stopped: {:?}",
+        app.await
+    );
+    app.abort();
     Ok(())
 }

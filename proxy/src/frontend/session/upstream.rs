@@ -263,7 +263,7 @@ impl<R> Upstream<'_, R> {
         let classes = self.classify(sql);
         self.route.observe(sql, &classes);
         for c in classes.iter() {
-            count_statement(c);
+            count_statement(self.shared, c);
         }
     }
 
@@ -320,7 +320,7 @@ impl<R> Upstream<'_, R> {
                     let classes = self.classify(sql);
                     self.route.observe(sql, &classes);
                     for c in classes.iter() {
-                        count_statement(c);
+                        count_statement(self.shared, c);
                     }
                     if !mediated {
                         let flow = self.flow;
@@ -378,7 +378,7 @@ impl<R> Upstream<'_, R> {
                 if let Ok(portal) = execute_portal(frame) {
                     if let Some(classes) = self.portals.get(portal) {
                         for c in classes.iter() {
-                            count_statement(c);
+                            count_statement(self.shared, c);
                         }
                         if self.batch_class.is_none() {
                             self.batch_class = classes.first().map(|c| c.class);
@@ -426,7 +426,8 @@ impl<R> Upstream<'_, R> {
     }
 }
 
-fn count_statement(c: &Classified) {
+fn count_statement(shared: &Shared, c: &Classified) {
+    shared.statements_total.fetch_add(1, Ordering::Relaxed);
     crate::metrics::hot().statements[c.class.index()].increment(1);
     if !c.parsed {
         metrics::counter!(STATEMENTS_UNPARSED_TOTAL).increment(1);
