@@ -1,6 +1,7 @@
 //! Statements of the proxy's own on the client's primary connection. In the middle of an
 //! extended batch they go through the extended protocol under a statement and portal name
-//! of the proxy's (so the client's unnamed ones survive), ended by Flush, not Sync (the
+//! of the proxy's (so the client's unnamed ones survive), both closed after each use (so
+//! the session's `pg_prepared_statements` shows only its own), ended by Flush, not Sync (the
 //! client's Sync ends them); while serving a client's Query, as Queries of their own, so
 //! the server is idle (not waiting for a Sync) when the client is.
 
@@ -63,6 +64,11 @@ where
                 target: Target::Portal,
                 name: OWN.into(),
             },
+            // Left prepared, it would show in the session's pg_prepared_statements.
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name: OWN.into(),
+            },
         ] {
             msg.encode(&mut self.to_primary);
         }
@@ -74,6 +80,7 @@ where
             until_ready: false,
             injected: true,
         });
+        self.expect.push(Expect::Swallow);
         self.expect.push(Expect::Swallow);
     }
 
