@@ -47,11 +47,13 @@ async fn the_session_sees_only_its_own_prepared_statements_and_portals() -> Resu
     // Only what this client has prepared now: the insert and this query (tokio-postgres
     // closes the statements it prepared for one use, like the update).
     ensure!(
-        prepared.iter().all(|(name, sql)| !name.contains("switchyard")
-            && !sql.contains("switchyard")
-            && (sql.starts_with("INSERT INTO item")
-                || sql.starts_with("UPDATE item")
-                || sql.starts_with("SELECT name, statement FROM pg_prepared_statements"))),
+        prepared
+            .iter()
+            .all(|(name, sql)| !name.contains("switchyard")
+                && !sql.contains("switchyard")
+                && (sql.starts_with("INSERT INTO item")
+                    || sql.starts_with("UPDATE item")
+                    || sql.starts_with("SELECT name, statement FROM pg_prepared_statements"))),
         "the session shows statements it did not prepare: {prepared:#?}"
     );
     ensure!(prepared.len() == 2, "{prepared:#?}");

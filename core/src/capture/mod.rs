@@ -42,6 +42,13 @@ pub const DRAIN_PAGE: i32 = 32;
 pub const DRAIN_SQL: &str =
     "SELECT xid::text, seq, relid, version, op, rows::text FROM _switchyard.drain(32)";
 
+/// [`DRAIN_SQL`] for a session whose client encoding is not UTF8: the rows as base64 of
+/// their UTF-8 text, so they reach the proxy whole whatever the session's encoding can
+/// hold (a trigger may well write characters a LATIN1 client could not send).
+pub const DRAIN_SQL_UTF8_BASE64: &str = "SELECT xid::text, seq, relid, version, op, \
+            pg_catalog.encode(pg_catalog.convert_to(rows::text, 'UTF8'), 'base64') \
+     FROM _switchyard.drain(32)";
+
 /// Records a statement mirrored as text (DDL) at its place among the transaction's rows.
 pub fn note_statement_sql(sql: &str) -> String {
     format!(

@@ -103,9 +103,9 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         };
         let server_utf8 = param("server_encoding").is_some_and(|e| is_utf8_encoding(e.as_bytes()));
         if let Some(encoding) =
-            param("client_encoding").filter(|e| !client_encoding_ok(e.as_bytes(), server_utf8))
+            param("client_encoding").filter(|e| !client_encoding_ok(e, server_utf8))
         {
-            tracing::warn!(%peer, %encoding, "Refused a mirrored session whose client encoding is not UTF8.");
+            tracing::warn!(%peer, %encoding, "Refused a mirrored session whose client encoding the proxy cannot read.");
             send_error(&mut client, &encoding_refused(encoding)).await;
             let mut server = backend.stream;
             let _ = write_flushed(&mut server, b"X\0\0\0\x04").await;

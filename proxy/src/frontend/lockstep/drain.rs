@@ -6,7 +6,7 @@ use crate::frontend::session::End;
 use crate::mirror::tables::{lookup_sql, Found, TableInfo};
 use bytes::Bytes;
 use std::sync::Arc;
-use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL};
+use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL, DRAIN_SQL_UTF8_BASE64};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How the drain ended.
@@ -88,7 +88,13 @@ where
     /// sent before it (its answer is read by the next `settle`).
     pub(super) fn queue_drain(&mut self) {
         self.swallowed = None;
-        self.inject(DRAIN_SQL, super::expect::Sink::Rows);
+        self.drain_base64 = !self.up.client_text.is_utf8();
+        let sql = if self.drain_base64 {
+            DRAIN_SQL_UTF8_BASE64
+        } else {
+            DRAIN_SQL
+        };
+        self.inject(sql, super::expect::Sink::Rows);
         self.draining = true;
     }
 
@@ -112,7 +118,13 @@ where
             if n > 0 && !self.ms.txn.open {
                 self.ms.start_with(self.up.savepoints());
             }
-            for row in rows {
+            for mut row in rows {
+                if self.drain_base64 {
+                    if let Err(e) = utf8_rows(&mut row) {
+                        self.unreadable(&e);
+                        continue;
+                    }
+                }
                 let values: Vec<Option<&[u8]>> = row.iter().map(|v| v.as_deref()).collect();
                 let event = match Event::from_text(&values) {
                     Ok(e) => e,
@@ -190,7 +202,12 @@ where
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let values: Vec<Option<String>> = row.iter().map(text).collect();
+        // Read in the session's client encoding (names of tables and columns).
+        let codec = self.up.client_text;
+        let values: Vec<Option<String>> = row
+            .iter()
+            .map(|v| v.as_ref().map(|b| codec.decode_lossy(b).into_owned()))
+            .collect();
         let version = event.version.or_else(|| {
             values
                 .get(5)
@@ -219,6 +236,17 @@ where
     }
 }
 
-fn text(v: &Option<Bytes>) -> Option<String> {
-    v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+/// The rows column of a `DRAIN_SQL_UTF8_BASE64` row back to its UTF-8 text.
+fn utf8_rows(row: &mut [Option<Bytes>]) -> Result<(), String> {
+    use base64::Engine;
+    let Some(Some(encoded)) = row.get(5) else {
+        return Ok(());
+    };
+    // PostgreSQL breaks base64 into lines of 76.
+    let packed: Vec<u8> = encoded.iter().copied().filter(|b| *b != b'\n').collect();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(packed)
+        .map_err(|e| format!("captured rows not base64: {e}"))?;
+    row[5] = Some(Bytes::from(decoded));
+    Ok(())
 }

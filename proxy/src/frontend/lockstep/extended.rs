@@ -7,7 +7,7 @@ use crate::frontend::session::End;
 use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
 use crate::protocol::frontend::{FrontendMessage, Target};
-use crate::protocol::Frame;
+use crate::protocol::{Frame, ProtocolError};
 use switchyard_core::capture::{note_statement_sql, refill_sql};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -17,14 +17,11 @@ where
     W: AsyncWrite + Unpin,
 {
     pub(super) async fn extended(&mut self, frame: Frame) -> Result<(), End> {
+        if frame.tag() == b'P' {
+            return self.parse(frame);
+        }
         let msg = FrontendMessage::decode(&frame).map_err(End::ClientProtocol)?;
         match msg {
-            FrontendMessage::Parse { name, query, .. } => {
-                let query = self.up.as_server_reads(&query).into_owned();
-                self.up.note_parse(&name, &query, frame.raw());
-                self.send(frame.raw());
-                self.expect.push(Expect::Relay);
-            }
             FrontendMessage::Bind(_) => {
                 self.up.note_bind(&frame);
                 self.send(frame.raw());
@@ -66,6 +63,27 @@ where
                 self.send(frame.raw());
             }
         }
+        Ok(())
+    }
+
+    /// A Parse: its statement is text in the session's client encoding.
+    fn parse(&mut self, frame: Frame) -> Result<(), End> {
+        let body = frame.body();
+        let mut parts = body.splitn(3, |&b| b == 0);
+        let (Some(name), Some(query), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(End::ClientProtocol(ProtocolError::malformed(
+                "Parse",
+                "missing terminator",
+            )));
+        };
+        let text = self.up.client_text;
+        // Not text in the session's encoding: the server refuses it (nothing to note).
+        if let (Ok(name), Ok(query)) = (text.decode(name), text.decode(query)) {
+            let query = self.up.as_server_reads(&query).into_owned();
+            self.up.note_parse(&name, &query, frame.raw());
+        }
+        self.send(frame.raw());
+        self.expect.push(Expect::Relay);
         Ok(())
     }
 

@@ -8,8 +8,9 @@
 use super::expect::{Expect, Sink};
 use super::Mediation;
 use crate::frontend::session::End;
+use crate::protocol::buf_public::tagged;
 use crate::protocol::frontend::{Bind, FrontendMessage, Target};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use switchyard_core::capture::CLAIM_SQL;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -26,7 +27,7 @@ where
     /// was skipped, and its portal lives until the transaction ends.
     pub(super) fn inject(&mut self, sql: &str, sink: Sink) {
         if self.in_query {
-            self.send(&super::query_frame(sql));
+            self.send(&super::query_frame(sql, self.up.client_text));
             self.expect.push(Expect::Results {
                 sink,
                 until_ready: true,
@@ -44,11 +45,19 @@ where
                 target: Target::Statement,
                 name: OWN.into(),
             },
-            FrontendMessage::Parse {
-                name: OWN.into(),
-                query: sql.into(),
-                param_types: Vec::new(),
-            },
+        ] {
+            msg.encode(&mut self.to_primary);
+        }
+        // By hand: the statement goes in the session's client encoding.
+        let query = self.up.client_text.encode(sql);
+        tagged(&mut self.to_primary, b'P', |b| {
+            b.put_slice(OWN.as_bytes());
+            b.put_u8(0);
+            b.put_slice(&query);
+            b.put_u8(0);
+            b.put_i16(0);
+        });
+        for msg in [
             FrontendMessage::Bind(Bind {
                 portal: OWN.into(),
                 statement: OWN.into(),
@@ -112,7 +121,7 @@ where
 
     /// Queues a Query of the proxy's own in front of the client's (simple protocol).
     pub(super) fn inject_query(&mut self, sql: &str) {
-        self.send(&super::query_frame(sql));
+        self.send(&super::query_frame(sql, self.up.client_text));
         self.expect.push(Expect::Results {
             sink: Sink::Swallow,
             until_ready: true,

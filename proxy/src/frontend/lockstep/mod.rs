@@ -23,12 +23,11 @@ mod reads_ext;
 mod simple;
 mod wire;
 
-use super::session::{Downstream, End, Upstream};
+use super::session::{ClientText, Downstream, End, Upstream};
 use crate::mirror::plan::Plan;
 use crate::mirror::txn::MirrorSession;
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::buf_public::tagged;
-use crate::protocol::frontend::FrontendMessage;
 use bytes::{BufMut, Bytes, BytesMut};
 use expect::Expectations;
 use std::time::Instant;
@@ -59,6 +58,8 @@ pub(super) struct Mediation<'m, 'a, R, W> {
     swallowed: Option<ErrorFields>,
     /// A drain was sent; its rows are applied after the next `settle`.
     draining: bool,
+    /// The queued drain reads the rows as base64 of UTF-8 (the session's encoding is not).
+    drain_base64: bool,
     /// The ReadyForQuery of the current Query was already written.
     ready_sent: bool,
     /// The request is a simple-protocol Query (the proxy's statements go as Queries too).
@@ -95,6 +96,7 @@ where
         rows: Vec::new(),
         swallowed: None,
         draining: false,
+        drain_base64: false,
         ready_sent: false,
         in_query: false,
         max,
@@ -196,9 +198,14 @@ fn command_complete(out: &mut BytesMut, tag: &str) {
     });
 }
 
-fn query_frame(sql: &str) -> Bytes {
-    let mut b = BytesMut::new();
-    FrontendMessage::Query(sql.to_string()).encode(&mut b);
+/// A Query for `sql`, in the session's client encoding.
+fn query_frame(sql: &str, text: &ClientText) -> Bytes {
+    let sql = text.encode(sql);
+    let mut b = BytesMut::with_capacity(sql.len() + 6);
+    tagged(&mut b, b'Q', |b| {
+        b.put_slice(&sql);
+        b.put_u8(0);
+    });
     b.freeze()
 }
 

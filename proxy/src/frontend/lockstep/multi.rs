@@ -21,7 +21,7 @@ where
         let mut implicit = false;
         for (i, piece) in pieces.iter().enumerate() {
             let last = i + 1 == pieces.len();
-            let raw = query_frame(&piece.sql);
+            let raw = query_frame(&piece.sql, self.up.client_text);
             self.up.follow(&piece.plan);
             match &piece.plan {
                 Plan::Txn(TxnOp::Begin) if implicit => {

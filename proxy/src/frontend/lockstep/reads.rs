@@ -31,12 +31,16 @@ where
             return self.query(frame).await;
         }
         let body = &frame.raw()[Frame::HEADER..];
-        let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body)).into_owned();
+        let sql = self
+            .up
+            .client_text
+            .decode_lossy(body.strip_suffix(&[0]).unwrap_or(body))
+            .into_owned();
         self.up.note_query(&sql);
         // Compared on both sides like any sampled read: a shape whose comparison confirms
         // a mismatch stops reading from new.
         let classes = self.up.classify(&sql);
-        if let Some(tap) = self.up.shadow.as_mut() {
+        if let Some(tap) = self.up.shadow_tap() {
             tap.query(&sql, &classes, || true);
         }
         match self.answer_from_new(&frame).await? {

@@ -160,7 +160,7 @@ where
                     let query = self.up.as_server_reads(&query).into_owned();
                     self.up.note_parse(&name, &query, f.raw());
                     let classes = self.up.classify(&query);
-                    if let Some(tap) = self.up.shadow.as_mut() {
+                    if let Some(tap) = self.up.shadow_tap() {
                         tap.parse(f, &classes);
                     }
                     self.send(f.raw());
@@ -171,7 +171,7 @@ where
                 Ok(FrontendMessage::Execute { .. }) => {
                     self.up.note_execute(f);
                     // Sampled like any read, so a shape new answers differently is caught.
-                    if let Some(tap) = self.up.shadow.as_mut() {
+                    if let Some(tap) = self.up.shadow_tap() {
                         tap.execute(f, || true);
                     }
                 }

@@ -5,7 +5,7 @@ use super::{ready, rejected, Mediation};
 use crate::frontend::session::End;
 use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::backend::error_response;
-use crate::protocol::{Frame, ProtocolError};
+use crate::protocol::Frame;
 use bytes::Bytes;
 use switchyard_core::capture::{note_statement_sql, refill_sql};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,9 +17,18 @@ where
 {
     pub(super) async fn query(&mut self, frame: Frame) -> Result<(), End> {
         let body = &frame.raw()[Frame::HEADER..];
-        let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body))
-            .map_err(|_| End::ClientProtocol(ProtocolError::malformed("Query", "invalid UTF-8")))?;
-        let sql = self.up.as_server_reads(sql).into_owned();
+        let text = self.up.client_text;
+        let sql = match text.decode(body.strip_suffix(&[0]).unwrap_or(body)) {
+            Ok(sql) => sql,
+            // Not text in the session's encoding: the server refuses it, with PostgreSQL's
+            // own error, and nothing runs.
+            Err(_) => {
+                self.pass(frame.raw().clone(), false).await?;
+                ready(&mut self.out, self.status);
+                return Ok(());
+            }
+        };
+        let sql = self.up.as_server_reads(&sql).into_owned();
         self.up.note_query(&sql);
         let plan = self.ms.mirror.plan(&sql);
         self.ready_sent = false;

@@ -29,6 +29,7 @@ pub(crate) struct Downstream<'a, W> {
     pub(in crate::frontend) drained: &'a tokio::sync::Notify,
     pub(in crate::frontend) writing: &'a AtomicBool,
     pub(in crate::frontend) conforming_strings: &'a AtomicBool,
+    pub(in crate::frontend) client_text: &'a super::ClientText,
     pub(in crate::frontend) server_utf8: bool,
     /// Only dual writes wait for this pump to drain.
     pub(in crate::frontend) mirroring: bool,
@@ -67,6 +68,7 @@ impl<W: AsyncWrite + Unpin> Downstream<'_, W> {
                     b'S' => {
                         if let Some(encoding) = note_parameter(
                             self.conforming_strings,
+                            self.client_text,
                             self.mirroring.then_some(self.server_utf8),
                             &self.buf[end + 5..end + total],
                         ) {

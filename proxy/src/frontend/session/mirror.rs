@@ -192,9 +192,12 @@ impl<R> Upstream<'_, R> {
         end: usize,
     ) -> bool {
         let body = &self.buf[start..end];
+        // Text in the session's client encoding; what is not (the server refuses it) runs
+        // nothing, so it needs no mediation.
+        let text = self.client_text;
         let cstr = |b: &[u8]| -> Option<(String, usize)> {
             let nul = b.iter().position(|&c| c == 0)?;
-            Some((std::str::from_utf8(&b[..nul]).ok()?.to_string(), nul + 1))
+            Some((text.decode(&b[..nul]).ok()?.into_owned(), nul + 1))
         };
         match tag {
             b'Q' => {

@@ -12,6 +12,7 @@ mod mirror;
 mod reader;
 mod route;
 mod swap;
+mod text;
 mod upstream;
 
 pub use swap::Place;
@@ -20,6 +21,7 @@ pub(in crate::frontend) use downstream::Downstream;
 pub(crate) use flow::Flow;
 pub(in crate::frontend) use mirror::writes_large_object;
 pub(in crate::frontend) use reader::{parse_hash, Reader};
+pub(in crate::frontend) use text::ClientText;
 pub(in crate::frontend) use upstream::Upstream;
 
 use super::reply::{fatal, send_error};
@@ -74,7 +76,8 @@ pub(crate) enum End {
     IdleTimeout,
     Shutdown,
     ClientProtocol(ProtocolError),
-    /// The session mirrors and its client encoding left UTF8 (`SET client_encoding`).
+    /// The session mirrors and its client encoding became one the proxy cannot read
+    /// (`SET client_encoding`).
     ClientEncoding(String),
     Io(&'static str, std::io::Error),
 }
@@ -162,6 +165,14 @@ async fn pump<R, W>(
         .params
         .iter()
         .any(|(k, v)| k == "server_encoding" && is_utf8_encoding(v.as_bytes()));
+    let client_text = ClientText::new(
+        backend
+            .params
+            .iter()
+            .find(|(k, _)| k == "client_encoding")
+            .and_then(|(_, v)| ClientText::index_of(v, server_utf8))
+            .unwrap_or(0),
+    );
     let mirror = shared.session_mirror(direction);
     let mut mirror_session = mirror.clone().map(MirrorSession::new);
     let shadow = shared
@@ -198,6 +209,7 @@ async fn pump<R, W>(
         drained: &drained,
         writing: &writing,
         conforming_strings: &conforming_strings,
+        client_text: &client_text,
         server_utf8,
         shadow,
         route,
@@ -216,6 +228,7 @@ async fn pump<R, W>(
         drained: &drained,
         writing: &writing,
         conforming_strings: &conforming_strings,
+        client_text: &client_text,
         server_utf8,
         mirroring: shared.mirror.is_some(),
     };
@@ -274,7 +287,7 @@ async fn pump<R, W>(
             send_error(&mut down.client, &fatal("08P01", e.to_string())).await;
         }
         End::ClientEncoding(encoding) => {
-            tracing::warn!(%peer, %encoding, "Closing a mirrored session whose client encoding left UTF8.");
+            tracing::warn!(%peer, %encoding, "Closing a mirrored session whose client encoding the proxy cannot read.");
             send_error(&mut down.client, &encoding_refused(encoding)).await;
         }
         End::IdleTimeout => {
@@ -332,21 +345,27 @@ fn set_mediating(flow: &Mutex<Flow>, on: bool) {
     }
 }
 
-/// Follows `standard_conforming_strings` in a ParameterStatus body (name, value).
-/// Follows a ParameterStatus (name, value). `mirroring`: `Some(server_utf8)` when the
-/// session mirrors. Returns the new client encoding when the session mirrors and the
-/// encoding will not carry UTF-8: the end of the session (see `End::ClientEncoding`).
-fn note_parameter(flag: &AtomicBool, mirroring: Option<bool>, body: &[u8]) -> Option<String> {
+/// Follows a ParameterStatus (name, value): `standard_conforming_strings` and the client
+/// encoding. `mirroring`: `Some(server_utf8)` when the session mirrors. Returns the new
+/// client encoding when the session mirrors and the proxy cannot read it: the end of the
+/// session (see `End::ClientEncoding`).
+fn note_parameter(
+    flag: &AtomicBool,
+    text: &ClientText,
+    mirroring: Option<bool>,
+    body: &[u8],
+) -> Option<String> {
     let mut parts = body.split(|&b| b == 0);
     let name = parts.next()?;
     let value = parts.next()?;
     if name == b"standard_conforming_strings" {
         flag.store(value != b"off", Ordering::Relaxed);
     } else if name == b"client_encoding" {
-        if let Some(server_utf8) = mirroring {
-            if !client_encoding_ok(value, server_utf8) {
-                return Some(String::from_utf8_lossy(value).into_owned());
-            }
+        let value = String::from_utf8_lossy(value);
+        match ClientText::index_of(&value, mirroring.unwrap_or(true)) {
+            Some(i) => text.set(i),
+            None if mirroring.is_some() => return Some(value.into_owned()),
+            None => {}
         }
     }
     None
@@ -357,20 +376,20 @@ pub(super) fn is_utf8_encoding(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"UTF8") || name.eq_ignore_ascii_case(b"UTF-8")
 }
 
-/// Text on the wire is UTF-8: the client encoding is UTF8, or SQL_ASCII (no conversion:
-/// what psql picks under the C locale) over a UTF8 database, which checks what it is sent.
-pub(super) fn client_encoding_ok(client: &[u8], server_utf8: bool) -> bool {
-    is_utf8_encoding(client) || (server_utf8 && client.eq_ignore_ascii_case(b"SQL_ASCII"))
+/// The proxy can read the session's text while it mirrors (see `text::ClientText`).
+pub(super) fn client_encoding_ok(client: &str, server_utf8: bool) -> bool {
+    ClientText::index_of(client, server_utf8).is_some()
 }
 
-/// What a session that mirrors and leaves UTF8 is told.
+/// What a session that mirrors in an encoding the proxy cannot read is told.
 pub(super) fn encoding_refused(encoding: &str) -> crate::protocol::backend::ErrorFields {
     fatal(
         "0A000",
         format!(
-            "switchyard: dual writes need client_encoding UTF8; this session uses {encoding} \
-             (statements and row images would not reach the new database as the old one \
-             reads them)"
+            "switchyard: dual writes cannot read client_encoding {encoding} (statements and \
+             row images would not reach the new database as the old one reads them); use \
+             UTF8, a LATIN/WIN/ISO_8859 code page, KOI8R/U, EUC_JP, SJIS, EUC_KR, UHC, BIG5, \
+             GBK, EUC_CN or GB18030, or SQL_ASCII over a UTF8 database"
         ),
     )
 }

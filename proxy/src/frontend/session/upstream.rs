@@ -52,6 +52,8 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) writing: &'a AtomicBool,
     /// The server's `standard_conforming_strings` as it last reported it.
     pub(in crate::frontend) conforming_strings: &'a AtomicBool,
+    /// The session's client encoding, for the statements the proxy reads and writes.
+    pub(in crate::frontend) client_text: &'a super::ClientText,
     /// The database's encoding is UTF8 (see `client_encoding_ok`).
     pub(in crate::frontend) server_utf8: bool,
     /// Shadow reads: samples this session's reads (None when off).
@@ -241,11 +243,17 @@ impl<R> Upstream<'_, R> {
         }
     }
 
+    /// The shadow-read tap, unless the session's text is in an encoding other than UTF-8
+    /// (the shadow executors run statements on connections of their own, in UTF8).
+    pub(in crate::frontend) fn shadow_tap(&mut self) -> Option<&mut ShadowTap> {
+        self.shadow.as_mut().filter(|_| self.client_text.is_utf8())
+    }
+
     /// Takes note of a ParameterStatus the server sent while the mediator ran; returns the
-    /// client encoding when it left UTF8 (the session must end).
+    /// client encoding when the proxy cannot read it (the session must end).
     pub(in crate::frontend) fn note_parameter_status(&self, body: &[u8]) -> Option<String> {
         let mirroring = self.mirror.is_some().then_some(self.server_utf8);
-        super::note_parameter(self.conforming_strings, mirroring, body)
+        super::note_parameter(self.conforming_strings, self.client_text, mirroring, body)
     }
 
     pub(in crate::frontend) fn txn_status(&self) -> u8 {
@@ -312,11 +320,11 @@ impl<R> Upstream<'_, R> {
         match frame.tag() {
             b'Q' => {
                 let body = frame.body();
-                let sql = body
+                let text = body
                     .strip_suffix(&[0])
-                    .and_then(|s| std::str::from_utf8(s).ok());
-                let first = sql.and_then(|sql| {
-                    let sql = &*self.as_server_reads(sql);
+                    .and_then(|s| self.client_text.decode(s).ok());
+                let first = text.and_then(|sql| {
+                    let sql = &*self.as_server_reads(&sql);
                     let classes = self.classify(sql);
                     self.route.observe(sql, &classes);
                     for c in classes.iter() {
@@ -324,7 +332,7 @@ impl<R> Upstream<'_, R> {
                     }
                     if !mediated {
                         let flow = self.flow;
-                        if let Some(tap) = self.shadow.as_mut() {
+                        if let Some(tap) = self.shadow_tap() {
                             tap.query(sql, &classes, || idle(flow));
                         }
                     }
@@ -338,17 +346,17 @@ impl<R> Upstream<'_, R> {
                 let body = frame.body();
                 let mut parts = body.splitn(3, |&b| b == 0);
                 let name = parts.next().and_then(|n| std::str::from_utf8(n).ok());
-                let sql = parts.next().and_then(|s| std::str::from_utf8(s).ok());
+                let sql = parts.next().and_then(|s| self.client_text.decode(s).ok());
                 if let (Some(name), Some(sql)) = (name, sql) {
-                    let classes = self.classify(&self.as_server_reads(sql));
-                    if let Some(tap) = self.shadow.as_mut() {
+                    let classes = self.classify(&self.as_server_reads(&sql));
+                    if let Some(tap) = self.shadow_tap() {
                         tap.parse(frame, &classes);
                     }
                     self.statements.insert(name.to_string(), classes);
                 }
             }
             b'B' => {
-                if let Some(tap) = self.shadow.as_mut() {
+                if let Some(tap) = self.shadow_tap() {
                     tap.bind(frame);
                 }
                 if let Ok((portal, statement)) = bind_names(frame) {
@@ -371,7 +379,7 @@ impl<R> Upstream<'_, R> {
             b'E' => {
                 if !mediated {
                     let flow = self.flow;
-                    if let Some(tap) = self.shadow.as_mut() {
+                    if let Some(tap) = self.shadow_tap() {
                         tap.execute(frame, || idle(flow));
                     }
                 }
@@ -392,7 +400,7 @@ impl<R> Upstream<'_, R> {
                     (body.first(), body.get(1..body.len().saturating_sub(1)))
                 {
                     if let Ok(name) = std::str::from_utf8(name) {
-                        if let Some(tap) = self.shadow.as_mut() {
+                        if let Some(tap) = self.shadow_tap() {
                             tap.close(kind, name);
                         }
                         if kind == b'S' {
