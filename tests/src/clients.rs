@@ -38,7 +38,7 @@ pub fn pgbench_bin() -> PathBuf {
 }
 
 /// `SWITCHYARD_CACHE`, else `/root/.cache/switchyard` (where `.ci/setup` puts things).
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("SWITCHYARD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root/.cache/switchyard"))

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod browser;
 pub mod clients;
 pub mod cutover;
+pub mod driver_suite;
 pub mod http;
 pub mod logs;
 pub mod mirror;
