@@ -11,6 +11,7 @@
 //! - [`worker`]: claim, copy, check, record.
 //! - [`throttle`], [`tasks`]: rate limit, pause, adaptive brake, lease renewal.
 //! - [`indexes`]: deferred indexes and constraints (`--defer-indexes`).
+//! - [`schema_copy`]: `--schema copy`, old's schema restored into new with pg_dump/pg_restore.
 //! - [`keyless`]: tables without a primary key, copied whole in one snapshot.
 //! - [`progress`], [`report`]: bars or log lines; summary, JSON, metrics, exit status.
 
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod schema_copy;
 pub mod table_pass;
 pub mod table_scan;
 pub mod tasks;
