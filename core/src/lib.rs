@@ -11,6 +11,7 @@
 //! - [`connect`]: the tools' connections, and [`connect::Writer`], the one kind of session
 //!   they write rows into a target database through (its triggers and foreign-key
 //!   actions do not fire; capture triggers skip it).
+//! - [`progress`]: the tools' progress on stderr (drawn on a terminal, lines when asked).
 
 pub mod capture;
 pub mod catalog;
@@ -29,6 +30,7 @@ pub mod key;
 pub mod multiset;
 pub mod multiset_diff;
 pub mod multiset_repair;
+pub mod progress;
 mod rcvlowat;
 pub mod recover;
 pub mod resync;
