@@ -1,5 +1,6 @@
 //! `switchyard-backfill --schema copy` against real clusters: old's schema (a foreign key,
-//! a serial column, an index, a view, a function) made on an empty new, the rows copied
+//! a serial column, an index, a view, a function; capture installed) made on an empty new
+//! without old's capture, the rows copied
 //! and equal, the indexes and constraints there afterwards; a second run finds the schema
 //! and goes on; a new database holding another schema is refused and left untouched; a
 //! missing pg_dump is named.
@@ -44,6 +45,7 @@ SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
     WHERE adrelid IN ('customers'::regclass, 'orders'::regclass)
   UNION ALL SELECT 'owned ' || s.relname || ' by ' || t.relname FROM pg_depend d
     JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+      AND s.relnamespace = 'public'::regnamespace
     JOIN pg_class t ON t.oid = d.refobjid WHERE d.deptype = 'a'
 ) o";
 
@@ -74,6 +76,17 @@ async fn old_with_schema(new: PgClusterBuilder) -> Result<Pair> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copied_schema_then_backfill_gives_equal_tables_and_a_second_run_resumes() -> Result<()> {
     let pair = old_with_schema(PgCluster::builder()).await?;
+    // Old as the proxy leaves it: capture triggers on every table, event triggers and
+    // `_switchyard`, none of which is the application's schema to copy.
+    let old = pair.old.connect(switchyard_tests::proxy::DB).await?;
+    switchyard_core::capture::install::install(&old).await?;
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT count(*) > 0 FROM pg_trigger WHERE tgname LIKE 'switchyard_capture%'"
+        )? == "t",
+        "capture installed on old"
+    );
     let bin = pg_bin();
     // First only one table: a run stopped before the rest is what the second one resumes.
     let run = backfill(
@@ -137,6 +150,14 @@ async fn copied_schema_then_backfill_gives_equal_tables_and_a_second_run_resumes
     );
     ensure!(old_cat.contains("FOREIGN KEY (customer_id)"), "{old_cat}");
     ensure!(
+        on(
+            &pair.new,
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'switchyard%'"
+        )? == "0"
+            && on(&pair.new, "SELECT count(*) FROM pg_event_trigger")? == "0",
+        "old's capture is not copied"
+    );
+    ensure!(
         on(&pair.new, "SELECT order_count(7)")? == on(&pair.old, "SELECT order_count(7)")?,
         "the function works on new"
     );
@@ -158,6 +179,16 @@ async fn a_new_database_with_another_schema_is_refused_and_left_untouched() -> R
         "CREATE TABLE customers (id int PRIMARY KEY, name text)",
     )?;
     let before = new_schema(&pair)?;
+    let run = backfill(
+        &pair,
+        &["--schema", "copy", "--pg-bin", &pg_bin(), "--dry-run"],
+    )
+    .await?;
+    ensure!(
+        run.code() == Some(2) && run.stderr.contains("refuses the new database"),
+        "a dry run refuses too:\n{}",
+        run.text()
+    );
     let run = backfill(&pair, &["--schema", "copy", "--pg-bin", &pg_bin()]).await?;
     ensure!(run.code() == Some(2), "refused:\n{}", run.text());
     ensure!(
