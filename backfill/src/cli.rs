@@ -119,6 +119,12 @@ pub struct Cli {
     /// different schema) [default: existing]
     #[arg(long, value_enum)]
     pub schema: Option<SchemaArg>,
+    /// Copy old's schema into new (as `--schema copy` does, refusing a new database that
+    /// holds another schema) and stop, copying no rows: the step before the proxy starts
+    /// dual-writing, which needs the schema on new. The backfill then runs with
+    /// `--schema copy`, finds it and builds the indexes after the load.
+    #[arg(long, conflicts_with_all = ["dry_run", "pause", "resume"])]
+    pub schema_only: bool,
     /// Directory holding pg_dump and pg_restore for `--schema copy` [default: the PATH]
     #[arg(long)]
     pub pg_bin: Option<PathBuf>,
@@ -448,5 +454,8 @@ mod tests {
     #[test]
     fn pause_and_dry_run_exclude_each_other() {
         assert!(Cli::try_parse_from(["switchyard-backfill", "--pause", "--dry-run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["switchyard-backfill", "--schema-only", "--dry-run"]).is_err()
+        );
     }
 }

@@ -245,3 +245,39 @@ async fn a_missing_pg_dump_is_named() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_only_makes_the_whole_schema_and_copies_no_row() -> Result<()> {
+    let pair = old_with_schema(PgCluster::builder()).await?;
+    let bin = pg_bin();
+    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(
+        run.stdout.contains("schema copied from old"),
+        "{}",
+        run.text()
+    );
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM customers")? == "0",
+        "no rows"
+    );
+    let (old_cat, new_cat) = (on(&pair.old, CATALOG)?, on(&pair.new, CATALOG)?);
+    ensure!(
+        old_cat == new_cat,
+        "indexes and constraints are there for the proxy:\n{old_cat}\n---\n{new_cat}"
+    );
+    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin]).await?;
+    ensure!(
+        run.code() == Some(0) && run.stdout.contains("already on new"),
+        "{}",
+        run.text()
+    );
+    let run = backfill(&pair, &["--schema", "copy", "--pg-bin", &bin]).await?;
+    ensure!(run.code() == Some(0), "{}", run.text());
+    ensure!(on(&pair.old, ROWS)? == on(&pair.new, ROWS)?, "rows equal");
+    ensure!(
+        on(&pair.new, CATALOG)? == old_cat,
+        "indexes rebuilt after the load"
+    );
+    Ok(())
+}
