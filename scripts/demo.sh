@@ -104,7 +104,7 @@ announce "1. Two PostgreSQL 15 clusters: old with the shop, new with its schema"
   "Old: customers, orders (a foreign key to customers, a trigger counting each order on its customer), legacy_events (no primary key): $((CUSTOMERS + ORDERS + EVENTS)) rows. New gets the schema only." \
   "initdb old; initdb new (max_prepared_transactions = 20: dual writes commit in two phases)" \
   "psql \$OLD -v customers=$CUSTOMERS -v orders=$ORDERS -v events=$EVENTS -f scripts/demo/schema.sql" \
-  "pg_dump --schema-only \$OLD | psql \$NEW"
+  "switchyard-backfill --old \$OLD --new \$NEW --schema-only   # old's schema on new (pg_dump/pg_restore)"
 declare -A PORT
 for c in old new; do
   PORT[$c]=$(free_port)
@@ -120,7 +120,8 @@ PROXY="postgres://postgres@127.0.0.1:$LISTEN_PORT/app"
 t0=$(now)
 psql -X -q "$OLD" -v customers="$CUSTOMERS" -v orders="$ORDERS" -v events="$EVENTS" \
   -f scripts/demo/schema.sql || fail "loading old"
-pg_dump --schema-only "$OLD" | psql -X -q -v ON_ERROR_STOP=1 "$NEW" >/dev/null || fail "copying the schema to new"
+switchyard-backfill --old "$OLD" --new "$NEW" --schema-only --pg-bin "$PG_BIN" >/dev/null ||
+  fail "copying the schema to new"
 record setup "old loaded, schema on new" 0 "$t0" "$(now)" "$((CUSTOMERS + ORDERS + EVENTS)) rows on old"
 echo "    OLD=$OLD"
 echo "    NEW=$NEW"

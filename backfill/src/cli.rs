@@ -112,6 +112,22 @@ pub struct Cli {
     /// refused (exit 1) and everything else is copied.
     #[arg(long)]
     pub lock_keyless: bool,
+    /// Where new's schema comes from: `existing` (made beforehand, e.g. with
+    /// `pg_dump --schema-only | psql`) or `copy` (the backfill copies old's with
+    /// pg_dump/pg_restore: tables, sequences, types, functions and views before the
+    /// load, indexes and constraints built after it; refused when new already holds a
+    /// different schema) [default: existing]
+    #[arg(long, value_enum)]
+    pub schema: Option<SchemaArg>,
+    /// Copy old's schema into new (as `--schema copy` does, refusing a new database that
+    /// holds another schema) and stop, copying no rows: the step before the proxy starts
+    /// dual-writing, which needs the schema on new. The backfill then runs with
+    /// `--schema copy`, finds it and builds the indexes after the load.
+    #[arg(long, conflicts_with_all = ["dry_run", "pause", "resume"])]
+    pub schema_only: bool,
+    /// Directory holding pg_dump and pg_restore for `--schema copy` [default: the PATH]
+    #[arg(long)]
+    pub pg_bin: Option<PathBuf>,
     /// Print the plan (tables, key types, chunks) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -141,6 +157,13 @@ pub enum OnOff {
 pub enum FkModeArg {
     Order,
     Replica,
+}
+
+/// `--schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaArg {
+    Existing,
+    Copy,
 }
 
 /// Output format.
@@ -209,6 +232,16 @@ impl Cli {
         }
         if self.lock_keyless {
             layers = layers.flag("backfill.lock_keyless", true);
+        }
+        if let Some(v) = self.schema {
+            let text = match v {
+                SchemaArg::Existing => "existing",
+                SchemaArg::Copy => "copy",
+            };
+            layers = layers.flag("backfill.schema", text);
+        }
+        if let Some(dir) = &self.pg_bin {
+            layers = layers.flag("backfill.pg_bin", dir.to_string_lossy().into_owned());
         }
         if let Some(v) = self.fk_mode {
             let text = match v {
@@ -390,7 +423,39 @@ mod tests {
     }
 
     #[test]
+    fn schema_is_existing_unless_copy_is_asked_for() {
+        use crate::config::SchemaMode;
+        let urls = ["--old", "postgres://u@h/db", "--new", "postgres://u@h2/db"];
+        let (defaults, _) = cli(&urls).load(Vec::new()).expect("valid");
+        assert_eq!(defaults.backfill.schema, SchemaMode::Existing);
+        assert!(!defaults.backfill.defers_indexes());
+        let flags: Vec<&str> = urls
+            .iter()
+            .copied()
+            .chain(["--schema", "copy", "--pg-bin", "/opt/pg/bin"])
+            .collect();
+        let (cfg, _) = cli(&flags).load(Vec::new()).expect("valid");
+        assert_eq!(cfg.backfill.schema, SchemaMode::Copy);
+        assert!(cfg.backfill.defers_indexes(), "indexes after the load");
+        assert_eq!(
+            cfg.backfill.pg_bin.as_deref(),
+            Some(std::path::Path::new("/opt/pg/bin"))
+        );
+        let (cfg, _) = cli(&urls)
+            .load(vec![("SWITCHYARD_BACKFILL__SCHEMA".into(), "copy".into())])
+            .expect("valid");
+        assert_eq!(cfg.backfill.schema, SchemaMode::Copy);
+        let err = cli(&urls)
+            .load(vec![("SWITCHYARD_BACKFILL__SCHEMA".into(), "clone".into())])
+            .expect_err("invalid");
+        assert!(err.to_string().contains("schema"), "{err}");
+    }
+
+    #[test]
     fn pause_and_dry_run_exclude_each_other() {
         assert!(Cli::try_parse_from(["switchyard-backfill", "--pause", "--dry-run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["switchyard-backfill", "--schema-only", "--dry-run"]).is_err()
+        );
     }
 }

@@ -34,6 +34,18 @@ pub enum FkMode {
     Replica,
 }
 
+/// Where new's schema comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaMode {
+    /// Made by the user before the backfill (e.g. `pg_dump --schema-only | psql`).
+    #[default]
+    Existing,
+    /// Copied from old by the backfill with PostgreSQL's `pg_dump` and `pg_restore`
+    /// (see [`crate::schema_copy`]).
+    Copy,
+}
+
 /// `[backfill]`: what is copied and how.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +135,13 @@ pub struct BackfillSettings {
     /// refused (see docs/backfill.md, "Tables without a primary key").
     #[serde(default)]
     pub lock_keyless: bool,
+    /// Where new's schema comes from: `existing` (made by the user) or `copy` (old's,
+    /// made by the backfill before the load, its indexes and constraints built after).
+    #[serde(default)]
+    pub schema: SchemaMode,
+    /// Directory of `pg_dump` and `pg_restore` for `schema = "copy"`; unset: the PATH.
+    #[serde(default)]
+    pub pg_bin: Option<std::path::PathBuf>,
 }
 
 fn default_jobs() -> usize {
@@ -184,6 +203,8 @@ impl Default for BackfillSettings {
             progress_interval_secs: default_progress_interval_secs(),
             rebuild_memory_mb: default_rebuild_memory_mb(),
             lock_keyless: false,
+            schema: SchemaMode::Existing,
+            pg_bin: None,
         }
     }
 }
@@ -194,6 +215,13 @@ impl BackfillSettings {
     /// fastest way in). Never with dual writes on.
     pub fn bulk_mode(&self) -> bool {
         !self.dual_writes && self.bulk.unwrap_or(true)
+    }
+
+    /// Whether non-key indexes and constraints are built after the load: asked for, or
+    /// the schema is copied (its indexes are built once the rows are in, as pgcopydb's
+    /// clone does, by the same deferral).
+    pub fn defers_indexes(&self) -> bool {
+        self.defer_indexes || self.schema == SchemaMode::Copy
     }
 
     /// How the loading sessions on new write (see `fire_new_triggers`).

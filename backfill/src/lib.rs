@@ -11,6 +11,7 @@
 //! - [`worker`]: claim, copy, check, record.
 //! - [`throttle`], [`tasks`]: rate limit, pause, adaptive brake, lease renewal.
 //! - [`indexes`]: deferred indexes and constraints (`--defer-indexes`).
+//! - [`schema_copy`]: `--schema copy`, old's schema restored into new with pg_dump/pg_restore.
 //! - [`keyless`]: tables without a primary key, copied whole in one snapshot.
 //! - [`progress`], [`report`]: bars or log lines; summary, JSON, metrics, exit status.
 
@@ -27,6 +28,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod schema_copy;
 pub mod table_pass;
 pub mod table_scan;
 pub mod tasks;
@@ -63,6 +65,9 @@ where
     }
     if cli.dry_run {
         return runtime.block_on(print_dry_run(&cfg, cli.format));
+    }
+    if cli.schema_only {
+        return runtime.block_on(copy_schema_only(&cfg, cli.format));
     }
     let human = cli.format == Format::Human;
     let summary = runtime.block_on(run::run(&cfg, run::RunOptions { bars: human }));
@@ -101,6 +106,34 @@ async fn set_paused(cfg: &BackfillConfig, paused: bool) -> u8 {
                 connect::shown(&cfg.new),
                 if paused { "paused" } else { "resumed" }
             );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("switchyard-backfill: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+async fn copy_schema_only(cfg: &BackfillConfig, format: Format) -> u8 {
+    let result = async {
+        let control = connect::connect(connect::Db::New, &cfg.new, 0).await?;
+        schema_copy::prepare(&cfg.old, &cfg.new, cfg.backfill.pg_bin.as_deref(), &control).await
+    }
+    .await;
+    match result {
+        Ok(outcome) => {
+            if format == Format::Json {
+                println!("{}", serde_json::json!({ "schema": outcome }));
+            } else {
+                println!(
+                    "{}",
+                    match outcome {
+                        schema_copy::Outcome::Copied => "schema copied from old",
+                        schema_copy::Outcome::AlreadyThere => "schema: old's already on new, kept",
+                    }
+                );
+            }
             EXIT_OK
         }
         Err(e) => {

@@ -3,12 +3,12 @@
 //! counted as chunks finish, against the planner's estimate (a resumed run starts from
 //! what the chunk table says is done).
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::progress::{stderr_is_terminal, style};
 
 /// Starting point of one table.
 #[derive(Debug, Clone)]
@@ -42,17 +42,11 @@ pub struct Progress {
     rows_at_start: u64,
 }
 
-fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ")
-}
-
 impl Progress {
     /// Bars when `bars` (stderr is a terminal and the output is for people), else quiet
     /// counters for the log lines.
     pub fn new(starts: &[TableStart], bars: bool) -> Arc<Progress> {
-        let bars = bars && std::io::stderr().is_terminal();
+        let bars = bars && stderr_is_terminal();
         let multi = bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         let rows_total: u64 = starts
             .iter()

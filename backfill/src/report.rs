@@ -28,6 +28,9 @@ pub struct Summary {
     pub seconds: f64,
     pub rows_per_second: f64,
     pub error: Option<String>,
+    /// `--schema copy`: whether new's schema was copied now or found there already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::schema_copy::Outcome>,
 }
 
 impl Summary {
@@ -91,6 +94,15 @@ impl Summary {
         }
         for s in &self.refused {
             let _ = writeln!(out, "{:<width$}  refused: {}", s.table, s.reason);
+        }
+        match self.schema {
+            Some(crate::schema_copy::Outcome::Copied) => {
+                let _ = writeln!(out, "schema copied from old");
+            }
+            Some(crate::schema_copy::Outcome::AlreadyThere) => {
+                let _ = writeln!(out, "schema: old's already on new, kept");
+            }
+            None => {}
         }
         for r in &self.rebuilt {
             let _ = writeln!(out, "rebuilt {r}");

@@ -3,14 +3,14 @@
 //! background tasks, wait, and sum up from the chunk table.
 
 use crate::chunk_table::{self, PlannedTable};
-use crate::config::{BackfillConfig, FkMode};
+use crate::config::{BackfillConfig, FkMode, SchemaMode};
 use crate::connect::{connect, Db};
 use crate::plan::{select_tables, split_table, Selection, TablePlan};
 use crate::progress::{Progress, TableStart};
 use crate::report::Summary;
 use crate::throttle::Throttle;
 use crate::worker::{run_worker, Shared};
-use crate::{indexes, keyless, tasks};
+use crate::{indexes, keyless, schema_copy, tasks};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +59,14 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     // only when they claim a chunk, and a role they could not set up must be refused
     // now, with the fix, not chunk after chunk.
     check_writer(&mut control, Db::New, cfg.backfill.write_mode()).await?;
+    // Before the tables are selected: they are looked up on new.
+    if cfg.backfill.schema == SchemaMode::Copy {
+        let outcome =
+            schema_copy::prepare(&cfg.old, &cfg.new, cfg.backfill.pg_bin.as_deref(), &control)
+                .await?;
+        tracing::info!(?outcome, "Schema of new ready.");
+        summary.schema = Some(outcome);
+    }
     let selection = select(cfg, &old, &control).await?;
     summary.skipped = selection.skipped.clone();
     let plans = selection.tables;
@@ -99,7 +107,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
             );
         }
     }
-    if cfg.backfill.defer_indexes {
+    if cfg.backfill.defers_indexes() {
         indexes::defer(&mut control, &plans).await?;
     }
 
@@ -189,7 +197,7 @@ async fn run_inner(cfg: &BackfillConfig, opts: RunOptions, summary: &mut Summary
     let totals = chunk_table::totals(&control, &all).await?;
     let rows_after: i64 = totals.iter().map(|t| t.rows_old).sum();
     summary.rows_this_run = (rows_after - rows_before).max(0) as u64;
-    if cfg.backfill.defer_indexes || indexes::pending(&control).await? {
+    if cfg.backfill.defers_indexes() || indexes::pending(&control).await? {
         let finished: Vec<String> = totals
             .iter()
             .filter(|t| t.open == 0 && t.failed == 0)
@@ -333,6 +341,20 @@ pub async fn dry_run(cfg: &BackfillConfig) -> Result<(Vec<DryRunTable>, Selectio
     let mut new = connect(Db::New, &cfg.new, 0).await?;
     // A dry run stops where the run would.
     check_writer(&mut new, Db::New, cfg.backfill.write_mode()).await?;
+    if cfg.backfill.schema == SchemaMode::Copy {
+        // Refused or not, said now; an empty new has no tables yet to plan.
+        let outcome =
+            schema_copy::check(&cfg.old, &cfg.new, cfg.backfill.pg_bin.as_deref()).await?;
+        tracing::info!(
+            ?outcome,
+            "Dry run: the schema of new would be {}.",
+            match outcome {
+                schema_copy::Outcome::Copied =>
+                    "copied from old (the tables are planned once it is)",
+                schema_copy::Outcome::AlreadyThere => "kept (it is old's already)",
+            }
+        );
+    }
     let selection = select(cfg, &old, &new).await?;
     let has_table = chunk_table::exists(&new).await?;
     let mut out = Vec::new();

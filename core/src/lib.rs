@@ -11,6 +11,16 @@
 //! - [`connect`]: the tools' connections, and [`connect::Writer`], the one kind of session
 //!   they write rows into a target database through (its triggers and foreign-key
 //!   actions do not fire; capture triggers skip it).
+//! - [`capture`]: change capture installed on the primary (triggers, event triggers, the
+//!   lockstep table and change log), its events, their application on the secondary.
+//! - [`retry`], [`retry_kafka`]: the retry log (embedded table, Kafka topic); [`intents`]:
+//!   the lockstep mode's intents; [`recover`]: prepared transactions left in doubt.
+//! - [`cutover`]: phases, control tables, pre-flight checks, the agreed flip, sequences.
+//! - [`multiset`], [`multiset_diff`], [`multiset_repair`]: tables without a primary key.
+//! - [`copy_conn`], [`copy_hash`]: COPY reads in large buffers and their checksums.
+//! - [`tls`], [`tls_stream`], [`dsn`], [`config_layer`]: TLS to the databases, URLs,
+//!   settings from file, environment and flags.
+//! - [`progress`]: the tools' progress on stderr (drawn on a terminal, lines when asked).
 
 pub mod capture;
 pub mod catalog;
@@ -29,6 +39,7 @@ pub mod key;
 pub mod multiset;
 pub mod multiset_diff;
 pub mod multiset_repair;
+pub mod progress;
 mod rcvlowat;
 pub mod recover;
 pub mod resync;

@@ -57,6 +57,11 @@ pub struct ReplayArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+    /// Show progress on stderr even when it is not a terminal (a line every 10 s) or the
+    /// output is JSON; without it, progress is drawn only on a terminal, for --format
+    /// human.
+    #[arg(long)]
+    pub progress: bool,
     /// Where the records are: "embedded" (the primary's table: old's, and new's once the
     /// cutover moved the writes there) or "kafka" (the topic, as a consumer group, and the
     /// embedded tables too, where statement records and fallbacks go) [default: embedded]
@@ -184,6 +189,11 @@ pub struct VerifyArgs {
     /// fastest both servers support]. For tests and comparisons.
     #[arg(long, value_enum, hide = true)]
     pub row_hash: Option<RowHashArg>,
+    /// Show progress on stderr even when it is not a terminal (a line every 10 s) or the
+    /// output is JSON; without it, progress is drawn only on a terminal, for --format
+    /// human.
+    #[arg(long)]
+    pub progress: bool,
     /// Leave sequences out (they are compared by default: one behind on the side that
     /// takes writes next is a difference).
     #[arg(long)]

@@ -1,13 +1,16 @@
 //! `switchyard-reconciler`: verifies that tables on the old and new databases are equal
 //! (range checksums, bisection, row comparison, re-check of live rows) and repairs the
-//! differences from the source of truth. Retry-log replay and in-doubt commit recovery
-//! are still to come (issue #3).
+//! differences from the source of truth ([`verify`], [`repair`](verify::RepairMode));
+//! drains the retry logs and change logs into the other side ([`replay`], with the
+//! Kafka-backed log in [`replay_kafka`]); finishes the prepared transactions a proxy left
+//! in doubt ([`recover`]). Progress on a terminal: [`progress`].
 
 pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod origin;
+pub mod progress;
 pub mod progress_table;
 pub mod recover;
 pub mod replay;
@@ -84,6 +87,11 @@ where
         max_attempts: args.max_attempts.max(1),
         follow: args.follow,
     };
+    let shown = progress::ReplayProgress::new(progress::display(
+        args.format == Format::Human,
+        args.progress,
+    ));
+    let shown = std::sync::Mutex::new(shown);
     let metrics_file = args.metrics_file.clone();
     let write_metrics = |r: &replay::ReplayReport| -> bool {
         let Some(path) = &metrics_file else {
@@ -105,11 +113,23 @@ where
     let result = match cfg.retry_log.backend {
         switchyard_core::retry_kafka::Backend::Kafka => {
             rt.block_on(replay_kafka::run(&cfg, &opts, |r| {
+                if let Ok(mut p) = shown.lock() {
+                    p.report(r);
+                }
                 write_metrics(r);
             }))
         }
-        switchyard_core::retry_kafka::Backend::Embedded => rt.block_on(replay::run(&cfg, &opts)),
+        switchyard_core::retry_kafka::Backend::Embedded => {
+            rt.block_on(replay::run_with(&cfg, &opts, &mut |done, failed| {
+                if let Ok(mut p) = shown.lock() {
+                    p.batch(done, failed);
+                }
+            }))
+        }
     };
+    if let Ok(p) = shown.lock() {
+        p.finish();
+    }
     match result {
         Ok(r) => {
             if args.format == Format::Json {
@@ -191,12 +211,18 @@ where
         return EXIT_ERROR;
     };
     let human = args.format == Format::Human;
-    let mut print = |t: &report::TableReport| {
-        if human {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", report::human_table(t));
-            let _ = out.flush();
-        }
+    let mut shown = progress::VerifyProgress::new(
+        progress::display(human, args.progress),
+        if repair.is_some() { "repair" } else { "verify" },
+    );
+    let mut print = |e: verify::Event<'_>| {
+        shown.event(e, |t| {
+            if human {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", report::human_table(t));
+                let _ = out.flush();
+            }
+        })
     };
     let row_hash = args.row_hash.map(|r| match r {
         cli::RowHashArg::Record => RowHash::Record,
@@ -207,6 +233,7 @@ where
         sequences: !args.skip_sequences,
     };
     let report = runtime.block_on(verify::run(&cfg, scope, repair, &mut print));
+    shown.finish();
     if human {
         for q in &report.sequences {
             println!("{}", report::human_sequence(q));

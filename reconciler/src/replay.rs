@@ -71,8 +71,23 @@ async fn logs_on(c: &Client, db: Db) -> Result<Logs> {
     })
 }
 
+/// Called after each batch of the embedded retry log with the records applied and the
+/// records failed (to be tried again) in it.
+pub type Tick<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
 pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayReport> {
+    run_with(cfg, opts, &mut |_, _| {}).await
+}
+
+/// [`run`], telling `tick` of every batch (for the progress display).
+pub async fn run_with(
+    cfg: &ReconcilerConfig,
+    opts: &ReplayOptions,
+    tick: Tick<'_>,
+) -> Result<ReplayReport> {
     let started = std::time::Instant::now();
+    // Shown at once, so that an empty log is seen to be empty rather than stuck.
+    tick(0, 0);
     // First, so that a role that may not write into new is refused before anything else.
     let forward = Applier::connect(cfg).await?;
     let old = connect(Db::Old, &cfg.old).await?;
@@ -100,7 +115,7 @@ pub async fn run(cfg: &ReconcilerConfig, opts: &ReplayOptions) -> Result<ReplayR
         resolve_intents(&mut reverse.claim, &forward.claim, &mut report).await;
         for side in &mut sides {
             let mut sub = ReplayReport::default();
-            match pass(cfg, opts, side, &mut sub).await {
+            match pass(cfg, opts, side, &mut sub, &mut *tick).await {
                 Ok(true) => report.add_direction(side.direction, &sub),
                 Ok(false) => {}
                 // A following run waits out an outage of new (its records fail and back
@@ -186,6 +201,7 @@ async fn pass(
     opts: &ReplayOptions,
     side: &mut Side,
     report: &mut ReplayReport,
+    tick: Tick<'_>,
 ) -> Result<bool> {
     let db = side.direction.primary();
     if side.claim.is_closed() {
@@ -202,7 +218,7 @@ async fn pass(
         return Ok(false);
     };
     if logs.retry_log {
-        drain_retry_log(applier, &mut side.claim, opts, report).await?;
+        drain_retry_log(applier, &mut side.claim, opts, report, tick).await?;
     }
     applier.drain_change_log(&mut side.claim, report).await?;
     Ok(true)
@@ -215,6 +231,7 @@ async fn drain_retry_log(
     claim: &mut Client,
     opts: &ReplayOptions,
     report: &mut ReplayReport,
+    tick: Tick<'_>,
 ) -> Result<()> {
     let db = applier.direction().primary();
     loop {
@@ -295,6 +312,7 @@ async fn drain_retry_log(
         tx.commit().await.context("committing replay progress")?;
         report.records_done += done.len() as u64;
         report.records_failed += failed.len() as u64;
+        tick(done.len() as u64, failed.len() as u64);
         if !failed.is_empty() && done.is_empty() {
             // Everything left is backing off; a later pass picks it up.
             return Ok(());

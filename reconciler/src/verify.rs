@@ -51,6 +51,17 @@ pub struct Scope {
     pub sequences: bool,
 }
 
+/// What a run tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// The tables of the run, once listed.
+    Tables(usize),
+    /// A table's data comparison starts.
+    Started(&'a str),
+    /// A table's report is final.
+    Finished(&'a TableReport),
+}
+
 /// Runs verify (or repair, with `repair`), calling `progress` with each table's report as
 /// soon as it is known (schema differences first). Errors that stop the whole run (the
 /// databases cannot be reached) end up in `Report::error`.
@@ -58,7 +69,7 @@ pub async fn run(
     cfg: &ReconcilerConfig,
     scope: Scope,
     repair: Option<RepairMode>,
-    progress: &mut dyn FnMut(&TableReport),
+    progress: &mut dyn FnMut(Event<'_>),
 ) -> Report {
     let mut report = Report {
         command: if repair.is_some() { "repair" } else { "verify" },
@@ -79,7 +90,7 @@ async fn run_inner(
     cfg: &ReconcilerConfig,
     scope: Scope,
     repair: Option<RepairMode>,
-    progress: &mut dyn FnMut(&TableReport),
+    progress: &mut dyn FnMut(Event<'_>),
     report: &mut Report,
 ) -> Result<()> {
     // One after the other, so that with both unreachable the message names old.
@@ -107,6 +118,7 @@ async fn run_inner(
         requested
     };
 
+    progress(Event::Tables(tables.len()));
     let mut board =
         ProgressTable::open(&cfg.new, if repair.is_some() { "repair" } else { "verify" }).await;
     for name in &tables {
@@ -140,7 +152,7 @@ async fn run_inner(
                     t.schema_differences = problems;
                 }
                 board.finished(&t).await;
-                progress(&t);
+                progress(Event::Finished(&t));
                 report.tables.push(t);
             }
             SchemaCheck::Comparable { columns, keyless } => {
@@ -198,6 +210,7 @@ async fn run_inner(
         let started = Instant::now();
         let t = &mut report.tables[c.report_index];
         board.running(&t.table.clone()).await;
+        progress(Event::Started(&t.table));
         if c.keyless {
             let table = Keyless {
                 old: &c.old,
@@ -211,7 +224,7 @@ async fn run_inner(
             }
             t.seconds = started.elapsed().as_secs_f64();
             board.finished(t).await;
-            progress(t);
+            progress(Event::Finished(t));
             continue;
         }
         match diff_table(&pairs, &c.old, &c.columns, &opts).await {
@@ -253,7 +266,7 @@ async fn run_inner(
         }
         t.seconds = started.elapsed().as_secs_f64();
         board.finished(t).await;
-        progress(t);
+        progress(Event::Finished(t));
     }
     Ok(())
 }
