@@ -57,11 +57,20 @@ pub fn note_statement_sql(sql: &str) -> String {
     )
 }
 
+/// `statement` (on `_switchyard`'s tables) run as the capture's owner: in the client's
+/// transaction the session may have set a role of its own (`SET ROLE`).
+pub fn as_owner_sql(statement: &str) -> String {
+    format!(
+        "SELECT _switchyard.run_own({})",
+        crate::ident::dollar_quoted(statement)
+    )
+}
+
 /// Captures every row of `table` (a name as the session resolves it) after a DDL that
 /// rewrote them with values the secondary would compute differently.
 pub fn refill_sql(table: &str) -> String {
     format!(
-        "SELECT _switchyard.capture_all({}::regclass, true)",
+        "SELECT _switchyard.refill({}::regclass)",
         crate::ident::quote_literal(table)
     )
 }

@@ -63,11 +63,26 @@ BEGIN
   PERFORM set_config('IntervalStyle', saved[2], true);
 END $f$;
 
+-- The functions the proxy calls in a client's transaction run as whatever role the client
+-- set (SET ROLE, SET LOCAL ROLE), so every role may call them; they then refuse unless the
+-- session was opened by a role with the capture owner's rights (the proxy's login), so no
+-- other role reads or writes capture rows through them. (Inside these SECURITY DEFINER
+-- functions current_user is the owner; session_user is who logged in.)
+CREATE OR REPLACE FUNCTION _switchyard.proxy_session_only(what text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  IF NOT pg_has_role(session_user, current_user, 'USAGE') THEN
+    RAISE EXCEPTION 'switchyard: _switchyard.% is for the proxy''s own sessions', what
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+END $f$;
+
 -- Up to n of this transaction's lockstep rows, oldest first, removed as they are read.
 CREATE OR REPLACE FUNCTION _switchyard.drain(n int)
 RETURNS TABLE (xid xid8, seq bigint, relid oid, version bigint, op "char", rows json)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
+  PERFORM _switchyard.proxy_session_only('drain');
   -- A transaction without an id wrote nothing, and may be read-only (where the DELETE below
   -- would be refused).
   IF pg_current_xact_id_if_assigned() IS NULL THEN
@@ -88,11 +103,13 @@ END $f$;
 -- A statement the proxy mirrors as text, at its place among the transaction's rows.
 -- `path` is the caller's search_path (inside this function it is the function's own).
 CREATE OR REPLACE FUNCTION _switchyard.note_statement(sql text, path text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  PERFORM _switchyard.proxy_session_only('note_statement');
   INSERT INTO _switchyard.capture_lockstep (xid, seq, relid, op, rows)
   VALUES (pg_current_xact_id(), nextval('_switchyard.capture_seq'), 0, 'S',
           json_build_object('sql', sql, 'search_path', path));
-$f$;
+END $f$;
 
 
 -- Puts the capture triggers on a table (or rebuilds them when its primary key changed),
@@ -230,6 +247,24 @@ BEGIN
                  coalesce((SELECT t.images FROM _switchyard.tables t WHERE t.relid = rel), 'to_json(r.*)'), rel::regclass);
 END $f$;
 
+-- A statement of the proxy's own on `_switchyard`'s tables (the transaction's intent, its
+-- retry-log records), run as the capture's owner whatever role the session has set. Only
+-- the proxy's sessions get here, and they log in as a role that could run it anyway.
+CREATE OR REPLACE FUNCTION _switchyard.run_own(statement text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  PERFORM _switchyard.proxy_session_only('run_own');
+  EXECUTE statement;
+END $f$;
+
+-- `capture_all(rel, true)` for the proxy, after a DDL that rewrote the table's rows.
+CREATE OR REPLACE FUNCTION _switchyard.refill(rel oid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+  PERFORM _switchyard.proxy_session_only('refill');
+  PERFORM _switchyard.capture_all(rel, true);
+END $f$;
+
 CREATE OR REPLACE FUNCTION _switchyard.on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE r record;
@@ -257,4 +292,13 @@ ALTER EVENT TRIGGER switchyard_ddl ENABLE ALWAYS;
 DROP EVENT TRIGGER IF EXISTS switchyard_drop;
 CREATE EVENT TRIGGER switchyard_drop ON sql_drop EXECUTE FUNCTION _switchyard.on_drop();
 ALTER EVENT TRIGGER switchyard_drop ENABLE ALWAYS;
+
+-- Who may use what: every function is the capture's own (triggers and event triggers run
+-- them whatever their EXECUTE rights) except the four the proxy calls in the client's
+-- transaction, which check their caller themselves. The table facts are no secret.
+GRANT USAGE ON SCHEMA _switchyard TO PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA _switchyard FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION _switchyard.drain(int), _switchyard.note_statement(text, text),
+  _switchyard.refill(oid), _switchyard.run_own(text) TO PUBLIC;
+GRANT SELECT ON _switchyard.tables TO PUBLIC;
 "#;

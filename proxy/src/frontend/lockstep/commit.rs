@@ -12,6 +12,7 @@ use crate::metrics::MIRROR_RETRY_RECORDS_TOTAL;
 use crate::protocol::backend::{error_response, ErrorFields};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
+use switchyard_core::capture::as_owner_sql;
 use switchyard_core::direction::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -91,6 +92,7 @@ where
                     if self.ms.txn.events > 0 {
                         if self.ms.mirror.intents_mode() {
                             if let Some((sql, synced)) = self.ms.intent().await {
+                                let sql = as_owner_sql(&sql);
                                 let (synced, recorded) =
                                     tokio::join!(synced, self.run_injected(&sql));
                                 self.ms.intent_synced(synced);
@@ -279,7 +281,7 @@ where
         let Ok(sql) = switchyard_core::retry::embedded_insert_sql(&embedded) else {
             return Ok(false);
         };
-        if !self.run_injected(&sql).await? {
+        if !self.run_injected(&as_owner_sql(&sql)).await? {
             tracing::error!(
                 error = ?self.swallowed.as_ref().map(|e| e.message().to_string()),
                 "Writing the retry log on the old database failed."
@@ -300,7 +302,11 @@ where
         self.fail_commit_with(simple, NOT_RECORDED).await
     }
 
-    async fn fail_commit_with(&mut self, simple: bool, message: &str) -> Result<(), End> {
+    pub(super) async fn fail_commit_with(
+        &mut self,
+        simple: bool,
+        message: &str,
+    ) -> Result<(), End> {
         let detail = self
             .swallowed
             .take()

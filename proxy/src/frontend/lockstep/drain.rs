@@ -9,6 +9,9 @@ use std::sync::Arc;
 use switchyard_core::capture::{Event, Op, DRAIN_PAGE, DRAIN_SQL, DRAIN_SQL_UTF8_BASE64};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// What a statement gets in a transaction an earlier statement failed.
+const IN_FAILED_TRANSACTION: &str = "25P02";
+
 /// How the drain ended.
 pub(super) enum Drained {
     /// Every change reached the secondary transaction (or its records).
@@ -99,15 +102,16 @@ where
     }
 
     /// Applies the page a queued drain returned (and the pages after it) to the secondary,
-    /// without waiting for the secondary. Failed when the drain itself failed in a live
-    /// transaction; a transaction already failed on the primary has nothing to apply.
+    /// without waiting for the secondary. Failed when the drain itself failed; a
+    /// transaction the client's own statement failed has nothing to apply (the drain then
+    /// found it aborted).
     pub(super) async fn apply_drained(&mut self) -> Result<Drained, End> {
         if !std::mem::take(&mut self.draining) {
             return Ok(Drained::Done);
         }
         loop {
-            if self.swallowed.is_some() {
-                if self.status == b'E' || self.error_seen {
+            if let Some(e) = &self.swallowed {
+                if self.error_seen || e.code() == IN_FAILED_TRANSACTION {
                     self.swallowed = None;
                     return Ok(Drained::Done);
                 }

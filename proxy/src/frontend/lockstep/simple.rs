@@ -10,6 +10,9 @@ use bytes::Bytes;
 use switchyard_core::capture::{note_statement_sql, refill_sql};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Why an autocommit statement that ran on old was rolled back after all.
+const CAPTURE_FAILED: &str = "switchyard: the changes of this statement could not be captured for the new database; it was rolled back on both databases";
+
 impl<R, W> Mediation<'_, '_, R, W>
 where
     R: AsyncRead + Unpin,
@@ -156,6 +159,11 @@ where
     /// client's ReadyForQuery.
     pub(super) async fn finish_wrapped(&mut self) -> Result<(), End> {
         self.wrapped = false;
+        // Failed, and the client was not told: a statement of the proxy's own failed (its
+        // reason is in the transaction's record). The write must not look done.
+        if !self.error_seen && self.status == b'E' {
+            return self.fail_commit_with(true, CAPTURE_FAILED).await;
+        }
         if self.error_seen || self.status == b'E' {
             self.run_injected("ROLLBACK").await?;
             self.ms.finish(false).await;

@@ -1,0 +1,129 @@
+//! Sessions that change role while dual writes run: `SET ROLE` to an application role (as
+//! row-level-security apps and PostgREST do, `SET LOCAL ROLE` per transaction) must mirror
+//! like any other session, though the proxy's own statements then run as that role; the
+//! capture functions it calls stay closed to roles that log in themselves; and when the
+//! proxy cannot capture a statement's changes, the client is told, never answered as if
+//! the write were done.
+
+use anyhow::{ensure, Result};
+use switchyard_tests::mirror::{assert_same, init_tracing, on, retry_records};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+
+const SCHEMA: &str = "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int);
+    CREATE TABLE acct_log (n serial PRIMARY KEY, id int, delta int);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_set_role_mirror_and_capture_stays_closed_to_other_roles() -> Result<()> {
+    init_tracing();
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    on(&pair.old, SCHEMA)?;
+    on(&pair.new, SCHEMA)?;
+    let roles = "CREATE ROLE app_user NOLOGIN;
+        GRANT ALL ON acct, acct_log, acct_log_n_seq TO app_user;
+        CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw';
+        GRANT ALL ON acct TO outsider;";
+    on(&pair.old, roles)?;
+    on(&pair.new, roles)?;
+    let proxy = start_proxy(pair.config()).await?;
+    let c = connect_proxy(&proxy).await?;
+
+    // Session-wide SET ROLE: autocommit writes, an explicit transaction, a DDL-free batch.
+    c.batch_execute("SET ROLE app_user").await?;
+    c.batch_execute("INSERT INTO acct VALUES (1, 'ann', 100), (2, 'bob', 50)")
+        .await?;
+    c.batch_execute(
+        "BEGIN; UPDATE acct SET balance = balance - 10 WHERE id = 1;
+         UPDATE acct SET balance = balance + 10 WHERE id = 2;
+         INSERT INTO acct_log (id, delta) VALUES (1, -10), (2, 10); COMMIT",
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO acct VALUES ($1, $2, $3)",
+        &[&3i32, &"cy", &7i32],
+    )
+    .await?;
+    let who: String = c.query_one("SELECT current_user::text", &[]).await?.get(0);
+    ensure!(who == "app_user", "{who}");
+    c.batch_execute("RESET ROLE").await?;
+    // SET LOCAL ROLE inside each transaction (PostgREST's way).
+    c.batch_execute(
+        "BEGIN; SET LOCAL ROLE app_user; DELETE FROM acct WHERE id = 3;
+         UPDATE acct SET owner = 'ann b' WHERE id = 1; COMMIT",
+    )
+    .await?;
+    tokio::task::block_in_place(|| assert_same(&pair, &["acct", "acct_log"]))?;
+    ensure!(tokio::task::block_in_place(|| retry_records(&pair))? == 0);
+    let old = on(
+        &pair.old,
+        "SELECT string_agg(id || ':' || owner || ':' || balance, ',' ORDER BY id) FROM acct",
+    )?;
+    ensure!(old == "1:ann b:90,2:bob:60", "{old}");
+
+    // A role that logs in itself (not through the proxy's login) cannot use the capture
+    // functions the proxy calls, even inside a transaction it marks as the proxy would.
+    let url = format!(
+        "postgres://outsider:outsider-pw@127.0.0.1:{}/{DB}",
+        pair.old.port()
+    );
+    let (outsider, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    for call in [
+        "SELECT * FROM _switchyard.drain(10)",
+        "SELECT _switchyard.note_statement('DROP TABLE acct', 'public')",
+        "SELECT _switchyard.refill('acct'::regclass)",
+        "SELECT _switchyard.capture_all('acct'::regclass, true)",
+        "SELECT _switchyard.watch('acct'::regclass, true)",
+    ] {
+        let err = outsider
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL switchyard.capture = lockstep; UPDATE acct SET balance = 0; {call}; COMMIT"
+            ))
+            .await
+            .expect_err(call);
+        ensure!(
+            err.as_db_error().map(|e| e.code().code()) == Some("42501"),
+            "{call}: {err:?}"
+        );
+        outsider.batch_execute("ROLLBACK").await?;
+    }
+    Ok(())
+}
+
+/// When a statement's changes cannot be read back for new (here: the session authorized
+/// as a role that is not the proxy's login, so the capture functions refuse it), the
+/// client gets an error and the statement is rolled back on old too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_changes_cannot_be_captured_fails_loudly() -> Result<()> {
+    init_tracing();
+    let pair = tokio::task::spawn_blocking(Pair::start).await??;
+    on(&pair.old, SCHEMA)?;
+    on(&pair.new, SCHEMA)?;
+    let roles = "CREATE ROLE stranger LOGIN; GRANT ALL ON acct TO stranger;";
+    on(&pair.old, roles)?;
+    on(&pair.new, roles)?;
+    let proxy = start_proxy(pair.config()).await?;
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute("SET SESSION AUTHORIZATION stranger")
+        .await?;
+    let err = c
+        .batch_execute("INSERT INTO acct VALUES (1, 'x', 1)")
+        .await
+        .expect_err("the write cannot be captured");
+    let db = err
+        .as_db_error()
+        .map(|e| (e.code().code().to_string(), e.message().to_string()));
+    ensure!(
+        db.as_ref()
+            .is_some_and(|(_, m)| m.contains("captured")),
+        "{err:?}"
+    );
+    let err = c
+        .batch_execute("BEGIN; INSERT INTO acct VALUES (2, 'y', 2); COMMIT")
+        .await
+        .expect_err("the transaction cannot be captured");
+    ensure!(err.as_db_error().is_some(), "{err:?}");
+    c.batch_execute("ROLLBACK").await.ok();
+    ensure!(on(&pair.old, "SELECT count(*) FROM acct")? == "0");
+    tokio::task::block_in_place(|| assert_same(&pair, &["acct"]))?;
+    Ok(())
+}
