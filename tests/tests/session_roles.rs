@@ -113,8 +113,7 @@ async fn a_write_whose_changes_cannot_be_captured_fails_loudly() -> Result<()> {
         .as_db_error()
         .map(|e| (e.code().code().to_string(), e.message().to_string()));
     ensure!(
-        db.as_ref()
-            .is_some_and(|(_, m)| m.contains("captured")),
+        db.as_ref().is_some_and(|(_, m)| m.contains("captured")),
         "{err:?}"
     );
     let err = c
