@@ -2,10 +2,15 @@
 //! reconciler's verify: a slow secondary, replay of odd records, sessions updating rows in
 //! opposite orders, and one large UPDATE.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
-use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
+use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::mirror::{
+    assert_same, assert_verified, eventually, on, pair_with, pgbench_pair, reconciler,
+    retry_records,
+};
+use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, DB};
+use switchyard_tests::PgCluster;
 use tokio_postgres::error::SqlState;
 
 /// Scenario 8: a row locked on the secondary by someone else costs the client at most the
@@ -215,5 +220,118 @@ async fn long_transactions_stream_to_new_and_short_ones_drain_at_commit() -> Res
         "1,2,3,4",
     )?;
     assert_verified(&pair, "t").await?;
+    Ok(())
+}
+
+/// `mirror.drain_every_writes = 1`: a drain behind every write, in both protocols. Failed
+/// statements, savepoints rolled back and pgbench in every mode leave both databases equal
+/// row by row, with nothing queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_behind_every_write_keeps_both_sides_equal() -> Result<()> {
+    let pair = pgbench_pair().await?;
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL CHECK (n >= 0))";
+    on(&pair.old, schema)?;
+    on(&pair.new, schema)?;
+    let mut cfg = pair.config();
+    cfg.mirror.drain_every_writes = 1;
+    let proxy = start_proxy(cfg).await?;
+    let mut c = connect_proxy(&proxy).await?;
+    let applier_in_transaction = "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'switchyard-mirror' AND state = 'idle in transaction'";
+
+    let mut tx = c.transaction().await?;
+    tx.execute("INSERT INTO t VALUES ($1, $2)", &[&1i32, &10i32])
+        .await?;
+    // Drained behind the statement: new holds the row before the commit.
+    eventually(&pair.new, applier_in_transaction, "1")?;
+    tx.execute("UPDATE t SET n = n + $1 WHERE id = $2", &[&5i32, &1i32])
+        .await?;
+    let sp = tx.savepoint("sp").await?;
+    sp.execute("INSERT INTO t VALUES ($1, $2)", &[&2i32, &20i32])
+        .await?;
+    sp.rollback().await?;
+    tx.execute("INSERT INTO t VALUES ($1, $2)", &[&3i32, &30i32])
+        .await?;
+    tx.commit().await?;
+
+    // A statement that fails on old: its transaction reaches neither side.
+    let tx = c.transaction().await?;
+    tx.execute("INSERT INTO t VALUES ($1, $2)", &[&4i32, &40i32])
+        .await?;
+    let e = tx
+        .execute("UPDATE t SET n = $1 WHERE id = $2", &[&-1i32, &1i32])
+        .await
+        .err()
+        .context("the CHECK constraint let a negative n through")?;
+    ensure!(e.code() == Some(&SqlState::CHECK_VIOLATION), "{e}");
+    tx.rollback().await?;
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT string_agg(id || ':' || n, ',' ORDER BY id) FROM t"
+        )? == "1:15,3:30"
+    );
+
+    // The same with simple-protocol Queries of one statement each.
+    c.batch_execute("BEGIN").await?;
+    c.batch_execute("INSERT INTO t VALUES (5, 50)").await?;
+    c.batch_execute("UPDATE t SET n = n + 1 WHERE id = 5")
+        .await?;
+    let e = c
+        .batch_execute("UPDATE t SET n = -1 WHERE id = 3")
+        .await
+        .err()
+        .context("the CHECK constraint let a negative n through")?;
+    ensure!(e.code() == Some(&SqlState::CHECK_VIOLATION), "{e}");
+    let e = c
+        .batch_execute("INSERT INTO t VALUES (6, 60)")
+        .await
+        .err()
+        .context("a statement ran in a failed transaction")?;
+    ensure!(
+        e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{e}"
+    );
+    c.batch_execute("ROLLBACK").await?;
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (7, 70)")
+        .await?;
+    c.batch_execute("UPDATE t SET n = n + 1 WHERE id = 7")
+        .await?;
+    c.batch_execute("COMMIT").await?;
+    ensure!(
+        on(
+            &pair.old,
+            "SELECT string_agg(id || ':' || n, ',' ORDER BY id) FROM t"
+        )? == "1:15,3:30,7:71"
+    );
+
+    let url = proxy_url(&proxy, PgCluster::USER);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run_client(
+            tokio::process::Command::new(pgbench_bin())
+                .args(["-n", "-c", "4", "-t", "100", "-M", mode])
+                .arg(&url),
+            "pgbench",
+            Duration::from_secs(120),
+        )
+        .await?
+        .success("pgbench")?;
+        ensure!(
+            out.stdout.contains("number of failed transactions: 0"),
+            "{}",
+            out.stdout
+        );
+    }
+    assert_same(
+        &pair,
+        &[
+            "t",
+            "pgbench_accounts",
+            "pgbench_branches",
+            "pgbench_tellers",
+            "pgbench_history",
+        ],
+    )?;
+    ensure!(retry_records(&pair)? == 0, "nothing is queued");
     Ok(())
 }
