@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 /// Bumped whenever the installed SQL changes; an instance installs when the primary has
 /// another version.
-pub const VERSION: &str = "capture-11";
+pub const VERSION: &str = "capture-12";
 
 /// Images per capture row are cut at about this many bytes (a single larger row travels
 /// alone), so neither the primary nor the proxy ever holds one huge JSON value.

@@ -67,11 +67,15 @@ END $f$;
 -- set (SET ROLE, SET LOCAL ROLE), so every role may call them; they then refuse unless the
 -- session was opened by a role with the capture owner's rights (the proxy's login), so no
 -- other role reads or writes capture rows through them. (Inside these SECURITY DEFINER
--- functions current_user is the owner; session_user is who logged in.)
+-- functions current_user is the owner; session_user is who logged in, unless the session
+-- ran SET SESSION AUTHORIZATION: then the statistics entry still names the role that
+-- authenticated, which no statement can change.)
 CREATE OR REPLACE FUNCTION _switchyard.proxy_session_only(what text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-  IF NOT pg_has_role(session_user, current_user, 'USAGE') THEN
+  IF NOT pg_has_role(session_user, current_user, 'USAGE')
+     AND NOT coalesce((SELECT pg_has_role(a.usesysid, current_user, 'USAGE')
+                       FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()), false) THEN
     RAISE EXCEPTION 'switchyard: _switchyard.% is for the proxy''s own sessions', what
       USING ERRCODE = 'insufficient_privilege';
   END IF;

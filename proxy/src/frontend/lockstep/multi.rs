@@ -59,7 +59,10 @@ where
                         .await?;
                 }
             }
-            if self.error_seen || self.ready_sent {
+            // `!error_seen` with old's transaction failed: a statement of the proxy's own
+            // failed (the implicit transaction ends below, saying why). The rest of the
+            // string must not run.
+            if self.error_seen || self.ready_sent || self.status == b'E' {
                 break;
             }
         }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Why an autocommit statement that ran on old was rolled back after all.
 const CAPTURE_FAILED: &str = "switchyard: the changes of this statement could not be captured for the new database; it was rolled back on both databases";
+/// The same inside the client's transaction, which can then only roll back.
+const CAPTURE_FAILED_IN_TRANSACTION: &str = "switchyard: the changes of this statement could not be captured for the new database; the transaction cannot commit";
 
 impl<R, W> Mediation<'_, '_, R, W>
 where
@@ -87,6 +89,11 @@ where
                 self.after_write(*plan == Plan::CopyFrom);
                 self.settle().await?;
                 self.drained().await?;
+                if !self.wrapped && !self.error_seen && self.status == b'E' {
+                    // The drain behind the write failed: the client hears why now, not
+                    // "transaction aborted" from its next statement.
+                    self.capture_failed_in_transaction();
+                }
                 if wrap {
                     self.finish_wrapped().await?;
                 }
@@ -175,6 +182,25 @@ where
             return Ok(());
         }
         self.commit(super::commit::CommitHow::Injected).await
+    }
+
+    /// A statement of the proxy's own failed in the client's transaction, which old has
+    /// now aborted: the client gets the reason as its statement's error.
+    pub(super) fn capture_failed_in_transaction(&mut self) {
+        let detail = self
+            .swallowed
+            .take()
+            .map(|e| e.message().to_string())
+            .or_else(|| self.ms.txn.unrecordable.clone())
+            .unwrap_or_default();
+        let fields = crate::protocol::backend::ErrorFields::new(
+            "ERROR",
+            "XX000",
+            CAPTURE_FAILED_IN_TRANSACTION,
+        )
+        .with(b'D', detail);
+        error_response(&mut self.out, &fields);
+        self.error_seen = true;
     }
 
     /// Counts a statement mirrored as text (or not at all), by its fingerprint.
