@@ -18,7 +18,7 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// attention (chunks failed or left unverified, tables without a primary key refused);
 /// 2 error (bad settings, a database unreachable, the plan impossible).
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-backfill", version)]
+#[command(name = "switchyard-backfill", version = crate::failpoint::VERSION)]
 pub struct Cli {
     /// URL of the old database (the source): postgres://user:password@host:port/dbname
     #[arg(long)]

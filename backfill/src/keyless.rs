@@ -329,8 +329,9 @@ async fn copy_claimed(
 /// Tests only (`BACKFILL_TEST_FAILPOINT=hold-keyless-until:PATH`): the copy, verified and
 /// still holding its locks and transactions, waits until PATH exists, so a test can watch
 /// what the locks do to writers.
+#[cfg(feature = "failpoints")]
 async fn hold_for_test(plan: &TablePlan) {
-    let Ok(point) = std::env::var("BACKFILL_TEST_FAILPOINT") else {
+    let Some(point) = crate::failpoint::value() else {
         return;
     };
     let Some(path) = point.strip_prefix("hold-keyless-until:") else {
@@ -341,6 +342,10 @@ async fn hold_for_test(plan: &TablePlan) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Without the feature there is nothing to wait for.
+#[cfg(not(feature = "failpoints"))]
+async fn hold_for_test(_plan: &TablePlan) {}
 
 fn shown(sum: &RangeChecksum) -> String {
     format!("multiset:{}:{}", sum.rows, sum.sum)
@@ -405,7 +410,8 @@ async fn stream(
         .with_context(|| format!("starting COPY FROM on new for {}", plan.name))?;
     pin_mut!(source);
     pin_mut!(sink);
-    let failpoint = std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-mid-keyless");
+    #[cfg(feature = "failpoints")]
+    let failpoint = crate::failpoint::armed("exit-mid-keyless");
     let mut batch = BytesMut::with_capacity(2 * SINK_BATCH);
     let mut messages = 0u64;
     while let Some(piece) = source.next().await {
@@ -422,6 +428,7 @@ async fn stream(
                 t.wait_unpaused().await;
                 t.take(BATCH_ROWS).await;
             }
+            #[cfg(feature = "failpoints")]
             if failpoint {
                 sink.flush()
                     .await

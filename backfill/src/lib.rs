@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod copy;
+pub mod failpoint;
 pub mod indexes;
 pub mod keyless;
 pub mod plan;

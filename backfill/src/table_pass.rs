@@ -248,6 +248,7 @@ async fn read_parts(
             .await
             .context("exporting the verification pass's snapshot on new")?;
         let snapshot = snapshot.trim();
+        #[cfg(feature = "failpoints")]
         if failpoint_setup_waits() {
             wait_for_lock_request(first, plan).await;
         }
@@ -295,6 +296,7 @@ async fn read_parts(
                         "COPY (SELECT {columns} FROM {} WHERE {pred}) TO STDOUT (FORMAT binary)",
                         plan.quoted
                     );
+                    #[cfg(feature = "failpoints")]
                     if i == 0 && failpoint_first_read_waits() {
                         wait_for_lock_request(conn, plan).await;
                     }
@@ -374,25 +376,24 @@ async fn hold_while_indexes_build(new: &Client, plan: &TablePlan, hold: watch::S
 /// Tests only: the pass's first read starts once another session waits for a lock on
 /// the table (at most 5 s), so the other reads are over or running by then.
 fn failpoint_first_read_waits() -> bool {
-    matches!(
-        std::env::var("BACKFILL_TEST_FAILPOINT").as_deref(),
-        Ok("pass-first-read-waits-for-lock" | "pass-first-read-waits-others-give-way")
-    )
+    crate::failpoint::armed("pass-first-read-waits-for-lock")
+        || crate::failpoint::armed("pass-first-read-waits-others-give-way")
 }
 
 /// Tests only: the other sessions are set up only once a lock request waits on the
 /// table (the key's rebuild queued behind the first session's lock).
+#[cfg(feature = "failpoints")]
 fn failpoint_setup_waits() -> bool {
-    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("pass-setup-waits-for-lock")
+    crate::failpoint::armed("pass-setup-waits-for-lock")
 }
 
 /// Tests only: with the first read waiting, the other sessions still give way to index
 /// builds.
 fn failpoint_others_give_way() -> bool {
-    std::env::var("BACKFILL_TEST_FAILPOINT").as_deref()
-        == Ok("pass-first-read-waits-others-give-way")
+    crate::failpoint::armed("pass-first-read-waits-others-give-way")
 }
 
+#[cfg(feature = "failpoints")]
 async fn wait_for_lock_request(conn: &mut CopyConn, plan: &TablePlan) {
     let sql = format!(
         "COPY (SELECT count(*) FROM pg_catalog.pg_locks \

@@ -171,10 +171,7 @@ pub async fn run(
         .commit()
         .await
         .with_context(|| format!("committing {} on new", plan.name))?;
-    if std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-between-scan-commits") {
-        tracing::warn!("Failpoint exit-between-scan-commits: exiting.");
-        std::process::exit(3);
-    }
+    crate::failpoint::exit_at("exit-between-scan-commits");
     // The chunks are recorded copied now: an error from here on must not fail them (a
     // second load would duplicate the committed rows). Rows a session could not commit
     // are missing on new, and the verification copies them from old.
@@ -204,7 +201,6 @@ async fn read_into(
     let mut header_sent = false;
     let mut sent = 0usize;
     let mut throttled = 0u64;
-    let failpoint = std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-mid-scan");
     loop {
         let start = batch.len();
         if !source.read(&mut batch).await.context("reading rows")? {
@@ -237,9 +233,8 @@ async fn read_into(
                     .await
                     .map_err(|_| anyhow::anyhow!("the sessions loading new stopped"))?;
                 sent += 1;
-                if failpoint && sent == 8 {
-                    tracing::warn!("Failpoint exit-mid-scan: exiting.");
-                    std::process::exit(3);
+                if sent == 8 {
+                    crate::failpoint::exit_at("exit-mid-scan");
                 }
             }
         }

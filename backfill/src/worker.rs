@@ -185,7 +185,8 @@ pub async fn run_worker(shared: Arc<Shared>, job: usize) -> Result<()> {
         // Bulk mode's second phase: a table read back in one pass (no index needed, so
         // while another worker rebuilds), then copied chunks of tables whose indexes are
         // back, range by range.
-        if std::env::var("BACKFILL_TEST_FAILPOINT").as_deref() == Ok("exit-before-verify") {
+        #[cfg(feature = "failpoints")]
+        if crate::failpoint::armed("exit-before-verify") {
             // No worker of this process verifies or rebuilds: each waits until every
             // chunk is copied (the others may still be copying), then the process exits.
             if !chunk_table::ready_to_rebuild(&shared.control, &shared.order)

@@ -11,7 +11,7 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// variables (SWITCHYARD_LISTEN, SWITCHYARD_MAX_CLIENT_CONNECTIONS, ...); flags win over the
 /// environment, which wins over the file.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-proxy", version)]
+#[command(name = "switchyard-proxy", version = crate::failpoint::VERSION)]
 pub struct Args {
     /// URL of the old (current) database: postgres://user:password@host:port/dbname
     #[arg(long)]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod cutover;
 pub mod dashboard;
+pub mod failpoint;
 pub mod frontend;
 mod frontend_limits;
 pub mod health;

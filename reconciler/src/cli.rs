@@ -12,7 +12,7 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// from SWITCHYARD_* environment variables (SWITCHYARD_OLD, SWITCHYARD_RECONCILER__JOBS,
 /// ...); flags win over the environment, which wins over the file.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-reconciler", version)]
+#[command(name = "switchyard-reconciler", version = crate::failpoint::VERSION)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

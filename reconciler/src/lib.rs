@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod connect;
+pub mod failpoint;
 pub mod origin;
 pub mod progress;
 pub mod progress_table;

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub const BACKFILL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Path of the `switchyard-backfill` binary: `SWITCHYARD_BACKFILL_BIN`, else next to the
-/// test executable's target directory (`cargo build --workspace --bins` puts it there).
+/// test executable's target directory (`scripts/test.sh` puts it there).
 pub fn backfill_bin() -> Result<PathBuf> {
     crate::process::workspace_bin("switchyard-backfill", "SWITCHYARD_BACKFILL_BIN")
 }
@@ -76,6 +76,19 @@ pub async fn backfill(pair: &Pair, extra: &[&str]) -> Result<BackfillRun> {
     run_backfill(&refs, BACKFILL_TIMEOUT).await
 }
 
+/// [`backfill_command`] with `BACKFILL_TEST_FAILPOINT=failpoint`; fails at once, naming the
+/// build command, when the binary was built without failpoints.
+pub fn backfill_failpoint_command(
+    args: &[&str],
+    failpoint: &str,
+) -> Result<tokio::process::Command> {
+    let env = [("BACKFILL_TEST_FAILPOINT", failpoint)];
+    crate::process::require_failpoints_for(&backfill_bin()?, &env)?;
+    let mut cmd = backfill_command(args)?;
+    cmd.envs(env);
+    Ok(cmd)
+}
+
 /// As [`backfill`], with one environment variable set (a test failpoint, a log filter),
 /// killed after `timeout`.
 pub async fn backfill_with_env(
@@ -86,6 +99,7 @@ pub async fn backfill_with_env(
 ) -> Result<BackfillRun> {
     let args = pair_args(pair, extra);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::process::require_failpoints_for(&backfill_bin()?, &[(key, value)])?;
     let child = backfill_command(&refs)?
         .env(key, value)
         .spawn()

@@ -69,7 +69,7 @@ pub fn send_signal(pid: i32, sig: Signal) -> Result<()> {
 }
 
 /// Path of a workspace binary: `env_var` if set, else next to the test executable's target
-/// directory (`cargo build --workspace --bins` puts it there).
+/// directory ([`BUILD_FOR_TESTS`] puts it there).
 pub fn workspace_bin(name: &str, env_var: &str) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
     if let Ok(p) = std::env::var(env_var) {
@@ -86,8 +86,37 @@ pub fn workspace_bin(name: &str, env_var: &str) -> anyhow::Result<std::path::Pat
         Ok(candidate)
     } else {
         anyhow::bail!(
-            "{} not found: build it first with `cargo build --workspace --bins` (or set {env_var})",
+            "{} not found: build it first with {BUILD_FOR_TESTS} (or set {env_var})",
             candidate.display()
         )
     }
+}
+
+/// How the binaries the tests spawn are built: with the `failpoints` feature, which
+/// `scripts/test.sh` turns on (a plain `cargo build` leaves it off, as users get it).
+pub const BUILD_FOR_TESTS: &str = "`bash scripts/test.sh` (or `cargo build --workspace --bins \
+     --features switchyard-proxy/failpoints,switchyard-backfill/failpoints,\
+     switchyard-reconciler/failpoints`)";
+
+/// The variables the binaries read their failpoints from (only when built with the feature).
+pub const FAILPOINT_VARS: [&str; 2] = ["SWITCHYARD_FAILPOINT", "BACKFILL_TEST_FAILPOINT"];
+
+/// Fails, naming the build command, unless `bin` has its failpoints compiled in; without
+/// them a failpoint in `env` would be ignored and the test would wait for a crash or a hold
+/// that never comes, then fail far from the cause.
+pub fn require_failpoints_for(bin: &std::path::Path, env: &[(&str, &str)]) -> Result<()> {
+    if !env.iter().any(|(k, _)| FAILPOINT_VARS.contains(k)) {
+        return Ok(());
+    }
+    // The binaries put the mark in their version (see `failpoint::VERSION` in each crate).
+    let version = run_checked(Command::new(bin).arg("--version"), "reading the version")?;
+    if version.contains("(failpoints)") {
+        return Ok(());
+    }
+    bail!(
+        "{} was built without the `failpoints` feature ({}), so the failpoint this test \
+         sets would never fire: build the binaries with {BUILD_FOR_TESTS}",
+        bin.display(),
+        version.trim()
+    )
 }

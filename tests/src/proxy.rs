@@ -104,7 +104,7 @@ pub async fn connect_proxy(proxy: &RunningProxy) -> Result<tokio_postgres::Clien
 }
 
 /// Path of the `switchyard-proxy` binary: `SWITCHYARD_PROXY_BIN`, else next to the test
-/// executable's target directory (`cargo build --workspace --bins` puts it there).
+/// executable's target directory (`scripts/test.sh` puts it there).
 pub fn proxy_bin() -> Result<PathBuf> {
     crate::process::workspace_bin("switchyard-proxy", "SWITCHYARD_PROXY_BIN")
 }
@@ -124,7 +124,9 @@ impl ProxyProcess {
         let port = crate::free_port();
         let admin_port = crate::free_port();
         let log = tempfile::NamedTempFile::new().context("creating the proxy log file")?;
-        let mut cmd = Command::new(proxy_bin()?);
+        let bin = proxy_bin()?;
+        crate::process::require_failpoints_for(&bin, env)?;
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))

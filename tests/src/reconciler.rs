@@ -6,7 +6,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 /// Path of the `switchyard-reconciler` binary: `SWITCHYARD_RECONCILER_BIN`, else next to
-/// the test executable's target directory (`cargo build --workspace --bins` puts it there).
+/// the test executable's target directory (`scripts/test.sh` puts it there).
 pub fn reconciler_bin() -> Result<PathBuf> {
     crate::process::workspace_bin("switchyard-reconciler", "SWITCHYARD_RECONCILER_BIN")
 }
@@ -80,7 +80,9 @@ impl ReconcilerProcess {
     /// of the test's environment removed).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<ReconcilerProcess> {
         let log = tempfile::NamedTempFile::new().context("creating the reconciler log file")?;
-        let mut cmd = std::process::Command::new(reconciler_bin()?);
+        let bin = reconciler_bin()?;
+        crate::process::require_failpoints_for(&bin, env)?;
+        let mut cmd = std::process::Command::new(bin);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.reopen()?)

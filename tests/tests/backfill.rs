@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::backfill::{
-    backfill, backfill_command, backfill_with_env, pair_args, wait_backfill, BACKFILL_TIMEOUT,
+    backfill, backfill_command, backfill_failpoint_command, backfill_with_env, pair_args,
+    wait_backfill, BACKFILL_TIMEOUT,
 };
 use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
 use switchyard_tests::process::send_signal;
@@ -1155,11 +1156,7 @@ async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Resul
     let url = pair.new.url(switchyard_tests::proxy::DB);
     let args = switchyard_tests::backfill::pair_args(&pair, &flags);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_command(&refs)?
-        .env(
-            "BACKFILL_TEST_FAILPOINT",
-            "pass-first-read-waits-others-give-way",
-        )
+    let child = backfill_failpoint_command(&refs, "pass-first-read-waits-others-give-way")?
         .env("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug")
         .spawn()
         .context("starting switchyard-backfill")?;

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::backfill::{
-    backfill, backfill_command, backfill_with_env, pair_args, wait_backfill, BACKFILL_TIMEOUT,
+    backfill, backfill_failpoint_command, backfill_with_env, pair_args, wait_backfill,
+    BACKFILL_TIMEOUT,
 };
 use switchyard_tests::mirror::{eventually, on, pair_with, pgbench_pair};
 use switchyard_tests::proxy::{Pair, ProxyProcess};
@@ -295,8 +296,7 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
     let failpoint = format!("hold-keyless-until:{}", release.display());
     let args = pair_args(&pair, &["--lock-keyless"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_command(&refs)?
-        .env("BACKFILL_TEST_FAILPOINT", &failpoint)
+    let child = backfill_failpoint_command(&refs, &failpoint)?
         .spawn()
         .context("starting switchyard-backfill")?;
     let held = "SELECT count(*) FROM pg_locks \

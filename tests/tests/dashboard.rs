@@ -24,6 +24,30 @@ fn row_of(dom: &str, first_cell: &str) -> Option<String> {
     Some(dom[start..end].to_string())
 }
 
+/// Polls the page at `url` until the row starting with `first_cell` passes `ready`, then
+/// returns it. The summary behind the page is refreshed every few seconds, so an earlier
+/// snapshot may show for a while; if the row never gets there, the error carries the last
+/// row and page seen, which say whether it was stale, missing or wrong.
+fn wait_for_row(
+    url: &str,
+    first_cell: &str,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let mut last_page = String::new();
+    let found = poll_until(what, Duration::from_secs(60), || {
+        last_page = dump_dom(url)?;
+        Ok(row_of(&last_page, first_cell).filter(|row| ready(row)))
+    });
+    found.with_context(|| {
+        let row = row_of(&last_page, first_cell);
+        format!(
+            "the last row seen: {}\nthe last page seen:\n{last_page}",
+            row.as_deref().unwrap_or("(none)")
+        )
+    })
+}
+
 /// The opening tag of the element with `id`, and the markup inside it up to its close.
 fn element_of<'a>(dom: &'a str, tag: &str, id: &str) -> Option<(&'a str, &'a str)> {
     let at = dom.find(&format!("id=\"{id}\""))?;
@@ -148,15 +172,13 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     ensure!(run.code() == Some(0), "{}", run.text());
     let url = format!("http://{admin}/");
     // The proxy refreshes its summary every few seconds: a refresh taken while the last
-    // chunks were still being marked shows the row before it says done.
+    // chunks were still being marked shows the row "running" for a while after the run.
     let row = tokio::task::block_in_place(|| {
-        poll_until(
+        wait_for_row(
+            &url,
+            "<td>backfill</td>",
             "the page to show the backfill done",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                Ok(row_of(&dom, "<td>backfill</td>").filter(|row| row.contains(">done<")))
-            },
+            |row| row.contains(">done<"),
         )
     })?;
     ensure!(row.contains("big"), "{row}");
@@ -169,14 +191,13 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     switchyard_tests::mirror::on(&pair.new, "UPDATE big SET v = 'changed' WHERE id = 42")?;
     let run = switchyard_tests::mirror::reconciler(&pair, "verify", &["--tables", "big"]).await?;
     ensure!(run.code() == Some(1), "{}", run.text());
+    // "different" is written with the run's figures at the table's end: a final state.
     let row = tokio::task::block_in_place(|| {
-        poll_until(
+        wait_for_row(
+            &url,
+            "<td>verify</td>",
             "the page to show the verify run finished",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                Ok(row_of(&dom, "<td>verify</td>").filter(|row| row.contains("different")))
-            },
+            |row| row.contains("different"),
         )
     })?;
     ensure!(

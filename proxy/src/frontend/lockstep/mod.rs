@@ -213,13 +213,8 @@ fn rejected(reason: &str) -> ErrorFields {
     ErrorFields::new("ERROR", "0A000", format!("switchyard: {reason}"))
 }
 
-/// Test hook: `SWITCHYARD_FAILPOINT=after-prepare|after-primary-commit` kills the process at
-/// that step of a commit, so tests can prove recovery from a crash there.
+/// Test hook (only with the `failpoints` feature, see `crate::failpoint`): kills the
+/// process at that step of a commit, so tests can prove recovery from a crash there.
 fn failpoint(name: &str) {
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let point = POINT.get_or_init(|| std::env::var("SWITCHYARD_FAILPOINT").ok());
-    if point.as_deref() == Some(name) {
-        eprintln!("switchyard: failpoint {name} reached; aborting");
-        std::process::abort();
-    }
+    crate::failpoint::abort_at(name);
 }
