@@ -7,13 +7,8 @@
 //! `#[cfg(feature = "failpoints")]` at its site, so no failpoint code is compiled at all
 //! (leaving it to the optimizer kept the failpoints' log lines in the release binary).
 
-/// `--version` with a mark when the failpoints are compiled in: the test harness reads it to
-/// refuse, with the build command named, a binary on which a failpoint could never fire.
-pub const VERSION: &str = if cfg!(feature = "failpoints") {
-    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
-} else {
-    env!("CARGO_PKG_VERSION")
-};
+/// `--version`, marked when the failpoints are compiled in.
+pub const VERSION: &str = switchyard_core::version_with_failpoints!();
 
 /// The failpoint set for this run, if any (some carry an argument after a `:`).
 #[cfg(feature = "failpoints")]

@@ -49,3 +49,18 @@ pub mod session;
 pub mod tls;
 pub mod tls_stream;
 pub mod tool;
+
+/// A binary's `--version` text: its crate's version, marked " (failpoints)" when that crate
+/// was built with its `failpoints` feature, which the test harness reads to refuse a binary
+/// on which a failpoint could never fire. A macro, so that the version and the feature are
+/// those of the crate that uses it.
+#[macro_export]
+macro_rules! version_with_failpoints {
+    () => {
+        if cfg!(feature = "failpoints") {
+            concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+        } else {
+            env!("CARGO_PKG_VERSION")
+        }
+    };
+}

@@ -5,13 +5,8 @@
 //! a default or release build must not let an environment variable kill it mid-commit, so
 //! there the check is a constant `false` and the code behind it is dropped.
 
-/// `--version` with a mark when the failpoints are compiled in: the test harness reads it to
-/// refuse, with the build command named, a binary on which a failpoint could never fire.
-pub const VERSION: &str = if cfg!(feature = "failpoints") {
-    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
-} else {
-    env!("CARGO_PKG_VERSION")
-};
+/// `--version`, marked when the failpoints are compiled in.
+pub const VERSION: &str = switchyard_core::version_with_failpoints!();
 
 /// True when `SWITCHYARD_FAILPOINT` names `name`.
 #[cfg(feature = "failpoints")]

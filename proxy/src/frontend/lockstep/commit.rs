@@ -297,6 +297,16 @@ where
         Ok(true)
     }
 
+    /// Why the proxy's own work failed: its statement's error, else what made the
+    /// transaction's changes unrecordable.
+    pub(super) fn failure_detail(&mut self) -> String {
+        self.swallowed
+            .take()
+            .map(|e| e.message().to_string())
+            .or_else(|| self.ms.txn.unrecordable.clone())
+            .unwrap_or_default()
+    }
+
     /// The transaction cannot commit safely: roll it back and say why.
     async fn fail_commit(&mut self, simple: bool) -> Result<(), End> {
         self.fail_commit_with(simple, NOT_RECORDED).await
@@ -307,12 +317,7 @@ where
         simple: bool,
         message: &str,
     ) -> Result<(), End> {
-        let detail = self
-            .swallowed
-            .take()
-            .map(|e| e.message().to_string())
-            .or_else(|| self.ms.txn.unrecordable.clone())
-            .unwrap_or_default();
+        let detail = self.failure_detail();
         self.run_injected("ROLLBACK").await?;
         self.ms.finish(false).await;
         self.up.set_claimed(false);

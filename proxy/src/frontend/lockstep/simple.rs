@@ -187,12 +187,7 @@ where
     /// A statement of the proxy's own failed in the client's transaction, which old has
     /// now aborted: the client gets the reason as its statement's error.
     pub(super) fn capture_failed_in_transaction(&mut self) {
-        let detail = self
-            .swallowed
-            .take()
-            .map(|e| e.message().to_string())
-            .or_else(|| self.ms.txn.unrecordable.clone())
-            .unwrap_or_default();
+        let detail = self.failure_detail();
         let fields = crate::protocol::backend::ErrorFields::new(
             "ERROR",
             "XX000",
