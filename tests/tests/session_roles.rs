@@ -6,8 +6,8 @@
 //! the write were done.
 
 use anyhow::{ensure, Result};
-use switchyard_tests::mirror::{assert_same, init_tracing, on, retry_records};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+use switchyard_tests::mirror::{assert_same, init_tracing, on, pair_with, retry_records};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 
 const SCHEMA: &str = "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int);
     CREATE TABLE acct_log (n serial PRIMARY KEY, id int, delta int);";
@@ -15,9 +15,7 @@ const SCHEMA: &str = "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_that_set_role_mirror_and_capture_stays_closed_to_other_roles() -> Result<()> {
     init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, SCHEMA)?;
-    on(&pair.new, SCHEMA)?;
+    let pair = pair_with(SCHEMA).await?;
     let roles = "CREATE ROLE app_user NOLOGIN;
         GRANT ALL ON acct, acct_log, acct_log_n_seq TO app_user;
         CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw';
@@ -95,9 +93,7 @@ async fn sessions_that_set_role_mirror_and_capture_stays_closed_to_other_roles()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_under_another_session_authorization_is_mirrored() -> Result<()> {
     init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, SCHEMA)?;
-    on(&pair.new, SCHEMA)?;
+    let pair = pair_with(SCHEMA).await?;
     let roles = "CREATE ROLE stranger LOGIN; GRANT ALL ON acct TO stranger;";
     on(&pair.old, roles)?;
     on(&pair.new, roles)?;
@@ -128,9 +124,7 @@ async fn a_session_under_another_session_authorization_is_mirrored() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_changes_cannot_be_captured_fails_loudly() -> Result<()> {
     init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, SCHEMA)?;
-    on(&pair.new, SCHEMA)?;
+    let pair = pair_with(SCHEMA).await?;
     let proxy = start_proxy(pair.config()).await?;
     on(
         &pair.old,
