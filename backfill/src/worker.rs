@@ -4,7 +4,7 @@
 //! through the process's control connection to new.
 
 use crate::chunk_check::{check_chunk, wait_for_writers_in_flight, IN_FLIGHT_WAIT};
-use crate::chunk_table::{self, ChunkOutcome, Claim, PassChunk};
+use crate::chunk_table::{self, ChunkOutcome, ChunkStatus, Claim, PassChunk};
 use crate::config::BackfillConfig;
 use crate::connect::{connect, connect_copy, connect_writer, Db};
 use crate::copy::{copy_chunk, copy_chunk_bulk, range_sum, CopySql, Stages};
@@ -427,15 +427,13 @@ async fn verify(shared: &Shared, s: &mut Sessions, claim: &Claim) -> Result<Chun
         .await
         .with_context(|| format!("verifying chunk {} of {}", claim.chunk_no, t.plan.name))?;
     Ok(ChunkOutcome {
-        status: if checked.equal { "done" } else { "unverified" },
-        path: "bulk",
         rows_old: checked.old.rows,
         rows_new: checked.new.rows,
         checksum_old: checked.old.sum,
         checksum_new: checked.new.sum,
         rows_repaired: checked.repaired as i64,
         verify_ms: started.elapsed().as_millis() as i64,
-        ..ChunkOutcome::default()
+        ..ChunkOutcome::checked(checked.equal, "bulk")
     })
 }
 
@@ -563,7 +561,7 @@ async fn work(
             .with_context(|| format!("checking chunk {} of {}", claim.chunk_no, t.plan.name))?;
         if new_sum == old_sum {
             return Ok(Some(ChunkOutcome {
-                status: "done",
+                status: ChunkStatus::Done,
                 path: copied.path.as_str(),
                 rows_copied: copied.rows_copied as i64,
                 rows_inserted: copied.rows_inserted as i64,
@@ -600,7 +598,11 @@ async fn work(
         .await
         .with_context(|| format!("checking chunk {} of {}", claim.chunk_no, t.plan.name))?;
     Ok(Some(ChunkOutcome {
-        status: if checked.equal { "done" } else { "unverified" },
+        status: if checked.equal {
+            ChunkStatus::Done
+        } else {
+            ChunkStatus::Unverified
+        },
         path: copied.path.as_str(),
         rows_copied: copied.rows_copied as i64,
         rows_inserted: copied.rows_inserted as i64,
