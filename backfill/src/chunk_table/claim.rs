@@ -110,6 +110,23 @@ static CLAIM_WITH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A copy claim: the chunks `with` chooses (as `join`, matched by `filter`) become this
+/// worker's, running, with one attempt more.
+fn running<'a>(with: &'a str, join: &'a str, filter: &'a str) -> Transition<'a> {
+    Transition {
+        from: CLAIMED_FROM,
+        to: Running,
+        with,
+        set: &RUNNING_SET,
+        join,
+        filter,
+        returning: CLAIM_RETURNING,
+    }
+}
+
+/// The chunk a claim's `next` query chose.
+const NEXT_CHUNK: &str = "c.table_name = next.table_name AND c.chunk_no = next.chunk_no";
+
 /// Claims the next chunk of `tables` (quoted names, in load order) for `worker`; `None`
 /// when nothing is claimable now. Run on the process's control connection: its backend
 /// pid marks the claim as alive.
@@ -123,15 +140,7 @@ pub async fn claim(
     let lease_ms = lease.as_millis() as f64;
     let rows = transition(
         client,
-        &Transition {
-            from: CLAIMED_FROM,
-            to: Running,
-            with: &CLAIM_WITH,
-            set: &RUNNING_SET,
-            join: "next",
-            filter: "c.table_name = next.table_name AND c.chunk_no = next.chunk_no",
-            returning: CLAIM_RETURNING,
-        },
+        &running(&CLAIM_WITH, "next", NEXT_CHUNK),
         &[&tables, &max_attempts, &worker, &lease_ms],
         "claiming a chunk",
     )
@@ -180,17 +189,13 @@ pub async fn claim_scan(
     let lease_ms = lease.as_millis() as f64;
     let rows = transition(
         client,
-        &Transition {
-            from: CLAIMED_FROM,
-            to: Running,
-            with: &SCAN_CLAIM_WITH,
-            set: &RUNNING_SET,
-            join: "locked",
-            filter: "c.table_name = locked.table_name AND c.chunk_no = locked.chunk_no
+        &running(
+            &SCAN_CLAIM_WITH,
+            "locked",
+            "c.table_name = locked.table_name AND c.chunk_no = locked.chunk_no
   AND (SELECT count(*) FROM locked)
       = (SELECT count(*) FROM _switchyard.backfill_chunks a JOIN cand USING (table_name))",
-            returning: CLAIM_RETURNING,
-        },
+        ),
         &[&tables, &max_attempts, &worker, &lease_ms],
         "claiming a table's chunks to scan",
     )
@@ -240,7 +245,7 @@ pub async fn claim_verify(
             with: &VERIFY_CLAIM_WITH,
             set: &VERIFYING_SET,
             join: "next",
-            filter: "c.table_name = next.table_name AND c.chunk_no = next.chunk_no",
+            filter: NEXT_CHUNK,
             returning: CLAIM_RETURNING,
         },
         &[&tables, &worker, &lease_ms],

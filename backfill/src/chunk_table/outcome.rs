@@ -65,18 +65,15 @@ pub async fn finish(
 ) -> Result<bool, ChunkTableError> {
     let rows = transition(
         client,
-        &Transition {
-            from: &[Running],
-            to: o.status,
-            with: "",
-            set: "path = $5, rows_copied = $6, rows_inserted = $7, rows_old = $8, \
+        &Transition::of_chunks(
+            &[Running],
+            o.status,
+            "path = $5, rows_copied = $6, rows_inserted = $7, rows_old = $8, \
                   rows_new = $9, checksum_old = $10, checksum_new = $11, rows_repaired = $12, \
                   copy_ms = $13, verify_ms = $14, finished_at = clock_timestamp(), \
                   lease_until = NULL",
-            join: "",
-            filter: THIS_ATTEMPT,
-            returning: "c.chunk_no",
-        },
+            THIS_ATTEMPT,
+        ),
         &[
             &claim.table_name,
             &claim.chunk_no,
@@ -108,15 +105,12 @@ pub async fn fail(
 ) -> Result<(), ChunkTableError> {
     transition(
         client,
-        &Transition {
-            from: &[Running],
-            to: Failed,
-            with: "",
-            set: "last_error = $5, finished_at = clock_timestamp(), lease_until = NULL",
-            join: "",
-            filter: THIS_ATTEMPT,
-            returning: "c.chunk_no",
-        },
+        &Transition::of_chunks(
+            &[Running],
+            Failed,
+            "last_error = $5, finished_at = clock_timestamp(), lease_until = NULL",
+            THIS_ATTEMPT,
+        ),
         &[
             &claim.table_name,
             &claim.chunk_no,
@@ -148,16 +142,13 @@ pub async fn record_copied(
     };
     let rows = transition(
         tx,
-        &Transition {
-            from: &[Running],
-            to: Copied,
-            with: "",
-            set: "path = 'bulk', rows_copied = $5, rows_inserted = $5, copy_ms = $6, \
+        &Transition::of_chunks(
+            &[Running],
+            Copied,
+            "path = 'bulk', rows_copied = $5, rows_inserted = $5, copy_ms = $6, \
                   lease_until = NULL, rows_old = $7, checksum_old = $8",
-            join: "",
-            filter: THIS_ATTEMPT,
-            returning: "c.chunk_no",
-        },
+            THIS_ATTEMPT,
+        ),
         &[
             &claim.table_name,
             &claim.chunk_no,
@@ -198,16 +189,16 @@ pub async fn record_scanned(
     let changed = transition(
         tx,
         &Transition {
-            from: &[Running],
-            to: Copied,
-            with: "",
-            set: "path = 'scan', rows_copied = u.rows, rows_inserted = u.rows, copy_ms = u.ms, \
-                  lease_until = NULL, rows_old = u.rows, checksum_old = u.checksum",
             join: "unnest($2::int[], $3::int[], $4::bigint[], $5::text[], $7::bigint[]) \
                    AS u(chunk_no, attempts, rows, checksum, ms)",
-            filter: "c.table_name = $1 AND c.chunk_no = u.chunk_no \
-                     AND c.attempts = u.attempts AND c.worker = $6",
-            returning: "c.chunk_no",
+            ..Transition::of_chunks(
+                &[Running],
+                Copied,
+                "path = 'scan', rows_copied = u.rows, rows_inserted = u.rows, copy_ms = u.ms, \
+                 lease_until = NULL, rows_old = u.rows, checksum_old = u.checksum",
+                "c.table_name = $1 AND c.chunk_no = u.chunk_no \
+                 AND c.attempts = u.attempts AND c.worker = $6",
+            )
         },
         &[
             &first.table_name,
@@ -234,17 +225,14 @@ pub async fn finish_verify(
 ) -> Result<bool, ChunkTableError> {
     let rows = transition(
         client,
-        &Transition {
-            from: &[Verifying],
-            to: o.status,
-            with: "",
-            set: "rows_old = $4, rows_new = $5, checksum_old = $6, checksum_new = $7, \
+        &Transition::of_chunks(
+            &[Verifying],
+            o.status,
+            "rows_old = $4, rows_new = $5, checksum_old = $6, checksum_new = $7, \
                   rows_repaired = $8, verify_ms = $9, finished_at = clock_timestamp(), \
                   lease_until = NULL",
-            join: "",
-            filter: THIS_VERIFICATION,
-            returning: "c.chunk_no",
-        },
+            THIS_VERIFICATION,
+        ),
         &[
             &claim.table_name,
             &claim.chunk_no,
@@ -275,17 +263,14 @@ pub async fn back_to_copied(
 ) -> Result<(), ChunkTableError> {
     transition(
         client,
-        &Transition {
-            from: &[Verifying],
-            to: Copied,
-            with: "",
-            set: "last_error = $4, lease_until = NULL, \
+        &Transition::of_chunks(
+            &[Verifying],
+            Copied,
+            "last_error = $4, lease_until = NULL, \
                   checksum_old = CASE WHEN $5 THEN NULL ELSE checksum_old END, \
                   rows_old = CASE WHEN $5 THEN NULL ELSE rows_old END",
-            join: "",
-            filter: THIS_VERIFICATION,
-            returning: "c.chunk_no",
-        },
+            THIS_VERIFICATION,
+        ),
         &[
             &claim.table_name,
             &claim.chunk_no,

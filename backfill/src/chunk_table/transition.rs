@@ -24,7 +24,26 @@ pub(super) struct Transition<'a> {
     pub returning: &'a str,
 }
 
-impl Transition<'_> {
+impl<'a> Transition<'a> {
+    /// A change of the chunks `filter` picks in the chunk table alone, returning their
+    /// numbers (callers count them to learn whether the chunks were still theirs).
+    pub fn of_chunks(
+        from: &'a [ChunkStatus],
+        to: ChunkStatus,
+        set: &'a str,
+        filter: &'a str,
+    ) -> Self {
+        Transition {
+            from,
+            to,
+            with: "",
+            set,
+            join: "",
+            filter,
+            returning: "c.chunk_no",
+        }
+    }
+
     fn sql(&self) -> String {
         let with = if self.with.is_empty() {
             String::new()
@@ -66,15 +85,12 @@ mod tests {
 
     #[test]
     fn the_update_checks_the_state_it_changes_from() {
-        let t = Transition {
-            from: &[ChunkStatus::Running],
-            to: ChunkStatus::Failed,
-            with: "",
-            set: "lease_until = NULL",
-            join: "",
-            filter: "c.chunk_no = $1",
-            returning: "c.chunk_no",
-        };
+        let t = Transition::of_chunks(
+            &[ChunkStatus::Running],
+            ChunkStatus::Failed,
+            "lease_until = NULL",
+            "c.chunk_no = $1",
+        );
         assert_eq!(
             t.sql(),
             "UPDATE _switchyard.backfill_chunks c SET status = 'failed', lease_until = NULL\n\
