@@ -9,7 +9,7 @@ use switchyard_tests::backfill::{
     primary_keys, wait_backfill, BACKFILL_TIMEOUT,
 };
 use switchyard_tests::mirror::{assert_verified, on, pair_with};
-use switchyard_tests::proxy::Pair;
+use switchyard_tests::proxy::{Pair, DB};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
 
@@ -157,12 +157,9 @@ async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9],
            PERFORM pg_advisory_unlock_shared(42); RETURN $1; \
          END $$",
     )?;
-    let url = pair.new.url(switchyard_tests::proxy::DB);
-    let (keeper, keeper_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(keeper_conn);
+    let keeper = pair.new.connect(DB).await?;
     keeper.execute("SELECT pg_advisory_lock(42)", &[]).await?;
-    let (builder, builder_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(builder_conn);
+    let builder = pair.new.connect(DB).await?;
     let build = tokio::spawn(async move {
         builder
             .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
@@ -226,7 +223,6 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Result<()> {
     let (pair, flags, gate) = copied_table_beside_a_gated_build().await?;
-    let url = pair.new.url(switchyard_tests::proxy::DB);
     let args = switchyard_tests::backfill::pair_args(&pair, &flags);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = backfill_failpoint_command(&refs, "pass-first-read-waits-others-give-way")?
@@ -244,8 +240,7 @@ async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Resul
         )
     });
     // The test's own request for the table, queued behind the gated build.
-    let (locker, locker_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(locker_conn);
+    let locker = pair.new.connect(DB).await?;
     let lock = tokio::spawn(async move {
         locker
             .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; ROLLBACK")

@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchyard_tests::backfill::{
     backfill, spawn_backfill, try_on, wait_backfill, BACKFILL_TIMEOUT,
 };
-use switchyard_tests::mirror::{assert_verified, eventually, on, pair_with, reconciler};
+use switchyard_tests::mirror::{assert_verified, on, pair_with, reconciler};
 use switchyard_tests::proxy::ProxyProcess;
 use switchyard_tests::wait::{poll_until, poll_until_async};
 
@@ -105,7 +105,13 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
         "only {ops_during} writes raced the backfill"
     );
     // Lockstep commits reach new a moment after the client's answer.
-    eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "new's prepared transactions committed",
+            Duration::from_secs(10),
+            || Ok((on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0").then_some(())),
+        )
+    })?;
     let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
     if queued != "0" {
         let r = reconciler(&pair, "replay", &[]).await?;

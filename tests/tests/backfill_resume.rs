@@ -12,33 +12,31 @@ use switchyard_tests::backfill::{
 };
 use switchyard_tests::mirror::{assert_verified, on, pair_with};
 use switchyard_tests::process::send_signal;
+use switchyard_tests::proxy::Pair;
 use switchyard_tests::wait::poll_until;
 
-/// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
-/// and finish times unchanged), the chunk the dead process held is taken over at once,
-/// indexes deferred by the killed run are restored by the next one, and both sides end
-/// equal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
+/// `big` on a pair, and a backfill of it with `extra` flags killed (SIGKILL) once five
+/// or more of its chunks are in `status`; returns the pair and how many were.
+async fn killed_midway(extra: &[&str], status: &str) -> Result<(Pair, i64)> {
     let pair = big_pair().await?;
-    let mut child = spawn_backfill(
-        &pair,
-        &[
-            "--tables",
-            "big",
-            "--chunk-rows",
-            "500",
-            "--jobs",
-            "2",
-            "--max-rows-per-sec",
-            "4000",
-            "--defer-indexes",
-        ],
-    )?;
-    let done_before = tokio::task::block_in_place(|| {
-        poll_until("some chunks done", Duration::from_secs(60), || {
-            Ok(chunks_with(&pair.new, "big", "done").filter(|&n| n >= 5))
-        })
+    let mut flags = vec![
+        "--tables",
+        "big",
+        "--chunk-rows",
+        "500",
+        "--jobs",
+        "2",
+        "--max-rows-per-sec",
+        "4000",
+    ];
+    flags.extend_from_slice(extra);
+    let mut child = spawn_backfill(&pair, &flags)?;
+    let reached = tokio::task::block_in_place(|| {
+        poll_until(
+            &format!("some chunks {status}"),
+            Duration::from_secs(60),
+            || Ok(chunks_with(&pair.new, "big", status).filter(|&n| n >= 5)),
+        )
     })?;
     child.start_kill().context("killing the backfill")?;
     let killed = wait_backfill(child, Duration::from_secs(20)).await?;
@@ -47,6 +45,16 @@ async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
         "not killed by a signal: {}",
         killed.text()
     );
+    Ok((pair, reached))
+}
+
+/// Scenario 27: SIGKILL mid-table, restart: done chunks are not copied again (attempts
+/// and finish times unchanged), the chunk the dead process held is taken over at once,
+/// indexes deferred by the killed run are restored by the next one, and both sides end
+/// equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
+    let (pair, done_before) = killed_midway(&["--defer-indexes"], "done").await?;
     let snapshot = on(
         &pair.new,
         "SELECT chunk_no, status, attempts, finished_at FROM _switchyard.backfill_chunks \
@@ -128,35 +136,7 @@ async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
 /// chunk, and ends equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
-    let pair = big_pair().await?;
-    let mut child = spawn_backfill(
-        &pair,
-        &[
-            "--tables",
-            "big",
-            "--chunk-rows",
-            "500",
-            "--jobs",
-            "2",
-            "--max-rows-per-sec",
-            "4000",
-            "--dual-writes",
-            "off",
-            "--bulk",
-        ],
-    )?;
-    tokio::task::block_in_place(|| {
-        poll_until("some chunks copied", Duration::from_secs(60), || {
-            Ok(chunks_with(&pair.new, "big", "copied").filter(|&n| n >= 5))
-        })
-    })?;
-    child.start_kill().context("killing the backfill")?;
-    let killed = wait_backfill(child, Duration::from_secs(20)).await?;
-    ensure!(
-        killed.code().is_none(),
-        "not killed by a signal: {}",
-        killed.text()
-    );
+    let (pair, _) = killed_midway(&["--dual-writes", "off", "--bulk"], "copied").await?;
     ensure!(
         primary_keys(&pair.new, "big")? == "0",
         "key dropped while loading"
@@ -227,12 +207,11 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
     assert_verified(&pair, "big").await
 }
 
-/// Two processes on one table share its chunks through the chunk table: both do some,
-/// none is copied twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_table() -> Result<()> {
+/// Two processes at once on `t` (20,000 rows, 500-row chunks), with `extra` flags; both
+/// must end with exit 0. Throttled so that neither finishes before the other starts.
+async fn two_processes_on_t(extra: &[&str]) -> Result<Pair> {
     let pair = md5_pair("bigint", 20000).await?;
-    let flags = [
+    let mut flags = vec![
         "--tables",
         "t",
         "--chunk-rows",
@@ -242,6 +221,7 @@ async fn two_processes_share_one_table() -> Result<()> {
         "--max-rows-per-sec",
         "8000",
     ];
+    flags.extend_from_slice(extra);
     let a = spawn_backfill(&pair, &flags)?;
     let b = spawn_backfill(&pair, &flags)?;
     let (a, b) = tokio::join!(
@@ -251,6 +231,14 @@ async fn two_processes_share_one_table() -> Result<()> {
     let (a, b) = (a?, b?);
     ensure!(a.code() == Some(0), "{}", a.text());
     ensure!(b.code() == Some(0), "{}", b.text());
+    Ok(pair)
+}
+
+/// Two processes on one table share its chunks through the chunk table: both do some,
+/// none is copied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_table() -> Result<()> {
+    let pair = two_processes_on_t(&[]).await?;
     let stats = on(
         &pair.new,
         "SELECT count(*), count(*) FILTER (WHERE status = 'done'), max(attempts), \
@@ -273,29 +261,7 @@ async fn two_processes_share_one_table() -> Result<()> {
 /// chunk verified.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bulk_processes_share_one_table() -> Result<()> {
-    let pair = md5_pair("bigint", 20000).await?;
-    let flags = [
-        "--tables",
-        "t",
-        "--chunk-rows",
-        "500",
-        "--jobs",
-        "2",
-        "--max-rows-per-sec",
-        "8000",
-        "--dual-writes",
-        "off",
-        "--bulk",
-    ];
-    let a = spawn_backfill(&pair, &flags)?;
-    let b = spawn_backfill(&pair, &flags)?;
-    let (a, b) = tokio::join!(
-        wait_backfill(a, BACKFILL_TIMEOUT),
-        wait_backfill(b, BACKFILL_TIMEOUT)
-    );
-    let (a, b) = (a?, b?);
-    ensure!(a.code() == Some(0), "{}", a.text());
-    ensure!(b.code() == Some(0), "{}", b.text());
+    let pair = two_processes_on_t(&["--dual-writes", "off", "--bulk"]).await?;
     let stats = on(
         &pair.new,
         "SELECT count(*), count(*) FILTER (WHERE status = 'done' AND path = 'bulk'), \
