@@ -18,7 +18,7 @@ pub(super) struct Transition<'a> {
     pub set: &'a str,
     /// `FROM` items the conditions join to `c`; empty for none.
     pub join: &'a str,
-    /// Conditions besides the state.
+    /// Conditions besides the state (parenthesised: an `OR` in them cannot widen it).
     pub filter: &'a str,
     /// What each changed chunk returns (callers that only count return the key).
     pub returning: &'a str,
@@ -57,7 +57,7 @@ impl<'a> Transition<'a> {
         };
         format!(
             "{with}UPDATE _switchyard.backfill_chunks c SET status = {to}, {set}\n\
-             {join}WHERE c.status IN {from} AND {filter}\n\
+             {join}WHERE c.status IN {from} AND ({filter})\n\
              RETURNING {returning}",
             to = self.to.sql(),
             set = self.set,
@@ -94,7 +94,7 @@ mod tests {
         assert_eq!(
             t.sql(),
             "UPDATE _switchyard.backfill_chunks c SET status = 'failed', lease_until = NULL\n\
-             WHERE c.status IN ('running') AND c.chunk_no = $1\n\
+             WHERE c.status IN ('running') AND (c.chunk_no = $1)\n\
              RETURNING c.chunk_no"
         );
     }
