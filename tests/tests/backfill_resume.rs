@@ -1,7 +1,7 @@
 //! `switchyard-backfill` stopped and shared (scenario 27): killed with SIGKILL mid-table
 //! and restarted (done chunks never copied again, deferred indexes and a bulk load's key
 //! restored); several processes sharing one table; a hung worker losing its lease; pause
-//! and resume through the control row.
+//! and resume through the control row; a chunk table an earlier version wrote.
 
 use anyhow::{ensure, Context, Result};
 use nix::sys::signal::Signal;
@@ -404,5 +404,60 @@ async fn pause_and_resume_through_the_control_row() -> Result<()> {
     let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
     ensure!(run.code() == Some(0), "{}", run.text());
     ensure!(run.stderr.contains("paused"), "{}", run.text());
+    assert_verified(&pair, "t").await
+}
+
+/// A chunk table an earlier version left behind (its status constraint from before bulk
+/// mode, chunks done, failed and pending as that version stored them) is taken up where
+/// it stood: the constraint gains bulk mode's statuses, done chunks are left alone, and
+/// the failed and pending ones are copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_table_from_an_earlier_version_is_resumed() -> Result<()> {
+    let pair = md5_pair("int", 2000).await?;
+    let flags = ["--tables", "t", "--chunk-rows", "500", "--bulk", "off"];
+    let first = backfill(&pair, &flags).await?;
+    ensure!(first.code() == Some(0), "{}", first.text());
+    on(
+        &pair.new,
+        "ALTER TABLE _switchyard.backfill_chunks DROP CONSTRAINT backfill_chunks_status_check;
+         ALTER TABLE _switchyard.backfill_chunks ADD CONSTRAINT backfill_chunks_status_check
+             CHECK (status IN ('pending', 'running', 'done', 'unverified', 'failed'));
+         UPDATE _switchyard.backfill_chunks SET status = 'failed', last_error = 'earlier'
+             WHERE chunk_no = 1;
+         UPDATE _switchyard.backfill_chunks SET status = 'pending', attempts = 0, worker = NULL
+             WHERE chunk_no = 2;",
+    )?;
+    let before = on(
+        &pair.new,
+        "SELECT string_agg(chunk_no || ':' || attempts || ':' || finished_at, ',' ORDER BY chunk_no) \
+         FROM _switchyard.backfill_chunks WHERE status = 'done'",
+    )?;
+    let again = backfill(&pair, &flags).await?;
+    ensure!(again.code() == Some(0), "{}", again.text());
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT pg_get_constraintdef(oid) LIKE '%verifying%' FROM pg_constraint \
+             WHERE conname = 'backfill_chunks_status_check'"
+        )? == "t",
+        "the constraint admits bulk mode's statuses again"
+    );
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT string_agg(chunk_no || ':' || status || ':' || attempts, ',' ORDER BY chunk_no) \
+             FROM _switchyard.backfill_chunks"
+        )? == "0:done:1,1:done:2,2:done:1,3:done:1",
+        "the failed chunk took one more attempt, the pending one its first"
+    );
+    let untouched = on(
+        &pair.new,
+        "SELECT string_agg(chunk_no || ':' || attempts || ':' || finished_at, ',' ORDER BY chunk_no) \
+         FROM _switchyard.backfill_chunks WHERE chunk_no IN (0, 3)",
+    )?;
+    ensure!(
+        before == untouched,
+        "done chunks copied again: {before} → {untouched}"
+    );
     assert_verified(&pair, "t").await
 }
