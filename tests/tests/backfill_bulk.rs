@@ -165,11 +165,14 @@ async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9],
             .batch_execute("CREATE INDEX t_gate ON t ((gate(id)))")
             .await
     });
-    poll_until(
-        "the gated index build to start",
-        Duration::from_secs(30),
-        || Ok((on(&pair.new, BUILDING)? == "1").then_some(())),
-    )?;
+    // The probe blocks: off the runtime's threads, which the build's connection needs.
+    tokio::task::block_in_place(|| {
+        poll_until(
+            "the gated index build to start",
+            Duration::from_secs(30),
+            || Ok((on(&pair.new, BUILDING)? == "1").then_some(())),
+        )
+    })?;
     Ok((pair, flags, Gate { keeper, build }))
 }
 
