@@ -13,6 +13,7 @@
 //! not-null constraints (cheap), and indexes a foreign key depends on (dropping them would
 //! need dropping the referencing constraint of another table too).
 
+use crate::chunk_table::{sql_set, ChunkStatus, FINISHED, PLAN_LOCK};
 use crate::config::BackfillConfig;
 use crate::connect::{connect, Db};
 use crate::plan::TablePlan;
@@ -24,8 +25,6 @@ use tokio_postgres::Client;
 
 /// Session advisory lock held while one process rebuilds ("switchyard.rebuild").
 const REBUILD_LOCK: i64 = 0x5357_5245_4255_494c;
-/// The planning lock of the chunk table: drops and plans do not interleave.
-const PLAN_LOCK: i64 = 0x5357_4246_494c_4c31;
 
 /// One object to drop and rebuild.
 #[derive(Debug, Clone)]
@@ -172,10 +171,13 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
     for plan in plans {
         let row = tx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks \
-                                WHERE table_name = $1 AND status NOT IN ('done', 'unverified')), \
-                        EXISTS (SELECT 1 FROM _switchyard.backfill_deferred \
-                                WHERE table_name = $1)",
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM _switchyard.backfill_chunks \
+                                    WHERE table_name = $1 AND status NOT IN {}), \
+                            EXISTS (SELECT 1 FROM _switchyard.backfill_deferred \
+                                    WHERE table_name = $1)",
+                    sql_set(FINISHED)
+                ),
                 &[&plan.quoted],
             )
             .await
@@ -224,12 +226,15 @@ pub async fn defer_bulk(control: &mut Client, plans: &[TablePlan]) -> Result<Vec
         }
         let row = tx
             .query_one(
-                "SELECT (SELECT count(*) FROM (SELECT status, attempts FROM _switchyard.backfill_chunks \
-                                                WHERE table_name = $1 FOR UPDATE) c \
-                         WHERE c.status <> 'pending' OR c.attempts > 0), \
-                        EXISTS (SELECT 1 FROM _switchyard.backfill_deferred WHERE table_name = $1), \
-                        EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
-                                WHERE contype = 'f' AND confrelid = $1::text::regclass)",
+                &format!(
+                    "SELECT (SELECT count(*) FROM (SELECT status, attempts FROM _switchyard.backfill_chunks \
+                                                    WHERE table_name = $1 FOR UPDATE) c \
+                             WHERE c.status <> {} OR c.attempts > 0), \
+                            EXISTS (SELECT 1 FROM _switchyard.backfill_deferred WHERE table_name = $1), \
+                            EXISTS (SELECT 1 FROM pg_catalog.pg_constraint \
+                                    WHERE contype = 'f' AND confrelid = $1::text::regclass)",
+                    ChunkStatus::Pending.sql()
+                ),
                 &[&plan.quoted],
             )
             .await

@@ -22,7 +22,7 @@
 //! Refusals name the table and the fix, count as needing attention (exit 1), and never
 //! stop the other tables.
 
-use crate::chunk_table::{self, ChunkOutcome, Claim};
+use crate::chunk_table::{self, ChunkOutcome, ChunkStatus, Claim};
 use crate::config::BackfillConfig;
 use crate::connect::{connect, connect_writer, Db};
 use crate::plan::{Skipped, TablePlan};
@@ -121,13 +121,17 @@ pub async fn estimated_rows(old: &Client, plan: &TablePlan) -> Result<i64> {
 async fn finished(control: &Client, plan: &TablePlan) -> Result<bool> {
     let row = control
         .query_opt(
-            "SELECT status IN ('done', 'unverified') FROM _switchyard.backfill_chunks \
+            "SELECT status FROM _switchyard.backfill_chunks \
              WHERE table_name = $1 AND chunk_no = 0",
             &[&plan.quoted],
         )
         .await
         .with_context(|| format!("reading where {} stands", plan.name))?;
-    Ok(row.is_some_and(|r| r.get(0)))
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let status: ChunkStatus = row.get::<_, &str>(0).parse()?;
+    Ok(status.is_finished())
 }
 
 /// Copies every keyless table, `jobs` at a time; returns the refused ones with the reason.
@@ -298,7 +302,7 @@ async fn copy_claimed(
         );
     }
     let outcome = ChunkOutcome {
-        status: "done",
+        status: ChunkStatus::Done,
         path: SPLIT,
         rows_copied: rows as i64,
         rows_inserted: rows as i64,

@@ -1,7 +1,7 @@
 //! The end of a run: a summary table for people, one JSON document, Prometheus text for
 //! the metrics file, and the exit status.
 
-use crate::chunk_table::TableTotals;
+use crate::chunk_table::{ChunkStatus, TableTotals};
 use crate::plan::Skipped;
 use serde::Serialize;
 use std::fmt::Write;
@@ -139,9 +139,10 @@ impl Summary {
         for t in &self.tables {
             let l = label(&t.table);
             for (status, n) in [
-                ("done", t.done),
-                ("unverified", t.unverified),
-                ("failed", t.failed),
+                (ChunkStatus::Done.as_str(), t.done),
+                (ChunkStatus::Unverified.as_str(), t.unverified),
+                (ChunkStatus::Failed.as_str(), t.failed),
+                // Not a state: pending, running, copied or verifying.
                 ("open", t.open),
             ] {
                 let _ = writeln!(

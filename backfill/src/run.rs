@@ -2,7 +2,7 @@
 //! table; a restarted or second process reuses the plan), start the workers and the
 //! background tasks, wait, and sum up from the chunk table.
 
-use crate::chunk_table::{self, PlannedTable};
+use crate::chunk_table::{self, sql_set, PlannedTable, FINISHED};
 use crate::config::{BackfillConfig, FkMode, SchemaMode};
 use crate::connect::{connect, Db};
 use crate::plan::{select_tables, split_table, Selection, TablePlan};
@@ -283,13 +283,16 @@ async fn table_starts(
 ) -> Result<Vec<TableStart>> {
     let rows = control
         .query(
-            "SELECT t.table_name, t.estimated_rows, \
-                    coalesce(sum(c.rows_old) FILTER (WHERE c.status IN ('done', 'unverified')), 0)::int8, \
-                    count(c.*), count(c.*) FILTER (WHERE c.status IN ('done', 'unverified')) \
-             FROM _switchyard.backfill_tables t \
-             LEFT JOIN _switchyard.backfill_chunks c USING (table_name) \
-             WHERE t.table_name = ANY($1) GROUP BY t.table_name, t.estimated_rows \
-             ORDER BY array_position($1, t.table_name)",
+            &format!(
+                "SELECT t.table_name, t.estimated_rows, \
+                        coalesce(sum(c.rows_old) FILTER (WHERE c.status IN {finished}), 0)::int8, \
+                        count(c.*), count(c.*) FILTER (WHERE c.status IN {finished}) \
+                 FROM _switchyard.backfill_tables t \
+                 LEFT JOIN _switchyard.backfill_chunks c USING (table_name) \
+                 WHERE t.table_name = ANY($1) GROUP BY t.table_name, t.estimated_rows \
+                 ORDER BY array_position($1, t.table_name)",
+                finished = sql_set(FINISHED)
+            ),
             &[&order],
         )
         .await
@@ -361,10 +364,13 @@ pub async fn dry_run(cfg: &BackfillConfig) -> Result<(Vec<DryRunTable>, Selectio
     for p in selection.tables.iter().chain(&selection.keyless) {
         let existing = if has_table {
             new.query_opt(
-                "SELECT t.split, t.estimated_rows, t.chunks::int8, \
-                        (SELECT count(*) FROM _switchyard.backfill_chunks c \
-                         WHERE c.table_name = t.table_name AND c.status IN ('done', 'unverified')) \
-                 FROM _switchyard.backfill_tables t WHERE t.table_name = $1",
+                &format!(
+                    "SELECT t.split, t.estimated_rows, t.chunks::int8, \
+                            (SELECT count(*) FROM _switchyard.backfill_chunks c \
+                             WHERE c.table_name = t.table_name AND c.status IN {}) \
+                     FROM _switchyard.backfill_tables t WHERE t.table_name = $1",
+                    sql_set(FINISHED)
+                ),
                 &[&p.quoted],
             )
             .await

@@ -127,14 +127,12 @@ pub async fn run(
     for (chunk, new_sum) in chunks.into_iter().zip(sums) {
         if new_sum.rows == chunk.rows_old && new_sum.text() == chunk.checksum_old {
             let outcome = ChunkOutcome {
-                status: "done",
-                path: "bulk",
                 rows_old: chunk.rows_old,
                 rows_new: new_sum.rows,
                 checksum_old: chunk.checksum_old.clone(),
                 checksum_new: new_sum.text(),
                 verify_ms: per_chunk_ms,
-                ..ChunkOutcome::default()
+                ..ChunkOutcome::checked(true, "bulk")
             };
             result.done.push((chunk, outcome));
         } else {

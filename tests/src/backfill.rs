@@ -1,7 +1,9 @@
 //! The real `switchyard-backfill` binary: run to completion against a pair, or spawned to
-//! be killed halfway.
+//! be killed halfway; the pairs and chunk-table probes its tests share.
 
+use crate::mirror::{on, pair_with};
 use crate::proxy::{Pair, DB};
+use crate::PgCluster;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -105,4 +107,67 @@ pub async fn backfill_with_env(
         .spawn()
         .context("starting switchyard-backfill")?;
     wait_backfill(child, timeout).await
+}
+
+/// Spawns `switchyard-backfill` against `pair` with `extra` flags, to be waited for with
+/// [`wait_backfill`] (or killed midway).
+pub fn spawn_backfill(pair: &Pair, extra: &[&str]) -> Result<tokio::process::Child> {
+    let args = pair_args(pair, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    backfill_command(&refs)?
+        .spawn()
+        .context("starting switchyard-backfill")
+}
+
+/// `sql` on `c`, `None` when it fails (the chunk table may not exist yet).
+pub fn try_on(c: &PgCluster, sql: &str) -> Option<String> {
+    on(c, sql).ok()
+}
+
+/// Number of chunks of `table` (as the chunk table names it) with `status`.
+pub fn chunks_with(c: &PgCluster, table: &str, status: &str) -> Option<i64> {
+    try_on(
+        c,
+        &format!(
+            "SELECT count(*) FROM _switchyard.backfill_chunks \
+             WHERE table_name = '\"public\".\"{table}\"' AND status = '{status}'"
+        ),
+    )?
+    .parse()
+    .ok()
+}
+
+/// Number of primary keys of `table` on `c`.
+pub fn primary_keys(c: &PgCluster, table: &str) -> Result<String> {
+    on(
+        c,
+        &format!(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'p'"
+        ),
+    )
+}
+
+/// A pair with `big` (key, a second index, 20,000 rows on old) created on both sides.
+pub async fn big_pair() -> Result<Pair> {
+    let pair = pair_with(
+        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
+         CREATE INDEX big_n ON big (n);",
+    )
+    .await?;
+    on(
+        &pair.old,
+        "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
+    )?;
+    Ok(pair)
+}
+
+/// A pair with table `t (id KEY PRIMARY KEY, v text)` and `rows` rows on old (`v` the
+/// md5 of the key).
+pub async fn md5_pair(key: &str, rows: u32) -> Result<Pair> {
+    let pair = pair_with(&format!("CREATE TABLE t (id {key} PRIMARY KEY, v text)")).await?;
+    on(
+        &pair.old,
+        &format!("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"),
+    )?;
+    Ok(pair)
 }
