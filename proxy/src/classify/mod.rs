@@ -5,6 +5,8 @@
 mod cache;
 mod conforming;
 mod normalize;
+#[cfg(test)]
+mod shape_tests;
 
 pub use cache::Classifier;
 pub use conforming::{conforming, depends_on_conforming_strings};
@@ -85,12 +87,16 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
     let parsed = match pg_query::parse(sql, 0) {
         Ok(p) => p,
         Err(_) => {
+            // Of the literal-blind key, as for parsed statements: text that differs only
+            // in constants shares one cache entry, so it must share one fingerprint too.
+            let shape = literal_blind_key(sql);
+            let shape = shape.as_deref().unwrap_or(sql);
             return vec![Classified {
                 class: StatementClass::Other,
-                fingerprint: xxhash_rust::xxh3::xxh3_64(sql.as_bytes()),
+                fingerprint: xxhash_rust::xxh3::xxh3_64(shape.as_bytes()),
                 parsed: false,
                 calls_functions: false,
-            }]
+            }];
         }
     };
     let stmts = &parsed.protobuf.stmts;

@@ -14,7 +14,6 @@ use crate::shadow::ShadowTap;
 use crate::shared::Shared;
 use bytes::{Bytes, BytesMut};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use switchyard_core::tls_stream::write_flushed;
@@ -34,16 +33,16 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) buf: BytesMut,
     pub(in crate::frontend) server: DbWrite,
     /// Classification of each prepared statement, by name ("" is the unnamed one).
-    pub(in crate::frontend) statements: HashMap<String, Arc<[Classified]>>,
-    pub(in crate::frontend) portals: HashMap<String, Arc<[Classified]>>,
+    pub(in crate::frontend) statements: super::NameMap<Arc<[Classified]>>,
+    pub(in crate::frontend) portals: super::NameMap<Arc<[Classified]>>,
     /// Class of the first statement executed since the last Sync: labels that request's
     /// latency.
     pub(in crate::frontend) batch_class: Option<StatementClass>,
     pub(in crate::frontend) mirror: Option<Arc<crate::mirror::Mirror>>,
     /// Plans of prepared statements and portals that are not plain reads, by name ("" is
     /// the unnamed one): an Execute is mediated by its portal's plan.
-    pub(in crate::frontend) plans: HashMap<String, Arc<Plan>>,
-    pub(in crate::frontend) portal_plans: HashMap<String, Arc<Plan>>,
+    pub(in crate::frontend) plans: super::NameMap<Arc<Plan>>,
+    pub(in crate::frontend) portal_plans: super::NameMap<Arc<Plan>>,
     /// Extended-protocol messages went through since the last Sync.
     pub(in crate::frontend) batch_open: bool,
     /// The next buffered message needs mediation.
