@@ -19,6 +19,9 @@
 # transaction, each round compared with the same round's direct and PgBouncer runs.
 # PROXY_BIN_B: a second proxy binary (e.g. before a change) measured in the same run, as
 # the targets switchyard-1-b and switchyard-b.
+# WITH_MIRROR=1: one more target, switchyard-mirror: default threads with dual writes
+# (two-phase) and shadow reads (SHADOW_RATE [0.001] of reads sampled) switched on; the
+# select-only reads it serves are the statements those features do not touch.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -39,6 +42,13 @@ start_switchyard syN "$P_SN" "$P_AN" old new bench --mirror-mode off
 declare -A PID=([pgbouncer]=${BENCH_PID[pgb]} [switchyard-1]=${BENCH_PID[sy1]} [switchyard]=${BENCH_PID[syN]})
 declare -A PORT=([direct]=$P_OLD [pgbouncer]=$P_PGB [switchyard-1]=$P_S1 [switchyard]=$P_SN)
 TARGETS="direct pgbouncer switchyard-1 switchyard"
+if [ -n "${WITH_MIRROR:-}" ]; then
+  free_port P_SM; free_port P_AM
+  start_switchyard sym "$P_SM" "$P_AM" old new bench --mirror-mode two-phase \
+    --shadow-sample-rate "${SHADOW_RATE:-0.001}"
+  PID[switchyard-mirror]=${BENCH_PID[sym]}; PORT[switchyard-mirror]=$P_SM
+  TARGETS="$TARGETS switchyard-mirror"
+fi
 if [ -n "${PROXY_BIN_B:-}" ]; then
   PROXY_BIN=$PROXY_BIN_B
   free_port P_S1B; free_port P_A1B
