@@ -87,3 +87,18 @@ fn dechunk(mut s: &str) -> Result<String> {
         s = rest.get(n + 2..).context("short chunk trailer")?;
     }
 }
+
+/// GETs `path` from the proxy's admin server as JSON; any status but 200 is an error.
+pub async fn admin_json(
+    proxy: &switchyard_proxy::RunningProxy,
+    path: &str,
+) -> Result<serde_json::Value> {
+    let addr = proxy
+        .admin_addr()
+        .context("the proxy has no admin server")?;
+    let (code, body) = get(addr, path).await?;
+    if code != 200 {
+        bail!("GET {path}: HTTP {code}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+}

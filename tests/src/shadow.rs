@@ -1,7 +1,7 @@
 //! Helpers for shadow-read tests: the proxy config with shadow reads on, and reading the
 //! `shadow` section of `/api/status` and `/api/mismatches`.
 
-use crate::http::get;
+use crate::http::{admin_json, get};
 use crate::proxy::Pair;
 use crate::wait::poll_until_async;
 use anyhow::{bail, Context, Result};
@@ -22,17 +22,6 @@ pub fn shadow_config(pair: &Pair) -> ProxyConfig {
     c.shadow.recheck_delay_ms = 200;
     c.shadow.statement_timeout_ms = 5000;
     c
-}
-
-async fn admin_json(proxy: &RunningProxy, path: &str) -> Result<Value> {
-    let addr = proxy
-        .admin_addr()
-        .context("the proxy has no admin server")?;
-    let (code, body) = get(addr, path).await?;
-    if code != 200 {
-        bail!("GET {path}: HTTP {code}: {body}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
 }
 
 /// The `shadow` section of `/api/status`.

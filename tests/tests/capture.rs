@@ -8,6 +8,7 @@
 use anyhow::{ensure, Context, Result};
 use futures_util::SinkExt;
 use switchyard_proxy::RunningProxy;
+use switchyard_tests::http::admin_json;
 use switchyard_tests::mirror::{assert_same, init_tracing, on, retry_records, rows};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until_async;
@@ -40,12 +41,6 @@ async fn psql_proxy(proxy: &RunningProxy, sql: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn api_status(proxy: &RunningProxy) -> Result<serde_json::Value> {
-    let admin = proxy.admin_addr().context("admin address")?;
-    let (_, body) = switchyard_tests::http::get(admin, "/api/status").await?;
-    Ok(serde_json::from_str(&body)?)
 }
 
 /// Finding 1 of the issue: `INSERT; BEGIN; INSERT; COMMIT` as one string lost the second
@@ -181,7 +176,7 @@ async fn writes_behind_functions_do_call_and_explain_are_captured() -> Result<()
         .await?;
     assert_same(&s.pair, &["t"])?;
     ensure!(on(&s.pair.new, "SELECT count(*) FROM t")? == "9");
-    let status = api_status(&s.proxy).await?;
+    let status = admin_json(&s.proxy, "/api/status").await?;
     ensure!(
         status["mirror"]["capture"]["writes_outside_lockstep"] == 0,
         "all of them in lockstep: {}",
@@ -468,7 +463,7 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
     let proxy = start_proxy(pair.config()).await?;
     let c = connect_proxy(&proxy).await?;
     c.batch_execute("SELECT lo_from_bytea(0, 'abc')").await?;
-    let status = api_status(&proxy).await?;
+    let status = admin_json(&proxy, "/api/status").await?;
     let flagged: Vec<String> = status["mirror"]["statement_mode"]
         .as_object()
         .context("statement_mode")?
