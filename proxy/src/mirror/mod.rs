@@ -64,7 +64,9 @@ pub struct Mirror {
     pub control: Control,
     pub tables: tables::Tables,
     pub routines: routines::RoutineSet,
-    plans: DashMap<String, Arc<Plan>>,
+    // Looked up by the statement's text on every Parse and simple Query: foldhash, as the
+    // classifier's cache.
+    plans: DashMap<String, Arc<Plan>, foldhash::fast::RandomState>,
     pub status: status::MirrorStatus,
     /// Set when retry records go to Kafka (`retry_log.backend = "kafka"`).
     pub kafka: Option<Arc<retry_kafka::KafkaSink>>,
@@ -102,7 +104,7 @@ impl Mirror {
             control: Control::new(primary, connect_timeout),
             tables: tables::Tables::default(),
             routines: routines::RoutineSet::default(),
-            plans: DashMap::new(),
+            plans: DashMap::with_hasher(Default::default()),
             status: status::MirrorStatus::default(),
             kafka,
             active: std::sync::atomic::AtomicBool::new(direction == Direction::OldToNew),

@@ -13,8 +13,8 @@ use super::Shadow;
 use crate::classify::{Classified, StatementClass};
 use crate::protocol::frontend::{bind_names, execute_portal, FrontendMessage};
 use crate::protocol::Frame;
+use crate::NameMap;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A prepared read statement: what a later Execute needs to replay it.
@@ -29,9 +29,9 @@ struct Prepared {
 pub struct ShadowTap {
     shadow: Arc<Shadow>,
     settings: Settings,
-    statements: HashMap<String, Arc<Prepared>>,
+    statements: NameMap<Arc<Prepared>>,
     /// Bound portals of read statements: the statement and the Bind as the client sent it.
-    portals: HashMap<String, (Arc<Prepared>, Frame)>,
+    portals: NameMap<(Arc<Prepared>, Frame)>,
 }
 
 /// The single read statement in `classes`, if that is what it is.
@@ -48,8 +48,8 @@ impl ShadowTap {
         ShadowTap {
             shadow,
             settings: Settings::from_startup(startup_params),
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: NameMap::default(),
+            portals: NameMap::default(),
         }
     }
 

@@ -7,9 +7,10 @@
 //! to mirror DDL as text, and to run the commit protocol of a claimed transaction.
 
 use super::upstream::Upstream;
-use crate::classify::StatementClass;
+use crate::classify::{Classified, StatementClass};
 use crate::mirror::plan::{Plan, TxnOp};
 use crate::protocol::frontend::FunctionCall;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Fastpath functions that write large objects (libpq's lo_* API): `lo_creat`, `lo_create`,
@@ -213,7 +214,7 @@ impl<R> Upstream<'_, R> {
                         self.route.pin_on_session_lock(&sql);
                         let classes = self.classify(&sql);
                         self.route.carry.observe(&sql, &classes);
-                        let shape = self.record_parse(&name, &sql);
+                        let shape = self.record_parse(&name, &sql, &classes);
                         // Only named statements are kept (to prepare them on new later).
                         let raw = if name.is_empty() {
                             bytes::Bytes::new()
@@ -342,13 +343,23 @@ impl<R> Upstream<'_, R> {
     /// A Parse: the plan of the statement it names ("" for the unnamed one).
     /// Returns the shape's fingerprint if the statement is a read the cutover may send to
     /// new.
-    pub(in crate::frontend) fn record_parse(&mut self, name: &str, sql: &str) -> Option<u64> {
+    /// `classes`: the caller's classification of `sql`, reused when the server reads the
+    /// text as sent (the statement is classified once).
+    pub(in crate::frontend) fn record_parse(
+        &mut self,
+        name: &str,
+        sql: &str,
+        classes: &Arc<[Classified]>,
+    ) -> Option<u64> {
         let mirror = self.mirror.clone()?;
-        let sql = self.as_server_reads(sql).into_owned();
+        let sql = self.as_server_reads(sql);
         let plan = mirror.plan(&sql);
         if matches!(*plan, Plan::Pass) {
             self.plans.remove(name);
-            let classes = self.classify(&sql);
+            let classes = match &sql {
+                Cow::Borrowed(_) => classes.clone(),
+                Cow::Owned(rewritten) => self.classify(rewritten),
+            };
             super::route::routable_shape(&sql, &classes)
         } else {
             self.count_passed(&plan, &sql);

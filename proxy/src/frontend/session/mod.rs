@@ -33,12 +33,6 @@ use crate::protocol::ProtocolError;
 use crate::shadow::ShadowTap;
 use crate::shared::Shared;
 use bytes::BytesMut;
-use std::collections::HashMap;
-
-/// Prepared statements and portals by name, looked up on every Bind and Execute: foldhash,
-/// not SipHash, which was a twentieth of the proxy's instructions per prepared-mode
-/// transaction (callgrind).
-pub(crate) type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,12 +197,12 @@ async fn pump<R, W>(
         client: client_r,
         buf: client_buf,
         server: server_w,
-        statements: NameMap::default(),
-        portals: NameMap::default(),
+        statements: crate::NameMap::default(),
+        portals: crate::NameMap::default(),
         batch_class: None,
         mirror,
-        plans: NameMap::default(),
-        portal_plans: NameMap::default(),
+        plans: crate::NameMap::default(),
+        portal_plans: crate::NameMap::default(),
         batch_open: false,
         mediate_next: false,
         drained: &drained,

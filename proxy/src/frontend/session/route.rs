@@ -9,8 +9,10 @@ use super::reader::Reader;
 use crate::classify::{Classified, StatementClass};
 use crate::shadow::settings::Settings;
 use crate::shared::Shared;
+use crate::NameMap;
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+
+type NameSet = std::collections::HashSet<String, foldhash::fast::RandomState>;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -58,9 +60,9 @@ pub(crate) struct Route {
     connect_failed: Option<Instant>,
     /// The Parse message of each named statement the session has, as the client sent it:
     /// what prepares it on new when a routed batch binds it.
-    pub(crate) parses: HashMap<String, Bytes>,
+    pub(crate) parses: NameMap<Bytes>,
     /// Named statements that are routable reads, with their shape's fingerprint.
-    routable_statements: HashMap<String, u64>,
+    routable_statements: NameMap<u64>,
     /// The extended-protocol batch being scanned.
     batch: Batch,
 }
@@ -81,8 +83,8 @@ enum Batch {
     /// Only routable reads: the statements parsed (with their fingerprints) and portals
     /// bound in it, and the shapes it runs.
     Reads {
-        parsed: HashMap<String, u64>,
-        portals: HashSet<String>,
+        parsed: NameMap<u64>,
+        portals: NameSet,
         executes: u32,
         shapes: Vec<u64>,
     },
@@ -109,25 +111,18 @@ impl Route {
             startup,
             pinned: false,
             connect_failed: None,
-            parses: HashMap::new(),
-            routable_statements: HashMap::new(),
+            parses: NameMap::default(),
+            routable_statements: NameMap::default(),
             batch: Batch::Empty,
         }
     }
 
     #[allow(clippy::type_complexity)]
-    fn reads(
-        &mut self,
-    ) -> Option<(
-        &mut HashMap<String, u64>,
-        &mut HashSet<String>,
-        &mut u32,
-        &mut Vec<u64>,
-    )> {
+    fn reads(&mut self) -> Option<(&mut NameMap<u64>, &mut NameSet, &mut u32, &mut Vec<u64>)> {
         if let Batch::Empty = self.batch {
             self.batch = Batch::Reads {
-                parsed: HashMap::new(),
-                portals: HashSet::new(),
+                parsed: NameMap::default(),
+                portals: NameSet::default(),
                 executes: 0,
                 shapes: Vec::new(),
             };
@@ -146,7 +141,7 @@ impl Route {
     /// The fingerprint of a statement a routed batch may run: parsed in the batch, or a
     /// named routable one (the unnamed statement only if parsed in the same batch: new's
     /// may be older).
-    fn statement_shape(&self, parsed: Option<&HashMap<String, u64>>, name: &str) -> Option<u64> {
+    fn statement_shape(&self, parsed: Option<&NameMap<u64>>, name: &str) -> Option<u64> {
         parsed
             .and_then(|p| p.get(name))
             .or_else(|| {

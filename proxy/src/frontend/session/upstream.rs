@@ -33,16 +33,16 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) buf: BytesMut,
     pub(in crate::frontend) server: DbWrite,
     /// Classification of each prepared statement, by name ("" is the unnamed one).
-    pub(in crate::frontend) statements: super::NameMap<Arc<[Classified]>>,
-    pub(in crate::frontend) portals: super::NameMap<Arc<[Classified]>>,
+    pub(in crate::frontend) statements: crate::NameMap<Arc<[Classified]>>,
+    pub(in crate::frontend) portals: crate::NameMap<Arc<[Classified]>>,
     /// Class of the first statement executed since the last Sync: labels that request's
     /// latency.
     pub(in crate::frontend) batch_class: Option<StatementClass>,
     pub(in crate::frontend) mirror: Option<Arc<crate::mirror::Mirror>>,
     /// Plans of prepared statements and portals that are not plain reads, by name ("" is
     /// the unnamed one): an Execute is mediated by its portal's plan.
-    pub(in crate::frontend) plans: super::NameMap<Arc<Plan>>,
-    pub(in crate::frontend) portal_plans: super::NameMap<Arc<Plan>>,
+    pub(in crate::frontend) plans: crate::NameMap<Arc<Plan>>,
+    pub(in crate::frontend) portal_plans: crate::NameMap<Arc<Plan>>,
     /// Extended-protocol messages went through since the last Sync.
     pub(in crate::frontend) batch_open: bool,
     /// The next buffered message needs mediation.
@@ -279,8 +279,8 @@ impl<R> Upstream<'_, R> {
         let classes = self.classify(sql);
         // Drivers that send everything as Parse/Bind/Execute set session state this way.
         self.route.carry.observe(sql, &classes);
+        let shape = self.record_parse(name, sql, &classes);
         self.statements.insert(name.to_string(), classes);
-        let shape = self.record_parse(name, sql);
         self.route.on_parse(name, raw.clone(), shape);
     }
 
