@@ -48,6 +48,7 @@ pub mod retry_kafka;
 pub mod session;
 pub mod tls;
 pub mod tls_stream;
+mod tls_verify;
 pub mod tool;
 
 /// A binary's `--version` text: its crate's version, marked " (failpoints)" when that crate

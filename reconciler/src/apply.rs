@@ -8,7 +8,7 @@
 
 use crate::config::ReconcilerConfig;
 use crate::connect::{connect, connect_writer};
-use crate::replay::ReplayReport;
+use crate::replay_report::ReplayReport;
 use crate::verify::RepairMode;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap};

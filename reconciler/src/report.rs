@@ -7,6 +7,13 @@ use switchyard_core::diff::{DiffKind, RowDiff};
 use switchyard_core::key::{DisplayKey, KeyText};
 use switchyard_core::multiset_diff::MultisetRow;
 
+/// How repair runs; `None` for a plain verify.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairMode {
+    pub source: crate::cli::SourceSide,
+    pub dry_run: bool,
+}
+
 /// Keys printed per kind in the human summary (JSON lists all that were found).
 const HUMAN_KEYS: usize = 20;
 

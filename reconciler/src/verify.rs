@@ -5,6 +5,7 @@ use crate::cli::SourceSide;
 use crate::config::ReconcilerConfig;
 use crate::connect::{connect, connect_writer, Db};
 use crate::progress_table::ProgressTable;
+pub use crate::report::RepairMode;
 use crate::report::{RepairReport, Report, RowReport, Status, TableReport};
 use crate::schema::{compare, SchemaCheck};
 use crate::verify_keyless::{self, Keyless};
@@ -21,13 +22,6 @@ use switchyard_core::ident::QualifiedName;
 use switchyard_core::key::KeyText;
 use switchyard_core::resync::{resync_keys, ResyncCounts};
 use tokio_postgres::Client;
-
-/// How repair runs; `None` for a plain verify.
-#[derive(Debug, Clone, Copy)]
-pub struct RepairMode {
-    pub source: SourceSide,
-    pub dry_run: bool,
-}
 
 /// Verify-and-repair rounds per table when more rows differ than are listed at once.
 const MAX_REPAIR_PASSES: u32 = 100;

@@ -3,8 +3,8 @@
 //! ([`switchyard_core::multiset_repair`]).
 
 use crate::cli::SourceSide;
+use crate::report::RepairMode;
 use crate::report::{RepairReport, RowReport, Status, TableReport};
-use crate::verify::RepairMode;
 use anyhow::{Context, Result};
 use switchyard_core::catalog::TableMeta;
 use switchyard_core::connect::Writer;

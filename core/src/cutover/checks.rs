@@ -1,8 +1,8 @@
 //! Pre-flight checks: what must hold before anything waits, shown as a checklist.
 
-use super::flip::{FlipError, FlipRequest};
+use super::request::{FlipError, FlipRequest};
 use super::status::{Instance, State};
-use serde::Serialize;
+use super::verdict::Checks;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -10,56 +10,6 @@ use tokio_postgres::Client;
 /// they read the state when they start again. Between the lease and this, an instance may
 /// only be stalled, and a flip waits for nobody it cannot hear from.
 const GONE_AFTER: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Checks(pub Vec<Check>);
-
-impl Checks {
-    pub fn push(&mut self, name: &'static str, ok: bool, detail: impl Into<String>) {
-        self.0.push(Check {
-            name,
-            ok,
-            detail: detail.into(),
-        });
-    }
-
-    pub fn passed(&self) -> bool {
-        self.0.iter().all(|c| c.ok)
-    }
-
-    /// The failed checks, one per line.
-    pub fn failures(&self) -> String {
-        self.0
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl std::fmt::Display for Checks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for c in &self.0 {
-            writeln!(
-                f,
-                "  [{}] {:<22} {}",
-                if c.ok { "ok" } else { "FAIL" },
-                c.name,
-                c.detail
-            )?;
-        }
-        Ok(())
-    }
-}
 
 /// The checklist of the next phase forward (shadow and canary: reads-new; reads-new:
 /// writes-new; writes-new: done), as a dry run would show it, for the status and the

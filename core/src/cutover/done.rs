@@ -2,7 +2,7 @@
 //! be switched off from now on, and an instance that starts later finds the flag there),
 //! and change capture comes off new, since nobody applies what it would capture.
 
-use super::flip::{FlipError, FlipRequest};
+use super::request::{FlipError, FlipRequest};
 use super::schema::{ensure_schema, CHANNEL};
 use super::Phase;
 use std::time::Duration;

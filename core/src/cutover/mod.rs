@@ -9,17 +9,21 @@ mod flip;
 pub mod kafka_backlog;
 mod pause;
 mod proposal;
+mod request;
 mod schema;
 pub mod sequences;
 mod status;
+mod verdict;
 pub mod warmup;
 
-pub use checks::{next_checklist, Check, Checks};
-pub use flip::{flip, FlipError, FlipReport, FlipRequest};
+pub use checks::next_checklist;
+pub use flip::{flip, FlipReport};
 pub use pause::MARGIN as SEQUENCE_MARGIN;
 pub use proposal::cancel;
+pub use request::{FlipError, FlipRequest};
 pub use schema::{ensure_schema, CHANNEL, HEARTBEAT_SQL};
 pub use status::{status, Instance, LogEntry, Status};
+pub use verdict::{Check, Checks};
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,7 +1,7 @@
 //! The proposal's life in the control table: the commit that re-reads the confirmations
 //! under the state row's lock, its withdrawal, and `cancel`.
 
-use super::flip::{withdrawn, FlipError, FlipRequest};
+use super::request::{withdrawn, FlipError, FlipRequest};
 use super::schema::{ensure_schema, CHANNEL};
 use super::status::{instances, Instance};
 use tokio_postgres::Client;

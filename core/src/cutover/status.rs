@@ -1,6 +1,6 @@
 //! What the control table says: the phase, every instance's heartbeat, the latest flips.
 
-use super::flip::FlipError;
+use super::request::FlipError;
 use super::schema::ensure_schema;
 use super::Phase;
 use serde::Serialize;

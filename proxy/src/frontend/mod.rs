@@ -2,7 +2,6 @@
 //! messages between the client and its primary connection.
 
 mod auth;
-mod lockstep;
 mod reply;
 mod session;
 mod startup;

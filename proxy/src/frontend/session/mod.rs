@@ -3,11 +3,12 @@
 //! (a server blocked writing results must still be read while the client keeps sending).
 //! Each pump forwards whole messages in the batches they arrived in, one write per read, and
 //! looks only at the messages it must. A request that needs dual-write handling pauses both
-//! and is handed to the mediator (`super::lockstep`).
+//! and is handed to the mediator (`lockstep`).
 
 mod carry;
 mod downstream;
 mod flow;
+mod lockstep;
 mod mirror;
 mod reader;
 mod route;
@@ -242,7 +243,7 @@ async fn pump<R, W>(
             (End::Mediate, Some(ms)) => {
                 set_mediating(&flow, true);
                 // Boxed: only mirroring sessions mediate, and its state is large.
-                let r = Box::pin(super::lockstep::mediate(&mut up, &mut down, ms)).await;
+                let r = Box::pin(lockstep::mediate(&mut up, &mut down, ms)).await;
                 set_mediating(&flow, false);
                 if let Err(e) = r {
                     break e;

@@ -130,36 +130,39 @@ where
     Ok(())
 }
 
-/// The session is between transactions with nothing in flight: the only point where it
-/// may hold at a write pause or move.
-pub(super) fn at_boundary<R>(up: &Upstream<'_, R>) -> bool {
-    !up.batch_open && up.flow.lock().map(|f| f.idle()).unwrap_or(false)
-}
-
-/// Whether a request about to start may have to hold or move (two atomic reads, so the
-/// pumps can ask before every read).
-pub(super) fn may_hold_or_move<R>(up: &Upstream<'_, R>) -> bool {
-    let live = &up.shared.cutover;
-    up.mirror.is_some()
-        && (live.gate.is_closed() || live.direction() != up.direction || live.detached())
-}
-
-/// The session must move (or drop its dual writes, old being detached).
-pub(super) fn must_move<R>(up: &Upstream<'_, R>) -> bool {
-    let live = &up.shared.cutover;
-    live.direction() != up.direction || (live.detached() && up.mirror.is_some())
-}
-
-/// What a session does at a boundary with a request waiting: hold while a write flip
-/// pauses, then move if writes now go to the other database. A session with temporary
-/// objects moves too (they are lost): writing on two primaries at once is worse, and the
-/// flip does not start while such a session exists.
-pub(super) async fn at_request<R>(up: &Upstream<'_, R>) -> Option<End> {
-    let live = &up.shared.cutover;
-    if live.gate.is_closed() {
-        live.gate
-            .pass(up.shared.config.cutover.flip_timeout() * 2)
-            .await;
+/// Whether and when the session's client→primary pump stops for a cutover's write flip.
+impl<R> Upstream<'_, R> {
+    /// The session is between transactions with nothing in flight: the only point where it
+    /// may hold at a write pause or move.
+    pub(super) fn at_boundary(&self) -> bool {
+        !self.batch_open && self.flow.lock().map(|f| f.idle()).unwrap_or(false)
     }
-    must_move(up).then_some(End::Swap)
+
+    /// Whether a request about to start may have to hold or move (two atomic reads, so the
+    /// pumps can ask before every read).
+    pub(super) fn may_hold_or_move(&self) -> bool {
+        let live = &self.shared.cutover;
+        self.mirror.is_some()
+            && (live.gate.is_closed() || live.direction() != self.direction || live.detached())
+    }
+
+    /// The session must move (or drop its dual writes, old being detached).
+    pub(super) fn must_move(&self) -> bool {
+        let live = &self.shared.cutover;
+        live.direction() != self.direction || (live.detached() && self.mirror.is_some())
+    }
+
+    /// What a session does at a boundary with a request waiting: hold while a write flip
+    /// pauses, then move if writes now go to the other database. A session with temporary
+    /// objects moves too (they are lost): writing on two primaries at once is worse, and the
+    /// flip does not start while such a session exists.
+    pub(super) async fn at_request(&self) -> Option<End> {
+        let live = &self.shared.cutover;
+        if live.gate.is_closed() {
+            live.gate
+                .pass(self.shared.config.cutover.flip_timeout() * 2)
+                .await;
+        }
+        self.must_move().then_some(End::Swap)
+    }
 }

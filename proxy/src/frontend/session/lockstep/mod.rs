@@ -23,7 +23,7 @@ mod reads_ext;
 mod simple;
 mod wire;
 
-use super::session::{ClientText, Downstream, End, Upstream};
+use super::{ClientText, Downstream, End, Upstream};
 use crate::mirror::plan::Plan;
 use crate::mirror::txn::MirrorSession;
 use crate::protocol::backend::ErrorFields;
