@@ -87,12 +87,18 @@ async fn the_proxy_dual_writes_and_shadow_reads_over_verified_tls() -> Result<()
     ensure!(rows.len() == 1);
     c.simple_query("SELECT count(*) FROM acct").await?;
     tokio::task::block_in_place(|| assert_same(&pair, &["acct"]))?;
-    // Shadow reads ran on new (over TLS: new accepts nothing else) and matched.
-    let s = wait_shadow(&proxy, "shadow reads to match", |s| {
-        s["totals"]["matched"].as_u64() >= Some(2)
+    // Shadow reads ran on new (over TLS: new accepts nothing else) and matched. A read
+    // sampled right after a commit may first see new before the commit's second phase
+    // there: its recheck then calls it transient, which is no mismatch either.
+    let s = wait_shadow(&proxy, "shadow reads to be compared", |s| {
+        let t = &s["totals"];
+        t["matched"].as_u64().unwrap_or(0) + t["transient"].as_u64().unwrap_or(0) >= 2
     })
     .await?;
-    ensure!(s["totals"]["confirmed"] == 0, "{s:#}");
+    ensure!(
+        s["totals"]["matched"].as_u64() >= Some(1) && s["totals"]["confirmed"] == 0,
+        "{s:#}"
+    );
     // Every connection the proxy holds to either side is encrypted.
     for (side, c) in [("old", &pair.old), ("new", &pair.new)] {
         let (tls_n, plain) = tokio::task::block_in_place(|| ssl_sessions(c, ""))?;
