@@ -81,6 +81,9 @@ impl ShadowTap {
 
     /// A Parse: remember read statements, forget whatever the name held before.
     pub fn parse(&mut self, frame: &Frame, classes: &[Classified]) {
+        if self.holds_already(&frame.body(), classes) {
+            return;
+        }
         let Ok(FrontendMessage::Parse {
             name,
             query,
@@ -102,6 +105,37 @@ impl ShadowTap {
                 self.statements.remove(&name);
             }
         }
+    }
+
+    /// Whether the Parse `body` names a read statement this tap holds already, with the same
+    /// text and parameter types: drivers parse the unnamed statement again for every
+    /// execution, and copying it each time would cost more than the comparison.
+    fn holds_already(&self, body: &[u8], classes: &[Classified]) -> bool {
+        let Some(c) = single_read(classes) else {
+            return false;
+        };
+        let mut parts = body.splitn(3, |&b| b == 0);
+        let (Some(name), Some(sql), Some(types)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let Some(p) = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.statements.get(n))
+        else {
+            return false;
+        };
+        let Some((count, oids)) = types.split_first_chunk::<2>() else {
+            return false;
+        };
+        p.fingerprint == c.fingerprint
+            && p.sql.as_bytes() == sql
+            && usize::from(u16::from_be_bytes(*count)) == p.param_types.len()
+            && oids.len() == 4 * p.param_types.len()
+            && oids
+                .chunks_exact(4)
+                .zip(&p.param_types)
+                .all(|(o, t)| i32::from_be_bytes([o[0], o[1], o[2], o[3]]) == *t)
     }
 
     /// A Bind: keep the message (cheap: it shares the read buffer) for a read statement.
@@ -245,6 +279,52 @@ mod tests {
         tap.bind(&bind);
         tap.execute(&exec, || true);
         assert!(rx.try_recv().is_err(), "a closed statement is forgotten");
+    }
+
+    #[test]
+    fn a_statement_parsed_again_is_replaced_unless_it_is_the_same() {
+        let (s, mut rx) = shadow(16);
+        let mut tap = ShadowTap::new(s, &[]);
+        let run = |tap: &mut ShadowTap, sql: &str, types: Vec<i32>| {
+            let parse = frame(FrontendMessage::Parse {
+                name: String::new(),
+                query: sql.into(),
+                param_types: types,
+            });
+            tap.parse(&parse, &classify_uncached(sql));
+            tap.bind(&frame(FrontendMessage::Bind(Bind {
+                portal: String::new(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![Some(Bytes::from_static(b"7"))],
+                result_formats: vec![],
+            })));
+            tap.execute(
+                &frame(FrontendMessage::Execute {
+                    portal: String::new(),
+                    max_rows: 0,
+                }),
+                || true,
+            );
+        };
+        let a = "SELECT a FROM t WHERE id = $1";
+        let b = "SELECT b FROM t WHERE id = $1";
+        for (sql, types) in [
+            (a, vec![]),
+            (a, vec![]),
+            (a, vec![23]),
+            (a, vec![20]),
+            (a, vec![20]),
+            (b, vec![20]),
+            (a, vec![20]),
+        ] {
+            run(&mut tap, sql, types.clone());
+            let job = rx.try_recv().expect("sampled");
+            assert_eq!((&*job.sql, &job.param_types), (sql, &types));
+        }
+        let write = "UPDATE t SET a = 1 WHERE id = $1";
+        run(&mut tap, write, vec![]);
+        assert!(rx.try_recv().is_err(), "the read it replaced is forgotten");
     }
 
     #[test]

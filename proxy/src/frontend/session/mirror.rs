@@ -211,10 +211,17 @@ impl<R> Upstream<'_, R> {
             b'P' => {
                 if let Some((name, n)) = cstr(body) {
                     if let Some((sql, _)) = cstr(&body[n..]) {
-                        self.route.pin_on_session_lock(&sql);
                         let classes = self.classify(&sql);
+                        self.route.pin_on_session_lock(&sql, &classes);
                         self.route.carry.observe(&sql, &classes);
                         let shape = self.record_parse(&name, &sql, &classes);
+                        if self
+                            .conforming_strings
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            // The text as the server reads it: what `inspect` would classify.
+                            self.scanned_parse = Some(classes);
+                        }
                         // Only named statements are kept (to prepare them on new later).
                         let raw = if name.is_empty() {
                             bytes::Bytes::new()

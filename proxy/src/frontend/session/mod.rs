@@ -206,6 +206,7 @@ async fn pump<R, W>(
         portal_plans: crate::NameMap::default(),
         batch_open: false,
         mediate_next: false,
+        scanned_parse: None,
         drained: &drained,
         writing: &writing,
         conforming_strings: &conforming_strings,

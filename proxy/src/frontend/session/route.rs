@@ -294,14 +294,16 @@ impl Route {
         {
             self.pin();
         }
-        self.pin_on_session_lock(sql);
+        self.pin_on_session_lock(sql, classes);
     }
 
     /// A session-level advisory lock is held by the server process: a session that took
     /// one cannot move to the other database without letting it go (pinned, the write flip
     /// waits for it). Transaction-level ones end with the transaction.
-    pub(crate) fn pin_on_session_lock(&mut self, sql: &str) {
-        if self.enabled && !self.pinned && contains_ignore_case(sql, "advisory_lock") {
+    /// Only text that calls a function, runs code (DO, CALL), prepares a statement or did
+    /// not parse can take one, so only such text is searched.
+    pub(crate) fn pin_on_session_lock(&mut self, sql: &str, classes: &[Classified]) {
+        if self.enabled && !self.pinned && may_take_session_lock(sql, classes) {
             self.pin();
         }
     }
@@ -349,6 +351,14 @@ pub(crate) fn routable(sql: &str, classes: &[Classified]) -> bool {
                 .any(|f| contains_ignore_case(sql, f)))
 }
 
+fn may_take_session_lock(sql: &str, classes: &[Classified]) -> bool {
+    classes.iter().any(|c| {
+        c.calls_functions
+            || !c.parsed
+            || matches!(c.class, StatementClass::Other | StatementClass::Session)
+    }) && contains_ignore_case(sql, "advisory_lock")
+}
+
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let n = needle.as_bytes();
     haystack
@@ -380,5 +390,18 @@ mod tests {
         let mut w = read(false);
         w.class = StatementClass::Write;
         assert!(!routable("SELECT 1 FOR UPDATE", &[w]));
+    }
+
+    #[test]
+    fn a_session_lock_is_searched_for_where_one_can_be_taken() {
+        let pins = |sql: &str| may_take_session_lock(sql, &crate::classify::classify_uncached(sql));
+        assert!(pins("SELECT pg_advisory_lock(42)"));
+        assert!(pins("select PG_TRY_ADVISORY_LOCK_SHARED(1), 2"));
+        assert!(pins("DO $$ BEGIN PERFORM pg_advisory_lock(1); END $$"));
+        assert!(pins("CALL p(); SELECT pg_advisory_lock(1)"));
+        assert!(pins("SELEC pg_advisory_lock(1)"));
+        assert!(pins("PREPARE l AS SELECT pg_advisory_lock($1)"));
+        assert!(!pins("SELECT * FROM advisory_locks WHERE id = 1"));
+        assert!(!pins("SELECT aid FROM pgbench_accounts WHERE aid = 1"));
     }
 }

@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// batch is forwarded as it comes.
 const HOLD_LIMIT: usize = 1 << 20;
 
+/// A whole message in the read buffer: where it starts, its length, and the classification
+/// the mediation scan made of it (a Parse).
+type Buffered = (usize, usize, Option<Arc<[Classified]>>);
+
 /// Client → primary.
 pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) shared: &'a Shared,
@@ -47,6 +51,9 @@ pub(crate) struct Upstream<'a, R> {
     pub(in crate::frontend) batch_open: bool,
     /// The next buffered message needs mediation.
     pub(in crate::frontend) mediate_next: bool,
+    /// The classification of the Parse the mediation scan just read, handed to `inspect`
+    /// with its frame so a statement is classified once.
+    pub(in crate::frontend) scanned_parse: Option<Arc<[Classified]>>,
     pub(in crate::frontend) drained: &'a tokio::sync::Notify,
     pub(in crate::frontend) writing: &'a AtomicBool,
     /// The server's `standard_conforming_strings` as it last reported it.
@@ -77,12 +84,12 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let mut room = MIN_READ_CHUNK;
         let mut last_read = 0;
         loop {
-            if super::swap::may_hold_or_move(self) && super::swap::at_boundary(self) {
+            if self.may_hold_or_move() && self.at_boundary() {
                 if self.buf.len() >= Frame::HEADER {
-                    if let Some(end) = super::swap::at_request(self).await {
+                    if let Some(end) = self.at_request().await {
                         return end;
                     }
-                } else if super::swap::must_move(self) {
+                } else if self.must_move() {
                     return End::Swap;
                 }
             }
@@ -195,7 +202,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
                 }
                 return self.split_frames(end, frames, err, false);
             }
-            frames.push((end, total));
+            frames.push((end, total, self.scanned_parse.take()));
             end += total;
             if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') {
                 boundary = (end, frames.len());
@@ -215,7 +222,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
     fn split_frames(
         &mut self,
         end: usize,
-        frames: Vec<(usize, usize)>,
+        frames: Vec<Buffered>,
         err: Option<ProtocolError>,
         terminate: bool,
     ) -> (Option<Bytes>, Option<ProtocolError>, bool) {
@@ -223,9 +230,9 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
             return (None, err, terminate);
         }
         let chunk = self.buf.split_to(end).freeze();
-        for (start, len) in frames {
+        for (start, len, classes) in frames {
             let frame = Frame::from_encoded(chunk.slice(start..start + len));
-            self.inspect(&frame, false);
+            self.inspect_classified(&frame, false, classes);
         }
         (Some(chunk), err, terminate)
     }
@@ -309,6 +316,16 @@ impl<R> Upstream<'_, R> {
     /// Bookkeeping for one client message: classification, and the requests that will
     /// each end in a ReadyForQuery (unless the mediator answers them: `mediated`).
     pub(in crate::frontend) fn inspect(&mut self, frame: &Frame, mediated: bool) {
+        self.inspect_classified(frame, mediated, None);
+    }
+
+    /// [`Self::inspect`] of a Parse already classified (`classes`).
+    fn inspect_classified(
+        &mut self,
+        frame: &Frame,
+        mediated: bool,
+        classes: Option<Arc<[Classified]>>,
+    ) {
         if self.mirror.is_some() {
             match frame.tag() {
                 b'S' | b'Q' => self.batch_open = false,
@@ -345,9 +362,11 @@ impl<R> Upstream<'_, R> {
                 let body = frame.body();
                 let mut parts = body.splitn(3, |&b| b == 0);
                 let name = parts.next().and_then(|n| std::str::from_utf8(n).ok());
-                let sql = parts.next().and_then(|s| self.client_text.decode(s).ok());
-                if let (Some(name), Some(sql)) = (name, sql) {
-                    let classes = self.classify(&self.as_server_reads(&sql));
+                let classes = classes.or_else(|| {
+                    let sql = parts.next().and_then(|s| self.client_text.decode(s).ok())?;
+                    Some(self.classify(&self.as_server_reads(&sql)))
+                });
+                if let (Some(name), Some(classes)) = (name, classes) {
                     if let Some(tap) = self.shadow_tap() {
                         tap.parse(frame, &classes);
                     }
