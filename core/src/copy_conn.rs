@@ -15,12 +15,11 @@
 //! or a Unix socket (never encrypted, as with libpq); authentication trust, cleartext
 //! password, MD5, or SCRAM-SHA-256 (`-PLUS` bound to the TLS connection where offered).
 
+use crate::handshake::{handshake, HandshakeError, ServerError, Startup};
 use crate::tls::TlsSettings;
 use crate::tls_stream::{negotiate, Binding, DbStream};
 use bytes::{Buf, BytesMut};
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::{md5_hash, sasl};
-use postgres_protocol::message::{backend, frontend};
+use postgres_protocol::message::frontend;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_postgres::config::Host;
@@ -51,8 +50,6 @@ pub enum CopyConnError {
         #[source]
         source: crate::tls_stream::NegotiateError,
     },
-    #[error("authentication: {0}")]
-    Binding(#[from] crate::tls_stream::BindingError),
     #[error("connecting to {addr}")]
     Connect {
         addr: String,
@@ -63,16 +60,12 @@ pub enum CopyConnError {
     Timeout { addr: String, secs: u64 },
     #[error("the server asked for a password and the URL has none")]
     NoPassword,
-    #[error("the server asked for an authentication method not supported here ({0})")]
-    UnsupportedAuth(&'static str),
+    /// An authentication method not supported here, a failed SCRAM exchange, or one that
+    /// `channel_binding` refuses.
     #[error("authentication: {0}")]
-    Auth(#[source] std::io::Error),
-    #[error("{severity}: {message} (SQLSTATE {code})")]
-    Server {
-        severity: String,
-        code: String,
-        message: String,
-    },
+    Auth(#[source] HandshakeError),
+    #[error("{0}")]
+    Server(ServerError),
     #[error("reading from or writing to the server")]
     Io(#[source] std::io::Error),
     #[error("the server closed the connection")]
@@ -85,8 +78,29 @@ impl CopyConnError {
     /// The SQLSTATE of a server error.
     pub fn code(&self) -> Option<&str> {
         match self {
-            CopyConnError::Server { code, .. } => Some(code),
+            CopyConnError::Server(e) => Some(e.code()),
             _ => None,
+        }
+    }
+
+    /// A failed startup; trouble on the stream names the server, as a failed connect does.
+    fn of_handshake(e: HandshakeError, addr: impl FnOnce() -> String) -> CopyConnError {
+        match e {
+            HandshakeError::Server(e) => CopyConnError::Server(e),
+            HandshakeError::NoPassword => CopyConnError::NoPassword,
+            HandshakeError::Protocol(m) => CopyConnError::Protocol(m),
+            HandshakeError::Io(source) => CopyConnError::Connect {
+                addr: addr(),
+                source,
+            },
+            HandshakeError::Closed => CopyConnError::Connect {
+                addr: addr(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during startup",
+                ),
+            },
+            other => CopyConnError::Auth(other),
         }
     }
 }
@@ -121,8 +135,6 @@ pub struct CopyConn {
     lowat_peak: usize,
     wbuf: BytesMut,
     broken: bool,
-    /// What SCRAM may bind to, and whether `channel_binding` requires it.
-    binding: Binding,
 }
 
 impl std::fmt::Debug for CopyConn {
@@ -153,36 +165,19 @@ impl CopyConn {
                 .copied()
                 .unwrap_or(5432);
             match tokio::time::timeout(timeout, open(host, port, &tls)).await {
-                Ok(Ok((stream, binding))) => {
-                    let mut conn = CopyConn {
+                Ok(Ok((mut stream, binding))) => {
+                    let mut rbuf = BytesMut::with_capacity(READ_SIZE);
+                    startup(&mut *stream, &mut rbuf, &config, application_name, &binding)
+                        .await
+                        .map_err(|e| CopyConnError::of_handshake(e, || describe(host, port)))?;
+                    return Ok(CopyConn {
                         stream,
-                        rbuf: BytesMut::with_capacity(READ_SIZE),
+                        rbuf,
                         lowat: 1,
                         lowat_peak: 1,
                         wbuf: BytesMut::new(),
                         broken: false,
-                        binding,
-                    };
-                    // Trouble before the session is up names the server, as a failed
-                    // connect does; server errors (a wrong password) speak for themselves.
-                    let addr = || describe(host, port);
-                    conn.startup(&config, application_name)
-                        .await
-                        .map_err(|e| match e {
-                            CopyConnError::Io(source) => CopyConnError::Connect {
-                                addr: addr(),
-                                source,
-                            },
-                            CopyConnError::Closed => CopyConnError::Connect {
-                                addr: addr(),
-                                source: std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    "the server closed the connection during startup",
-                                ),
-                            },
-                            other => other,
-                        })?;
-                    return Ok(conn);
+                    });
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
@@ -209,7 +204,7 @@ impl CopyConn {
             let (tag, body) = self.next_message().await?;
             match tag {
                 b'Z' => break,
-                b'E' => failed = Some(server_error(body)),
+                b'E' => failed = Some(server_error(&body)),
                 b'G' | b'H' => {
                     // A COPY in a batch: not what this runs.
                     self.broken = true;
@@ -231,7 +226,7 @@ impl CopyConn {
             match tag {
                 b'H' => break,
                 b'E' => {
-                    let err = server_error(body);
+                    let err = server_error(&body);
                     self.until_ready().await?;
                     return Err(err);
                 }
@@ -262,114 +257,6 @@ impl CopyConn {
         while copy.read(&mut out).await? {}
         String::from_utf8(out.to_vec())
             .map_err(|_| CopyConnError::Protocol("COPY output is not UTF-8".into()))
-    }
-
-    async fn startup(
-        &mut self,
-        config: &Config,
-        application_name: &str,
-    ) -> Result<(), CopyConnError> {
-        let user = config.get_user().unwrap_or("postgres");
-        let mut params = vec![("user", user), ("client_encoding", "UTF8")];
-        if let Some(db) = config.get_dbname() {
-            params.push(("database", db));
-        }
-        params.push((
-            "application_name",
-            config.get_application_name().unwrap_or(application_name),
-        ));
-        if let Some(options) = config.get_options() {
-            params.push(("options", options));
-        }
-        frontend::startup_message(params, &mut self.wbuf).map_err(CopyConnError::Io)?;
-        self.flush().await?;
-        let password = config.get_password();
-        let mut scram: Option<(sasl::ScramSha256, bool)> = None;
-        let mut bound = false;
-        loop {
-            let (tag, body) = self.next_message().await?;
-            match tag {
-                b'R' => {
-                    let msg = parse(body)?;
-                    bound |= self.authenticate(msg, user, password, &mut scram).await?;
-                }
-                b'E' => {
-                    self.broken = true;
-                    return Err(server_error(body));
-                }
-                b'Z' => {
-                    self.binding.check_done(bound)?;
-                    return Ok(());
-                }
-                // ParameterStatus, BackendKeyData, notices.
-                _ => {}
-            }
-        }
-    }
-
-    async fn authenticate(
-        &mut self,
-        msg: backend::Message,
-        user: &str,
-        password: Option<&[u8]>,
-        scram: &mut Option<(sasl::ScramSha256, bool)>,
-    ) -> Result<bool, CopyConnError> {
-        use backend::Message as M;
-        match msg {
-            M::AuthenticationOk => return Ok(false),
-            M::AuthenticationCleartextPassword => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                frontend::password_message(pw, &mut self.wbuf).map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationMd5Password(body) => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                let hash = md5_hash(user.as_bytes(), pw, body.salt());
-                frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                    .map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationSasl(body) => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                let mut listed = body.mechanisms();
-                let mut mechanisms = Vec::new();
-                while let Some(m) = listed.next().map_err(CopyConnError::Auth)? {
-                    mechanisms.push(m.to_string());
-                }
-                let (mechanism, cb) = self.binding.choose(&mechanisms)?;
-                let s = sasl::ScramSha256::new(pw, cb);
-                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
-                    .map_err(CopyConnError::Io)?;
-                *scram = Some((s, mechanism == sasl::SCRAM_SHA_256_PLUS));
-            }
-            M::AuthenticationSaslContinue(body) => {
-                let (s, _) = scram
-                    .as_mut()
-                    .ok_or_else(|| CopyConnError::Protocol("SASL continue before start".into()))?;
-                s.update(body.data()).map_err(CopyConnError::Auth)?;
-                frontend::sasl_response(s.message(), &mut self.wbuf).map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationSaslFinal(body) => {
-                let (s, bound) = scram
-                    .as_mut()
-                    .ok_or_else(|| CopyConnError::Protocol("SASL final before start".into()))?;
-                s.finish(body.data()).map_err(CopyConnError::Auth)?;
-                return Ok(*bound);
-            }
-            M::AuthenticationKerberosV5 => return Err(CopyConnError::UnsupportedAuth("Kerberos")),
-            M::AuthenticationScmCredential => {
-                return Err(CopyConnError::UnsupportedAuth("SCM credentials"))
-            }
-            M::AuthenticationGss | M::AuthenticationGssContinue(_) => {
-                return Err(CopyConnError::UnsupportedAuth("GSSAPI"))
-            }
-            M::AuthenticationSspi => return Err(CopyConnError::UnsupportedAuth("SSPI")),
-            _ => {
-                return Err(CopyConnError::Protocol(
-                    "unknown authentication message".into(),
-                ))
-            }
-        }
-        self.flush().await?;
-        Ok(false)
     }
 
     async fn send_query(&mut self, sql: &str) -> Result<(), CopyConnError> {
@@ -582,7 +469,7 @@ impl CopyOut<'_> {
             b'c' | b'C' | b'N' | b'S' | b'A' => {}
             b'Z' => self.done = true,
             b'E' => {
-                let err = server_error(msg);
+                let err = server_error(&msg);
                 self.conn.until_ready().await?;
                 self.done = true;
                 return Err(err);
@@ -649,30 +536,45 @@ fn describe(host: &Host, port: u16) -> String {
     }
 }
 
-fn parse(mut whole: BytesMut) -> Result<backend::Message, CopyConnError> {
-    backend::Message::parse(&mut whole)
-        .map_err(|e| CopyConnError::Protocol(e.to_string()))?
-        .ok_or_else(|| CopyConnError::Protocol("truncated message".into()))
+/// The `startup` settings of every COPY session: the URL's user, password, database and
+/// options, UTF-8 (COPY's text output is handed out as Rust strings).
+async fn startup(
+    stream: &mut dyn Stream,
+    rbuf: &mut BytesMut,
+    config: &Config,
+    application_name: &str,
+    binding: &Binding,
+) -> Result<(), HandshakeError> {
+    let mut params = vec![("client_encoding", "UTF8")];
+    if let Some(db) = config.get_dbname() {
+        params.push(("database", db));
+    }
+    params.push((
+        "application_name",
+        config.get_application_name().unwrap_or(application_name),
+    ));
+    if let Some(options) = config.get_options() {
+        params.push(("options", options));
+    }
+    handshake(
+        stream,
+        rbuf,
+        &Startup {
+            user: config.get_user().unwrap_or("postgres"),
+            password: config.get_password(),
+            params: &params,
+            binding,
+            max_message: MAX_OTHER_MESSAGE,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
-/// The severity, SQLSTATE and message of an ErrorResponse.
-fn server_error(whole: BytesMut) -> CopyConnError {
-    let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
-    if let Ok(backend::Message::ErrorResponse(body)) = parse(whole) {
-        let mut fields = body.fields();
-        while let Ok(Some(f)) = fields.next() {
-            let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
-            match f.type_() {
-                b'S' => severity = v,
-                b'C' => code = v,
-                b'M' => message = v,
-                _ => {}
-            }
-        }
-    }
-    CopyConnError::Server {
-        severity,
-        code,
-        message,
+/// An ErrorResponse (the whole message: type byte and length first) as an error.
+fn server_error(whole: &[u8]) -> CopyConnError {
+    match ServerError::parse(whole.get(5..).unwrap_or_default()) {
+        Ok(e) => CopyConnError::Server(e),
+        Err(e) => CopyConnError::Protocol(e.to_string()),
     }
 }
