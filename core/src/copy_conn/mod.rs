@@ -15,15 +15,17 @@
 //! or a Unix socket (never encrypted, as with libpq); authentication trust, cleartext
 //! password, MD5, or SCRAM-SHA-256 (`-PLUS` bound to the TLS connection where offered).
 
-use crate::handshake::{handshake, HandshakeError, ServerError, Startup};
-use crate::tls::TlsSettings;
-use crate::tls_stream::{negotiate, Binding, DbStream};
+mod error;
+mod open;
+
+pub use error::CopyConnError;
+
+use crate::handshake::ServerError;
 use bytes::{Buf, BytesMut};
+use open::Stream;
 use postgres_protocol::message::frontend;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_postgres::config::Host;
-use tokio_postgres::Config;
+use tokio::io::AsyncReadExt;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 256 * 1024;
@@ -36,92 +38,6 @@ const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_WAIT: Duration = Duration::from_millis(1);
 /// Largest message other than `CopyData` accepted (errors, notices, parameter status).
 const MAX_OTHER_MESSAGE: usize = 16 * 1024 * 1024;
-
-/// What went wrong on a [`CopyConn`].
-#[derive(Debug, thiserror::Error)]
-pub enum CopyConnError {
-    #[error("the database URL is not valid")]
-    Url(#[source] tokio_postgres::Error),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("TLS to {addr}: {source}")]
-    Negotiate {
-        addr: String,
-        #[source]
-        source: crate::tls_stream::NegotiateError,
-    },
-    #[error("connecting to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {addr}: timed out after {secs} s")]
-    Timeout { addr: String, secs: u64 },
-    #[error("the server asked for a password and the URL has none")]
-    NoPassword,
-    /// An authentication method not supported here, a failed SCRAM exchange, or one that
-    /// `channel_binding` refuses.
-    #[error("authentication: {0}")]
-    Auth(#[source] HandshakeError),
-    #[error("{0}")]
-    Server(ServerError),
-    #[error("reading from or writing to the server")]
-    Io(#[source] std::io::Error),
-    #[error("the server closed the connection")]
-    Closed,
-    #[error("unexpected message from the server: {0}")]
-    Protocol(String),
-}
-
-impl CopyConnError {
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            CopyConnError::Server(e) => Some(e.code()),
-            _ => None,
-        }
-    }
-
-    /// A failed startup; trouble on the stream names the server, as a failed connect does.
-    fn of_handshake(e: HandshakeError, addr: impl FnOnce() -> String) -> CopyConnError {
-        match e {
-            HandshakeError::Server(e) => CopyConnError::Server(e),
-            HandshakeError::NoPassword => CopyConnError::NoPassword,
-            HandshakeError::Protocol(m) => CopyConnError::Protocol(m),
-            HandshakeError::Io(source) => CopyConnError::Connect {
-                addr: addr(),
-                source,
-            },
-            HandshakeError::Closed => CopyConnError::Connect {
-                addr: addr(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection during startup",
-                ),
-            },
-            other => CopyConnError::Auth(other),
-        }
-    }
-}
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
-    /// The TCP socket under the stream, for its socket options.
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        None
-    }
-}
-impl Stream for tokio::net::TcpStream {
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        Some(self)
-    }
-}
-impl Stream for tokio::net::UnixStream {}
-impl Stream for DbStream {
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        Some(DbStream::tcp(self))
-    }
-}
 
 /// One session. After any error other than a server error the session is
 /// [`broken`](CopyConn::is_broken) and should be dropped.
@@ -148,47 +64,16 @@ impl std::fmt::Debug for CopyConn {
 impl CopyConn {
     /// Connects to a `postgres://` URL or key=value string, as `application_name`.
     pub async fn connect(url: &str, application_name: &str) -> Result<CopyConn, CopyConnError> {
-        let tls = crate::tls::settings_for_url(url)?;
-        let config: Config = crate::tls::strip_tls_params(url)
-            .parse()
-            .map_err(CopyConnError::Url)?;
-        let timeout = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
-        let mut last = None;
-        for (i, host) in config.get_hosts().iter().enumerate() {
-            let port = config
-                .get_ports()
-                .get(i)
-                .or(config.get_ports().first())
-                .copied()
-                .unwrap_or(5432);
-            match tokio::time::timeout(timeout, open(host, port, &tls)).await {
-                Ok(Ok((mut stream, binding))) => {
-                    let mut rbuf = BytesMut::with_capacity(READ_SIZE);
-                    startup(&mut *stream, &mut rbuf, &config, application_name, &binding)
-                        .await
-                        .map_err(|e| CopyConnError::of_handshake(e, || describe(host, port)))?;
-                    return Ok(CopyConn {
-                        stream,
-                        rbuf,
-                        lowat: 1,
-                        lowat_peak: 1,
-                        wbuf: BytesMut::new(),
-                        broken: false,
-                    });
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    last = Some(CopyConnError::Timeout {
-                        addr: describe(host, port),
-                        secs: timeout.as_secs(),
-                    })
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| CopyConnError::Protocol("the URL names no host".into())))
+        let mut rbuf = BytesMut::with_capacity(READ_SIZE);
+        let stream = open::connect(url, application_name, &mut rbuf, MAX_OTHER_MESSAGE).await?;
+        Ok(CopyConn {
+            stream,
+            rbuf,
+            lowat: 1,
+            lowat_peak: 1,
+            wbuf: BytesMut::new(),
+            broken: false,
+        })
     }
 
     /// True after an I/O or protocol error: the session's state is unknown.
@@ -491,84 +376,6 @@ impl Drop for CopyOut<'_> {
             self.conn.broken = true;
         }
     }
-}
-
-async fn open(
-    host: &Host,
-    port: u16,
-    tls: &TlsSettings,
-) -> Result<(Box<dyn Stream>, Binding), CopyConnError> {
-    match host {
-        Host::Tcp(name) => {
-            let s = tokio::net::TcpStream::connect((name.as_str(), port))
-                .await
-                .map_err(|source| CopyConnError::Connect {
-                    addr: describe(host, port),
-                    source,
-                })?;
-            let _ = s.set_nodelay(true);
-            let s = negotiate(s, tls, name)
-                .await
-                .map_err(|source| CopyConnError::Negotiate {
-                    addr: describe(host, port),
-                    source,
-                })?;
-            let binding = Binding::of(&s, tls);
-            Ok((Box::new(s), binding))
-        }
-        Host::Unix(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{port}"));
-            let s = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|source| CopyConnError::Connect {
-                    addr: path.display().to_string(),
-                    source,
-                })?;
-            Ok((Box::new(s), Binding::plain(tls)))
-        }
-    }
-}
-
-fn describe(host: &Host, port: u16) -> String {
-    match host {
-        Host::Tcp(name) => format!("{name}:{port}"),
-        Host::Unix(dir) => dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
-    }
-}
-
-/// The `startup` settings of every COPY session: the URL's user, password, database and
-/// options, UTF-8 (COPY's text output is handed out as Rust strings).
-async fn startup(
-    stream: &mut dyn Stream,
-    rbuf: &mut BytesMut,
-    config: &Config,
-    application_name: &str,
-    binding: &Binding,
-) -> Result<(), HandshakeError> {
-    let mut params = vec![("client_encoding", "UTF8")];
-    if let Some(db) = config.get_dbname() {
-        params.push(("database", db));
-    }
-    params.push((
-        "application_name",
-        config.get_application_name().unwrap_or(application_name),
-    ));
-    if let Some(options) = config.get_options() {
-        params.push(("options", options));
-    }
-    handshake(
-        stream,
-        rbuf,
-        &Startup {
-            user: config.get_user().unwrap_or("postgres"),
-            password: config.get_password(),
-            params: &params,
-            binding,
-            max_message: MAX_OTHER_MESSAGE,
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 /// An ErrorResponse (the whole message: type byte and length first) as an error.
