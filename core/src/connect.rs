@@ -1,26 +1,84 @@
-//! Connecting to the old or the new database from the offline tools, with errors that name
-//! the side and show the URL without its password; and [`Writer`], the one way a tool's
-//! session that writes rows into a target database is set up.
+//! Opening a tokio-postgres session to the old or the new database (the tools', and the
+//! proxy's own), with the TLS its URL asks for and errors that name the side and show the
+//! URL without its password; and [`Writer`], the one way a session that writes rows into a
+//! target database is set up.
 
+use crate::dsn::Dsn;
+use crate::tls::TlsSettings;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{Client, Config, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Which database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Db {
-    Old,
-    New,
+pub use crate::db::Db;
+
+/// Where a session goes: a URL as given on a tool's command line (a `postgres://` URL or a
+/// libpq `key=value` string), or one the proxy's configuration has parsed.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Url(&'a str),
+    Dsn(&'a Dsn),
 }
 
-impl std::fmt::Display for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Db::Old => "old",
-            Db::New => "new",
-        })
+impl Target<'_> {
+    /// For people: without credentials.
+    fn shown(self) -> String {
+        match self {
+            Target::Url(url) => shown(url),
+            Target::Dsn(dsn) => dsn.to_string(),
+        }
+    }
+
+    /// tokio-postgres's configuration and the TLS settings, which tokio-postgres cannot
+    /// read itself (`sslrootcert`, `verify-full` and the like are ours).
+    fn config(self, db: Db) -> Result<(Config, Arc<TlsSettings>), ConnectError> {
+        let tls_error = |source| ConnectError::Tls { db, source };
+        match self {
+            Target::Url(url) => {
+                let tls = crate::tls::settings_for_url(url).map_err(tls_error)?;
+                let config = crate::tls::strip_tls_params(url)
+                    .parse()
+                    .map_err(|source| ConnectError::Url {
+                        db,
+                        shown: shown(url),
+                        source,
+                    })?;
+                Ok((config, tls))
+            }
+            Target::Dsn(dsn) => {
+                let tls = crate::tls::settings_for(dsn).map_err(tls_error)?;
+                let mut config = Config::new();
+                config
+                    .host(&dsn.host)
+                    .port(dsn.port)
+                    .user(&dsn.user)
+                    .dbname(&dsn.dbname);
+                if let Some(p) = &dsn.password {
+                    config.password(p);
+                }
+                Ok((config, tls))
+            }
+        }
     }
 }
+
+/// How a session is opened beyond its target and name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionOptions<'a> {
+    /// The `options` startup parameter (`-c name=value ...`): settings in force from the
+    /// session's first statement on, which no `SET` can be forgotten for.
+    pub options: Option<&'a str>,
+    /// A bound on the whole of connecting (TCP, TLS, authentication). Without one, each
+    /// connection attempt has the URL's `connect_timeout`, 10 s if it sets none.
+    pub timeout: Option<Duration>,
+}
+
+/// The driver of a session opened by [`open_driven_by_caller`].
+pub type Connection = tokio_postgres::Connection<
+    Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<Socket>>::Stream,
+>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -44,6 +102,26 @@ pub enum ConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("connecting to the {db} database at {shown}: timed out after {after:?}")]
+    Timeout {
+        db: Db,
+        shown: String,
+        after: Duration,
+    },
+}
+
+impl ConnectError {
+    /// The error with its causes, on one line (for errors that are passed on as text).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
 }
 
 /// `url` for people: without credentials.
@@ -53,38 +131,77 @@ pub fn shown(url: &str) -> String {
         .unwrap_or_else(|_| "(unparsable URL)".to_string())
 }
 
-/// Opens one connection (10 s connect timeout unless the URL sets one); its driver task
-/// runs on the current runtime.
+/// Opens one session on the tools' defaults (no options, the URL's connect timeout); its
+/// driver task runs on the current runtime.
 pub async fn connect(db: Db, url: &str, application_name: &str) -> Result<Client, ConnectError> {
-    let tls =
-        crate::tls::settings_for_url(url).map_err(|source| ConnectError::Tls { db, source })?;
-    let mut config: Config = crate::tls::strip_tls_params(url)
-        .parse()
-        .map_err(|source| ConnectError::Url {
-            db,
-            shown: shown(url),
-            source,
-        })?;
-    let connector = crate::tls_stream::pg_connector(&mut config, &tls);
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    config.application_name(application_name);
-    let (client, connection) =
-        config
-            .connect(connector)
-            .await
-            .map_err(|source| ConnectError::Connect {
-                db,
-                shown: shown(url),
-                source,
-            })?;
+    open(
+        db,
+        Target::Url(url),
+        application_name,
+        SessionOptions::default(),
+    )
+    .await
+}
+
+/// Opens one session, as `application_name`, with the TLS its URL asks for; its driver
+/// task runs on the current runtime. Every tokio-postgres session Switchyard opens (the
+/// tools', the proxy's own for catalogs, control tables and mirroring) comes from here.
+pub async fn open(
+    db: Db,
+    target: Target<'_>,
+    application_name: &str,
+    opts: SessionOptions<'_>,
+) -> Result<Client, ConnectError> {
+    let (client, connection) = open_driven_by_caller(db, target, application_name, opts).await?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::debug!(%db, %err, "Connection ended.");
         }
     });
     Ok(client)
+}
+
+/// [`open`], handing the driver to the caller: for a session whose notifications
+/// (`LISTEN`) the caller reads off it.
+pub async fn open_driven_by_caller(
+    db: Db,
+    target: Target<'_>,
+    application_name: &str,
+    opts: SessionOptions<'_>,
+) -> Result<(Client, Connection), ConnectError> {
+    let (mut config, tls) = target.config(db)?;
+    let connector = crate::tls_stream::pg_connector(&mut config, &tls);
+    match opts.timeout {
+        Some(t) => {
+            config.connect_timeout(t);
+        }
+        None if config.get_connect_timeout().is_none() => {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        None => {}
+    }
+    config.application_name(application_name);
+    if let Some(o) = opts.options {
+        config.options(o);
+    }
+    let connecting = config.connect(connector);
+    let connected =
+        match opts.timeout {
+            // tokio-postgres's timeout covers each host's TCP connect, not the authentication.
+            Some(after) => tokio::time::timeout(after, connecting).await.map_err(|_| {
+                ConnectError::Timeout {
+                    db,
+                    shown: target.shown(),
+                    after,
+                }
+            })?,
+            None => connecting.await,
+        };
+    connected.map_err(|source| ConnectError::Connect {
+        db,
+        shown: target.shown(),
+        source,
+    })
 }
 
 /// How a Switchyard session that writes rows into a database applies them.

@@ -3,7 +3,7 @@
 //! swap, so that going back loses nothing. Everything that names a side of a lockstep
 //! transaction (two-phase gids, retry logs, messages) says which way it runs.
 
-use crate::connect::Db;
+use crate::db::Db;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

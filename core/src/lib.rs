@@ -1,5 +1,6 @@
 //! Shared pieces of Switchyard that more than one binary needs.
 //!
+//! - [`db`]: which of the two databases.
 //! - [`catalog`]: what a table looks like (columns, types, primary key).
 //! - [`checksum`]: order-independent checksums of primary-key ranges, computed in the
 //!   database, and the split points that cut a table into ranges.
@@ -17,6 +18,8 @@
 //!   the lockstep mode's intents; [`recover`]: prepared transactions left in doubt.
 //! - [`cutover`]: phases, control tables, pre-flight checks, the agreed flip, sequences.
 //! - [`multiset`], [`multiset_diff`], [`multiset_repair`]: tables without a primary key.
+//! - [`handshake`]: the startup and authentication of every session opened by hand (the
+//!   proxy's, [`copy_conn`]'s), on any stream.
 //! - [`copy_conn`], [`copy_hash`]: COPY reads in large buffers and their checksums.
 //! - [`tls`], [`tls_stream`], [`dsn`], [`config_layer`]: TLS to the databases, URLs,
 //!   settings from file, environment and flags.
@@ -30,9 +33,11 @@ pub mod connect;
 pub mod copy_conn;
 pub mod copy_hash;
 pub mod cutover;
+pub mod db;
 pub mod diff;
 pub mod direction;
 pub mod dsn;
+pub mod handshake;
 pub mod ident;
 pub mod intents;
 pub mod key;

@@ -10,7 +10,7 @@
 //! the primary of its own direction: the same number on the other database is another
 //! transaction.
 
-use crate::connect::Db;
+use crate::db::Db;
 use crate::direction::Direction;
 use serde::Serialize;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The admin HTTP server: Prometheus metrics, a health probe and the status API.
 
-use crate::backend::Role;
+use crate::backend::Db;
 use crate::shared::Shared;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -106,7 +106,7 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
     let sh = &s.shared;
     let direction = sh.cutover.direction();
     let other = direction.other();
-    let backend = |role: Role| Backend {
+    let backend = |role: Db| Backend {
         url: sh.dsn(role).to_string(),
         health: sh.health.get(role),
     };
@@ -121,8 +121,8 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             max: sh.config.max_client_connections,
         },
         backends: Backends {
-            old: backend(Role::Old),
-            new: backend(Role::New),
+            old: backend(Db::Old),
+            new: backend(Db::New),
         },
         classifier_cache_entries: sh.classifier.len(),
         // The dual writes sessions run now; the other direction's once it ran.

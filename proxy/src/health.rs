@@ -1,7 +1,7 @@
 //! Reachability of old and new, checked in the background so `/api/status` and the
 //! `switchyard_backend_up` gauge answer without touching the databases on request.
 
-use crate::backend::{connect, ConnectOptions, Role};
+use crate::backend::{connect, ConnectOptions, Db};
 use crate::metrics::BACKEND_UP;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
@@ -25,28 +25,28 @@ pub struct Health {
 }
 
 impl Health {
-    fn slot(&self, role: Role) -> &RwLock<BackendHealth> {
+    fn slot(&self, role: Db) -> &RwLock<BackendHealth> {
         match role {
-            Role::Old => &self.old,
-            Role::New => &self.new,
+            Db::Old => &self.old,
+            Db::New => &self.new,
         }
     }
 
-    pub fn get(&self, role: Role) -> BackendHealth {
+    pub fn get(&self, role: Db) -> BackendHealth {
         self.slot(role)
             .read()
             .map(|g| g.clone())
             .unwrap_or_default()
     }
 
-    fn set(&self, role: Role, h: BackendHealth) {
+    fn set(&self, role: Db, h: BackendHealth) {
         if let Ok(mut g) = self.slot(role).write() {
             *g = h;
         }
     }
 
     /// Checks one database now.
-    pub async fn check(&self, role: Role, dsn: &Dsn, opts: &ConnectOptions) {
+    pub async fn check(&self, role: Db, dsn: &Dsn, opts: &ConnectOptions) {
         let start = std::time::Instant::now();
         let params = [(
             "application_name".to_string(),
@@ -89,8 +89,8 @@ pub async fn run(shared: Arc<crate::shared::Shared>, interval: Duration) {
     loop {
         let opts = shared.connect_options();
         tokio::join!(
-            shared.health.check(Role::Old, &shared.old, &opts),
-            shared.health.check(Role::New, &shared.new, &opts)
+            shared.health.check(Db::Old, &shared.old, &opts),
+            shared.health.check(Db::New, &shared.new, &opts)
         );
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -82,6 +82,7 @@ pub async fn run(shared: Arc<Shared>, every: Duration) {
 
 async fn read(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
     let client = crate::mirror::control::connect(
+        switchyard_core::db::Db::New,
         &shared.new,
         "switchyard-progress",
         None,

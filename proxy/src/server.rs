@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::db::Db;
 use switchyard_core::direction::Direction;
 use switchyard_core::dsn::DsnError;
 use tokio::net::TcpListener;
@@ -252,8 +253,9 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         tokio::spawn(f.run(shutdown_rx.clone()));
     }
     let cutover_control =
-        crate::mirror::control::Control::new(old.clone(), config.connect_timeout());
-    let new_control = crate::mirror::control::Control::new(new.clone(), config.connect_timeout());
+        crate::mirror::control::Control::new(Db::Old, old.clone(), config.connect_timeout());
+    let new_control =
+        crate::mirror::control::Control::new(Db::New, new.clone(), config.connect_timeout());
     let shared = Arc::new(Shared {
         cutover,
         cutover_control,

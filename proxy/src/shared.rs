@@ -2,7 +2,7 @@
 //! shutdown signal.
 
 use crate::auth::Secret;
-use crate::backend::{ConnectOptions, Role};
+use crate::backend::{ConnectOptions, Db as Role};
 use crate::cancel::CancelRegistry;
 use crate::classify::Classifier;
 use crate::config::ProxyConfig;

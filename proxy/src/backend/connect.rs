@@ -1,16 +1,13 @@
-//! Opening a connection to a database and running its startup: TCP, StartupMessage,
-//! authentication, then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
+//! Opening a connection to a database: TCP, TLS as its URL says, then the startup and
+//! authentication ([`switchyard_core::handshake`], shared with the tools' COPY sessions).
 
-use super::auth::{respond, AuthState};
-use super::{BackendError, Role};
-use crate::protocol::backend::BackendMessage;
+use super::{BackendError, Db};
 use crate::protocol::startup::StartupRequest;
-use crate::protocol::Frame;
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use switchyard_core::dsn::Dsn;
+use switchyard_core::handshake::{handshake, Startup};
 use switchyard_core::tls::{settings_for, TlsSettings};
-use switchyard_core::tls_stream::write_flushed;
 use switchyard_core::tls_stream::{negotiate, Binding, DbStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,7 +21,7 @@ pub struct ConnectOptions {
 
 /// A started, authenticated connection, ready for queries.
 pub struct BackendConn {
-    pub role: Role,
+    pub role: Db,
     pub stream: DbStream,
     /// Bytes read past the first ReadyForQuery (normally none).
     pub read_buf: BytesMut,
@@ -48,7 +45,7 @@ pub struct CancelAddr {
 
 /// Connects to `dsn` as its user, passing `startup_params` (e.g. application_name) along.
 pub async fn connect(
-    role: Role,
+    role: Db,
     dsn: &Dsn,
     startup_params: &[(String, String)],
     opts: &ConnectOptions,
@@ -61,7 +58,7 @@ pub async fn connect(
 }
 
 async fn connect_inner(
-    role: Role,
+    role: Db,
     dsn: &Dsn,
     startup_params: &[(String, String)],
     opts: &ConnectOptions,
@@ -86,93 +83,42 @@ async fn connect_inner(
             detail: format!("{dsn}: {e}"),
         })?;
     let binding = Binding::of(&stream, &tls);
-    let io = |source| BackendError::Io { role, source };
-
-    let mut params = vec![
-        ("user".to_string(), dsn.user.clone()),
-        ("database".to_string(), dsn.dbname.clone()),
-    ];
-    params.extend(
-        startup_params
-            .iter()
-            .filter(|(k, _)| k != "user" && k != "database")
-            .cloned(),
-    );
-    let mut out = BytesMut::new();
-    StartupRequest::Startup {
-        major: 3,
-        minor: 0,
-        params,
-    }
-    .encode(&mut out);
-    write_flushed(&mut stream, &out).await.map_err(io)?;
-
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut auth = AuthState::Start;
-    let mut server_params = Vec::new();
-    let mut key_data = None;
-    loop {
-        let frame = loop {
-            match Frame::parse(&mut buf, opts.max_message_size)
-                .map_err(|source| BackendError::Protocol { role, source })?
-            {
-                Some(f) => break f,
-                None => {
-                    if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
-                        return Err(BackendError::Closed { role });
-                    }
-                }
-            }
-        };
-        let msg = BackendMessage::decode(&frame)
-            .map_err(|source| BackendError::Protocol { role, source })?;
-        match msg {
-            BackendMessage::Authentication(a) => {
-                out.clear();
-                respond(
-                    role,
-                    &mut auth,
-                    a,
-                    &dsn.user,
-                    dsn.password.as_deref(),
-                    &binding,
-                    &mut out,
-                )?;
-                if !out.is_empty() {
-                    write_flushed(&mut stream, &out).await.map_err(io)?;
-                }
-            }
-            BackendMessage::ParameterStatus { name, value } => server_params.push((name, value)),
-            BackendMessage::BackendKeyData { pid, key } => key_data = Some((pid, key)),
-            BackendMessage::ErrorResponse(fields) => {
-                return Err(BackendError::Server { role, fields })
-            }
-            BackendMessage::ReadyForQuery(_) => {
-                binding
-                    .check_done(matches!(auth, AuthState::Bound))
-                    .map_err(|e| BackendError::Auth {
-                        role,
-                        detail: e.to_string(),
-                    })?;
-                let (pid, key) = key_data.unwrap_or((0, Bytes::new()));
-                return Ok(BackendConn {
-                    role,
-                    stream,
-                    read_buf: buf,
-                    params: server_params,
-                    pid,
-                    key,
-                    cancel_to: CancelAddr {
-                        addr,
-                        host: dsn.host.clone(),
-                        tls,
-                    },
-                });
-            }
-            // Notices and protocol negotiation during startup are informational.
-            _ => {}
-        }
-    }
+    let params: Vec<(&str, &str)> = std::iter::once(("database", dsn.dbname.as_str()))
+        .chain(
+            startup_params
+                .iter()
+                .filter(|(k, _)| k != "user" && k != "database")
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .collect();
+    let mut read_buf = BytesMut::with_capacity(4096);
+    let session = handshake(
+        &mut stream,
+        &mut read_buf,
+        &Startup {
+            user: &dsn.user,
+            password: dsn.password.as_deref().map(str::as_bytes),
+            params: &params,
+            binding: &binding,
+            max_message: opts.max_message_size,
+        },
+    )
+    .await
+    .map_err(|e| BackendError::of_handshake(role, e))?;
+    let (pid, key) = session.key.map_or((0, Bytes::new()), |k| (k.pid, k.secret));
+    Ok(BackendConn {
+        role,
+        stream,
+        read_buf,
+        params: session.params,
+        pid,
+        key,
+        cancel_to: CancelAddr {
+            addr,
+            host: dsn.host.clone(),
+            tls,
+        },
+    })
 }
 
 /// Sends a CancelRequest for a backend, over TLS when its session used TLS; the server

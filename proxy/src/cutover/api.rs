@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
+use switchyard_core::db::Db;
 
 // Declared here rather than in `cutover/mod.rs` (the status is its caller); the path keeps
 // it beside its siblings.
@@ -224,22 +225,28 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         kafka: kafka_settings(shared),
     };
     let timeout = shared.config.connect_timeout();
-    let old =
-        match crate::mirror::control::connect(&shared.old, "switchyard-cutover", None, timeout)
+    let old = match crate::mirror::control::connect(
+        Db::Old,
+        &shared.old,
+        "switchyard-cutover",
+        None,
+        timeout,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("cannot reach the old database's control table: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let new =
+        crate::mirror::control::connect(Db::New, &shared.new, "switchyard-cutover", None, timeout)
             .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_GATEWAY,
-                    format!("cannot reach the old database's control table: {e}\n"),
-                )
-                    .into_response()
-            }
-        };
-    let new = crate::mirror::control::connect(&shared.new, "switchyard-cutover", None, timeout)
-        .await
-        .ok();
+            .ok();
     let result = cutover::flip(&old, new.as_ref(), &req).await;
     respond(&req, result)
 }

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
+use switchyard_core::db::Db;
 use switchyard_core::dsn::Dsn;
 
 #[derive(Debug, clap::Args)]
@@ -75,16 +76,17 @@ pub fn run(args: CutoverArgs) -> ExitCode {
     runtime.block_on(run_async(args))
 }
 
-async fn connect(url: &str, what: &str) -> Result<tokio_postgres::Client, String> {
-    let dsn = Dsn::parse(url).map_err(|e| format!("--{what}: {e}"))?;
+async fn connect(url: &str, db: Db) -> Result<tokio_postgres::Client, String> {
+    let dsn = Dsn::parse(url).map_err(|e| format!("--{db}: {e}"))?;
     crate::mirror::control::connect(
+        db,
         &dsn,
         "switchyard-cutover-cli",
         None,
         Duration::from_secs(10),
     )
     .await
-    .map_err(|e| format!("the {what} database: {e}"))
+    .map_err(|e| format!("the {db} database: {e}"))
 }
 
 async fn run_async(args: CutoverArgs) -> ExitCode {
@@ -93,11 +95,11 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         ExitCode::from(2)
     };
     let lease = Duration::from_secs(args.lease_secs.max(1));
-    let old = match connect(&args.old, "old").await {
+    let old = match connect(&args.old, Db::Old).await {
         Ok(c) => c,
         Err(e) if args.phase == "status" => {
             // Old may be gone for good once the cutover is done: new has the flag then.
-            let Ok(new) = connect(&args.new, "new").await else {
+            let Ok(new) = connect(&args.new, Db::New).await else {
                 return fail(e);
             };
             if !matches!(cutover::done::done_on(&new).await, Ok(Some(_))) {
@@ -108,7 +110,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     if args.phase == "warm-up" {
-        let new = match connect(&args.new, "new").await {
+        let new = match connect(&args.new, Db::New).await {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -132,7 +134,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
     }
     if args.phase == "status" {
         // Once done, the flag lives on new (old may be gone).
-        let new = connect(&args.new, "new").await.ok();
+        let new = connect(&args.new, Db::New).await.ok();
         let done_on_new = match &new {
             Some(n) => cutover::done::done_on(n).await.ok().flatten().is_some(),
             None => false,
@@ -197,7 +199,7 @@ async fn run_async(args: CutoverArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(format!("{e}, or status, or warm-up")),
     };
-    let new = match connect(&args.new, "new").await {
+    let new = match connect(&args.new, Db::New).await {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("switchyard-proxy cutover: {e} (its checks fail)");

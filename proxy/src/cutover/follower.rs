@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_core::connect::{open_driven_by_caller, ConnectError, SessionOptions, Target};
 use switchyard_core::cutover::{ensure_schema, Phase, CHANNEL, HEARTBEAT_SQL};
+use switchyard_core::db::Db;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, Client};
@@ -98,6 +100,7 @@ impl Follower {
     /// New's control table says the cutover is done (its epoch).
     async fn done_on_new(&self) -> Option<i64> {
         let c = crate::mirror::control::connect(
+            Db::New,
             &self.new,
             "switchyard-cutover",
             None,
@@ -189,34 +192,31 @@ impl Follower {
     }
 
     /// Where the flag lives: old, or new once the cutover is done.
-    fn control(&self) -> &Dsn {
+    fn control(&self) -> (Db, &Dsn) {
         if self.on_new.load(Ordering::Acquire) {
-            &self.new
+            (Db::New, &self.new)
         } else {
-            &self.old
+            (Db::Old, &self.old)
         }
     }
 
     async fn connect(&self) -> Result<(Client, Arc<Notify>), String> {
-        let control = self.control();
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&control.host)
-            .port(control.port)
-            .user(&control.user)
-            .dbname(&control.dbname)
-            .application_name("switchyard-cutover")
-            .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"))
-            .connect_timeout(self.connect_timeout);
-        if let Some(p) = &control.password {
-            cfg.password(p);
-        }
-        let tls = switchyard_core::tls::settings_for(control).map_err(|e| e.to_string())?;
-        let connector = switchyard_core::tls_stream::pg_connector(&mut cfg, &tls);
+        let (db, control) = self.control();
+        let options = format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}");
+        let opts = SessionOptions {
+            options: Some(&options),
+            timeout: Some(self.connect_timeout),
+        };
+        // Driven here rather than in the background: the notifications wake the follower.
         let (client, mut connection) =
-            tokio::time::timeout(self.connect_timeout, cfg.connect(connector))
+            open_driven_by_caller(db, Target::Dsn(control), "switchyard-cutover", opts)
                 .await
-                .map_err(|_| format!("{control}: connect timed out"))?
-                .map_err(|e| format!("{control}: {}", switchyard_core::cutover::pg_error(&e)))?;
+                .map_err(|e| match e {
+                    ConnectError::Connect { shown, source, .. } => {
+                        format!("{shown}: {}", switchyard_core::cutover::pg_error(&source))
+                    }
+                    other => other.chain(),
+                })?;
         let wake = Arc::new(Notify::new());
         let notify = wake.clone();
         tokio::spawn(async move {

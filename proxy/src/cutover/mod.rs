@@ -224,10 +224,7 @@ impl Live {
             percent: self.percent(),
             ready_epoch: self.ready_epoch(),
             read_your_writes: self.read_your_writes(),
-            primary: match self.direction().primary() {
-                switchyard_core::connect::Db::Old => "old",
-                switchyard_core::connect::Db::New => "new",
-            },
+            primary: self.direction().primary().as_str(),
             write_pause: self.gate.is_closed(),
             sessions_busy: self.gate.busy(),
             sessions_pinned: self.gate.pinned(),

@@ -80,6 +80,7 @@ impl Follower {
 
     async fn secondary_client(&self, m: &Mirror) -> Option<Client> {
         match crate::mirror::control::connect(
+            m.direction.secondary(),
             &m.secondary,
             "switchyard-cutover",
             None,

@@ -5,7 +5,7 @@ use super::auth::authenticate;
 use super::reply::{fatal, send_error};
 use super::session::{client_encoding_ok, encoding_refused, is_utf8_encoding, Session};
 use super::stream::ClientStream;
-use crate::backend::{connect, send_cancel, Role};
+use crate::backend::{connect, send_cancel};
 use crate::cancel::CancelTarget;
 use crate::metrics::{
     BACKEND_CONNECT_ERRORS_TOTAL, CANCEL_REQUESTS_TOTAL, CLIENT_CONNECTIONS,
@@ -72,10 +72,7 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
     }
     // A session starts on whichever database takes writes now (writes-new: new).
     let direction = shared.cutover.direction();
-    let role = match direction.primary() {
-        switchyard_core::connect::Db::Old => Role::Old,
-        switchyard_core::connect::Db::New => Role::New,
-    };
+    let role = direction.primary();
     let backend = match Box::pin(connect(
         role,
         shared.dsn(role),

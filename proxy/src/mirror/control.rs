@@ -4,18 +4,22 @@
 use super::MirrorError;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_core::connect::{open, ConnectError, SessionOptions, Target};
+use switchyard_core::db::Db;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::Mutex;
 
 pub struct Control {
+    db: Db,
     dsn: Dsn,
     connect_timeout: Duration,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
 impl Control {
-    pub fn new(dsn: Dsn, connect_timeout: Duration) -> Self {
+    pub fn new(db: Db, dsn: Dsn, connect_timeout: Duration) -> Self {
         Control {
+            db,
             dsn,
             connect_timeout,
             client: Mutex::new(None),
@@ -26,6 +30,11 @@ impl Control {
         &self.dsn
     }
 
+    /// The database this is the control connection of.
+    pub fn db(&self) -> Db {
+        self.db
+    }
+
     pub async fn client(&self) -> Result<Arc<tokio_postgres::Client>, MirrorError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -33,45 +42,41 @@ impl Control {
                 return Ok(c.clone());
             }
         }
-        let c =
-            Arc::new(connect(&self.dsn, "switchyard-control", None, self.connect_timeout).await?);
+        let c = connect(
+            self.db,
+            &self.dsn,
+            "switchyard-control",
+            None,
+            self.connect_timeout,
+        )
+        .await?;
+        let c = Arc::new(c);
         *slot = Some(c.clone());
         Ok(c)
     }
 }
 
-/// Opens a tokio-postgres connection for the proxy's own use, with `options` (`-c ...`) sent
-/// at startup, and drives it in the background.
+/// Opens a session for the proxy's own use ([`switchyard_core::connect::open`]), with
+/// `options` (`-c ...`) sent at startup, all of it within `timeout`; its driver runs in the
+/// background.
 pub async fn connect(
+    db: Db,
     dsn: &Dsn,
     application_name: &str,
     options: Option<&str>,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client, MirrorError> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&dsn.host)
-        .port(dsn.port)
-        .user(&dsn.user)
-        .dbname(&dsn.dbname)
-        .application_name(application_name)
-        .connect_timeout(timeout);
-    if let Some(p) = &dsn.password {
-        cfg.password(p);
-    }
-    if let Some(o) = options {
-        cfg.options(o);
-    }
-    let tls =
-        switchyard_core::tls::settings_for(dsn).map_err(|e| MirrorError::Connect(e.to_string()))?;
-    let connector = switchyard_core::tls_stream::pg_connector(&mut cfg, &tls);
-    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(connector))
+    let opts = SessionOptions {
+        options,
+        timeout: Some(timeout),
+    };
+    open(db, Target::Dsn(dsn), application_name, opts)
         .await
-        .map_err(|_| MirrorError::Connect(format!("{dsn}: timed out after {timeout:?}")))?
-        .map_err(|e| MirrorError::Connect(format!("{dsn}: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "A mirror connection ended.");
-        }
-    });
-    Ok(client)
+        .map_err(|e| {
+            // The side is the caller's to say; the address and the driver's reason are ours.
+            MirrorError::Connect(match e {
+                ConnectError::Connect { shown, source, .. } => format!("{shown}: {source}"),
+                other => other.chain(),
+            })
+        })
 }

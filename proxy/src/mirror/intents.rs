@@ -117,6 +117,7 @@ pub async fn sweep_loop(m: Arc<Mirror>) {
             let n = batch.len() as u64;
             if secondary.as_ref().is_none_or(|c| c.is_closed()) {
                 secondary = super::control::connect(
+                    m.direction.secondary(),
                     &m.secondary,
                     "switchyard-sweep",
                     None,

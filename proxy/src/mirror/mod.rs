@@ -32,7 +32,7 @@ pub enum MirrorError {
     Catalog(String),
     #[error("{what} on the {side} database failed{}: {message}", sqlstate.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
     Secondary {
-        side: switchyard_core::connect::Db,
+        side: switchyard_core::db::Db,
         what: String,
         sqlstate: Option<String>,
         message: String,
@@ -101,7 +101,7 @@ impl Mirror {
             direction,
             secondary,
             instance,
-            control: Control::new(primary, connect_timeout),
+            control: Control::new(direction.primary(), primary, connect_timeout),
             tables: tables::Tables::default(),
             routines: routines::RoutineSet::default(),
             plans: DashMap::with_hasher(Default::default()),
@@ -147,10 +147,7 @@ impl Mirror {
             "two-phase"
         });
         s.direction = self.direction.as_str();
-        s.secondary = match self.direction.secondary() {
-            switchyard_core::connect::Db::Old => "old",
-            switchyard_core::connect::Db::New => "new",
-        };
+        s.secondary = self.direction.secondary().as_str();
         s.retry_log.backend = if self.kafka.is_some() {
             "kafka"
         } else {

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_core::connect::Db;
+use switchyard_core::db::Db;
 use switchyard_core::dsn::Dsn;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -133,6 +133,7 @@ impl Secondary {
             }
         }
         match connect(
+            self.side,
             &self.dsn,
             "switchyard-mirror",
             Some(&self.options),

@@ -27,6 +27,7 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
     }
     let timeout = Duration::from_secs(5);
     match connect(
+        m.direction.secondary(),
         &m.secondary,
         "switchyard-check",
         Some(capture::WRITER_OPTIONS),
@@ -99,7 +100,7 @@ pub async fn check(m: &Mirror) -> Result<(), String> {
 /// captured from the primary, would be made twice. Refused, naming them and the fix.
 async fn always_triggers(
     c: &tokio_postgres::Client,
-    side: switchyard_core::connect::Db,
+    side: switchyard_core::db::Db,
 ) -> Result<(), String> {
     let rows = c
         .query(
@@ -190,7 +191,14 @@ pub async fn recover_loop(m: Arc<Mirror>, every: Duration) {
                 Err(e) => tracing::debug!(error = %e, "Reading the routines failed."),
             }
         }
-        let secondary = connect(&m.secondary, "switchyard-recover", None, timeout).await;
+        let secondary = connect(
+            m.direction.secondary(),
+            &m.secondary,
+            "switchyard-recover",
+            None,
+            timeout,
+        )
+        .await;
         if let (Ok(s), true) = (&secondary, m.active()) {
             resolve_intents(&m, s, timeout).await;
         }
@@ -238,7 +246,15 @@ async fn resolve_intents(m: &Mirror, secondary: &tokio_postgres::Client, timeout
     if waiting == 0 {
         return;
     }
-    let Ok(mut p) = connect(m.control.dsn(), "switchyard-recover", None, timeout).await else {
+    let Ok(mut p) = connect(
+        m.control.db(),
+        m.control.dsn(),
+        "switchyard-recover",
+        None,
+        timeout,
+    )
+    .await
+    else {
         return;
     };
     match switchyard_core::intents::resolve(&mut p, secondary, INTENT_MIN_AGE).await {
@@ -280,9 +296,24 @@ pub async fn log_loop(m: Arc<Mirror>) {
         }
         if conns.is_none() && m.status.capture.installed.load(Ordering::Relaxed) {
             let opened = async {
-                let claim = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
-                let source = connect(m.control.dsn(), "switchyard-log", None, timeout).await?;
+                let claim = connect(
+                    m.control.db(),
+                    m.control.dsn(),
+                    "switchyard-log",
+                    None,
+                    timeout,
+                )
+                .await?;
+                let source = connect(
+                    m.control.db(),
+                    m.control.dsn(),
+                    "switchyard-log",
+                    None,
+                    timeout,
+                )
+                .await?;
                 let target = connect(
+                    m.direction.secondary(),
                     &m.secondary,
                     "switchyard-log",
                     Some(capture::WRITER_OPTIONS),

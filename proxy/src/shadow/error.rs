@@ -1,6 +1,6 @@
 //! Why one side of a shadow comparison produced no result. Each error knows its side.
 
-use crate::backend::{BackendError, Role};
+use crate::backend::{BackendError, Db};
 use crate::protocol::ProtocolError;
 
 /// SQLSTATE 25006: the statement tried to write inside the read-only shadow transaction.
@@ -14,19 +14,19 @@ pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub enum SideError {
     #[error(transparent)]
     Connect(#[from] BackendError),
-    #[error("{role} failed moments ago; not tried again yet")]
-    Unavailable { role: Role },
-    #[error("I/O error with {role}: {source}")]
-    Io { role: Role, source: std::io::Error },
-    #[error("protocol error from {role}: {source}")]
-    Protocol { role: Role, source: ProtocolError },
-    #[error("{role} did not answer within {ms} ms")]
-    Timeout { role: Role, ms: u64 },
-    #[error("{role} closed the connection")]
-    Closed { role: Role },
-    #[error("{role} refused the statement: {message} (SQLSTATE {sqlstate})")]
+    #[error("the {role} database failed moments ago; not tried again yet")]
+    Unavailable { role: Db },
+    #[error("I/O error with the {role} database: {source}")]
+    Io { role: Db, source: std::io::Error },
+    #[error("protocol error from the {role} database: {source}")]
+    Protocol { role: Db, source: ProtocolError },
+    #[error("the {role} database did not answer within {ms} ms")]
+    Timeout { role: Db, ms: u64 },
+    #[error("the {role} database closed the connection")]
+    Closed { role: Db },
+    #[error("the {role} database refused the statement: {message} (SQLSTATE {sqlstate})")]
     Server {
-        role: Role,
+        role: Db,
         sqlstate: String,
         message: String,
     },

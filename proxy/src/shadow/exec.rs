@@ -13,7 +13,7 @@
 use super::analyze::Shape;
 use super::digest::{Column, Digest};
 use super::error::SideError;
-use crate::backend::{connect, ConnectOptions, Role};
+use crate::backend::{connect, ConnectOptions, Db};
 use crate::protocol::backend::{BackendMessage, ErrorFields};
 use crate::protocol::describe::{data_row, row_description};
 use crate::protocol::frontend::{Bind, FrontendMessage, Target};
@@ -95,7 +95,7 @@ impl Conn {
     /// that `poisons_connection`.
     pub async fn run(
         &mut self,
-        role: Role,
+        role: Db,
         stmt: &Statement<'_>,
         shape: &Shape,
         limits: Limits,
@@ -112,7 +112,7 @@ impl Conn {
 
     async fn exchange(
         &mut self,
-        role: Role,
+        role: Db,
         stmt: &Statement<'_>,
         shape: &Shape,
         limits: Limits,
@@ -176,7 +176,7 @@ impl Conn {
         Ok(digest.unwrap_or_else(|| Digest::new(Vec::new(), shape, 0, false)))
     }
 
-    async fn next_frame(&mut self, role: Role, max: usize) -> Result<Frame, SideError> {
+    async fn next_frame(&mut self, role: Db, max: usize) -> Result<Frame, SideError> {
         use crate::backend::read::{next_frame, ReadError};
         next_frame(&mut self.stream, &mut self.buf, max)
             .await
@@ -191,7 +191,7 @@ impl Conn {
 /// Idle shadow connections to one database. A failed connect marks the database down for
 /// a moment, so a dead secondary costs one refused connect per second, not one per sample.
 pub struct Pool {
-    role: Role,
+    role: Db,
     dsn: Dsn,
     opts: ConnectOptions,
     idle: Mutex<Vec<Conn>>,
@@ -204,7 +204,7 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 
 impl Pool {
     pub fn new(
-        role: Role,
+        role: Db,
         dsn: Dsn,
         opts: ConnectOptions,
         max_idle: usize,
@@ -221,7 +221,7 @@ impl Pool {
         }
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Db {
         self.role
     }
 

@@ -31,7 +31,7 @@ mod worker;
 pub use config::ShadowConfig;
 pub use tap::ShadowTap;
 
-use crate::backend::{ConnectOptions, Role};
+use crate::backend::{ConnectOptions, Db};
 use analyze::Analysis;
 use dashmap::DashMap;
 use exec::Pool;
@@ -104,9 +104,9 @@ impl Shadow {
             stats: Stats::new(config.max_fingerprints),
             samples: Samples::new(config.max_samples),
             redactor: Redactor::new(rand::random(), config.redact),
-            old: Pool::new(Role::Old, old.clone(), opts.clone(), idle, timeout),
-            old_again: Pool::new(Role::Old, old.clone(), opts.clone(), idle, timeout),
-            new: Pool::new(Role::New, new.clone(), opts.clone(), idle, timeout),
+            old: Pool::new(Db::Old, old.clone(), opts.clone(), idle, timeout),
+            old_again: Pool::new(Db::Old, old.clone(), opts.clone(), idle, timeout),
+            new: Pool::new(Db::New, new.clone(), opts.clone(), idle, timeout),
             analyses: DashMap::new(),
             accept_collation: config.parsed_accept_collation().into_iter().collect(),
             max_message_size: opts.max_message_size,

@@ -4,7 +4,7 @@
 //! given the session's settings (search_path, TimeZone, DateStyle...) before each read
 //! whenever they changed.
 
-use crate::backend::{connect, Role};
+use crate::backend::{connect, Db};
 use crate::protocol::backend::BackendMessage;
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::Frame;
@@ -44,7 +44,7 @@ impl Reader {
             .cloned()
             .collect();
         params.push(("default_transaction_read_only".into(), "on".into()));
-        let b = connect(Role::New, &shared.new, &params, &shared.connect_options())
+        let b = connect(Db::New, &shared.new, &params, &shared.connect_options())
             .await
             .map_err(|e| e.to_string())?;
         Ok(Reader {

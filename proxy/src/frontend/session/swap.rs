@@ -7,14 +7,13 @@ use super::downstream::Downstream;
 use super::reader::Reader;
 use super::upstream::Upstream;
 use super::End;
-use crate::backend::{connect, Role};
+use crate::backend::connect;
 use crate::cancel::CancelTarget;
 use crate::mirror::txn::MirrorSession;
 use crate::shadow::ShadowTap;
 use crate::shared::Shared;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
-use switchyard_core::connect::Db;
 use switchyard_core::direction::Direction;
 use switchyard_core::tls_stream::write_flushed;
 use tokio::io::AsyncWrite;
@@ -27,13 +26,6 @@ pub struct Place {
     pub cancel: crate::cancel::SessionKey,
     /// Startup parameters the primary connection was opened with.
     pub params: Vec<(String, String)>,
-}
-
-fn role(db: Db) -> Role {
-    match db {
-        Db::Old => Role::Old,
-        Db::New => Role::New,
-    }
 }
 
 /// Moves the session to `to`'s primary. On error the session ends: the client is told why
@@ -63,14 +55,9 @@ where
         return Ok(());
     }
     let db = to.primary();
-    let b = connect(
-        role(db),
-        shared.dsn(role(db)),
-        &place.params,
-        &shared.connect_options(),
-    )
-    .await
-    .map_err(|e| format!("connecting to the {db} database, which takes writes now: {e}"))?;
+    let b = connect(db, shared.dsn(db), &place.params, &shared.connect_options())
+        .await
+        .map_err(|e| format!("connecting to the {db} database, which takes writes now: {e}"))?;
     let (pid, key, cancel_to, params) =
         (b.pid, b.key.clone(), b.cancel_to.clone(), b.params.clone());
     let mut conn = Reader::from_conn(b.stream, b.read_buf, shared.config.max_message_size);

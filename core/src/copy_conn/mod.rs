@@ -15,16 +15,17 @@
 //! or a Unix socket (never encrypted, as with libpq); authentication trust, cleartext
 //! password, MD5, or SCRAM-SHA-256 (`-PLUS` bound to the TLS connection where offered).
 
-use crate::tls::TlsSettings;
-use crate::tls_stream::{negotiate, Binding, DbStream};
+mod error;
+mod open;
+
+pub use error::CopyConnError;
+
+use crate::handshake::ServerError;
 use bytes::{Buf, BytesMut};
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::{md5_hash, sasl};
-use postgres_protocol::message::{backend, frontend};
+use open::Stream;
+use postgres_protocol::message::frontend;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_postgres::config::Host;
-use tokio_postgres::Config;
+use tokio::io::AsyncReadExt;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 256 * 1024;
@@ -38,77 +39,6 @@ const BATCH_WAIT: Duration = Duration::from_millis(1);
 /// Largest message other than `CopyData` accepted (errors, notices, parameter status).
 const MAX_OTHER_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// What went wrong on a [`CopyConn`].
-#[derive(Debug, thiserror::Error)]
-pub enum CopyConnError {
-    #[error("the database URL is not valid")]
-    Url(#[source] tokio_postgres::Error),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("TLS to {addr}: {source}")]
-    Negotiate {
-        addr: String,
-        #[source]
-        source: crate::tls_stream::NegotiateError,
-    },
-    #[error("authentication: {0}")]
-    Binding(#[from] crate::tls_stream::BindingError),
-    #[error("connecting to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {addr}: timed out after {secs} s")]
-    Timeout { addr: String, secs: u64 },
-    #[error("the server asked for a password and the URL has none")]
-    NoPassword,
-    #[error("the server asked for an authentication method not supported here ({0})")]
-    UnsupportedAuth(&'static str),
-    #[error("authentication: {0}")]
-    Auth(#[source] std::io::Error),
-    #[error("{severity}: {message} (SQLSTATE {code})")]
-    Server {
-        severity: String,
-        code: String,
-        message: String,
-    },
-    #[error("reading from or writing to the server")]
-    Io(#[source] std::io::Error),
-    #[error("the server closed the connection")]
-    Closed,
-    #[error("unexpected message from the server: {0}")]
-    Protocol(String),
-}
-
-impl CopyConnError {
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            CopyConnError::Server { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
-    /// The TCP socket under the stream, for its socket options.
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        None
-    }
-}
-impl Stream for tokio::net::TcpStream {
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        Some(self)
-    }
-}
-impl Stream for tokio::net::UnixStream {}
-impl Stream for DbStream {
-    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
-        Some(DbStream::tcp(self))
-    }
-}
-
 /// One session. After any error other than a server error the session is
 /// [`broken`](CopyConn::is_broken) and should be dropped.
 pub struct CopyConn {
@@ -121,8 +51,6 @@ pub struct CopyConn {
     lowat_peak: usize,
     wbuf: BytesMut,
     broken: bool,
-    /// What SCRAM may bind to, and whether `channel_binding` requires it.
-    binding: Binding,
 }
 
 impl std::fmt::Debug for CopyConn {
@@ -136,64 +64,16 @@ impl std::fmt::Debug for CopyConn {
 impl CopyConn {
     /// Connects to a `postgres://` URL or key=value string, as `application_name`.
     pub async fn connect(url: &str, application_name: &str) -> Result<CopyConn, CopyConnError> {
-        let tls = crate::tls::settings_for_url(url)?;
-        let config: Config = crate::tls::strip_tls_params(url)
-            .parse()
-            .map_err(CopyConnError::Url)?;
-        let timeout = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
-        let mut last = None;
-        for (i, host) in config.get_hosts().iter().enumerate() {
-            let port = config
-                .get_ports()
-                .get(i)
-                .or(config.get_ports().first())
-                .copied()
-                .unwrap_or(5432);
-            match tokio::time::timeout(timeout, open(host, port, &tls)).await {
-                Ok(Ok((stream, binding))) => {
-                    let mut conn = CopyConn {
-                        stream,
-                        rbuf: BytesMut::with_capacity(READ_SIZE),
-                        lowat: 1,
-                        lowat_peak: 1,
-                        wbuf: BytesMut::new(),
-                        broken: false,
-                        binding,
-                    };
-                    // Trouble before the session is up names the server, as a failed
-                    // connect does; server errors (a wrong password) speak for themselves.
-                    let addr = || describe(host, port);
-                    conn.startup(&config, application_name)
-                        .await
-                        .map_err(|e| match e {
-                            CopyConnError::Io(source) => CopyConnError::Connect {
-                                addr: addr(),
-                                source,
-                            },
-                            CopyConnError::Closed => CopyConnError::Connect {
-                                addr: addr(),
-                                source: std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    "the server closed the connection during startup",
-                                ),
-                            },
-                            other => other,
-                        })?;
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    last = Some(CopyConnError::Timeout {
-                        addr: describe(host, port),
-                        secs: timeout.as_secs(),
-                    })
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| CopyConnError::Protocol("the URL names no host".into())))
+        let mut rbuf = BytesMut::with_capacity(READ_SIZE);
+        let stream = open::connect(url, application_name, &mut rbuf, MAX_OTHER_MESSAGE).await?;
+        Ok(CopyConn {
+            stream,
+            rbuf,
+            lowat: 1,
+            lowat_peak: 1,
+            wbuf: BytesMut::new(),
+            broken: false,
+        })
     }
 
     /// True after an I/O or protocol error: the session's state is unknown.
@@ -209,7 +89,7 @@ impl CopyConn {
             let (tag, body) = self.next_message().await?;
             match tag {
                 b'Z' => break,
-                b'E' => failed = Some(server_error(body)),
+                b'E' => failed = Some(server_error(&body)),
                 b'G' | b'H' => {
                     // A COPY in a batch: not what this runs.
                     self.broken = true;
@@ -231,7 +111,7 @@ impl CopyConn {
             match tag {
                 b'H' => break,
                 b'E' => {
-                    let err = server_error(body);
+                    let err = server_error(&body);
                     self.until_ready().await?;
                     return Err(err);
                 }
@@ -262,114 +142,6 @@ impl CopyConn {
         while copy.read(&mut out).await? {}
         String::from_utf8(out.to_vec())
             .map_err(|_| CopyConnError::Protocol("COPY output is not UTF-8".into()))
-    }
-
-    async fn startup(
-        &mut self,
-        config: &Config,
-        application_name: &str,
-    ) -> Result<(), CopyConnError> {
-        let user = config.get_user().unwrap_or("postgres");
-        let mut params = vec![("user", user), ("client_encoding", "UTF8")];
-        if let Some(db) = config.get_dbname() {
-            params.push(("database", db));
-        }
-        params.push((
-            "application_name",
-            config.get_application_name().unwrap_or(application_name),
-        ));
-        if let Some(options) = config.get_options() {
-            params.push(("options", options));
-        }
-        frontend::startup_message(params, &mut self.wbuf).map_err(CopyConnError::Io)?;
-        self.flush().await?;
-        let password = config.get_password();
-        let mut scram: Option<(sasl::ScramSha256, bool)> = None;
-        let mut bound = false;
-        loop {
-            let (tag, body) = self.next_message().await?;
-            match tag {
-                b'R' => {
-                    let msg = parse(body)?;
-                    bound |= self.authenticate(msg, user, password, &mut scram).await?;
-                }
-                b'E' => {
-                    self.broken = true;
-                    return Err(server_error(body));
-                }
-                b'Z' => {
-                    self.binding.check_done(bound)?;
-                    return Ok(());
-                }
-                // ParameterStatus, BackendKeyData, notices.
-                _ => {}
-            }
-        }
-    }
-
-    async fn authenticate(
-        &mut self,
-        msg: backend::Message,
-        user: &str,
-        password: Option<&[u8]>,
-        scram: &mut Option<(sasl::ScramSha256, bool)>,
-    ) -> Result<bool, CopyConnError> {
-        use backend::Message as M;
-        match msg {
-            M::AuthenticationOk => return Ok(false),
-            M::AuthenticationCleartextPassword => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                frontend::password_message(pw, &mut self.wbuf).map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationMd5Password(body) => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                let hash = md5_hash(user.as_bytes(), pw, body.salt());
-                frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                    .map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationSasl(body) => {
-                let pw = password.ok_or(CopyConnError::NoPassword)?;
-                let mut listed = body.mechanisms();
-                let mut mechanisms = Vec::new();
-                while let Some(m) = listed.next().map_err(CopyConnError::Auth)? {
-                    mechanisms.push(m.to_string());
-                }
-                let (mechanism, cb) = self.binding.choose(&mechanisms)?;
-                let s = sasl::ScramSha256::new(pw, cb);
-                frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
-                    .map_err(CopyConnError::Io)?;
-                *scram = Some((s, mechanism == sasl::SCRAM_SHA_256_PLUS));
-            }
-            M::AuthenticationSaslContinue(body) => {
-                let (s, _) = scram
-                    .as_mut()
-                    .ok_or_else(|| CopyConnError::Protocol("SASL continue before start".into()))?;
-                s.update(body.data()).map_err(CopyConnError::Auth)?;
-                frontend::sasl_response(s.message(), &mut self.wbuf).map_err(CopyConnError::Io)?;
-            }
-            M::AuthenticationSaslFinal(body) => {
-                let (s, bound) = scram
-                    .as_mut()
-                    .ok_or_else(|| CopyConnError::Protocol("SASL final before start".into()))?;
-                s.finish(body.data()).map_err(CopyConnError::Auth)?;
-                return Ok(*bound);
-            }
-            M::AuthenticationKerberosV5 => return Err(CopyConnError::UnsupportedAuth("Kerberos")),
-            M::AuthenticationScmCredential => {
-                return Err(CopyConnError::UnsupportedAuth("SCM credentials"))
-            }
-            M::AuthenticationGss | M::AuthenticationGssContinue(_) => {
-                return Err(CopyConnError::UnsupportedAuth("GSSAPI"))
-            }
-            M::AuthenticationSspi => return Err(CopyConnError::UnsupportedAuth("SSPI")),
-            _ => {
-                return Err(CopyConnError::Protocol(
-                    "unknown authentication message".into(),
-                ))
-            }
-        }
-        self.flush().await?;
-        Ok(false)
     }
 
     async fn send_query(&mut self, sql: &str) -> Result<(), CopyConnError> {
@@ -582,7 +354,7 @@ impl CopyOut<'_> {
             b'c' | b'C' | b'N' | b'S' | b'A' => {}
             b'Z' => self.done = true,
             b'E' => {
-                let err = server_error(msg);
+                let err = server_error(&msg);
                 self.conn.until_ready().await?;
                 self.done = true;
                 return Err(err);
@@ -606,73 +378,10 @@ impl Drop for CopyOut<'_> {
     }
 }
 
-async fn open(
-    host: &Host,
-    port: u16,
-    tls: &TlsSettings,
-) -> Result<(Box<dyn Stream>, Binding), CopyConnError> {
-    match host {
-        Host::Tcp(name) => {
-            let s = tokio::net::TcpStream::connect((name.as_str(), port))
-                .await
-                .map_err(|source| CopyConnError::Connect {
-                    addr: describe(host, port),
-                    source,
-                })?;
-            let _ = s.set_nodelay(true);
-            let s = negotiate(s, tls, name)
-                .await
-                .map_err(|source| CopyConnError::Negotiate {
-                    addr: describe(host, port),
-                    source,
-                })?;
-            let binding = Binding::of(&s, tls);
-            Ok((Box::new(s), binding))
-        }
-        Host::Unix(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{port}"));
-            let s = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|source| CopyConnError::Connect {
-                    addr: path.display().to_string(),
-                    source,
-                })?;
-            Ok((Box::new(s), Binding::plain(tls)))
-        }
-    }
-}
-
-fn describe(host: &Host, port: u16) -> String {
-    match host {
-        Host::Tcp(name) => format!("{name}:{port}"),
-        Host::Unix(dir) => dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
-    }
-}
-
-fn parse(mut whole: BytesMut) -> Result<backend::Message, CopyConnError> {
-    backend::Message::parse(&mut whole)
-        .map_err(|e| CopyConnError::Protocol(e.to_string()))?
-        .ok_or_else(|| CopyConnError::Protocol("truncated message".into()))
-}
-
-/// The severity, SQLSTATE and message of an ErrorResponse.
-fn server_error(whole: BytesMut) -> CopyConnError {
-    let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
-    if let Ok(backend::Message::ErrorResponse(body)) = parse(whole) {
-        let mut fields = body.fields();
-        while let Ok(Some(f)) = fields.next() {
-            let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
-            match f.type_() {
-                b'S' => severity = v,
-                b'C' => code = v,
-                b'M' => message = v,
-                _ => {}
-            }
-        }
-    }
-    CopyConnError::Server {
-        severity,
-        code,
-        message,
+/// An ErrorResponse (the whole message: type byte and length first) as an error.
+fn server_error(whole: &[u8]) -> CopyConnError {
+    match ServerError::parse(whole.get(5..).unwrap_or_default()) {
+        Ok(e) => CopyConnError::Server(e),
+        Err(e) => CopyConnError::Protocol(e.to_string()),
     }
 }
