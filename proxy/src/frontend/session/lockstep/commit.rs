@@ -244,15 +244,7 @@ where
         self.ms.finish(false).await;
         self.up.set_claimed(false);
         self.held.clear();
-        error_response(&mut self.out, &fields);
-        self.error_seen = true;
-        self.status = b'I';
-        if simple {
-            ready(&mut self.out, b'I');
-            self.ready_sent = true;
-        } else {
-            self.failed = true;
-        }
+        self.answer_error(&fields, simple);
         Ok(())
     }
 
@@ -329,7 +321,13 @@ where
             .fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::MIRROR_COMMITS_REFUSED_TOTAL).increment(1);
         let fields = ErrorFields::new("ERROR", "XX000", message).with(b'D', detail);
-        error_response(&mut self.out, &fields);
+        self.answer_error(&fields, simple);
+        Ok(())
+    }
+
+    /// Answers the client's COMMIT with `fields`: the transaction is over (rolled back).
+    fn answer_error(&mut self, fields: &ErrorFields, simple: bool) {
+        error_response(&mut self.out, fields);
         self.error_seen = true;
         self.status = b'I';
         if simple {
@@ -338,6 +336,5 @@ where
         } else {
             self.failed = true;
         }
-        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use super::Mediation;
 use crate::frontend::session::End;
 use crate::protocol::buf_public::tagged;
 use crate::protocol::frontend::{Bind, FrontendMessage, Target};
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use switchyard_core::capture::CLAIM_SQL;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -36,18 +36,7 @@ where
             self.expect.push(Expect::Ready { forward: false });
             return;
         }
-        for msg in [
-            FrontendMessage::Close {
-                target: Target::Portal,
-                name: OWN.into(),
-            },
-            FrontendMessage::Close {
-                target: Target::Statement,
-                name: OWN.into(),
-            },
-        ] {
-            msg.encode(&mut self.to_primary);
-        }
+        close_own(&mut self.to_primary);
         // By hand: the statement goes in the session's client encoding.
         let query = self.up.client_text.encode(sql);
         tagged(&mut self.to_primary, b'P', |b| {
@@ -69,18 +58,11 @@ where
                 portal: OWN.into(),
                 max_rows: 0,
             },
-            FrontendMessage::Close {
-                target: Target::Portal,
-                name: OWN.into(),
-            },
-            // Left prepared, it would show in the session's pg_prepared_statements.
-            FrontendMessage::Close {
-                target: Target::Statement,
-                name: OWN.into(),
-            },
         ] {
             msg.encode(&mut self.to_primary);
         }
+        // Left prepared, it would show in the session's pg_prepared_statements.
+        close_own(&mut self.to_primary);
         for _ in 0..4 {
             self.expect.push(Expect::Swallow);
         }
@@ -152,5 +134,16 @@ where
         self.inject(CLAIM_SQL, Sink::Swallow);
         self.status = b'T';
         self.claimed_now();
+    }
+}
+
+/// Closes the proxy's own portal and statement (a no-op where they do not exist).
+fn close_own(out: &mut BytesMut) {
+    for target in [Target::Portal, Target::Statement] {
+        FrontendMessage::Close {
+            target,
+            name: OWN.into(),
+        }
+        .encode(out);
     }
 }
