@@ -3,6 +3,7 @@
 use crate::config::BackfillConfig;
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
+use switchyard_core::cli_common::SourceArgs;
 use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 
 /// Copies the existing rows of the old database into the new one in primary-key chunks,
@@ -18,14 +19,19 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// attention (chunks failed or left unverified, tables without a primary key refused);
 /// 2 error (bad settings, a database unreachable, the plan impossible).
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-backfill", version = crate::failpoint::VERSION)]
+#[command(
+    name = "switchyard-backfill",
+    version = crate::failpoint::VERSION,
+    mut_arg("old", |a| a.help(
+        "URL of the old database (the source): postgres://user:password@host:port/dbname"
+    )),
+    mut_arg("new", |a| a.help(
+        "URL of the new database (the target; it also holds the chunk table)."
+    )),
+)]
 pub struct Cli {
-    /// URL of the old database (the source): postgres://user:password@host:port/dbname
-    #[arg(long)]
-    pub old: Option<String>,
-    /// URL of the new database (the target; it also holds the chunk table).
-    #[arg(long)]
-    pub new: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Tables to copy, comma-separated (schema.table or table for public.table)
     /// [default: every user table of the old database]
     #[arg(long, value_delimiter = ',')]
@@ -33,9 +39,6 @@ pub struct Cli {
     /// Tables to leave out, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub exclude: Option<Vec<String>>,
-    /// TOML configuration file.
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
     /// Chunks copied at once by this process [default: 4]
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -181,17 +184,7 @@ impl Cli {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut layers = Layers::new();
-        if let Some(path) = &self.config {
-            layers = layers.file(path);
-        }
-        layers = layers.env("SWITCHYARD_", env);
-        if let Some(v) = &self.old {
-            layers = layers.flag("old", v.clone());
-        }
-        if let Some(v) = &self.new {
-            layers = layers.flag("new", v.clone());
-        }
+        let mut layers = self.source.layers(env);
         if let Some(v) = &self.tables {
             layers = layers.flag("backfill.tables", v.clone());
         }

@@ -28,6 +28,7 @@
 pub mod capture;
 pub mod catalog;
 pub mod checksum;
+pub mod cli_common;
 pub mod config_layer;
 pub mod connect;
 pub mod copy_conn;

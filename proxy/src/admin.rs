@@ -1,7 +1,14 @@
 //! The admin HTTP server: Prometheus metrics, a health probe and the status API.
 
 use crate::backend::Db;
-use crate::shared::Shared;
+use crate::classify::Classifier;
+use crate::counters::Counters;
+use crate::cutover::api::CutoverApi;
+use crate::health::Health;
+use crate::history::History;
+use crate::mirror::Mirror;
+use crate::progress::Progress;
+use crate::shadow::Shadow;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -11,14 +18,46 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use switchyard_core::direction::Direction;
+use tokio::sync::watch;
+
+/// What the admin server reads; sessions' own state (users, TLS, cancel keys) is not here.
+pub struct AdminContext {
+    pub shutdown: watch::Receiver<bool>,
+    pub counters: Arc<Counters>,
+    pub max_client_connections: usize,
+    pub health: Arc<Health>,
+    pub classifier: Arc<Classifier>,
+    /// Dual writes with old as the primary, and with new as the primary.
+    pub mirror: Option<Arc<Mirror>>,
+    pub mirror_back: Option<Arc<Mirror>>,
+    pub progress: Arc<Progress>,
+    pub history: Arc<History>,
+    pub shadow: Option<Arc<Shadow>>,
+    /// Also where this instance's id and the databases' URLs come from.
+    pub cutover: Arc<CutoverApi>,
+}
+
+impl AdminContext {
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn mirror_for(&self, direction: Direction) -> Option<&Arc<Mirror>> {
+        match direction {
+            Direction::OldToNew => self.mirror.as_ref(),
+            Direction::NewToOld => self.mirror_back.as_ref(),
+        }
+    }
+}
 
 #[derive(Clone)]
 struct AdminState {
-    shared: Arc<Shared>,
+    admin: Arc<AdminContext>,
     metrics: Option<PrometheusHandle>,
 }
 
-pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
+pub fn router(admin: Arc<AdminContext>, metrics: Option<PrometheusHandle>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
@@ -31,7 +70,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
             "/api/cutover/sent-back",
             axum::routing::delete(cutover_clear_sent_back),
         )
-        .with_state(AdminState { shared, metrics })
+        .with_state(AdminState { admin, metrics })
 }
 
 async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
@@ -52,7 +91,7 @@ async fn render_metrics(State(s): State<AdminState>) -> impl IntoResponse {
 
 /// 200 while accepting clients, 503 once shutting down (so load balancers drain us).
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.shared.shutting_down() {
+    if s.admin.shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         (StatusCode::OK, "ok\n")
@@ -103,22 +142,25 @@ struct Backend {
 }
 
 async fn status(State(s): State<AdminState>) -> Json<Status> {
-    let sh = &s.shared;
-    let direction = sh.cutover.direction();
+    let sh = &s.admin;
+    let direction = sh.cutover.live.direction();
     let other = direction.other();
     let backend = |role: Db| Backend {
-        url: sh.dsn(role).to_string(),
+        url: match role {
+            Db::Old => sh.cutover.old.to_string(),
+            Db::New => sh.cutover.new.to_string(),
+        },
         health: sh.health.get(role),
     };
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),
-        instance_id: sh.instance_id.clone(),
-        uptime_secs: sh.started.elapsed().as_secs(),
+        instance_id: sh.cutover.instance_id.clone(),
+        uptime_secs: sh.counters.started.elapsed().as_secs(),
         shutting_down: sh.shutting_down(),
         sessions: Sessions {
-            active: sh.sessions_active.load(Ordering::Relaxed),
-            total: sh.sessions_total.load(Ordering::Relaxed),
-            max: sh.config.max_client_connections,
+            active: sh.counters.sessions_active.load(Ordering::Relaxed),
+            total: sh.counters.sessions_total.load(Ordering::Relaxed),
+            max: sh.max_client_connections,
         },
         backends: Backends {
             old: backend(Db::Old),
@@ -131,15 +173,15 @@ async fn status(State(s): State<AdminState>) -> Json<Status> {
             .mirror_for(other)
             .filter(|m| m.active())
             .map(|m| m.snapshot()),
-        phase: sh.cutover.phase().as_str(),
-        cutover: crate::cutover::api::status(sh).await,
+        phase: sh.cutover.live.phase().as_str(),
+        cutover: crate::cutover::api::status(&sh.cutover).await,
         progress: sh.progress.get(),
         shadow: sh.shadow.as_ref().map(|s| s.snapshot()),
     })
 }
 
 async fn cutover_status(State(s): State<AdminState>) -> impl IntoResponse {
-    Json(crate::cutover::api::status(&s.shared).await)
+    Json(crate::cutover::api::status(&s.admin.cutover).await)
 }
 
 /// Lets every query shape the canary sent back read from new again (once the data was
@@ -148,7 +190,7 @@ async fn cutover_clear_sent_back(
     State(s): State<AdminState>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
-    crate::cutover::api::clear_sent_back(&s.shared, &headers)
+    crate::cutover::api::clear_sent_back(&s.admin.cutover, &headers)
 }
 
 async fn cutover_flip(
@@ -157,14 +199,14 @@ async fn cutover_flip(
     body: Result<Json<crate::cutover::api::FlipBody>, axum::extract::rejection::JsonRejection>,
 ) -> axum::response::Response {
     match body {
-        Ok(Json(body)) => crate::cutover::api::flip(&s.shared, &headers, body).await,
+        Ok(Json(body)) => crate::cutover::api::flip(&s.admin.cutover, &headers, body).await,
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
 
 /// The last minutes of rates and the cutover's phase changes, for the dashboard's plots.
 async fn history(State(s): State<AdminState>) -> axum::response::Response {
-    match s.shared.history.view() {
+    match s.admin.history.view() {
         Some(v) => Json(v).into_response(),
         None => (StatusCode::INTERNAL_SERVER_ERROR, "history unavailable\n").into_response(),
     }
@@ -172,7 +214,7 @@ async fn history(State(s): State<AdminState>) -> axum::response::Response {
 
 /// Confirmed shadow-read mismatches, newest first; 404 when shadow reads are off.
 async fn mismatches(State(s): State<AdminState>) -> axum::response::Response {
-    match &s.shared.shadow {
+    match &s.admin.shadow {
         Some(sh) => Json(sh.mismatches()).into_response(),
         None => (StatusCode::NOT_FOUND, "shadow reads are off\n").into_response(),
     }

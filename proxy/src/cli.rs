@@ -3,7 +3,8 @@
 use crate::config::ProxyConfig;
 use clap::Parser;
 use std::path::PathBuf;
-use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
+use switchyard_core::cli_common::{RetryLogArgs, SourceArgs};
+use switchyard_core::config_layer::{ConfigError, ConfigErrors};
 
 /// PostgreSQL wire-protocol proxy for moving a live database: point the application here.
 ///
@@ -11,23 +12,26 @@ use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 /// variables (SWITCHYARD_LISTEN, SWITCHYARD_MAX_CLIENT_CONNECTIONS, ...); flags win over the
 /// environment, which wins over the file.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard-proxy", version = crate::failpoint::VERSION)]
+#[command(
+    name = "switchyard-proxy",
+    version = crate::failpoint::VERSION,
+    mut_arg("old", |a| a.help(
+        "URL of the old (current) database: postgres://user:password@host:port/dbname"
+    )),
+    mut_arg("retry_log", |a| a.help(
+        "Where retry records go: \"embedded\" (a table in the old database) or \"kafka\" \
+         [default: embedded]"
+    )),
+)]
 pub struct Args {
-    /// URL of the old (current) database: postgres://user:password@host:port/dbname
-    #[arg(long)]
-    pub old: Option<String>,
-    /// URL of the new database.
-    #[arg(long)]
-    pub new: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Address clients connect to [default: 127.0.0.1:6432]
     #[arg(long)]
     pub listen: Option<String>,
     /// Address of the admin HTTP server (metrics, status); "" disables it [default: 127.0.0.1:9187]
     #[arg(long)]
     pub admin_listen: Option<String>,
-    /// TOML configuration file.
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
     /// Maximum client connections [default: 2000]
     #[arg(long)]
     pub max_client_connections: Option<usize>,
@@ -59,16 +63,8 @@ pub struct Args {
     /// [default: auto]
     #[arg(long, value_parser = ["two-phase", "lockstep", "auto", "off"])]
     pub mirror_mode: Option<String>,
-    /// Where retry records go: "embedded" (a table in the old database) or "kafka"
-    /// [default: embedded]
-    #[arg(long, value_parser = ["embedded", "kafka"])]
-    pub retry_log: Option<String>,
-    /// Kafka bootstrap servers for --retry-log kafka (host:port,...)
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
-    /// Kafka topic of the retry log [default: switchyard.retry]
-    #[arg(long)]
-    pub kafka_topic: Option<String>,
+    #[command(flatten)]
+    pub retry_log: RetryLogArgs,
     /// When the broker cannot confirm a record in time: "embedded" (record it in the old
     /// database's table instead) or "fail" (roll the client's transaction back)
     /// [default: embedded]
@@ -109,11 +105,7 @@ impl Args {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut layers = Layers::new();
-        if let Some(path) = &self.config {
-            layers = layers.file(path);
-        }
-        layers = layers.env("SWITCHYARD_", env);
+        let mut layers = self.retry_log.apply(self.source.layers(env));
         macro_rules! flag {
             ($field:ident) => {
                 if let Some(v) = &self.$field {
@@ -126,8 +118,6 @@ impl Args {
                 }
             };
         }
-        flag!(old);
-        flag!(new);
         flag!(listen);
         flag!(admin_listen);
         flag!(instance_id);
@@ -141,12 +131,7 @@ impl Args {
         if let Some(m) = &self.mirror_mode {
             layers = layers.flag("mirror.mode", m.clone());
         }
-        layers = layers.flags(&[
-            ("retry_log.backend", &self.retry_log),
-            ("retry_log.kafka.brokers", &self.kafka_brokers),
-            ("retry_log.kafka.topic", &self.kafka_topic),
-            ("retry_log.kafka.on_failure", &self.kafka_on_failure),
-        ]);
+        layers = layers.flags(&[("retry_log.kafka.on_failure", &self.kafka_on_failure)]);
         if let Some(r) = self.shadow_sample_rate {
             layers = layers.flag("shadow.sample_rate", r);
         }

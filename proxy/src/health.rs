@@ -84,13 +84,19 @@ impl Health {
 }
 
 /// Checks both databases every `interval` until the shutdown signal.
-pub async fn run(shared: Arc<crate::shared::Shared>, interval: Duration) {
-    let mut shutdown = shared.shutdown.clone();
+/// Checks both databases every `interval` until shutdown.
+pub async fn run(
+    health: Arc<Health>,
+    old: Dsn,
+    new: Dsn,
+    opts: ConnectOptions,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let opts = shared.connect_options();
         tokio::join!(
-            shared.health.check(Db::Old, &shared.old, &opts),
-            shared.health.check(Db::New, &shared.new, &opts)
+            health.check(Db::Old, &old, &opts),
+            health.check(Db::New, &new, &opts)
         );
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

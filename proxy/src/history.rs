@@ -3,7 +3,7 @@
 //! changes. Served as `/api/history`. Kept in memory only: a restarted proxy starts over,
 //! which is fine for a page that answers "is it getting quiet?".
 
-use crate::shared::Shared;
+use crate::counters::Counters;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -212,44 +212,52 @@ impl History {
     }
 }
 
+/// What the history samples: each source is shared with whoever updates it.
+pub struct Sources {
+    pub counters: Arc<Counters>,
+    pub cutover: Arc<crate::cutover::Live>,
+    /// Both directions' dual writes, those set up.
+    pub mirrors: Vec<Arc<crate::mirror::Mirror>>,
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
+    pub progress: Arc<crate::progress::Progress>,
+}
+
 /// The counters of this proxy now. Both directions' dual writes are summed: their counters
 /// only grow, while the direction sessions use flips with the cutover.
-pub fn reading(shared: &Shared) -> Reading {
+pub fn reading(sources: &Sources) -> Reading {
     let mut r = Reading {
-        statements: shared.statements_total.load(Ordering::Relaxed),
-        phase: shared.cutover.phase().as_str(),
-        epoch: shared.cutover.epoch(),
+        statements: sources.counters.statements_total.load(Ordering::Relaxed),
+        phase: sources.cutover.phase().as_str(),
+        epoch: sources.cutover.epoch(),
         ..Reading::default()
     };
-    for m in [&shared.mirror, &shared.mirror_back].into_iter().flatten() {
+    for m in &sources.mirrors {
         r.rows_mirrored += m.status.rows_mirrored.load(Ordering::Relaxed);
         r.rows_queued += m.status.rows_queued.load(Ordering::Relaxed);
         r.retry_backlog += m.status.retry_backlog.load(Ordering::Relaxed);
     }
-    if let Some(s) = &shared.shadow {
+    if let Some(s) = &sources.shadow {
         let (t, _) = s.stats.totals();
         // As on the page: an accepted (collation) difference counts as agreeing.
         let agreed = t.matched + t.transient + t.accepted;
         r.shadow = Some((agreed, agreed + t.confirmed));
     }
-    r.backfill = shared.progress.backfill_rows().map(|(rows, read_at)| {
+    r.backfill = sources.progress.backfill_rows().map(|(rows, read_at)| {
         (
             u64::try_from(rows).unwrap_or(0),
-            read_at.saturating_duration_since(shared.started),
+            read_at.saturating_duration_since(sources.counters.started),
         )
     });
     r
 }
 
 /// Samples every [`INTERVAL`] while the proxy runs.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(history: Arc<History>, sources: Sources) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        shared
-            .history
-            .record(shared.started.elapsed(), reading(&shared));
+        history.record(sources.counters.started.elapsed(), reading(&sources));
     }
 }
 

@@ -5,10 +5,12 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+mod background;
 pub mod cancel;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod cutover;
 pub mod dashboard;
 pub mod failpoint;
@@ -24,6 +26,7 @@ pub mod server;
 mod session_threads;
 pub mod shadow;
 pub mod shared;
+pub mod shutdown;
 pub mod tls;
 
 /// Prepared statements, portals and plans by name, looked up on every Parse, Bind and

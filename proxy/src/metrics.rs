@@ -83,7 +83,7 @@ pub async fn upkeep(handle: PrometheusHandle, interval: Duration, mut stop: watc
     loop {
         tokio::select! {
             biased;
-            _ = crate::shared::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
     }

@@ -4,10 +4,10 @@
 //! (the latest verify or repair run only). Nothing is read from a table that does not
 //! exist (that part has not run).
 
-use crate::shared::Shared;
 use serde::Serialize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use switchyard_core::dsn::Dsn;
 
 /// One job's progress on one table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,23 +70,24 @@ WHERE run_id = (SELECT run_id FROM _switchyard.verify_progress ORDER BY started_
 ORDER BY table_name LIMIT 200";
 
 /// Refreshes the summary every `every` while the proxy runs.
-pub async fn run(shared: Arc<Shared>, every: Duration) {
+/// Re-reads the progress tables on `new` every `every`.
+pub async fn run(progress: Arc<Progress>, new: Dsn, connect_timeout: Duration, every: Duration) {
     loop {
-        match read(&shared).await {
-            Ok(entries) => shared.progress.set(entries),
+        match read(&new, connect_timeout).await {
+            Ok(entries) => progress.set(entries),
             Err(e) => tracing::debug!(error = %e, "Reading backfill and verify progress failed."),
         }
         tokio::time::sleep(every).await;
     }
 }
 
-async fn read(shared: &Shared) -> Result<Vec<ProgressEntry>, String> {
+async fn read(new: &Dsn, connect_timeout: Duration) -> Result<Vec<ProgressEntry>, String> {
     let client = crate::mirror::control::connect(
         switchyard_core::db::Db::New,
-        &shared.new,
+        new,
         "switchyard-progress",
         None,
-        shared.config.connect_timeout(),
+        connect_timeout,
     )
     .await
     .map_err(|e| e.to_string())?;

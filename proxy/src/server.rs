@@ -2,21 +2,21 @@
 //! the admin server, health checks, and graceful shutdown.
 
 use crate::auth::{Secret, SecretError};
+use crate::background::Background;
 use crate::classify::Classifier;
 use crate::config::{AuthMethod, ProxyConfig};
+use crate::counters::Counters;
+use crate::cutover::api::{CutoverApi, FlipSettings};
 use crate::frontend::handle_client;
 use crate::frontend_limits::refuse_too_many;
-use crate::health::Health;
 use crate::metrics::CLIENT_REJECTED_TOTAL;
 use crate::session_threads::SessionThreads;
 use crate::shared::Shared;
 use crate::tls::TlsError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use switchyard_core::db::Db;
+use std::time::Duration;
 use switchyard_core::direction::Direction;
 use switchyard_core::dsn::DsnError;
 use tokio::net::TcpListener;
@@ -55,7 +55,7 @@ pub struct RunningProxy {
     admin_addr: Option<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
 }
 
 impl RunningProxy {
@@ -68,7 +68,7 @@ impl RunningProxy {
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.shared
+        self.counters
             .sessions_active
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -252,10 +252,49 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     if let Some(f) = follower {
         tokio::spawn(f.run(shutdown_rx.clone()));
     }
-    let cutover_control =
-        crate::mirror::control::Control::new(Db::Old, old.clone(), config.connect_timeout());
-    let new_control =
-        crate::mirror::control::Control::new(Db::New, new.clone(), config.connect_timeout());
+    let cutover_control = Arc::new(crate::mirror::control::Control::new(
+        switchyard_core::db::Db::Old,
+        old.clone(),
+        config.connect_timeout(),
+    ));
+    let new_control = Arc::new(crate::mirror::control::Control::new(
+        switchyard_core::db::Db::New,
+        new.clone(),
+        config.connect_timeout(),
+    ));
+    let counters = Arc::new(Counters::default());
+    let classifier = Arc::new(Classifier::new(config.classifier_cache_size));
+    let cutover_api = Arc::new(CutoverApi {
+        live: cutover.clone(),
+        old_control: cutover_control.clone(),
+        new_control: new_control.clone(),
+        settings: FlipSettings::from_config(&config),
+        instance_id: instance_id.clone(),
+        old: old.clone(),
+        new: new.clone(),
+        shadow: shadow.clone(),
+    });
+    let background = Background {
+        admin: Arc::new(crate::admin::AdminContext {
+            shutdown: shutdown_rx.clone(),
+            counters: counters.clone(),
+            max_client_connections: config.max_client_connections,
+            health: Default::default(),
+            classifier: classifier.clone(),
+            mirror: mirror.clone(),
+            mirror_back: mirror_back.clone(),
+            progress: Default::default(),
+            history: Default::default(),
+            shadow: shadow.clone(),
+            cutover: cutover_api,
+        }),
+        connect: crate::backend::ConnectOptions {
+            timeout: config.connect_timeout(),
+            max_message_size: config.max_message_size,
+        },
+        health_interval: Duration::from_secs(config.health_check_interval_secs),
+    };
+    let connection_slots = Arc::new(Semaphore::new(config.max_client_connections));
     let shared = Arc::new(Shared {
         cutover,
         cutover_control,
@@ -263,85 +302,56 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
         instance_id,
         mirror: mirror.clone(),
         mirror_back,
-        progress: Default::default(),
-        history: Default::default(),
         shadow,
-        classifier: Classifier::new(config.classifier_cache_size),
-        connection_slots: Arc::new(Semaphore::new(config.max_client_connections)),
+        classifier,
         old,
         new,
         users,
         mock_secret: rand::random(),
         tls,
         cancel: Default::default(),
-        health: Health::default(),
-        sessions_active: AtomicUsize::new(0),
-        sessions_total: AtomicU64::new(0),
-        statements_total: AtomicU64::new(0),
-        started: Instant::now(),
+        counters: counters.clone(),
         shutdown: shutdown_rx,
         config,
     });
     let metrics = crate::metrics::handle();
-    let task = tokio::spawn(serve(shared.clone(), listener, admin_listener, metrics));
     tracing::info!(listen = %listen_addr, admin = ?admin_addr, old = %shared.old, new = %shared.new, "Switchyard proxy started.");
+    let listeners = Listeners {
+        clients: listener,
+        admin: admin_listener,
+        connection_slots,
+    };
+    let task = tokio::spawn(serve(shared, listeners, background, metrics));
     Ok(RunningProxy {
         listen_addr,
         admin_addr,
         shutdown_tx,
         task: Some(task),
-        shared,
+        counters,
     })
+}
+
+/// Where clients and the admin server connect, and the bound on client connections.
+struct Listeners {
+    clients: TcpListener,
+    admin: Option<TcpListener>,
+    connection_slots: Arc<Semaphore>,
 }
 
 async fn serve(
     shared: Arc<Shared>,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
+    parts: Background,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) {
+    let Listeners {
+        clients: listener,
+        admin,
+        connection_slots,
+    } = listeners;
     let mut shutdown = shared.shutdown.clone();
     let mut background = JoinSet::new();
-    if let Some(m) = metrics.clone() {
-        background.spawn(crate::metrics::upkeep(
-            m,
-            crate::metrics::UPKEEP_INTERVAL,
-            shutdown.clone(),
-        ));
-    }
-    if let Some(admin) = admin {
-        let router = crate::admin::router(shared.clone(), metrics);
-        let mut stop = shutdown.clone();
-        background.spawn(async move {
-            let served = axum::serve(admin, router)
-                .with_graceful_shutdown(async move { crate::shared::stopped(&mut stop).await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "Admin server failed.");
-            }
-        });
-    }
-    for m in [shared.mirror.clone(), shared.mirror_back.clone()]
-        .into_iter()
-        .flatten()
-    {
-        background.spawn(crate::mirror::startup::recover_loop(
-            m.clone(),
-            Duration::from_secs(5),
-        ));
-        background.spawn(crate::mirror::intents::sweep_loop(m.clone()));
-        background.spawn(crate::mirror::startup::log_loop(m));
-    }
-    // Every two seconds: the dashboard's backfill rate is taken between two refreshes.
-    background.spawn(crate::progress::run(shared.clone(), Duration::from_secs(2)));
-    background.spawn(crate::history::run(shared.clone()));
-    if let Some(s) = shared.shadow.clone() {
-        background.spawn(s.run());
-    }
-    background.spawn(crate::health::run(
-        shared.clone(),
-        Duration::from_secs(shared.config.health_check_interval_secs),
-    ));
+    parts.spawn(&mut background, admin, metrics);
 
     let threads = match shared.config.worker_threads {
         1 => None,
@@ -369,7 +379,7 @@ async fn serve(
                         continue;
                     }
                 };
-                match shared.connection_slots.clone().try_acquire_owned() {
+                match connection_slots.clone().try_acquire_owned() {
                     Ok(permit) => match &threads {
                         Some(t) => t.dispatch(tcp, peer, permit),
                         None => {
@@ -387,15 +397,18 @@ async fn serve(
                 }
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            _ = crate::shared::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         }
     }
     drop(listener);
     match threads {
         Some(t) => {
-            let (_, ()) = tokio::join!(drain_sessions(&shared, sessions), t.finish());
+            let (_, ()) = tokio::join!(
+                drain_sessions(shared.config.shutdown_timeout(), sessions),
+                t.finish()
+            );
         }
-        None => drain_sessions(&shared, sessions).await,
+        None => drain_sessions(shared.config.shutdown_timeout(), sessions).await,
     }
     background.abort_all();
     while background.join_next().await.is_some() {}
@@ -404,8 +417,8 @@ async fn serve(
 
 /// After the accept loop stopped: lets `sessions` finish their transactions and aborts
 /// what is left at the shutdown deadline.
-pub(crate) async fn drain_sessions(shared: &Shared, mut sessions: JoinSet<()>) {
-    let deadline = tokio::time::sleep(shared.config.shutdown_timeout());
+pub(crate) async fn drain_sessions(within: Duration, mut sessions: JoinSet<()>) {
+    let deadline = tokio::time::sleep(within);
     tokio::pin!(deadline);
     if !sessions.is_empty() {
         tracing::info!(

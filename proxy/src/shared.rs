@@ -1,19 +1,18 @@
-//! State every session and the admin server share: config, users, caches, counters, and the
-//! shutdown signal.
+//! What sessions share: config, users, caches, the dual writes and the cutover they follow,
+//! and the shutdown signal. Background tasks and the admin server are given their own parts
+//! (`server::start` hands them out), so that none of them imports this module.
 
 use crate::auth::Secret;
-use crate::backend::{ConnectOptions, Db as Role};
+use crate::backend::{ConnectOptions, Db};
 use crate::cancel::CancelRegistry;
 use crate::classify::Classifier;
 use crate::config::ProxyConfig;
-use crate::health::Health;
+use crate::counters::Counters;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::time::Instant;
 use switchyard_core::direction::Direction;
 use switchyard_core::dsn::Dsn;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 pub struct Shared {
@@ -26,33 +25,24 @@ pub struct Shared {
     /// but unpredictable.
     pub mock_secret: [u8; 32],
     pub tls: Option<TlsAcceptor>,
-    pub classifier: Classifier,
+    pub classifier: Arc<Classifier>,
     pub cancel: CancelRegistry,
-    pub health: Health,
-    pub connection_slots: Arc<Semaphore>,
-    pub sessions_active: AtomicUsize,
-    pub sessions_total: AtomicU64,
-    /// Statements seen from clients (the Prometheus counter is process-wide and split by
-    /// class; this one is this proxy's, for the dashboard's history).
-    pub statements_total: AtomicU64,
-    pub started: Instant,
+    /// Sessions and statements counted, for the status API and the dashboard's history.
+    pub counters: Arc<Counters>,
     pub shutdown: watch::Receiver<bool>,
     /// Dual writes with old as the primary; None when `mirror.mode = "off"`.
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
     /// Dual writes with new as the primary (the cutover's writes-new).
     pub mirror_back: Option<Arc<crate::mirror::Mirror>>,
-    /// Backfill progress read from the new database, for the dashboard.
-    pub progress: crate::progress::Progress,
-    /// The last minutes of counters, sampled for the dashboard's plots.
-    pub history: crate::history::History,
     /// Shadow reads; None while no statement can be sampled.
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
     /// The cutover phase this instance runs.
     pub cutover: Arc<crate::cutover::Live>,
-    /// Connection to the old database's cutover control table, for the status API.
-    pub cutover_control: crate::mirror::control::Control,
-    /// Connection to the new database for the status API (its cache hit ratio).
-    pub new_control: crate::mirror::control::Control,
+    /// Connection to the old database's cutover control table (shared with the cutover
+    /// API): lockstep reads look up type names over it.
+    pub cutover_control: Arc<crate::mirror::control::Control>,
+    /// Connection to the new database, likewise.
+    pub new_control: Arc<crate::mirror::control::Control>,
 }
 
 impl Shared {
@@ -63,10 +53,10 @@ impl Shared {
         }
     }
 
-    pub fn dsn(&self, role: Role) -> &Dsn {
+    pub fn dsn(&self, role: Db) -> &Dsn {
         match role {
-            Role::Old => &self.old,
-            Role::New => &self.new,
+            Db::Old => &self.old,
+            Db::New => &self.new,
         }
     }
 
@@ -90,9 +80,4 @@ impl Shared {
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
-}
-
-/// Resolves once shutdown was requested (or the sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
 }

@@ -3,6 +3,7 @@
 use crate::config::ReconcilerConfig;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use switchyard_core::cli_common::{RetryLogArgs, SourceArgs};
 use switchyard_core::config_layer::{ConfigError, ConfigErrors, Layers};
 
 /// Replays the retry log, resolves in-doubt two-phase commits, verifies tables and repairs
@@ -38,6 +39,11 @@ pub enum Command {
 
 /// Flags of replay.
 #[derive(Debug, Clone, ClapArgs)]
+#[command(mut_arg("retry_log", |a| a.help(
+    "Where the records are: \"embedded\" (the primary's table: old's, and new's once the \
+     cutover moved the writes there) or \"kafka\" (the topic, as a consumer group, and the \
+     embedded tables too, where statement records and fallbacks go) [default: embedded]"
+)))]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -62,17 +68,8 @@ pub struct ReplayArgs {
     /// human.
     #[arg(long)]
     pub progress: bool,
-    /// Where the records are: "embedded" (the primary's table: old's, and new's once the
-    /// cutover moved the writes there) or "kafka" (the topic, as a consumer group, and the
-    /// embedded tables too, where statement records and fallbacks go) [default: embedded]
-    #[arg(long, value_parser = ["embedded", "kafka"])]
-    pub retry_log: Option<String>,
-    /// Kafka bootstrap servers (host:port,...)
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
-    /// Kafka topic of the retry log [default: switchyard.retry]
-    #[arg(long)]
-    pub kafka_topic: Option<String>,
+    #[command(flatten)]
+    pub retry_log: RetryLogArgs,
     /// Consumer group shared by the reconcilers [default: switchyard-reconciler]
     #[arg(long)]
     pub kafka_group: Option<String>,
@@ -88,11 +85,8 @@ impl ReplayArgs {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut layers = self.common.layers(env);
+        let mut layers = self.retry_log.apply(self.common.layers(env));
         layers = layers.flags(&[
-            ("retry_log.backend", &self.retry_log),
-            ("retry_log.kafka.brokers", &self.kafka_brokers),
-            ("retry_log.kafka.topic", &self.kafka_topic),
             ("retry_log.kafka.group", &self.kafka_group),
             ("retry_log.kafka.instance_id", &self.kafka_instance_id),
         ]);
@@ -141,19 +135,12 @@ pub enum SourceSide {
 /// Flags every subcommand takes.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct CommonArgs {
-    /// URL of the old database: postgres://user:password@host:port/dbname
-    #[arg(long)]
-    pub old: Option<String>,
-    /// URL of the new database.
-    #[arg(long)]
-    pub new: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Tables to handle, comma-separated (schema.table or table for public.table)
     /// [default: every user table on either side]
     #[arg(long, value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
-    /// TOML configuration file.
-    #[arg(long, short = 'c')]
-    pub config: Option<PathBuf>,
 }
 
 /// Flags of verify (and repair).
@@ -222,17 +209,7 @@ impl CommonArgs {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let mut layers = Layers::new();
-        if let Some(path) = &self.config {
-            layers = layers.file(path);
-        }
-        layers = layers.env("SWITCHYARD_", env);
-        if let Some(v) = &self.old {
-            layers = layers.flag("old", v.clone());
-        }
-        if let Some(v) = &self.new {
-            layers = layers.flag("new", v.clone());
-        }
+        let mut layers = self.source.layers(env);
         if let Some(v) = &self.tables {
             layers = layers.flag("reconciler.tables", v.clone());
         }

@@ -1,20 +1,13 @@
 //! What the proxy keeps per user: a SCRAM verifier and, when it can, an MD5 hash. Plain
 //! passwords from the config are turned into these once at start.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 const ITERATIONS: u32 = 4096;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SecretError {
-    #[error("password must not be empty")]
-    Empty,
-    #[error("malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<storedkey>:<serverkey>)")]
-    BadVerifier,
-}
+pub use crate::config::SecretError;
+use crate::config::{ConfiguredPassword, VerifierParts};
 
 /// The keys SCRAM needs; never the password itself.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,52 +73,43 @@ impl ScramVerifier {
 
     /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$stored:server` form.
     pub fn parse(s: &str) -> Result<Self, SecretError> {
-        let rest = s
-            .strip_prefix("SCRAM-SHA-256$")
-            .ok_or(SecretError::BadVerifier)?;
-        let (iter_salt, keys) = rest.split_once('$').ok_or(SecretError::BadVerifier)?;
-        let (iter, salt) = iter_salt.split_once(':').ok_or(SecretError::BadVerifier)?;
-        let (stored, server) = keys.split_once(':').ok_or(SecretError::BadVerifier)?;
-        let key = |k: &str| -> Result<[u8; 32], SecretError> {
-            B64.decode(k)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or(SecretError::BadVerifier)
-        };
-        Ok(ScramVerifier {
-            iterations: iter.parse().map_err(|_| SecretError::BadVerifier)?,
-            salt: B64.decode(salt).map_err(|_| SecretError::BadVerifier)?,
-            stored_key: key(stored)?,
-            server_key: key(server)?,
-        })
+        VerifierParts::parse(s).map(Self::from)
+    }
+}
+
+impl From<VerifierParts> for ScramVerifier {
+    fn from(p: VerifierParts) -> Self {
+        ScramVerifier {
+            iterations: p.iterations,
+            salt: p.salt,
+            stored_key: p.stored_key,
+            server_key: p.server_key,
+        }
     }
 }
 
 impl Secret {
     /// Builds the secret for `user` from a configured password or verifier.
     pub fn parse(user: &str, configured: &str) -> Result<Self, SecretError> {
-        if configured.is_empty() {
-            return Err(SecretError::Empty);
-        }
-        if configured.starts_with("SCRAM-SHA-256$") {
-            return Ok(Secret {
-                scram: Some(ScramVerifier::parse(configured)?),
-                md5: None,
-            });
-        }
-        if configured.len() == 35
-            && configured.starts_with("md5")
-            && configured[3..].bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Ok(Secret {
-                scram: None,
-                md5: Some(configured[3..].to_ascii_lowercase()),
-            });
-        }
+        let plain = match ConfiguredPassword::parse(configured)? {
+            ConfiguredPassword::Verifier(v) => {
+                return Ok(Secret {
+                    scram: Some(v.into()),
+                    md5: None,
+                })
+            }
+            ConfiguredPassword::Md5(hex) => {
+                return Ok(Secret {
+                    scram: None,
+                    md5: Some(hex),
+                })
+            }
+            ConfiguredPassword::Plain(p) => p,
+        };
         let salt: [u8; 16] = rand::random();
         Ok(Secret {
-            scram: Some(ScramVerifier::from_password(configured, &salt, ITERATIONS)),
-            md5: Some(super::md5_hex(&[configured.as_bytes(), user.as_bytes()])),
+            scram: Some(ScramVerifier::from_password(plain, &salt, ITERATIONS)),
+            md5: Some(super::md5_hex(&[plain.as_bytes(), user.as_bytes()])),
         })
     }
 
@@ -149,6 +133,8 @@ impl Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
 
     #[test]
     fn verifier_round_trip_and_rejects() {

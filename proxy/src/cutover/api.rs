@@ -2,14 +2,57 @@
 //! epoch, or 409 with the reason) and the cutover part of `/api/status`.
 
 use super::warm;
-use crate::shared::Shared;
+use crate::config::{CutoverConfig, MirrorMode, ProxyConfig};
+use crate::mirror::control::Control;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::cutover::{self, FlipError, FlipRequest, Phase};
-use switchyard_core::db::Db;
+use switchyard_core::dsn::Dsn;
+use switchyard_core::retry_kafka::{Backend, KafkaSettings};
+
+/// What the cutover API reads and moves: this instance's phase, the control tables and the
+/// settings a flip is checked with.
+pub struct CutoverApi {
+    pub live: Arc<super::Live>,
+    /// Connection to old's control table (the flag lives there until the cutover is done).
+    pub old_control: Arc<Control>,
+    /// Connection to new, for its checks, its cache hit ratio, and the flag once done.
+    pub new_control: Arc<Control>,
+    pub settings: FlipSettings,
+    pub instance_id: String,
+    pub old: Dsn,
+    pub new: Dsn,
+    /// Shadow reads, whose confirmed mismatches decide which sent-back shapes stay back.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
+}
+
+/// The configuration a flip and its checks need.
+pub struct FlipSettings {
+    pub cutover: CutoverConfig,
+    /// Dual writes without prepared transactions: the secondary need not allow them.
+    pub lockstep: bool,
+    /// The Kafka retry log, when records go there: its backlog counts in the checks.
+    pub kafka: Option<KafkaSettings>,
+    pub admin_token: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl FlipSettings {
+    pub fn from_config(config: &ProxyConfig) -> Self {
+        FlipSettings {
+            cutover: config.cutover.clone(),
+            lockstep: config.mirror.mode == MirrorMode::Lockstep,
+            kafka: (config.retry_log.backend == Backend::Kafka)
+                .then(|| config.retry_log.kafka.clone()),
+            admin_token: config.admin_token.clone(),
+            connect_timeout: config.connect_timeout(),
+        }
+    }
+}
 
 // Declared here rather than in `cutover/mod.rs` (the status is its caller); the path keeps
 // it beside its siblings.
@@ -62,32 +105,32 @@ pub struct CutoverStatus {
     pub checks: Option<cutover::Checks>,
 }
 
-pub async fn status(shared: &Shared) -> CutoverStatus {
-    let live = shared.cutover.snapshot();
-    let lease = shared.config.cutover.lease();
+pub async fn status(api: &CutoverApi) -> CutoverStatus {
+    let live = api.live.snapshot();
+    let lease = api.settings.cutover.lease();
     let read = async {
         // Once done, the flag lives on new.
-        let control = if shared.cutover.detached() {
-            &shared.new_control
+        let control = if api.live.detached() {
+            &api.new_control
         } else {
-            &shared.cutover_control
+            &api.old_control
         };
         let client = control.client().await.map_err(|e| e.to_string())?;
         let status = cutover::status(&client, lease)
             .await
             .map_err(|e| e.to_string())?;
-        let next = if shared.cutover.detached() {
+        let next = if api.live.detached() {
             None
         } else {
-            let new = shared.new_control.client().await.ok();
-            let window = Duration::from_secs(shared.config.cutover.mismatch_window_secs);
+            let new = api.new_control.client().await.ok();
+            let window = Duration::from_secs(api.settings.cutover.mismatch_window_secs);
             cutover::next_checklist(
                 &client,
                 new.as_deref(),
                 lease,
                 window,
-                lockstep(shared),
-                kafka_settings(shared),
+                api.settings.lockstep,
+                api.settings.kafka.clone(),
             )
             .await
             .ok()
@@ -100,12 +143,15 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
         Ok::<_, String>((status, next))
     };
     let ratios = async {
-        tokio::time::timeout(Duration::from_secs(2), warm::hit_ratios(shared))
-            .await
-            .unwrap_or_else(|_| warm::WarmStatus {
-                error: Some("the hit ratios did not come within 2 s".into()),
-                ..Default::default()
-            })
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            warm::hit_ratios(&api.old_control, &api.new_control),
+        )
+        .await
+        .unwrap_or_else(|_| warm::WarmStatus {
+            error: Some("the hit ratios did not come within 2 s".into()),
+            ..Default::default()
+        })
     };
     let (read, cache_hit_ratio) =
         tokio::join!(tokio::time::timeout(Duration::from_secs(2), read), ratios);
@@ -143,22 +189,11 @@ pub async fn status(shared: &Shared) -> CutoverStatus {
     }
 }
 
-/// Dual writes without prepared transactions.
-fn lockstep(shared: &Shared) -> bool {
-    shared.config.mirror.mode == crate::config::MirrorMode::Lockstep
-}
-
-/// The Kafka retry log's settings when records go there (its backlog is a check).
-fn kafka_settings(shared: &Shared) -> Option<switchyard_core::retry_kafka::KafkaSettings> {
-    (shared.config.retry_log.backend == switchyard_core::retry_kafka::Backend::Kafka)
-        .then(|| shared.config.retry_log.kafka.clone())
-}
-
 /// Whether the request carries the configured token (none configured: loopback only, which
 /// the config check enforces).
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    match shared
-        .config
+fn authorized(api: &CutoverApi, headers: &HeaderMap) -> bool {
+    match api
+        .settings
         .admin_token
         .as_deref()
         .filter(|t| !t.is_empty())
@@ -177,17 +212,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `DELETE /api/cutover/sent-back`: forgets the shapes sent back to old on this instance.
-pub fn clear_sent_back(shared: &Shared, headers: &HeaderMap) -> Response {
-    if !authorized(shared, headers) {
+pub fn clear_sent_back(api: &CutoverApi, headers: &HeaderMap) -> Response {
+    if !authorized(api, headers) {
         return (
             StatusCode::UNAUTHORIZED,
             "clearing sent-back shapes needs `Authorization: Bearer <admin_token>`\n",
         )
             .into_response();
     }
-    let n = shared.cutover.clear_sent_back(|fp| {
-        shared
-            .shadow
+    let n = api.live.clear_sent_back(|fp| {
+        api.shadow
             .as_ref()
             .map_or(0, |s| s.stats.confirmed_count(fp))
     });
@@ -198,8 +232,8 @@ pub fn clear_sent_back(shared: &Shared, headers: &HeaderMap) -> Response {
     (StatusCode::OK, Json(serde_json::json!({ "cleared": n }))).into_response()
 }
 
-pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Response {
-    if !authorized(shared, headers) {
+pub async fn flip(api: &CutoverApi, headers: &HeaderMap, body: FlipBody) -> Response {
+    if !authorized(api, headers) {
         return (
             StatusCode::UNAUTHORIZED,
             "moving the cutover flag needs `Authorization: Bearer <admin_token>`\n",
@@ -215,19 +249,19 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
         percent: body.percent,
         by: body
             .by
-            .unwrap_or_else(|| format!("admin API of {}", shared.instance_id)),
+            .unwrap_or_else(|| format!("admin API of {}", api.instance_id)),
         dry_run: body.dry_run,
-        timeout: shared.config.cutover.flip_timeout(),
-        lease: shared.config.cutover.lease(),
-        mismatch_window: std::time::Duration::from_secs(shared.config.cutover.mismatch_window_secs),
+        timeout: api.settings.cutover.flip_timeout(),
+        lease: api.settings.cutover.lease(),
+        mismatch_window: std::time::Duration::from_secs(api.settings.cutover.mismatch_window_secs),
         require_warm: body.require_warm,
-        lockstep: lockstep(shared),
-        kafka: kafka_settings(shared),
+        lockstep: api.settings.lockstep,
+        kafka: api.settings.kafka.clone(),
     };
-    let timeout = shared.config.connect_timeout();
+    let timeout = api.settings.connect_timeout;
     let old = match crate::mirror::control::connect(
-        Db::Old,
-        &shared.old,
+        switchyard_core::db::Db::Old,
+        &api.old,
         "switchyard-cutover",
         None,
         timeout,
@@ -243,10 +277,15 @@ pub async fn flip(shared: &Shared, headers: &HeaderMap, body: FlipBody) -> Respo
                 .into_response()
         }
     };
-    let new =
-        crate::mirror::control::connect(Db::New, &shared.new, "switchyard-cutover", None, timeout)
-            .await
-            .ok();
+    let new = crate::mirror::control::connect(
+        switchyard_core::db::Db::New,
+        &api.new,
+        "switchyard-cutover",
+        None,
+        timeout,
+    )
+    .await
+    .ok();
     let result = cutover::flip(&old, new.as_ref(), &req).await;
     respond(&req, result)
 }

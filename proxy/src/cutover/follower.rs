@@ -170,7 +170,7 @@ impl Follower {
             tokio::select! {
                 _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
                 _ = tokio::time::sleep(self.config.poll()) => {}
-                _ = crate::shared::stopped(&mut shutdown) => break,
+                _ = crate::shutdown::stopped(&mut shutdown) => break,
             }
         }
         // Gone on purpose: flips stop waiting for this instance.

@@ -3,7 +3,6 @@
 //! before reads move there (see `switchyard_core::cutover::warmup`).
 
 use crate::mirror::control::Control;
-use crate::shared::Shared;
 use serde::Serialize;
 use std::process::ExitCode;
 use switchyard_core::cutover::warmup::{self, WarmError, WarmPlan, WarmReport};
@@ -27,11 +26,8 @@ async fn ratio_of(control: &Control, side: &str) -> Result<Option<f64>, String> 
 }
 
 /// Reads both hit ratios over the proxy's own connections to old and new.
-pub async fn hit_ratios(shared: &Shared) -> WarmStatus {
-    let (old, new) = tokio::join!(
-        ratio_of(&shared.cutover_control, "old"),
-        ratio_of(&shared.new_control, "new")
-    );
+pub async fn hit_ratios(old: &Control, new: &Control) -> WarmStatus {
+    let (old, new) = tokio::join!(ratio_of(old, "old"), ratio_of(new, "new"));
     let errors: Vec<String> = [&old, &new]
         .into_iter()
         .filter_map(|r| r.as_ref().err().cloned())

@@ -133,8 +133,14 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         shared.cancel.unregister(cancel);
         return;
     }
-    shared.sessions_active.fetch_add(1, Ordering::Relaxed);
-    shared.sessions_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .sessions_active
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .sessions_total
+        .fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(CLIENT_CONNECTIONS).increment(1.0);
     let place = super::session::Place {
         direction,
@@ -145,7 +151,10 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         .run()
         .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
-    shared.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .counters
+        .sessions_active
+        .fetch_sub(1, Ordering::Relaxed);
     shared.cancel.unregister(cancel);
 }
 

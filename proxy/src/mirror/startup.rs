@@ -296,8 +296,15 @@ pub async fn log_loop(m: Arc<Mirror>) {
         }
         if conns.is_none() && m.status.capture.installed.load(Ordering::Relaxed) {
             let opened = async {
-                let log_session =
-                    || connect(m.control.db(), m.control.dsn(), "switchyard-log", None, timeout);
+                let log_session = || {
+                    connect(
+                        m.control.db(),
+                        m.control.dsn(),
+                        "switchyard-log",
+                        None,
+                        timeout,
+                    )
+                };
                 let claim = log_session().await?;
                 let source = log_session().await?;
                 let target = connect(

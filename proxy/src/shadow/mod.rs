@@ -15,7 +15,6 @@
 
 pub mod analyze;
 pub mod collation;
-pub mod config;
 pub mod digest;
 pub mod error;
 pub mod exec;
@@ -28,7 +27,7 @@ pub mod stats;
 pub mod tap;
 mod worker;
 
-pub use config::ShadowConfig;
+pub use crate::config::ShadowConfig;
 pub use tap::ShadowTap;
 
 use crate::backend::{ConnectOptions, Db};

@@ -78,7 +78,7 @@ impl<R: AsyncRead + Unpin> Upstream<'_, R> {
         let mut shutdown = self.shared.shutdown.clone();
         // Created once, not per read: each new wait registers with the watch channel
         // (a lock) and deregisters when dropped, on every message otherwise.
-        let stop = async move { crate::shared::stopped(&mut shutdown).await };
+        let stop = async move { crate::shutdown::stopped(&mut shutdown).await };
         tokio::pin!(stop);
         let mut shutdown_seen = false;
         let mut room = MIN_READ_CHUNK;
@@ -453,7 +453,10 @@ impl<R> Upstream<'_, R> {
 }
 
 fn count_statement(shared: &Shared, c: &Classified) {
-    shared.statements_total.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .statements_total
+        .fetch_add(1, Ordering::Relaxed);
     crate::metrics::hot().statements[c.class.index()].increment(1);
     if !c.parsed {
         metrics::counter!(STATEMENTS_UNPARSED_TOTAL).increment(1);

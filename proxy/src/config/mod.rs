@@ -1,5 +1,19 @@
 //! The proxy's configuration: every key, its default, and the checks on its value. Loaded
 //! from a TOML file, `SWITCHYARD_*` environment variables and flags (flags win).
+//!
+//! The top-level keys live here, each section in its own file. Nothing below imports a
+//! feature module: the features read their section, so a section can be loaded, checked and
+//! tested without the code that uses it.
+
+mod cutover;
+mod mirror;
+mod shadow;
+mod users;
+
+pub use cutover::CutoverConfig;
+pub use mirror::{DdlPolicy, MirrorConfig, MirrorMode};
+pub use shadow::ShadowConfig;
+pub use users::{AuthMethod, ConfiguredPassword, SecretError, UserConfig, VerifierParts};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -7,30 +21,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_core::config_layer::{ConfigError, Origin, Validate};
 use switchyard_core::dsn::Dsn;
+// The retry log's section is read by the reconciler too, so it stays in core; this is its
+// home as far as the proxy is concerned.
 pub use switchyard_core::retry_kafka::RetryLogConfig;
-
-/// How clients prove who they are to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMethod {
-    /// No password; only for local demos. Used automatically when no users are configured,
-    /// and then only loopback clients are accepted.
-    Trust,
-    Md5,
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-}
-
-/// A client user of the proxy. The proxy reaches the databases with the credentials in the
-/// `old` and `new` URLs, whoever the client is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    /// Plain text, or a PostgreSQL SCRAM verifier (`SCRAM-SHA-256$4096:salt$stored:server`),
-    /// or an MD5 hash (`md5` + 32 hex digits, md5 auth only).
-    pub password: String,
-}
 
 /// Everything `switchyard-proxy` reads at start.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,7 +93,7 @@ pub struct ProxyConfig {
     pub retry_log: RetryLogConfig,
     /// Shadow reads: sampled reads compared on both databases.
     #[serde(default)]
-    pub shadow: crate::shadow::ShadowConfig,
+    pub shadow: ShadowConfig,
     /// The cutover flag: how instances follow it.
     #[serde(default)]
     pub cutover: CutoverConfig,
@@ -108,186 +101,6 @@ pub struct ProxyConfig {
     /// loopback address.
     #[serde(default)]
     pub admin_token: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CutoverConfig {
-    /// How often an instance heartbeats and re-reads the flag (a NOTIFY wakes it sooner).
-    #[serde(default = "default_cutover_poll_ms")]
-    pub poll_ms: u64,
-    /// An instance not heard from this long is not live; one that cannot reach the control
-    /// table this long stops taking writes.
-    #[serde(default = "default_cutover_lease_secs")]
-    pub lease_secs: u64,
-    /// How long a flip waits for every instance to confirm before it is abandoned.
-    #[serde(default = "default_cutover_timeout_secs")]
-    pub flip_timeout_secs: u64,
-    /// A shadow mismatch confirmed this recently (by any instance) refuses a flip that
-    /// moves reads to new.
-    #[serde(default = "default_mismatch_window_secs")]
-    pub mismatch_window_secs: u64,
-    /// A flip that moves writes holds new transactions while those in flight finish; if
-    /// they have not within this, the instance does not confirm and the flip is abandoned.
-    #[serde(default = "default_write_drain_ms")]
-    pub write_drain_ms: u64,
-}
-
-fn default_write_drain_ms() -> u64 {
-    5000
-}
-
-fn default_mismatch_window_secs() -> u64 {
-    600
-}
-
-fn default_cutover_poll_ms() -> u64 {
-    250
-}
-
-fn default_cutover_lease_secs() -> u64 {
-    5
-}
-
-fn default_cutover_timeout_secs() -> u64 {
-    10
-}
-
-impl Default for CutoverConfig {
-    fn default() -> Self {
-        CutoverConfig {
-            poll_ms: default_cutover_poll_ms(),
-            lease_secs: default_cutover_lease_secs(),
-            flip_timeout_secs: default_cutover_timeout_secs(),
-            mismatch_window_secs: default_mismatch_window_secs(),
-            write_drain_ms: default_write_drain_ms(),
-        }
-    }
-}
-
-impl CutoverConfig {
-    pub fn poll(&self) -> Duration {
-        Duration::from_millis(self.poll_ms.max(10))
-    }
-
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs.max(1))
-    }
-
-    /// Never past the flip's own timeout, so an instance gives up before the coordinator.
-    pub fn write_drain(&self) -> Duration {
-        Duration::from_millis(self.write_drain_ms.max(1)).min(self.flip_timeout() / 2)
-    }
-
-    pub fn flip_timeout(&self) -> Duration {
-        Duration::from_secs(self.flip_timeout_secs.max(1))
-    }
-}
-
-/// How writes reach the secondary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MirrorMode {
-    /// Passthrough: nothing is written to the new database.
-    Off,
-    /// Lockstep secondary transaction, PREPARE TRANSACTION on the secondary before the
-    /// primary commits, COMMIT PREPARED after.
-    TwoPhase,
-    /// The same lockstep transaction without PREPARE: the primary's transaction records an
-    /// intent (what it changed, and the secondary transaction's id); the primary commits,
-    /// then the secondary. For secondaries with `max_prepared_transactions = 0`.
-    Lockstep,
-    /// `two-phase` when the secondary can prepare transactions; otherwise the proxy does not
-    /// start and says which modes it can run.
-    Auto,
-}
-
-/// What happens to DDL while mirroring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DdlPolicy {
-    /// Run it on the secondary too, as text, in the lockstep transaction.
-    Mirror,
-    /// Run it on the primary only (counted and flagged).
-    PrimaryOnly,
-    /// Refuse it with an error.
-    Reject,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorConfig {
-    #[serde(default = "default_mirror_mode")]
-    pub mode: MirrorMode,
-    #[serde(default = "default_ddl")]
-    pub ddl: DdlPolicy,
-    /// Bound on each statement on the secondary (server-side statement_timeout), in ms; the
-    /// most a slow secondary can add to a client's statement.
-    #[serde(default = "default_secondary_statement_timeout")]
-    pub secondary_statement_timeout_ms: u64,
-    /// lock_timeout on the secondary, in ms.
-    #[serde(default = "default_secondary_lock_timeout")]
-    pub secondary_lock_timeout_ms: u64,
-    /// Refuse (SQLSTATE 0A000, naming the reason) writes the proxy cannot capture, such as
-    /// large objects; when false they run on the old database and are counted and listed
-    /// in `/api/status` under `statement_mode`.
-    #[serde(default)]
-    pub strict: bool,
-    /// How often each instance drains the change log (writes no proxy mirrored in lockstep:
-    /// sessions connected straight to the old database, procedures that commit by
-    /// themselves), in ms.
-    #[serde(default = "default_log_poll")]
-    pub log_poll_ms: u64,
-    /// Keys remembered per transaction for re-sync orders; beyond this a table is re-synced
-    /// whole, so memory stays bounded for huge transactions.
-    #[serde(default = "default_max_tracked_keys")]
-    pub max_tracked_keys: usize,
-    /// Write statements a claimed transaction runs before the proxy drains what they
-    /// captured behind the next one (otherwise at its commit). Each drain is a statement on
-    /// the primary (about 0.09 ms of its CPU); draining early lets the secondary apply while
-    /// the client goes on. 1 drains behind every write; the default lets short transactions
-    /// drain once, at their commit, and long ones stream (docs/benchmarks.md, "Drain
-    /// timing").
-    #[serde(default = "default_drain_every_writes")]
-    pub drain_every_writes: u32,
-}
-
-impl Default for MirrorConfig {
-    fn default() -> Self {
-        MirrorConfig {
-            mode: default_mirror_mode(),
-            ddl: default_ddl(),
-            secondary_statement_timeout_ms: default_secondary_statement_timeout(),
-            secondary_lock_timeout_ms: default_secondary_lock_timeout(),
-            strict: false,
-            log_poll_ms: default_log_poll(),
-            max_tracked_keys: default_max_tracked_keys(),
-            drain_every_writes: default_drain_every_writes(),
-        }
-    }
-}
-
-fn default_drain_every_writes() -> u32 {
-    16
-}
-
-fn default_mirror_mode() -> MirrorMode {
-    MirrorMode::Auto
-}
-fn default_ddl() -> DdlPolicy {
-    DdlPolicy::Mirror
-}
-fn default_secondary_statement_timeout() -> u64 {
-    2000
-}
-fn default_secondary_lock_timeout() -> u64 {
-    1000
-}
-fn default_log_poll() -> u64 {
-    250
-}
-fn default_max_tracked_keys() -> usize {
-    100_000
 }
 
 fn default_listen() -> String {
@@ -341,7 +154,7 @@ impl ProxyConfig {
             worker_threads: 0,
             mirror: MirrorConfig::default(),
             retry_log: RetryLogConfig::default(),
-            shadow: crate::shadow::ShadowConfig::default(),
+            shadow: ShadowConfig::default(),
             cutover: CutoverConfig::default(),
             admin_token: None,
         }
@@ -428,20 +241,8 @@ impl Validate for ProxyConfig {
         if self.classifier_cache_size == 0 {
             bad("classifier_cache_size", "must be at least 1".into());
         }
-        if self.mirror.log_poll_ms == 0 {
-            bad("mirror.log_poll_ms", "must be at least 1".into());
-        }
-        if self.mirror.secondary_statement_timeout_ms == 0 {
-            bad(
-                "mirror.secondary_statement_timeout_ms",
-                "must be at least 1".into(),
-            );
-        }
-        if self.mirror.secondary_lock_timeout_ms == 0 {
-            bad(
-                "mirror.secondary_lock_timeout_ms",
-                "must be at least 1".into(),
-            );
+        for (key, message) in self.mirror.problems() {
+            bad(&format!("mirror.{key}"), message);
         }
         for (key, message) in self.shadow.problems() {
             bad(&format!("shadow.{key}"), message);
@@ -461,34 +262,8 @@ impl Validate for ProxyConfig {
             }
             (None, None) => {}
         }
-        if !self.users.is_empty() && self.auth_method == AuthMethod::Trust {
-            bad(
-                "auth_method",
-                "trust cannot be combined with configured users".into(),
-            );
-        }
-        for (i, u) in self.users.iter().enumerate() {
-            if u.name.is_empty() {
-                bad(&format!("users[{i}].name"), "must not be empty".into());
-            }
-            if let Err(e) = crate::auth::Secret::parse(&u.name, &u.password) {
-                bad(&format!("users[{i}].password"), e.to_string());
-            } else if self.auth_method == AuthMethod::Md5
-                && u.password.starts_with("SCRAM-SHA-256$")
-            {
-                bad(
-                    &format!("users[{i}].password"),
-                    "a SCRAM verifier cannot answer md5 authentication; give the password or an md5 hash".into(),
-                );
-            } else if self.auth_method == AuthMethod::ScramSha256
-                && u.password.starts_with("md5")
-                && u.password.len() == 35
-            {
-                bad(
-                    &format!("users[{i}].password"),
-                    "an md5 hash cannot answer scram-sha-256 authentication; give the password or a SCRAM verifier".into(),
-                );
-            }
+        for (key, message) in users::problems(&self.users, self.auth_method) {
+            bad(&key, message);
         }
     }
 }
