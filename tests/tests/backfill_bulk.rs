@@ -78,8 +78,8 @@ async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         run.stdout.contains("rebuilt big_pkey"),
         "the key was rebuilt: {}",
@@ -136,14 +136,14 @@ async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9],
         "off",
         "--bulk",
     ];
-    let stopped = backfill_with_env(
+    backfill_with_env(
         &pair,
         &flags,
         ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    .await?
+    .exits(3)?;
     ensure!(chunks_with(&pair.new, "t", "copied") == Some(10));
     // The gate: closed while the test holds advisory lock 42. It polls with a try-lock,
     // so nothing waits on a lock (which would end the pass's give-way at once).
@@ -190,8 +190,8 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
         ("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         on(&pair.new, BUILDING)? == "1",
         "the run ended while the build still ran"
@@ -290,8 +290,8 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    .await?
+    .exits(3)?;
     ensure!(
         chunks_with(&pair.new, "t", "copied") == Some(5),
         "every chunk copied, none verified: {}\n{}",
@@ -307,8 +307,9 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         "UPDATE t SET v = 'changed' WHERE id = 77; DELETE FROM t WHERE id = 2500; \
          INSERT INTO t VALUES (9999, 'extra')",
     )?;
-    let run = backfill(&pair, &["--tables", "t", "--dual-writes", "off"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--tables", "t", "--dual-writes", "off"])
+        .await?
+        .exits(0)?;
     ensure!(
         on(
             &pair.new,
@@ -350,7 +351,7 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
          FROM generate_series(1, 3000) g;
          INSERT INTO e SELECT g, ARRAY['ok']::mood[] FROM generate_series(1, 3000) g",
     )?;
-    let run = backfill(
+    backfill(
         &pair,
         &[
             "--tables",
@@ -362,8 +363,8 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
             "off",
         ],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         on(
             &pair.new,

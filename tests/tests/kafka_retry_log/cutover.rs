@@ -3,26 +3,29 @@
 //! topic, and do once replay drained it.
 
 use super::origin::{create_topics, publish, row_record_dir};
-use super::{replay_kafka, SERIAL};
+use super::{broker_and_pair, replay_kafka, T};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use switchyard_core::direction::Direction;
-use switchyard_tests::mirror::{on, pair_with};
-use switchyard_tests::proxy::{proxy_bin, DB};
+use switchyard_tests::cutover::cutover_cli;
+use switchyard_tests::mirror::on;
 use switchyard_tests::Broker;
 
 fn backlog_check(
     pair: &switchyard_tests::proxy::Pair,
     broker: &Broker,
 ) -> Result<(Option<i32>, Value)> {
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(proxy_bin()?)
-            .args(["cutover", "reads-new", "--dry-run", "--json"])
-            .args(["--old", &pair.old.url(DB), "--new", &pair.new.url(DB)])
-            .args(["--kafka-brokers", &broker.bootstrap()])
-            .output()
-            .context("cutover reads-new --dry-run")
-    })?;
+    let brokers = broker.bootstrap();
+    let out = cutover_cli(
+        pair,
+        &[
+            "reads-new",
+            "--dry-run",
+            "--json",
+            "--kafka-brokers",
+            &brokers,
+        ],
+    )?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{}{}",
@@ -43,9 +46,7 @@ fn backlog_check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let (_serial, broker, pair) = broker_and_pair(T).await?;
     on(&pair.old, "INSERT INTO t VALUES (1, 'only old has it')")?;
     create_topics(&broker).await?;
     publish(
