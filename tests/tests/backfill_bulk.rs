@@ -61,20 +61,21 @@ async fn the_pass_setup_never_waits_behind_the_key_rebuild() -> Result<()> {
     pass_meets_the_key_rebuild("pass-setup-waits-for-lock").await
 }
 
+/// Two workers on 2,000-row chunks, bulk mode by default (dual writes declared off).
+const TWO_JOBS: [&str; 6] = [
+    "--chunk-rows",
+    "2000",
+    "--jobs",
+    "2",
+    "--dual-writes",
+    "off",
+];
+
 async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
     let pair = big_pair().await?;
     let run = backfill_with_env(
         &pair,
-        &[
-            "--tables",
-            "big",
-            "--chunk-rows",
-            "2000",
-            "--jobs",
-            "2",
-            "--dual-writes",
-            "off",
-        ],
+        &[&["--tables", "big"][..], &TWO_JOBS].concat(),
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
@@ -123,19 +124,9 @@ impl Gate {
 /// as another process's rebuild would leave it (no `ADD PRIMARY KEY` of the next run
 /// queues behind the gate), and a user's index build on `t` held by a gate; with the
 /// flags of those runs.
-async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9], Gate)> {
+async fn copied_table_beside_a_gated_build() -> Result<(Pair, Vec<&'static str>, Gate)> {
     let pair = md5_pair("int", 20000).await?;
-    let flags = [
-        "--tables",
-        "t",
-        "--chunk-rows",
-        "2000",
-        "--jobs",
-        "2",
-        "--dual-writes",
-        "off",
-        "--bulk",
-    ];
+    let flags = [&["--tables", "t"][..], &TWO_JOBS, &["--bulk"]].concat();
     backfill_with_env(
         &pair,
         &flags,

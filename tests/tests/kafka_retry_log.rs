@@ -66,6 +66,17 @@ fn kafka_config(pair: &Pair, broker: &Broker, on_failure: OnBrokerFailure) -> Pr
 /// static member of the group (`--kafka-instance-id`), as a reconciler in a StatefulSet
 /// would be: tansu 0.6 sometimes leaves a dynamic member's first join unanswered, and never
 /// expires a killed dynamic member's partitions.
+/// An in-process proxy with the Kafka retry log (`on_failure`), and a client through it.
+async fn kafka_proxy(
+    pair: &Pair,
+    broker: &Broker,
+    on_failure: OnBrokerFailure,
+) -> Result<(RunningProxy, tokio_postgres::Client)> {
+    let proxy = start_proxy(kafka_config(pair, broker, on_failure)).await?;
+    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    Ok((proxy, client))
+}
+
 fn kafka_flags(broker: &Broker) -> Vec<String> {
     kafka_flags_as(broker, "r1")
 }
@@ -224,8 +235,7 @@ async fn secondary_down_under_pgbench_records_go_to_kafka_then_replay() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_while_secondary_down_falls_back_to_the_embedded_table() -> Result<()> {
     let (_serial, mut broker, pair) = broker_and_pair(T).await?;
-    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Embedded)).await?;
-    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    let (proxy, client) = kafka_proxy(&pair, &broker, OnBrokerFailure::Embedded).await?;
     client
         .execute("INSERT INTO t VALUES (1, 'both up')", &[])
         .await?;
@@ -276,8 +286,7 @@ async fn broker_killed_while_secondary_down_falls_back_to_the_embedded_table() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_frozen_while_secondary_down_fails_the_transaction_when_configured() -> Result<()> {
     let (_serial, mut broker, pair) = broker_and_pair(T).await?;
-    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
-    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    let (proxy, client) = kafka_proxy(&pair, &broker, OnBrokerFailure::Fail).await?;
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;
     broker.pause()?;
     let err = client

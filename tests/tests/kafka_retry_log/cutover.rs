@@ -44,6 +44,23 @@ fn backlog_check(
     Ok((out.status.code(), check))
 }
 
+/// The backlog check exits with `code`, passes or not (`ok`), and says `detail`.
+fn backlog_is(
+    pair: &switchyard_tests::proxy::Pair,
+    broker: &Broker,
+    code: Option<i32>,
+    ok: bool,
+    detail: &str,
+) -> Result<()> {
+    let (got, check) = backlog_check(pair, broker)?;
+    ensure!(got == code && check["ok"] == ok, "{check}");
+    ensure!(
+        check["detail"].as_str().unwrap_or("").contains(detail),
+        "{check}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
     let (_serial, broker, pair) = broker_and_pair(T).await?;
@@ -56,27 +73,11 @@ async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
     )
     .await?;
 
-    let (code, check) = backlog_check(&pair, &broker)?;
-    ensure!(code == Some(1) && check["ok"] == false, "{check}");
-    ensure!(
-        check["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("1 in Kafka"),
-        "{check}"
-    );
+    backlog_is(&pair, &broker, Some(1), false, "1 in Kafka")?;
 
     let run = replay_kafka(&pair, &broker, &[]).await?;
     ensure!(run.code() == Some(0), "replay: {}", run.text());
     ensure!(on(&pair.new, "SELECT v FROM t WHERE id = 1")? == "only old has it");
-    let (code, check) = backlog_check(&pair, &broker)?;
-    ensure!(code == Some(0) && check["ok"] == true, "{check}");
-    ensure!(
-        check["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("0 in Kafka"),
-        "{check}"
-    );
+    backlog_is(&pair, &broker, Some(0), true, "0 in Kafka")?;
     Ok(())
 }

@@ -24,8 +24,7 @@ async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Resu
         "CREATE TABLE c (id int PRIMARY KEY, n int NOT NULL); INSERT INTO c SELECT g, 0 FROM generate_series(1, 20) g",
     )
     .await?;
-    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
-    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    let (_proxy, client) = kafka_proxy(&pair, &broker, OnBrokerFailure::Fail).await?;
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;
     for _ in 0..2 {
         client.execute("UPDATE c SET n = n + 1", &[]).await?;
@@ -83,8 +82,7 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
         .map(|t| format!("CREATE TABLE {t} (id int PRIMARY KEY, v text);"))
         .collect();
     let pair = pair_with(&schema).await?;
-    let proxy = start_proxy(kafka_config(&pair, &broker, OnBrokerFailure::Fail)).await?;
-    let client = switchyard_tests::proxy::connect_proxy(&proxy).await?;
+    let (_proxy, client) = kafka_proxy(&pair, &broker, OnBrokerFailure::Fail).await?;
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;
     for t in &tables {
         // One statement per 50 rows: many records, few round trips.

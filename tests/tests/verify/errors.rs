@@ -4,20 +4,20 @@
 use super::*;
 use anyhow::{Context, Result};
 use serde_json::Value;
+use switchyard_tests::mirror::pair_with;
 use switchyard_tests::mirror::{reconciler, reconciler_json};
-use switchyard_tests::proxy::{Pair, DB};
+use switchyard_tests::proxy::DB;
 use switchyard_tests::reconciler::run_reconciler;
 use switchyard_tests::refusing_port;
 
 /// Schema differences are reported before any data is read, plainly, with exit 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_differences_are_reported_plainly() -> Result<()> {
-    let pair = Pair::start()?;
-    both(
-        &pair,
+    let pair = pair_with(
         "CREATE TABLE s_ok (id int PRIMARY KEY, a text); INSERT INTO s_ok VALUES (1, 'x');
          CREATE TABLE s_nopk (id int, a text);",
-    )?;
+    )
+    .await?;
     pair.old.psql(
         DB,
         "CREATE TABLE s_missing (id int PRIMARY KEY);

@@ -4,19 +4,19 @@ use super::*;
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use switchyard_tests::mirror::pair_with;
 use switchyard_tests::mirror::reconciler_json;
-use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 
 /// Verify while the proxy dual-writes must not report the rows in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_writes_raise_no_false_alarm() -> Result<()> {
-    let pair = Pair::start()?;
-    both(
-        &pair,
+    let pair = pair_with(
         "CREATE TABLE live (id int PRIMARY KEY, v int, note text);
          INSERT INTO live SELECT g, 0, 'n' || g FROM generate_series(1, 30000) g;
          ANALYZE live;",
-    )?;
+    )
+    .await?;
     let proxy = start_proxy(pair.config()).await?;
     let via_proxy = connect_proxy(&proxy).await?;
 
@@ -94,13 +94,12 @@ async fn resync_takes_text_keys_from_any_source() -> Result<()> {
     use switchyard_core::ident::QualifiedName;
     use switchyard_core::resync::{resync_keys, ResyncCounts};
 
-    let pair = Pair::start()?;
-    both(
-        &pair,
+    let pair = pair_with(
         "CREATE TABLE rs (id uuid PRIMARY KEY, v numeric, t timestamptz, n text);
          INSERT INTO rs SELECT md5('r' || g)::uuid, g / 3.0, timestamptz '2024-06-01 12:00+02' + g * interval '1 s', NULL
            FROM generate_series(1, 10) g;",
-    )?;
+    )
+    .await?;
     pair.new.psql(
         DB,
         "UPDATE rs SET v = 0 WHERE id = md5('r1')::uuid;

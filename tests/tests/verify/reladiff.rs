@@ -6,8 +6,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use switchyard_tests::clients::{python_bin, run_client};
+use switchyard_tests::mirror::pair_with;
 use switchyard_tests::mirror::reconciler_json;
-use switchyard_tests::proxy::{Pair, DB};
+use switchyard_tests::proxy::DB;
 
 /// Keys reladiff reports, as (table, kind, key): `-` lines are rows of old that new lacks
 /// or has differently, `+` lines rows of new.
@@ -47,16 +48,15 @@ fn parse_reladiff(table: &str, key_cols: usize, out: &str) -> Result<Found> {
 /// Scenario 29's independent check: reladiff finds the same keys on the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agrees_with_reladiff() -> Result<()> {
-    let pair = Pair::start()?;
-    both(
-        &pair,
+    let pair = pair_with(
         "CREATE TABLE r_int (id int PRIMARY KEY, v text, n int);
          INSERT INTO r_int SELECT g, 'v' || g, g % 97 FROM generate_series(1, 20000) g;
          CREATE TABLE r_comp (region text, id int, v text, PRIMARY KEY (region, id));
          INSERT INTO r_comp SELECT r, g, r || g FROM unnest(ARRAY['eu', 'us', 'ap']) r,
                 generate_series(1, 3000) g;
          ANALYZE;",
-    )?;
+    )
+    .await?;
     pair.new.psql(
         DB,
         "DELETE FROM r_int WHERE id IN (1, 777, 15000, 20000);
