@@ -20,8 +20,9 @@ pub const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL
                       CREATE TABLE m (id int PRIMARY KEY, x mood);
                       INSERT INTO m VALUES (1, 'sad');";
 
-/// Two clusters with `SCHEMA` on both.
+/// Two clusters with `SCHEMA` on both (and the proxy's log in the test output).
 pub async fn pair() -> Result<Pair> {
+    crate::mirror::init_tracing();
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     for c in [&pair.old, &pair.new] {
         tokio::task::block_in_place(|| c.psql(DB, SCHEMA))?;

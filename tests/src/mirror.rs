@@ -31,11 +31,13 @@ pub fn on(c: &PgCluster, sql: &str) -> Result<String> {
     tokio::task::block_in_place(|| c.psql(DB, sql))
 }
 
-/// A pair of clusters with `schema` run on both.
+/// A pair of clusters with `schema` run on both (none when empty).
 pub async fn pair_with(schema: &str) -> Result<Pair> {
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, schema).context("schema on old")?;
-    on(&pair.new, schema).context("schema on new")?;
+    if !schema.is_empty() {
+        on(&pair.old, schema).context("schema on old")?;
+        on(&pair.new, schema).context("schema on new")?;
+    }
     for c in [&pair.old, &pair.new] {
         on(c, CHECKPOINT)?;
     }
@@ -223,6 +225,13 @@ pub fn same_rows(pair: &Pair, table: &str) -> Result<String> {
         let (old, new) = &last;
         format!("{table} differs:\n--- old\n{old}\n--- new\n{new}")
     })
+}
+
+/// [`assert_same`] `tables`, and [`assert_nothing_queued`]: new took every write in
+/// lockstep, nothing was replayed.
+pub fn assert_mirrored(pair: &Pair, tables: &[&str]) -> Result<()> {
+    assert_same(pair, tables)?;
+    assert_nothing_queued(pair)
 }
 
 /// Nothing queued in the retry log on old: new took every write in lockstep.

@@ -10,7 +10,7 @@ use futures_util::SinkExt;
 use switchyard_proxy::RunningProxy;
 use switchyard_tests::http::admin_json;
 use switchyard_tests::mirror::{
-    assert_nothing_queued, assert_same, init_tracing, on, proxied, rows,
+    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, on, proxied, rows,
 };
 use switchyard_tests::proxy::{batch_fails, connect_proxy, start_proxy, Pair};
 use switchyard_tests::wait::poll_until_async;
@@ -216,8 +216,7 @@ async fn ctes_merge_and_copy_arrive_as_images() -> Result<()> {
         "\\copy log (acct, note) FROM PROGRAM 'printf \"7\\tpsql copy\\n8\\tpsql copy\\n\"'",
     )
     .await?;
-    assert_same(&s.pair, &["acct", "log"])?;
-    assert_nothing_queued(&s.pair)
+    assert_mirrored(&s.pair, &["acct", "log"])
 }
 
 /// Finding 6: a key changed by UPDATE and by ON CONFLICT DO UPDATE: the old key's row is

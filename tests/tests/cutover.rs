@@ -15,14 +15,14 @@ use switchyard_tests::cutover::{
 };
 use switchyard_tests::http::{get, request, request_with};
 use switchyard_tests::mirror::{
-    assert_nothing_queued, assert_same, init_tracing, reconciler, retry_records, PGBENCH_TABLES,
+    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, reconciler, retry_records,
+    PGBENCH_TABLES,
 };
 use switchyard_tests::proxy::{connect_proxy, start_proxy, ProxyProcess, DB};
 use switchyard_tests::wait::poll_until_async;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let (old_port, new_port) = (pair.old.port(), pair.new.port());
     let a = start_proxy(config(&pair, "a")).await?;
@@ -177,13 +177,11 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
     ensure!(history[2]["by"] == "test" && history[0]["to"] == "shadow");
     ensure!(v["instances"].as_array().map(Vec::len) == Some(2), "{text}");
 
-    assert_same(&pair, &["t"])?;
-    assert_nothing_queued(&pair)
+    assert_mirrored(&pair, &["t"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let b = tokio::task::block_in_place(|| {
@@ -299,7 +297,6 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "cut-off");
     cfg.cutover.lease_secs = 1;
@@ -337,13 +334,11 @@ async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()
         Ok(r.is_ok().then_some(()))
     })
     .await?;
-    assert_same(&pair, &["t"])?;
-    assert_nothing_queued(&pair)
+    assert_mirrored(&pair, &["t"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let p = start_proxy(config(&pair, "a")).await?;
     let c = connect_proxy(&p).await?;
@@ -377,7 +372,6 @@ async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_moves_and_shows_the_flag_and_the_token_guards_the_api() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "a");
     cfg.admin_token = Some("s3cret".into());
@@ -492,13 +486,11 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
             "pgbench -M {what}: reads went to new under load"
         );
     }
-    assert_same(&pair, &PGBENCH_TABLES)?;
-    assert_nothing_queued(&pair)
+    assert_mirrored(&pair, &PGBENCH_TABLES)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_reaches_a_read_running_on_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;

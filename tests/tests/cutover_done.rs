@@ -7,12 +7,11 @@ use anyhow::{ensure, Context, Result};
 use switchyard_tests::cutover::{
     config, cutover_cli, failed_checks, flip, one, pair, phase_of, port_of, refused_flip,
 };
-use switchyard_tests::mirror::{init_tracing, on};
+use switchyard_tests::mirror::on;
 use switchyard_tests::proxy::{connect_proxy, start_proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let b = start_proxy(config(&pair, "b")).await?;

@@ -7,7 +7,6 @@ use std::cell::{Cell, RefCell};
 use std::time::Duration;
 use switchyard_tests::cutover::{admin, config, failed_checks, flip, one, pair, port_of};
 use switchyard_tests::http::get;
-use switchyard_tests::mirror::init_tracing;
 use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 use switchyard_tests::wait::poll_until_async;
 
@@ -16,7 +15,6 @@ use switchyard_tests::wait::poll_until_async;
 /// right rows; their reads inside a transaction stay on old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_drivers_read_from_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let c = connect_proxy(&a).await?;
@@ -74,7 +72,6 @@ async fn python_drivers_read_from_new() -> Result<()> {
 /// (and so the dashboard) names the shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "a");
     cfg.shadow.sample_rate = 1.0;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 use switchyard_tests::clients::psql_value;
 use switchyard_tests::http;
+use switchyard_tests::mirror::{proxied, Proxied};
 use switchyard_tests::proxy::{
     connect_proxy, run_proxy_to_exit, start_proxy, Pair, ProxyProcess, DB,
 };
@@ -145,8 +146,7 @@ async fn connection_limit_and_idle_timeout() -> anyhow::Result<()> {
 /// The admin surface, and scenario "new being down never fails a client".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_and_new_database_down() -> anyhow::Result<()> {
-    let pair = Pair::start()?;
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair } = proxied("").await?;
     let admin = proxy.admin_addr().expect("admin server");
     let c = connect_proxy(&proxy).await?;
     c.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT * FROM t")

@@ -3,7 +3,7 @@
 
 use super::*;
 use anyhow::{ensure, Context, Result};
-use switchyard_tests::mirror::{init_tracing, on, same_rows};
+use switchyard_tests::mirror::{init_tracing, on, proxied, same_rows};
 use switchyard_tests::proxy::{batch_fails, connect_proxy, start_proxy, Pair};
 use tokio_postgres::error::SqlState;
 

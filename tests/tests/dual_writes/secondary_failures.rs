@@ -5,7 +5,7 @@
 use super::*;
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
-use switchyard_tests::mirror::{eventually, init_tracing, on, rows, same_rows};
+use switchyard_tests::mirror::{eventually, init_tracing, on, proxied, rows, same_rows};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
