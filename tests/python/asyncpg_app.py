@@ -29,22 +29,13 @@ import random
 import sys
 
 import asyncpg
+from checks import Failed, check_or_fail as check
 
 ACCOUNTS = 8
 WORKERS = 12
 POOL = 6
 ROUNDS = 15
 START = decimal.Decimal("1000.00")
-
-
-class Failed(Exception):
-    pass
-
-
-def check(label, got, expected):
-    if got != expected:
-        raise Failed(f"{label}: got {got!r}, expected {expected!r}")
-    print(f"  ok {label}")
 
 
 class Tally:

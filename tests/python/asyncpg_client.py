@@ -15,14 +15,7 @@ import json
 import sys
 
 import asyncpg
-
-FAILED = []
-
-
-def check(label, got, expected):
-    if got != expected:
-        FAILED.append(label)
-        print(f"MISMATCH {label}: got {got!r}, expected {expected!r}", file=sys.stderr)
+from checks import FAILED, check, finish
 
 
 async def setup(conn):
@@ -198,10 +191,7 @@ async def main():
         await errors(conn)
     finally:
         await conn.close()
-    if FAILED:
-        print(f"asyncpg: {len(FAILED)} check(s) failed: {FAILED}", file=sys.stderr)
-        sys.exit(1)
-    print("asyncpg: all checks passed")
+    finish("asyncpg")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,7 @@ import time
 import asyncpg
 import psycopg
 from psycopg import errors
-
-FAILED = []
-
-
-def check(label, got, expected):
-    if got != expected:
-        FAILED.append(label)
-        print(f"MISMATCH {label}: got {got!r}, expected {expected!r}", file=sys.stderr)
+from checks import check, finish
 
 
 def with_psycopg(dsn):
@@ -85,10 +78,7 @@ def main():
     dsn = sys.argv[1]
     with_psycopg(dsn)
     asyncio.run(with_asyncpg(dsn))
-    if FAILED:
-        print(f"backend_pid: {len(FAILED)} checks failed: {FAILED}", file=sys.stderr)
-        sys.exit(1)
-    print("backend_pid: all checks passed")
+    finish("backend_pid")
 
 
 if __name__ == "__main__":

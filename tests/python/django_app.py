@@ -35,6 +35,8 @@ import tempfile
 import textwrap
 from urllib.parse import urlparse
 
+from checks import Failed, check_or_fail as check
+
 SHOP = "shop"
 
 MODELS_V1 = '''
@@ -168,16 +170,6 @@ class Migration(migrations.Migration):
         migrations.AlterField("author", "slug", models.CharField(max_length=120)),
     ]
 '''
-
-
-class Failed(Exception):
-    pass
-
-
-def check(label, got, expected):
-    if got != expected:
-        raise Failed(f"{label}: got {got!r}, expected {expected!r}")
-    print(f"  ok {label}")
 
 
 def configure(url):

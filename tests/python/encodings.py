@@ -11,8 +11,7 @@ failed check; the Rust test then compares old and new row by row.
 import sys
 
 import psycopg
-
-FAILED = []
+from checks import check, finish
 
 CASES = [
     # (encoding, first id, texts)
@@ -20,12 +19,6 @@ CASES = [
     ("WIN1252", 200, ["€uro “quoted” – dash", "œuvre Œ š Ž", "‰ † ‡ •"]),
     ("EUC_JP", 300, ["日本語のテキスト", "ｶﾀｶﾅ と ひらがな", "東京都 港区"]),
 ]
-
-
-def check(label, got, expected):
-    if got != expected:
-        FAILED.append(label)
-        print(f"MISMATCH {label}: got {got!r}, expected {expected!r}", file=sys.stderr)
 
 
 def main():
@@ -40,10 +33,7 @@ def main():
                 conn.execute("UPDATE enc SET v = v || %s WHERE id = %s", [" " + texts[2], first])
             got = [r[0] for r in conn.execute("SELECT v FROM enc WHERE src = %s ORDER BY id", [enc])]
             check(f"{enc}: read back", got, [texts[0] + " " + texts[2], texts[1], texts[2]])
-    if FAILED:
-        print(f"encodings: {len(FAILED)} checks failed: {FAILED}", file=sys.stderr)
-        sys.exit(1)
-    print("encodings: all checks passed")
+    finish("encodings")
 
 
 if __name__ == "__main__":

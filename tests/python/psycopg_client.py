@@ -16,14 +16,7 @@ import sys
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
-
-FAILED = []
-
-
-def check(label, got, expected):
-    if got != expected:
-        FAILED.append(label)
-        print(f"MISMATCH {label}: got {got!r}, expected {expected!r}", file=sys.stderr)
+from checks import FAILED, check, finish
 
 
 def connect(dsn, **kw):
@@ -240,10 +233,7 @@ def main():
         notifications(dsn, conn)
         pipeline(conn)
         check("final ping", conn.execute(sql.SQL("SELECT {}").format(sql.Literal("ok"))).fetchone(), ("ok",))
-    if FAILED:
-        print(f"psycopg: {len(FAILED)} check(s) failed: {FAILED}", file=sys.stderr)
-        sys.exit(1)
-    print("psycopg: all checks passed")
+    finish("psycopg")
 
 
 if __name__ == "__main__":

@@ -48,16 +48,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-
-
-class Failed(Exception):
-    pass
-
-
-def check(label, got, expected):
-    if got != expected:
-        raise Failed(f"{label}: got {got!r}, expected {expected!r}")
-    print(f"  ok {label}")
+from checks import Failed, check_or_fail as check
 
 
 class Base(DeclarativeBase):

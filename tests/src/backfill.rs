@@ -6,7 +6,6 @@ use crate::proxy::{Pair, DB};
 use crate::PgCluster;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// How long a backfill may run in a test.
@@ -24,31 +23,12 @@ pub type BackfillRun = crate::reconciler::ToolRun;
 /// A `switchyard-backfill ARGS` command with the test's `SWITCHYARD_*` variables removed
 /// (so they cannot change what is tested), output piped, killed on drop.
 pub fn backfill_command(args: &[&str]) -> Result<tokio::process::Command> {
-    let mut cmd = tokio::process::Command::new(backfill_bin()?);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SWITCHYARD_") && k != "SWITCHYARD_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    Ok(cmd)
+    Ok(crate::reconciler::tool_command(backfill_bin()?, args))
 }
 
 /// Waits for a spawned backfill's output (killed after `timeout`).
 pub async fn wait_backfill(child: tokio::process::Child, timeout: Duration) -> Result<BackfillRun> {
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .with_context(|| format!("switchyard-backfill did not finish within {timeout:?}"))?
-        .context("waiting for switchyard-backfill")?;
-    Ok(BackfillRun {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    crate::reconciler::wait_tool(child, "switchyard-backfill", timeout).await
 }
 
 /// Runs `switchyard-backfill ARGS` to completion.

@@ -73,3 +73,17 @@ pub fn screenshot(url: &str, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Loads `url` in the browser (off the runtime's worker) until `probe` finds in its DOM
+/// what it waits for, for up to 60 s (see [`crate::wait::poll_until`]).
+pub fn wait_for_page<T>(
+    url: &str,
+    what: &str,
+    mut probe: impl FnMut(String) -> Result<Option<T>>,
+) -> Result<T> {
+    tokio::task::block_in_place(|| {
+        crate::wait::poll_until(what, std::time::Duration::from_secs(60), || {
+            probe(dump_dom(url)?)
+        })
+    })
+}

@@ -10,7 +10,7 @@
 //!   `${SWITCHYARD_CACHE:-/root/.cache/switchyard}/node/node_modules`).
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -44,14 +44,21 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cache/switchyard"))
 }
 
+/// The file `var` names, if it is set; an error when that file does not exist.
+fn file_from_env(var: &str) -> Result<Option<PathBuf>> {
+    let Some(p) = std::env::var_os(var).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    if !p.is_file() {
+        bail!("{var}={} does not exist", p.display());
+    }
+    Ok(Some(p))
+}
+
 /// The Python interpreter with psycopg and asyncpg: `SWITCHYARD_PYTHON`, else the venv under
 /// `SWITCHYARD_CACHE`. Fails with a hint at `.ci/setup` when it is missing.
 pub fn python_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SWITCHYARD_PYTHON") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("SWITCHYARD_PYTHON={} does not exist", p.display());
-        }
+    if let Some(p) = file_from_env("SWITCHYARD_PYTHON")? {
         return Ok(p);
     }
     let p = cache_dir().join("venv/bin/python");
@@ -75,11 +82,7 @@ pub fn python_script(name: &str) -> PathBuf {
 
 /// The Node.js binary: `SWITCHYARD_NODE`, else `node` found on `PATH`.
 pub fn node_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SWITCHYARD_NODE") {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            bail!("SWITCHYARD_NODE={} does not exist", p.display());
-        }
+    if let Some(p) = file_from_env("SWITCHYARD_NODE")? {
         return Ok(p);
     }
     std::env::var_os("PATH")
@@ -115,29 +118,8 @@ pub fn node_script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// What a finished client program printed.
-#[derive(Debug)]
-pub struct ClientOutput {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl ClientOutput {
-    /// Fails unless the program exited with status 0; the error carries both outputs.
-    pub fn success(self, what: &str) -> Result<ClientOutput> {
-        if self.status.success() {
-            Ok(self)
-        } else {
-            bail!(
-                "{what} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                self.status,
-                self.stdout,
-                self.stderr
-            )
-        }
-    }
-}
+/// What a finished client program printed (the same as a tool's run).
+pub type ClientOutput = crate::reconciler::ToolRun;
 
 /// Runs a client program to completion without blocking the runtime, killing it if it runs
 /// longer than `timeout`. libpq environment variables that could redirect it are removed.
@@ -160,15 +142,7 @@ pub async fn run_client(
         .env_remove("PGDATABASE")
         .env_remove("PGPASSWORD");
     let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .with_context(|| format!("{what} did not finish within {timeout:?}"))?
-        .with_context(|| format!("waiting for {what}"))?;
-    Ok(ClientOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    crate::reconciler::wait_tool(child, what, timeout).await
 }
 
 /// Runs `psql -X -At URL -c SQL` off the async runtime and returns its output (exit status,
@@ -184,4 +158,35 @@ pub async fn psql_url(url: &str, sql: &str) -> Result<std::process::Output> {
     })
     .await
     .context("psql task")?
+}
+
+/// [`psql_url`] that must succeed: what psql printed, trimmed (its stderr in the error).
+pub async fn psql_value(url: &str, sql: &str) -> Result<String> {
+    let out = psql_url(url, sql).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// pgbench `ARGS URL` to its end (at most 120 s), which must exit 0 without a failed
+/// transaction; what it printed.
+pub async fn pgbench_clean(url: &str, args: &[&str]) -> Result<String> {
+    let out = run_client(
+        tokio::process::Command::new(pgbench_bin())
+            .args(args)
+            .arg(url),
+        "pgbench",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success(&format!("pgbench {args:?}"))?;
+    anyhow::ensure!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "pgbench saw errors:\n{}",
+        out.stdout
+    );
+    Ok(out.stdout)
 }

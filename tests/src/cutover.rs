@@ -3,9 +3,11 @@
 
 use crate::http::{get, request};
 use crate::proxy::{Pair, DB};
+use crate::wait::poll_until_async;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::time::Duration;
 use switchyard_proxy::{ProxyConfig, RunningProxy};
 use tokio_postgres::Client;
 
@@ -18,8 +20,9 @@ pub const SCHEMA: &str = "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL
                       CREATE TABLE m (id int PRIMARY KEY, x mood);
                       INSERT INTO m VALUES (1, 'sad');";
 
-/// Two clusters with `SCHEMA` on both.
+/// Two clusters with `SCHEMA` on both (and the proxy's log in the test output).
 pub async fn pair() -> Result<Pair> {
+    crate::mirror::init_tracing();
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
     for c in [&pair.old, &pair.new] {
         tokio::task::block_in_place(|| c.psql(DB, SCHEMA))?;
@@ -84,6 +87,46 @@ pub async fn pair_client(c: &crate::PgCluster) -> Result<Client> {
     let (client, conn) = tokio_postgres::connect(&c.url(DB), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+/// Waits (up to 10 s) until `query` runs, active, on `c`: seen directly, around the proxy.
+pub async fn wait_active(c: &crate::PgCluster, query: &str) -> Result<()> {
+    let direct = pair_client(c).await?;
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = '{}' AND state = 'active'",
+        query.replace('\'', "''")
+    );
+    poll_until_async(
+        &format!("{query} to run on port {}", c.port()),
+        Duration::from_secs(10),
+        || async { Ok((one(&direct, &running).await? == "1").then_some(())) },
+    )
+    .await
+}
+
+/// `switchyard-proxy cutover ARGS --old .. --new ..` against the pair, run to its end (off
+/// the runtime's worker).
+pub fn cutover_cli(pair: &Pair, args: &[&str]) -> Result<std::process::Output> {
+    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
+    tokio::task::block_in_place(|| {
+        std::process::Command::new(crate::proxy::proxy_bin()?)
+            .arg("cutover")
+            .args(args)
+            .args(["--old", &old, "--new", &new])
+            .output()
+            .with_context(|| format!("switchyard-proxy cutover {}", args.join(" ")))
+    })
+}
+
+/// POSTs a flip that must be refused with HTTP `status` and an error containing `error`;
+/// the report.
+pub async fn refused_flip(p: &RunningProxy, body: &str, status: u16, error: &str) -> Result<Value> {
+    let (got, report) = flip(p, body).await?;
+    anyhow::ensure!(
+        got == status && report["error"].as_str().is_some_and(|e| e.contains(error)),
+        "{body}: want {status} with {error:?}, got {got} {report}"
+    );
+    Ok(report)
 }
 
 /// The names of the failed checks in a flip's report.

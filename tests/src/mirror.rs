@@ -4,11 +4,16 @@
 use crate::pg::PgCluster;
 use crate::proxy::{Pair, DB};
 use crate::reconciler::{run_reconciler, ReconcilerRun};
+use crate::wait::poll_until;
 use anyhow::{ensure, Context, Result};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use switchyard_proxy::RunningProxy;
 
 /// How long the reconciler may run in a test.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long new may take to show what the client was told is committed.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// The proxy's log in test output, filtered by `SWITCHYARD_LOG` (default `warn`).
 pub fn init_tracing() {
@@ -26,15 +31,32 @@ pub fn on(c: &PgCluster, sql: &str) -> Result<String> {
     tokio::task::block_in_place(|| c.psql(DB, sql))
 }
 
-/// A pair of clusters with `schema` run on both.
+/// A pair of clusters with `schema` run on both (none when empty).
 pub async fn pair_with(schema: &str) -> Result<Pair> {
     let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    on(&pair.old, schema)?;
-    on(&pair.new, schema)?;
+    if !schema.is_empty() {
+        on(&pair.old, schema).context("schema on old")?;
+        on(&pair.new, schema).context("schema on new")?;
+    }
     for c in [&pair.old, &pair.new] {
         on(c, CHECKPOINT)?;
     }
     Ok(pair)
+}
+
+/// An in-process proxy in front of a pair (fields drop in order: the proxy stops before
+/// the clusters it talks to).
+pub struct Proxied {
+    pub proxy: RunningProxy,
+    pub pair: Pair,
+}
+
+/// [`pair_with`] `schema`, and a proxy with the pair's default configuration in front.
+pub async fn proxied(schema: &str) -> Result<Proxied> {
+    init_tracing();
+    let pair = pair_with(schema).await?;
+    let proxy = crate::proxy::start_proxy(pair.config()).await?;
+    Ok(Proxied { proxy, pair })
 }
 
 /// The test clusters run with `synchronous_commit = off`: a commit can sit in WAL buffers
@@ -81,19 +103,24 @@ pub async fn assert_verified(pair: &Pair, tables: &str) -> Result<()> {
 
 /// Polls `sql` on `c` until it returns `want`, for up to 10 s.
 pub fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = on(c, sql)?;
-        if got == want {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{sql}: got {got:?}, want {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut got = String::new();
+    poll_until(&format!("{sql} to return {want:?}"), SETTLE, || {
+        got = on(c, sql)?;
+        Ok((got == want).then_some(()))
+    })
+    .with_context(|| format!("{sql}: got {got:?}, want {want:?}"))
 }
+
+/// The tables `pgbench -i` makes.
+pub const PGBENCH_TABLES: [&str; 4] = [
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+];
+
+/// The pgbench tables with a primary key (`pgbench_history` has none), for `--tables`.
+pub const PGBENCH_KEYED: &str = "pgbench_accounts,pgbench_branches,pgbench_tellers";
 
 /// A pair of clusters, each with `pgbench -i -s 1` (the same accounts, branches, tellers).
 pub async fn pgbench_pair() -> Result<Pair> {
@@ -140,7 +167,7 @@ pub async fn crash_at(pair: &Pair, args: &[&str], failpoint: &str, id: i32) -> R
         .await;
     ensure!(r.is_err(), "the proxy should have died at {failpoint}");
     tokio::task::block_in_place(|| {
-        crate::wait::poll_until("the proxy to exit", Duration::from_secs(10), || {
+        poll_until("the proxy to exit", Duration::from_secs(10), || {
             Ok(proxy.try_wait()?.map(|_| ()))
         })
     })?;
@@ -154,18 +181,12 @@ pub async fn pgbench_across_secondary_restart(pair: &Pair, url: &str) -> Result<
     let load = {
         let url = url.to_string();
         tokio::spawn(async move {
-            crate::clients::run_client(
-                tokio::process::Command::new(crate::clients::pgbench_bin())
-                    .args(["-c", "4", "-T", "6", "-M", "prepared", "-n"])
-                    .arg(&url),
-                "pgbench under fault",
-                Duration::from_secs(120),
-            )
-            .await
+            let args = ["-c", "4", "-T", "6", "-M", "prepared", "-n"];
+            crate::clients::pgbench_clean(&url, &args).await
         })
     };
     tokio::task::block_in_place(|| {
-        crate::wait::poll_until("the load to reach new", Duration::from_secs(10), || {
+        poll_until("the load to reach new", Duration::from_secs(10), || {
             let n: i64 = on(&pair.new, "SELECT count(*) FROM pgbench_history")?.parse()?;
             Ok((n > 50).then_some(()))
         })
@@ -173,15 +194,8 @@ pub async fn pgbench_across_secondary_restart(pair: &Pair, url: &str) -> Result<
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     tokio::task::block_in_place(|| pair.new.start())?;
-    let out = load
-        .await??
-        .success("pgbench while the secondary was killed")?;
-    ensure!(
-        out.stdout.contains("number of failed transactions: 0"),
-        "pgbench saw errors:\n{}",
-        out.stdout
-    );
-    Ok(out.stdout)
+    load.await?
+        .context("pgbench while the secondary was killed")
 }
 
 /// Every row of `table` on `c` as text, sorted.
@@ -194,20 +208,36 @@ pub fn rows(c: &PgCluster, table: &str) -> Result<String> {
 /// for up to 10 s; nothing is replayed.
 pub fn assert_same(pair: &Pair, tables: &[&str]) -> Result<()> {
     for table in tables {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let old = rows(&pair.old, table)?;
-            let new = rows(&pair.new, table)?;
-            if old == new {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{table} differs:\n--- old\n{old}\n--- new\n{new}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        same_rows(pair, table)?;
     }
+    Ok(())
+}
+
+/// Asserts `table` holds the same rows on both clusters, compared row by row (new polled
+/// for up to 10 s, as in [`assert_same`]); returns them.
+pub fn same_rows(pair: &Pair, table: &str) -> Result<String> {
+    let mut last = (String::new(), String::new());
+    poll_until(&format!("{table} to match on both sides"), SETTLE, || {
+        last = (rows(&pair.old, table)?, rows(&pair.new, table)?);
+        Ok((last.0 == last.1).then(|| last.0.clone()))
+    })
+    .with_context(|| {
+        let (old, new) = &last;
+        format!("{table} differs:\n--- old\n{old}\n--- new\n{new}")
+    })
+}
+
+/// [`assert_same`] `tables`, and [`assert_nothing_queued`]: new took every write in
+/// lockstep, nothing was replayed.
+pub fn assert_mirrored(pair: &Pair, tables: &[&str]) -> Result<()> {
+    assert_same(pair, tables)?;
+    assert_nothing_queued(pair)
+}
+
+/// Nothing queued in the retry log on old: new took every write in lockstep.
+pub fn assert_nothing_queued(pair: &Pair) -> Result<()> {
+    let queued = retry_records(pair)?;
+    ensure!(queued == 0, "{queued} records in the retry log, want none");
     Ok(())
 }
 
@@ -323,4 +353,23 @@ pub fn assert_same_schema(pair: &Pair) -> Result<()> {
         only(&o, &n),
         only(&n, &o)
     )
+}
+
+/// The id of the transaction `c` is in (`pg_current_xact_id()`, which assigns one).
+pub async fn current_xid(c: &tokio_postgres::Client) -> Result<String> {
+    Ok(c.query_one("SELECT pg_current_xact_id()::text", &[])
+        .await?
+        .get(0))
+}
+
+/// A session of its own on `c` with a transaction running `sql`, left open; the session
+/// and the transaction's id.
+pub async fn open_transaction(
+    c: &PgCluster,
+    sql: &str,
+) -> Result<(tokio_postgres::Client, String)> {
+    let session = c.connect(DB).await?;
+    session.batch_execute(&format!("BEGIN; {sql}")).await?;
+    let xid = current_xid(&session).await?;
+    Ok((session, xid))
 }

@@ -25,26 +25,21 @@ impl Pair {
     }
 
     pub fn start_with(old: crate::PgClusterBuilder, new: crate::PgClusterBuilder) -> Result<Pair> {
-        let old = old.start().context("starting the old cluster")?;
-        let new = new
-            .max_prepared_transactions(64)
-            .start()
-            .context("starting the new cluster")?;
-        old.create_database(DB)?;
-        new.create_database(DB)?;
-        Ok(Pair { old, new })
+        Self::start_as_built(old, new.max_prepared_transactions(64))
     }
 
     /// Two clusters, neither of which can prepare transactions (PostgreSQL's default, and
     /// many managed services'): dual writes need `mirror.mode = "lockstep"`.
     pub fn start_without_prepare() -> Result<Pair> {
-        let old = PgCluster::builder()
-            .start()
-            .context("starting the old cluster")?;
-        let new = PgCluster::builder()
-            .max_prepared_transactions(0)
-            .start()
-            .context("starting the new cluster")?;
+        Self::start_as_built(
+            PgCluster::builder(),
+            PgCluster::builder().max_prepared_transactions(0),
+        )
+    }
+
+    fn start_as_built(old: crate::PgClusterBuilder, new: crate::PgClusterBuilder) -> Result<Pair> {
+        let old = old.start().context("starting the old cluster")?;
+        let new = new.start().context("starting the new cluster")?;
         old.create_database(DB)?;
         new.create_database(DB)?;
         Ok(Pair { old, new })
@@ -233,4 +228,27 @@ pub fn run_proxy_to_exit(args: &[&str], env: &[(&str, &str)]) -> Result<(ExitSta
         String::from_utf8_lossy(&out.stderr)
     );
     Ok((out.status, text))
+}
+
+/// Runs `sql` (one simple Query) on `c`, which must fail with the server's SQLSTATE
+/// `state`; that error.
+pub async fn batch_fails(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    state: &tokio_postgres::error::SqlState,
+) -> Result<tokio_postgres::error::DbError> {
+    let Err(e) = c.batch_execute(sql).await else {
+        bail!("{sql}: succeeded, want SQLSTATE {}", state.code());
+    };
+    let db = e
+        .as_db_error()
+        .with_context(|| format!("{sql}: not a server error: {e:?}"))?;
+    anyhow::ensure!(
+        db.code() == state,
+        "{sql}: SQLSTATE {} ({}), want {}",
+        db.code().code(),
+        db.message(),
+        state.code()
+    );
+    Ok(db.clone())
 }

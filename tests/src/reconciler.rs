@@ -25,6 +25,26 @@ impl ToolRun {
         self.status.code()
     }
 
+    /// Fails unless the program exited with status 0; the error carries both outputs.
+    pub fn success(self, what: &str) -> Result<ToolRun> {
+        if self.status.success() {
+            Ok(self)
+        } else {
+            anyhow::bail!(
+                "{what} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.status,
+                self.stdout,
+                self.stderr
+            )
+        }
+    }
+
+    /// The run itself if it exited with `code`; else an error with both outputs.
+    pub fn exits(self, code: i32) -> Result<ToolRun> {
+        anyhow::ensure!(self.code() == Some(code), "{}", self.text());
+        Ok(self)
+    }
+
     /// Both outputs, for assertion messages.
     pub fn text(&self) -> String {
         format!(
@@ -43,7 +63,17 @@ pub type ReconcilerRun = ToolRun;
 /// `timeout`). `SWITCHYARD_*` variables of the test's environment are removed so they
 /// cannot change what is tested.
 pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<ReconcilerRun> {
-    let mut cmd = tokio::process::Command::new(reconciler_bin()?);
+    let child = tool_command(reconciler_bin()?, args)
+        .spawn()
+        .context("starting switchyard-reconciler")?;
+    wait_tool(child, &format!("switchyard-reconciler {args:?}"), timeout).await
+}
+
+/// A `BIN ARGS` command for one of the tools, with the test's `SWITCHYARD_*` variables
+/// removed (so they cannot change what is tested; `SWITCHYARD_LOG` stays), output piped,
+/// killed on drop.
+pub fn tool_command(bin: PathBuf, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -54,14 +84,20 @@ pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<Reconcil
             cmd.env_remove(k);
         }
     }
-    let child = cmd.spawn().context("starting switchyard-reconciler")?;
+    cmd
+}
+
+/// Waits for a spawned tool's output (`what` names it in errors), killed after `timeout`.
+pub async fn wait_tool(
+    child: tokio::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<ToolRun> {
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .with_context(|| {
-            format!("switchyard-reconciler {args:?} did not finish within {timeout:?}")
-        })?
-        .context("waiting for switchyard-reconciler")?;
-    Ok(ReconcilerRun {
+        .with_context(|| format!("{what} did not finish within {timeout:?}"))?
+        .with_context(|| format!("waiting for {what}"))?;
+    Ok(ToolRun {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -76,6 +112,28 @@ pub struct ReconcilerProcess {
 }
 
 impl ReconcilerProcess {
+    /// Polls `probe` (off the runtime's worker, as [`crate::wait::poll_until`]) until it
+    /// yields a value; fails at once, with the log, if the process exits meanwhile. The
+    /// probe gets the process to read its log.
+    pub fn poll_while_running<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&ReconcilerProcess) -> Result<Option<T>>,
+    ) -> Result<T> {
+        tokio::task::block_in_place(|| {
+            crate::wait::poll_until(what, timeout, || {
+                if let Some(s) = self.try_wait()? {
+                    anyhow::bail!(
+                        "switchyard-reconciler exited with {s}:\n{}",
+                        self.log_text()
+                    );
+                }
+                probe(self)
+            })
+        })
+    }
+
     /// Starts `switchyard-reconciler ARGS` with `env` added (other `SWITCHYARD_*` variables
     /// of the test's environment removed).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<ReconcilerProcess> {
@@ -116,5 +174,27 @@ impl Drop for ReconcilerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A row record of `"public".<table>` key `{"id": id}` from `origin`, as a proxy writes it
+/// when the other database did not take the change (`reason`).
+pub fn row_record(
+    origin: switchyard_core::retry::Origin,
+    table: &str,
+    id: i32,
+    reason: &str,
+) -> switchyard_core::retry::RetryRecord {
+    use switchyard_core::retry::{RecordKind, RetryRecord};
+    let table = format!("\"public\".\"{table}\"");
+    let key = serde_json::json!({ "id": id });
+    RetryRecord {
+        idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, &table, &key.to_string()),
+        kind: RecordKind::Row,
+        table_name: Some(table),
+        key: Some(key),
+        statement: None,
+        origin,
+        reason: reason.into(),
     }
 }

@@ -3,7 +3,7 @@
 //! credentials. Failures carry PostgreSQL's own SQLSTATEs and messages.
 
 use switchyard_proxy::config::{AuthMethod, UserConfig};
-use switchyard_tests::clients::psql_url;
+use switchyard_tests::clients::{psql_url, psql_value};
 use switchyard_tests::proxy::{proxy_config, start_proxy, Pair, DB};
 use switchyard_tests::{Auth, PgCluster};
 use tokio_postgres::NoTls;
@@ -200,13 +200,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         proxy.listen_addr()
     );
-    let out = psql_url(&url, "SELECT 'over tls'").await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+    assert_eq!(psql_value(&url, "SELECT 'over tls'").await?, "over tls");
     let url = format!(
         "postgres://{}@{}/{DB}?sslmode=require",
         PgCluster::USER,
@@ -239,12 +233,7 @@ async fn tls_when_configured_and_clear_error_when_not() -> anyhow::Result<()> {
         PgCluster::USER,
         plain.listen_addr()
     );
-    let out = psql_url(&url, "SELECT 1").await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    psql_value(&url, "SELECT 1").await?;
     plain.shutdown().await;
     Ok(())
 }

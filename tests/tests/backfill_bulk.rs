@@ -61,25 +61,26 @@ async fn the_pass_setup_never_waits_behind_the_key_rebuild() -> Result<()> {
     pass_meets_the_key_rebuild("pass-setup-waits-for-lock").await
 }
 
+/// Two workers on 2,000-row chunks, bulk mode by default (dual writes declared off).
+const TWO_JOBS: [&str; 6] = [
+    "--chunk-rows",
+    "2000",
+    "--jobs",
+    "2",
+    "--dual-writes",
+    "off",
+];
+
 async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
     let pair = big_pair().await?;
     let run = backfill_with_env(
         &pair,
-        &[
-            "--tables",
-            "big",
-            "--chunk-rows",
-            "2000",
-            "--jobs",
-            "2",
-            "--dual-writes",
-            "off",
-        ],
+        &[&["--tables", "big"][..], &TWO_JOBS].concat(),
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         run.stdout.contains("rebuilt big_pkey"),
         "the key was rebuilt: {}",
@@ -123,27 +124,17 @@ impl Gate {
 /// as another process's rebuild would leave it (no `ADD PRIMARY KEY` of the next run
 /// queues behind the gate), and a user's index build on `t` held by a gate; with the
 /// flags of those runs.
-async fn copied_table_beside_a_gated_build() -> Result<(Pair, [&'static str; 9], Gate)> {
+async fn copied_table_beside_a_gated_build() -> Result<(Pair, Vec<&'static str>, Gate)> {
     let pair = md5_pair("int", 20000).await?;
-    let flags = [
-        "--tables",
-        "t",
-        "--chunk-rows",
-        "2000",
-        "--jobs",
-        "2",
-        "--dual-writes",
-        "off",
-        "--bulk",
-    ];
-    let stopped = backfill_with_env(
+    let flags = [&["--tables", "t"][..], &TWO_JOBS, &["--bulk"]].concat();
+    backfill_with_env(
         &pair,
         &flags,
         ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    .await?
+    .exits(3)?;
     ensure!(chunks_with(&pair.new, "t", "copied") == Some(10));
     // The gate: closed while the test holds advisory lock 42. It polls with a try-lock,
     // so nothing waits on a lock (which would end the pass's give-way at once).
@@ -190,8 +181,8 @@ async fn the_pass_gives_way_to_an_index_build_but_never_waits_for_it() -> Result
         ("SWITCHYARD_LOG", "switchyard_backfill::table_pass=debug"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         on(&pair.new, BUILDING)? == "1",
         "the run ended while the build still ran"
@@ -290,8 +281,8 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         ("BACKFILL_TEST_FAILPOINT", "exit-before-verify"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    .await?
+    .exits(3)?;
     ensure!(
         chunks_with(&pair.new, "t", "copied") == Some(5),
         "every chunk copied, none verified: {}\n{}",
@@ -307,8 +298,9 @@ async fn bulk_verification_repairs_what_changed_after_the_copy() -> Result<()> {
         "UPDATE t SET v = 'changed' WHERE id = 77; DELETE FROM t WHERE id = 2500; \
          INSERT INTO t VALUES (9999, 'extra')",
     )?;
-    let run = backfill(&pair, &["--tables", "t", "--dual-writes", "off"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--tables", "t", "--dual-writes", "off"])
+        .await?
+        .exits(0)?;
     ensure!(
         on(
             &pair.new,
@@ -350,7 +342,7 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
          FROM generate_series(1, 3000) g;
          INSERT INTO e SELECT g, ARRAY['ok']::mood[] FROM generate_series(1, 3000) g",
     )?;
-    let run = backfill(
+    backfill(
         &pair,
         &[
             "--tables",
@@ -362,8 +354,8 @@ async fn bulk_tables_the_pass_cannot_hash_are_checked_in_sql() -> Result<()> {
             "off",
         ],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         on(
             &pair.new,

@@ -45,12 +45,12 @@ async fn every_key_type_is_copied_and_verified() -> Result<()> {
                                     FROM generate_series(1, 700) g;",
     )?;
     let tables = "child,ints,sparse,uuids,texts,composite,empty,parent,wide";
-    let run = backfill(
+    let _run = backfill(
         &pair,
         &["--tables", tables, "--chunk-rows", "97", "--jobs", "3"],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     assert_verified(&pair, tables).await?;
     let per_table = on(
         &pair.new,
@@ -116,8 +116,9 @@ async fn every_key_type_is_copied_and_verified() -> Result<()> {
     )?;
     ensure!(order == "t", "child started before parent was done");
     // A second run finds everything done and copies nothing.
-    let again = backfill(&pair, &["--tables", tables, "--format", "json"]).await?;
-    ensure!(again.code() == Some(0), "{}", again.text());
+    let again = backfill(&pair, &["--tables", tables, "--format", "json"])
+        .await?
+        .exits(0)?;
     let doc: serde_json::Value =
         serde_json::from_str(&again.stdout).with_context(|| again.text())?;
     ensure!(doc["rows_this_run"] == 0, "{}", again.text());
@@ -152,7 +153,7 @@ async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
         &pair.old,
         "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
     )?;
-    let run = backfill(
+    backfill(
         &pair,
         &[
             "--tables",
@@ -165,8 +166,8 @@ async fn direct_chunks_that_read_back_different_are_repaired() -> Result<()> {
             "off",
         ],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     let stats = on(
         &pair.new,
         "SELECT count(*), \
@@ -205,14 +206,15 @@ async fn a_foreign_key_cycle_needs_replica_mode() -> Result<()> {
          INSERT INTO cb SELECT g, 301 - g FROM generate_series(1, 300) g;
          UPDATE ca SET cb = id;",
     )?;
-    let run = backfill(&pair, &["--tables", "ca,cb", "--chunk-rows", "50"]).await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    let run = backfill(&pair, &["--tables", "ca,cb", "--chunk-rows", "50"])
+        .await?
+        .exits(2)?;
     ensure!(
         run.stderr.contains("public.ca") && run.stderr.contains("--fk-mode replica"),
         "{}",
         run.text()
     );
-    let run = backfill(
+    backfill(
         &pair,
         &[
             "--tables",
@@ -223,8 +225,8 @@ async fn a_foreign_key_cycle_needs_replica_mode() -> Result<()> {
             "replica",
         ],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     assert_verified(&pair, "ca,cb").await
 }
 
@@ -240,8 +242,8 @@ async fn bad_input_is_reported_clearly() -> Result<()> {
         &["--old", &bad, "--new", &bad],
         Duration::from_secs(60),
     )
-    .await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    .await?
+    .exits(2)?;
     ensure!(
         run.stderr.contains("connecting to the old database")
             && run.stderr.contains(&port.to_string()),
@@ -261,8 +263,7 @@ async fn bad_input_is_reported_clearly() -> Result<()> {
         "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 100) g; INSERT INTO nopk VALUES (1)",
     )?;
 
-    let run = backfill(&pair, &["--tables", "t,nope"]).await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    let run = backfill(&pair, &["--tables", "t,nope"]).await?.exits(2)?;
     ensure!(
         run.stderr
             .contains("public.nope does not exist on the old database"),
@@ -270,8 +271,7 @@ async fn bad_input_is_reported_clearly() -> Result<()> {
         run.text()
     );
 
-    let run = backfill(&pair, &["--dry-run"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &["--dry-run"]).await?.exits(0)?;
     ensure!(
         run.stdout.contains("public.t")
             && run
@@ -293,8 +293,9 @@ async fn bad_input_is_reported_clearly() -> Result<()> {
 
     let metrics = tempfile::NamedTempFile::new()?;
     let path = metrics.path().to_string_lossy().to_string();
-    let run = backfill(&pair, &["--metrics-file", &path]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &["--metrics-file", &path])
+        .await?
+        .exits(0)?;
     ensure!(
         run.stdout.contains("public.nopk") && !run.stdout.contains("skipped"),
         "{}",

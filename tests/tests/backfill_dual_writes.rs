@@ -114,8 +114,7 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
     })?;
     let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
     if queued != "0" {
-        let r = reconciler(&pair, "replay", &[]).await?;
-        ensure!(r.code() == Some(0), "{}", r.text());
+        reconciler(&pair, "replay", &[]).await?.exits(0)?;
     }
     let repaired = on(
         &pair.new,
@@ -176,8 +175,7 @@ async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
         "the copy brought the row the open transaction deletes"
     );
     client.batch_execute("COMMIT").await?;
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?.exits(0)?;
     ensure!(
         on(&pair.new, "SELECT count(*) FROM z WHERE id = 500")? == "0",
         "row 500 left on new: {}",
@@ -240,8 +238,7 @@ async fn writes_racing_one_chunk_never_lose_to_the_copy() -> Result<()> {
         "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (SELECT%'",
     )?;
     ensure!(still_copying == "1", "the writes did not race the copy");
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    wait_backfill(child, BACKFILL_TIMEOUT).await?.exits(0)?;
     let chunk = on(
         &pair.new,
         "SELECT count(*), sum(rows_copied), sum(rows_inserted), sum(rows_repaired) FROM _switchyard.backfill_chunks",

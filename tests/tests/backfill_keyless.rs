@@ -14,7 +14,7 @@ use switchyard_tests::backfill::{
     backfill, backfill_failpoint_command, backfill_with_env, pair_args, wait_backfill,
     BACKFILL_TIMEOUT,
 };
-use switchyard_tests::mirror::{eventually, on, pair_with, pgbench_pair};
+use switchyard_tests::mirror::{eventually, on, pair_with, pgbench_pair, PGBENCH_TABLES};
 use switchyard_tests::proxy::{Pair, ProxyProcess};
 use switchyard_tests::wait::{poll_until, poll_until_async};
 
@@ -76,8 +76,9 @@ async fn duplicates_and_nulls_are_copied_and_verified() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let metrics = dir.path().join("metrics.prom");
     let metrics_arg = metrics.to_string_lossy().into_owned();
-    let run = backfill(&pair, &["--format", "json", "--metrics-file", &metrics_arg]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &["--format", "json", "--metrics-file", &metrics_arg])
+        .await?
+        .exits(0)?;
     assert_same_multiset(&pair, "bag")?;
     assert_same_multiset(&pair, "keyed")?;
     ensure!(
@@ -119,8 +120,7 @@ async fn duplicates_and_nulls_are_copied_and_verified() -> Result<()> {
     );
 
     // Done stays done: no second copy on top of the first.
-    let again = backfill(&pair, &[]).await?;
-    ensure!(again.code() == Some(0), "{}", again.text());
+    backfill(&pair, &[]).await?.exits(0)?;
     ensure!(chunk_state(&pair, "bag")? == "done/1");
     assert_same_multiset(&pair, "bag")
 }
@@ -142,22 +142,18 @@ async fn pgbench_history_is_copied_with_the_keyed_tables() -> Result<()> {
         );
         Ok(())
     })?;
-    const TABLES: [&str; 4] = [
-        "pgbench_accounts",
-        "pgbench_branches",
-        "pgbench_tellers",
-        "pgbench_history",
-    ];
-    on(&pair.new, &format!("TRUNCATE {}", TABLES.join(", ")))?;
+    on(
+        &pair.new,
+        &format!("TRUNCATE {}", PGBENCH_TABLES.join(", ")),
+    )?;
     ensure!(count(&pair.old, "SELECT count(*) FROM pgbench_history")? == 600);
-    let run = backfill(&pair, &[]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &[]).await?.exits(0)?;
     ensure!(
         run.stdout.contains("public.pgbench_history") && !run.stdout.contains("refused"),
         "{}",
         run.text()
     );
-    for t in TABLES {
+    for t in PGBENCH_TABLES {
         assert_same_multiset(&pair, t)?;
     }
     Ok(())
@@ -173,8 +169,7 @@ async fn a_keyless_table_with_rows_on_new_is_refused() -> Result<()> {
         &pair.new,
         "INSERT INTO bag VALUES (1, 'already here', NULL, NULL)",
     )?;
-    let run = backfill(&pair, &[]).await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
+    let run = backfill(&pair, &[]).await?.exits(1)?;
     ensure!(
         run.stdout.lines().any(|l| l.starts_with("public.bag")
             && l.contains("refused")
@@ -191,8 +186,7 @@ async fn a_keyless_table_with_rows_on_new_is_refused() -> Result<()> {
 
     // Emptied, the table is copied by the next run.
     on(&pair.new, "TRUNCATE bag")?;
-    let run = backfill(&pair, &[]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &[]).await?.exits(0)?;
     assert_same_multiset(&pair, "bag")
 }
 
@@ -244,8 +238,7 @@ async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
     };
     wait_ops(20).await?;
 
-    let refused = backfill(&pair, &[]).await?;
-    ensure!(refused.code() == Some(1), "{}", refused.text());
+    let refused = backfill(&pair, &[]).await?.exits(1)?;
     ensure!(
         refused.stdout.lines().any(|l| l.starts_with("public.bag")
             && l.contains("refused")
@@ -342,8 +335,7 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
     );
 
     std::fs::write(&release, b"")?;
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    wait_backfill(child, BACKFILL_TIMEOUT).await?.exits(0)?;
     tokio::time::timeout(Duration::from_secs(20), insert)
         .await
         .context("the write to bag after the copy")???;
@@ -367,22 +359,21 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
 async fn a_copy_killed_midway_is_copied_again_without_duplicates() -> Result<()> {
     let pair = pair_with(BAG).await?;
     on(&pair.old, BAG_ROWS)?;
-    let killed = backfill_with_env(
+    backfill_with_env(
         &pair,
         &["--tables", "bag"],
         ("BACKFILL_TEST_FAILPOINT", "exit-mid-keyless"),
         BACKFILL_TIMEOUT,
     )
-    .await?;
-    ensure!(killed.code() == Some(3), "{}", killed.text());
+    .await?
+    .exits(3)?;
     ensure!(chunk_state(&pair, "bag")? == "running/1");
     ensure!(
         count(&pair.new, "SELECT count(*) FROM bag")? == 0,
         "nothing committed"
     );
 
-    let run = backfill(&pair, &["--tables", "bag"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--tables", "bag"]).await?.exits(0)?;
     ensure!(chunk_state(&pair, "bag")? == "done/2");
     ensure!(count(&pair.new, "SELECT count(*) FROM bag")? == 6002);
     assert_same_multiset(&pair, "bag")
@@ -402,8 +393,9 @@ async fn a_copy_that_does_not_verify_is_failed() -> Result<()> {
          CREATE TRIGGER tamper BEFORE INSERT ON bag FOR EACH ROW EXECUTE FUNCTION tamper();
          ALTER TABLE bag ENABLE ALWAYS TRIGGER tamper;",
     )?;
-    let run = backfill(&pair, &["--tables", "bag", "--max-attempts", "1"]).await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
+    backfill(&pair, &["--tables", "bag", "--max-attempts", "1"])
+        .await?
+        .exits(1)?;
     ensure!(chunk_state(&pair, "bag")? == "failed/1");
     let error = on(
         &pair.new,

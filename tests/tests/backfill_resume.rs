@@ -78,8 +78,9 @@ async fn killed_backfill_resumes_from_the_chunk_table() -> Result<()> {
         "the killed run had deferred the index"
     );
 
-    let run = backfill(&pair, &["--tables", "big", "--jobs", "2"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--tables", "big", "--jobs", "2"])
+        .await?
+        .exits(0)?;
     for line in snapshot.lines() {
         let f: Vec<&str> = line.split('|').collect();
         let now = on(
@@ -162,8 +163,9 @@ async fn killed_bulk_load_resumes_and_restores_the_key() -> Result<()> {
          WHERE status = 'copied' ORDER BY chunk_no",
     )?;
 
-    let run = backfill(&pair, &["--tables", "big", "--jobs", "2"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &["--tables", "big", "--jobs", "2"])
+        .await?
+        .exits(0)?;
     ensure!(
         run.stdout.contains("rebuilt big_pkey") && run.stdout.contains("rebuilt big_n"),
         "the summary names what was rebuilt: {}",
@@ -387,8 +389,7 @@ async fn a_hung_worker_loses_its_chunk_when_the_lease_runs_out() -> Result<()> {
 async fn pause_and_resume_through_the_control_row() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY)").await?;
     on(&pair.old, "INSERT INTO t SELECT generate_series(1, 3000)")?;
-    let paused = backfill(&pair, &["--pause"]).await?;
-    ensure!(paused.code() == Some(0), "{}", paused.text());
+    let _paused = backfill(&pair, &["--pause"]).await?.exits(0)?;
     let child = spawn_backfill(&pair, &["--tables", "t", "--chunk-rows", "500"])?;
     tokio::task::block_in_place(|| {
         poll_until("the plan", Duration::from_secs(30), || {
@@ -399,10 +400,8 @@ async fn pause_and_resume_through_the_control_row() -> Result<()> {
         chunks_with(&pair.new, "t", "done") == Some(0),
         "copied while paused"
     );
-    let resumed = backfill(&pair, &["--resume"]).await?;
-    ensure!(resumed.code() == Some(0), "{}", resumed.text());
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--resume"]).await?.exits(0)?;
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?.exits(0)?;
     ensure!(run.stderr.contains("paused"), "{}", run.text());
     assert_verified(&pair, "t").await
 }
@@ -415,8 +414,7 @@ async fn pause_and_resume_through_the_control_row() -> Result<()> {
 async fn a_chunk_table_from_an_earlier_version_is_resumed() -> Result<()> {
     let pair = md5_pair("int", 2000).await?;
     let flags = ["--tables", "t", "--chunk-rows", "500", "--bulk", "off"];
-    let first = backfill(&pair, &flags).await?;
-    ensure!(first.code() == Some(0), "{}", first.text());
+    let _first = backfill(&pair, &flags).await?.exits(0)?;
     on(
         &pair.new,
         "ALTER TABLE _switchyard.backfill_chunks DROP CONSTRAINT backfill_chunks_status_check;
@@ -432,8 +430,7 @@ async fn a_chunk_table_from_an_earlier_version_is_resumed() -> Result<()> {
         "SELECT string_agg(chunk_no || ':' || attempts || ':' || finished_at, ',' ORDER BY chunk_no) \
          FROM _switchyard.backfill_chunks WHERE status = 'done'",
     )?;
-    let again = backfill(&pair, &flags).await?;
-    ensure!(again.code() == Some(0), "{}", again.text());
+    let _again = backfill(&pair, &flags).await?.exits(0)?;
     ensure!(
         on(
             &pair.new,

@@ -103,14 +103,14 @@ async fn one_scan_of_old_loads_and_verifies_every_chunk() -> Result<()> {
 /// A pair from [`scan_pair`] after a `--scan-old` run of `big` stopped at `failpoint`.
 async fn scan_stopped_at(failpoint: &str) -> Result<Pair> {
     let pair = scan_pair().await?;
-    let stopped = backfill_with_env(
+    backfill_with_env(
         &pair,
         &scan_flags("--tables=big"),
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(120),
     )
-    .await?;
-    ensure!(stopped.code() == Some(3), "{}", stopped.text());
+    .await?
+    .exits(3)?;
     Ok(pair)
 }
 
@@ -124,8 +124,9 @@ async fn a_scan_killed_midway_leaves_nothing_and_is_read_again() -> Result<()> {
         "{}",
         chunk_states(&pair, "big")?
     );
-    let run = backfill(&pair, &["--jobs", "2", "--tables", "big"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--jobs", "2", "--tables", "big"])
+        .await?
+        .exits(0)?;
     let states = chunk_states(&pair, "big")?;
     // Without --scan-old the chunks are copied one by one, into the empty table.
     ensure!(
@@ -150,12 +151,12 @@ async fn a_scan_stopped_between_its_commits_is_repaired_by_verification() -> Res
         rows > 0 && rows < 60000,
         "{rows} rows on new: both sessions should have loaded some"
     );
-    let run = backfill(
+    backfill(
         &pair,
         &["--jobs", "2", "--tables", "big", "--dual-writes", "off"],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     ensure!(
         chunk_states(&pair, "big")? == "done|scan|1|12",
         "copied once, never again: {}",

@@ -5,7 +5,7 @@
 //! and goes on; a new database holding another schema is refused and left untouched; a
 //! missing pg_dump is named.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use switchyard_tests::backfill::{
     backfill, backfill_command, pair_args, wait_backfill, BACKFILL_TIMEOUT,
 };
@@ -88,22 +88,12 @@ async fn copied_schema_then_backfill_gives_equal_tables_and_a_second_run_resumes
         "capture installed on old"
     );
     let bin = pg_bin();
+    let copying = ["--schema", "copy", "--pg-bin", &bin, "--chunk-rows", "500"];
     // First only one table: a run stopped before the rest is what the second one resumes.
-    let run = backfill(
-        &pair,
-        &[
-            "--schema",
-            "copy",
-            "--pg-bin",
-            &bin,
-            "--tables",
-            "customers",
-            "--chunk-rows",
-            "500",
-        ],
-    )
-    .await?;
-    ensure!(run.code() == Some(0), "first run:\n{}", run.text());
+    let run = backfill(&pair, &[&copying[..], &["--tables", "customers"]].concat())
+        .await?
+        .exits(0)
+        .context("first run")?;
     ensure!(
         run.stdout.contains("schema copied from old"),
         "{}",
@@ -113,21 +103,10 @@ async fn copied_schema_then_backfill_gives_equal_tables_and_a_second_run_resumes
         on(&pair.new, "SELECT count(*) FROM orders")? == "0",
         "orders is made but not loaded yet"
     );
-    let run = backfill(
-        &pair,
-        &[
-            "--schema",
-            "copy",
-            "--pg-bin",
-            &bin,
-            "--chunk-rows",
-            "500",
-            "--jobs",
-            "2",
-        ],
-    )
-    .await?;
-    ensure!(run.code() == Some(0), "second run:\n{}", run.text());
+    let run = backfill(&pair, &[&copying[..], &["--jobs", "2"]].concat())
+        .await?
+        .exits(0)
+        .context("second run")?;
     ensure!(
         run.stdout.contains("schema: old's already on new"),
         "{}",
@@ -218,8 +197,9 @@ async fn a_missing_pg_dump_is_named() -> Result<()> {
     let pair = old_with_schema(PgCluster::builder()).await?;
     let empty = tempfile::tempdir()?;
     let dir = empty.path().to_string_lossy().into_owned();
-    let run = backfill(&pair, &["--schema", "copy", "--pg-bin", &dir]).await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    let run = backfill(&pair, &["--schema", "copy", "--pg-bin", &dir])
+        .await?
+        .exits(2)?;
     ensure!(
         run.stderr.contains("pg_dump") && run.stderr.contains(&dir),
         "{}",
@@ -229,8 +209,7 @@ async fn a_missing_pg_dump_is_named() -> Result<()> {
     let args = pair_args(&pair, &["--schema", "copy"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = backfill_command(&refs)?.env("PATH", &dir).spawn()?;
-    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    let run = wait_backfill(child, BACKFILL_TIMEOUT).await?.exits(2)?;
     ensure!(
         run.stderr.contains("pg_dump") && run.stderr.contains("PATH"),
         "{}",
@@ -250,8 +229,9 @@ async fn a_missing_pg_dump_is_named() -> Result<()> {
 async fn schema_only_makes_the_whole_schema_and_copies_no_row() -> Result<()> {
     let pair = old_with_schema(PgCluster::builder()).await?;
     let bin = pg_bin();
-    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin])
+        .await?
+        .exits(0)?;
     ensure!(
         run.stdout.contains("schema copied from old"),
         "{}",
@@ -272,8 +252,9 @@ async fn schema_only_makes_the_whole_schema_and_copies_no_row() -> Result<()> {
         "{}",
         run.text()
     );
-    let run = backfill(&pair, &["--schema", "copy", "--pg-bin", &bin]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &["--schema", "copy", "--pg-bin", &bin])
+        .await?
+        .exits(0)?;
     ensure!(on(&pair.old, ROWS)? == on(&pair.new, ROWS)?, "rows equal");
     ensure!(
         on(&pair.new, CATALOG)? == old_cat,

@@ -9,27 +9,12 @@ use anyhow::{ensure, Context, Result};
 use futures_util::SinkExt;
 use switchyard_proxy::RunningProxy;
 use switchyard_tests::http::admin_json;
-use switchyard_tests::mirror::{assert_same, init_tracing, on, retry_records, rows};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+use switchyard_tests::mirror::{
+    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, on, proxied, rows,
+};
+use switchyard_tests::proxy::{batch_fails, connect_proxy, start_proxy, Pair};
 use switchyard_tests::wait::poll_until_async;
-
-struct Setup {
-    pair: Pair,
-    proxy: RunningProxy,
-}
-
-/// Clusters with `schema` on both, and a proxy in front.
-async fn setup(schema: &str) -> Result<Setup> {
-    init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    tokio::task::block_in_place(|| -> Result<()> {
-        pair.old.psql(DB, schema).context("schema on old")?;
-        pair.new.psql(DB, schema).context("schema on new")?;
-        Ok(())
-    })?;
-    let proxy = start_proxy(pair.config()).await?;
-    Ok(Setup { pair, proxy })
-}
+use tokio_postgres::error::SqlState;
 
 /// `sql` through psql connected to the proxy: the string goes as one simple Query.
 async fn psql_proxy(proxy: &RunningProxy, sql: &str) -> Result<String> {
@@ -47,7 +32,7 @@ async fn psql_proxy(proxy: &RunningProxy, sql: &str) -> Result<String> {
 /// INSERT on both databases while the client was told it succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_string_with_begin_and_commit_loses_nothing() -> Result<()> {
-    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let s = proxied("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
     let out = psql_proxy(
         &s.proxy,
         "INSERT INTO t VALUES (1, 'before'); BEGIN; INSERT INTO t VALUES (2, 'inside'); COMMIT",
@@ -75,16 +60,15 @@ async fn one_string_with_begin_and_commit_loses_nothing() -> Result<()> {
             "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
         )? == "1,2,3,4,5,6,7"
     );
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Finding 2: a column added inside a transaction, then written in it and after it: new
 /// gets the column's values in every row (the table's facts are cached by version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_added_mid_transaction_reach_later_rows() -> Result<()> {
-    let s =
-        setup("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')").await?;
+    let s = proxied("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'x')")
+        .await?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO t VALUES (2, 'y')").await?;
     c.batch_execute(
@@ -104,8 +88,7 @@ async fn columns_added_mid_transaction_reach_later_rows() -> Result<()> {
         .await?;
     assert_same(&s.pair, &["t"])?;
     ensure!(on(&s.pair.new, "SELECT count(*) FROM t WHERE c IS NOT NULL")? == "6");
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 const AUDITED: &str = "
@@ -127,7 +110,7 @@ CREATE TRIGGER wallet_stamp BEFORE INSERT OR UPDATE ON wallet FOR EACH ROW EXECU
 /// triggers do not fire on the mirrored writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_and_stamping_triggers_are_copied_not_fired_again() -> Result<()> {
-    let s = setup(AUDITED).await?;
+    let s = proxied(AUDITED).await?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO wallet (id, balance) SELECT g, 100 FROM generate_series(1, 5) g")
         .await?;
@@ -144,15 +127,14 @@ async fn audit_and_stamping_triggers_are_copied_not_fired_again() -> Result<()> 
         .await?;
     assert_same(&s.pair, &["wallet", "audit"])?;
     ensure!(on(&s.pair.new, "SELECT count(*) FROM audit")? == "11");
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Finding 4: writes hidden behind a call: `SELECT f()` (both protocols), EXPLAIN ANALYZE
 /// of a write, DO blocks and CALL (also through the extended protocol), SQL-level EXECUTE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_behind_functions_do_call_and_explain_are_captured() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE t (id int PRIMARY KEY, v text, at timestamptz DEFAULT clock_timestamp());
          CREATE FUNCTION put(i int) RETURNS int LANGUAGE sql AS $$ INSERT INTO t (id, v) VALUES (i, 'f') RETURNING i $$;
          CREATE PROCEDURE put_proc(i int) LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t (id, v) VALUES (i, 'call'); END $$;",
@@ -189,7 +171,7 @@ async fn writes_behind_functions_do_call_and_explain_are_captured() -> Result<()
 /// values (now(), serials, defaults) are old's, also with bound parameters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctes_merge_and_copy_arrive_as_images() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE acct (id serial PRIMARY KEY, name text UNIQUE, v int, at timestamptz DEFAULT clock_timestamp());
          CREATE TABLE log (id bigserial PRIMARY KEY, acct int, note text, r float8 DEFAULT random());
          CREATE TABLE src (name text, v int);
@@ -234,16 +216,14 @@ async fn ctes_merge_and_copy_arrive_as_images() -> Result<()> {
         "\\copy log (acct, note) FROM PROGRAM 'printf \"7\\tpsql copy\\n8\\tpsql copy\\n\"'",
     )
     .await?;
-    assert_same(&s.pair, &["acct", "log"])?;
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_mirrored(&s.pair, &["acct", "log"])
 }
 
 /// Finding 6: a key changed by UPDATE and by ON CONFLICT DO UPDATE: the old key's row is
 /// gone on new too, with no whole-table re-sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_by_update_and_on_conflict() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE kv (k int PRIMARY KEY, v text);
          INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 10) g;
          CREATE TABLE two (a int, b text, n int, PRIMARY KEY (a, b));
@@ -271,15 +251,14 @@ async fn key_changes_by_update_and_on_conflict() -> Result<()> {
             "SELECT count(*) FROM kv WHERE k IN (1, 2, 3, 4, 7)"
         )? == "0"
     );
-    ensure!(retry_records(&s.pair)? == 0, "no re-sync order was needed");
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Finding 7: join tables without a key (duplicates included), changed with bound
 /// parameters: new holds the same multiset of rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_without_a_key_keep_their_duplicates() -> Result<()> {
-    let s = setup("CREATE TABLE tags (post int, tag text, meta jsonb)").await?;
+    let s = proxied("CREATE TABLE tags (post int, tag text, meta jsonb)").await?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute(
         "INSERT INTO tags VALUES (1, 'a', '{}'), (1, 'a', '{}'), (1, 'b', NULL), (2, 'a', '[1]'), (2, 'a', '[1]')",
@@ -296,15 +275,14 @@ async fn tables_without_a_key_keep_their_duplicates() -> Result<()> {
         .await?;
     assert_same(&s.pair, &["tags"])?;
     ensure!(rows(&s.pair.new, "tags")?.lines().count() == 3);
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Cascading foreign keys (delete and update) and TRUNCATE ... CASCADE, with the same
 /// foreign keys on new: its own cascades stay quiet, old's arrive captured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascades_and_truncate_cascade() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE parent (id int PRIMARY KEY, v text);
          CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent ON DELETE CASCADE ON UPDATE CASCADE, v text);
          CREATE TABLE other (id int PRIMARY KEY);",
@@ -325,15 +303,14 @@ async fn cascades_and_truncate_cascade() -> Result<()> {
         .await?;
     assert_same(&s.pair, &["parent", "child", "other"])?;
     ensure!(on(&s.pair.new, "SELECT count(*) FROM child")? == "0");
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Savepoints: what ROLLBACK TO undid never reaches new; a deferred constraint trigger
 /// that writes at COMMIT is captured too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepoints_and_deferred_triggers() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          CREATE TABLE late (id bigserial PRIMARY KEY, seen int, at timestamptz DEFAULT clock_timestamp());
          CREATE FUNCTION note_late() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -360,8 +337,7 @@ async fn savepoints_and_deferred_triggers() -> Result<()> {
             "SELECT string_agg(seen::text, ',' ORDER BY seen) FROM late"
         )? == "1,3,4,6"
     );
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// CREATE TABLE AS and SELECT INTO (rows with volatile values), a partitioned table written
@@ -369,7 +345,7 @@ async fn savepoints_and_deferred_triggers() -> Result<()> {
 /// transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_tables_partitions_and_drops() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE m (id int, region text, v float8, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
          CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
          CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');",
@@ -393,8 +369,7 @@ async fn new_tables_partitions_and_drops() -> Result<()> {
     .await?;
     assert_same(&s.pair, &["made", "made2", "m", "m_eu", "m_us"])?;
     ensure!(on(&s.pair.new, "SELECT to_regclass('gone') IS NULL")? == "t");
-    ensure!(retry_records(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Deliverable 3: writes that bypass the proxy (a session straight on old) reach new
@@ -402,7 +377,7 @@ async fn new_tables_partitions_and_drops() -> Result<()> {
 /// commits by itself goes the same way and is counted as outside lockstep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_outside_the_proxy_reach_new_and_are_counted() -> Result<()> {
-    let s = setup(
+    let s = proxied(
         "CREATE TABLE t (id int PRIMARY KEY, v text, at timestamptz DEFAULT clock_timestamp());
          CREATE TABLE loose (a int, b text);
          CREATE PROCEDURE batches() LANGUAGE plpgsql AS $$
@@ -478,16 +453,10 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
     cfg.mirror.strict = true;
     let proxy = start_proxy(cfg).await?;
     let c = connect_proxy(&proxy).await?;
-    let err = c
-        .batch_execute("SELECT lo_from_bytea(0, 'def')")
-        .await
-        .err()
-        .context("strict mode must refuse")?;
-    let db = err.as_db_error().context("a database error")?;
-    ensure!(
-        db.code().code() == "0A000" && db.message().contains("large objects"),
-        "{db:?}"
-    );
+    // Strict mode refuses.
+    let sql = "SELECT lo_from_bytea(0, 'def')";
+    let db = batch_fails(&c, sql, &SqlState::FEATURE_NOT_SUPPORTED).await?;
+    ensure!(db.message().contains("large objects"), "{db:?}");
     ensure!(on(&pair.old, "SELECT count(*) FROM pg_largeobject_metadata")? == "1");
     // The session goes on.
     ensure!(c.query_one("SELECT 1", &[]).await?.get::<_, i32>(0) == 1);

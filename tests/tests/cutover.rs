@@ -10,15 +10,19 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard_proxy::RunningProxy;
 use switchyard_tests::cutover::{
-    admin, config, failed_checks, flip, one, pair, pair_client, phase_of, port_of,
+    admin, config, cutover_cli, failed_checks, flip, one, pair, pair_client, phase_of, port_of,
+    refused_flip, wait_active,
 };
 use switchyard_tests::http::{get, request, request_with};
-use switchyard_tests::mirror::{assert_same, init_tracing, reconciler, retry_records};
-use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, ProxyProcess, DB};
+use switchyard_tests::mirror::{
+    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, reconciler, retry_records,
+    PGBENCH_TABLES,
+};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, ProxyProcess, DB};
+use switchyard_tests::wait::poll_until_async;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let (old_port, new_port) = (pair.old.port(), pair.new.port());
     let a = start_proxy(config(&pair, "a")).await?;
@@ -173,14 +177,11 @@ async fn reads_move_to_new_and_back_across_two_instances() -> Result<()> {
     ensure!(history[2]["by"] == "test" && history[0]["to"] == "shadow");
     ensure!(v["instances"].as_array().map(Vec::len) == Some(2), "{text}");
 
-    assert_same(&pair, &["t"])?;
-    ensure!(retry_records(&pair)? == 0);
-    Ok(())
+    assert_mirrored(&pair, &["t"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let b = tokio::task::block_in_place(|| {
@@ -194,16 +195,12 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
     })?;
     let cb = b.client().await?;
     // Both registered.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    poll_until_async("b to register", Duration::from_secs(10), || async {
         let (_, text) = get(admin(&a)?, "/api/cutover").await?;
         let v: Value = serde_json::from_str(&text)?;
-        if v["instances"].as_array().map(Vec::len) == Some(2) {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "b never registered: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok((v["instances"].as_array().map(Vec::len) == Some(2)).then_some(()))
+    })
+    .await?;
 
     // Checks only: nothing changes.
     let (status, report) = flip(&a, r#"{"to": "reads-new", "dry_run": true}"#).await?;
@@ -211,15 +208,7 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
     ensure!(phase_of(&a).await? == ("shadow".into(), 0));
     // Phases this version cannot run are refused before anything waits.
     // Done only follows writes-new: refused before anything waits.
-    let (status, report) = flip(&a, r#"{"to": "done"}"#).await?;
-    ensure!(status == 409, "done: {status} {report}");
-    ensure!(
-        report["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("follows writes-new"),
-        "{report}"
-    );
+    refused_flip(&a, r#"{"to": "done"}"#, 409, "follows writes-new").await?;
     let (status, _) = request(admin(&a)?, "POST", "/api/cutover", r#"{"to": "sideways"}"#).await?;
     ensure!(status == 400, "an unknown phase is a bad request");
 
@@ -267,32 +256,20 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
         tokio::spawn(async move { request(admin, "POST", "/api/cutover", body).await })
     };
     let old = pair_client(&pair.old).await?;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while one(
-        &old,
-        "SELECT count(proposed_epoch) FROM _switchyard.cutover",
+    poll_until_async(
+        "the flip to be proposed",
+        Duration::from_secs(3),
+        || async {
+            let proposed = one(
+                &old,
+                "SELECT count(proposed_epoch) FROM _switchyard.cutover",
+            )
+            .await?;
+            Ok((proposed == "1").then_some(()))
+        },
     )
-    .await?
-        != "1"
-    {
-        ensure!(Instant::now() < deadline, "the flip was never proposed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let cancel = || {
-        tokio::task::block_in_place(|| {
-            std::process::Command::new(proxy_bin()?)
-                .args([
-                    "cutover",
-                    "cancel",
-                    "--old",
-                    &pair.old.url(DB),
-                    "--new",
-                    &pair.new.url(DB),
-                ])
-                .output()
-                .context("cutover cancel")
-        })
-    };
+    .await?;
+    let cancel = || cutover_cli(&pair, &["cancel"]);
     let out = cancel()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     ensure!(
@@ -320,7 +297,6 @@ async fn a_flip_waits_for_every_instance_and_is_abandoned_when_one_is_frozen() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "cut-off");
     cfg.cutover.lease_secs = 1;
@@ -332,17 +308,16 @@ async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()
     locker
         .batch_execute("BEGIN; LOCK TABLE _switchyard.cutover IN ACCESS EXCLUSIVE MODE")
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let refused = loop {
+    let refused = poll_until_async("writes to be refused", Duration::from_secs(15), || async {
         match c.simple_query("INSERT INTO t VALUES (2, 'during')").await {
-            Err(e) => break e,
+            Err(e) => Ok(Some(e)),
             Ok(_) => {
                 c.simple_query("DELETE FROM t WHERE id = 2").await?;
+                Ok(None)
             }
         }
-        ensure!(Instant::now() < deadline, "writes were never refused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await?;
     let text = refused
         .as_db_error()
         .map(|e| e.message().to_string())
@@ -354,23 +329,16 @@ async fn an_instance_cut_off_from_the_control_table_stops_writing() -> Result<()
     // Reads still work, and the table is unchanged.
     ensure!(one(&c, "SELECT v FROM t WHERE id = 1").await? == "before");
     locker.batch_execute("COMMIT").await?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while c
-        .simple_query("INSERT INTO t VALUES (3, 'after')")
-        .await
-        .is_err()
-    {
-        ensure!(Instant::now() < deadline, "writes never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_same(&pair, &["t"])?;
-    ensure!(retry_records(&pair)? == 0);
-    Ok(())
+    poll_until_async("writes to come back", Duration::from_secs(15), || async {
+        let r = c.simple_query("INSERT INTO t VALUES (3, 'after')").await;
+        Ok(r.is_ok().then_some(()))
+    })
+    .await?;
+    assert_mirrored(&pair, &["t"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let p = start_proxy(config(&pair, "a")).await?;
     let c = connect_proxy(&p).await?;
@@ -388,51 +356,40 @@ async fn reads_do_not_move_while_new_misses_changes() -> Result<()> {
     // Replayed, new has everything: the flip goes through and the row is read from new.
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay: {}", run.text());
-    ensure!(retry_records(&pair)? == 0);
+    assert_nothing_queued(&pair)?;
     let (status, report) = flip(&p, r#"{"to": "reads-new"}"#).await?;
     ensure!(status == 200, "{status} {report}");
     ensure!(one(&c, "SELECT v FROM t WHERE id = 1").await? == "while new was down");
     // The instance counts the retry log every few seconds; reads move once it saw it
     // empty.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while port_of(&c).await? != pair.new.port() {
-        ensure!(Instant::now() < deadline, "reads never moved to new");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until_async("reads to move to new", Duration::from_secs(15), || async {
+        Ok((port_of(&c).await? == pair.new.port()).then_some(()))
+    })
+    .await?;
     assert_same(&pair, &["t"])?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_moves_and_shows_the_flag_and_the_token_guards_the_api() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "a");
     cfg.admin_token = Some("s3cret".into());
     let p = start_proxy(cfg).await?;
-    let (old, new) = (pair.old.url(DB), pair.new.url(DB));
-    let cli = |args: &[&str]| -> Result<std::process::Output> {
-        let mut all = vec!["cutover"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--old", &old, "--new", &new, "--timeout-secs", "3"]);
-        std::process::Command::new(proxy_bin()?)
-            .args(&all)
-            .output()
-            .context("running switchyard-proxy cutover")
-    };
-    let out = tokio::task::block_in_place(|| cli(&["status"]))?;
+    let cli = |args: &[&str]| cutover_cli(&pair, &[args, &["--timeout-secs", "3"]].concat());
+    let out = cli(&["status"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success() && text.contains("phase shadow (epoch 0)"),
         "{text}"
     );
     ensure!(text.contains("instance a"), "{text}");
-    let out = tokio::task::block_in_place(|| cli(&["done"]))?;
+    let out = cli(&["done"])?;
     ensure!(out.status.code() == Some(1), "done is refused: {out:?}");
     ensure!(String::from_utf8_lossy(&out.stderr).contains("[FAIL] phase available"));
-    let out = tokio::task::block_in_place(|| cli(&["nowhere"]))?;
+    let out = cli(&["nowhere"])?;
     ensure!(out.status.code() == Some(2), "an unknown phase: {out:?}");
-    let out = tokio::task::block_in_place(|| cli(&["reads-new"]))?;
+    let out = cli(&["reads-new"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success() && text.contains("shadow → reads-new: epoch 1"),
@@ -529,22 +486,11 @@ async fn flips_under_pgbench_load_cause_no_client_error() -> Result<()> {
             "pgbench -M {what}: reads went to new under load"
         );
     }
-    assert_same(
-        &pair,
-        &[
-            "pgbench_accounts",
-            "pgbench_branches",
-            "pgbench_tellers",
-            "pgbench_history",
-        ],
-    )?;
-    ensure!(retry_records(&pair)? == 0);
-    Ok(())
+    assert_mirrored(&pair, &PGBENCH_TABLES)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_reaches_a_read_running_on_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
@@ -554,18 +500,7 @@ async fn a_cancel_reaches_a_read_running_on_new() -> Result<()> {
     let cancel = c.cancel_token();
     let sleeper =
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
-    let new = pair_client(&pair.new).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while one(
-        &new,
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
-    )
-    .await?
-        != "1"
-    {
-        ensure!(Instant::now() < deadline, "the sleep never ran on new");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_active(&pair.new, "SELECT pg_sleep(30)").await?;
     cancel.cancel_query(tokio_postgres::NoTls).await?;
     let ended = tokio::time::timeout(Duration::from_secs(10), sleeper)
         .await

@@ -4,13 +4,14 @@
 //! new instance starts on the flag it finds on new.
 
 use anyhow::{ensure, Context, Result};
-use switchyard_tests::cutover::{config, failed_checks, flip, one, pair, phase_of, port_of};
-use switchyard_tests::mirror::{init_tracing, on};
-use switchyard_tests::proxy::{connect_proxy, proxy_bin, start_proxy, DB};
+use switchyard_tests::cutover::{
+    config, cutover_cli, failed_checks, flip, one, pair, phase_of, port_of, refused_flip,
+};
+use switchyard_tests::mirror::on;
+use switchyard_tests::proxy::{connect_proxy, start_proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let b = start_proxy(config(&pair, "b")).await?;
@@ -18,18 +19,8 @@ async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
     let cb = connect_proxy(&b).await?;
     ca.batch_execute("INSERT INTO t VALUES (1, 'shadow')")
         .await?;
-    let (status, report) = flip(&a, r#"{"to": "done"}"#).await?;
-    ensure!(
-        status == 409,
-        "done straight from shadow: {status} {report}"
-    );
-    ensure!(
-        report["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("follows writes-new"),
-        "{report}"
-    );
+    // Done straight from shadow.
+    refused_flip(&a, r#"{"to": "done"}"#, 409, "follows writes-new").await?;
     let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
     ensure!(status == 200, "{status} {report}");
     cb.batch_execute("INSERT INTO t VALUES (2, 'writes-new')")
@@ -88,15 +79,8 @@ async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
     );
 
     // No phase follows done.
-    let (status, report) = flip(&a, r#"{"to": "shadow"}"#).await?;
-    ensure!(
-        status == 400
-            && report["error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("the cutover is done"),
-        "a flip after done: {status} {report}"
-    );
+    // A flip after done.
+    refused_flip(&a, r#"{"to": "shadow"}"#, 400, "the cutover is done").await?;
 
     // Old switched off: the instances follow the flag on new and keep taking writes, past
     // their lease.
@@ -118,19 +102,7 @@ async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
     cc.batch_execute(&format!("INSERT INTO t VALUES ({id}, 'new instance')"))
         .await?;
     // So does the CLI's status.
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(proxy_bin()?)
-            .args([
-                "cutover",
-                "status",
-                "--old",
-                &pair.old.url(DB),
-                "--new",
-                &pair.new.url(DB),
-            ])
-            .output()
-            .context("cutover status")
-    })?;
+    let out = cutover_cli(&pair, &["status"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success() && text.starts_with("phase done"),

@@ -3,18 +3,18 @@
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
 use switchyard_tests::cutover::{admin, config, failed_checks, flip, one, pair, port_of};
 use switchyard_tests::http::get;
-use switchyard_tests::mirror::init_tracing;
 use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
+use switchyard_tests::wait::poll_until_async;
 
 /// psycopg 3 (unnamed statements, then named ones past its prepare threshold) and asyncpg
 /// (cached named statements, from their second run) read from new in reads-new, with the
 /// right rows; their reads inside a transaction stay on old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_drivers_read_from_new() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let a = start_proxy(config(&pair, "a")).await?;
     let c = connect_proxy(&a).await?;
@@ -72,7 +72,6 @@ async fn python_drivers_read_from_new() -> Result<()> {
 /// (and so the dashboard) names the shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
-    init_tracing();
     let pair = pair().await?;
     let mut cfg = config(&pair, "a");
     cfg.shadow.sample_rate = 1.0;
@@ -90,22 +89,19 @@ async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
     let by_id = c
         .prepare("SELECT v FROM t WHERE id = $1 AND v <> ''")
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen_drift = (false, false);
-    loop {
+    let seen_drift = Cell::new((false, false));
+    let last = RefCell::new(String::new());
+    poll_until_async("reads back on old", Duration::from_secs(30), || async {
         let simple = one(&c, "SELECT v FROM t WHERE id = 1").await?;
         let extended: String = c.query_one(&by_id, &[&2i64]).await?.get(0);
-        seen_drift.0 |= simple == "drifted";
-        seen_drift.1 |= extended == "drifted";
-        if simple == "same" && extended == "same" {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "still reading new's drifted rows: {simple} / {extended}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let (s, e) = seen_drift.get();
+        seen_drift.set((s | (simple == "drifted"), e | (extended == "drifted")));
+        *last.borrow_mut() = format!("{simple} / {extended}");
+        Ok((simple == "same" && extended == "same").then_some(()))
+    })
+    .await
+    .with_context(|| format!("still reading new's drifted rows: {}", last.borrow()))?;
+    let seen_drift = seen_drift.get();
     ensure!(
         seen_drift == (true, true),
         "the reads came from new first: {seen_drift:?}"
@@ -130,20 +126,24 @@ async fn canary_sends_a_mismatching_shape_back_to_old() -> Result<()> {
         "{text}"
     );
     // Moving every read to new is refused while the mismatch is recent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let report = loop {
-        let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
-        if status == 409 {
-            break report;
-        }
-        // The heartbeat carrying the mismatch may not have reached the table yet: back
-        // to canary and try again.
-        ensure!(
-            Instant::now() < deadline,
-            "reads-new was never refused: {report}"
-        );
-        flip(&a, r#"{"to": "canary", "percent": 100}"#).await?;
-    };
+    let last = RefCell::new(Value::Null);
+    let report = poll_until_async(
+        "reads-new to be refused",
+        Duration::from_secs(10),
+        || async {
+            let (status, report) = flip(&a, r#"{"to": "reads-new"}"#).await?;
+            if status == 409 {
+                return Ok(Some(report));
+            }
+            // The heartbeat carrying the mismatch may not have reached the table yet: back
+            // to canary and try again.
+            *last.borrow_mut() = report;
+            flip(&a, r#"{"to": "canary", "percent": 100}"#).await?;
+            Ok(None)
+        },
+    )
+    .await
+    .with_context(|| format!("reads-new was never refused: {}", last.borrow()))?;
     ensure!(
         failed_checks(&report)? == ["no recent mismatch"],
         "{report}"

@@ -7,6 +7,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::process::Output;
+use switchyard_tests::cutover::cutover_cli;
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::{on, pair_with};
 use switchyard_tests::proxy::{proxy_bin, start_proxy, Pair, DB};
@@ -219,17 +220,11 @@ async fn a_cold_new_refuses_a_flip_that_requires_a_warm_cache() -> Result<()> {
         &pair.new,
         "SELECT pg_stat_reset(); SELECT sum(length(pad)) FROM hot",
     )?;
-    let (old_url, new_url) = (pair.old.url(DB), pair.new.url(DB));
     let flip = |extra: &[&str]| {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        tokio::task::block_in_place(|| {
-            std::process::Command::new(proxy_bin()?)
-                .args(["cutover", "reads-new", "--old", &old_url, "--new", &new_url])
-                .args(["--dry-run", "--json"])
-                .args(&extra)
-                .output()
-                .context("running switchyard-proxy cutover reads-new --dry-run")
-        })
+        cutover_cli(
+            &pair,
+            &[&["reads-new", "--dry-run", "--json"], extra].concat(),
+        )
     };
     let warm_check = |out: &Output| -> Result<Value> {
         let v: Value = serde_json::from_slice(&out.stdout)

@@ -7,17 +7,12 @@
 use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_proxy::RunningProxy;
-use switchyard_tests::cutover::{admin, config, flip, one, pair_client, phase_of, port_of};
+use switchyard_tests::cutover::{
+    admin, config, flip, one, pair_client, phase_of, port_of, refused_flip, wait_active,
+};
 use switchyard_tests::http::get;
-use switchyard_tests::mirror::{assert_same, eventually, init_tracing, on};
+use switchyard_tests::mirror::{assert_same, eventually, init_tracing, on, PGBENCH_TABLES};
 use switchyard_tests::proxy::{connect_proxy, start_proxy};
-
-const PGBENCH_TABLES: [&str; 4] = [
-    "pgbench_accounts",
-    "pgbench_branches",
-    "pgbench_tellers",
-    "pgbench_history",
-];
 
 fn pgbench(
     p: &RunningProxy,
@@ -208,18 +203,12 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
     let open = pair_client(&pair.new).await?;
     open.batch_execute("BEGIN; LOCK TABLE wallet IN ROW EXCLUSIVE MODE")
         .await?;
-    let (status, report) = flip(&a, r#"{"to": "writes-new"}"#).await?;
-    ensure!(
-        status == 409,
-        "a flip while a transaction stays open: {status} {report}"
+    // A flip while a transaction stays open.
+    let (body, error) = (
+        r#"{"to": "writes-new"}"#,
+        "capture could not be installed on new",
     );
-    ensure!(
-        report["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("capture could not be installed on new"),
-        "{report}"
-    );
+    refused_flip(&a, body, 409, error).await?;
     ensure!(phase_of(&a).await?.0 == "shadow");
     ids.push(write_some(&ca, "after-refusal").await?);
     ensure!(port_of(&ca).await? == old_port);
@@ -258,12 +247,7 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
     let cancel_token = cs.cancel_token();
     let sleeper =
         tokio::spawn(async move { cs.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
-    let new = pair_client(&pair.new).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while one(&new, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").await? != "1" {
-        ensure!(std::time::Instant::now() < deadline, "the sleep never ran on new");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_active(&pair.new, "SELECT pg_sleep(30)").await?;
     cancel_token.cancel_query(tokio_postgres::NoTls).await?;
     let cancelled = tokio::time::timeout(Duration::from_secs(10), sleeper).await??;
     ensure!(

@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
-use switchyard_tests::browser::{dump_dom, screenshot};
+use switchyard_tests::browser::{dump_dom, screenshot, wait_for_page};
 use switchyard_tests::mirror::pair_with;
 use switchyard_tests::proxy::{connect_proxy, start_proxy};
 use switchyard_tests::wait::poll_until;
@@ -75,17 +75,10 @@ async fn dashboard_shows_a_down_secondary_and_queued_rows() -> Result<()> {
             .await?;
     }
     let url = format!("http://{admin}/");
-    let dom = tokio::task::block_in_place(|| {
-        poll_until(
-            "the page to show the down secondary",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                let ready = text_of(&dom, "new-up").as_deref() == Some("down")
-                    && text_of(&dom, "rows-queued").as_deref() == Some("3");
-                Ok(ready.then_some(dom))
-            },
-        )
+    let dom = wait_for_page(&url, "the page to show the down secondary", |dom| {
+        let ready = text_of(&dom, "new-up").as_deref() == Some("down")
+            && text_of(&dom, "rows-queued").as_deref() == Some("3");
+        Ok(ready.then_some(dom))
     })?;
     ensure!(text_of(&dom, "old-up").as_deref() == Some("up"), "{dom}");
     ensure!(
@@ -166,10 +159,10 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     )?;
     let proxy = start_proxy(pair.config()).await?;
     let admin = proxy.admin_addr().context("admin server")?;
-    let run =
+    let _run =
         switchyard_tests::backfill::backfill(&pair, &["--tables", "big", "--chunk-rows", "1000"])
-            .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+            .await?
+            .exits(0)?;
     let url = format!("http://{admin}/");
     // The proxy refreshes its summary every few seconds: a refresh taken while the last
     // chunks were still being marked shows the row "running" for a while after the run.
@@ -189,8 +182,9 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
 
     // Then a verify run with one difference injected: its table shows up as different.
     switchyard_tests::mirror::on(&pair.new, "UPDATE big SET v = 'changed' WHERE id = 42")?;
-    let run = switchyard_tests::mirror::reconciler(&pair, "verify", &["--tables", "big"]).await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
+    let _run = switchyard_tests::mirror::reconciler(&pair, "verify", &["--tables", "big"])
+        .await?
+        .exits(1)?;
     // "different" is written with the run's figures at the table's end: a final state.
     let row = tokio::task::block_in_place(|| {
         wait_for_row(
@@ -235,15 +229,8 @@ async fn dashboard_shows_an_injected_mismatch() -> Result<()> {
     })
     .await?;
     let url = format!("http://{admin}/");
-    let dom = tokio::task::block_in_place(|| {
-        poll_until(
-            "the page to show the mismatch",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                Ok((text_of(&dom, "confirmed").as_deref() == Some("1")).then_some(dom))
-            },
-        )
+    let dom = wait_for_page(&url, "the page to show the mismatch", |dom| {
+        Ok((text_of(&dom, "confirmed").as_deref() == Some("1")).then_some(dom))
     })?;
     let verdict = text_of(&dom, "verdict").unwrap_or_default();
     ensure!(
@@ -303,15 +290,8 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
     .await?;
     ensure!(code == 200, "{code} {body}");
     let url = format!("http://{admin}/");
-    let dom = tokio::task::block_in_place(|| {
-        poll_until(
-            "the page to show the canary",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                Ok((text_of(&dom, "phase").as_deref() == Some("canary")).then_some(dom))
-            },
-        )
+    let dom = wait_for_page(&url, "the page to show the canary", |dom| {
+        Ok((text_of(&dom, "phase").as_deref() == Some("canary")).then_some(dom))
     })?;
     let note = text_of(&dom, "phase-note").unwrap_or_default();
     ensure!(note.contains("epoch 1") && note.contains("25 %"), "{note}");
@@ -398,17 +378,10 @@ async fn dashboard_plots_the_last_minutes_and_the_phase_timeline() -> Result<()>
     );
 
     let url = format!("http://{admin}/");
-    let (tag, inner) = tokio::task::block_in_place(|| {
-        poll_until(
-            "the statements chart to draw",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                let chart = element_of(&dom, "figure", "chart-statements")
-                    .map(|(tag, inner)| (tag.to_string(), inner.to_string()));
-                Ok(chart.filter(|(tag, _)| tag.contains("data-drawn=\"true\"")))
-            },
-        )
+    let (tag, inner) = wait_for_page(&url, "the statements chart to draw", |dom| {
+        let chart = element_of(&dom, "figure", "chart-statements")
+            .map(|(tag, inner)| (tag.to_string(), inner.to_string()));
+        Ok(chart.filter(|(tag, _)| tag.contains("data-drawn=\"true\"")))
     })?;
     ensure!(
         inner.contains("class=\"line s0\" d=\"M"),

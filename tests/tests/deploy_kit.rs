@@ -80,46 +80,50 @@ fn planted_mistakes_are_found() {
     for folder in ["docs/compose", "docs/prometheus", "docs/grafana"] {
         copy_tree(&root.join(folder), &kit.join(folder));
     }
-    // A metric nobody exports, in the dashboard and in an alert.
-    plant(
-        &kit.join("docs/grafana/switchyard.json"),
-        "switchyard_mirror_rows_total",
-        "switchyard_mirror_rowz_total",
-    );
-    plant(
-        &kit.join("docs/prometheus/alerts.yml"),
-        "switchyard_mirror_in_doubt_total",
-        "switchyard_mirror_indoubt_total",
-    );
-    // Prometheus scraping a port the proxy does not listen on.
-    plant(
-        &kit.join("docs/prometheus/prometheus.yml"),
-        "\"proxy:9187\"",
-        "\"proxy:9188\"",
-    );
-    // A start-order condition the compose spec does not know.
-    plant(
-        &kit.join("docker-compose.yml"),
-        "condition: service_healthy",
-        "condition: service_ready",
-    );
-    // PromQL that does not parse, in an alert and in a dashboard query.
-    plant(
-        &kit.join("docs/prometheus/alerts.yml"),
-        "[5m])) > 0.1",
-        "[5m])) >> 0.1",
-    );
-    plant(
-        &kit.join("docs/grafana/switchyard.json"),
-        "histogram_quantile(0.5, ",
-        "histogram_quantile(0.5 ",
-    );
-    // Two-phase commit impossible on new.
-    plant(
-        &kit.join("docker-compose.yml"),
-        "max_prepared_transactions=200",
-        "max_prepared_transactions=0",
-    );
+    for (file, from, to) in [
+        // A metric nobody exports, in the dashboard and in an alert.
+        (
+            "docs/grafana/switchyard.json",
+            "switchyard_mirror_rows_total",
+            "switchyard_mirror_rowz_total",
+        ),
+        (
+            "docs/prometheus/alerts.yml",
+            "switchyard_mirror_in_doubt_total",
+            "switchyard_mirror_indoubt_total",
+        ),
+        // Prometheus scraping a port the proxy does not listen on.
+        (
+            "docs/prometheus/prometheus.yml",
+            "\"proxy:9187\"",
+            "\"proxy:9188\"",
+        ),
+        // A start-order condition the compose spec does not know.
+        (
+            "docker-compose.yml",
+            "condition: service_healthy",
+            "condition: service_ready",
+        ),
+        // PromQL that does not parse, in an alert and in a dashboard query.
+        (
+            "docs/prometheus/alerts.yml",
+            "[5m])) > 0.1",
+            "[5m])) >> 0.1",
+        ),
+        (
+            "docs/grafana/switchyard.json",
+            "histogram_quantile(0.5, ",
+            "histogram_quantile(0.5 ",
+        ),
+        // Two-phase commit impossible on new.
+        (
+            "docker-compose.yml",
+            "max_prepared_transactions=200",
+            "max_prepared_transactions=0",
+        ),
+    ] {
+        plant(&kit.join(file), from, to);
+    }
 
     let (ok, text) = check(Some(kit));
     println!("{text}");

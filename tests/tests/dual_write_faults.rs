@@ -8,6 +8,7 @@ use std::time::Duration;
 use switchyard_tests::clients::{pgbench_bin, run_client};
 use switchyard_tests::mirror::{
     assert_verified, on, pair_with, pgbench_across_secondary_restart, pgbench_pair, reconciler,
+    PGBENCH_KEYED,
 };
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until;
@@ -28,13 +29,13 @@ async fn crash_between_prepare_and_commit_is_rolled_back() -> Result<()> {
         "one in-doubt transaction"
     );
     ensure!(on(&pair.old, "SELECT count(*) FROM t")? == "0");
-    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"])
+        .await?
+        .exits(0)?;
     ensure!(run.stdout.contains("rolled back 1"), "{}", run.text());
     ensure!(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0");
-    assert_verified(&pair, "t").await?;
     ensure!(on(&pair.new, "SELECT count(*) FROM t")? == "0");
-    Ok(())
+    assert_verified(&pair, "t").await
 }
 
 /// Scenario 9, second half: killed after the primary COMMIT, before COMMIT PREPARED.
@@ -83,12 +84,13 @@ async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
     let queued: i64 = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?;
     ensure!(queued > 0, "the outage should have queued records");
     // In-doubt transactions from the moment of the kill are resolved first.
-    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    reconciler(&pair, "recover", &["--min-age-secs", "0"])
+        .await?
+        .exits(0)?;
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
-    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    assert_verified(&pair, PGBENCH_KEYED).await?;
     Ok(())
 }
 
@@ -114,7 +116,7 @@ async fn pgbench_modes_mirror_exactly() -> Result<()> {
         on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
         "nothing queued"
     );
-    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    assert_verified(&pair, PGBENCH_KEYED).await?;
     let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
     ensure!(
         hist(&pair.old)? == hist(&pair.new)?,

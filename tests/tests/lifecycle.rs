@@ -2,8 +2,9 @@
 //! the admin endpoints, a database that is down, and the real binary's flags and signals.
 
 use std::time::{Duration, Instant};
-use switchyard_tests::clients::psql_url;
+use switchyard_tests::clients::psql_value;
 use switchyard_tests::http;
+use switchyard_tests::mirror::{proxied, Proxied};
 use switchyard_tests::proxy::{
     connect_proxy, run_proxy_to_exit, start_proxy, Pair, ProxyProcess, DB,
 };
@@ -145,8 +146,7 @@ async fn connection_limit_and_idle_timeout() -> anyhow::Result<()> {
 /// The admin surface, and scenario "new being down never fails a client".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_and_new_database_down() -> anyhow::Result<()> {
-    let pair = Pair::start()?;
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair } = proxied("").await?;
     let admin = proxy.admin_addr().expect("admin server");
     let c = connect_proxy(&proxy).await?;
     c.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT * FROM t")
@@ -271,13 +271,7 @@ async fn binary_flags_signals_and_bad_config() -> anyhow::Result<()> {
         &[("SWITCHYARD_NOT_A_SETTING", "1")],
     )?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
-    let out = psql_url(&url, "SELECT 40 + 2").await?;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "42",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(psql_value(&url, "SELECT 40 + 2").await?, "42");
     let (code, _) = http::get(format!("127.0.0.1:{}", p.admin_port).parse()?, "/healthz").await?;
     assert_eq!(code, 200);
     let status = p.terminate(Duration::from_secs(20))?;
@@ -345,12 +339,9 @@ async fn binary_on_a_single_threaded_runtime() -> anyhow::Result<()> {
         &[],
     )?;
     let url = format!("postgres://postgres@127.0.0.1:{}/{DB}", p.port);
-    let out = psql_url(&url, "SELECT count(*) FROM generate_series(1, 1000)").await?;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "1000",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        psql_value(&url, "SELECT count(*) FROM generate_series(1, 1000)").await?,
+        "1000"
     );
     assert!(p.terminate(Duration::from_secs(20))?.success());
     Ok(())

@@ -9,22 +9,15 @@ use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_proxy::config::MirrorMode;
 use switchyard_proxy::ProxyConfig;
-use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_tests::clients::pgbench_clean;
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::{
     assert_same, assert_verified, eventually, on, pgbench_across_secondary_restart,
-    pgbench_pair_without_prepare, reconciler,
+    pgbench_pair_without_prepare, reconciler, PGBENCH_KEYED, PGBENCH_TABLES,
 };
 use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
-
-const PGBENCH_TABLES: [&str; 4] = [
-    "pgbench_accounts",
-    "pgbench_branches",
-    "pgbench_tellers",
-    "pgbench_history",
-];
 
 async fn pair_with(schema: &str) -> Result<Pair> {
     let pair = tokio::task::spawn_blocking(Pair::start_without_prepare).await??;
@@ -39,24 +32,6 @@ fn lockstep(pair: &Pair) -> ProxyConfig {
     let mut c = pair.config();
     c.mirror.mode = MirrorMode::Lockstep;
     c
-}
-
-async fn pgbench(url: &str, args: &[&str]) -> Result<String> {
-    let out = run_client(
-        tokio::process::Command::new(pgbench_bin())
-            .args(args)
-            .arg(url),
-        "pgbench",
-        Duration::from_secs(120),
-    )
-    .await?
-    .success(&format!("pgbench {args:?}"))?;
-    ensure!(
-        out.stdout.contains("number of failed transactions: 0"),
-        "pgbench saw errors:\n{}",
-        out.stdout
-    );
-    Ok(out.stdout)
 }
 
 const APP: &str = "
@@ -99,7 +74,7 @@ async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> 
     let proxy = start_proxy(lockstep(&pair)).await?;
     let url = proxy_url(&proxy, PgCluster::USER);
     for mode in ["simple", "extended", "prepared"] {
-        pgbench(&url, &["-c", "4", "-t", "60", "-n", "-M", mode]).await?;
+        pgbench_clean(&url, &["-c", "4", "-t", "60", "-n", "-M", mode]).await?;
     }
     let c = connect_proxy(&proxy).await?;
     c.batch_execute(
@@ -206,9 +181,8 @@ async fn proxy_killed_between_the_two_commits_is_finished_from_the_intent() -> R
     drop(proxy);
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
-    assert_verified(&pair, "t").await?;
     ensure!(on(&pair.new, "SELECT count(*) FROM t")? == "2");
-    Ok(())
+    assert_verified(&pair, "t").await
 }
 
 /// The secondary refuses the COMMIT (a deferred check there) after the primary committed:
@@ -265,7 +239,7 @@ async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Resu
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
-    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    assert_verified(&pair, PGBENCH_KEYED).await?;
     let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
     ensure!(hist(&pair.old)? == hist(&pair.new)?, "history differs");
     Ok(())
@@ -288,7 +262,7 @@ async fn writes_move_to_new_and_back_in_lockstep_mode() -> Result<()> {
     let loads = [(&a, "prepared"), (&b, "simple")].map(|(p, mode)| {
         let url = proxy_url(p, PgCluster::USER);
         tokio::spawn(async move {
-            pgbench(&url, &["-c", "2", "-j", "2", "-T", "6", "-n", "-M", mode]).await
+            pgbench_clean(&url, &["-c", "2", "-j", "2", "-T", "6", "-n", "-M", mode]).await
         })
     });
     for phase in ["writes-new", "shadow", "writes-new"] {

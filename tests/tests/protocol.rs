@@ -4,14 +4,14 @@
 use bytes::BytesMut;
 use std::time::Duration;
 use switchyard_proxy::protocol::backend::BackendMessage;
+use switchyard_tests::mirror::{proxied, Proxied};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::wire::{first_error, message, tags, Wire};
 use switchyard_tests::PgCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_portals_pipelines_and_errors() -> anyhow::Result<()> {
-    let pair = Pair::start()?;
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair: _pair } = proxied("").await?;
     let client = connect_proxy(&proxy).await?;
     client
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g")
@@ -104,8 +104,7 @@ async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_and_temp_tables_live_on_the_session() -> anyhow::Result<()> {
-    let pair = Pair::start()?;
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair: _pair } = proxied("").await?;
     let client = connect_proxy(&proxy).await?;
     client
         .batch_execute("CREATE SCHEMA s1; CREATE TABLE s1.only_here (x int); SET search_path = s1, public; CREATE TEMP TABLE tmp (x int); INSERT INTO tmp VALUES (7)")
@@ -133,8 +132,7 @@ async fn session_state_and_temp_tables_live_on_the_session() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_call_and_protocol_3_2_startup() -> anyhow::Result<()> {
-    let pair = Pair::start()?;
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair } = proxied("").await?;
     let oid: u32 = pair
         .old
         .psql(DB, "SELECT 'int4pl(int4,int4)'::regprocedure::oid")?

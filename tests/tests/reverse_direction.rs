@@ -11,10 +11,11 @@ use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
 use switchyard_core::retry::{embedded_insert_sql, Origin, RecordKind, RetryRecord};
-use switchyard_tests::mirror::{assert_verified, on, pair_with, reconciler, rows};
+use switchyard_tests::mirror::{
+    assert_verified, current_xid, on, open_transaction, pair_with, reconciler, rows,
+};
 use switchyard_tests::proxy::{Pair, DB};
-use switchyard_tests::reconciler::ReconcilerProcess;
-use switchyard_tests::wait::poll_until;
+use switchyard_tests::reconciler::{row_record, ReconcilerProcess};
 
 const SCHEMA: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, n int); \
                       CREATE TABLE u (id int PRIMARY KEY, v text)";
@@ -36,10 +37,7 @@ fn burn_xids(c: &switchyard_tests::PgCluster, n: u32) -> Result<()> {
 async fn xact(c: &tokio_postgres::Client, sql: &str, end: &str) -> Result<String> {
     c.batch_execute("BEGIN").await?;
     c.batch_execute(sql).await?;
-    let xid: String = c
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let xid = current_xid(c).await?;
     c.batch_execute(end).await?;
     Ok(xid)
 }
@@ -83,14 +81,7 @@ async fn recover_resolves_each_direction_from_its_own_primary() -> Result<()> {
     let row = |id: i32, v: &str| format!("INSERT INTO t VALUES ({id}, '{v}', 0)");
     let committed = xact(&new, &row(1, "committed on new"), "COMMIT").await?;
     let aborted = xact(&new, &row(2, "rolled back on new"), "ROLLBACK").await?;
-    let running_client = pair.new.connect(DB).await?;
-    running_client
-        .batch_execute(&format!("BEGIN; {}", row(3, "running on new")))
-        .await?;
-    let running: String = running_client
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let (running_client, running) = open_transaction(&pair.new, &row(3, "running on new")).await?;
     let old_side = pair.old.connect(DB).await?;
     for (id, v, xid) in [
         (1, "committed on new", &committed),
@@ -144,8 +135,9 @@ async fn recover_resolves_each_direction_from_its_own_primary() -> Result<()> {
         prepared(&pair.new)?
     );
     running_client.batch_execute("COMMIT").await?;
-    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "recover", &["--min-age-secs", "0"])
+        .await?
+        .exits(0)?;
     ensure!(
         run.stdout.contains(&format!(
             "{}: committed (new-to-old: prepared on old, decided by new)",
@@ -167,17 +159,7 @@ async fn recover_resolves_each_direction_from_its_own_primary() -> Result<()> {
 /// A row record of `"public".<table>` key `id`, as a proxy writes it in `writes-new`.
 fn reverse_record(xid: &str, table: &str, id: i32) -> RetryRecord {
     let origin = Origin::new(Direction::NewToOld, "test", Some(xid.to_string()));
-    let table = format!("\"public\".\"{table}\"");
-    let key = serde_json::json!({ "id": id });
-    RetryRecord {
-        idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, &table, &key.to_string()),
-        kind: RecordKind::Row,
-        table_name: Some(table),
-        key: Some(key),
-        statement: None,
-        origin,
-        reason: "the old database did not take it".into(),
-    }
+    row_record(origin, table, id, "the old database did not take it")
 }
 
 fn statement_record(xid: &str, sql: &str) -> RetryRecord {
@@ -217,10 +199,7 @@ async fn unmirrored(
 ) -> Result<()> {
     new.batch_execute(&format!("BEGIN; SET LOCAL switchyard.apply = on; {sql}"))
         .await?;
-    let xid: String = new
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let xid = current_xid(new).await?;
     let mut recs: Vec<RetryRecord> = records
         .iter()
         .map(|(t, id)| reverse_record(&xid, t, *id))
@@ -278,8 +257,9 @@ async fn replay_drains_new_logs_into_old() -> Result<()> {
     ensure!(backlog(&new).await? == 4, "{}", backlog(&new).await?);
     ensure!(pending(&new).await? >= 2, "{}", pending(&new).await?);
 
-    let run = reconciler(&pair, "replay", &["--format", "json"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "replay", &["--format", "json"])
+        .await?
+        .exits(0)?;
     let report: serde_json::Value = serde_json::from_str(run.stdout.trim())
         .with_context(|| format!("the JSON report:\n{}", run.text()))?;
     let rev = &report["directions"]["new-to-old"];
@@ -330,17 +310,12 @@ async fn replay_follow_picks_up_new_logs_when_they_appear() -> Result<()> {
         )
     })?;
     // Old's retry log exists once the first pass ran.
-    tokio::task::block_in_place(|| {
-        poll_until("replay's first pass", Duration::from_secs(60), || {
-            if let Some(s) = follow.try_wait()? {
-                anyhow::bail!("replay exited with {s}:\n{}", follow.log_text());
-            }
-            Ok((on(
-                &pair.old,
-                "SELECT to_regclass('_switchyard.retry_log') IS NOT NULL",
-            )? == "t")
-                .then_some(()))
-        })
+    follow.poll_while_running("replay's first pass", Duration::from_secs(60), |_| {
+        Ok((on(
+            &pair.old,
+            "SELECT to_regclass('_switchyard.retry_log') IS NOT NULL",
+        )? == "t")
+            .then_some(()))
     })?;
     let new = new_as_primary(&pair).await?;
     unmirrored(
@@ -351,17 +326,13 @@ async fn replay_follow_picks_up_new_logs_when_they_appear() -> Result<()> {
     )
     .await?;
     on(&pair.new, "INSERT INTO u VALUES (8, 'via the change log')")?;
-    tokio::task::block_in_place(|| {
-        poll_until("new's changes on old", Duration::from_secs(60), || {
-            if let Some(s) = follow.try_wait()? {
-                anyhow::bail!("replay exited with {s}:\n{}", follow.log_text());
-            }
+    follow
+        .poll_while_running("new's changes on old", Duration::from_secs(60), |_| {
             let arrived = count(&pair.old, "SELECT count(*) FROM t WHERE id = 7")? == 1
                 && count(&pair.old, "SELECT count(*) FROM u WHERE id = 8")? == 1;
             Ok(arrived.then_some(()))
         })
-    })
-    .with_context(|| follow.log_text())?;
+        .with_context(|| follow.log_text())?;
     same(&pair, "t")?;
     same(&pair, "u")?;
     Ok(())

@@ -6,7 +6,9 @@
 //! the write were done.
 
 use anyhow::{ensure, Result};
-use switchyard_tests::mirror::{assert_same, init_tracing, on, pair_with, retry_records};
+use switchyard_tests::mirror::{
+    assert_nothing_queued, assert_same, init_tracing, on, pair_with, retry_records,
+};
 use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
 
 const SCHEMA: &str = "CREATE TABLE acct (id int PRIMARY KEY, owner text, balance int);
@@ -114,8 +116,7 @@ async fn a_session_under_another_session_authorization_is_mirrored() -> Result<(
         )? == "1:2,2:3"
     );
     tokio::task::block_in_place(|| assert_same(&pair, &["acct"]))?;
-    ensure!(retry_records(&pair)? == 0, "nothing is queued");
-    Ok(())
+    assert_nothing_queued(&pair)
 }
 
 /// When a statement's changes cannot be read back for new (here: old's drain function

@@ -6,8 +6,8 @@
 
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
-use switchyard_tests::mirror::{assert_same, init_tracing, on};
-use switchyard_tests::proxy::{connect_proxy, proxy_config, start_proxy, Pair, DB};
+use switchyard_tests::mirror::{assert_same, on, proxied, Proxied};
+use switchyard_tests::proxy::{connect_proxy, proxy_config, Pair};
 use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
 
@@ -22,12 +22,7 @@ async fn state_of(pair: &Pair, pid: i32) -> Result<String> {
 /// backend is `idle in transaction`, not `active` waiting for a Sync the proxy never sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_transaction_waiting_for_its_client_is_idle_in_transaction() -> Result<()> {
-    init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    for c in [&pair.old, &pair.new] {
-        tokio::task::block_in_place(|| c.psql(DB, "CREATE TABLE t (id int PRIMARY KEY)"))?;
-    }
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair } = proxied("CREATE TABLE t (id int PRIMARY KEY)").await?;
     let client = connect_proxy(&proxy).await?;
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -63,12 +58,7 @@ async fn a_write_transaction_waiting_for_its_client_is_idle_in_transaction() -> 
 /// old, and so on new, where nothing of it appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idle_in_transaction_timeout_ends_an_abandoned_write() -> Result<()> {
-    init_tracing();
-    let pair = tokio::task::spawn_blocking(Pair::start).await??;
-    for c in [&pair.old, &pair.new] {
-        tokio::task::block_in_place(|| c.psql(DB, "CREATE TABLE t (id int PRIMARY KEY)"))?;
-    }
-    let proxy = start_proxy(pair.config()).await?;
+    let Proxied { proxy, pair } = proxied("CREATE TABLE t (id int PRIMARY KEY)").await?;
     let (client, conn) = proxy_config(&proxy, PgCluster::USER, None)
         .connect(tokio_postgres::NoTls)
         .await?;

@@ -84,6 +84,24 @@ fn first_names(side: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Reads [`ALL_BY_NAME`] through `proxy` until its collation mismatch is confirmed; the
+/// status, and the shape's fingerprint (what an operator learns it by).
+async fn learn_shape(proxy: &RunningProxy) -> Result<(Value, String)> {
+    connect_proxy(proxy).await?.query(ALL_BY_NAME, &[]).await?;
+    let s = confirmed_collation(proxy, ALL_BY_NAME).await?;
+    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    Ok((s, fp))
+}
+
+/// `/api/mismatches` lists no shape among the collation differences.
+fn no_collation_shape(m: &Value, what: &str) -> Result<()> {
+    ensure!(
+        m["collation"].as_array().is_some_and(Vec::is_empty),
+        "{what}: {m:#}"
+    );
+    Ok(())
+}
+
 async fn confirmed_collation(proxy: &RunningProxy, needle: &str) -> Result<Value> {
     wait_shadow(proxy, "the collation mismatch to be confirmed", |s| {
         settled(s) && count(entry(s, needle), "confirmed") == 1
@@ -231,10 +249,7 @@ async fn other_rows_under_a_limit_with_the_same_collation_are_rows() -> Result<(
             && samples[0]["old"]["sort_collations"][0] == "code: C (libc)",
         "{m:#}"
     );
-    ensure!(
-        m["collation"].as_array().is_some_and(Vec::is_empty),
-        "not a collation difference: {m:#}"
-    );
+    no_collation_shape(&m, "not a collation difference")?;
     proxy.shutdown().await;
     Ok(())
 }
@@ -248,9 +263,7 @@ async fn an_accepted_shape_counts_collation_differences_as_accepted() -> Result<
     let pair = pair().await?;
     // Learn the shape's fingerprint the way an operator would: from a first confirmation.
     let proxy = start_proxy(shadow_config(&pair)).await?;
-    connect_proxy(&proxy).await?.query(ALL_BY_NAME, &[]).await?;
-    let s = confirmed_collation(&proxy, ALL_BY_NAME).await?;
-    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    let (_, fp) = learn_shape(&proxy).await?;
     proxy.shutdown().await;
 
     let mut cfg = shadow_config(&pair);
@@ -332,10 +345,7 @@ async fn a_text_sort_both_sides_agree_on_matches() -> Result<()> {
         "a text sort both sides agree on matches: {s:#}"
     );
     let (m, _) = mismatches(&proxy).await?;
-    ensure!(
-        m["collation"].as_array().is_some_and(Vec::is_empty),
-        "{m:#}"
-    );
+    no_collation_shape(&m, "a text sort both sides agree on")?;
     proxy.shutdown().await;
     Ok(())
 }
@@ -344,26 +354,16 @@ async fn a_text_sort_both_sides_agree_on_matches() -> Result<()> {
 /// it means and how to accept it, with each side's first rows in its own order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_collation_differences_by_shape() -> Result<()> {
-    use std::time::Duration;
-    use switchyard_tests::browser::dump_dom;
-    use switchyard_tests::wait::poll_until;
+    use switchyard_tests::browser::wait_for_page;
+
     let pair = pair().await?;
     let proxy = start_proxy(shadow_config(&pair)).await?;
-    connect_proxy(&proxy).await?.query(ALL_BY_NAME, &[]).await?;
-    let s = confirmed_collation(&proxy, ALL_BY_NAME).await?;
-    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    let (_s, fp) = learn_shape(&proxy).await?;
     let url = format!("http://{}/", proxy.admin_addr().context("admin server")?);
-    let dom = tokio::task::block_in_place(|| {
-        poll_until(
-            "the page to list the collation difference",
-            Duration::from_secs(60),
-            || {
-                let dom = dump_dom(&url)?;
-                Ok(dom
-                    .contains("confirmed mismatch: accept once understood")
-                    .then_some(dom))
-            },
-        )
+    let dom = wait_for_page(&url, "the page to list the collation difference", |dom| {
+        Ok(dom
+            .contains("confirmed mismatch: accept once understood")
+            .then_some(dom))
     })?;
     let table_at = dom
         .find("id=\"collation\"")
@@ -415,9 +415,7 @@ async fn a_collation_mismatch_blocks_reads_moving_to_new_unless_accepted() -> Re
     cfg.shadow.sample_rate = 1.0;
     cfg.shadow.recheck_delay_ms = 200;
     let a = start_proxy(cfg).await?;
-    connect_proxy(&a).await?.query(ALL_BY_NAME, &[]).await?;
-    let s = confirmed_collation(&a, ALL_BY_NAME).await?;
-    let fp = fingerprint_of(&s, ALL_BY_NAME).context("fingerprint")?;
+    let (_s, fp) = learn_shape(&a).await?;
     poll_until_async(
         "the heartbeat to carry the mismatch",
         Duration::from_secs(30),

@@ -141,8 +141,9 @@ async fn backfill_verify_and_replay_run_over_tls_with_client_certificates() -> R
     // Without the client certificate the server refuses (clientcert=verify-full), and the
     // message says so without the password.
     let bare = url(&pair.old, &verify_full(&ca));
-    let run = run_reconciler(&["verify", "--old", &bare, "--new", &new], RUN).await?;
-    ensure!(run.code() == Some(2), "{}", run.text());
+    let run = run_reconciler(&["verify", "--old", &bare, "--new", &new], RUN)
+        .await?
+        .exits(2)?;
     ensure!(!run.text().contains(PgCluster::PASSWORD), "{}", run.text());
     Ok(())
 }
@@ -266,7 +267,7 @@ async fn what_cannot_be_honoured_fails_clearly_and_never_shows_the_password() ->
     ensure!(err.contains("/no/such/ca.crt"), "{err}");
     ensure!(!err.contains(PgCluster::PASSWORD), "{err}");
     // sslmode=prefer against a server without TLS falls back to plain text, as libpq.
-    let run = run_reconciler(
+    run_reconciler(
         &[
             "verify",
             "--old",
@@ -276,7 +277,7 @@ async fn what_cannot_be_honoured_fails_clearly_and_never_shows_the_password() ->
         ],
         RUN,
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     Ok(())
 }

@@ -23,8 +23,9 @@ async fn progress_stays_off_a_pipe_unless_asked_for_and_never_in_the_json() -> R
     }
     on(&pair.new, "UPDATE b SET v = 'x' WHERE id = 7")?;
 
-    let run = reconciler(&pair, "verify", &["--skip-sequences"]).await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
+    let run = reconciler(&pair, "verify", &["--skip-sequences"])
+        .await?
+        .exits(1)?;
     ensure!(
         run.stderr.is_empty(),
         "stderr of a piped run:\n{}",
@@ -63,15 +64,15 @@ async fn progress_stays_off_a_pipe_unless_asked_for_and_never_in_the_json() -> R
         run.text()
     );
 
-    let run = reconciler(&pair, "replay", &[]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "replay", &[]).await?.exits(0)?;
     ensure!(
         !run.stderr.contains("records replayed"),
         "no progress on a pipe:\n{}",
         run.text()
     );
-    let run = reconciler(&pair, "replay", &["--format", "json", "--progress"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    let run = reconciler(&pair, "replay", &["--format", "json", "--progress"])
+        .await?
+        .exits(0)?;
     serde_json::from_str::<serde_json::Value>(&run.stdout)
         .with_context(|| format!("stdout is not JSON:\n{}", run.text()))?;
     ensure!(

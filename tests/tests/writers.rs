@@ -114,8 +114,7 @@ async fn finding_9(extra: &[&str]) -> Result<()> {
     on(&pair.new, &capture_trigger(&["wallet", "audit"]))?;
     let mut flags = vec!["--jobs", "1"];
     flags.extend_from_slice(extra);
-    let run = backfill(&pair, &flags).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill(&pair, &flags).await?.exits(0)?;
     ensure!(rows(&pair.old, "audit")?.len() == 400, "old's audit rows");
     assert_same_rows(&pair, "wallet")?;
     assert_same_rows(&pair, "audit")?;
@@ -196,8 +195,7 @@ async fn replay_and_repair_do_not_fire_target_triggers() -> Result<()> {
     on(&pair.new, &refusing_trigger(&guarded))?;
     on(&pair.new, &capture_trigger(&guarded))?;
 
-    let run = reconciler(&pair, "replay", &[]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    reconciler(&pair, "replay", &[]).await?.exits(0)?;
     ensure!(
         on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
         "records left: {}",
@@ -220,8 +218,9 @@ async fn replay_and_repair_do_not_fire_target_triggers() -> Result<()> {
          INSERT INTO child VALUES (99, 1, 'extra');"
         ),
     )?;
-    let run = reconciler(&pair, "repair", &["--tables", "parent,child"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    reconciler(&pair, "repair", &["--tables", "parent,child"])
+        .await?
+        .exits(0)?;
     assert_same_rows(&pair, "parent")?;
     assert_same_rows(&pair, "child")?;
     ensure!(on(&pair.new, "SELECT count(*) FROM captured")? == "0");
@@ -235,13 +234,13 @@ async fn replay_and_repair_do_not_fire_target_triggers() -> Result<()> {
             "{QUIET} UPDATE parent SET v = 'old drift' WHERE id = 8; DELETE FROM child WHERE id = 9;"
         ),
     )?;
-    let run = reconciler(
+    reconciler(
         &pair,
         "repair",
         &["--tables", "parent,child", "--source", "new"],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     assert_same_rows(&pair, "parent")?;
     assert_same_rows(&pair, "child")?;
     ensure!(
@@ -369,8 +368,9 @@ async fn a_role_without_the_right_is_refused_with_the_fix() -> Result<()> {
     let run = reconciler_as_role(&pair, &["repair", "--tables", "t", "--source", "new"]).await?;
     assert_refused(&run, "old")?;
     // Reads need no such right (the tables differ: new is still empty).
-    let run = reconciler_as_role(&pair, &["verify", "--tables", "t"]).await?;
-    ensure!(run.code() == Some(1), "{}", run.text());
+    reconciler_as_role(&pair, &["verify", "--tables", "t"])
+        .await?
+        .exits(1)?;
 
     // The library's typed answer, and the probe leaves the session as it was.
     let mut probe = connect(Db::New, &role_url(&pair.new), "test").await?;
@@ -386,8 +386,9 @@ async fn a_role_without_the_right_is_refused_with_the_fix() -> Result<()> {
     check_writer(&mut probe, Db::New, WriteMode::FireTriggers).await?;
 
     // Letting new's triggers fire needs no right, and they fire.
-    let run = backfill_as_role(&pair, &["--tables", "fired_on", "--fire-new-triggers"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill_as_role(&pair, &["--tables", "fired_on", "--fire-new-triggers"])
+        .await?
+        .exits(0)?;
     assert_same_rows(&pair, "fired_on")?;
     ensure!(on(&pair.new, "SELECT count(*) FROM fired")? == "50");
 
@@ -395,8 +396,9 @@ async fn a_role_without_the_right_is_refused_with_the_fix() -> Result<()> {
         &pair.new,
         &format!("GRANT SET ON PARAMETER session_replication_role TO {ROLE}"),
     )?;
-    let run = backfill_as_role(&pair, &["--tables", "t"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    backfill_as_role(&pair, &["--tables", "t"])
+        .await?
+        .exits(0)?;
     assert_same_rows(&pair, "t")?;
     check_writer(&mut probe, Db::New, WriteMode::Replica).await?;
     ensure!(
@@ -419,11 +421,11 @@ async fn a_role_without_the_right_is_refused_with_the_fix() -> Result<()> {
         ),
     )?;
     on(&pair.old, &retry_record("t", 7))?;
-    let run = reconciler_as_role(&pair, &["replay"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    reconciler_as_role(&pair, &["replay"]).await?.exits(0)?;
     ensure!(on(&pair.new, "SELECT v FROM t WHERE id = 7")? == "changed");
-    let run = reconciler_as_role(&pair, &["repair", "--tables", "t"]).await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    reconciler_as_role(&pair, &["repair", "--tables", "t"])
+        .await?
+        .exits(0)?;
     assert_same_rows(&pair, "t")?;
     Ok(())
 }

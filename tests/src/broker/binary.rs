@@ -7,12 +7,6 @@ use anyhow::{bail, Result};
 /// The tansu version `.ci/setup` installs.
 pub const TANSU_VERSION: &str = "0.6.0";
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("SWITCHYARD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.cache/switchyard"))
-}
-
 /// The tansu binary: `$SWITCHYARD_TANSU_BIN`, else
 /// `${SWITCHYARD_CACHE:-/root/.cache/switchyard}/tansu-0.6.0/bin/tansu`, else `tansu` on `PATH`.
 pub fn tansu_bin() -> Result<PathBuf> {
@@ -26,7 +20,7 @@ pub fn tansu_bin() -> Result<PathBuf> {
             path.display()
         );
     }
-    let cached = cache_dir()
+    let cached = crate::clients::cache_dir()
         .join(format!("tansu-{TANSU_VERSION}"))
         .join("bin/tansu");
     if cached.is_file() {

@@ -228,22 +228,21 @@ impl Broker {
     /// Freezes the process (SIGSTOP): connections stay open and nothing is answered, the
     /// worst case for a producer waiting on a confirmation.
     pub fn pause(&mut self) -> Result<()> {
-        let pid = self
-            .child
-            .as_ref()
-            .context("the broker is not running")?
-            .id() as i32;
-        send_signal(pid, Signal::SIGSTOP)
+        self.signal(Signal::SIGSTOP)
     }
 
     /// Lets a [`pause`](Self::pause)d broker run again (SIGCONT).
     pub fn resume(&mut self) -> Result<()> {
+        self.signal(Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: Signal) -> Result<()> {
         let pid = self
             .child
             .as_ref()
             .context("the broker is not running")?
             .id() as i32;
-        send_signal(pid, Signal::SIGCONT)
+        send_signal(pid, sig)
     }
 
     /// Stops the broker (SIGTERM) and starts a new process on the same port. The in-memory

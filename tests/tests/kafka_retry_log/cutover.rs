@@ -3,26 +3,29 @@
 //! topic, and do once replay drained it.
 
 use super::origin::{create_topics, publish, row_record_dir};
-use super::{replay_kafka, SERIAL};
+use super::{broker_and_pair, replay_kafka, T};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use switchyard_core::direction::Direction;
-use switchyard_tests::mirror::{on, pair_with};
-use switchyard_tests::proxy::{proxy_bin, DB};
+use switchyard_tests::cutover::cutover_cli;
+use switchyard_tests::mirror::on;
 use switchyard_tests::Broker;
 
 fn backlog_check(
     pair: &switchyard_tests::proxy::Pair,
     broker: &Broker,
 ) -> Result<(Option<i32>, Value)> {
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(proxy_bin()?)
-            .args(["cutover", "reads-new", "--dry-run", "--json"])
-            .args(["--old", &pair.old.url(DB), "--new", &pair.new.url(DB)])
-            .args(["--kafka-brokers", &broker.bootstrap()])
-            .output()
-            .context("cutover reads-new --dry-run")
-    })?;
+    let brokers = broker.bootstrap();
+    let out = cutover_cli(
+        pair,
+        &[
+            "reads-new",
+            "--dry-run",
+            "--json",
+            "--kafka-brokers",
+            &brokers,
+        ],
+    )?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "{}{}",
@@ -41,11 +44,26 @@ fn backlog_check(
     Ok((out.status.code(), check))
 }
 
+/// The backlog check exits with `code`, passes or not (`ok`), and says `detail`.
+fn backlog_is(
+    pair: &switchyard_tests::proxy::Pair,
+    broker: &Broker,
+    code: Option<i32>,
+    ok: bool,
+    detail: &str,
+) -> Result<()> {
+    let (got, check) = backlog_check(pair, broker)?;
+    ensure!(got == code && check["ok"] == ok, "{check}");
+    ensure!(
+        check["detail"].as_str().unwrap_or("").contains(detail),
+        "{check}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let (_serial, broker, pair) = broker_and_pair(T).await?;
     on(&pair.old, "INSERT INTO t VALUES (1, 'only old has it')")?;
     create_topics(&broker).await?;
     publish(
@@ -55,27 +73,11 @@ async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
     )
     .await?;
 
-    let (code, check) = backlog_check(&pair, &broker)?;
-    ensure!(code == Some(1) && check["ok"] == false, "{check}");
-    ensure!(
-        check["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("1 in Kafka"),
-        "{check}"
-    );
+    backlog_is(&pair, &broker, Some(1), false, "1 in Kafka")?;
 
     let run = replay_kafka(&pair, &broker, &[]).await?;
     ensure!(run.code() == Some(0), "replay: {}", run.text());
     ensure!(on(&pair.new, "SELECT v FROM t WHERE id = 1")? == "only old has it");
-    let (code, check) = backlog_check(&pair, &broker)?;
-    ensure!(code == Some(0) && check["ok"] == true, "{check}");
-    ensure!(
-        check["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("0 in Kafka"),
-        "{check}"
-    );
+    backlog_is(&pair, &broker, Some(0), true, "0 in Kafka")?;
     Ok(())
 }

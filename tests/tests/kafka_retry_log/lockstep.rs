@@ -9,6 +9,7 @@ use switchyard_core::retry_kafka::OnBrokerFailure;
 use switchyard_proxy::config::MirrorMode;
 use switchyard_tests::mirror::{
     assert_verified, on, pgbench_across_secondary_restart, pgbench_pair_without_prepare,
+    PGBENCH_KEYED,
 };
 use switchyard_tests::proxy::{proxy_url, start_proxy};
 use switchyard_tests::{Broker, PgCluster};
@@ -33,7 +34,7 @@ async fn lockstep_mode_with_kafka_replays_records_and_intents() -> Result<()> {
     );
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
-    assert_verified(&pair, "pgbench_accounts,pgbench_branches,pgbench_tellers").await?;
+    assert_verified(&pair, PGBENCH_KEYED).await?;
     let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
     ensure!(hist(&pair.old)? == hist(&pair.new)?, "history differs");
     Ok(())

@@ -3,18 +3,18 @@
 //! rows it names are still invisible on old. These tests play the proxy's part by hand: a
 //! transaction held open on old, and its record published to the topic.
 
-use super::{kafka_flags, replay_kafka, SERIAL, TOPIC};
+use super::{broker_and_pair, kafka_flags, replay_kafka, SERIAL, T, TOPIC};
 use anyhow::{ensure, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
-use switchyard_core::retry::{Origin, RecordKind, RetryRecord};
+use switchyard_core::retry::{Origin, RetryRecord};
 use switchyard_core::retry_kafka::{self, KafkaSettings};
-use switchyard_tests::mirror::{assert_verified, on, pair_with};
+use switchyard_tests::mirror::{assert_verified, current_xid, on, open_transaction, pair_with};
 use switchyard_tests::proxy::{Pair, DB};
-use switchyard_tests::reconciler::ReconcilerProcess;
+use switchyard_tests::reconciler::{self, ReconcilerProcess};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::Broker;
 
@@ -48,17 +48,7 @@ pub(super) fn row_record_dir(
         ordinal: 1,
         ..Origin::new(direction, "test", xid.map(str::to_string))
     };
-    let table = format!("\"public\".\"{table}\"");
-    let key = serde_json::json!({ "id": id });
-    RetryRecord {
-        idempotency_key: RetryRecord::make_key(&origin, RecordKind::Row, &table, &key.to_string()),
-        kind: RecordKind::Row,
-        table_name: Some(table),
-        key: Some(key),
-        statement: None,
-        origin,
-        reason: "the new database did not take it".into(),
-    }
+    reconciler::row_record(origin, table, id, "the new database did not take it")
 }
 
 /// Publishes `r` to `partition` of the retry topic; its offset.
@@ -104,10 +94,7 @@ async fn committed_insert(pair: &Pair, sql: &str) -> Result<String> {
     let c = pair.old.connect(DB).await?;
     c.batch_execute("BEGIN").await?;
     c.batch_execute(sql).await?;
-    let xid: String = c
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let xid = current_xid(&c).await?;
     c.batch_execute("COMMIT").await?;
     Ok(xid)
 }
@@ -154,14 +141,11 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
     .await?;
     create_topics(&broker).await?;
     // The origin: open on old, its row invisible to any other session until it commits.
-    let origin = pair.old.connect(DB).await?;
-    origin
-        .batch_execute("BEGIN; INSERT INTO t VALUES (1, 'from the open transaction')")
-        .await?;
-    let xid: String = origin
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let (origin, xid) = open_transaction(
+        &pair.old,
+        "INSERT INTO t VALUES (1, 'from the open transaction')",
+    )
+    .await?;
     let held_at = publish(&broker, &row_record("t", 1, Some(&xid)), 0).await?;
     // Behind it in its partition, and in another partition: records of committed origins.
     let behind_xid = committed_insert(&pair, "INSERT INTO u VALUES (2, 'behind it')").await?;
@@ -177,14 +161,7 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
     let offsets = offsets_reader(&broker)?;
     let rechecks = |log: &str| log.matches("Origin transaction still in progress").count();
     // Several lookups of the open origin, the other partition's record applied meanwhile.
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "replay to hold the record of the open transaction",
-            Duration::from_secs(120),
-            || {
-                if let Some(s) = replay.try_wait()? {
-                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
-                }
+    replay.poll_while_running("replay to hold the record of the open transaction", Duration::from_secs(120), |replay| {
                 let at = committed(&offsets, 0)?;
                 ensure!(
                     at.is_none_or(|o| o <= held_at),
@@ -200,29 +177,23 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
                 let other_done = on(&pair.new, "SELECT v FROM u WHERE id = 1")? == "elsewhere"
                     && committed(&offsets, 1)? == Some(other_at + 1);
                 Ok((waiting && other_done && rechecks(&replay.log_text()) >= 3).then_some(()))
-            },
-        )
     })?;
     ensure!(
         committed(&offsets, 0)?.is_none_or(|o| o <= held_at),
         "partition 0's offset moved past the waiting record"
     );
     origin.batch_execute("COMMIT").await?;
-    tokio::task::block_in_place(|| {
-        poll_until(
+    replay
+        .poll_while_running(
             "the committed row and the offsets behind it",
             Duration::from_secs(60),
-            || {
-                if let Some(s) = replay.try_wait()? {
-                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
-                }
+            |_| {
                 let arrived = on(&pair.new, "SELECT count(*) FROM t")? == "1"
                     && on(&pair.new, "SELECT count(*) FROM u")? == "2";
                 Ok((arrived && committed(&offsets, 0)? == Some(behind_at + 1)).then_some(()))
             },
         )
-    })
-    .with_context(|| replay.log_text())?;
+        .with_context(|| replay.log_text())?;
     same_rows(&pair, "t")?;
     same_rows(&pair, "u")?;
     assert_verified(&pair, "t,u").await?;
@@ -247,19 +218,11 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
 /// never handed out (which makes old refuse the batch's lookup) and one naming none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_drops_records_whose_origin_rolled_back() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let (_serial, broker, pair) = broker_and_pair(T).await?;
     on(&pair.new, "INSERT INTO t VALUES (1, 'only on new')")?;
     create_topics(&broker).await?;
-    let origin = pair.old.connect(DB).await?;
-    origin
-        .batch_execute("BEGIN; INSERT INTO t VALUES (1, 'rolled back')")
-        .await?;
-    let xid: String = origin
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    let (origin, xid) =
+        open_transaction(&pair.old, "INSERT INTO t VALUES (1, 'rolled back')").await?;
     publish(&broker, &row_record("t", 1, Some(&xid)), 0).await?;
     origin.batch_execute("ROLLBACK").await?;
     on(&pair.old, "INSERT INTO t VALUES (2, 'two'), (3, 'three')")?;
@@ -272,8 +235,8 @@ async fn replay_drops_records_whose_origin_rolled_back() -> Result<()> {
         &broker,
         &["--format", "json", "--metrics-file", &metrics],
     )
-    .await?;
-    ensure!(run.code() == Some(0), "{}", run.text());
+    .await?
+    .exits(0)?;
     let report: serde_json::Value = serde_json::from_str(run.stdout.trim())
         .with_context(|| format!("the JSON report:\n{}", run.text()))?;
     ensure!(

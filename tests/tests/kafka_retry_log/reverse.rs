@@ -5,20 +5,15 @@
 //! the record at once, while its rows are still invisible.
 
 use super::origin::{create_topics, publish, row_record_dir, same_rows, spawn_follow};
-use super::SERIAL;
+use super::{broker_and_pair, T};
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
-use switchyard_tests::mirror::{assert_verified, on, pair_with};
-use switchyard_tests::proxy::DB;
-use switchyard_tests::wait::poll_until;
-use switchyard_tests::Broker;
+use switchyard_tests::mirror::{assert_verified, on, open_transaction};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
+    let (_serial, broker, pair) = broker_and_pair(T).await?;
     on(
         &pair.new,
         "CREATE TABLE burn (i int); \
@@ -30,17 +25,12 @@ async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> 
     on(&pair.new, seed)?;
     create_topics(&broker).await?;
     // The origin: open on new, its changes invisible to any other session until it commits.
-    let origin = pair.new.connect(DB).await?;
-    origin
-        .batch_execute(
-            "BEGIN; UPDATE t SET v = 'written on new' WHERE id = 1; \
+    let (origin, xid) = open_transaction(
+        &pair.new,
+        "UPDATE t SET v = 'written on new' WHERE id = 1; \
              INSERT INTO t VALUES (2, 'inserted on new')",
-        )
-        .await?;
-    let xid: String = origin
-        .query_one("SELECT pg_current_xact_id()::text", &[])
-        .await?
-        .get(0);
+    )
+    .await?;
     for (id, partition) in [(1, 0), (2, 1)] {
         let r = row_record_dir(Direction::NewToOld, "t", id, Some(&xid));
         publish(&broker, &r, partition).await?;
@@ -51,35 +41,23 @@ async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> 
     let mut replay = spawn_follow(&pair, &broker, &metrics, &[])?;
     let before = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
     let rechecks = |log: &str| log.matches("Origin transaction still in progress").count();
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "replay to hold both records for the open transaction on new",
-            Duration::from_secs(120),
-            || {
-                if let Some(s) = replay.try_wait()? {
-                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
-                }
-                let now = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
-                ensure!(
-                    now == before,
-                    "old changed while the origin transaction is open on new: {now}\n{}",
-                    replay.log_text()
-                );
-                let waiting = std::fs::read_to_string(&metrics)
-                    .is_ok_and(|m| m.contains("switchyard_replay_waiting_for_origin 2\n"));
-                Ok((waiting && rechecks(&replay.log_text()) >= 3).then_some(()))
-            },
-        )
-    })?;
+    replay.poll_while_running(
+        "replay to hold both records for the open transaction on new",
+        Duration::from_secs(120),
+        |replay| {
+            let now = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?;
+            ensure!(
+                now == before,
+                "old changed while the origin transaction is open on new: {now}\n{}",
+                replay.log_text()
+            );
+            let waiting = std::fs::read_to_string(&metrics)
+                .is_ok_and(|m| m.contains("switchyard_replay_waiting_for_origin 2\n"));
+            Ok((waiting && rechecks(&replay.log_text()) >= 3).then_some(()))
+        },
+    )?;
     origin.batch_execute("COMMIT").await?;
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "new's rows on old, counted as new-to-old",
-            Duration::from_secs(60),
-            || {
-                if let Some(s) = replay.try_wait()? {
-                    anyhow::bail!("replay exited with {s}:\n{}", replay.log_text());
-                }
+    replay.poll_while_running("new's rows on old, counted as new-to-old", Duration::from_secs(60), |_| {
                 let arrived = on(&pair.old, "SELECT string_agg(v, ',' ORDER BY id) FROM t")?
                     == "written on new,inserted on new";
                 let counted = std::fs::read_to_string(&metrics).is_ok_and(|m| {
@@ -88,8 +66,6 @@ async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> 
                     )
                 });
                 Ok((arrived && counted).then_some(()))
-            },
-        )
     })
     .with_context(|| replay.log_text())?;
     ensure!(
