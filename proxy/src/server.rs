@@ -404,37 +404,13 @@ async fn serve(
     match threads {
         Some(t) => {
             let (_, ()) = tokio::join!(
-                drain_sessions(shared.config.shutdown_timeout(), sessions),
+                crate::shutdown::drain_sessions(shared.config.shutdown_timeout(), sessions),
                 t.finish()
             );
         }
-        None => drain_sessions(shared.config.shutdown_timeout(), sessions).await,
+        None => crate::shutdown::drain_sessions(shared.config.shutdown_timeout(), sessions).await,
     }
     background.abort_all();
     while background.join_next().await.is_some() {}
     tracing::info!("Switchyard proxy stopped.");
-}
-
-/// After the accept loop stopped: lets `sessions` finish their transactions and aborts
-/// what is left at the shutdown deadline.
-pub(crate) async fn drain_sessions(within: Duration, mut sessions: JoinSet<()>) {
-    let deadline = tokio::time::sleep(within);
-    tokio::pin!(deadline);
-    if !sessions.is_empty() {
-        tracing::info!(
-            sessions = sessions.len(),
-            "Shutting down: waiting for sessions to finish their transactions."
-        );
-    }
-    loop {
-        tokio::select! {
-            next = sessions.join_next() => if next.is_none() { break },
-            _ = &mut deadline => {
-                tracing::warn!(sessions = sessions.len(), "Shutdown deadline reached: closing the remaining sessions.");
-                sessions.abort_all();
-                while sessions.join_next().await.is_some() {}
-                break;
-            }
-        }
-    }
 }

@@ -113,5 +113,5 @@ async fn serve_thread(shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    crate::server::drain_sessions(shared.config.shutdown_timeout(), sessions).await;
+    crate::shutdown::drain_sessions(shared.config.shutdown_timeout(), sessions).await;
 }

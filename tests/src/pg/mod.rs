@@ -13,7 +13,6 @@
 //! ```
 
 mod bin;
-mod builder;
 mod client;
 mod cluster;
 pub mod config;
@@ -21,7 +20,6 @@ mod lifecycle;
 pub mod template;
 
 pub use bin::bin_dir;
-pub use builder::PgClusterBuilder;
 pub use client::quote_ident;
-pub use cluster::{clusters_parent_dir, PgCluster};
+pub use cluster::{clusters_parent_dir, PgCluster, PgClusterBuilder};
 pub use config::Auth;
