@@ -45,6 +45,7 @@ pub mod key;
 pub mod multiset;
 pub mod multiset_diff;
 pub mod multiset_repair;
+pub mod plain_or_tls;
 pub mod progress;
 mod rcvlowat;
 pub mod recover;

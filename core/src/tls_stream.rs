@@ -4,14 +4,13 @@
 //! channel binding needs, and the SCRAM mechanism choice with libpq's `channel_binding`.
 //! tokio-postgres connections get the same settings through [`pg_connector`].
 
+pub use crate::plain_or_tls::PlainOrTls;
 use crate::tls::{ChannelBinding, SslMode, TlsSettings};
 use postgres_protocol::authentication::sasl;
 use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -86,10 +85,7 @@ pub async fn negotiate(
 }
 
 /// A database connection, plain or TLS.
-pub enum DbStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+pub type DbStream = PlainOrTls<TcpStream, Box<TlsStream<TcpStream>>>;
 
 impl DbStream {
     /// The TCP socket under the stream, for its socket options.
@@ -156,109 +152,11 @@ fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
-macro_rules! both {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            Self::Plain($s) => $e,
-            Self::Tls($s) => $e,
-        }
-    };
-}
-
-impl AsyncRead for DbStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DbStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            DbStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for DbStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            DbStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            DbStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DbStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            DbStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DbStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            DbStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 /// The read half of a [`DbStream`].
-pub enum DbRead {
-    Plain(OwnedReadHalf),
-    Tls(ReadHalf<TlsStream<TcpStream>>),
-}
+pub type DbRead = PlainOrTls<OwnedReadHalf, ReadHalf<TlsStream<TcpStream>>>;
 
 /// The write half of a [`DbStream`].
-pub enum DbWrite {
-    Plain(OwnedWriteHalf),
-    Tls(WriteHalf<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for DbRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        both!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for DbWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        both!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        both!(self, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        both!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        both!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            DbWrite::Plain(s) => s.is_write_vectored(),
-            DbWrite::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+pub type DbWrite = PlainOrTls<OwnedWriteHalf, WriteHalf<TlsStream<TcpStream>>>;
 
 /// Why SCRAM could not start as `channel_binding` asks.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
