@@ -260,13 +260,8 @@ fn parse_all(names: &[String]) -> Vec<QualifiedName> {
 impl Validate for BackfillConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
         switchyard_core::config_layer::validate_urls(&self.old, &self.new, errors, origin_of);
-        let mut bad = |key: &str, message: String| {
-            errors.push(ConfigError {
-                key: key.to_string(),
-                origin: origin_of(key),
-                message,
-            })
-        };
+        let mut bad =
+            |key: &str, message: String| errors.push(ConfigError::at(key, origin_of, message));
         let s = &self.backfill;
         for (key, list) in [
             ("backfill.tables", &s.tables),

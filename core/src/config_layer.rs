@@ -39,6 +39,17 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error about `key`, with where its value came from.
+    pub fn at(key: &str, origin_of: &dyn Fn(&str) -> Origin, message: String) -> ConfigError {
+        ConfigError {
+            key: key.to_string(),
+            origin: origin_of(key),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
@@ -78,11 +89,7 @@ pub fn validate_urls(
             Ok(dsn) => crate::tls::settings_for(&dsn).err().map(|e| e.to_string()),
         };
         if let Some(message) = problem {
-            errors.push(ConfigError {
-                key: key.to_string(),
-                origin: origin_of(key),
-                message,
-            });
+            errors.push(ConfigError::at(key, origin_of, message));
         }
     }
 }

@@ -120,13 +120,8 @@ impl Validate for ReconcilerConfig {
     fn validate(&self, errors: &mut Vec<ConfigError>, origin_of: &dyn Fn(&str) -> Origin) {
         switchyard_core::config_layer::validate_urls(&self.old, &self.new, errors, origin_of);
         self.retry_log.validate("retry_log", errors, origin_of);
-        let mut bad = |key: &str, message: String| {
-            errors.push(ConfigError {
-                key: key.to_string(),
-                origin: origin_of(key),
-                message,
-            })
-        };
+        let mut bad =
+            |key: &str, message: String| errors.push(ConfigError::at(key, origin_of, message));
         let s = &self.reconciler;
         for t in &s.tables {
             if let Err(e) = QualifiedName::parse(t) {
