@@ -186,19 +186,19 @@ async function main() {
     console.error('idle client error', e);
     process.exitCode = 1;
   });
+  const steps = [
+    ['parameterized', parameterized],
+    ['prepared', prepared],
+    ['transactions', transactions],
+    ['multi-statement strings', multiStatement],
+    ['quoted names', quotedNames],
+    ['cleanup', cleanup],
+  ];
   try {
-    console.log('== parameterized');
-    await parameterized(pool);
-    console.log('== prepared');
-    await prepared(pool);
-    console.log('== transactions');
-    await transactions(pool);
-    console.log('== multi-statement strings');
-    await multiStatement(pool);
-    console.log('== quoted names');
-    await quotedNames(pool);
-    console.log('== cleanup');
-    await cleanup(pool);
+    for (const [name, step] of steps) {
+      console.log(`== ${name}`);
+      await step(pool);
+    }
   } finally {
     await pool.end();
   }
