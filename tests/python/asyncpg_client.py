@@ -15,6 +15,7 @@ import json
 import sys
 
 import asyncpg
+from asyncpg_session import asyncpg_session
 from checks import FAILED, check, finish
 
 
@@ -181,16 +182,13 @@ async def errors(conn):
 
 async def main():
     dsn = sys.argv[1]
-    conn = await asyncpg.connect(dsn, timeout=10, command_timeout=60)
-    try:
+    async with asyncpg_session(dsn, timeout=10, command_timeout=60) as conn:
         await setup(conn)
         await prepared(conn)
         await typed_params(conn)
         await copy(conn)
         await cursors(conn)
         await errors(conn)
-    finally:
-        await conn.close()
     finish("asyncpg")
 
 

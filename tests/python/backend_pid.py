@@ -16,6 +16,7 @@ import time
 import asyncpg
 import psycopg
 from psycopg import errors
+from asyncpg_session import asyncpg_session
 from checks import check, finish
 
 
@@ -60,8 +61,7 @@ def with_psycopg(dsn):
 
 
 async def with_asyncpg(dsn):
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with asyncpg_session(dsn) as conn:
         check("asyncpg: get_server_pid() is pg_backend_pid()",
               await conn.fetchval("SELECT pg_backend_pid()"), conn.get_server_pid())
         got = asyncio.get_running_loop().create_future()
@@ -70,8 +70,6 @@ async def with_asyncpg(dsn):
         pid, payload = await asyncio.wait_for(got, 10)
         check("asyncpg: own notification carries the session's pid", (pid, payload),
               (conn.get_server_pid(), "hello"))
-    finally:
-        await conn.close()
 
 
 def main():

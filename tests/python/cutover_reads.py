@@ -12,8 +12,8 @@ Prints one line per read: "<client> <what> <port>" where port is the answering s
 import asyncio
 import sys
 
-import asyncpg
 import psycopg
+from asyncpg_session import asyncpg_session
 
 
 def psycopg_reads(url):
@@ -30,8 +30,7 @@ def psycopg_reads(url):
 
 
 async def asyncpg_reads(url):
-    conn = await asyncpg.connect(url)
-    try:
+    async with asyncpg_session(url) as conn:
         for i in range(6):
             port = await conn.fetchval("SHOW port")
             print(f"asyncpg show-{i} {port}")
@@ -41,8 +40,6 @@ async def asyncpg_reads(url):
         async with conn.transaction():
             port = await conn.fetchval("SHOW port")
             print(f"asyncpg in-transaction {port}")
-    finally:
-        await conn.close()
 
 
 def main():
