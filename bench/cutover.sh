@@ -87,38 +87,11 @@ stop_switchyard sy2 || true
 
 # ---------------------------------------------------------------- pgbouncer
 free_port P_PGB
-PGB_DIR=$BENCH_WORK/pgb
-mkdir -p "$PGB_DIR/sock"
-printf '"postgres" ""\n' >"$PGB_DIR/userlist.txt"
 pgb_ini() { # PG_PORT
-  cat >"$PGB_DIR/pgbouncer.ini" <<EOF
-[databases]
-$DB = host=127.0.0.1 port=$1 dbname=$DB user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $P_PGB
-unix_socket_dir = $PGB_DIR/sock
-auth_type = trust
-auth_file = $PGB_DIR/userlist.txt
-admin_users = postgres
-pool_mode = transaction
-max_client_conn = 60
-default_pool_size = 20
-logfile = $PGB_DIR/pgbouncer.log
-pidfile = $PGB_DIR/pgbouncer.pid
-EOF
+  pgbouncer_ini pgb "$P_PGB" "$1" "$DB" "pool_mode = transaction" "max_client_conn = 60" "default_pool_size = 20"
 }
 pgb_ini "$P_OLD"
-[ "$(id -u)" = 0 ] && chown -R postgres "$PGB_DIR"
-if [ "$(id -u)" = 0 ]; then
-  "$PGBOUNCER" -u postgres "$PGB_DIR/pgbouncer.ini" >"$PGB_DIR/stderr.log" 2>&1 &
-else
-  "$PGBOUNCER" "$PGB_DIR/pgbouncer.ini" >"$PGB_DIR/stderr.log" 2>&1 &
-fi
-PGB_PID=$!
-bench_defer "stop_pid $PGB_PID 10"
-wait_for_pg "$P_PGB" "$DB" "$PGB_PID" "$PGB_DIR/pgbouncer.log"
+run_pgbouncer pgb "$P_PGB" "$DB"
 admin() { "$PSQL" -X -q -h 127.0.0.1 -p "$P_PGB" -U postgres pgbouncer -c "$1" >/dev/null; }
 log "pgbouncer: load, $FLIPS x ${#PHASES[@]} switches between old and new with PAUSE/RELOAD/RESUME"
 PWIN="$BENCH_WORK/pgb-windows.txt"; : >"$PWIN"

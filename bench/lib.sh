@@ -194,18 +194,33 @@ wait_for_pg() {
   die "nothing accepts connections on 127.0.0.1:$port after 30 s"
 }
 
+# track_server NAME PORT DB PID STOP_SECONDS LOG: a server just started in the background
+# as PID (PgBouncer, the proxy) is known by NAME (BENCH_PID, BENCH_PORT), stopped at exit
+# (SIGKILL after STOP_SECONDS) and waited for until DB answers on 127.0.0.1:PORT (LOG shown
+# if not).
+track_server() {
+  local name=$1 port=$2 db=$3 pid=$4 secs=$5 logf=$6
+  BENCH_PID[$name]=$pid
+  BENCH_PORT[$name]=$port
+  bench_defer "stop_pid $pid $secs"
+  wait_for_pg "$port" "$db" "$pid" "$logf"
+}
+
 # ---------------------------------------------------------------- PgBouncer
 
-# start_pgbouncer NAME PORT PG_PORT DB MAX_CONN: PgBouncer in session mode, trust auth,
-# listening on 127.0.0.1:PORT (unix socket in its own dir under $BENCH_WORK), pooling DB on
-# 127.0.0.1:PG_PORT as postgres with room for MAX_CONN clients and server connections.
-start_pgbouncer() {
-  local name=$1 port=$2 pg_port=$3 db=$4 max=$5 dir pid
-  [ -x "$PGBOUNCER" ] || die "pgbouncer not found (set PGBOUNCER)"
-  dir=$BENCH_WORK/$name
-  mkdir -p "$dir/sock"
-  printf '"postgres" ""\n' >"$dir/userlist.txt"
-  cat >"$dir/pgbouncer.ini" <<EOF
+# pgbouncer_ini NAME PORT PG_PORT DB SETTING...: writes (again, before a RELOAD) the config
+# of PgBouncer NAME in $BENCH_WORK/NAME: trust auth, listening on 127.0.0.1:PORT (unix socket
+# in its own dir), pooling DB on 127.0.0.1:PG_PORT as postgres; each SETTING is one more
+# `key = value` line (pool_mode, sizes).
+pgbouncer_ini() {
+  local name=$1 port=$2 pg_port=$3 db=$4 dir=$BENCH_WORK/$1; shift 4
+  # Only the first call makes the dir: a rewrite between PAUSE and RESUME stays a bare write.
+  if [ ! -d "$dir/sock" ]; then
+    mkdir -p "$dir/sock"
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+  fi
+  {
+    cat <<EOF
 [databases]
 $db = host=127.0.0.1 port=$pg_port dbname=$db user=postgres
 
@@ -216,19 +231,18 @@ unix_socket_dir = $dir/sock
 auth_type = trust
 auth_file = $dir/userlist.txt
 admin_users = postgres
-pool_mode = session
-server_reset_query = DISCARD ALL
-max_client_conn = $((max + 20))
-default_pool_size = $max
-min_pool_size = 0
-reserve_pool_size = 0
-max_db_connections = 0
-max_user_connections = 0
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
 EOF
+    printf '%s\n' "$@"
+  } >"$dir/pgbouncer.ini"
+}
+
+# run_pgbouncer NAME PORT DB: starts PgBouncer NAME from its config (pgbouncer_ini) and waits
+# until it serves DB on 127.0.0.1:PORT.
+run_pgbouncer() {
+  local name=$1 port=$2 db=$3 dir=$BENCH_WORK/$1
+  [ -x "$PGBOUNCER" ] || die "pgbouncer not found (set PGBOUNCER)"
   [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
   # PgBouncer refuses to run as root; -u makes it switch to postgres after startup.
   if [ "$(id -u)" = 0 ]; then
@@ -236,11 +250,25 @@ EOF
   else
     "$PGBOUNCER" "$dir/pgbouncer.ini" >"$dir/stderr.log" 2>&1 &
   fi
-  pid=$!
-  BENCH_PID[$name]=$pid
-  BENCH_PORT[$name]=$port
-  bench_defer "stop_pid $pid 10"
-  wait_for_pg "$port" "$db" "$pid" "$dir/pgbouncer.log"
+  track_server "$name" "$port" "$db" $! 10 "$dir/pgbouncer.log"
+}
+
+# start_pgbouncer NAME PORT PG_PORT DB MAX_CONN: PgBouncer in session mode (pgbouncer_ini)
+# with room for MAX_CONN clients and server connections.
+start_pgbouncer() {
+  local name=$1 port=$2 pg_port=$3 db=$4 max=$5
+  pgbouncer_ini "$name" "$port" "$pg_port" "$db" \
+    "pool_mode = session" \
+    "server_reset_query = DISCARD ALL" \
+    "max_client_conn = $((max + 20))" \
+    "default_pool_size = $max" \
+    "min_pool_size = 0" \
+    "reserve_pool_size = 0" \
+    "max_db_connections = 0" \
+    "max_user_connections = 0" \
+    "log_connections = 0" \
+    "log_disconnections = 0"
+  run_pgbouncer "$name" "$port" "$db"
 }
 
 stop_pgbouncer() { stop_pid "${BENCH_PID[$1]}" 10 || warn "pgbouncer $1 needed SIGKILL"; }
@@ -253,7 +281,7 @@ stop_pgbouncer() { stop_pid "${BENCH_PID[$1]}" 10 || warn "pgbouncer $1 needed S
 # settings as EXTRA ARGS. DB_URL_PARAMS (e.g. `?sslmode=require`) is appended to both
 # database URLs.
 start_switchyard() {
-  local name=$1 port=$2 aport=$3 old=$4 new=$5 db=$6 pid v; shift 6
+  local name=$1 port=$2 aport=$3 old=$4 new=$5 db=$6 v; shift 6
   local unset_env=()
   [ -x "$PROXY_BIN" ] || die "$PROXY_BIN not found: cargo build --release -p switchyard-proxy"
   for v in $(compgen -e); do
@@ -264,11 +292,7 @@ start_switchyard() {
     --new "postgres://postgres@127.0.0.1:${BENCH_PORT[$new]}/$db${DB_URL_PARAMS:-}" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" "$@" \
     >"$BENCH_WORK/$name.log" 2>&1 &
-  pid=$!
-  BENCH_PID[$name]=$pid
-  BENCH_PORT[$name]=$port
-  bench_defer "stop_pid $pid 40"
-  wait_for_pg "$port" "$db" "$pid" "$BENCH_WORK/$name.log"
+  track_server "$name" "$port" "$db" $! 40 "$BENCH_WORK/$name.log"
 }
 
 # stop_switchyard NAME: SIGTERM; warns if it does not exit within 10 s.
