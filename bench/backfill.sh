@@ -34,7 +34,6 @@
 #   QUIET_WAIT [120] (seconds to wait for a quiet machine before each run)
 #   BACKFILL_BIN [target/release/switchyard-backfill]  PGCOPYDB [pgcopydb on PATH;
 #   installed with apt-get when missing]  PG_DUMP  RESULTS_DIR [bench/results]  KEEP_WORK [0]
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-100}

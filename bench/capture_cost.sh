@@ -24,7 +24,6 @@
 # CPU per transaction, which on a shared 2-core machine move by tens of percent.
 # Environment: N [200], TIMED [0], SCALE [10], DURATION [8], ROUNDS [3], PROXY_BIN,
 # PG_BIN, PGBENCH, PSQL; valgrind on the PATH.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-200}

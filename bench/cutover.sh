@@ -18,7 +18,6 @@
 # transactions overlapping a window and of the others, client errors, how long the
 # switches took, and TPS per second. Environment: SCALE [10], DURATION [40], FLIPS [10],
 # SEQ, DURABLE [0], PROXY_BIN, PG_BIN, PGBENCH, PSQL, PGBOUNCER.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

@@ -29,7 +29,6 @@
 # Prints a table on stdout. Environment: SCALE [10], DURATION [15], MODE [prepared],
 # REPLAY_SECS [10], DURABLE [0], SECTIONS ["latency replay memory"], PROXY_BIN,
 # RECONCILER_BIN, PG_BIN, PGBENCH, PSQL.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

@@ -14,7 +14,6 @@
 #   (records/s; Kafka as a one-member consumer group).
 # Environment: SCALE [10], DURATION [15], CLIENTS [1] (for the queueing runs), DURABLE [0],
 # PROXY_BIN, RECONCILER_BIN, TANSU_BIN, PG_BIN, PGBENCH, PSQL.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# bench/lib.sh: shared helpers for Switchyard's benchmark scripts. Source it, do not run it:
+# bench/lib.sh: shared helpers for Switchyard's benchmark scripts, in strict mode (it sets
+# `set -euo pipefail` for the script). Source it, do not run it:
 #
 #   source "$(dirname "$0")/lib.sh"
 #   bench_init passthrough          # temp dir in $BENCH_WORK, cleanup trap on exit
@@ -18,6 +19,10 @@
 # Not SWITCHYARD_*: the proxy reads every SWITCHYARD_* variable as a setting (and the
 # helpers start it with none of them, so that the caller's environment does not change
 # what is measured).
+
+# Every benchmark runs in strict mode from here on: the helpers count on a failed command,
+# an unset variable or a broken pipe stopping the script.
+set -euo pipefail
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${PG_BIN:-${SWITCHYARD_PG_BIN:-/usr/lib/postgresql/15/bin}}

@@ -29,7 +29,6 @@
 #   QUIET_WAIT [120]      seconds to wait for the machine to be <10% busy before starting
 #   RUN_QUIET_WAIT [30]   the same before each measured run (1 s samples; 0 = don't wait)
 #   RESULTS_DIR [bench/results]   KEEP_WORK [0]   PROXY_BIN, PGBOUNCER, PGBENCH, PSQL, PG_BIN
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

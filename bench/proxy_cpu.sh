@@ -22,7 +22,6 @@
 # WITH_MIRROR=1: one more target, switchyard-mirror: default threads with dual writes
 # (two-phase) and shadow reads (SHADOW_RATE [0.001] of reads sampled) switched on; the
 # select-only reads it serves are the statements those features do not touch.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

@@ -18,7 +18,6 @@
 # second proxy binary as switchyard-b / switchyard-mirror-b.
 # Environment: SCALE [10] CLIENTS [8] TXNS [600] MODES ["simple extended prepared"]
 # TARGETS [all of the above]; binaries as in bench/lib.sh.
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

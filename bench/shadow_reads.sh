@@ -16,7 +16,6 @@
 #   WARMUP [5]  ROUNDS [1] (rates rotate within a round; the table shows medians)
 #   RUN_QUIET_WAIT [20] (seconds to wait for <10% CPU before each run)
 #   SHADOW_ARGS [""] extra proxy flags;  KEEP_WORK [0]  PROXY_BIN, PGBENCH, PSQL, PG_BIN
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

@@ -8,7 +8,6 @@
 #
 # Environment (defaults in brackets): SCALE [10]  DURATION [15]  ROUNDS [3]  CLIENTS [8]
 #   MODE [prepared] (pgbench -M)  QUIET_WAIT [60]  PROXY_BIN  PG_BIN  KEEP_WORK [0]
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}

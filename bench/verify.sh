@@ -37,7 +37,6 @@
 #   RECONCILER_BIN [target/release/switchyard-reconciler]
 #   RELADIFF [${SWITCHYARD_CACHE:-/root/.cache/switchyard}/venv/bin/reladiff]
 #   PG_BIN, PGBENCH, PSQL (see lib.sh)
-set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-100}
