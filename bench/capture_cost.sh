@@ -34,7 +34,7 @@ DB=bench
 VARIANTS_DIR=$BENCH_ROOT/bench/capture_variants
 command -v valgrind >/dev/null || die "valgrind not found (apt-get install valgrind)"
 bench_init capture_cost
-start_pgbench_pair "$DB" "$SCALE" "${DURABLE:-0}"
+start_pgbench_pair "$DB" "$SCALE" "$DURABLE"
 free_port P_SY
 free_port P_ADM
 log "installing capture on old (the proxy starts, then stops)"

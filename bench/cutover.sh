@@ -25,7 +25,6 @@ DURATION=${DURATION:-40}
 FLIPS=${FLIPS:-10}
 SEQ=${SEQ:-reads-new writes-new reads-new shadow}
 read -r -a PHASES <<<"$SEQ"
-DURABLE=${DURABLE:-0}
 DB=bench
 command -v python3 >/dev/null || die "python3 is needed to summarise the logs"
 bench_init cutover

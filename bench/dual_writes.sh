@@ -35,7 +35,6 @@ SCALE=${SCALE:-10}
 DURATION=${DURATION:-15}
 MODE=${MODE:-prepared}
 REPLAY_SECS=${REPLAY_SECS:-10}
-DURABLE=${DURABLE:-0}
 SECTIONS=${SECTIONS:-"latency modes replay memory"}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 phases=- l_old=- l_new=- l_new2=- l_sy=- t_old=- t_new2=- t_ideal=- t_sy=- t_queue=- records=- replay_s=- replay_rps=- rss_before=- peak=-

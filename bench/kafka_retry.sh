@@ -18,7 +18,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SCALE=${SCALE:-10}
 DURATION=${DURATION:-15}
-DURABLE=${DURABLE:-0}
 RECONCILER_BIN=${RECONCILER_BIN:-$BENCH_ROOT/target/release/switchyard-reconciler}
 TANSU_BIN=${TANSU_BIN:-/root/.cache/switchyard/tansu-0.6.0/bin/tansu}
 DB=bench

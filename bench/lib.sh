@@ -30,6 +30,9 @@ PGBENCH=${PGBENCH:-$(command -v pgbench || echo "$PG_BIN/pgbench")}
 PSQL=${PSQL:-$(command -v psql || echo "$PG_BIN/psql")}
 PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
 PROXY_BIN=${PROXY_BIN:-$BENCH_ROOT/target/release/switchyard-proxy}
+# DURABLE [0]: what the benchmarks' clusters keep of durability; 1 = fsync,
+# synchronous_commit and full_page_writes on, as in production (start_pgbench_pair's DURABLE).
+DURABLE=${DURABLE:-0}
 
 BENCH_WORK=
 declare -ga BENCH_CLEANUP=()     # commands run in reverse order at exit
