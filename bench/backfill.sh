@@ -47,7 +47,6 @@ TOOLS=${TOOLS:-"switchyard pgcopydb pg_dump"}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 QUIET_WAIT=${QUIET_WAIT:-120}
-RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 BACKFILL_BIN=${BACKFILL_BIN:-$BENCH_ROOT/target/release/switchyard-backfill}
 PG_DUMP=${PG_DUMP:-$(command -v pg_dump || echo "$PG_BIN/pg_dump")}
 TIME=/usr/bin/time
@@ -64,10 +63,8 @@ if [[ " $TOOLS " == *" pgcopydb "* ]]; then
   fi
 fi
 
-STAMP=$(date +%Y-%m-%dT%H%M%S)
-MD_OUT=$RESULTS_DIR/backfill-$STAMP.md
 bench_init backfill
-mkdir -p "$RESULTS_DIR"
+results_files backfill
 RAW=$BENCH_WORK/results.tsv
 : >"$RAW"
 FAILED=0

@@ -33,6 +33,8 @@ PROXY_BIN=${PROXY_BIN:-$BENCH_ROOT/target/release/switchyard-proxy}
 # DURABLE [0]: what the benchmarks' clusters keep of durability; 1 = fsync,
 # synchronous_commit and full_page_writes on, as in production (start_pgbench_pair's DURABLE).
 DURABLE=${DURABLE:-0}
+# RESULTS_DIR [bench/results]: where the reports go (results_files).
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 
 BENCH_WORK=
 declare -ga BENCH_CLEANUP=()     # commands run in reverse order at exit
@@ -457,6 +459,14 @@ wait_for_quiet() {
 }
 
 # ---------------------------------------------------------------- reporting
+
+# results_files NAME: names this run's report: STAMP (the time now) and MD_OUT
+# ($RESULTS_DIR/NAME-STAMP.md, RESULTS_DIR defaulting to bench/results), and makes the dir.
+results_files() {
+  STAMP=$(date +%Y-%m-%dT%H%M%S)
+  MD_OUT=$RESULTS_DIR/$1-$STAMP.md
+  mkdir -p "$RESULTS_DIR"
+}
 
 # machine_summary: one line describing the machine (for result files).
 machine_summary() {

@@ -43,13 +43,8 @@ WARMUP=${WARMUP:-5}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 IDLE_HOLD=${IDLE_HOLD:-30}
 FAIL_FAST=${FAIL_FAST:-0}
-RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 DB=bench
 
-STAMP=$(date +%Y-%m-%dT%H%M%S)
-MD_OUT=$RESULTS_DIR/passthrough-$STAMP.md
-TSV_OUT=$RESULTS_DIR/passthrough-$STAMP.tsv
-LOGS_OUT=$RESULTS_DIR/passthrough-$STAMP-logs
 FAILURES=()
 
 max_clients=8 # the warm-up uses 8 clients
@@ -58,7 +53,9 @@ max_conn=200
 [ $((max_clients + 20)) -gt $max_conn ] && max_conn=$((max_clients + 20))
 
 bench_init passthrough
-mkdir -p "$RESULTS_DIR"
+results_files passthrough
+TSV_OUT=$RESULTS_DIR/passthrough-$STAMP.tsv
+LOGS_OUT=$RESULTS_DIR/passthrough-$STAMP-logs
 RUNS=$BENCH_WORK/runs
 mkdir -p "$RUNS"
 RAW=$BENCH_WORK/results.tsv

@@ -49,7 +49,6 @@ KEYLESS=${KEYLESS:-1}
 CHECKSUM_BIN=${CHECKSUM_BIN:-${CARGO_TARGET_DIR:-$BENCH_ROOT/target}/debug/examples/checksum_speed}
 ROUNDS=${ROUNDS:-1}
 QUIET_WAIT=${QUIET_WAIT:-120}
-RESULTS_DIR=${RESULTS_DIR:-$BENCH_ROOT/bench/results}
 RECONCILER_BIN=${RECONCILER_BIN:-$BENCH_ROOT/target/release/switchyard-reconciler}
 RELADIFF=${RELADIFF:-${SWITCHYARD_CACHE:-/root/.cache/switchyard}/venv/bin/reladiff}
 DB=bench
@@ -62,10 +61,8 @@ ROWS=$((SCALE * 100000))
 [ "$KEYLESS" = 0 ] || [ -x "$CHECKSUM_BIN" ] ||
   die "$CHECKSUM_BIN not found: cargo build -p switchyard-backfill --example checksum_speed"
 
-STAMP=$(date +%Y-%m-%dT%H%M%S)
-MD_OUT=$RESULTS_DIR/verify-$STAMP.md
 bench_init verify
-mkdir -p "$RESULTS_DIR"
+results_files verify
 RAW=$BENCH_WORK/results.tsv
 : >"$RAW"
 FAILED=0
