@@ -464,6 +464,7 @@ wait_for_quiet() {
 # ($RESULTS_DIR/NAME-STAMP.md, RESULTS_DIR defaulting to bench/results), and makes the dir.
 results_files() {
   STAMP=$(date +%Y-%m-%dT%H%M%S)
+  # shellcheck disable=SC2034 # for the caller, which writes the report there
   MD_OUT=$RESULTS_DIR/$1-$STAMP.md
   mkdir -p "$RESULTS_DIR"
 }
