@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 
-import asyncpg
 import psycopg
 from psycopg import errors
 from asyncpg_session import asyncpg_session
