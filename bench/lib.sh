@@ -223,7 +223,7 @@ track_server() {
 # in its own dir), pooling DB on 127.0.0.1:PG_PORT as postgres; each SETTING is one more
 # `key = value` line (pool_mode, sizes).
 pgbouncer_ini() {
-  local name=$1 port=$2 pg_port=$3 db=$4 dir=$BENCH_WORK/$1; shift 4
+  local dir=$BENCH_WORK/$1 port=$2 pg_port=$3 db=$4; shift 4
   # Only the first call makes the dir: a rewrite between PAUSE and RESUME stays a bare write.
   if [ ! -d "$dir/sock" ]; then
     mkdir -p "$dir/sock"
