@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use switchyard_core::dsn::Dsn;
+use tokio_postgres::Row;
 
 /// One job's progress on one table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -101,69 +102,62 @@ async fn read(new: &Dsn, connect_timeout: Duration) -> Result<Vec<ProgressEntry>
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     if row.get::<_, bool>(0) {
-        out.extend(read_backfill(&client).await?);
+        out.extend(read_entries(&client, BACKFILL_SQL, backfill_entry).await?);
     }
     if row.get::<_, bool>(1) {
-        out.extend(read_verify(&client).await?);
+        out.extend(read_entries(&client, VERIFY_SQL, verify_entry).await?);
     }
     Ok(out)
 }
 
-async fn read_verify(client: &tokio_postgres::Client) -> Result<Vec<ProgressEntry>, String> {
-    let rows = client
-        .query(VERIFY_SQL, &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let (state, differing, finished): (String, i64, bool) = (r.get(2), r.get(4), r.get(5));
-            ProgressEntry {
-                job: r.get(0),
-                table: r.get(1),
-                done: i64::from(finished),
-                total: 1,
-                rows: r.get(3),
-                failed: state == "error" || state == "different",
-                state: if differing > 0 {
-                    format!("{state} ({differing} rows)")
-                } else {
-                    state
-                },
-            }
-        })
-        .collect())
+async fn read_entries(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    entry: fn(&Row) -> ProgressEntry,
+) -> Result<Vec<ProgressEntry>, String> {
+    let rows = client.query(sql, &[]).await.map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(entry).collect())
 }
 
-async fn read_backfill(client: &tokio_postgres::Client) -> Result<Vec<ProgressEntry>, String> {
-    let rows = client
-        .query(BACKFILL_SQL, &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let (done, total, failed, running): (i64, i64, i64, i64) =
-                (r.get(1), r.get(2), r.get(4), r.get(5));
-            ProgressEntry {
-                job: "backfill".into(),
-                table: r.get(0),
-                done,
-                total,
-                rows: r.get(3),
-                state: if failed > 0 {
-                    format!("failed ({failed})")
-                } else if done == total {
-                    "done".into()
-                } else if running > 0 {
-                    "running".into()
-                } else {
-                    "waiting".into()
-                },
-                failed: failed > 0,
-            }
-        })
-        .collect())
+/// A row of `VERIFY_SQL`.
+fn verify_entry(r: &Row) -> ProgressEntry {
+    let (state, differing, finished): (String, i64, bool) = (r.get(2), r.get(4), r.get(5));
+    ProgressEntry {
+        job: r.get(0),
+        table: r.get(1),
+        done: i64::from(finished),
+        total: 1,
+        rows: r.get(3),
+        failed: state == "error" || state == "different",
+        state: if differing > 0 {
+            format!("{state} ({differing} rows)")
+        } else {
+            state
+        },
+    }
+}
+
+/// A row of `BACKFILL_SQL`.
+fn backfill_entry(r: &Row) -> ProgressEntry {
+    let (done, total, failed, running): (i64, i64, i64, i64) =
+        (r.get(1), r.get(2), r.get(4), r.get(5));
+    ProgressEntry {
+        job: "backfill".into(),
+        table: r.get(0),
+        done,
+        total,
+        rows: r.get(3),
+        state: if failed > 0 {
+            format!("failed ({failed})")
+        } else if done == total {
+            "done".into()
+        } else if running > 0 {
+            "running".into()
+        } else {
+            "waiting".into()
+        },
+        failed: failed > 0,
+    }
 }
 
 #[cfg(test)]

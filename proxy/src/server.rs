@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::direction::Direction;
-use switchyard_core::dsn::DsnError;
+use switchyard_core::dsn::{Dsn, DsnError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -181,26 +181,21 @@ pub async fn start(config: ProxyConfig) -> Result<RunningProxy, StartError> {
     } else {
         None
     };
-    let mirror = crate::mirror::Mirror::new(
-        config.mirror.clone(),
-        Direction::OldToNew,
-        old.clone(),
-        new.clone(),
-        instance_id.clone(),
-        config.connect_timeout(),
-        kafka.clone(),
-    );
+    let mirror_for = |direction, primary: &Dsn, secondary: &Dsn, kafka| {
+        crate::mirror::Mirror::new(
+            config.mirror.clone(),
+            direction,
+            primary.clone(),
+            secondary.clone(),
+            instance_id.clone(),
+            config.connect_timeout(),
+            kafka,
+        )
+    };
+    let mirror = mirror_for(Direction::OldToNew, &old, &new, kafka.clone());
     // The same, the other way round, for the cutover's writes-new: set up once writes are
     // about to move (`Follower::prepare`).
-    let mirror_back = crate::mirror::Mirror::new(
-        config.mirror.clone(),
-        Direction::NewToOld,
-        new.clone(),
-        old.clone(),
-        instance_id.clone(),
-        config.connect_timeout(),
-        kafka,
-    );
+    let mirror_back = mirror_for(Direction::NewToOld, &new, &old, kafka);
     if let Some(m) = &mirror {
         crate::mirror::startup::check(m)
             .await

@@ -6,23 +6,8 @@ use sha2::{Digest, Sha256};
 
 const ITERATIONS: u32 = 4096;
 
-pub use crate::config::SecretError;
-use crate::config::{ConfiguredPassword, VerifierParts};
-
-/// The keys SCRAM needs; never the password itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ScramVerifier {
-    pub iterations: u32,
-    pub salt: Vec<u8>,
-    pub stored_key: [u8; 32],
-    pub server_key: [u8; 32],
-}
-
-impl std::fmt::Debug for ScramVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ScramVerifier(***)")
-    }
-}
+use crate::config::ConfiguredPassword;
+pub use crate::config::{ScramVerifier, SecretError};
 
 /// A user's secret in the forms the auth methods need.
 #[derive(Clone)]
@@ -70,22 +55,6 @@ impl ScramVerifier {
             server_key: hmac(&salted, b"Server Key"),
         }
     }
-
-    /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$stored:server` form.
-    pub fn parse(s: &str) -> Result<Self, SecretError> {
-        VerifierParts::parse(s).map(Self::from)
-    }
-}
-
-impl From<VerifierParts> for ScramVerifier {
-    fn from(p: VerifierParts) -> Self {
-        ScramVerifier {
-            iterations: p.iterations,
-            salt: p.salt,
-            stored_key: p.stored_key,
-            server_key: p.server_key,
-        }
-    }
 }
 
 impl Secret {
@@ -94,7 +63,7 @@ impl Secret {
         let plain = match ConfiguredPassword::parse(configured)? {
             ConfiguredPassword::Verifier(v) => {
                 return Ok(Secret {
-                    scram: Some(v.into()),
+                    scram: Some(v),
                     md5: None,
                 })
             }

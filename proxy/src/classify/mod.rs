@@ -167,6 +167,33 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
         }
         NodeEnum::VariableShowStmt(_) => StatementClass::Read,
         NodeEnum::TransactionStmt(_) => StatementClass::Transaction,
+        NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_) => StatementClass::Other,
+        n => match utility(n) {
+            Some(Utility::Session) => StatementClass::Session,
+            Some(Utility::Maintenance) => StatementClass::Other,
+            None => StatementClass::Ddl,
+        },
+    };
+    vec![Classified {
+        class,
+        fingerprint,
+        parsed: true,
+        calls_functions: !calls.is_empty(),
+    }]
+}
+
+/// Statements that change no rows and define nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Utility {
+    /// Session state only: SET, DISCARD, LISTEN/NOTIFY, PREPARE/EXECUTE, cursors, LOCK,
+    /// SET CONSTRAINTS.
+    Session,
+    /// VACUUM, CHECKPOINT, LOAD, CLUSTER, REINDEX.
+    Maintenance,
+}
+
+pub(crate) fn utility(node: &NodeEnum) -> Option<Utility> {
+    match node {
         NodeEnum::VariableSetStmt(_)
         | NodeEnum::DiscardStmt(_)
         | NodeEnum::ListenStmt(_)
@@ -179,22 +206,14 @@ pub fn classify_uncached(sql: &str) -> Vec<Classified> {
         | NodeEnum::FetchStmt(_)
         | NodeEnum::ClosePortalStmt(_)
         | NodeEnum::LockStmt(_)
-        | NodeEnum::ConstraintsSetStmt(_) => StatementClass::Session,
+        | NodeEnum::ConstraintsSetStmt(_) => Some(Utility::Session),
         NodeEnum::VacuumStmt(_)
         | NodeEnum::CheckPointStmt(_)
-        | NodeEnum::DoStmt(_)
-        | NodeEnum::CallStmt(_)
         | NodeEnum::LoadStmt(_)
         | NodeEnum::ClusterStmt(_)
-        | NodeEnum::ReindexStmt(_) => StatementClass::Other,
-        _ => StatementClass::Ddl,
-    };
-    vec![Classified {
-        class,
-        fingerprint,
-        parsed: true,
-        calls_functions: !calls.is_empty(),
-    }]
+        | NodeEnum::ReindexStmt(_) => Some(Utility::Maintenance),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -211,28 +230,32 @@ mod tests {
     #[test]
     fn classes() {
         use StatementClass::*;
-        assert_eq!(class("SELECT * FROM t"), vec![Read]);
-        assert_eq!(class("SELECT * FROM t FOR UPDATE"), vec![Write]);
-        assert_eq!(class("SELECT nextval('s')"), vec![Write]);
-        assert_eq!(class("SELECT set_config('a.b', '1', false)"), vec![Session]);
-        assert_eq!(
-            class("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x"),
-            vec![Write]
-        );
-        assert_eq!(class("INSERT INTO t VALUES (1)"), vec![Write]);
-        assert_eq!(class("SELECT * INTO t2 FROM t"), vec![Ddl]);
-        assert_eq!(class("CREATE TABLE t (id int)"), vec![Ddl]);
-        assert_eq!(class("TRUNCATE t"), vec![Ddl]);
-        assert_eq!(class("COPY t FROM STDIN"), vec![Write]);
-        assert_eq!(class("COPY t TO STDOUT"), vec![Read]);
+        for (sql, want) in [
+            ("SELECT * FROM t", Read),
+            ("SELECT * FROM t FOR UPDATE", Write),
+            ("SELECT nextval('s')", Write),
+            ("SELECT set_config('a.b', '1', false)", Session),
+            (
+                "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
+                Write,
+            ),
+            ("INSERT INTO t VALUES (1)", Write),
+            ("SELECT * INTO t2 FROM t", Ddl),
+            ("CREATE TABLE t (id int)", Ddl),
+            ("TRUNCATE t", Ddl),
+            ("COPY t FROM STDIN", Write),
+            ("COPY t TO STDOUT", Read),
+            ("SET search_path = x", Session),
+            ("VACUUM ANALYZE t", Other),
+            ("REFRESH MATERIALIZED VIEW v", Ddl),
+            ("SELEC oops", Other),
+        ] {
+            assert_eq!(class(sql), vec![want], "{sql}");
+        }
         assert_eq!(
             class("BEGIN; UPDATE t SET a = 1; COMMIT"),
             vec![Transaction, Write, Transaction]
         );
-        assert_eq!(class("SET search_path = x"), vec![Session]);
-        assert_eq!(class("VACUUM ANALYZE t"), vec![Other]);
-        assert_eq!(class("REFRESH MATERIALIZED VIEW v"), vec![Ddl]);
-        assert_eq!(class("SELEC oops"), vec![Other]);
         assert!(class("-- nothing").is_empty());
     }
 

@@ -33,32 +33,25 @@ pub enum DdlPolicy {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
-    #[serde(default = "default_mirror_mode")]
     pub mode: MirrorMode,
-    #[serde(default = "default_ddl")]
     pub ddl: DdlPolicy,
     /// Bound on each statement on the secondary (server-side statement_timeout), in ms; the
     /// most a slow secondary can add to a client's statement.
-    #[serde(default = "default_secondary_statement_timeout")]
     pub secondary_statement_timeout_ms: u64,
     /// lock_timeout on the secondary, in ms.
-    #[serde(default = "default_secondary_lock_timeout")]
     pub secondary_lock_timeout_ms: u64,
     /// Refuse (SQLSTATE 0A000, naming the reason) writes the proxy cannot capture, such as
     /// large objects; when false they run on the old database and are counted and listed
     /// in `/api/status` under `statement_mode`.
-    #[serde(default)]
     pub strict: bool,
     /// How often each instance drains the change log (writes no proxy mirrored in lockstep:
     /// sessions connected straight to the old database, procedures that commit by
     /// themselves), in ms.
-    #[serde(default = "default_log_poll")]
     pub log_poll_ms: u64,
     /// Keys remembered per transaction for re-sync orders; beyond this a table is re-synced
     /// whole, so memory stays bounded for huge transactions.
-    #[serde(default = "default_max_tracked_keys")]
     pub max_tracked_keys: usize,
     /// Write statements a claimed transaction runs before the proxy drains what they
     /// captured behind the next one (otherwise at its commit). Each drain is a statement on
@@ -66,46 +59,22 @@ pub struct MirrorConfig {
     /// the client goes on. 1 drains behind every write; the default lets short transactions
     /// drain once, at their commit, and long ones stream (docs/benchmarks.md, "Drain
     /// timing").
-    #[serde(default = "default_drain_every_writes")]
     pub drain_every_writes: u32,
 }
 
 impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
-            mode: default_mirror_mode(),
-            ddl: default_ddl(),
-            secondary_statement_timeout_ms: default_secondary_statement_timeout(),
-            secondary_lock_timeout_ms: default_secondary_lock_timeout(),
+            mode: MirrorMode::Auto,
+            ddl: DdlPolicy::Mirror,
+            secondary_statement_timeout_ms: 2000,
+            secondary_lock_timeout_ms: 1000,
             strict: false,
-            log_poll_ms: default_log_poll(),
-            max_tracked_keys: default_max_tracked_keys(),
-            drain_every_writes: default_drain_every_writes(),
+            log_poll_ms: 250,
+            max_tracked_keys: 100_000,
+            drain_every_writes: 16,
         }
     }
-}
-
-fn default_drain_every_writes() -> u32 {
-    16
-}
-
-fn default_mirror_mode() -> MirrorMode {
-    MirrorMode::Auto
-}
-fn default_ddl() -> DdlPolicy {
-    DdlPolicy::Mirror
-}
-fn default_secondary_statement_timeout() -> u64 {
-    2000
-}
-fn default_secondary_lock_timeout() -> u64 {
-    1000
-}
-fn default_log_poll() -> u64 {
-    250
-}
-fn default_max_tracked_keys() -> usize {
-    100_000
 }
 
 impl MirrorConfig {

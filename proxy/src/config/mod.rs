@@ -13,7 +13,7 @@ mod users;
 pub use cutover::CutoverConfig;
 pub use mirror::{DdlPolicy, MirrorConfig, MirrorMode};
 pub use shadow::ShadowConfig;
-pub use users::{AuthMethod, ConfiguredPassword, SecretError, UserConfig, VerifierParts};
+pub use users::{AuthMethod, ConfiguredPassword, ScramVerifier, SecretError, UserConfig};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -8,57 +8,43 @@ use std::time::Duration;
 /// Shadow reads: a sampled share of read-only statements run on both databases and compared.
 /// Off while every rate is 0 (the default).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShadowConfig {
     /// Share of eligible reads compared, 0 to 1 (`--shadow-sample-rate`).
-    #[serde(default)]
     pub sample_rate: f64,
     /// Rates for single statement shapes, keyed by fingerprint as 16 hex digits (as shown in
     /// `/api/status`); they replace `sample_rate` for that shape.
-    #[serde(default)]
     pub fingerprint_rates: BTreeMap<String, f64>,
     /// Share of eligible reads run twice on the old database (A/A): the noise floor of each
     /// statement shape when nothing differs but time.
-    #[serde(default)]
     pub baseline_rate: f64,
     /// Comparisons running at once (each holds one connection per side).
-    #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Sampled statements waiting for a free slot; beyond it they are dropped and counted.
-    #[serde(default = "default_queue_size")]
     pub queue_size: usize,
     /// Comparisons started per second at most (0: no limit). The budget that keeps shadow
     /// work from taking the CPU and database time the clients need: beyond it, sampled
     /// statements wait in the queue and then are dropped.
-    #[serde(default = "default_max_per_sec")]
     pub max_comparisons_per_sec: u64,
     /// statement_timeout of each shadow execution, on both sides, in ms.
-    #[serde(default = "default_statement_timeout")]
     pub statement_timeout_ms: u64,
     /// Delay before a mismatch is checked again on both sides, in ms; only a mismatch that
     /// is still there is confirmed.
-    #[serde(default = "default_recheck_delay")]
     pub recheck_delay_ms: u64,
     /// Confirmed mismatches kept for `/api/mismatches` (oldest dropped first).
-    #[serde(default = "default_max_samples")]
     pub max_samples: usize,
     /// Differing rows kept per side in each sample.
-    #[serde(default = "default_sample_rows")]
     pub sample_rows: usize,
     /// Row hashes kept per result to find the differing rows; larger results are still
     /// compared (by running digests) but their differing rows are not listed.
-    #[serde(default = "default_max_tracked_rows")]
     pub max_tracked_rows: usize,
     /// Show values in samples as keyed hashes (true) or as they are (false).
-    #[serde(default = "default_redact")]
     pub redact: bool,
     /// Statement shapes counted separately; beyond it new shapes share one `other` entry.
-    #[serde(default = "default_max_fingerprints")]
     pub max_fingerprints: usize,
     /// Shapes (fingerprints as 16 hex digits) whose text sort is known to differ between
     /// the databases and was judged harmless: their collation differences are counted as
     /// `accepted`, not as confirmed mismatches. Every other difference still confirms.
-    #[serde(default)]
     pub accept_collation: Vec<String>,
 }
 
@@ -68,50 +54,19 @@ impl Default for ShadowConfig {
             sample_rate: 0.0,
             fingerprint_rates: BTreeMap::new(),
             baseline_rate: 0.0,
-            concurrency: default_concurrency(),
-            queue_size: default_queue_size(),
-            max_comparisons_per_sec: default_max_per_sec(),
-            statement_timeout_ms: default_statement_timeout(),
-            recheck_delay_ms: default_recheck_delay(),
-            max_samples: default_max_samples(),
-            sample_rows: default_sample_rows(),
-            max_tracked_rows: default_max_tracked_rows(),
-            redact: default_redact(),
-            max_fingerprints: default_max_fingerprints(),
+            concurrency: 2,
+            queue_size: 128,
+            max_comparisons_per_sec: 200,
+            statement_timeout_ms: 2000,
+            recheck_delay_ms: 500,
+            max_samples: 100,
+            sample_rows: 5,
+            max_tracked_rows: 10_000,
+            redact: true,
+            max_fingerprints: 1000,
             accept_collation: Vec::new(),
         }
     }
-}
-
-fn default_concurrency() -> usize {
-    2
-}
-fn default_queue_size() -> usize {
-    128
-}
-fn default_max_per_sec() -> u64 {
-    200
-}
-fn default_statement_timeout() -> u64 {
-    2000
-}
-fn default_recheck_delay() -> u64 {
-    500
-}
-fn default_max_samples() -> usize {
-    100
-}
-fn default_sample_rows() -> usize {
-    5
-}
-fn default_max_tracked_rows() -> usize {
-    10_000
-}
-fn default_redact() -> bool {
-    true
-}
-fn default_max_fingerprints() -> usize {
-    1000
 }
 
 impl ShadowConfig {

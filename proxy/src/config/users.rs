@@ -37,24 +37,33 @@ pub enum SecretError {
     BadVerifier,
 }
 
-/// PostgreSQL's `SCRAM-SHA-256$iter:salt$stored:server`, decoded.
+/// The keys SCRAM needs, never the password itself: PostgreSQL's
+/// `SCRAM-SHA-256$iter:salt$stored:server`, decoded (`auth` derives them from a plain
+/// password too).
 #[derive(Clone, PartialEq, Eq)]
-pub struct VerifierParts {
+pub struct ScramVerifier {
     pub iterations: u32,
     pub salt: Vec<u8>,
     pub stored_key: [u8; 32],
     pub server_key: [u8; 32],
 }
 
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramVerifier(***)")
+    }
+}
+
 /// What a configured `password` holds.
 pub enum ConfiguredPassword<'a> {
-    Verifier(VerifierParts),
+    Verifier(ScramVerifier),
     /// `md5(password || user)` as 32 lowercase hex digits.
     Md5(String),
     Plain(&'a str),
 }
 
-impl VerifierParts {
+impl ScramVerifier {
+    /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$stored:server` form.
     pub fn parse(s: &str) -> Result<Self, SecretError> {
         let rest = s
             .strip_prefix("SCRAM-SHA-256$")
@@ -68,7 +77,7 @@ impl VerifierParts {
                 .and_then(|v| <[u8; 32]>::try_from(v).ok())
                 .ok_or(SecretError::BadVerifier)
         };
-        Ok(VerifierParts {
+        Ok(ScramVerifier {
             iterations: iter.parse().map_err(|_| SecretError::BadVerifier)?,
             salt: B64.decode(salt).map_err(|_| SecretError::BadVerifier)?,
             stored_key: key(stored)?,
@@ -83,7 +92,7 @@ impl<'a> ConfiguredPassword<'a> {
             return Err(SecretError::Empty);
         }
         if configured.starts_with("SCRAM-SHA-256$") {
-            return VerifierParts::parse(configured).map(ConfiguredPassword::Verifier);
+            return ScramVerifier::parse(configured).map(ConfiguredPassword::Verifier);
         }
         if configured.len() == 35
             && configured.starts_with("md5")

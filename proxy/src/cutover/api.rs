@@ -258,16 +258,16 @@ pub async fn flip(api: &CutoverApi, headers: &HeaderMap, body: FlipBody) -> Resp
         lockstep: api.settings.lockstep,
         kafka: api.settings.kafka.clone(),
     };
-    let timeout = api.settings.connect_timeout;
-    let old = match crate::mirror::control::connect(
-        switchyard_core::db::Db::Old,
-        &api.old,
-        "switchyard-cutover",
-        None,
-        timeout,
-    )
-    .await
-    {
+    let connect = |role, dsn| {
+        crate::mirror::control::connect(
+            role,
+            dsn,
+            "switchyard-cutover",
+            None,
+            api.settings.connect_timeout,
+        )
+    };
+    let old = match connect(switchyard_core::db::Db::Old, &api.old).await {
         Ok(c) => c,
         Err(e) => {
             return (
@@ -277,15 +277,7 @@ pub async fn flip(api: &CutoverApi, headers: &HeaderMap, body: FlipBody) -> Resp
                 .into_response()
         }
     };
-    let new = crate::mirror::control::connect(
-        switchyard_core::db::Db::New,
-        &api.new,
-        "switchyard-cutover",
-        None,
-        timeout,
-    )
-    .await
-    .ok();
+    let new = connect(switchyard_core::db::Db::New, &api.new).await.ok();
     let result = cutover::flip(&old, new.as_ref(), &req).await;
     respond(&req, result)
 }

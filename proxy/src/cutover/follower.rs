@@ -78,12 +78,9 @@ impl Follower {
                 None => return Err(e),
             },
         };
-        ensure_schema(&client).await.map_err(|e| {
-            format!(
-                "creating the cutover control tables: {}",
-                switchyard_core::cutover::pg_error(&e)
-            )
-        })?;
+        ensure_schema(&client)
+            .await
+            .map_err(pg_failure("creating the cutover control tables"))?;
         let seen = self.heartbeat(&client).await?;
         self.live.heartbeat_ok();
         self.adopt(&seen);
@@ -235,12 +232,7 @@ impl Follower {
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(|e| {
-                format!(
-                    "LISTEN on the control database: {}",
-                    switchyard_core::cutover::pg_error(&e)
-                )
-            })?;
+            .map_err(pg_failure("LISTEN on the control database"))?;
         Ok((client, wake))
     }
 
@@ -270,12 +262,7 @@ impl Follower {
                 ],
             )
             .await
-            .map_err(|e| {
-                format!(
-                    "cutover heartbeat: {}",
-                    switchyard_core::cutover::pg_error(&e)
-                )
-            })?;
+            .map_err(pg_failure("cutover heartbeat"))?;
         let phase = |s: Option<String>| s.and_then(|s| s.parse::<Phase>().ok());
         let pct = |p: Option<i32>| p.unwrap_or(0).clamp(0, 100) as u8;
         let proposal = match (phase(row.get(3)), row.get::<_, Option<i64>>(4)) {
@@ -424,4 +411,9 @@ impl Follower {
             live.set_ready(None);
         }
     }
+}
+
+/// Words a failed control-database statement as `what: SQLSTATE: message`.
+fn pg_failure(what: &'static str) -> impl Fn(tokio_postgres::Error) -> String {
+    move |e| format!("{what}: {}", switchyard_core::cutover::pg_error(&e))
 }

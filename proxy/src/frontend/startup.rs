@@ -147,9 +147,16 @@ pub async fn handle_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr
         cancel,
         params,
     };
-    Session::new(shared.clone(), client, buf, backend, peer, place)
-        .run()
-        .await;
+    Session {
+        shared: shared.clone(),
+        client,
+        client_buf: buf,
+        backend,
+        peer,
+        place,
+    }
+    .run()
+    .await;
     metrics::gauge!(CLIENT_CONNECTIONS).decrement(1.0);
     shared
         .counters

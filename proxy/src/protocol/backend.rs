@@ -66,17 +66,17 @@ impl ErrorFields {
     }
 
     fn decode(body: &Bytes, what: &'static str) -> Result<Self, ProtocolError> {
-        let mut r = Reader::new(body, what);
-        let mut fields = Vec::new();
-        loop {
-            let code = r.u8()?;
-            if code == 0 {
-                break;
+        Reader::all(body, what, |r| {
+            let mut fields = Vec::new();
+            loop {
+                let code = r.u8()?;
+                if code == 0 {
+                    break;
+                }
+                fields.push((code, r.cstr()?));
             }
-            fields.push((code, r.cstr()?));
-        }
-        r.finish()?;
-        Ok(ErrorFields { fields })
+            Ok(ErrorFields { fields })
+        })
     }
 
     fn encode_body(&self, w: &mut Writer<'_>) {
@@ -118,10 +118,8 @@ impl BackendMessage {
     pub fn decode(frame: &Frame) -> Result<Self, ProtocolError> {
         let body = frame.body();
         Ok(match frame.tag() {
-            b'R' => {
-                let mut r = Reader::new(&body, "Authentication");
-                let code = r.i32()?;
-                let a = match code {
+            b'R' => BackendMessage::Authentication(Reader::all(&body, "Authentication", |r| {
+                Ok(match r.i32()? {
                     0 => Authentication::Ok,
                     3 => Authentication::CleartextPassword,
                     5 => {
@@ -147,51 +145,40 @@ impl BackendMessage {
                         r.rest();
                         Authentication::Unsupported(other)
                     }
-                };
-                r.finish()?;
-                BackendMessage::Authentication(a)
-            }
-            b'K' => {
-                let mut r = Reader::new(&body, "BackendKeyData");
-                let pid = r.i32()?;
-                let key = r.rest();
-                BackendMessage::BackendKeyData { pid, key }
-            }
-            b'S' => {
-                let mut r = Reader::new(&body, "ParameterStatus");
-                let name = r.cstr()?;
-                let value = r.cstr()?;
-                r.finish()?;
-                BackendMessage::ParameterStatus { name, value }
-            }
-            b'Z' => {
-                let mut r = Reader::new(&body, "ReadyForQuery");
-                let s = r.u8()?;
-                r.finish()?;
-                BackendMessage::ReadyForQuery(s)
-            }
+                })
+            })?),
+            b'K' => Reader::all(&body, "BackendKeyData", |r| {
+                Ok(BackendMessage::BackendKeyData {
+                    pid: r.i32()?,
+                    key: r.rest(),
+                })
+            })?,
+            b'S' => Reader::all(&body, "ParameterStatus", |r| {
+                Ok(BackendMessage::ParameterStatus {
+                    name: r.cstr()?,
+                    value: r.cstr()?,
+                })
+            })?,
+            b'Z' => Reader::all(&body, "ReadyForQuery", |r| {
+                r.u8().map(BackendMessage::ReadyForQuery)
+            })?,
             b'E' => BackendMessage::ErrorResponse(ErrorFields::decode(&body, "ErrorResponse")?),
             b'N' => BackendMessage::NoticeResponse(ErrorFields::decode(&body, "NoticeResponse")?),
-            b'v' => {
-                let mut r = Reader::new(&body, "NegotiateProtocolVersion");
+            b'v' => Reader::all(&body, "NegotiateProtocolVersion", |r| {
                 let newest_minor = r.i32()?;
                 let n = r.i32()?;
                 let mut unrecognized = Vec::new();
                 for _ in 0..n.max(0) {
                     unrecognized.push(r.cstr()?);
                 }
-                r.finish()?;
-                BackendMessage::NegotiateProtocolVersion {
+                Ok(BackendMessage::NegotiateProtocolVersion {
                     newest_minor,
                     unrecognized,
-                }
-            }
-            b'C' => {
-                let mut r = Reader::new(&body, "CommandComplete");
-                let t = r.cstr()?;
-                r.finish()?;
-                BackendMessage::CommandComplete(t)
-            }
+                })
+            })?,
+            b'C' => Reader::all(&body, "CommandComplete", |r| {
+                r.cstr().map(BackendMessage::CommandComplete)
+            })?,
             b'G' => BackendMessage::CopyInResponse(body),
             b'H' => BackendMessage::CopyOutResponse(body),
             b'W' => BackendMessage::CopyBothResponse(body),

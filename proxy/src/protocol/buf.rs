@@ -15,6 +15,18 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0, what }
     }
 
+    /// The whole of `buf`, read by `read`; bytes it leaves are an error.
+    pub(crate) fn all<T>(
+        buf: &'a Bytes,
+        what: &'static str,
+        read: impl FnOnce(&mut Self) -> Result<T, ProtocolError>,
+    ) -> Result<T, ProtocolError> {
+        let mut r = Reader::new(buf, what);
+        let v = read(&mut r)?;
+        r.finish()?;
+        Ok(v)
+    }
+
     fn err(&self, detail: &'static str) -> ProtocolError {
         ProtocolError::malformed(self.what, detail)
     }
@@ -28,27 +40,42 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
-    pub(crate) fn i16(&mut self) -> Result<i16, ProtocolError> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtocolError> {
         let s = self
             .buf
-            .get(self.pos..self.pos + 2)
+            .get(self.pos..self.pos + N)
             .ok_or_else(|| self.err("truncated"))?;
-        self.pos += 2;
-        Ok(i16::from_be_bytes([s[0], s[1]]))
+        self.pos += N;
+        let mut a = [0; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    pub(crate) fn i16(&mut self) -> Result<i16, ProtocolError> {
+        self.array().map(i16::from_be_bytes)
     }
 
     pub(crate) fn i32(&mut self) -> Result<i32, ProtocolError> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.err("truncated"))?;
-        self.pos += 4;
-        Ok(i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        self.array().map(i32::from_be_bytes)
     }
 
     /// A count that must not be negative.
     pub(crate) fn count16(&mut self) -> Result<usize, ProtocolError> {
         usize::try_from(self.i16()?).map_err(|_| self.err("negative count"))
+    }
+
+    /// A list of `count16` items, each read by `item`.
+    pub(crate) fn list16<T>(
+        &mut self,
+        item: impl Fn(&mut Self) -> Result<T, ProtocolError>,
+    ) -> Result<Vec<T>, ProtocolError> {
+        let n = self.count16()?;
+        // The count comes off the wire: reserve no more than a sane message needs up front.
+        let mut out = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
     }
 
     /// A NUL-terminated UTF-8 string.
@@ -151,6 +178,18 @@ impl<'a> Writer<'a> {
                 self.out.put_i32(b.len() as i32);
                 self.out.put_slice(b);
             }
+        }
+        self
+    }
+    /// An i16 count, then each item written by `item`.
+    pub(crate) fn list16<T>(
+        &mut self,
+        items: &[T],
+        item: impl for<'w> Fn(&'w mut Self, &T) -> &'w mut Self,
+    ) -> &mut Self {
+        self.i16(items.len() as i16);
+        for x in items {
+            item(self, x);
         }
         self
     }

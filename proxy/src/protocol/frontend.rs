@@ -102,79 +102,41 @@ impl FrontendMessage {
     pub fn decode(frame: &Frame) -> Result<Self, ProtocolError> {
         let body = frame.body();
         let msg = match frame.tag() {
-            b'Q' => {
-                let mut r = Reader::new(&body, "Query");
-                let q = r.cstr()?;
-                r.finish()?;
-                FrontendMessage::Query(q)
-            }
-            b'P' => {
-                let mut r = Reader::new(&body, "Parse");
-                let name = r.cstr()?;
-                let query = r.cstr()?;
-                let n = r.count16()?;
-                let mut param_types = Vec::with_capacity(n.min(1024));
-                for _ in 0..n {
-                    param_types.push(r.i32()?);
-                }
-                r.finish()?;
-                FrontendMessage::Parse {
-                    name,
-                    query,
-                    param_types,
-                }
-            }
-            b'B' => {
-                let mut r = Reader::new(&body, "Bind");
-                let portal = r.cstr()?;
-                let statement = r.cstr()?;
-                let nf = r.count16()?;
-                let mut param_formats = Vec::with_capacity(nf.min(1024));
-                for _ in 0..nf {
-                    param_formats.push(r.i16()?);
-                }
-                let np = r.count16()?;
-                let mut params = Vec::with_capacity(np.min(1024));
-                for _ in 0..np {
-                    params.push(r.nullable()?);
-                }
-                let nr = r.count16()?;
-                let mut result_formats = Vec::with_capacity(nr.min(1024));
-                for _ in 0..nr {
-                    result_formats.push(r.i16()?);
-                }
-                r.finish()?;
-                FrontendMessage::Bind(Bind {
-                    portal,
-                    statement,
-                    param_formats,
-                    params,
-                    result_formats,
+            b'Q' => Reader::all(&body, "Query", |r| r.cstr().map(FrontendMessage::Query))?,
+            b'P' => Reader::all(&body, "Parse", |r| {
+                Ok(FrontendMessage::Parse {
+                    name: r.cstr()?,
+                    query: r.cstr()?,
+                    param_types: r.list16(Reader::i32)?,
                 })
-            }
+            })?,
+            b'B' => Reader::all(&body, "Bind", |r| {
+                Ok(FrontendMessage::Bind(Bind {
+                    portal: r.cstr()?,
+                    statement: r.cstr()?,
+                    param_formats: r.list16(Reader::i16)?,
+                    params: r.list16(Reader::nullable)?,
+                    result_formats: r.list16(Reader::i16)?,
+                }))
+            })?,
             b'D' | b'C' => {
-                let what = if frame.tag() == b'D' {
-                    "Describe"
-                } else {
-                    "Close"
-                };
-                let mut r = Reader::new(&body, what);
-                let target = Target::decode(r.u8()?, what)?;
-                let name = r.cstr()?;
-                r.finish()?;
-                if frame.tag() == b'D' {
+                let describe = frame.tag() == b'D';
+                let what = if describe { "Describe" } else { "Close" };
+                let (target, name) = Reader::all(&body, what, |r| {
+                    Ok((Target::decode(r.u8()?, what)?, r.cstr()?))
+                })?;
+                if describe {
                     FrontendMessage::Describe { target, name }
                 } else {
                     FrontendMessage::Close { target, name }
                 }
             }
-            b'E' => {
-                let mut r = Reader::new(&body, "Execute");
-                let portal = r.cstr()?;
-                let max_rows = r.i32()?;
-                r.finish()?;
-                FrontendMessage::Execute { portal, max_rows }
-            }
+            b'E' => Reader::all(&body, "Execute", |r| {
+                Ok(FrontendMessage::Execute {
+                    portal: r.cstr()?,
+                    max_rows: r.i32()?,
+                })
+            })?,
             b'S' | b'H' | b'X' | b'c' => {
                 if !body.is_empty() {
                     return Err(ProtocolError::malformed(
@@ -190,34 +152,17 @@ impl FrontendMessage {
                 }
             }
             b'd' => FrontendMessage::CopyData(body),
-            b'f' => {
-                let mut r = Reader::new(&body, "CopyFail");
-                let m = r.cstr()?;
-                r.finish()?;
-                FrontendMessage::CopyFail(m)
-            }
-            b'F' => {
-                let mut r = Reader::new(&body, "FunctionCall");
-                let oid = r.i32()?;
-                let nf = r.count16()?;
-                let mut arg_formats = Vec::with_capacity(nf.min(1024));
-                for _ in 0..nf {
-                    arg_formats.push(r.i16()?);
-                }
-                let na = r.count16()?;
-                let mut args = Vec::with_capacity(na.min(1024));
-                for _ in 0..na {
-                    args.push(r.nullable()?);
-                }
-                let result_format = r.i16()?;
-                r.finish()?;
-                FrontendMessage::FunctionCall(FunctionCall {
-                    oid,
-                    arg_formats,
-                    args,
-                    result_format,
-                })
-            }
+            b'f' => Reader::all(&body, "CopyFail", |r| {
+                r.cstr().map(FrontendMessage::CopyFail)
+            })?,
+            b'F' => Reader::all(&body, "FunctionCall", |r| {
+                Ok(FrontendMessage::FunctionCall(FunctionCall {
+                    oid: r.i32()?,
+                    arg_formats: r.list16(Reader::i16)?,
+                    args: r.list16(Reader::nullable)?,
+                    result_format: r.i16()?,
+                }))
+            })?,
             b'p' => FrontendMessage::Password(body),
             t => return Err(ProtocolError::UnknownFrontendTag(t)),
         };
@@ -237,26 +182,15 @@ impl FrontendMessage {
                 param_types,
             } => {
                 w = Writer::tagged(out, b'P');
-                w.cstr(name).cstr(query).i16(param_types.len() as i16);
-                for t in param_types {
-                    w.i32(*t);
-                }
+                w.cstr(name).cstr(query);
+                w.list16(param_types, |w, t| w.i32(*t));
             }
             FrontendMessage::Bind(b) => {
                 w = Writer::tagged(out, b'B');
                 w.cstr(&b.portal).cstr(&b.statement);
-                w.i16(b.param_formats.len() as i16);
-                for f in &b.param_formats {
-                    w.i16(*f);
-                }
-                w.i16(b.params.len() as i16);
-                for p in &b.params {
-                    w.nullable(p);
-                }
-                w.i16(b.result_formats.len() as i16);
-                for f in &b.result_formats {
-                    w.i16(*f);
-                }
+                w.list16(&b.param_formats, |w, f| w.i16(*f));
+                w.list16(&b.params, |w, p| w.nullable(p));
+                w.list16(&b.result_formats, |w, f| w.i16(*f));
             }
             FrontendMessage::Describe { target, name } => {
                 w = Writer::tagged(out, b'D');
@@ -284,14 +218,9 @@ impl FrontendMessage {
             }
             FrontendMessage::FunctionCall(f) => {
                 w = Writer::tagged(out, b'F');
-                w.i32(f.oid).i16(f.arg_formats.len() as i16);
-                for x in &f.arg_formats {
-                    w.i16(*x);
-                }
-                w.i16(f.args.len() as i16);
-                for a in &f.args {
-                    w.nullable(a);
-                }
+                w.i32(f.oid);
+                w.list16(&f.arg_formats, |w, x| w.i16(*x));
+                w.list16(&f.args, |w, a| w.nullable(a));
                 w.i16(f.result_format);
             }
             FrontendMessage::Password(b) => {

@@ -114,18 +114,13 @@ fn timestamptz(text: &str) -> Option<String> {
     };
     let mut offset_parts = text.get(at + 1..)?.split(':');
     let oh: i64 = offset_parts.next()?.parse().ok()?;
-    let om: i64 = offset_parts
-        .next()
-        .map(str::parse)
-        .transpose()
-        .ok()?
-        .unwrap_or(0);
-    let os: i64 = offset_parts
-        .next()
-        .map(str::parse)
-        .transpose()
-        .ok()?
-        .unwrap_or(0);
+    // Minutes and seconds may be left out; None when one is there but not a number.
+    let mut optional_part = || -> Option<i64> {
+        let part = offset_parts.next().map(str::parse).transpose().ok()?;
+        Some(part.unwrap_or(0))
+    };
+    let om = optional_part()?;
+    let os = optional_part()?;
     if text.ends_with("BC") {
         return None;
     }

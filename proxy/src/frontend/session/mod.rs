@@ -83,35 +83,16 @@ pub(crate) enum End {
 }
 
 pub struct Session {
-    shared: Arc<Shared>,
-    client: ClientStream,
-    client_buf: BytesMut,
-    backend: BackendConn,
-    peer: SocketAddr,
-    place: Place,
+    pub(super) shared: Arc<Shared>,
+    pub(super) client: ClientStream,
+    /// Bytes read from the client past its startup packet.
+    pub(super) client_buf: BytesMut,
+    pub(super) backend: BackendConn,
+    pub(super) peer: SocketAddr,
+    pub(super) place: Place,
 }
 
 impl Session {
-    /// `startup`: the client's startup parameters, as the primary got them (a connection
-    /// to new for routed reads gets them too).
-    pub fn new(
-        shared: Arc<Shared>,
-        client: ClientStream,
-        client_buf: BytesMut,
-        backend: BackendConn,
-        peer: SocketAddr,
-        place: Place,
-    ) -> Self {
-        Session {
-            shared,
-            client,
-            client_buf,
-            backend,
-            peer,
-            place,
-        }
-    }
-
     pub async fn run(self) {
         let Session {
             shared,

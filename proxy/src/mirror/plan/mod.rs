@@ -5,6 +5,7 @@
 //! in a transaction the proxy can hold open until the secondary prepared), whether it is
 //! DDL to mirror as text, or transaction control.
 
+use crate::classify::utility;
 use pg_query::protobuf::TransactionStmtKind;
 use pg_query::NodeEnum;
 use std::sync::Arc;
@@ -174,14 +175,7 @@ fn plan_one(
         | NodeEnum::DeleteStmt(_)
         | NodeEnum::MergeStmt(_) => Plan::Write,
         // SELECT ... INTO TEMP: a temporary table, nothing to migrate.
-        NodeEnum::SelectStmt(s)
-            if s.into_clause
-                .as_ref()
-                .and_then(|i| i.rel.as_ref())
-                .is_some_and(|r| r.relpersistence == "t") =>
-        {
-            Plan::Pass
-        }
+        NodeEnum::SelectStmt(s) if into_temporary(s.into_clause.as_deref()) => Plan::Pass,
         NodeEnum::SelectStmt(s) if s.into_clause.is_some() => Plan::Ddl {
             secondary: without_data(parsed).unwrap_or_else(|| Arc::from(sql)),
             refill: None,
@@ -201,14 +195,7 @@ fn plan_one(
             }
         }
         NodeEnum::CopyStmt(c) if c.is_from => Plan::CopyFrom,
-        NodeEnum::CreateTableAsStmt(c)
-            if c.into
-                .as_ref()
-                .and_then(|i| i.rel.as_ref())
-                .is_some_and(|r| r.relpersistence == "t") =>
-        {
-            Plan::Pass
-        }
+        NodeEnum::CreateTableAsStmt(c) if into_temporary(c.into.as_deref()) => Plan::Pass,
         NodeEnum::CreateTableAsStmt(_) => Plan::Ddl {
             secondary: without_data(parsed).unwrap_or_else(|| Arc::from(sql)),
             refill: None,
@@ -291,25 +278,9 @@ fn plan_one(
         }
         // SQL-level EXECUTE runs a statement prepared earlier, unseen here: it may write.
         NodeEnum::ExecuteStmt(_) => Plan::Write,
-        NodeEnum::VariableSetStmt(_)
-        | NodeEnum::VariableShowStmt(_)
-        | NodeEnum::DiscardStmt(_)
-        | NodeEnum::ListenStmt(_)
-        | NodeEnum::UnlistenStmt(_)
-        | NodeEnum::NotifyStmt(_)
-        | NodeEnum::PrepareStmt(_)
-        | NodeEnum::DeallocateStmt(_)
-        | NodeEnum::DeclareCursorStmt(_)
-        | NodeEnum::FetchStmt(_)
-        | NodeEnum::ClosePortalStmt(_)
-        | NodeEnum::LockStmt(_)
-        | NodeEnum::ConstraintsSetStmt(_)
+        n if utility(n).is_some() => Plan::Pass,
+        NodeEnum::VariableShowStmt(_)
         | NodeEnum::CopyStmt(_)
-        | NodeEnum::VacuumStmt(_)
-        | NodeEnum::CheckPointStmt(_)
-        | NodeEnum::LoadStmt(_)
-        | NodeEnum::ClusterStmt(_)
-        | NodeEnum::ReindexStmt(_)
         | NodeEnum::AlterSystemStmt(_)
         | NodeEnum::CreatedbStmt(_)
         | NodeEnum::DropdbStmt(_) => Plan::Pass,
@@ -318,6 +289,12 @@ fn plan_one(
             refill: None,
         },
     }
+}
+
+/// The target of SELECT ... INTO or CREATE TABLE ... AS is a temporary table.
+fn into_temporary(into: Option<&pg_query::protobuf::IntoClause>) -> bool {
+    into.and_then(|i| i.rel.as_ref())
+        .is_some_and(|r| r.relpersistence == "t")
 }
 
 mod text;
