@@ -17,11 +17,12 @@ use crate::chunk_table::{sql_set, ChunkStatus, FINISHED, PLAN_LOCK};
 use crate::config::BackfillConfig;
 use crate::connect::{connect, Db};
 use crate::plan::TablePlan;
+use crate::session_lock::release_after;
 use anyhow::{Context, Result};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use switchyard_core::ident::quote_ident;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 /// Session advisory lock held while one process rebuilds ("switchyard.rebuild").
 const REBUILD_LOCK: i64 = 0x5357_5245_4255_494c;
@@ -64,7 +65,7 @@ FROM pg_catalog.pg_constraint c
 WHERE c.conrelid = $1::text::regclass AND c.contype = 'p'";
 
 async fn objects_of(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     plan: &TablePlan,
     with_primary_key: bool,
 ) -> Result<Vec<Deferred>> {
@@ -157,10 +158,9 @@ async fn objects_of(
     Ok(out)
 }
 
-/// Drops the deferrable objects of tables that still have chunks to load and saves their
-/// definitions, in one transaction. Tables with saved definitions already (a resumed
-/// run) are left as they are.
-pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
+/// A transaction on new holding the planning lock, so that no other process plans or
+/// defers meanwhile.
+async fn planning_transaction(control: &mut Client) -> Result<Transaction<'_>> {
     let tx = control
         .transaction()
         .await
@@ -168,6 +168,38 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
         .await
         .context("taking the planning lock")?;
+    Ok(tx)
+}
+
+/// Saves the definitions of `plan`'s deferrable objects (its primary key too with
+/// `with_primary_key`) and drops them, in `tx`.
+async fn save_and_drop(
+    tx: &Transaction<'_>,
+    plan: &TablePlan,
+    with_primary_key: bool,
+) -> Result<()> {
+    for d in objects_of(tx, plan, with_primary_key).await? {
+        tx.execute(
+            "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
+             VALUES ($1, $2, $3, $4)",
+            &[&d.table, &d.name, &d.kind, &d.definition],
+        )
+        .await
+        .context("saving an index definition")?;
+        // Foreign keys of other tables pointing at ours keep their unique index (see the
+        // query; bulk mode leaves referenced tables alone), so the drop cannot cascade.
+        tx.batch_execute(&d.drop)
+            .await
+            .with_context(|| format!("dropping {} on new", d.name))?;
+    }
+    Ok(())
+}
+
+/// Drops the deferrable objects of tables that still have chunks to load and saves their
+/// definitions, in one transaction. Tables with saved definitions already (a resumed
+/// run) are left as they are.
+pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
+    let tx = planning_transaction(control).await?;
     for plan in plans {
         let row = tx
             .query_one(
@@ -186,20 +218,7 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
         if !open || saved {
             continue;
         }
-        for d in objects_of(&tx, plan, false).await? {
-            tx.execute(
-                "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
-                 VALUES ($1, $2, $3, $4)",
-                &[&d.table, &d.name, &d.kind, &d.definition],
-            )
-            .await
-            .context("saving an index definition")?;
-            // Foreign keys of other tables pointing at ours keep their unique index (see
-            // the query), so the drop cannot cascade.
-            tx.batch_execute(&d.drop)
-                .await
-                .with_context(|| format!("dropping {} on new", d.name))?;
-        }
+        save_and_drop(&tx, plan, false).await?;
     }
     tx.commit().await.context("committing the deferral")?;
     Ok(())
@@ -212,13 +231,7 @@ pub async fn defer(control: &mut Client, plans: &[TablePlan]) -> Result<()> {
 /// one claimed after the commit sees the table as bulk-loading). Returns the tables put
 /// in bulk mode now; tables in bulk mode already stay so.
 pub async fn defer_bulk(control: &mut Client, plans: &[TablePlan]) -> Result<Vec<String>> {
-    let tx = control
-        .transaction()
-        .await
-        .context("starting a transaction on new")?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK])
-        .await
-        .context("taking the planning lock")?;
+    let tx = planning_transaction(control).await?;
     let mut bulk = Vec::new();
     for plan in plans {
         if plan.key_missing_on_new {
@@ -259,18 +272,7 @@ pub async fn defer_bulk(control: &mut Client, plans: &[TablePlan]) -> Result<Vec
             tracing::info!(table = %plan.name, "Not bulk-loaded: it has rows on new already.");
             continue;
         }
-        for d in objects_of(&tx, plan, true).await? {
-            tx.execute(
-                "INSERT INTO _switchyard.backfill_deferred (table_name, object_name, kind, definition) \
-                 VALUES ($1, $2, $3, $4)",
-                &[&d.table, &d.name, &d.kind, &d.definition],
-            )
-            .await
-            .context("saving an index definition")?;
-            tx.batch_execute(&d.drop)
-                .await
-                .with_context(|| format!("dropping {} on new", d.name))?;
-        }
+        save_and_drop(&tx, plan, true).await?;
         bulk.push(plan.quoted.clone());
     }
     tx.commit().await.context("committing the bulk deferral")?;
@@ -326,13 +328,7 @@ pub async fn rebuild(
         return Ok(Vec::new());
     }
     let result = rebuild_locked(cfg, control, finished).await;
-    let unlock = control
-        .execute("SELECT pg_advisory_unlock($1)", &[&REBUILD_LOCK])
-        .await
-        .context("releasing the rebuild lock");
-    let done = result?;
-    unlock?;
-    Ok(done)
+    release_after(control, REBUILD_LOCK, "rebuild lock", result).await
 }
 
 async fn rebuild_locked(

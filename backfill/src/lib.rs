@@ -30,6 +30,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schema_copy;
+pub mod session_lock;
 pub mod table_pass;
 pub mod table_scan;
 pub mod tasks;

@@ -106,16 +106,7 @@ pub async fn select_tables(
         };
         let key_missing_on_new = new_meta.primary_key.is_empty();
         if old_meta.primary_key.is_empty() {
-            let columns = check_columns(&name, &old_meta, &new_meta)?;
-            keyless.push(TablePlan {
-                key_missing_on_new: false,
-                quoted: old_meta.quoted(),
-                name,
-                old: old_meta,
-                new: new_meta,
-                columns,
-                depends_on: Vec::new(),
-            });
+            keyless.push(planned(name, old_meta, new_meta, false)?);
             continue;
         }
         if key_missing_on_new {
@@ -129,16 +120,7 @@ pub async fn select_tables(
             }
             new_meta.primary_key = key;
         }
-        let columns = check_columns(&name, &old_meta, &new_meta)?;
-        tables.push(TablePlan {
-            key_missing_on_new,
-            quoted: old_meta.quoted(),
-            name,
-            old: old_meta,
-            new: new_meta,
-            columns,
-            depends_on: Vec::new(),
-        });
+        tables.push(planned(name, old_meta, new_meta, key_missing_on_new)?);
     }
     if respect_fks {
         let edges = foreign_keys(new).await?;
@@ -169,6 +151,26 @@ pub async fn select_tables(
 
 /// The writable columns of old, each present on new with the same type and the same
 /// primary key: binary COPY needs exactly matching types.
+/// The plan of table `name`, as on old and on new, once their columns agree; the tables
+/// it references are filled in later.
+fn planned(
+    name: QualifiedName,
+    old: TableMeta,
+    new: TableMeta,
+    key_missing_on_new: bool,
+) -> Result<TablePlan> {
+    let columns = check_columns(&name, &old, &new)?;
+    Ok(TablePlan {
+        key_missing_on_new,
+        quoted: old.quoted(),
+        name,
+        old,
+        new,
+        columns,
+        depends_on: Vec::new(),
+    })
+}
+
 fn check_columns(name: &QualifiedName, old: &TableMeta, new: &TableMeta) -> Result<Vec<String>> {
     let mut columns = Vec::new();
     for c in old.writable_columns() {

@@ -174,48 +174,37 @@ impl Summary {
                 let _ = writeln!(out, "{name}{{table=\"{}\"}} {}", label(&t.table), get(t));
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_backfill_tables_skipped Tables without a primary key."
-        );
-        let _ = writeln!(out, "# TYPE switchyard_backfill_tables_skipped gauge");
-        let _ = writeln!(
-            out,
-            "switchyard_backfill_tables_skipped {}",
-            self.skipped.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_backfill_tables_refused Tables without a primary key refused."
-        );
-        let _ = writeln!(out, "# TYPE switchyard_backfill_tables_refused gauge");
-        let _ = writeln!(
-            out,
-            "switchyard_backfill_tables_refused {}",
-            self.refused.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_backfill_seconds Wall time of this run."
-        );
-        let _ = writeln!(out, "# TYPE switchyard_backfill_seconds gauge");
-        let _ = writeln!(out, "switchyard_backfill_seconds {:.3}", self.seconds);
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_backfill_rows_per_second Rows per second of this run."
-        );
-        let _ = writeln!(out, "# TYPE switchyard_backfill_rows_per_second gauge");
-        let _ = writeln!(
-            out,
-            "switchyard_backfill_rows_per_second {:.1}",
-            self.rows_per_second
-        );
-        let _ = writeln!(
-            out,
-            "# HELP switchyard_backfill_exit_code Exit status of this run."
-        );
-        let _ = writeln!(out, "# TYPE switchyard_backfill_exit_code gauge");
-        let _ = writeln!(out, "switchyard_backfill_exit_code {}", self.exit_code());
+        for (name, help, value) in [
+            (
+                "switchyard_backfill_tables_skipped",
+                "Tables without a primary key.",
+                self.skipped.len().to_string(),
+            ),
+            (
+                "switchyard_backfill_tables_refused",
+                "Tables without a primary key refused.",
+                self.refused.len().to_string(),
+            ),
+            (
+                "switchyard_backfill_seconds",
+                "Wall time of this run.",
+                format!("{:.3}", self.seconds),
+            ),
+            (
+                "switchyard_backfill_rows_per_second",
+                "Rows per second of this run.",
+                format!("{:.1}", self.rows_per_second),
+            ),
+            (
+                "switchyard_backfill_exit_code",
+                "Exit status of this run.",
+                self.exit_code().to_string(),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }

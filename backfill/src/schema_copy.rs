@@ -18,6 +18,7 @@
 //! The tools connect with a libpq conninfo string that has no password; the password goes
 //! in `PGPASSWORD`, so it is neither in the process list nor in their messages.
 
+use crate::session_lock::release_after;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -186,13 +187,7 @@ pub async fn prepare(
         .await
         .context("taking the schema lock on new")?;
     let result = compare_and_restore(&tools, &old, &new).await;
-    let unlock = control
-        .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
-        .await
-        .context("releasing the schema lock on new");
-    let outcome = result?;
-    unlock?;
-    Ok(outcome)
+    release_after(control, SCHEMA_LOCK, "schema lock on new", result).await
 }
 
 /// Only reads: what `prepare` would do (`--dry-run`).
@@ -359,6 +354,16 @@ fn statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// The first lines of up to five of `these` that `others` lacks.
+fn first_lines_missing<'a>(these: &'a [String], others: &[String]) -> Vec<&'a str> {
+    these
+        .iter()
+        .filter(|l| !others.contains(l))
+        .map(|s| first_line(s))
+        .take(5)
+        .collect()
+}
+
 /// Empty new: copy. New with old's schema: nothing to do. Else the refusal, naming a few
 /// lines that differ.
 fn decide(old: &[String], new: &[String]) -> Result<Outcome> {
@@ -368,18 +373,8 @@ fn decide(old: &[String], new: &[String]) -> Result<Outcome> {
     if old == new {
         return Ok(Outcome::AlreadyThere);
     }
-    let only_new: Vec<&str> = new
-        .iter()
-        .filter(|l| !old.contains(l))
-        .map(|s| first_line(s))
-        .take(5)
-        .collect();
-    let only_old: Vec<&str> = old
-        .iter()
-        .filter(|l| !new.contains(l))
-        .map(|s| first_line(s))
-        .take(5)
-        .collect();
+    let only_new = first_lines_missing(new, old);
+    let only_old = first_lines_missing(old, new);
     bail!(
         "--schema copy refuses the new database: it already holds a schema that is not old's \
          (nothing was changed). Use an empty database, or the default --schema existing if \

@@ -24,7 +24,9 @@ pub mod verify_keyless;
 pub mod verify_sequences;
 
 use cli::{Cli, Command, Format, VerifyArgs};
+use config::ReconcilerConfig;
 use std::io::Write;
+use switchyard_core::config_layer::{ConfigError, ConfigErrors};
 use switchyard_core::diff::RowHash;
 use verify::RepairMode;
 
@@ -52,16 +54,19 @@ where
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    switchyard_core::tool::runtime("switchyard-reconciler")
-}
-
-fn load_common<I>(args: &cli::CommonArgs, env: I) -> Option<config::ReconcilerConfig>
-where
-    I: IntoIterator<Item = (String, String)>,
-{
-    match args.load(env) {
-        Ok((cfg, _)) => Some(cfg),
+/// The configuration `loaded`, or `None` once its errors are shown; with `warn`, the
+/// settings it ignored are shown too.
+fn config_of(
+    loaded: Result<(ReconcilerConfig, Vec<ConfigError>), ConfigErrors>,
+    warn: bool,
+) -> Option<ReconcilerConfig> {
+    match loaded {
+        Ok((cfg, warnings)) => {
+            if warn {
+                switchyard_core::tool::warn_ignored(&warnings);
+            }
+            Some(cfg)
+        }
         Err(e) => {
             eprint!("switchyard-reconciler: {e}");
             None
@@ -69,18 +74,36 @@ where
     }
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    switchyard_core::tool::runtime("switchyard-reconciler")
+}
+
+/// The configuration `loaded` (see [`config_of`]), then a runtime; `None` once what went
+/// wrong is shown.
+fn config_and_runtime(
+    loaded: Result<(ReconcilerConfig, Vec<ConfigError>), ConfigErrors>,
+    warn: bool,
+) -> Option<(ReconcilerConfig, tokio::runtime::Runtime)> {
+    let cfg = config_of(loaded, warn)?;
+    Some((cfg, runtime()?))
+}
+
+/// Whether the metrics file at `path` was `written`; shows the error when not.
+fn metrics_written(path: &std::path::Path, written: std::io::Result<()>) -> bool {
+    if let Err(e) = &written {
+        eprintln!(
+            "switchyard-reconciler: writing the metrics file {}: {e}",
+            path.display()
+        );
+    }
+    written.is_ok()
+}
+
 fn run_replay<I>(args: &cli::ReplayArgs, env: I) -> u8
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let cfg = match args.load(env) {
-        Ok((cfg, _)) => cfg,
-        Err(e) => {
-            eprint!("switchyard-reconciler: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    let Some(rt) = runtime() else {
+    let Some((cfg, rt)) = config_and_runtime(args.load(env), false) else {
         return EXIT_ERROR;
     };
     let opts = replay::ReplayOptions {
@@ -100,16 +123,10 @@ where
         };
         // Written whole then renamed, so a scraper never reads half a file.
         let tmp = path.with_extension("tmp");
-        match std::fs::write(&tmp, r.prometheus()).and_then(|()| std::fs::rename(&tmp, path)) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!(
-                    "switchyard-reconciler: writing the metrics file {}: {e}",
-                    path.display()
-                );
-                false
-            }
-        }
+        metrics_written(
+            path,
+            std::fs::write(&tmp, r.prometheus()).and_then(|()| std::fs::rename(&tmp, path)),
+        )
     };
     let result = match cfg.retry_log.backend {
         switchyard_core::retry_kafka::Backend::Kafka => {
@@ -169,7 +186,7 @@ fn run_recover<I>(args: &cli::RecoverArgs, env: I) -> u8
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let (Some(cfg), Some(rt)) = (load_common(&args.common, env), runtime()) else {
+    let (Some(cfg), Some(rt)) = (config_of(args.common.load(env), false), runtime()) else {
         return EXIT_ERROR;
     };
     let min_age = std::time::Duration::from_secs_f64(args.min_age_secs.max(0.0));
@@ -198,17 +215,7 @@ fn run_verify<I>(args: &VerifyArgs, repair: Option<RepairMode>, env: I) -> u8
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let cfg = match args.load(env) {
-        Ok((cfg, warnings)) => {
-            switchyard_core::tool::warn_ignored(&warnings);
-            cfg
-        }
-        Err(e) => {
-            eprint!("switchyard-reconciler: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    let Some(runtime) = runtime() else {
+    let Some((cfg, runtime)) = config_and_runtime(args.load(env), true) else {
         return EXIT_ERROR;
     };
     let human = args.format == Format::Human;
@@ -248,11 +255,7 @@ where
     }
     let code = report.exit_code();
     if let Some(path) = &args.metrics_file {
-        if let Err(e) = std::fs::write(path, report.prometheus()) {
-            eprintln!(
-                "switchyard-reconciler: writing the metrics file {}: {e}",
-                path.display()
-            );
+        if !metrics_written(path, std::fs::write(path, report.prometheus())) {
             return EXIT_ERROR;
         }
     }
