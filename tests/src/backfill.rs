@@ -2,7 +2,7 @@
 //! be killed halfway; the pairs and chunk-table probes its tests share.
 
 use crate::mirror::{on, pair_with};
-use crate::proxy::{Pair, DB};
+use crate::proxy::{Pair, ProxyProcess, DB};
 use crate::PgCluster;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -127,27 +127,38 @@ pub fn primary_keys(c: &PgCluster, table: &str) -> Result<String> {
     )
 }
 
+/// A pair with `schema` on both sides and `rows` (SQL) written on old alone: what a
+/// backfill is to copy.
+pub async fn pair_with_old_rows(schema: &str, rows: &str) -> Result<Pair> {
+    let pair = pair_with(schema).await?;
+    on(&pair.old, rows)?;
+    Ok(pair)
+}
+
+/// [`pair_with_old_rows`], and the real proxy in front of it (for writes that race the
+/// backfill).
+pub async fn old_rows_behind_proxy(schema: &str, rows: &str) -> Result<(Pair, ProxyProcess)> {
+    let pair = pair_with_old_rows(schema, rows).await?;
+    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    Ok((pair, proxy))
+}
+
 /// A pair with `big` (key, a second index, 20,000 rows on old) created on both sides.
 pub async fn big_pair() -> Result<Pair> {
-    let pair = pair_with(
+    pair_with_old_rows(
         "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
          CREATE INDEX big_n ON big (n);",
-    )
-    .await?;
-    on(
-        &pair.old,
         "INSERT INTO big SELECT g, g % 97, repeat('x', 40) FROM generate_series(1, 20000) g",
-    )?;
-    Ok(pair)
+    )
+    .await
 }
 
 /// A pair with table `t (id KEY PRIMARY KEY, v text)` and `rows` rows on old (`v` the
 /// md5 of the key).
 pub async fn md5_pair(key: &str, rows: u32) -> Result<Pair> {
-    let pair = pair_with(&format!("CREATE TABLE t (id {key} PRIMARY KEY, v text)")).await?;
-    on(
-        &pair.old,
+    pair_with_old_rows(
+        &format!("CREATE TABLE t (id {key} PRIMARY KEY, v text)"),
         &format!("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"),
-    )?;
-    Ok(pair)
+    )
+    .await
 }

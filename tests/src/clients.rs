@@ -10,7 +10,6 @@
 //!   `${SWITCHYARD_CACHE:-/root/.cache/switchyard}/node/node_modules`).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -128,10 +127,7 @@ pub async fn run_client(
     what: &str,
     timeout: Duration,
 ) -> Result<ClientOutput> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    crate::process::piped(cmd)
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PYTHONUNBUFFERED", "1")
         .env_remove("PGOPTIONS")
@@ -143,6 +139,15 @@ pub async fn run_client(
         .env_remove("PGPASSWORD");
     let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
     crate::reconciler::wait_tool(child, what, timeout).await
+}
+
+/// [`run_client`], which must exit 0; the error carries both outputs.
+pub async fn run_client_ok(
+    cmd: &mut tokio::process::Command,
+    what: &str,
+    timeout: Duration,
+) -> Result<ClientOutput> {
+    run_client(cmd, what, timeout).await?.success(what)
 }
 
 /// Runs `psql -X -At URL -c SQL` off the async runtime and returns its output (exit status,
@@ -174,15 +179,14 @@ pub async fn psql_value(url: &str, sql: &str) -> Result<String> {
 /// pgbench `ARGS URL` to its end (at most 120 s), which must exit 0 without a failed
 /// transaction; what it printed.
 pub async fn pgbench_clean(url: &str, args: &[&str]) -> Result<String> {
-    let out = run_client(
+    let out = run_client_ok(
         tokio::process::Command::new(pgbench_bin())
             .args(args)
             .arg(url),
-        "pgbench",
+        &format!("pgbench {args:?}"),
         Duration::from_secs(120),
     )
-    .await?
-    .success(&format!("pgbench {args:?}"))?;
+    .await?;
     anyhow::ensure!(
         out.stdout.contains("number of failed transactions: 0"),
         "pgbench saw errors:\n{}",

@@ -118,6 +118,15 @@ pub fn cutover_cli(pair: &Pair, args: &[&str]) -> Result<std::process::Output> {
     })
 }
 
+/// pgbench, run with `-M what`, exited 0 without a failed transaction; else an error with
+/// what it printed.
+pub fn pgbench_without_failures(what: &str, out: std::process::Output) -> Result<()> {
+    crate::reconciler::ToolRun::from(out)
+        .success(&format!("pgbench -M {what}"))?
+        .stdout_has("number of failed transactions: 0 ")?;
+    Ok(())
+}
+
 /// POSTs a flip that must be refused with HTTP `status` and an error containing `error`;
 /// the report.
 pub async fn refused_flip(p: &RunningProxy, body: &str, status: u16, error: &str) -> Result<Value> {

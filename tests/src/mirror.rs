@@ -111,6 +111,20 @@ pub fn eventually(c: &PgCluster, sql: &str, want: &str) -> Result<()> {
     .with_context(|| format!("{sql}: got {got:?}, want {want:?}"))
 }
 
+/// Polls `sql` on `c` until it returns `want`, for up to `timeout`, off the runtime's
+/// threads (what is awaited, a lock taken or a build started, may need them); `what` names
+/// the wait in the error.
+pub fn wait_on(c: &PgCluster, what: &str, timeout: Duration, sql: &str, want: &str) -> Result<()> {
+    let mut got = String::new();
+    tokio::task::block_in_place(|| {
+        poll_until(what, timeout, || {
+            got = on(c, sql)?;
+            Ok((got == want).then_some(()))
+        })
+    })
+    .with_context(|| format!("{sql}: got {got:?}, want {want:?}"))
+}
+
 /// The tables `pgbench -i` makes.
 pub const PGBENCH_TABLES: [&str; 4] = [
     "pgbench_accounts",
@@ -171,6 +185,21 @@ pub async fn crash_at(pair: &Pair, args: &[&str], failpoint: &str, id: i32) -> R
             Ok(proxy.try_wait()?.map(|_| ()))
         })
     })?;
+    Ok(())
+}
+
+/// [`crash_at`] `after-primary-commit` on an empty `t`: old committed the row, new has none
+/// yet (its half is left to recovery or replay).
+pub async fn crash_between_commits(pair: &Pair, args: &[&str]) -> Result<()> {
+    crash_at(pair, args, "after-primary-commit", 1).await?;
+    ensure!(
+        on(&pair.old, "SELECT count(*) FROM t")? == "1",
+        "committed on old"
+    );
+    ensure!(
+        on(&pair.new, "SELECT count(*) FROM t")? == "0",
+        "not yet visible on new"
+    );
     Ok(())
 }
 
@@ -238,6 +267,20 @@ pub fn assert_mirrored(pair: &Pair, tables: &[&str]) -> Result<()> {
 pub fn assert_nothing_queued(pair: &Pair) -> Result<()> {
     let queued = retry_records(pair)?;
     ensure!(queued == 0, "{queued} records in the retry log, want none");
+    Ok(())
+}
+
+/// After pgbench through the proxy (and any replay): nothing queued, the keyed tables
+/// verified equal, and `pgbench_history`, which has no key for verify to compare by,
+/// equal by row count and sum.
+pub async fn assert_pgbench_level(pair: &Pair) -> Result<()> {
+    assert_nothing_queued(pair)?;
+    assert_verified(pair, PGBENCH_KEYED).await?;
+    let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
+    ensure!(
+        hist(&pair.old)? == hist(&pair.new)?,
+        "history (no primary key, mirrored by image) differs"
+    );
     Ok(())
 }
 

@@ -25,6 +25,15 @@ pub fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(stdout)
 }
 
+/// `cmd` set up for a program whose output a test reads: no stdin, stdout and stderr piped,
+/// killed when its handle drops.
+pub fn piped(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+}
+
 /// True when the current effective user is root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

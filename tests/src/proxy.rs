@@ -230,6 +230,25 @@ pub fn run_proxy_to_exit(args: &[&str], env: &[(&str, &str)]) -> Result<(ExitSta
     Ok((out.status, text))
 }
 
+/// Runs each of `statements` on `c` as its own simple Query, in order; the error names the
+/// statement that failed.
+pub async fn batch_each(c: &tokio_postgres::Client, statements: &[&str]) -> Result<()> {
+    for sql in statements {
+        c.batch_execute(sql)
+            .await
+            .with_context(|| sql.to_string())?;
+    }
+    Ok(())
+}
+
+/// Polls (for up to 10 s) until `proxy` holds exactly `n` client sessions.
+pub async fn wait_for_sessions(proxy: &RunningProxy, n: usize, what: &str) -> Result<()> {
+    crate::wait::poll_until_async(what, Duration::from_secs(10), || async {
+        Ok((proxy.active_sessions() == n).then_some(()))
+    })
+    .await
+}
+
 /// Runs `sql` (one simple Query) on `c`, which must fail with the server's SQLSTATE
 /// `state`; that error.
 pub async fn batch_fails(

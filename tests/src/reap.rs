@@ -28,6 +28,30 @@ pub fn forget_owner(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(OWNER_FILE));
 }
 
+/// A new directory `parent/prefix*` (`what`, for the error), once the orphans of dead owners
+/// there are reaped (see [`reap_orphans`]). It outlives its handle: the owner's drop
+/// removes it through [`release_dir`].
+pub fn new_dir(parent: &Path, prefix: &str, stop: impl Fn(&Path), what: &str) -> Result<PathBuf> {
+    reap_orphans(parent, prefix, stop);
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .with_context(|| format!("creating {what}"))?
+        .keep())
+}
+
+/// Done with `dir`: with `SWITCHYARD_KEEP_CLUSTERS` it is kept (and never reaped) and its
+/// place printed, `what` saying what it holds; else it is removed.
+pub fn release_dir(dir: &Path, what: &str) -> std::io::Result<()> {
+    if crate::keep_dirs() {
+        forget_owner(dir);
+        eprintln!("SWITCHYARD_KEEP_CLUSTERS: kept {what} in {}", dir.display());
+        Ok(())
+    } else {
+        std::fs::remove_dir_all(dir)
+    }
+}
+
 fn owner_dead(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
         return false;

@@ -19,6 +19,16 @@ pub struct ToolRun {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for ToolRun {
+    fn from(out: std::process::Output) -> ToolRun {
+        ToolRun {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl ToolRun {
     /// The exit code (None when killed by a signal).
     pub fn code(&self) -> Option<i32> {
@@ -42,6 +52,26 @@ impl ToolRun {
     /// The run itself if it exited with `code`; else an error with both outputs.
     pub fn exits(self, code: i32) -> Result<ToolRun> {
         anyhow::ensure!(self.code() == Some(code), "{}", self.text());
+        Ok(self)
+    }
+
+    /// The run itself if its stdout holds `part`; else an error with both outputs.
+    pub fn stdout_has(self, part: &str) -> Result<ToolRun> {
+        anyhow::ensure!(
+            self.stdout.contains(part),
+            "stdout lacks {part:?}:\n{}",
+            self.text()
+        );
+        Ok(self)
+    }
+
+    /// The run itself if its stderr holds `part`; else an error with both outputs.
+    pub fn stderr_has(self, part: &str) -> Result<ToolRun> {
+        anyhow::ensure!(
+            self.stderr.contains(part),
+            "stderr lacks {part:?}:\n{}",
+            self.text()
+        );
         Ok(self)
     }
 
@@ -74,11 +104,7 @@ pub async fn run_reconciler(args: &[&str], timeout: Duration) -> Result<Reconcil
 /// killed on drop.
 pub fn tool_command(bin: PathBuf, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    crate::process::piped(cmd.args(args));
     for (k, _) in std::env::vars() {
         if k.starts_with("SWITCHYARD_") && k != "SWITCHYARD_LOG" {
             cmd.env_remove(k);
@@ -97,11 +123,7 @@ pub async fn wait_tool(
         .await
         .with_context(|| format!("{what} did not finish within {timeout:?}"))?
         .with_context(|| format!("waiting for {what}"))?;
-    Ok(ToolRun {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    Ok(ToolRun::from(out))
 }
 
 /// `switchyard-reconciler` running in the background (e.g. `replay --follow`), its output

@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use switchyard_proxy::RunningProxy;
-use switchyard_tests::clients::{python_bin, python_script, run_client, ClientOutput};
+use switchyard_tests::clients::{python_bin, python_script, run_client_ok, ClientOutput};
 use switchyard_tests::mirror::{
     assert_all_tables_same, assert_nothing_queued, assert_same_schema, assert_verified,
-    init_tracing, on, user_tables,
+    init_tracing, on, user_tables, wait_on,
 };
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair};
-use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
 use tokio::process::Command;
 
@@ -76,7 +75,7 @@ async fn start(schema: Option<&str>) -> Result<Stack> {
 /// Runs a stack's script to completion; fails unless it exits 0 and prints `done`.
 async fn run_script(cmd: &mut Command, what: &str, done: &str) -> Result<ClientOutput> {
     let started = Instant::now();
-    let out = run_client(cmd, what, SCRIPT_TIMEOUT).await?.success(what)?;
+    let out = run_client_ok(cmd, what, SCRIPT_TIMEOUT).await?;
     ensure!(
         out.stdout.contains(done),
         "{what} did not finish its checks\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -126,13 +125,13 @@ enum Writers {
 async fn check_mirrored(s: &Stack, writers: Writers) -> Result<()> {
     let tables = tokio::task::block_in_place(|| assert_all_tables_same(&s.pair))?;
     tokio::task::block_in_place(|| assert_same_schema(&s.pair))?;
-    let new = &s.pair.new;
-    poll_until_async(
+    wait_on(
+        &s.pair.new,
         "no prepared transaction left on new",
         Duration::from_secs(10),
-        || async move { Ok((count(new, "SELECT count(*) FROM pg_prepared_xacts")? == 0).then_some(())) },
-    )
-    .await?;
+        "SELECT count(*) FROM pg_prepared_xacts",
+        "0",
+    )?;
     assert_nothing_queued(&s.pair)?;
 
     let status = api_status(&s.proxy).await?;

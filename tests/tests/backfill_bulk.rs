@@ -8,9 +8,8 @@ use switchyard_tests::backfill::{
     backfill, backfill_failpoint_command, backfill_with_env, big_pair, chunks_with, md5_pair,
     primary_keys, wait_backfill, BACKFILL_TIMEOUT,
 };
-use switchyard_tests::mirror::{assert_verified, on, pair_with};
+use switchyard_tests::mirror::{assert_verified, on, pair_with, wait_on};
 use switchyard_tests::proxy::{Pair, DB};
-use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
 
 /// `--rebuild-memory-mb`: the sessions that rebuild keys and indexes raise
@@ -73,19 +72,15 @@ const TWO_JOBS: [&str; 6] = [
 
 async fn pass_meets_the_key_rebuild(failpoint: &str) -> Result<()> {
     let pair = big_pair().await?;
-    let run = backfill_with_env(
+    backfill_with_env(
         &pair,
         &[&["--tables", "big"][..], &TWO_JOBS].concat(),
         ("BACKFILL_TEST_FAILPOINT", failpoint),
         Duration::from_secs(60),
     )
     .await?
-    .exits(0)?;
-    ensure!(
-        run.stdout.contains("rebuilt big_pkey"),
-        "the key was rebuilt: {}",
-        run.text()
-    );
+    .exits(0)?
+    .stdout_has("rebuilt big_pkey")?;
     ensure!(
         on(
             &pair.new,
@@ -157,13 +152,13 @@ async fn copied_table_beside_a_gated_build() -> Result<(Pair, Vec<&'static str>,
             .await
     });
     // The probe blocks: off the runtime's threads, which the build's connection needs.
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the gated index build to start",
-            Duration::from_secs(30),
-            || Ok((on(&pair.new, BUILDING)? == "1").then_some(())),
-        )
-    })?;
+    wait_on(
+        &pair.new,
+        "the gated index build to start",
+        Duration::from_secs(30),
+        BUILDING,
+        "1",
+    )?;
     Ok((pair, flags, Gate { keeper, build }))
 }
 
@@ -226,13 +221,13 @@ async fn a_pass_session_held_by_an_index_build_already_holds_its_lock() -> Resul
     let locked = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
                   WHERE l.relation = 't'::regclass AND l.mode = 'AccessShareLock' AND l.granted \
                     AND a.application_name = 'switchyard-backfill'";
-    let held = tokio::task::block_in_place(|| {
-        poll_until(
-            "both pass sessions to hold their lock on the table",
-            Duration::from_secs(4),
-            || Ok((on(&pair.new, locked)? == "2").then_some(())),
-        )
-    });
+    let held = wait_on(
+        &pair.new,
+        "both pass sessions to hold their lock on the table",
+        Duration::from_secs(4),
+        locked,
+        "2",
+    );
     // The test's own request for the table, queued behind the gated build.
     let locker = pair.new.connect(DB).await?;
     let lock = tokio::spawn(async move {

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::backfill::{
-    backfill, spawn_backfill, try_on, wait_backfill, BACKFILL_TIMEOUT,
+    backfill, old_rows_behind_proxy, spawn_backfill, try_on, wait_backfill, BACKFILL_TIMEOUT,
 };
-use switchyard_tests::mirror::{assert_verified, on, pair_with, reconciler};
-use switchyard_tests::proxy::ProxyProcess;
+use switchyard_tests::mirror::{assert_verified, on, reconciler, wait_on};
 use switchyard_tests::wait::{poll_until, poll_until_async};
 
 /// Scenario 26: the real proxy dual-writes updates, deletes and inserts (single
@@ -19,13 +18,12 @@ use switchyard_tests::wait::{poll_until, poll_until_async};
 /// row by row (no zombie rows, no lost updates).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
-    let pair = pair_with("CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, v text)").await?;
     const ROWS: i32 = 12000;
-    on(
-        &pair.old,
+    let (pair, proxy) = old_rows_behind_proxy(
+        "CREATE TABLE acc (id int PRIMARY KEY, n int NOT NULL, v text)",
         &format!("INSERT INTO acc SELECT g, 0, 'old' FROM generate_series(1, {ROWS}) g"),
-    )?;
-    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    )
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -105,13 +103,13 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
         "only {ops_during} writes raced the backfill"
     );
     // Lockstep commits reach new a moment after the client's answer.
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "new's prepared transactions committed",
-            Duration::from_secs(10),
-            || Ok((on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0").then_some(())),
-        )
-    })?;
+    wait_on(
+        &pair.new,
+        "new's prepared transactions committed",
+        Duration::from_secs(10),
+        "SELECT count(*) FROM pg_prepared_xacts",
+        "0",
+    )?;
     let queued = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?;
     if queued != "0" {
         reconciler(&pair, "replay", &[]).await?.exits(0)?;
@@ -133,12 +131,11 @@ async fn live_dual_writes_during_the_backfill_end_equal() -> Result<()> {
 /// was still open, the chunk compared equal and the row stayed on new for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
-    let pair = pair_with("CREATE TABLE z (id int PRIMARY KEY, v text)").await?;
-    on(
-        &pair.old,
+    let (pair, proxy) = old_rows_behind_proxy(
+        "CREATE TABLE z (id int PRIMARY KEY, v text)",
         "INSERT INTO z SELECT g, 'v' FROM generate_series(1, 1000) g",
-    )?;
-    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    )
+    .await?;
     let client = proxy.client().await?;
     client
         .batch_execute("BEGIN; DELETE FROM z WHERE id = 500")
@@ -192,14 +189,13 @@ async fn a_delete_open_across_the_copy_leaves_no_zombie() -> Result<()> {
 /// one. The chunk check removes exactly the zombie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_racing_one_chunk_never_lose_to_the_copy() -> Result<()> {
-    let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, pad text)").await?;
     // Wide rows (20 kB each, 40 MB in all), so the COPY outlasts the socket buffers and
     // stays active on old while the rate limit holds it back.
-    on(
-        &pair.old,
+    let (pair, proxy) = old_rows_behind_proxy(
+        "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, pad text)",
         "INSERT INTO t SELECT g, 'old', repeat(md5(g::text), 640) FROM generate_series(1, 2000) g",
-    )?;
-    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    )
+    .await?;
     let client = proxy.client().await?;
     let child = spawn_backfill(
         &pair,

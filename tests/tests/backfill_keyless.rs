@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_tests::backfill::{
-    backfill, backfill_failpoint_command, backfill_with_env, pair_args, wait_backfill,
-    BACKFILL_TIMEOUT,
+    backfill, backfill_failpoint_command, backfill_with_env, old_rows_behind_proxy, pair_args,
+    pair_with_old_rows, wait_backfill, BACKFILL_TIMEOUT,
 };
-use switchyard_tests::mirror::{eventually, on, pair_with, pgbench_pair, PGBENCH_TABLES};
-use switchyard_tests::proxy::{Pair, ProxyProcess};
-use switchyard_tests::wait::{poll_until, poll_until_async};
+use switchyard_tests::mirror::{
+    assert_nothing_queued, eventually, on, pgbench_pair, wait_on, PGBENCH_TABLES,
+};
+use switchyard_tests::proxy::Pair;
+use switchyard_tests::wait::poll_until_async;
 
 /// Every distinct row of `table` on `c` with how many copies it has: the table as a
 /// multiset, in a stable order.
@@ -67,12 +69,29 @@ const BAG_ROWS: &str =
      INSERT INTO bag VALUES (NULL, NULL, NULL, NULL), (NULL, NULL, NULL, NULL);
      INSERT INTO keyed SELECT g, md5(g::text) FROM generate_series(1, 3000) g;";
 
+/// A pair with [`BAG`] on both sides and [`BAG_ROWS`] on old alone.
+async fn bag_pair() -> Result<Pair> {
+    pair_with_old_rows(BAG, BAG_ROWS).await
+}
+
+/// A backfill run exits 1, bag's line saying it was refused and naming `fix`.
+async fn bag_refused(pair: &Pair, fix: &str) -> Result<()> {
+    let run = backfill(pair, &[]).await?.exits(1)?;
+    ensure!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("public.bag") && l.contains("refused") && l.contains(fix)),
+        "{}",
+        run.text()
+    );
+    Ok(())
+}
+
 /// Duplicates and NULLs arrive as often as on old; the run verifies, reports the table
 /// done with its checksum, and a second run copies nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_nulls_are_copied_and_verified() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
+    let pair = bag_pair().await?;
     let dir = tempfile::tempdir()?;
     let metrics = dir.path().join("metrics.prom");
     let metrics_arg = metrics.to_string_lossy().into_owned();
@@ -163,20 +182,12 @@ async fn pgbench_history_is_copied_with_the_keyed_tables() -> Result<()> {
 /// named, left as it was; the other tables are copied; the run exits 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyless_table_with_rows_on_new_is_refused() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
+    let pair = bag_pair().await?;
     on(
         &pair.new,
         "INSERT INTO bag VALUES (1, 'already here', NULL, NULL)",
     )?;
-    let run = backfill(&pair, &[]).await?.exits(1)?;
-    ensure!(
-        run.stdout.lines().any(|l| l.starts_with("public.bag")
-            && l.contains("refused")
-            && l.contains("TRUNCATE public.bag")),
-        "{}",
-        run.text()
-    );
+    bag_refused(&pair, "TRUNCATE public.bag").await?;
     assert_same_multiset(&pair, "keyed")?;
     ensure!(multiset(&pair.new, "bag")? == "(1,\"already here\",,)|1");
     ensure!(
@@ -196,9 +207,7 @@ async fn a_keyless_table_with_rows_on_new_is_refused() -> Result<()> {
 /// sides end equal, duplicates included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
-    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    let (pair, proxy) = old_rows_behind_proxy(BAG, BAG_ROWS).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -238,14 +247,7 @@ async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
     };
     wait_ops(20).await?;
 
-    let refused = backfill(&pair, &[]).await?.exits(1)?;
-    ensure!(
-        refused.stdout.lines().any(|l| l.starts_with("public.bag")
-            && l.contains("refused")
-            && l.contains("--lock-keyless")),
-        "{}",
-        refused.text()
-    );
+    bag_refused(&pair, "--lock-keyless").await?;
     ensure!(chunk_state(&pair, "bag")? == "pending/0");
     ensure!(
         on(&pair.new, "SELECT count(*) FROM _switchyard.backfill_chunks WHERE table_name = '\"public\".\"keyed\"' AND status <> 'done'")? == "0",
@@ -267,10 +269,8 @@ async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
     ensure!(chunk_state(&pair, "bag")? == "done/1");
     ensure!(during >= 10, "only {during} writes raced the locked run");
     eventually(&pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
-    ensure!(
-        on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
-        "new took every mirrored write"
-    );
+    // New took every mirrored write.
+    assert_nothing_queued(&pair)?;
     drop(proxy);
     assert_same_multiset(&pair, "bag")?;
     assert_same_multiset(&pair, "keyed")
@@ -281,9 +281,7 @@ async fn dual_writes_need_the_lock_and_end_equal_under_it() -> Result<()> {
 /// table goes through; released, the waiting write lands once, on top of the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
-    let proxy = tokio::task::block_in_place(|| ProxyProcess::spawn_for(&pair, &[]))?;
+    let (pair, proxy) = old_rows_behind_proxy(BAG, BAG_ROWS).await?;
     let hold = tempfile::tempdir()?;
     let release = hold.path().join("release");
     let failpoint = format!("hold-keyless-until:{}", release.display());
@@ -294,13 +292,13 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
         .context("starting switchyard-backfill")?;
     let held = "SELECT count(*) FROM pg_locks \
                 WHERE relation = 'bag'::regclass AND mode = 'ShareLock' AND granted";
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the copy to hold bag in SHARE mode",
-            BACKFILL_TIMEOUT,
-            || Ok((on(&pair.old, held)? == "1").then_some(())),
-        )
-    })?;
+    wait_on(
+        &pair.old,
+        "the copy to hold bag in SHARE mode",
+        BACKFILL_TIMEOUT,
+        held,
+        "1",
+    )?;
 
     let writer = proxy.client().await?;
     let insert = tokio::spawn(async move {
@@ -308,20 +306,14 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
             .batch_execute("INSERT INTO bag VALUES (77, 'during the copy', NULL, NULL)")
             .await
     });
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the write to bag to wait for the lock",
-            Duration::from_secs(20),
-            || {
-                let waiting = on(
-                    &pair.old,
-                    "SELECT count(*) FROM pg_locks \
-                 WHERE relation = 'bag'::regclass AND mode = 'RowExclusiveLock' AND NOT granted",
-                )?;
-                Ok((waiting == "1").then_some(()))
-            },
-        )
-    })?;
+    wait_on(
+        &pair.old,
+        "the write to bag to wait for the lock",
+        Duration::from_secs(20),
+        "SELECT count(*) FROM pg_locks \
+         WHERE relation = 'bag'::regclass AND mode = 'RowExclusiveLock' AND NOT granted",
+        "1",
+    )?;
     let other = proxy.client().await?;
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -357,8 +349,7 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
 /// with every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_killed_midway_is_copied_again_without_duplicates() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
+    let pair = bag_pair().await?;
     backfill_with_env(
         &pair,
         &["--tables", "bag"],
@@ -384,8 +375,7 @@ async fn a_copy_killed_midway_is_copied_again_without_duplicates() -> Result<()>
 /// and the run exits 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_does_not_verify_is_failed() -> Result<()> {
-    let pair = pair_with(BAG).await?;
-    on(&pair.old, BAG_ROWS)?;
+    let pair = bag_pair().await?;
     on(
         &pair.new,
         "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS \

@@ -90,33 +90,22 @@ async fn copied_schema_then_backfill_gives_equal_tables_and_a_second_run_resumes
     let bin = pg_bin();
     let copying = ["--schema", "copy", "--pg-bin", &bin, "--chunk-rows", "500"];
     // First only one table: a run stopped before the rest is what the second one resumes.
-    let run = backfill(&pair, &[&copying[..], &["--tables", "customers"]].concat())
+    backfill(&pair, &[&copying[..], &["--tables", "customers"]].concat())
         .await?
         .exits(0)
-        .context("first run")?;
-    ensure!(
-        run.stdout.contains("schema copied from old"),
-        "{}",
-        run.text()
-    );
+        .context("first run")?
+        .stdout_has("schema copied from old")?;
     ensure!(
         on(&pair.new, "SELECT count(*) FROM orders")? == "0",
         "orders is made but not loaded yet"
     );
-    let run = backfill(&pair, &[&copying[..], &["--jobs", "2"]].concat())
+    backfill(&pair, &[&copying[..], &["--jobs", "2"]].concat())
         .await?
         .exits(0)
-        .context("second run")?;
-    ensure!(
-        run.stdout.contains("schema: old's already on new"),
-        "{}",
-        run.text()
-    );
-    ensure!(
-        run.stdout.contains("rebuilt orders_customer"),
-        "the index is built after the load:\n{}",
-        run.text()
-    );
+        .context("second run")?
+        .stdout_has("schema: old's already on new")?
+        // The index is built after the load.
+        .stdout_has("rebuilt orders_customer")?;
     let (old_rows, new_rows) = (on(&pair.old, ROWS)?, on(&pair.new, ROWS)?);
     ensure!(
         old_rows == new_rows,
@@ -229,14 +218,10 @@ async fn a_missing_pg_dump_is_named() -> Result<()> {
 async fn schema_only_makes_the_whole_schema_and_copies_no_row() -> Result<()> {
     let pair = old_with_schema(PgCluster::builder()).await?;
     let bin = pg_bin();
-    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin])
+    backfill(&pair, &["--schema-only", "--pg-bin", &bin])
         .await?
-        .exits(0)?;
-    ensure!(
-        run.stdout.contains("schema copied from old"),
-        "{}",
-        run.text()
-    );
+        .exits(0)?
+        .stdout_has("schema copied from old")?;
     ensure!(
         on(&pair.new, "SELECT count(*) FROM customers")? == "0",
         "no rows"
@@ -246,12 +231,10 @@ async fn schema_only_makes_the_whole_schema_and_copies_no_row() -> Result<()> {
         old_cat == new_cat,
         "indexes and constraints are there for the proxy:\n{old_cat}\n---\n{new_cat}"
     );
-    let run = backfill(&pair, &["--schema-only", "--pg-bin", &bin]).await?;
-    ensure!(
-        run.code() == Some(0) && run.stdout.contains("already on new"),
-        "{}",
-        run.text()
-    );
+    backfill(&pair, &["--schema-only", "--pg-bin", &bin])
+        .await?
+        .exits(0)?
+        .stdout_has("already on new")?;
     backfill(&pair, &["--schema", "copy", "--pg-bin", &bin])
         .await?
         .exits(0)?;

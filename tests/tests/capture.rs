@@ -12,7 +12,7 @@ use switchyard_tests::http::admin_json;
 use switchyard_tests::mirror::{
     assert_mirrored, assert_nothing_queued, assert_same, init_tracing, on, proxied, rows,
 };
-use switchyard_tests::proxy::{batch_fails, connect_proxy, start_proxy, Pair};
+use switchyard_tests::proxy::{batch_each, batch_fails, connect_proxy, start_proxy, Pair};
 use switchyard_tests::wait::poll_until_async;
 use tokio_postgres::error::SqlState;
 
@@ -352,19 +352,16 @@ async fn new_tables_partitions_and_drops() -> Result<()> {
     )
     .await?;
     let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("CREATE TABLE made AS SELECT g AS id, random() AS r, clock_timestamp() AS at FROM generate_series(1, 30) g")
-        .await?;
-    c.batch_execute("SELECT id, r * 2 AS r2 INTO made2 FROM made WHERE id <= 10")
-        .await?;
-    c.batch_execute("INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, random() FROM generate_series(1, 10) g")
-        .await?;
-    c.batch_execute(
-        "INSERT INTO m_eu VALUES (100, 'eu', 1.5); UPDATE m SET region = 'eu' WHERE id = 1",
-    )
-    .await?;
-    c.batch_execute(
-        "BEGIN; CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (1); DROP TABLE gone; \
-         INSERT INTO m VALUES (200, 'us', 2); COMMIT",
+    batch_each(
+        &c,
+        &[
+            "CREATE TABLE made AS SELECT g AS id, random() AS r, clock_timestamp() AS at FROM generate_series(1, 30) g",
+            "SELECT id, r * 2 AS r2 INTO made2 FROM made WHERE id <= 10",
+            "INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, random() FROM generate_series(1, 10) g",
+            "INSERT INTO m_eu VALUES (100, 'eu', 1.5); UPDATE m SET region = 'eu' WHERE id = 1",
+            "BEGIN; CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (1); DROP TABLE gone; \
+             INSERT INTO m VALUES (200, 'us', 2); COMMIT",
+        ],
     )
     .await?;
     assert_same(&s.pair, &["made", "made2", "m", "m_eu", "m_us"])?;

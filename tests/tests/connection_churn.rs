@@ -16,10 +16,8 @@
 use anyhow::{ensure, Context, Result};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::net::SocketAddr;
-use std::time::Duration;
 use switchyard_proxy::config::MirrorMode;
-use switchyard_tests::proxy::{start_proxy, Pair, DB};
-use switchyard_tests::wait::poll_until_async;
+use switchyard_tests::proxy::{start_proxy, wait_for_sessions, Pair, DB};
 use switchyard_tests::wire::{first_error, message, tags, Wire};
 use switchyard_tests::PgCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,12 +63,7 @@ async fn churn(pair: &Pair, mode: MirrorMode, worker_threads: usize) -> Result<(
         .try_collect::<Vec<()>>()
         .await?;
     // Every session ended on the proxy too: none is left holding a slot or a backend.
-    poll_until_async(
-        "every churned session to end on the proxy",
-        Duration::from_secs(10),
-        || async { Ok((proxy.active_sessions() == 0).then_some(())) },
-    )
-    .await?;
+    wait_for_sessions(&proxy, 0, "every churned session to end on the proxy").await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -9,6 +9,7 @@ use switchyard_tests::cutover::{
 };
 use switchyard_tests::mirror::on;
 use switchyard_tests::proxy::{connect_proxy, start_proxy};
+use switchyard_tests::reconciler::ToolRun;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
@@ -102,12 +103,7 @@ async fn done_detaches_old_and_the_flag_lives_on_new() -> Result<()> {
     cc.batch_execute(&format!("INSERT INTO t VALUES ({id}, 'new instance')"))
         .await?;
     // So does the CLI's status.
-    let out = cutover_cli(&pair, &["status"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && text.starts_with("phase done"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = ToolRun::from(cutover_cli(&pair, &["status"])?).success("cutover status")?;
+    ensure!(status.stdout.starts_with("phase done"), "{}", status.text());
     Ok(())
 }

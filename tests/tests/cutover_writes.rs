@@ -8,7 +8,8 @@ use anyhow::{ensure, Result};
 use std::time::Duration;
 use switchyard_proxy::RunningProxy;
 use switchyard_tests::cutover::{
-    admin, config, flip, one, pair_client, phase_of, port_of, refused_flip, wait_active,
+    admin, config, flip, one, pair_client, pgbench_without_failures, phase_of, port_of,
+    refused_flip, wait_active,
 };
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::{assert_same, eventually, init_tracing, on, PGBENCH_TABLES};
@@ -39,13 +40,12 @@ fn pgbench(
     })
 }
 
-fn no_failures(what: &str, out: &std::process::Output) -> Result<()> {
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success() && text.contains("number of failed transactions: 0 "),
-        "pgbench -M {what}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Nothing went to a retry log, on either side (in writes-new old is the secondary and
+/// new keeps the log).
+fn nothing_queued_on_either_side(pair: &switchyard_tests::proxy::Pair) -> Result<()> {
+    for c in [&pair.old, &pair.new] {
+        ensure!(on(c, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    }
     Ok(())
 }
 
@@ -87,7 +87,7 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
         ("extended", extended),
         ("prepared", prepared),
     ] {
-        no_failures(what, &run.await??)?;
+        pgbench_without_failures(what, run.await??)?;
     }
     // New is the primary: a fresh session and the old ones are answered there.
     let c = connect_proxy(&b).await?;
@@ -128,10 +128,7 @@ async fn writes_move_to_new_and_back_under_pgbench_without_client_errors() -> Re
         history.parse::<i64>()? > 100,
         "the load ran: {history} transactions"
     );
-    // Nothing went to a retry log, on either side.
-    for c in [&pair.old, &pair.new] {
-        ensure!(on(c, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
-    }
+    nothing_queued_on_either_side(&pair)?;
     // Back on old, everything still equal.
     let (status, report) = flip(&b, r#"{"to": "shadow"}"#).await?;
     ensure!(status == 200, "{report}");
@@ -297,10 +294,7 @@ async fn writes_new_keeps_old_equal_and_goes_back_without_duplicate_keys() -> Re
     ensure!(
         on(&pair.new, "SELECT count(*) FROM audit WHERE op = 'INSERT'")? == ids.len().to_string()
     );
-    for c in [&pair.old, &pair.new] {
-        ensure!(on(c, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
-    }
-    Ok(())
+    nothing_queued_on_either_side(&pair)
 }
 
 /// In writes-new old is the secondary: while it is down, the writes commit on new and their

@@ -5,9 +5,25 @@
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_tests::browser::{dump_dom, screenshot, wait_for_page};
+use switchyard_tests::cutover::flip;
 use switchyard_tests::mirror::pair_with;
 use switchyard_tests::proxy::{connect_proxy, start_proxy};
 use switchyard_tests::wait::poll_until;
+
+/// A screenshot of the page at `url`, kept as the test's artifact under the target
+/// directory as `name`; it must hold a drawn page (over 10 kB).
+fn keep_screenshot(url: &str, name: &str) -> Result<()> {
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    tokio::task::block_in_place(|| screenshot(url, &shot))?;
+    let size = std::fs::metadata(&shot)?.len();
+    ensure!(
+        size > 10_000,
+        "screenshot {} is only {size} bytes",
+        shot.display()
+    );
+    eprintln!("screenshot: {}", shot.display());
+    Ok(())
+}
 
 /// Text of the element with `id` in a dumped DOM (the page sets values as plain text).
 fn text_of(dom: &str, id: &str) -> Option<String> {
@@ -27,7 +43,8 @@ fn row_of(dom: &str, first_cell: &str) -> Option<String> {
 /// Polls the page at `url` until the row starting with `first_cell` passes `ready`, then
 /// returns it. The summary behind the page is refreshed every few seconds, so an earlier
 /// snapshot may show for a while; if the row never gets there, the error carries the last
-/// row and page seen, which say whether it was stale, missing or wrong.
+/// row and page seen, which say whether it was stale, missing or wrong. Blocks off the
+/// runtime's threads.
 fn wait_for_row(
     url: &str,
     first_cell: &str,
@@ -35,9 +52,11 @@ fn wait_for_row(
     ready: impl Fn(&str) -> bool,
 ) -> Result<String> {
     let mut last_page = String::new();
-    let found = poll_until(what, Duration::from_secs(60), || {
-        last_page = dump_dom(url)?;
-        Ok(row_of(&last_page, first_cell).filter(|row| ready(row)))
+    let found = tokio::task::block_in_place(|| {
+        poll_until(what, Duration::from_secs(60), || {
+            last_page = dump_dom(url)?;
+            Ok(row_of(&last_page, first_cell).filter(|row| ready(row)))
+        })
     });
     found.with_context(|| {
         let row = row_of(&last_page, first_cell);
@@ -95,17 +114,7 @@ async fn dashboard_shows_a_down_secondary_and_queued_rows() -> Result<()> {
     // No credentials on the page (the URLs are shown without passwords).
     ensure!(!dom.contains("password"), "{dom}");
 
-    let shot =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-secondary-down.png");
-    tokio::task::block_in_place(|| screenshot(&url, &shot))?;
-    let size = std::fs::metadata(&shot)?.len();
-    ensure!(
-        size > 10_000,
-        "screenshot {} is only {size} bytes",
-        shot.display()
-    );
-    eprintln!("screenshot: {}", shot.display());
-    Ok(())
+    keep_screenshot(&url, "dashboard-secondary-down.png")
 }
 
 /// The assets are served from the binary with the right types, and the page forbids inline
@@ -166,14 +175,12 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
     let url = format!("http://{admin}/");
     // The proxy refreshes its summary every few seconds: a refresh taken while the last
     // chunks were still being marked shows the row "running" for a while after the run.
-    let row = tokio::task::block_in_place(|| {
-        wait_for_row(
-            &url,
-            "<td>backfill</td>",
-            "the page to show the backfill done",
-            |row| row.contains(">done<"),
-        )
-    })?;
+    let row = wait_for_row(
+        &url,
+        "<td>backfill</td>",
+        "the page to show the backfill done",
+        |row| row.contains(">done<"),
+    )?;
     ensure!(row.contains("big"), "{row}");
     ensure!(
         row.contains(">5<") && row.contains(">5,000<") && row.contains(">done<"),
@@ -186,14 +193,12 @@ async fn dashboard_shows_backfill_progress() -> Result<()> {
         .await?
         .exits(1)?;
     // "different" is written with the run's figures at the table's end: a final state.
-    let row = tokio::task::block_in_place(|| {
-        wait_for_row(
-            &url,
-            "<td>verify</td>",
-            "the page to show the verify run finished",
-            |row| row.contains("different"),
-        )
-    })?;
+    let row = wait_for_row(
+        &url,
+        "<td>verify</td>",
+        "the page to show the verify run finished",
+        |row| row.contains("different"),
+    )?;
     ensure!(
         row.contains("different (1 rows)") && row.contains(">5,000<"),
         "{row}"
@@ -262,15 +267,7 @@ async fn dashboard_shows_an_injected_mismatch() -> Result<()> {
         "{dom}"
     );
 
-    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-mismatch.png");
-    tokio::task::block_in_place(|| screenshot(&url, &shot))?;
-    ensure!(
-        std::fs::metadata(&shot)?.len() > 10_000,
-        "screenshot {}",
-        shot.display()
-    );
-    eprintln!("screenshot: {}", shot.display());
-    Ok(())
+    keep_screenshot(&url, "dashboard-mismatch.png")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,10 +278,8 @@ async fn dashboard_shows_the_cutover_phase_instances_and_timeline() -> Result<()
     config.cutover.poll_ms = 100;
     let proxy = start_proxy(config).await?;
     let admin = proxy.admin_addr().context("admin server")?;
-    let (code, body) = switchyard_tests::http::request(
-        admin,
-        "POST",
-        "/api/cutover",
+    let (code, body) = flip(
+        &proxy,
         r#"{"to": "canary", "percent": 25, "by": "dashboard test"}"#,
     )
     .await?;
@@ -342,10 +337,8 @@ async fn dashboard_plots_the_last_minutes_and_the_phase_timeline() -> Result<()>
         }
         Ok::<_, anyhow::Error>(())
     });
-    let (code, body) = switchyard_tests::http::request(
-        admin,
-        "POST",
-        "/api/cutover",
+    let (code, body) = flip(
+        &proxy,
         r#"{"to": "canary", "percent": 10, "by": "plots test"}"#,
     )
     .await?;

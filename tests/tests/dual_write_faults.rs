@@ -5,9 +5,11 @@
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use switchyard_tests::clients::{pgbench_bin, run_client};
+use switchyard_proxy::RunningProxy;
+use switchyard_tests::clients::{pgbench_bin, run_client_ok};
 use switchyard_tests::mirror::{
-    assert_verified, on, pair_with, pgbench_across_secondary_restart, pgbench_pair, reconciler,
+    assert_nothing_queued, assert_pgbench_level, assert_verified, crash_between_commits, on,
+    pair_with, pgbench_across_secondary_restart, pgbench_pair, reconciler, retry_records,
     PGBENCH_KEYED,
 };
 use switchyard_tests::proxy::{proxy_url, start_proxy, Pair, DB};
@@ -16,6 +18,14 @@ use switchyard_tests::PgCluster;
 
 async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
     switchyard_tests::mirror::crash_at(pair, &[], failpoint, id).await
+}
+
+/// pgbench's tables on both sides and a proxy in front: the pair, the proxy, its URL.
+async fn pgbench_behind_proxy() -> Result<(Pair, RunningProxy, String)> {
+    let pair = pgbench_pair().await?;
+    let proxy = start_proxy(pair.config()).await?;
+    let url = proxy_url(&proxy, PgCluster::USER);
+    Ok((pair, proxy, url))
 }
 
 /// Scenario 9, first half: killed after PREPARE, before the primary COMMIT. The primary
@@ -44,15 +54,7 @@ async fn crash_between_prepare_and_commit_is_rolled_back() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_commit_and_commit_prepared_is_committed() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
-    crash_at(&pair, "after-primary-commit", 1).await?;
-    ensure!(
-        on(&pair.old, "SELECT count(*) FROM t")? == "1",
-        "committed on old"
-    );
-    ensure!(
-        on(&pair.new, "SELECT count(*) FROM t")? == "0",
-        "not yet visible on new"
-    );
+    crash_between_commits(&pair, &[]).await?;
     let run = reconciler(&pair, "recover", &["--min-age-secs", "0"]).await?;
     ensure!(run.stdout.contains("committed 1"), "{}", run.text());
     assert_verified(&pair, "t").await?;
@@ -76,51 +78,36 @@ async fn crash_between_commit_and_commit_prepared_is_committed() -> Result<()> {
 /// no client error, the retry log replays (twice: duplicates are harmless), verify equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_killed_under_pgbench_then_replayed() -> Result<()> {
-    let pair = pgbench_pair().await?;
-    let proxy = start_proxy(pair.config()).await?;
-    let url = proxy_url(&proxy, PgCluster::USER);
+    let (pair, proxy, url) = pgbench_behind_proxy().await?;
     pgbench_across_secondary_restart(&pair, &url).await?;
     drop(proxy);
-    let queued: i64 = on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?;
-    ensure!(queued > 0, "the outage should have queued records");
+    ensure!(
+        retry_records(&pair)? > 0,
+        "the outage should have queued records"
+    );
     // In-doubt transactions from the moment of the kill are resolved first.
     reconciler(&pair, "recover", &["--min-age-secs", "0"])
         .await?
         .exits(0)?;
-    let run = reconciler(&pair, "replay", &[]).await?;
-    ensure!(run.code() == Some(0), "replay:\n{}", run.text());
-    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
-    assert_verified(&pair, PGBENCH_KEYED).await?;
-    Ok(())
+    reconciler(&pair, "replay", &[]).await?.exits(0)?;
+    assert_nothing_queued(&pair)?;
+    assert_verified(&pair, PGBENCH_KEYED).await
 }
 
 /// Scenario 14 with mirroring: pgbench tpcb-like in every query mode through the proxy
 /// leaves the two databases equal with nothing queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_modes_mirror_exactly() -> Result<()> {
-    let pair = pgbench_pair().await?;
-    let proxy = start_proxy(pair.config()).await?;
-    let url = proxy_url(&proxy, PgCluster::USER);
+    let (pair, _proxy, url) = pgbench_behind_proxy().await?;
     for mode in ["simple", "extended", "prepared"] {
-        run_client(
+        run_client_ok(
             tokio::process::Command::new(pgbench_bin())
                 .args(["-c", "4", "-t", "50", "-n", "-M", mode])
                 .arg(&url),
-            "pgbench",
+            &format!("pgbench -M {mode}"),
             Duration::from_secs(120),
         )
-        .await?
-        .success(&format!("pgbench -M {mode}"))?;
+        .await?;
     }
-    ensure!(
-        on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0",
-        "nothing queued"
-    );
-    assert_verified(&pair, PGBENCH_KEYED).await?;
-    let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
-    ensure!(
-        hist(&pair.old)? == hist(&pair.new)?,
-        "history (no primary key, mirrored by image) differs"
-    );
-    Ok(())
+    assert_pgbench_level(&pair).await
 }

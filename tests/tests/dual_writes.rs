@@ -6,8 +6,10 @@
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_proxy::RunningProxy;
-use switchyard_tests::mirror::{eventually, on, proxied, same_rows};
-use switchyard_tests::proxy::{connect_proxy, Pair, DB};
+use switchyard_tests::mirror::{
+    assert_nothing_queued, eventually, on, proxied, retry_records, same_rows,
+};
+use switchyard_tests::proxy::{batch_each, connect_proxy, Pair, DB};
 use switchyard_tests::PgCluster;
 
 #[path = "dual_writes/ddl.rs"]
@@ -42,10 +44,6 @@ async fn api_status(proxy: &RunningProxy) -> Result<(serde_json::Value, String)>
         switchyard_tests::http::get(proxy.admin_addr().context("admin")?, "/api/status").await?;
     ensure!(code == 200, "status {code}");
     Ok((serde_json::from_str(&body)?, body))
-}
-
-fn retry_log_count(pair: &Pair) -> Result<i64> {
-    Ok(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")?.parse()?)
 }
 
 const VOLATILE: &str = "
@@ -91,7 +89,7 @@ async fn volatile_values_are_mirrored_as_row_images() -> Result<()> {
         rows.lines().count() == 52 - 52 / 7,
         "unexpected row count:\n{rows}"
     );
-    ensure!(retry_log_count(&s.pair)? == 0, "nothing should be queued");
+    assert_nothing_queued(&s.pair)?;
     eventually(&s.pair.new, "SELECT count(*) FROM pg_prepared_xacts", "0")?;
     Ok(())
 }
@@ -125,8 +123,7 @@ async fn multi_row_statements_and_upserts() -> Result<()> {
     c.batch_execute("UPDATE kv SET k = k + 1000 WHERE k <= 3")
         .await?;
     same_rows(&s.pair, "kv")?;
-    ensure!(retry_log_count(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// Scenario 3: the client sees exactly its own RETURNING columns, in both protocols, and
@@ -256,20 +253,23 @@ async fn writes_the_statement_does_not_show_are_mirrored() -> Result<()> {
          CREATE PROCEDURE put(i int) LANGUAGE sql AS $$ INSERT INTO t VALUES (i, 'call') $$;",
     )?;
     let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 'seen')").await?;
-    c.batch_execute("SELECT sneaky(2)").await?;
-    c.batch_execute("DO $$ BEGIN INSERT INTO t VALUES (3, 'do'); END $$")
-        .await?;
-    c.batch_execute("CALL put(4)").await?;
-    c.batch_execute("PREPARE ins(int) AS INSERT INTO t VALUES ($1, 'exec'); EXECUTE ins(5)")
-        .await?;
+    batch_each(
+        &c,
+        &[
+            "INSERT INTO t VALUES (1, 'seen')",
+            "SELECT sneaky(2)",
+            "DO $$ BEGIN INSERT INTO t VALUES (3, 'do'); END $$",
+            "CALL put(4)",
+            "PREPARE ins(int) AS INSERT INTO t VALUES ($1, 'exec'); EXECUTE ins(5)",
+        ],
+    )
+    .await?;
     c.execute("CALL put($1)", &[&6i32]).await?;
     same_rows(&s.pair, "t")?;
     same_rows(&s.pair, "audit")?;
     let run = verify_json(&s.pair, "t,audit").await?;
     ensure!(run.code() == Some(0), "verify:\n{}", run.text());
-    ensure!(retry_log_count(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// COPY FROM STDIN through psql (text, csv, a bad row mid-stream, inside a transaction):
@@ -310,8 +310,7 @@ async fn copy_from_stdin_is_mirrored() -> Result<()> {
     let rows = same_rows(&s.pair, "c")?;
     ensure!(rows.lines().count() == 5, "ids 1, 2, 3, 4, 6:\n{rows}");
     ensure!(rows.contains("six!") && !rows.contains("five"), "{rows}");
-    ensure!(retry_log_count(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }
 
 /// A session with `standard_conforming_strings = off` (legacy applications): a backslash
@@ -328,14 +327,16 @@ async fn backslash_escapes_with_standard_conforming_strings_off() -> Result<()> 
          SET standard_conforming_strings = off",
     )
     .await?;
-    c.batch_execute("UPDATE e SET v = 'it\\'s' WHERE id = 1")
-        .await?;
-    c.batch_execute("INSERT INTO e VALUES (4, 'back\\\\slash\\n')")
-        .await?;
-    c.batch_execute("INSERT INTO e VALUES (5, N'n\\'ch')")
-        .await?;
-    c.batch_execute("SELECT 'x\\'; DELETE FROM e WHERE id = 2; --'")
-        .await?;
+    batch_each(
+        &c,
+        &[
+            "UPDATE e SET v = 'it\\'s' WHERE id = 1",
+            "INSERT INTO e VALUES (4, 'back\\\\slash\\n')",
+            "INSERT INTO e VALUES (5, N'n\\'ch')",
+            "SELECT 'x\\'; DELETE FROM e WHERE id = 2; --'",
+        ],
+    )
+    .await?;
     // Extended protocol: the text of Parse is read the same way.
     c.execute("UPDATE e SET v = 'a\\'b' WHERE id = $1", &[&3i32])
         .await?;
@@ -351,6 +352,5 @@ async fn backslash_escapes_with_standard_conforming_strings_off() -> Result<()> 
         .await?;
     let now = same_rows(&s.pair, "e")?;
     ensure!(now.contains("(2,\"plain\\\\\")"), "{now:?}");
-    ensure!(retry_log_count(&s.pair)? == 0);
-    Ok(())
+    assert_nothing_queued(&s.pair)
 }

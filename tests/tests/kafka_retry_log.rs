@@ -17,7 +17,7 @@ use switchyard_tests::mirror::{
     assert_verified, on, pair_with, pgbench_pair, reconciler, PGBENCH_KEYED,
 };
 use switchyard_tests::proxy::{proxy_url, run_proxy_to_exit, start_proxy, Pair, DB};
-use switchyard_tests::wait::poll_until_async;
+use switchyard_tests::wait::{poll_until, poll_until_async};
 use switchyard_tests::{Broker, PgCluster};
 
 #[path = "kafka_retry_log/cutover.rs"]
@@ -101,6 +101,24 @@ async fn replay_kafka(
     let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     reconciler(pair, "replay", &args).await
+}
+
+/// Polls the file a reconciler writes its metrics to (`--metrics-file`) until its text
+/// satisfies `holds`.
+fn wait_for_metrics(
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    holds: impl Fn(&str) -> bool,
+) -> Result<()> {
+    tokio::task::block_in_place(|| {
+        poll_until(what, timeout, || {
+            Ok(std::fs::read_to_string(path)
+                .ok()
+                .filter(|t| holds(t))
+                .map(|_| ()))
+        })
+    })
 }
 
 fn count(c: &PgCluster, sql: &str) -> Result<i64> {

@@ -12,8 +12,9 @@ use switchyard_proxy::ProxyConfig;
 use switchyard_tests::clients::pgbench_clean;
 use switchyard_tests::http::get;
 use switchyard_tests::mirror::{
-    assert_same, assert_verified, eventually, on, pgbench_across_secondary_restart,
-    pgbench_pair_without_prepare, reconciler, PGBENCH_KEYED, PGBENCH_TABLES,
+    assert_nothing_queued, assert_pgbench_level, assert_same, assert_verified,
+    crash_between_commits, eventually, on, pgbench_across_secondary_restart,
+    pgbench_pair_without_prepare, reconciler, PGBENCH_TABLES,
 };
 use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair};
 use switchyard_tests::wait::poll_until;
@@ -105,7 +106,7 @@ async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> 
     );
     // Every intent was cleared behind the commits; nothing was queued or prepared.
     eventually(&pair.old, "SELECT count(*) FROM _switchyard.intents", "0")?;
-    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
+    assert_nothing_queued(&pair)?;
     ensure!(on(&pair.new, "SELECT count(*) FROM pg_prepared_xacts")? == "0");
     let admin = proxy.admin_addr().context("admin")?;
     let status: serde_json::Value = serde_json::from_str(&get(admin, "/api/status").await?.1)?;
@@ -125,8 +126,10 @@ async fn lockstep_mirrors_pgbench_and_an_app_without_prepared_transactions() -> 
     Ok(())
 }
 
+const LOCKSTEP_ARGS: &[&str] = &["--mirror-mode", "lockstep"];
+
 async fn crash_at(pair: &Pair, failpoint: &str, id: i32) -> Result<()> {
-    switchyard_tests::mirror::crash_at(pair, &["--mirror-mode", "lockstep"], failpoint, id).await
+    switchyard_tests::mirror::crash_at(pair, LOCKSTEP_ARGS, failpoint, id).await
 }
 
 /// Polls until recovery moved every intent on old into its retry log (`queued` records).
@@ -150,15 +153,7 @@ fn intents_queued(pair: &Pair, queued: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_killed_between_the_two_commits_is_finished_from_the_intent() -> Result<()> {
     let pair = pair_with("CREATE TABLE t (id int PRIMARY KEY, v text)").await?;
-    crash_at(&pair, "after-primary-commit", 1).await?;
-    ensure!(
-        on(&pair.old, "SELECT count(*) FROM t")? == "1",
-        "committed on old"
-    );
-    ensure!(
-        on(&pair.new, "SELECT count(*) FROM t")? == "0",
-        "not on new"
-    );
+    crash_between_commits(&pair, LOCKSTEP_ARGS).await?;
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "1");
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
@@ -237,12 +232,8 @@ async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Resu
     drop(proxy);
     let run = reconciler(&pair, "replay", &[]).await?;
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
-    ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.retry_log")? == "0");
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
-    assert_verified(&pair, PGBENCH_KEYED).await?;
-    let hist = |c: &PgCluster| on(c, "SELECT count(*), sum(delta) FROM pgbench_history");
-    ensure!(hist(&pair.old)? == hist(&pair.new)?, "history differs");
-    Ok(())
+    assert_pgbench_level(&pair).await
 }
 
 /// The cutover's write phase in lockstep mode, neither database able to prepare: pgbench

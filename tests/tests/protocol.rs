@@ -2,10 +2,9 @@
 //! raw messages no driver sends (FunctionCall, 3.2 startup, malformed input).
 
 use bytes::BytesMut;
-use std::time::Duration;
 use switchyard_proxy::protocol::backend::BackendMessage;
 use switchyard_tests::mirror::{proxied, Proxied};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, Pair, DB};
+use switchyard_tests::proxy::{connect_proxy, start_proxy, wait_for_sessions, Pair, DB};
 use switchyard_tests::wire::{first_error, message, tags, Wire};
 use switchyard_tests::PgCluster;
 
@@ -272,12 +271,7 @@ async fn malformed_input_is_refused_and_others_keep_working() -> anyhow::Result<
         1
     );
     // The abandoned sessions are cleaned up.
-    switchyard_tests::wait::poll_until_async(
-        "abandoned sessions to close",
-        Duration::from_secs(10),
-        || async { Ok((proxy.active_sessions() == 2).then_some(())) },
-    )
-    .await?;
+    wait_for_sessions(&proxy, 2, "abandoned sessions to close").await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -10,7 +10,7 @@
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
-use switchyard_core::retry::{embedded_insert_sql, Origin, RecordKind, RetryRecord};
+use switchyard_core::retry::{embedded_insert_sql, Origin, RetryRecord};
 use switchyard_tests::mirror::{
     assert_verified, current_xid, on, open_transaction, pair_with, reconciler, rows,
 };
@@ -163,19 +163,8 @@ fn reverse_record(xid: &str, table: &str, id: i32) -> RetryRecord {
 }
 
 fn statement_record(xid: &str, sql: &str) -> RetryRecord {
-    let origin = Origin {
-        ordinal: 1,
-        ..Origin::new(Direction::NewToOld, "test", Some(xid.to_string()))
-    };
-    RetryRecord {
-        idempotency_key: RetryRecord::make_key(&origin, RecordKind::Statement, "", sql),
-        kind: RecordKind::Statement,
-        table_name: None,
-        key: None,
-        statement: Some(sql.to_string()),
-        origin,
-        reason: "the old database did not take it".into(),
-    }
+    let origin = Origin::new(Direction::NewToOld, "test", Some(xid.to_string()));
+    RetryRecord::statement(&origin, 1, sql, "the old database did not take it".into())
 }
 
 /// Capture and the retry log on new, as the proxy sets them up when new becomes the

@@ -12,7 +12,7 @@ use super::binary::tansu_bin;
 use crate::logs;
 use crate::ports::{accepts_connections, try_free_port};
 use crate::process::send_signal;
-use crate::reap::{forget_owner, reap_orphans, write_owner};
+use crate::reap::{new_dir, release_dir, write_owner};
 use crate::wait::poll_until;
 
 const PORT_ATTEMPTS: usize = 3;
@@ -53,13 +53,12 @@ impl Broker {
     /// Starts a broker on a free port and waits until it answers a metadata request.
     pub fn start() -> Result<Broker> {
         let bin = tansu_bin()?;
-        let parent = std::env::temp_dir();
-        reap_orphans(&parent, DIR_PREFIX, kill_orphan);
-        let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .tempdir_in(&parent)
-            .context("creating the broker's temporary directory")?
-            .keep();
+        let dir = new_dir(
+            &std::env::temp_dir(),
+            DIR_PREFIX,
+            kill_orphan,
+            "the broker's temporary directory",
+        )?;
         let mut broker = Broker {
             bin,
             log: dir.join("tansu.log"),
@@ -271,15 +270,6 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.kill();
-        if crate::keep_dirs() {
-            forget_owner(&self.dir);
-            eprintln!(
-                "SWITCHYARD_KEEP_CLUSTERS: kept broker log (port {}) in {}",
-                self.port,
-                self.dir.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let _ = release_dir(&self.dir, &format!("broker log (port {})", self.port));
     }
 }

@@ -11,7 +11,7 @@ use super::config::{self, Auth};
 use super::template::template_dir;
 use crate::ports::try_free_port;
 use crate::process::run_checked;
-use crate::reap::{forget_owner, reap_orphans, write_owner};
+use crate::reap::{new_dir, release_dir, write_owner};
 
 /// How often [`PgCluster::create`] picks a new port when the chosen one turned out taken.
 const PORT_ATTEMPTS: usize = 3;
@@ -82,13 +82,12 @@ impl PgCluster {
 
     pub(super) fn create(opts: PgClusterBuilder) -> Result<PgCluster> {
         let template = template_dir()?;
-        let parent = clusters_parent_dir();
-        reap_orphans(&parent, DIR_PREFIX, stop_orphan);
-        let root = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .tempdir_in(&parent)
-            .context("creating the cluster's temporary directory")?
-            .keep();
+        let root = new_dir(
+            &clusters_parent_dir(),
+            DIR_PREFIX,
+            stop_orphan,
+            "the cluster's temporary directory",
+        )?;
         let mut settings = vec![
             ("listen_addresses".to_string(), "127.0.0.1".to_string()),
             (
@@ -253,14 +252,8 @@ impl Drop for PgCluster {
         if self.is_running() && self.stop_immediate().is_err() {
             let _ = self.kill();
         }
-        if crate::keep_dirs() {
-            forget_owner(&self.root);
-            eprintln!(
-                "SWITCHYARD_KEEP_CLUSTERS: kept PostgreSQL cluster (port {}) in {}",
-                self.port,
-                self.root.display()
-            );
-        } else if let Err(err) = std::fs::remove_dir_all(&self.root) {
+        let what = format!("PostgreSQL cluster (port {})", self.port);
+        if let Err(err) = release_dir(&self.root, &what) {
             if err.kind() != std::io::ErrorKind::NotFound {
                 eprintln!("could not remove {}: {err}", self.root.display());
             }

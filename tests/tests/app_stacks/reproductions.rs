@@ -9,7 +9,6 @@ use switchyard_tests::mirror::{
     retry_records,
 };
 use switchyard_tests::proxy::{batch_fails, connect_proxy, proxy_url, start_proxy, Pair};
-use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
 use tokio_postgres::error::SqlState;
 
@@ -82,13 +81,13 @@ async fn temp_table_as_select_leaves_the_change_log_working() -> Result<()> {
         .await?;
     drop(c);
     on(&s.pair.old, "INSERT INTO t VALUES (1, 'straight on old')")?;
-    let new = &s.pair.new;
-    poll_until_async(
+    wait_on(
+        &s.pair.new,
         "the write made straight on old to reach new",
         Duration::from_secs(20),
-        || async move { Ok((count(new, "SELECT count(*) FROM t")? == 2).then_some(())) },
-    )
-    .await?;
+        "SELECT count(*) FROM t",
+        "2",
+    )?;
     check_mirrored(&s, Writers::AlsoDirect).await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::*;
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
-use switchyard_tests::clients::{pgbench_bin, run_client, ClientOutput};
+use switchyard_tests::clients::{pgbench_bin, run_client_ok, ClientOutput};
 use tokio::process::Command;
 
 /// The value after `label` on its own line of pgbench's report, e.g.
@@ -16,13 +16,12 @@ fn report_value<'a>(report: &'a str, label: &str) -> Option<&'a str> {
 }
 
 async fn pgbench(url: &str, args: &[&str], what: &str) -> Result<ClientOutput> {
-    run_client(
+    run_client_ok(
         Command::new(pgbench_bin()).args(args).arg(url),
         what,
         Duration::from_secs(300),
     )
-    .await?
-    .success(what)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use super::*;
 use anyhow::{ensure, Result};
 use std::path::Path;
 use std::time::Duration;
-use switchyard_tests::clients::{python_bin, python_script, run_client, ClientOutput};
+use switchyard_tests::clients::{python_bin, python_script, run_client_ok, ClientOutput};
 use tokio::process::Command;
 
 /// Runs a driver script from `tests/python/` with `python` against `url`; fails unless it
@@ -12,13 +12,12 @@ use tokio::process::Command;
 async fn run_python(python: &Path, script: &str, url: &str) -> Result<ClientOutput> {
     let path = python_script(script);
     ensure!(path.is_file(), "{} is missing", path.display());
-    run_client(
+    run_client_ok(
         Command::new(python).arg(&path).arg(url),
         script,
         Duration::from_secs(180),
     )
-    .await?
-    .success(script)
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

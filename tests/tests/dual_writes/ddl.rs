@@ -4,7 +4,7 @@
 use super::*;
 use anyhow::{ensure, Context, Result};
 use switchyard_tests::mirror::{init_tracing, on, proxied, same_rows};
-use switchyard_tests::proxy::{batch_fails, connect_proxy, start_proxy, Pair};
+use switchyard_tests::proxy::{batch_each, batch_fails, connect_proxy, start_proxy, Pair};
 use tokio_postgres::error::SqlState;
 
 /// DDL is mirrored as text in the same lockstep transaction, and the catalog cache follows.
@@ -12,21 +12,30 @@ use tokio_postgres::error::SqlState;
 async fn ddl_is_mirrored_and_counted() -> Result<()> {
     let s = proxied("SELECT 1").await?;
     let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("CREATE TABLE d (id int PRIMARY KEY, a text)")
-        .await?;
-    c.batch_execute("INSERT INTO d VALUES (1, 'x')").await?;
-    c.batch_execute("ALTER TABLE d ADD COLUMN b int DEFAULT 7")
-        .await?;
-    c.batch_execute("INSERT INTO d VALUES (2, 'y', 8)").await?;
-    c.batch_execute("TRUNCATE d").await?;
-    c.batch_execute("INSERT INTO d VALUES (3, 'z', 9)").await?;
+    batch_each(
+        &c,
+        &[
+            "CREATE TABLE d (id int PRIMARY KEY, a text)",
+            "INSERT INTO d VALUES (1, 'x')",
+            "ALTER TABLE d ADD COLUMN b int DEFAULT 7",
+            "INSERT INTO d VALUES (2, 'y', 8)",
+            "TRUNCATE d",
+            "INSERT INTO d VALUES (3, 'z', 9)",
+        ],
+    )
+    .await?;
     same_rows(&s.pair, "d")?;
     // DDL text resolves names with the client session's search_path, on new too.
-    c.batch_execute("CREATE SCHEMA other").await?;
-    c.batch_execute("SET search_path = other, public").await?;
-    c.batch_execute("CREATE TABLE inother (id int PRIMARY KEY)")
-        .await?;
-    c.batch_execute("INSERT INTO inother VALUES (1)").await?;
+    batch_each(
+        &c,
+        &[
+            "CREATE SCHEMA other",
+            "SET search_path = other, public",
+            "CREATE TABLE inother (id int PRIMARY KEY)",
+            "INSERT INTO inother VALUES (1)",
+        ],
+    )
+    .await?;
     same_rows(&s.pair, "other.inother")?;
     ensure!(
         on(

@@ -5,20 +5,27 @@
 use super::*;
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
-use switchyard_tests::mirror::{eventually, init_tracing, on, proxied, rows, same_rows};
-use switchyard_tests::proxy::{connect_proxy, start_proxy, DB};
+use switchyard_tests::mirror::{eventually, init_tracing, on, proxied, rows, same_rows, Proxied};
+use switchyard_tests::proxy::{batch_each, connect_proxy, start_proxy, DB};
 use switchyard_tests::wait::poll_until_async;
 use switchyard_tests::PgCluster;
 
-/// Scenario 6: a statement that fails only on the secondary: the client sees the primary's
-/// result, the keys are queued in the retry log, and the session goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secondary_only_failures_are_queued() -> Result<()> {
+/// `t (id, v)` behind a proxy, where a check on new alone refuses a `v` of five characters
+/// or more: writes that fail on the secondary only.
+async fn proxied_t_refusing_long_values_on_new() -> Result<Proxied> {
     let s = proxied("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
     on(
         &s.pair.new,
         "ALTER TABLE t ADD CONSTRAINT short CHECK (length(v) < 5)",
     )?;
+    Ok(s)
+}
+
+/// Scenario 6: a statement that fails only on the secondary: the client sees the primary's
+/// result, the keys are queued in the retry log, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_only_failures_are_queued() -> Result<()> {
+    let s = proxied_t_refusing_long_values_on_new().await?;
     on(&s.pair.old, "CREATE TABLE only_old (id int PRIMARY KEY)")?;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute("INSERT INTO t VALUES (1, 'ok')").await?;
@@ -66,7 +73,7 @@ async fn secondary_down_queues_and_recovers() -> Result<()> {
         c.execute("INSERT INTO t VALUES ($1, 'while down')", &[&i])
             .await?;
     }
-    ensure!(retry_log_count(&s.pair)? == 5, "five queued keys");
+    ensure!(retry_records(&s.pair)? == 5, "five queued keys");
     let admin = s.proxy.admin_addr().context("admin")?;
     poll_until_async(
         "the status page to show the backlog",
@@ -133,19 +140,19 @@ async fn refuses_a_secondary_without_prepared_transactions() -> Result<()> {
 /// rolled back with it; its statement record replays it, so nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_before_a_secondary_failure_are_recorded() -> Result<()> {
-    let s = proxied("CREATE TABLE t (id int PRIMARY KEY, v text);").await?;
-    on(
-        &s.pair.new,
-        "ALTER TABLE t ADD CONSTRAINT short CHECK (length(v) < 5)",
-    )?;
+    let s = proxied_t_refusing_long_values_on_new().await?;
     let c = connect_proxy(&s.proxy).await?;
-    c.batch_execute("BEGIN").await?;
-    c.batch_execute("CREATE TABLE made_here (id int PRIMARY KEY)")
-        .await?;
-    c.batch_execute("INSERT INTO made_here VALUES (1)").await?;
-    c.batch_execute("INSERT INTO t VALUES (1, 'far too long')")
-        .await?;
-    c.batch_execute("COMMIT").await?;
+    batch_each(
+        &c,
+        &[
+            "BEGIN",
+            "CREATE TABLE made_here (id int PRIMARY KEY)",
+            "INSERT INTO made_here VALUES (1)",
+            "INSERT INTO t VALUES (1, 'far too long')",
+            "COMMIT",
+        ],
+    )
+    .await?;
     ensure!(
         on(
             &s.pair.new,

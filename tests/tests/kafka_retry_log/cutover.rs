@@ -2,8 +2,8 @@
 //! reconcilers' consumer group has not replayed: reads do not move while one waits in the
 //! topic, and do once replay drained it.
 
-use super::origin::{create_topics, publish, row_record_dir};
-use super::{broker_and_pair, replay_kafka, T};
+use super::origin::{broker_pair_and_topics, publish, row_record_dir};
+use super::{replay_kafka, T};
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use switchyard_core::direction::Direction;
@@ -63,9 +63,8 @@ fn backlog_is(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_do_not_move_while_records_wait_in_kafka() -> Result<()> {
-    let (_serial, broker, pair) = broker_and_pair(T).await?;
+    let (_serial, broker, pair) = broker_pair_and_topics(T).await?;
     on(&pair.old, "INSERT INTO t VALUES (1, 'only old has it')")?;
-    create_topics(&broker).await?;
     publish(
         &broker,
         &row_record_dir(Direction::OldToNew, "t", 1, None),

@@ -7,20 +7,17 @@ use anyhow::{ensure, Context, Result};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 use switchyard_core::retry_kafka::OnBrokerFailure;
-use switchyard_tests::mirror::{assert_verified, on, pair_with};
+use switchyard_tests::mirror::{assert_verified, on};
 use switchyard_tests::proxy::{start_proxy, DB};
 use switchyard_tests::reconciler::ReconcilerProcess;
 use switchyard_tests::wait::poll_until;
-use switchyard_tests::Broker;
 
 /// Scenario 11 with Kafka: a reconciler that dies after applying a batch but before
 /// committing its offsets leaves the batch to be delivered again; replaying it twice is
 /// harmless (`n = n + 1` through the proxy counts once per statement on both sides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with(
+    let (_serial, broker, pair) = broker_and_pair(
         "CREATE TABLE c (id int PRIMARY KEY, n int NOT NULL); INSERT INTO c SELECT g, 0 FROM generate_series(1, 20) g",
     )
     .await?;
@@ -74,14 +71,12 @@ async fn reconciler_killed_before_the_offset_commit_replays_harmlessly() -> Resu
 /// is applied, and the tables end equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
     let tables: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let schema: String = tables
         .iter()
         .map(|t| format!("CREATE TABLE {t} (id int PRIMARY KEY, v text);"))
         .collect();
-    let pair = pair_with(&schema).await?;
+    let (_serial, broker, pair) = broker_and_pair(&schema).await?;
     let (_proxy, client) = kafka_proxy(&pair, &broker, OnBrokerFailure::Fail).await?;
     tokio::task::block_in_place(|| pair.new.stop_immediate())?;
     for t in &tables {
@@ -123,21 +118,15 @@ async fn two_reconcilers_share_partitions_through_a_rebalance() -> Result<()> {
     };
     let mut a = tokio::task::block_in_place(|| spawn(&ma))?;
     // The first reconciler is under way before the second joins.
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the first reconciler to replay records",
-            Duration::from_secs(120),
-            || {
-                Ok(std::fs::read_to_string(&ma)
-                    .ok()
-                    .filter(|t| {
-                        t.contains("switchyard_replay_records_total{outcome=\"applied\"}")
-                            && !t.contains("outcome=\"applied\"} 0\n")
-                    })
-                    .map(|_| ()))
-            },
-        )
-    })
+    wait_for_metrics(
+        &ma,
+        "the first reconciler to replay records",
+        Duration::from_secs(120),
+        |t| {
+            t.contains("switchyard_replay_records_total{outcome=\"applied\"}")
+                && !t.contains("outcome=\"applied\"} 0\n")
+        },
+    )
     .with_context(|| format!("reconciler log:\n{}", a.log_text()))?;
     let mut b = tokio::task::block_in_place(|| spawn(&mb))?;
     let drained = |path: &str| -> bool {

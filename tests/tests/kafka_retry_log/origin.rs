@@ -3,7 +3,7 @@
 //! rows it names are still invisible on old. These tests play the proxy's part by hand: a
 //! transaction held open on old, and its record published to the topic.
 
-use super::{broker_and_pair, kafka_flags, replay_kafka, SERIAL, T, TOPIC};
+use super::{broker_and_pair, kafka_flags, replay_kafka, wait_for_metrics, T, TOPIC};
 use anyhow::{ensure, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -12,17 +12,26 @@ use std::time::Duration;
 use switchyard_core::direction::Direction;
 use switchyard_core::retry::{Origin, RetryRecord};
 use switchyard_core::retry_kafka::{self, KafkaSettings};
-use switchyard_tests::mirror::{assert_verified, current_xid, on, open_transaction, pair_with};
+use switchyard_tests::mirror::{assert_verified, current_xid, on, open_transaction};
 use switchyard_tests::proxy::{Pair, DB};
 use switchyard_tests::reconciler::{self, ReconcilerProcess};
-use switchyard_tests::wait::poll_until;
 use switchyard_tests::Broker;
 
 /// The reconcilers' consumer group (the default).
 const GROUP: &str = "switchyard-reconciler";
 
+/// [`broker_and_pair`] with the retry topics made, as a proxy would at its start, for tests
+/// that play the proxy's part.
+pub(super) async fn broker_pair_and_topics(
+    schema: &str,
+) -> Result<(tokio::sync::MutexGuard<'static, ()>, Broker, Pair)> {
+    let (serial, broker, pair) = broker_and_pair(schema).await?;
+    create_topics(&broker).await?;
+    Ok((serial, broker, pair))
+}
+
 /// The retry topics, as the proxy creates them at start.
-pub(super) async fn create_topics(broker: &Broker) -> Result<()> {
+async fn create_topics(broker: &Broker) -> Result<()> {
     let settings = KafkaSettings {
         brokers: broker.bootstrap(),
         partitions: 4,
@@ -133,13 +142,10 @@ pub(super) fn same_rows(pair: &Pair, table: &str) -> Result<()> {
 /// read as absent) and the row never reaches new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let broker = tokio::task::spawn_blocking(Broker::start).await??;
-    let pair = pair_with(
+    let (_serial, broker, pair) = broker_pair_and_topics(
         "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY, v text)",
     )
     .await?;
-    create_topics(&broker).await?;
     // The origin: open on old, its row invisible to any other session until it commits.
     let (origin, xid) = open_transaction(
         &pair.old,
@@ -197,18 +203,12 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
     same_rows(&pair, "t")?;
     same_rows(&pair, "u")?;
     assert_verified(&pair, "t,u").await?;
-    tokio::task::block_in_place(|| {
-        poll_until(
-            "the waiting gauge back to 0",
-            Duration::from_secs(30),
-            || {
-                Ok(std::fs::read_to_string(&metrics)
-                    .ok()
-                    .filter(|m| m.contains("switchyard_replay_waiting_for_origin 0\n"))
-                    .map(|_| ()))
-            },
-        )
-    })?;
+    wait_for_metrics(
+        &metrics,
+        "the waiting gauge back to 0",
+        Duration::from_secs(30),
+        |m| m.contains("switchyard_replay_waiting_for_origin 0\n"),
+    )?;
     Ok(())
 }
 
@@ -218,9 +218,8 @@ async fn replay_waits_for_the_origin_transaction_to_commit() -> Result<()> {
 /// never handed out (which makes old refuse the batch's lookup) and one naming none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_drops_records_whose_origin_rolled_back() -> Result<()> {
-    let (_serial, broker, pair) = broker_and_pair(T).await?;
+    let (_serial, broker, pair) = broker_pair_and_topics(T).await?;
     on(&pair.new, "INSERT INTO t VALUES (1, 'only on new')")?;
-    create_topics(&broker).await?;
     let (origin, xid) =
         open_transaction(&pair.old, "INSERT INTO t VALUES (1, 'rolled back')").await?;
     publish(&broker, &row_record("t", 1, Some(&xid)), 0).await?;

@@ -4,8 +4,8 @@
 //! a lookup on old (the wrong database) would find the id "in the future" there and apply
 //! the record at once, while its rows are still invisible.
 
-use super::origin::{create_topics, publish, row_record_dir, same_rows, spawn_follow};
-use super::{broker_and_pair, T};
+use super::origin::{broker_pair_and_topics, publish, row_record_dir, same_rows, spawn_follow};
+use super::T;
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_core::direction::Direction;
@@ -13,7 +13,7 @@ use switchyard_tests::mirror::{assert_verified, on, open_transaction};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> {
-    let (_serial, broker, pair) = broker_and_pair(T).await?;
+    let (_serial, broker, pair) = broker_pair_and_topics(T).await?;
     on(
         &pair.new,
         "CREATE TABLE burn (i int); \
@@ -23,7 +23,6 @@ async fn a_new_to_old_record_waits_for_new_and_resyncs_into_old() -> Result<()> 
     let seed = "INSERT INTO t VALUES (1, 'before the cutover')";
     on(&pair.old, seed)?;
     on(&pair.new, seed)?;
-    create_topics(&broker).await?;
     // The origin: open on new, its changes invisible to any other session until it commits.
     let (origin, xid) = open_transaction(
         &pair.new,

@@ -68,20 +68,16 @@ async fn schema_differences_are_reported_plainly() -> Result<()> {
     assert!(schema_at < data_at, "{}", run.text());
 
     // A table that exists nowhere is a usage error: exit 2.
-    let run = reconciler(&pair, "verify", &["--tables", "s_ok,nosuch"]).await?;
-    assert_eq!(run.code(), Some(2), "{}", run.text());
-    assert!(
-        run.stdout
-            .contains("public.nosuch: ERROR: table public.nosuch exists on neither database"),
-        "{}",
-        run.text()
-    );
+    reconciler(&pair, "verify", &["--tables", "s_ok,nosuch"])
+        .await?
+        .exits(2)?
+        .stdout_has("public.nosuch: ERROR: table public.nosuch exists on neither database")?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
-    let run = run_reconciler(
+    run_reconciler(
         &[
             "verify",
             "--old",
@@ -91,14 +87,9 @@ async fn bad_urls_and_unreachable_servers_exit_2() -> Result<()> {
         ],
         RUN_TIMEOUT,
     )
-    .await?;
-    assert_eq!(run.code(), Some(2), "{}", run.text());
-    assert!(
-        run.stderr
-            .contains("old: connection URL must start with postgres://"),
-        "{}",
-        run.text()
-    );
+    .await?
+    .exits(2)?
+    .stderr_has("old: connection URL must start with postgres://")?;
 
     let (_refusing, port) = refusing_port()?;
     let old = format!("postgres://postgres:sekrit-pw@127.0.0.1:{port}/app");
