@@ -10,7 +10,7 @@
 
 use crate::catalog::TableMeta;
 use crate::ident::quote_ident;
-use crate::key::{KeyRange, KeySql, KeyText, INT2_OID, INT4_OID, INT8_OID};
+use crate::key::{texts_of, KeyRange, KeySql, KeyText, INT2_OID, INT4_OID, INT8_OID};
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
@@ -251,10 +251,7 @@ impl RangeQueries {
         let n = self.key.arity();
         Ok(rows
             .iter()
-            .map(|r| {
-                let key = (0..n).map(|i| r.get::<_, Option<String>>(i)).collect();
-                (key, r.get::<_, i64>(n))
-            })
+            .map(|r| (texts_of(r, 0..n), r.get::<_, i64>(n)))
             .collect())
     }
 
@@ -290,10 +287,7 @@ impl RangeQueries {
             .query(&sql, &refs(&params))
             .await
             .map_err(self.err("split points"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (0..n).map(|i| r.get::<_, Option<String>>(i)).collect())
-            .collect())
+        Ok(rows.iter().map(|r| texts_of(r, 0..n)).collect())
     }
 
     /// Smallest and largest key of a single-column integer key; `None` for an empty table.

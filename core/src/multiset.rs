@@ -11,6 +11,7 @@
 use crate::catalog::TableMeta;
 use crate::checksum::{ChecksumError, RangeChecksum, RowHash, RowHashSql};
 use crate::ident::quote_ident;
+use crate::key::texts_of;
 use std::collections::HashMap;
 use tokio_postgres::Client;
 
@@ -168,7 +169,7 @@ impl MultisetQueries {
             .map(|r| {
                 let image = RowImage {
                     text: r.get(1),
-                    values: (0..n).map(|i| r.get::<_, Option<String>>(i + 2)).collect(),
+                    values: texts_of(r, 2..n + 2),
                 };
                 (r.get::<_, i64>(0), image)
             })
