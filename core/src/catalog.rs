@@ -1,9 +1,11 @@
 //! Catalog introspection over tokio-postgres: a table's columns, types, identity and
-//! generated columns and its primary key, and the list of user tables.
+//! generated columns and its primary key, the list of user tables, and whether tables
+//! exist.
 //!
 //! Shared by verify/repair and retry-log replay: both build SQL from a [`TableMeta`].
 
 pub use crate::ident::{quote_ident, QualifiedName};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 /// How an identity column fills itself.
@@ -199,4 +201,30 @@ pub async fn list_user_tables(client: &Client) -> Result<Vec<QualifiedName>, Cat
         .iter()
         .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect())
+}
+
+/// Whether every one of `tables` (names as `to_regclass` reads them) exists. Asked in a
+/// statement of its own: a statement naming a missing table fails when it is parsed,
+/// whatever a CASE around it says.
+pub async fn tables_exist(client: &Client, tables: &[&str]) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(bool_and(to_regclass(t) IS NOT NULL), true) FROM unnest($1::text[]) AS t",
+            &[&tables],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The count `sql` selects, or 0 where one of `tables` (those it names) does not exist (yet).
+pub async fn count_if_exist(
+    client: &Client,
+    tables: &[&str],
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<i64, tokio_postgres::Error> {
+    if !tables_exist(client, tables).await? {
+        return Ok(0);
+    }
+    Ok(client.query_one(sql, params).await?.get(0))
 }

@@ -10,10 +10,10 @@
 
 use crate::catalog::TableMeta;
 use crate::ident::quote_ident;
-use crate::key::{KeyRange, KeySql, KeyText, INT2_OID, INT4_OID, INT8_OID};
+use crate::key::{texts_of, KeyRange, KeySql, KeyText, INT2_OID, INT4_OID, INT8_OID};
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 /// How a row is turned into its 64-bit hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +51,7 @@ pub async fn server_version_num(client: &Client) -> Result<i32, ChecksumError> {
     let row = client
         .query_one("SELECT current_setting('server_version_num')::int4", &[])
         .await
-        .map_err(|source| ChecksumError {
-            what: "reading the server version",
-            table: String::new(),
-            source,
-        })?;
+        .map_err(ChecksumError::on("reading the server version", ""))?;
     Ok(row.get(0))
 }
 
@@ -67,6 +63,31 @@ pub struct RangeChecksum {
     pub sum: String,
 }
 
+impl RangeChecksum {
+    /// The select items that compute it over the row hashes `hash` (an SQL expression).
+    pub(crate) fn items(hash: &str) -> String {
+        format!("count(*), coalesce(sum({hash}), 0)::text")
+    }
+
+    /// The count and sum in columns `first` and `first + 1` of `row`.
+    pub(crate) fn from_row(row: &Row, first: usize) -> Self {
+        RangeChecksum {
+            rows: row.get(first),
+            sum: row.get(first + 1),
+        }
+    }
+
+    /// Runs `sql`, which selects [`RangeChecksum::items`] and nothing else.
+    pub(crate) async fn query(
+        client: &Client,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Self, tokio_postgres::Error> {
+        let row = client.query_one(sql, params).await?;
+        Ok(Self::from_row(&row, 0))
+    }
+}
+
 /// A query of this module failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} on {table}")]
@@ -75,6 +96,21 @@ pub struct ChecksumError {
     pub table: String,
     #[source]
     pub source: tokio_postgres::Error,
+}
+
+impl ChecksumError {
+    /// Turns the failure of the query doing `what` on `table` into this error.
+    pub(crate) fn on(
+        what: &'static str,
+        table: &str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> ChecksumError {
+        let table = table.to_string();
+        move |source| ChecksumError {
+            what,
+            table,
+            source,
+        }
+    }
 }
 
 /// The SQL expression of a row's hash over an explicit column list, with or without a key.
@@ -172,12 +208,16 @@ impl RangeQueries {
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ChecksumError {
-        let table = self.display.clone();
-        move |source| ChecksumError {
-            what,
-            table,
-            source,
-        }
+        ChecksumError::on(what, &self.display)
+    }
+
+    /// `SELECT items FROM` the table `WHERE` its key is in `range`, and the statement's
+    /// parameters.
+    fn select_in_range(&self, items: &str, range: &KeyRange) -> (String, Vec<Option<String>>) {
+        let mut params = Vec::new();
+        let pred = self.key.range_predicate(range, 1, &mut params);
+        let sql = format!("SELECT {items} FROM {} WHERE {pred}", self.table);
+        (sql, params)
     }
 
     /// Count and hash sum of the rows in `range`.
@@ -186,21 +226,11 @@ impl RangeQueries {
         client: &Client,
         range: &KeyRange,
     ) -> Result<RangeChecksum, ChecksumError> {
-        let mut params = Vec::new();
-        let pred = self.key.range_predicate(range, 1, &mut params);
-        let sql = format!(
-            "SELECT count(*), coalesce(sum({}), 0)::text FROM {} WHERE {pred}",
-            self.row_hash(None),
-            self.table
-        );
-        let row = client
-            .query_one(&sql, &refs(&params))
+        let items = RangeChecksum::items(&self.row_hash(None));
+        let (sql, params) = self.select_in_range(&items, range);
+        RangeChecksum::query(client, &sql, &refs(&params))
             .await
-            .map_err(self.err("range checksum"))?;
-        Ok(RangeChecksum {
-            rows: row.get(0),
-            sum: row.get(1),
-        })
+            .map_err(self.err("range checksum"))
     }
 
     /// Each row's key and hash in `range`. Used for ranges small enough to compare row by
@@ -211,26 +241,17 @@ impl RangeQueries {
         range: &KeyRange,
         limit: Option<i64>,
     ) -> Result<Vec<(KeyText, i64)>, ChecksumError> {
-        let mut params = Vec::new();
-        let pred = self.key.range_predicate(range, 1, &mut params);
+        let items = format!("{}, {}", self.key.text_select(None), self.row_hash(None));
+        let (sql, params) = self.select_in_range(&items, range);
         let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
-        let sql = format!(
-            "SELECT {}, {} FROM {} WHERE {pred}{limit}",
-            self.key.text_select(None),
-            self.row_hash(None),
-            self.table
-        );
         let rows = client
-            .query(&sql, &refs(&params))
+            .query(&format!("{sql}{limit}"), &refs(&params))
             .await
             .map_err(self.err("row hashes"))?;
         let n = self.key.arity();
         Ok(rows
             .iter()
-            .map(|r| {
-                let key = (0..n).map(|i| r.get::<_, Option<String>>(i)).collect();
-                (key, r.get::<_, i64>(n))
-            })
+            .map(|r| (texts_of(r, 0..n), r.get::<_, i64>(n)))
             .collect())
     }
 
@@ -243,8 +264,6 @@ impl RangeQueries {
         every: i64,
     ) -> Result<Vec<KeyText>, ChecksumError> {
         let every = every.max(1);
-        let mut params = Vec::new();
-        let pred = self.key.range_predicate(range, 1, &mut params);
         let n = self.key.arity();
         let outs: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
         let inner: Vec<String> = self
@@ -254,22 +273,21 @@ impl RangeQueries {
             .zip(&outs)
             .map(|(e, o)| format!("{e} AS {o}"))
             .collect();
-        let sql = format!(
-            "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS rn FROM {} WHERE {pred}) s \
-             WHERE rn > 1 AND (rn - 1) % {every} = 0 ORDER BY rn",
-            outs.join(", "),
+        let items = format!(
+            "{}, row_number() OVER (ORDER BY {}) AS rn",
             inner.join(", "),
-            self.key.order_by(),
-            self.table
+            self.key.order_by()
+        );
+        let (numbered, params) = self.select_in_range(&items, range);
+        let sql = format!(
+            "SELECT {} FROM ({numbered}) s WHERE rn > 1 AND (rn - 1) % {every} = 0 ORDER BY rn",
+            outs.join(", ")
         );
         let rows = client
             .query(&sql, &refs(&params))
             .await
             .map_err(self.err("split points"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (0..n).map(|i| r.get::<_, Option<String>>(i)).collect())
-            .collect())
+        Ok(rows.iter().map(|r| texts_of(r, 0..n)).collect())
     }
 
     /// Smallest and largest key of a single-column integer key; `None` for an empty table.

@@ -48,6 +48,20 @@ pub struct DiffOptions {
     pub row_hash: Option<RowHash>,
 }
 
+impl DiffOptions {
+    /// How rows are hashed on `sides`: as asked, else the fastest both servers support.
+    pub(crate) async fn row_hash_on(&self, sides: &Sides) -> Result<RowHash, DiffError> {
+        if let Some(mode) = self.row_hash {
+            return Ok(mode);
+        }
+        let (v_old, v_new) = tokio::try_join!(
+            server_version_num(&sides.old),
+            server_version_num(&sides.new)
+        )?;
+        Ok(RowHash::for_versions(v_old, v_new))
+    }
+}
+
 impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
@@ -188,16 +202,7 @@ pub async fn diff_table(
                 .map_err(|source| DiffError::Session { side, source })?;
         }
     }
-    let mode = match opts.row_hash {
-        Some(mode) => mode,
-        None => {
-            let (v_old, v_new) = tokio::try_join!(
-                server_version_num(&first.old),
-                server_version_num(&first.new)
-            )?;
-            RowHash::for_versions(v_old, v_new)
-        }
-    };
+    let mode = opts.row_hash_on(&first).await?;
     let ctx = Arc::new(Ctx {
         q: RangeQueries::new(table, columns, mode),
         opts: opts.clone(),

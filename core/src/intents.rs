@@ -11,6 +11,7 @@
 //! applies them like any other (keys re-synced from the primary's current rows, so order
 //! does not matter; statements once each).
 
+use crate::catalog::count_if_exist;
 use crate::direction::Direction;
 use crate::retry::{Origin, RecordKind, RetryRecord};
 use serde::{Deserialize, Serialize};
@@ -157,20 +158,13 @@ pub async fn clear(primary: &Client, xids: &[String]) -> Result<u64, tokio_postg
 
 /// Intents on a primary: all, and those of one instance (`via`).
 pub async fn count(primary: &Client, via: Option<&str>) -> Result<i64, tokio_postgres::Error> {
-    let installed: bool = primary
-        .query_one("SELECT to_regclass('_switchyard.intents') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !installed {
-        return Ok(0);
-    }
-    Ok(primary
-        .query_one(
-            "SELECT count(*) FROM _switchyard.intents WHERE $1::text IS NULL OR via = $1",
-            &[&via],
-        )
-        .await?
-        .get(0))
+    count_if_exist(
+        primary,
+        &["_switchyard.intents"],
+        "SELECT count(*) FROM _switchyard.intents WHERE $1::text IS NULL OR via = $1",
+        &[&via],
+    )
+    .await
 }
 
 /// What one pass of [`resolve`] did.

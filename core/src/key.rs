@@ -13,6 +13,11 @@ use std::fmt;
 /// Text forms of a row's primary-key values, in key order.
 pub type KeyText = Vec<Option<String>>;
 
+/// The text values in columns `cols` of `row` (SQL NULL is None): a key, or a row's values.
+pub fn texts_of(row: &tokio_postgres::Row, cols: impl IntoIterator<Item = usize>) -> KeyText {
+    cols.into_iter().map(|i| row.get(i)).collect()
+}
+
 /// Renders a key for people: `42`, `(1, abc)`, `NULL` for a missing value.
 pub struct DisplayKey<'a>(pub &'a [Option<String>]);
 

@@ -11,6 +11,7 @@
 use crate::catalog::TableMeta;
 use crate::checksum::{ChecksumError, RangeChecksum, RowHash, RowHashSql};
 use crate::ident::quote_ident;
+use crate::key::texts_of;
 use std::collections::HashMap;
 use tokio_postgres::Client;
 
@@ -45,12 +46,7 @@ impl MultisetQueries {
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ChecksumError {
-        let table = self.display.clone();
-        move |source| ChecksumError {
-            what,
-            table,
-            source,
-        }
+        ChecksumError::on(what, &self.display)
     }
 
     /// The rows' hashes as column `h`, with `extra` select items, as a subquery; `filter`
@@ -71,17 +67,13 @@ impl MultisetQueries {
         filter: Option<&str>,
     ) -> Result<RangeChecksum, ChecksumError> {
         let sql = format!(
-            "SELECT count(*), coalesce(sum(h), 0)::text FROM {}",
+            "SELECT {} FROM {}",
+            RangeChecksum::items("h"),
             self.hashed("", filter)
         );
-        let row = client
-            .query_one(&sql, &[])
+        RangeChecksum::query(client, &sql, &[])
             .await
-            .map_err(self.err("table checksum"))?;
-        Ok(RangeChecksum {
-            rows: row.get(0),
-            sum: row.get(1),
-        })
+            .map_err(self.err("table checksum"))
     }
 
     /// Count and hash sum per bucket of the low `bits` bits of the row hash; buckets
@@ -102,13 +94,7 @@ impl MultisetQueries {
             .map_err(self.err("bucket checksums"))?;
         Ok(rows
             .iter()
-            .map(|r| {
-                let sum = RangeChecksum {
-                    rows: r.get(1),
-                    sum: r.get(2),
-                };
-                (r.get::<_, i64>(0), sum)
-            })
+            .map(|r| (r.get::<_, i64>(0), RangeChecksum::from_row(r, 1)))
             .collect())
     }
 
@@ -119,16 +105,9 @@ impl MultisetQueries {
         bits: u32,
         buckets: &[i64],
     ) -> Result<HashMap<i64, i64>, ChecksumError> {
-        let sql = format!(
-            "SELECT h, count(*) FROM {} WHERE h & {} = ANY($1) GROUP BY h",
-            self.hashed("", None),
-            mask(bits)
-        );
-        let rows = client
-            .query(&sql, &[&buckets])
+        let bucket = format!("h & {}", mask(bits));
+        self.counts_where(client, &bucket, buckets, "row hashes of buckets")
             .await
-            .map_err(self.err("row hashes of buckets"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// How many copies of each given row hash the table holds (absent: none).
@@ -137,14 +116,27 @@ impl MultisetQueries {
         client: &Client,
         hashes: &[i64],
     ) -> Result<HashMap<i64, i64>, ChecksumError> {
+        self.counts_where(client, "h", hashes, "copies of rows")
+            .await
+    }
+
+    /// How many copies of each row hash `h` the table holds, for the rows whose `of` (an
+    /// expression of `h`) is one of `values`.
+    async fn counts_where(
+        &self,
+        client: &Client,
+        of: &str,
+        values: &[i64],
+        what: &'static str,
+    ) -> Result<HashMap<i64, i64>, ChecksumError> {
         let sql = format!(
-            "SELECT h, count(*) FROM {} WHERE h = ANY($1) GROUP BY h",
+            "SELECT h, count(*) FROM {} WHERE {of} = ANY($1) GROUP BY h",
             self.hashed("", None)
         );
         let rows = client
-            .query(&sql, &[&hashes])
+            .query(&sql, &[&values])
             .await
-            .map_err(self.err("copies of rows"))?;
+            .map_err(self.err(what))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -177,7 +169,7 @@ impl MultisetQueries {
             .map(|r| {
                 let image = RowImage {
                     text: r.get(1),
-                    values: (0..n).map(|i| r.get::<_, Option<String>>(i + 2)).collect(),
+                    values: texts_of(r, 2..n + 2),
                 };
                 (r.get::<_, i64>(0), image)
             })

@@ -8,7 +8,6 @@
 //! differing buckets, and at most `max_keys` listed rows.
 
 use crate::catalog::TableMeta;
-use crate::checksum::{server_version_num, RowHash};
 use crate::diff::{DiffError, DiffOptions, Sides};
 use crate::multiset::{bucket_bits, MultisetQueries, RowImage};
 use crate::session::pin_settings;
@@ -67,16 +66,7 @@ pub async fn diff_multiset(
             .await
             .map_err(|source| DiffError::Session { side, source })?;
     }
-    let mode = match opts.row_hash {
-        Some(mode) => mode,
-        None => {
-            let (a, b) = tokio::try_join!(
-                server_version_num(&sides.old),
-                server_version_num(&sides.new)
-            )?;
-            RowHash::for_versions(a, b)
-        }
-    };
+    let mode = opts.row_hash_on(sides).await?;
     let q = MultisetQueries::new(table, columns, mode);
     let mut out = MultisetDiff::default();
     let (a, b) = tokio::try_join!(q.checksum(&sides.old, None), q.checksum(&sides.new, None))?;

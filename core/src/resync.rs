@@ -26,11 +26,11 @@
 use crate::catalog::{IdentityKind, TableMeta};
 use crate::checksum::key_columns_as_arrays;
 use crate::connect::Writer;
-use crate::key::{KeySql, KeyText};
+use crate::key::{texts_of, KeySql, KeyText};
 use crate::session::pin_settings;
 use std::collections::HashSet;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
 
 /// Keys handled per pair of transactions.
 pub const BATCH: usize = 500;
@@ -227,19 +227,14 @@ impl Statements {
         tx: &Transaction<'_>,
         keys: &[KeyText],
     ) -> Result<Vec<(usize, Vec<Option<String>>)>, ResyncError> {
-        let arrays = key_columns_as_arrays(keys, self.arity);
-        let rows = tx
-            .query(&self.select, &params(&arrays))
-            .await
-            .map_err(self.err(Side::Source, "reading rows"))?;
+        let rows = self
+            .query_keys(tx, &self.select, keys, Side::Source, "reading rows")
+            .await?;
         Ok(rows
             .iter()
             .map(|r| {
                 let ord = (r.get::<_, i64>(0) - 1) as usize;
-                let values = (1..=self.written)
-                    .map(|i| r.get::<_, Option<String>>(i))
-                    .collect();
-                (ord, values)
+                (ord, texts_of(r, 1..=self.written))
             })
             .collect())
     }
@@ -279,19 +274,25 @@ impl Statements {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let rows = self
+            .query_keys(tx, &self.delete, keys, Side::Target, "deleting rows")
+            .await?;
+        Ok(rows.iter().map(|r| texts_of(r, 0..self.arity)).collect())
+    }
+
+    /// Runs `sql` on `tx`, `keys` its parameters (one text array per key column).
+    async fn query_keys(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        keys: &[KeyText],
+        side: Side,
+        what: &'static str,
+    ) -> Result<Vec<Row>, ResyncError> {
         let arrays = key_columns_as_arrays(keys, self.arity);
-        let rows = tx
-            .query(&self.delete, &params(&arrays))
+        tx.query(sql, &params(&arrays))
             .await
-            .map_err(self.err(Side::Target, "deleting rows"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (0..self.arity)
-                    .map(|i| r.get::<_, Option<String>>(i))
-                    .collect()
-            })
-            .collect())
+            .map_err(self.err(side, what))
     }
 }
 
@@ -336,24 +337,28 @@ pub async fn resync_keys(
     Ok(total)
 }
 
+/// A read-committed transaction on `client`, the server on `side`.
+async fn begin<'c>(
+    client: &'c mut Client,
+    st: &Statements,
+    side: Side,
+) -> Result<Transaction<'c>, ResyncError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(st.err(side, "starting a transaction"))
+}
+
 async fn resync_batch(
     source: &mut Client,
     target: &mut Client,
     st: &Statements,
     keys: &[KeyText],
 ) -> Result<ResyncCounts, ResyncError> {
-    let src = source
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()
-        .await
-        .map_err(st.err(Side::Source, "starting a transaction"))?;
-    let dst = target
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()
-        .await
-        .map_err(st.err(Side::Target, "starting a transaction"))?;
+    let src = begin(source, st, Side::Source).await?;
+    let dst = begin(target, st, Side::Target).await?;
 
     let found = st.read(&src, keys).await?;
     let mut present = vec![false; keys.len()];

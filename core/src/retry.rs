@@ -11,6 +11,7 @@
 //! before the cutover's `writes-new` phase and new from then on: each record's origin says
 //! which ([`Origin::direction`]), and so does the database whose table holds it.
 
+use crate::catalog::count_if_exist;
 use crate::direction::Direction;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -88,25 +89,8 @@ pub async fn dead_letters(client: &Client) -> Result<i64, tokio_postgres::Error>
 }
 
 async fn count_where(client: &Client, cond: &str) -> Result<i64, tokio_postgres::Error> {
-    // The table is looked up before it is named: a statement naming a missing table fails
-    // at parse time, whatever the CASE around it says.
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('_switchyard.retry_log') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    Ok(client
-        .query_one(
-            &format!("SELECT count(*) FROM _switchyard.retry_log WHERE {cond}"),
-            &[],
-        )
-        .await?
-        .get(0))
+    let sql = format!("SELECT count(*) FROM _switchyard.retry_log WHERE {cond}");
+    count_if_exist(client, &["_switchyard.retry_log"], &sql, &[]).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

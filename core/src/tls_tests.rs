@@ -16,6 +16,11 @@ fn settings(url: &str, env: &[(&str, &str)], home: Option<&Path>) -> Result<TlsS
     )
 }
 
+/// Why `url` (without environment) is refused.
+fn refusal(url: &str, home: Option<&Path>) -> String {
+    settings(url, &[], home).unwrap_err().to_string()
+}
+
 #[test]
 fn libpq_defaults_and_environment() {
     let s = settings("postgres://u:pw@h/db", &[], None).unwrap();
@@ -42,23 +47,14 @@ fn default_files_under_home_are_used_when_present() {
     let dot = home.path().join(".postgresql");
     std::fs::create_dir(&dot).unwrap();
     // Without root.crt, verify-ca has nothing to check against.
-    let e = settings(
+    let e = refusal(
         "postgres://u:secret@h/db?sslmode=verify-ca",
-        &[],
         Some(home.path()),
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(e.contains("sslrootcert") && e.contains("root.crt"), "{e}");
     assert!(!e.contains("secret"), "{e}");
     std::fs::write(dot.join("root.crt"), "not a certificate").unwrap();
-    let e = settings(
-        "postgres://u@h/db?sslmode=verify-full",
-        &[],
-        Some(home.path()),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = refusal("postgres://u@h/db?sslmode=verify-full", Some(home.path()));
     assert!(e.contains("holds no PEM certificate"), "{e}");
 }
 
@@ -94,7 +90,7 @@ fn what_cannot_be_honoured_is_refused_naming_the_url() {
             "reading the root certificate /no/such/ca.pem",
         ),
     ] {
-        let e = settings(url, &[], None).unwrap_err().to_string();
+        let e = refusal(url, None);
         assert!(e.contains(needle), "{url}: {e}");
         assert!(e.starts_with("postgres://u:***@h:5432/db"), "{e}");
         assert!(!e.contains("secret"), "{e}");

@@ -123,23 +123,12 @@ fn emit(op: char, query: &str) -> String {
 /// gets its images from the expression `watch` stored for it (that column as its text, which
 /// reads back), through dynamic SQL; every other table, `to_json(r.*)`.
 fn emit_images(op: char, source: &str) -> String {
-    let fixed = emit(op, &chunks("pg_catalog.to_json(r.*)", source));
-    let dynamic = chunks("%s", source);
-    format!(
-        "IF text_images THEN
-    image_expr := (SELECT coalesce(t.images, 'pg_catalog.to_json(r.*)') FROM _switchyard.tables t WHERE t.relid = TG_RELID);
-    IF lockstep THEN
-      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_lockstep (xid, seq, relid, op, rows)
-        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j
-        FROM ({dynamic}) c(j)$q$, image_expr) USING TG_RELID;
-    ELSE
-      EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
-        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j, $2
-        FROM ({dynamic}) c(j)$q$, image_expr) USING TG_RELID, pg_catalog.current_setting('switchyard.session', true);
-    END IF;
-  ELSE
-    {fixed}
-  END IF;"
+    emit_text_or_fixed(
+        op,
+        "image_expr",
+        "coalesce(t.images, 'pg_catalog.to_json(r.*)')",
+        &chunks("%s", source),
+        &emit(op, &chunks("pg_catalog.to_json(r.*)", source)),
     )
 }
 
@@ -147,18 +136,25 @@ fn emit_images(op: char, source: &str) -> String {
 /// `\u0000` the json parser behind `->` refuses) from `dynamic`, a format() template whose
 /// `%1$s` is the table's stored key expression.
 fn emit_keys(query: &str, dynamic: &str) -> String {
-    let fixed = emit('D', query);
+    emit_text_or_fixed('D', "key_expr", "t.keys", dynamic, &emit('D', query))
+}
+
+/// For a table in `+text` mode, the chunks of `dynamic` as capture rows of operation `op`,
+/// through dynamic SQL: `dynamic` is a format() template filled with the table's stored
+/// expression, read into plpgsql variable `var` as `column` of `_switchyard.tables t`. For
+/// every other table, `fixed`.
+fn emit_text_or_fixed(op: char, var: &str, column: &str, dynamic: &str, fixed: &str) -> String {
     format!(
         "IF text_images THEN
-    key_expr := (SELECT t.keys FROM _switchyard.tables t WHERE t.relid = TG_RELID);
+    {var} := (SELECT {column} FROM _switchyard.tables t WHERE t.relid = TG_RELID);
     IF lockstep THEN
       EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_lockstep (xid, seq, relid, op, rows)
-        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, 'D', c.j
-        FROM ({dynamic}) c(j)$q$, key_expr) USING TG_RELID;
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j
+        FROM ({dynamic}) c(j)$q$, {var}) USING TG_RELID;
     ELSE
       EXECUTE pg_catalog.format($q$INSERT INTO _switchyard.capture_log (xid, seq, relid, op, rows, via)
-        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, 'D', c.j, $2
-        FROM ({dynamic}) c(j)$q$, key_expr) USING TG_RELID, pg_catalog.current_setting('switchyard.session', true);
+        SELECT pg_catalog.pg_current_xact_id(), pg_catalog.nextval('_switchyard.capture_seq'), $1, '{op}', c.j, $2
+        FROM ({dynamic}) c(j)$q$, {var}) USING TG_RELID, pg_catalog.current_setting('switchyard.session', true);
     END IF;
   ELSE
     {fixed}

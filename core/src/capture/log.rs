@@ -12,7 +12,7 @@
 
 use super::apply::{truncate_sql, ApplySql};
 use super::event::{Event, Op};
-use crate::catalog::{load_table, CatalogError, TableMeta};
+use crate::catalog::{count_if_exist, load_table, CatalogError, TableMeta};
 use crate::connect::Writer;
 use crate::ident::QualifiedName;
 use crate::key::KeyText;
@@ -80,26 +80,14 @@ pub async fn backlog(primary: &Client) -> Result<(i64, f64), tokio_postgres::Err
 /// 0 where capture is not installed. For the cutover's pre-flight, on the primary of the
 /// direction being left.
 pub async fn pending(client: &Client) -> Result<i64, tokio_postgres::Error> {
-    // Looked up first: a statement naming a missing table fails whatever guards it.
-    let installed: bool = client
-        .query_one(
-            "SELECT to_regclass('_switchyard.capture_log') IS NOT NULL \
-             AND to_regclass('_switchyard.capture_lockstep') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !installed {
-        return Ok(0);
-    }
-    Ok(client
-        .query_one(
-            "SELECT (SELECT count(*) FROM _switchyard.capture_log) \
-                  + (SELECT count(*) FROM _switchyard.capture_lockstep)",
-            &[],
-        )
-        .await?
-        .get(0))
+    count_if_exist(
+        client,
+        &["_switchyard.capture_log", "_switchyard.capture_lockstep"],
+        "SELECT (SELECT count(*) FROM _switchyard.capture_log) \
+              + (SELECT count(*) FROM _switchyard.capture_lockstep)",
+        &[],
+    )
+    .await
 }
 
 /// Tables known by the primary's oid: the name comes from the primary, the columns and key

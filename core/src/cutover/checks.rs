@@ -3,6 +3,7 @@
 use super::request::{FlipError, FlipRequest};
 use super::status::{Instance, State};
 use super::verdict::Checks;
+use crate::catalog::count_if_exist;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -132,21 +133,10 @@ pub(super) async fn preflight(
     Ok(checks)
 }
 
-/// Rows of `table` on `c`, 0 where it does not exist (yet). Two statements: a table named
-/// in a query must exist when the query is parsed, whatever a CASE around it says.
+/// Rows of `table` on `c`, 0 where it does not exist (yet).
 async fn count_if_exists(c: &Client, table: &str, filter: &str) -> Result<i64, FlipError> {
-    let exists: bool = c
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    Ok(
-        c.query_one(&format!("SELECT count(*) FROM {table} {filter}"), &[])
-            .await?
-            .get(0),
-    )
+    let sql = format!("SELECT count(*) FROM {table} {filter}");
+    Ok(count_if_exist(c, &[table], &sql, &[]).await?)
 }
 
 /// Every change the secondary missed must be applied before reads move to it or the

@@ -5,6 +5,7 @@
 use super::request::{FlipError, FlipRequest};
 use super::schema::{ensure_schema, CHANNEL};
 use super::Phase;
+use crate::catalog::tables_exist;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -41,11 +42,7 @@ pub(super) async fn remove_capture(new: &Client, within: Duration) -> String {
 /// Whether new's control table says the cutover is done (an instance starting while old
 /// is gone looks there).
 pub async fn done_on(new: &Client) -> Result<Option<i64>, tokio_postgres::Error> {
-    let exists: bool = new
-        .query_one("SELECT to_regclass('_switchyard.cutover') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !tables_exist(new, &["_switchyard.cutover"]).await? {
         return Ok(None);
     }
     Ok(new

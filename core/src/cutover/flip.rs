@@ -217,16 +217,7 @@ pub async fn flip(
             .await?
             .get(0);
         if !still {
-            log(
-                old,
-                req,
-                from.phase,
-                from.epoch,
-                "abandoned",
-                "withdrawn",
-                started.elapsed(),
-            )
-            .await?;
+            log_from(old, req, &from, "abandoned", "withdrawn", started.elapsed()).await?;
             return Err(withdrawn(req, from.epoch));
         }
         let now = instances(old, req.lease).await?;
@@ -321,16 +312,7 @@ async fn refused(
     from: &super::status::State,
     detail: &str,
 ) -> Result<(), FlipError> {
-    log(
-        old,
-        req,
-        from.phase,
-        from.epoch,
-        "refused",
-        detail,
-        Duration::ZERO,
-    )
-    .await
+    log_from(old, req, from, "refused", detail, Duration::ZERO).await
 }
 
 /// Withdraws the proposal and logs the flip as abandoned.
@@ -343,14 +325,17 @@ async fn abandon(
     waited: Duration,
 ) -> Result<(), FlipError> {
     withdraw(old, epoch).await?;
-    log(
-        old,
-        req,
-        from.phase,
-        from.epoch,
-        "abandoned",
-        reason,
-        waited,
-    )
-    .await
+    log_from(old, req, from, "abandoned", reason, waited).await
+}
+
+/// Logs the flip's `outcome` (refused, abandoned) against the state it started from.
+async fn log_from(
+    old: &Client,
+    req: &FlipRequest,
+    from: &super::status::State,
+    outcome: &str,
+    detail: &str,
+    wait: Duration,
+) -> Result<(), FlipError> {
+    log(old, req, from.phase, from.epoch, outcome, detail, wait).await
 }

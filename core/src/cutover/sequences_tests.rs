@@ -22,17 +22,17 @@ fn down(last_value: i64, is_called: bool) -> Position {
     }
 }
 
+/// Where the target must move to pass `source` by `margin` steps (the arithmetic must not
+/// refuse).
+fn next(source: &Position, target: &Position, margin: i64) -> Option<i64> {
+    target_next("s", source, target, margin).unwrap()
+}
+
 #[test]
 fn ascending_target_moves_past_the_source_by_the_margin() {
     // Source handed out 100, hands out 101 next; 10 more steps of margin.
-    assert_eq!(
-        target_next("s", &up(100, true), &up(5, true), 10).unwrap(),
-        Some(111)
-    );
-    assert_eq!(
-        target_next("s", &up(100, true), &up(5, true), 0).unwrap(),
-        Some(101)
-    );
+    assert_eq!(next(&up(100, true), &up(5, true), 10), Some(111));
+    assert_eq!(next(&up(100, true), &up(5, true), 0), Some(101));
     // Steps are the target's increment.
     let by5 = Position {
         increment: 5,
@@ -42,26 +42,17 @@ fn ascending_target_moves_past_the_source_by_the_margin() {
         increment: 5,
         ..up(96, true)
     };
-    assert_eq!(target_next("s", &src, &by5, 2).unwrap(), Some(111));
+    assert_eq!(next(&src, &by5, 2), Some(111));
     // A negative margin is no margin.
-    assert_eq!(
-        target_next("s", &up(100, true), &up(5, true), -7).unwrap(),
-        Some(101)
-    );
+    assert_eq!(next(&up(100, true), &up(5, true), -7), Some(101));
 }
 
 #[test]
 fn descending_target_moves_below_the_source() {
+    assert_eq!(next(&down(-100, true), &down(-5, true), 10), Some(-111));
+    assert_eq!(next(&down(-100, true), &down(-101, false), 0), None);
     assert_eq!(
-        target_next("s", &down(-100, true), &down(-5, true), 10).unwrap(),
-        Some(-111)
-    );
-    assert_eq!(
-        target_next("s", &down(-100, true), &down(-101, false), 0).unwrap(),
-        None
-    );
-    assert_eq!(
-        target_next("s", &down(-100, true), &down(-101, true), 0).unwrap(),
+        next(&down(-100, true), &down(-101, true), 0),
         None,
         "hands out -102 next, below -101"
     );
@@ -70,41 +61,20 @@ fn descending_target_moves_below_the_source() {
 #[test]
 fn never_called_sequences_count_from_their_next_value() {
     // Neither handed out anything: both hand out 1 next.
-    assert_eq!(
-        target_next("s", &up(1, false), &up(1, false), 0).unwrap(),
-        None
-    );
-    assert_eq!(
-        target_next("s", &up(1, false), &up(1, false), 5).unwrap(),
-        Some(6)
-    );
+    assert_eq!(next(&up(1, false), &up(1, false), 0), None);
+    assert_eq!(next(&up(1, false), &up(1, false), 5), Some(6));
     // Restarted at 1000 on the source (is_called false): the target must not hand
     // out anything below 1000.
-    assert_eq!(
-        target_next("s", &up(1000, false), &up(40, true), 0).unwrap(),
-        Some(1000)
-    );
+    assert_eq!(next(&up(1000, false), &up(40, true), 0), Some(1000));
     // A never-called target holding a next value past the source's stays.
-    assert_eq!(
-        target_next("s", &up(7, true), &up(8, false), 0).unwrap(),
-        None
-    );
+    assert_eq!(next(&up(7, true), &up(8, false), 0), None);
 }
 
 #[test]
 fn a_target_already_ahead_stays() {
-    assert_eq!(
-        target_next("s", &up(100, true), &up(500, true), 10).unwrap(),
-        None
-    );
-    assert_eq!(
-        target_next("s", &up(100, true), &up(110, true), 10).unwrap(),
-        None
-    );
-    assert_eq!(
-        target_next("s", &up(100, true), &up(109, true), 10).unwrap(),
-        Some(111)
-    );
+    assert_eq!(next(&up(100, true), &up(500, true), 10), None);
+    assert_eq!(next(&up(100, true), &up(110, true), 10), None);
+    assert_eq!(next(&up(100, true), &up(109, true), 10), Some(111));
 }
 
 #[test]
