@@ -118,31 +118,61 @@ pub fn mark_sql(primary_xid: &str) -> String {
     )
 }
 
-/// On the secondary, once the intents of `settled` (primary transaction ids) are gone: makes
-/// every commit it acknowledged so far durable (a transaction committed with
-/// `synchronous_commit = on` flushes the WAL up to its commit record, and every earlier
-/// commit record lies before it) and deletes the marks of `settled`. Until such a flush, a
-/// commit acknowledged under `synchronous_commit = off` can still be lost in a crash, and
-/// its intent must stay.
+/// On the secondary: makes every commit it acknowledged so far durable (a transaction
+/// committed with `synchronous_commit = on` flushes the WAL up to its commit record, and
+/// every earlier commit record lies before it), deletes the marks of `settled` (primary
+/// transaction ids whose intents are gone), and returns those of `committed` whose marks it
+/// found. Until such a flush, a commit acknowledged under `synchronous_commit = off` can
+/// still be lost in a crash and its intent must stay; a mark not found was lost so (the
+/// secondary restarted since it acknowledged the commit), and its intent is left to
+/// recovery.
+///
+/// PostgreSQL flushes at COMMIT only for a transaction that wrote WAL before its commit
+/// record (`RecordTransactionCommit`): an id alone, or a DELETE that finds no row, commits
+/// asynchronously and flushes nothing. So the transaction always writes and removes a row of
+/// its own, named after its id (no two sweepers touch the same row).
 pub async fn flush_commits(
     secondary: &Client,
     settled: &[String],
-) -> Result<(), tokio_postgres::Error> {
-    let list = settled
-        .iter()
-        .map(|x| crate::ident::quote_literal(x))
-        .collect::<Vec<_>>()
-        .join(", ");
+    committed: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let list = |xids: &[String]| {
+        xids.iter()
+            .map(|x| crate::ident::quote_literal(x))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let delete = if settled.is_empty() {
         String::new()
     } else {
-        format!("DELETE FROM _switchyard.applied_intents WHERE xid IN ({list}); ")
+        format!(
+            "DELETE FROM _switchyard.applied_intents WHERE xid IN ({}); ",
+            list(settled)
+        )
     };
-    secondary
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_catalog.pg_current_xact_id(); {delete}COMMIT"
+    let check = if committed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "SELECT xid FROM _switchyard.applied_intents WHERE xid IN ({}); ",
+            list(committed)
+        )
+    };
+    let own = "'flush ' || pg_catalog.pg_current_xact_id()";
+    let replies = secondary
+        .simple_query(&format!(
+            "BEGIN; SET LOCAL synchronous_commit = on; \
+             INSERT INTO _switchyard.applied_intents (xid) VALUES ({own}); \
+             DELETE FROM _switchyard.applied_intents WHERE xid = {own}; {delete}{check}COMMIT"
         ))
-        .await
+        .await?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Deletes the intents of transactions the secondary committed (primary transaction ids);
@@ -219,45 +249,44 @@ pub async fn resolve(
         )
         .await
         .map_err(IntentError::Read)?;
-    if !rows.is_empty() {
-        // A commit found below must not be lost to a crash after its intent is gone.
-        flush_commits(secondary, &[])
-            .await
-            .map_err(|source| IntentError::Status {
-                xid: "(flush)".into(),
-                source,
-            })?;
-    }
+    // Whether each secondary transaction still runs (an id the secondary handed out again
+    // after a crash may be running too: then this waits a little longer, harmlessly; one
+    // it lost in a crash and has not handed out again lies at or past the next id, where
+    // `pg_xact_status` would refuse it).
+    let mut ended = Vec::new();
     for row in rows {
         let (xid, secondary_xid): (String, String) = (row.get(0), row.get(1));
-        let status = |source| IntentError::Status {
-            xid: secondary_xid.clone(),
-            source,
-        };
-        // First whether it still runs (an id the secondary handed out again after a
-        // crash may be running too: then this waits a little longer, harmlessly); once
-        // it does not, its mark is visible if and only if it committed.
         let running: bool = secondary
             .query_one(
-                "SELECT pg_catalog.pg_xact_status($1::text::xid8) IS NOT DISTINCT FROM 'in progress'",
+                "SELECT CASE WHEN $1::text::xid8 >= pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) \
+                 THEN false ELSE pg_catalog.pg_xact_status($1::text::xid8) IS NOT DISTINCT FROM 'in progress' END",
                 &[&secondary_xid],
             )
             .await
-            .map_err(status)?
+            .map_err(|source| IntentError::Status {
+                xid: secondary_xid.clone(),
+                source,
+            })?
             .get(0);
         if running {
             report.pending += 1;
-            continue;
+        } else {
+            ended.push(xid);
         }
-        let committed: bool = secondary
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM _switchyard.applied_intents WHERE xid = $1)",
-                &[&xid],
-            )
-            .await
-            .map_err(status)?
-            .get(0);
-        if committed {
+    }
+    if ended.is_empty() {
+        return Ok(report);
+    }
+    // Ended, its mark is there if and only if it committed; the flush that finds the mark
+    // also makes the commit durable, so the intent can go.
+    let committed = flush_commits(secondary, &[], &ended)
+        .await
+        .map_err(|source| IntentError::Status {
+            xid: "(flush)".into(),
+            source,
+        })?;
+    for xid in ended {
+        if committed.contains(&xid) {
             report.cleared += clear(primary, std::slice::from_ref(&xid))
                 .await
                 .map_err(IntentError::Read)?;
@@ -268,7 +297,7 @@ pub async fn resolve(
         }
     }
     if !cleared.is_empty() {
-        let _ = flush_commits(secondary, &cleared).await;
+        let _ = flush_commits(secondary, &cleared, &[]).await;
     }
     Ok(report)
 }

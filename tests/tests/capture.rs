@@ -10,9 +10,9 @@ use futures_util::SinkExt;
 use switchyard_proxy::RunningProxy;
 use switchyard_tests::http::admin_json;
 use switchyard_tests::mirror::{
-    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, on, proxied, rows,
+    assert_mirrored, assert_nothing_queued, assert_same, init_tracing, on, proxied, rows, Proxied,
 };
-use switchyard_tests::proxy::{batch_each, batch_fails, connect_proxy, start_proxy, Pair};
+use switchyard_tests::proxy::{batch_each, batch_fails, connect_proxy, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until_async;
 use tokio_postgres::error::SqlState;
 
@@ -458,4 +458,65 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
     // The session goes on.
     ensure!(c.query_one("SELECT 1", &[]).await?.get::<_, i32>(0) == 1);
     Ok(())
+}
+
+/// A TRUNCATE made straight on old reaches new through the change log a little later (here:
+/// while a session holds its log rows), after proxied transactions that wrote the same
+/// tables were applied on new in lockstep. Applied in log order it emptied those rows on
+/// new (a table without a key and a keyed one alike); new must end with old's rows, and a
+/// row inserted straight on old after the TRUNCATE must not arrive twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()> {
+    let s = proxied(
+        "CREATE TABLE history (account int, delta int, note text);
+         CREATE TABLE k (id int PRIMARY KEY, v text);",
+    )
+    .await?;
+    let pair = &s.pair;
+    let c = connect_proxy(&s.proxy).await?;
+    c.batch_execute(
+        "INSERT INTO history VALUES (1, 10, 'before'); INSERT INTO k VALUES (1, 'before')",
+    )
+    .await?;
+    assert_same(pair, &["history", "k"])?;
+    drop(c);
+    // No proxy drains the log while the DBA truncates and a cron job inserts straight on old.
+    let Proxied { proxy, pair } = s;
+    drop(proxy);
+    on(
+        &pair.old,
+        "TRUNCATE history, k; INSERT INTO history VALUES (2, 20, 'cron, after the truncate')",
+    )?;
+    let holder = pair.old.connect(DB).await?;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM _switchyard.capture_log FOR UPDATE")
+        .await?;
+    let proxy = start_proxy(pair.config()).await?;
+    let c = connect_proxy(&proxy).await?;
+    c.batch_execute(
+        "INSERT INTO history VALUES (3, 30, 'proxied'), (3, 30, 'proxied'); \
+         INSERT INTO k VALUES (2, 'proxied'); INSERT INTO k VALUES (3, 'proxied')",
+    )
+    .await?;
+    holder.batch_execute("COMMIT").await?;
+    poll_until_async(
+        "the change log to be drained",
+        std::time::Duration::from_secs(20),
+        || async {
+            Ok(
+                (on(&pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0")
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    assert_same(&pair, &["history", "k"])?;
+    ensure!(rows(&pair.new, "history")?.lines().count() == 3);
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM k"
+        )? == "2,3"
+    );
+    assert_nothing_queued(&pair)
 }

@@ -16,7 +16,7 @@ use switchyard_tests::mirror::{
     crash_between_commits, eventually, on, pgbench_across_secondary_restart,
     pgbench_pair_without_prepare, reconciler, PGBENCH_TABLES,
 };
-use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair};
+use switchyard_tests::proxy::{connect_proxy, proxy_url, start_proxy, Pair, DB};
 use switchyard_tests::wait::poll_until;
 use switchyard_tests::PgCluster;
 
@@ -234,6 +234,56 @@ async fn secondary_killed_under_pgbench_in_lockstep_mode_then_replayed() -> Resu
     ensure!(run.code() == Some(0), "replay:\n{}", run.text());
     ensure!(on(&pair.old, "SELECT count(*) FROM _switchyard.intents")? == "0");
     assert_pgbench_level(&pair).await
+}
+
+/// The sweeper deletes an intent only once the secondary's commit is durable there and
+/// still present: after a commit acknowledged under `synchronous_commit = off` (the WAL
+/// writer idle for 10 s), the flush moves the secondary's WAL flush position past it, and of
+/// the marks asked about it confirms only the one that exists (a mark lost in a crash
+/// leaves its intent to recovery). The flush leaves no row of its own behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweepers_flush_makes_acknowledged_commits_durable() -> Result<()> {
+    use switchyard_core::intents::flush_commits;
+    let new = tokio::task::spawn_blocking(|| {
+        PgCluster::builder()
+            .setting("wal_writer_delay", "10s")
+            .start()
+    })
+    .await??;
+    new.create_database(DB)?;
+    let c = new.connect(DB).await?;
+    c.batch_execute(switchyard_core::retry::APPLIED_STATEMENTS_SQL)
+        .await?;
+    c.batch_execute("CREATE TABLE t (id int)").await?;
+    c.batch_execute(
+        "BEGIN; INSERT INTO t VALUES (1); \
+         INSERT INTO _switchyard.applied_intents (xid) VALUES ('41'); COMMIT",
+    )
+    .await?;
+    let written: String = c
+        .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    let confirmed = flush_commits(&c, &[], &["41".to_string(), "42".to_string()]).await?;
+    ensure!(confirmed == ["41"], "confirmed {confirmed:?}, want only 41");
+    let durable: bool = c
+        .query_one(
+            "SELECT pg_catalog.pg_current_wal_flush_lsn() >= $1::text::pg_lsn",
+            &[&written],
+        )
+        .await?
+        .get(0);
+    ensure!(durable, "the commit at {written} is not flushed");
+    flush_commits(&c, &["41".to_string()], &[]).await?;
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM _switchyard.applied_intents", &[])
+        .await?
+        .get(0);
+    ensure!(
+        left == 0,
+        "{left} marks left after the settled one was deleted"
+    );
+    Ok(())
 }
 
 /// The cutover's write phase in lockstep mode, neither database able to prepare: pgbench

@@ -7,8 +7,10 @@
 //! the work), applied, then deleted in the claiming transaction:
 //! - keyed tables: the keys are re-synced from the primary's current rows under a row lock
 //!   (`resync`), so order and repetition do not matter;
-//! - tables without a key, TRUNCATE and statements: applied from the log itself, once,
-//!   recorded in `_switchyard.applied_statements` on the target in the same transaction.
+//! - tables without a key and statements: applied from the log itself, once, recorded in
+//!   `_switchyard.applied_statements` on the target in the same transaction;
+//! - TRUNCATE: the tables are made equal to the primary's current rows, once
+//!   (`log_truncate`), so a lockstep transaction that wrote them meanwhile keeps its rows.
 
 use super::apply::{truncate_sql, ApplySql};
 use super::event::{Event, Op};
@@ -57,6 +59,8 @@ pub enum LogError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error(transparent)]
+    Replace(#[from] super::log_truncate::ReplaceError),
     #[error("table oid {0} no longer exists on the primary")]
     Gone(u32),
     #[error("a key in the change log for {table} is unreadable: {detail}")]
@@ -263,7 +267,12 @@ async fn drain_from(
                 }
                 let group: Vec<(i64, &Event)> =
                     events[i..end].iter().map(|(id, e)| (*id, e)).collect();
-                apply_once(source, target, tables, &group, from).await?;
+                if e.op == Op::Truncate {
+                    let truncated = truncated(source, target, tables, &group, from).await?;
+                    super::log_truncate::replace_truncated(source, target, truncated).await?;
+                } else {
+                    apply_once(source, target, tables, &group, from).await?;
+                }
                 report.statements += 1;
                 i = end;
             }
@@ -300,6 +309,37 @@ async fn drain_from(
     tx.commit().await.map_err(LogError::Claim)?;
     report.events = ids.len() as u64;
     Ok(report)
+}
+
+/// What applying one TRUNCATE command of the log needs to know of it.
+async fn truncated(
+    source: &mut Client,
+    target: &mut Writer,
+    tables: &mut LogTables,
+    group: &[(i64, &Event)],
+    from: Source,
+) -> Result<super::log_truncate::Truncated, LogError> {
+    let mut metas: Vec<TableMeta> = Vec::new();
+    for (_, e) in group {
+        match tables.get(source, target, e.relid).await {
+            Ok((meta, _)) => {
+                if !metas.iter().any(|m| m.quoted() == meta.quoted()) {
+                    metas.push(meta.clone());
+                }
+            }
+            // Dropped since: its rows went with it.
+            Err(LogError::Gone(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(super::log_truncate::Truncated {
+        metas,
+        relids: group.iter().map(|(_, e)| e.relid).collect(),
+        first_id: group.first().map_or(0, |(id, _)| *id),
+        marks: group.iter().map(|(id, _)| from.mark(*id)).collect(),
+        // Leftovers of lockstep transactions come after the whole log in a drain.
+        in_order: from != Source::Log,
+    })
 }
 
 async fn flush_keys(

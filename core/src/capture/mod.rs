@@ -19,6 +19,7 @@ pub mod apply;
 pub mod event;
 pub mod install;
 pub mod log;
+mod log_truncate;
 mod schema;
 pub mod uninstall;
 

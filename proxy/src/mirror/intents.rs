@@ -105,7 +105,7 @@ pub async fn sweep_loop(m: Arc<Mirror>) {
             let batch = m.intents.take();
             if batch.is_empty() {
                 if let (false, Some(c)) = (marks.is_empty(), &secondary) {
-                    if switchyard_core::intents::flush_commits(c, &marks)
+                    if switchyard_core::intents::flush_commits(c, &marks, &[])
                         .await
                         .is_ok()
                     {
@@ -126,18 +126,31 @@ pub async fn sweep_loop(m: Arc<Mirror>) {
                 .await
                 .ok();
             }
-            let flushed = match &secondary {
-                Some(c) => switchyard_core::intents::flush_commits(c, &marks)
+            let confirmed = match &secondary {
+                Some(c) => switchyard_core::intents::flush_commits(c, &marks, &batch)
                     .await
-                    .is_ok(),
-                None => false,
+                    .ok(),
+                None => None,
             };
-            if !flushed {
+            let Some(confirmed) = confirmed else {
                 // The secondary may have lost them in a crash: recovery asks it about each.
                 tracing::debug!(n, "The secondary's commits could not be made durable; recovery settles their intents.");
                 secondary = None;
                 continue;
+            };
+            let lost = batch.len() - confirmed.len();
+            if lost > 0 {
+                // Acknowledged, then lost in a restart of the secondary: their intents stay.
+                tracing::warn!(lost, secondary = %m.direction.secondary(),
+                    "The secondary restarted and lost commits it had acknowledged; recovery applies them from their intents.");
+                m.intents
+                    .unfinished
+                    .fetch_add(lost as u64, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::MIRROR_INTENTS_UNFINISHED_TOTAL)
+                    .increment(lost as u64);
+                m.status.retry_backlog.fetch_add(1, Ordering::Relaxed);
             }
+            let (batch, n) = (confirmed, n - lost as u64);
             let cleared = match m.control.client().await {
                 Ok(c) => switchyard_core::intents::clear(&c, &batch)
                     .await
