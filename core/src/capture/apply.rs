@@ -158,6 +158,19 @@ impl From<&crate::catalog::TableMeta> for ApplySql {
     }
 }
 
+/// Records once-only marks on the target in `tx`; how many were new (0: all applied before).
+pub async fn mark_applied(
+    tx: &tokio_postgres::Transaction<'_>,
+    marks: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO _switchyard.applied_statements (idempotency_key) SELECT unnest($1::text[]) \
+         ON CONFLICT DO NOTHING",
+        &[&marks],
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

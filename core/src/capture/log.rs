@@ -424,12 +424,7 @@ async fn apply_once(
         .await
         .map_err(apply_err("a transaction"))?;
     let marks: Vec<String> = group.iter().map(|(id, _)| from.mark(*id)).collect();
-    let fresh = tx
-        .execute(
-            "INSERT INTO _switchyard.applied_statements (idempotency_key) SELECT unnest($1::text[]) \
-             ON CONFLICT DO NOTHING",
-            &[&marks],
-        )
+    let fresh = super::apply::mark_applied(&tx, &marks)
         .await
         .map_err(apply_err("the once-only mark"))?;
     if fresh > 0 {

@@ -21,7 +21,7 @@
 //! does not have yet: the TRUNCATE is then applied as it stands, in log order (as is one
 //! left behind by a lockstep transaction, drained after the whole log).
 
-use super::apply::truncate_sql;
+use super::apply::{mark_applied, truncate_sql};
 use crate::catalog::TableMeta;
 use crate::connect::Writer;
 use crate::ident::quote_ident;
@@ -127,12 +127,7 @@ pub(super) async fn replace_truncated(
         .transaction()
         .await
         .map_err(on_target("a transaction"))?;
-    let fresh = tx
-        .execute(
-            "INSERT INTO _switchyard.applied_statements (idempotency_key) SELECT unnest($1::text[]) \
-             ON CONFLICT DO NOTHING",
-            &[&marks],
-        )
+    let fresh = mark_applied(&tx, &marks)
         .await
         .map_err(on_target("the once-only mark"))?;
     if fresh > 0 && !names.is_empty() {
@@ -142,13 +137,9 @@ pub(super) async fn replace_truncated(
                 tx.batch_execute(&sql).await.map_err(on_target(&sql))?;
             }
             Some(held) => {
-                tx.execute(
-                    "INSERT INTO _switchyard.applied_statements (idempotency_key) \
-                     SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                    &[held],
-                )
-                .await
-                .map_err(on_target("the marks of the rows the copy holds"))?;
+                mark_applied(&tx, held)
+                    .await
+                    .map_err(on_target("the marks of the rows the copy holds"))?;
                 replace_rows(&primary, &tx, &metas).await?;
             }
         }
