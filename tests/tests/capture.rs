@@ -520,3 +520,50 @@ async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()>
     );
     assert_nothing_queued(&pair)
 }
+
+/// TRUNCATE of a partitioned table, through the proxy (the whole table, one partition) and
+/// straight on old (through the change log): new ends with old's rows in every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncating_a_partitioned_table() -> Result<()> {
+    let s = proxied(
+        "CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
+         CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
+         CREATE TABLE loose (region text, v int) PARTITION BY LIST (region);
+         CREATE TABLE loose_eu PARTITION OF loose FOR VALUES IN ('eu');
+         CREATE TABLE loose_us PARTITION OF loose FOR VALUES IN ('us');",
+    )
+    .await?;
+    let c = connect_proxy(&s.proxy).await?;
+    let fill = "INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 10) g \
+                ON CONFLICT DO NOTHING; \
+                INSERT INTO loose SELECT CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 6) g";
+    let tables = ["m", "m_eu", "m_us", "loose", "loose_eu", "loose_us"];
+    batch_each(
+        &c,
+        &[
+            fill,
+            "TRUNCATE m, loose",
+            fill,
+            "TRUNCATE m_eu, loose_us",
+            "BEGIN; TRUNCATE m_us; INSERT INTO m VALUES (99, 'us', 99); COMMIT",
+        ],
+    )
+    .await?;
+    assert_mirrored(&s.pair, &tables)?;
+    on(&s.pair.old, &format!("TRUNCATE m, loose; {fill}"))?;
+    poll_until_async(
+        "the change log to be drained",
+        std::time::Duration::from_secs(20),
+        || async {
+            Ok(
+                (on(&s.pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0")
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    assert_same(&s.pair, &tables)?;
+    ensure!(rows(&s.pair.new, "loose")?.lines().count() == 6);
+    assert_nothing_queued(&s.pair)
+}

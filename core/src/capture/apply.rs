@@ -135,11 +135,12 @@ impl ApplySql {
     }
 }
 
-/// `TRUNCATE ONLY` of tables truncated together (a `TRUNCATE ... CASCADE` on the primary
+/// `TRUNCATE ONLY` of each of the tables truncated together (a `TRUNCATE ... CASCADE` on the primary
 /// truncates the referencing tables in the same command: one statement keeps the secondary's
 /// foreign-key check satisfied).
 pub fn truncate_sql(names: &[String]) -> String {
-    format!("TRUNCATE ONLY {}", names.join(", "))
+    let only: Vec<String> = names.iter().map(|n| format!("ONLY {n}")).collect();
+    format!("TRUNCATE {}", only.join(", "))
 }
 
 impl From<&crate::catalog::TableMeta> for ApplySql {

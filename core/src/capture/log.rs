@@ -12,7 +12,7 @@
 //! - TRUNCATE: the tables are made equal to the primary's current rows, once
 //!   (`log_truncate`), so a lockstep transaction that wrote them meanwhile keeps its rows.
 
-use super::apply::{truncate_sql, ApplySql};
+use super::apply::ApplySql;
 use super::event::{Event, Op};
 use crate::catalog::{count_if_exist, load_table, CatalogError, TableMeta};
 use crate::connect::Writer;
@@ -268,7 +268,7 @@ async fn drain_from(
                 let group: Vec<(i64, &Event)> =
                     events[i..end].iter().map(|(id, e)| (*id, e)).collect();
                 if e.op == Op::Truncate {
-                    let truncated = truncated(source, target, tables, &group, from).await?;
+                    let truncated = truncated(source, target, &group, from).await?;
                     super::log_truncate::replace_truncated(source, target, truncated).await?;
                 } else {
                     apply_once(source, target, tables, &group, from).await?;
@@ -311,30 +311,41 @@ async fn drain_from(
     Ok(report)
 }
 
-/// What applying one TRUNCATE command of the log needs to know of it.
+/// What applying one TRUNCATE command of the log needs to know of it. Each row names the
+/// table it emptied: a partition itself (not its root, as rows do), or a partitioned table,
+/// whose partitions have rows of their own in the same command and which is left out.
 async fn truncated(
     source: &mut Client,
     target: &mut Writer,
-    tables: &mut LogTables,
     group: &[(i64, &Event)],
     from: Source,
 ) -> Result<super::log_truncate::Truncated, LogError> {
     let mut metas: Vec<TableMeta> = Vec::new();
+    let mut relids = Vec::new();
     for (_, e) in group {
-        match tables.get(source, target, e.relid).await {
-            Ok((meta, _)) => {
-                if !metas.iter().any(|m| m.quoted() == meta.quoted()) {
-                    metas.push(meta.clone());
-                }
-            }
-            // Dropped since: its rows went with it.
-            Err(LogError::Gone(_)) => {}
-            Err(err) => return Err(err),
+        let oid = e.relid;
+        let row = source
+            .query_opt(
+                "SELECT n.nspname::text, c.relname::text, c.relkind = 'p' FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
+                &[&oid],
+            )
+            .await
+            .map_err(|source| LogError::Name { oid, source })?;
+        // Dropped since (its rows went with it), or partitioned.
+        let Some(row) = row.filter(|r| !r.get::<_, bool>(2)) else {
+            continue;
+        };
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let meta = load_table(target, &name).await?;
+        if !metas.iter().any(|m| m.quoted() == meta.quoted()) {
+            metas.push(meta);
+            relids.push(oid);
         }
     }
     Ok(super::log_truncate::Truncated {
         metas,
-        relids: group.iter().map(|(_, e)| e.relid).collect(),
+        relids,
         first_id: group.first().map_or(0, |(id, _)| *id),
         marks: group.iter().map(|(id, _)| from.mark(*id)).collect(),
         // Leftovers of lockstep transactions come after the whole log in a drain.
@@ -369,9 +380,9 @@ async fn flush_keys(
     Ok(())
 }
 
-/// Applies events that cannot be re-read by key (rows of a keyless table, a TRUNCATE, a
-/// statement), exactly once: the log ids are recorded on the target in the same
-/// transaction.
+/// Applies events that cannot be re-read by key (rows of a keyless table, a statement),
+/// exactly once: the log ids are recorded on the target in the same transaction. (A
+/// TRUNCATE goes through `log_truncate`.)
 async fn apply_once(
     source: &Client,
     target: &mut Writer,
@@ -380,7 +391,6 @@ async fn apply_once(
     from: Source,
 ) -> Result<(), LogError> {
     let mut statements: Vec<(String, Option<String>)> = Vec::new();
-    let mut truncated = Vec::new();
     for (_, e) in group {
         match e.op {
             Op::Statement => {
@@ -388,9 +398,7 @@ async fn apply_once(
                     statements.push((sql, path));
                 }
             }
-            Op::Truncate => {
-                truncated.push(tables.get(source, target, e.relid).await?.1.name.clone())
-            }
+            Op::Truncate => {}
             Op::DeleteRows => {
                 let sql = tables
                     .get(source, target, e.relid)
@@ -411,9 +419,6 @@ async fn apply_once(
                 ));
             }
         }
-    }
-    if !truncated.is_empty() {
-        statements.push((truncate_sql(&truncated), None));
     }
     let apply_err = |what: &str| {
         let what = what.to_string();

@@ -32,31 +32,33 @@ use tokio_postgres::{Client, IsolationLevel};
 /// transaction holding one must not stall that table's writers behind the lock request.
 const LOCK_TIMEOUT: &str = "5s";
 
-/// Later rows of the same tables (partitions count as their root) that the copy holds, as
-/// once-only marks; none when a statement follows in the log.
+/// Later rows of the truncated tables that the copy holds, as once-only marks; none when a
+/// statement follows in the log, or rows written through a partitioned table above one of
+/// them (such rows name the partitioned table, so which of them the copy holds is not
+/// known here).
 const LATER_SQL: &str = "\
-WITH roots AS (
-  SELECT coalesce(pg_catalog.pg_partition_root(r::regclass)::oid, r) AS root
-  FROM unnest($2::oid[]) r)
-SELECT CASE WHEN EXISTS (SELECT 1 FROM _switchyard.capture_log
-                         WHERE id > $1 AND op = 'S')
+WITH tables AS (SELECT unnest($2::oid[]) AS relid),
+above AS (SELECT a.relid FROM tables t, pg_catalog.pg_partition_ancestors(t.relid::regclass) a
+          WHERE a.relid <> t.relid)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM _switchyard.capture_log l
+                         WHERE l.id > $1 AND (l.op = 'S' OR l.relid IN (SELECT relid FROM above)))
+              OR EXISTS (SELECT 1 FROM _switchyard.capture_lockstep k
+                         WHERE k.relid IN (SELECT relid FROM above))
             THEN NULL
             ELSE array(
               SELECT 'log:' || l.id FROM _switchyard.capture_log l
-              WHERE l.id > $1
-                AND coalesce(pg_catalog.pg_partition_root(l.relid::regclass)::oid, l.relid)
-                    IN (SELECT root FROM roots)
+              WHERE l.id > $1 AND l.relid IN (SELECT relid FROM tables)
               UNION ALL
               SELECT 'lockstep:' || k.seq FROM _switchyard.capture_lockstep k
-              WHERE coalesce(pg_catalog.pg_partition_root(k.relid::regclass)::oid, k.relid)
-                    IN (SELECT root FROM roots))
+              WHERE k.relid IN (SELECT relid FROM tables))
        END";
 
 /// One TRUNCATE command of the log.
 pub(super) struct Truncated {
-    /// Its tables still there, as the target has them.
+    /// The tables it emptied that are still there (partitions themselves; partitioned
+    /// tables left out), as the target has them.
     pub metas: Vec<TableMeta>,
-    /// The primary's oids of the tables its rows name (partitions included).
+    /// Their oids on the primary.
     pub relids: Vec<u32>,
     /// The log id of its first row: later rows have greater ones.
     pub first_id: i64,

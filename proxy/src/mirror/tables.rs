@@ -19,6 +19,10 @@ pub struct TableInfo {
     pub name: String,
     /// `name`, shared by the keys a transaction tracks.
     pub shared_name: Arc<str>,
+    /// What a TRUNCATE the event reports empties on the secondary: the table itself (a
+    /// partition, not its root); None for a partitioned table, whose partitions report
+    /// their own TRUNCATE.
+    pub truncates: Option<String>,
     pub columns: Vec<ApplyColumn>,
     pub key: Vec<String>,
     /// Statements by the set of columns the images carry (all of them, unless the images
@@ -75,7 +79,8 @@ impl TableInfo {
 }
 
 /// Looks up a table by oid (mapped to its partition root): schema, name, persistence,
-/// columns (JSON), primary key (JSON), and its current version.
+/// columns (JSON), primary key (JSON), its current version, and the oid's own quoted name
+/// and relkind (a partition's, where the oid is one).
 const LOOKUP_SQL: &str = "
 WITH r AS (SELECT coalesce(pg_partition_root($1::oid::regclass)::oid, $1::oid) AS oid)
 SELECT n.nspname::text, c.relname::text, c.relpersistence::text,
@@ -88,7 +93,9 @@ SELECT n.nspname::text, c.relname::text, c.relpersistence::text,
             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
             WHERE i.indrelid = c.oid AND i.indisprimary), '[]')::text,
-  (SELECT t.version FROM _switchyard.tables t WHERE t.relid = c.oid)::text
+  (SELECT t.version FROM _switchyard.tables t WHERE t.relid = c.oid)::text,
+  (SELECT format('%I.%I %s', o.nspname, p.relname, p.relkind)
+   FROM pg_class p JOIN pg_namespace o ON o.oid = p.relnamespace WHERE p.oid = $1::oid)
 FROM r JOIN pg_class c ON c.oid = r.oid JOIN pg_namespace n ON n.oid = c.relnamespace";
 
 /// The lookup for one oid as plain SQL, for the client's own connection.
@@ -133,11 +140,11 @@ impl Tables {
         let Some(row) = row else {
             return Ok(Found::OtherVersion);
         };
-        let values: Vec<Option<String>> = (0..6).map(|i| row.get::<_, Option<String>>(i)).collect();
+        let values: Vec<Option<String>> = (0..7).map(|i| row.get::<_, Option<String>>(i)).collect();
         self.from_values(oid, version, &values)
     }
 
-    /// Builds (and caches) a table from the six columns of the lookup; `OtherVersion` when
+    /// Builds (and caches) a table from the seven columns of the lookup; `OtherVersion` when
     /// they describe another version than `version`.
     pub fn from_values(
         &self,
@@ -172,8 +179,14 @@ impl Tables {
             switchyard_core::ident::quote_ident(&schema),
             switchyard_core::ident::quote_ident(&table)
         );
+        let truncates = match get(6)?.rsplit_once(' ') {
+            Some((_, "p")) => None,
+            Some((own, _)) => Some(own.to_string()),
+            None => Some(name.clone()),
+        };
         let info = Arc::new(TableInfo {
             shared_name: Arc::from(name.as_str()),
+            truncates,
             name,
             schema,
             table,
@@ -201,6 +214,7 @@ mod tests {
             Some(r#"[{"name":"id","generated":false,"always":false},{"name":"w","generated":false,"always":false}]"#.into()),
             Some(r#"["id"]"#.into()),
             Some(version.into()),
+            Some("public.t r".into()),
         ]
     }
 
@@ -223,5 +237,22 @@ mod tests {
             sql.write
         );
         assert!(t.full_sql().write.contains("\"w\""));
+        assert_eq!(t.truncates.as_deref(), Some("public.t"));
+    }
+
+    #[test]
+    fn a_truncate_empties_the_partition_itself_and_skips_a_partitioned_table() {
+        let tables = Tables::default();
+        let mut v = values("1");
+        v[6] = Some(r#"public."m_EU" r"#.into());
+        let Ok(Found::Table(leaf)) = tables.from_values(8, 1, &v) else {
+            panic!("expected the table");
+        };
+        assert_eq!(leaf.truncates.as_deref(), Some(r#"public."m_EU""#));
+        v[6] = Some("public.m p".into());
+        let Ok(Found::Table(root)) = tables.from_values(9, 1, &v) else {
+            panic!("expected the table");
+        };
+        assert_eq!(root.truncates, None);
     }
 }

@@ -245,7 +245,11 @@ impl MirrorSession {
             return;
         };
         if event.op == Op::Truncate {
-            self.txn.truncated.push(table.name.clone());
+            if let Some(own) = &table.truncates {
+                if !self.txn.truncated.contains(own) {
+                    self.txn.truncated.push(own.clone());
+                }
+            }
             return;
         }
         let rows = event.rows.clone().unwrap_or_else(|| "[]".into());
