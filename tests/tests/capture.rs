@@ -567,3 +567,53 @@ async fn truncating_a_partitioned_table() -> Result<()> {
     ensure!(rows(&s.pair.new, "loose")?.lines().count() == 6);
     assert_nothing_queued(&s.pair)
 }
+
+/// A TRUNCATE undone by ROLLBACK TO never reaches new; one kept is followed by rows loaded
+/// with COPY in the same transaction, and a TRUNCATE ... RESTART IDENTITY of a table with
+/// an identity key refills with old's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncates_in_savepoints_and_before_copy() -> Result<()> {
+    let s = proxied(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE idents (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);",
+    )
+    .await?;
+    let c = connect_proxy(&s.proxy).await?;
+    batch_each(
+        &c,
+        &[
+            "INSERT INTO t SELECT g, 'first' FROM generate_series(1, 5) g; \
+             INSERT INTO idents (v) SELECT 'first' FROM generate_series(1, 3)",
+            "BEGIN; SAVEPOINT a; TRUNCATE t; ROLLBACK TO a; INSERT INTO t VALUES (6, 'kept'); COMMIT",
+        ],
+    )
+    .await?;
+    assert_mirrored(&s.pair, &["t", "idents"])?;
+    ensure!(rows(&s.pair.new, "t")?.lines().count() == 6);
+    c.batch_execute("BEGIN; TRUNCATE t").await?;
+    let sink = c
+        .copy_in("COPY t (id, v) FROM STDIN")
+        .await
+        .context("COPY after TRUNCATE")?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"10\tcopied\n11\tcopied\n"))
+        .await?;
+    sink.finish().await?;
+    batch_each(
+        &c,
+        &[
+            "COMMIT",
+            "TRUNCATE idents RESTART IDENTITY; INSERT INTO idents (v) VALUES ('after restart')",
+        ],
+    )
+    .await?;
+    assert_mirrored(&s.pair, &["t", "idents"])?;
+    ensure!(
+        on(
+            &s.pair.new,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"
+        )? == "10,11"
+    );
+    ensure!(on(&s.pair.new, "SELECT id FROM idents")? == "1");
+    Ok(())
+}
