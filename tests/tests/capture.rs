@@ -28,6 +28,21 @@ async fn psql_proxy(proxy: &RunningProxy, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Waits until old's change log is empty: every row in it applied on new.
+async fn log_drained(pair: &Pair) -> Result<()> {
+    poll_until_async(
+        "the change log to be drained",
+        std::time::Duration::from_secs(20),
+        || async {
+            Ok(
+                (on(&pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0")
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+}
+
 /// Finding 1 of the issue: `INSERT; BEGIN; INSERT; COMMIT` as one string lost the second
 /// INSERT on both databases while the client was told it succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,17 +514,7 @@ async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()>
     )
     .await?;
     holder.batch_execute("COMMIT").await?;
-    poll_until_async(
-        "the change log to be drained",
-        std::time::Duration::from_secs(20),
-        || async {
-            Ok(
-                (on(&pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0")
-                    .then_some(()),
-            )
-        },
-    )
-    .await?;
+    log_drained(&pair).await?;
     assert_same(&pair, &["history", "k"])?;
     ensure!(rows(&pair.new, "history")?.lines().count() == 3);
     ensure!(
@@ -552,17 +557,7 @@ async fn truncating_a_partitioned_table() -> Result<()> {
     .await?;
     assert_mirrored(&s.pair, &tables)?;
     on(&s.pair.old, &format!("TRUNCATE m, loose; {fill}"))?;
-    poll_until_async(
-        "the change log to be drained",
-        std::time::Duration::from_secs(20),
-        || async {
-            Ok(
-                (on(&s.pair.old, "SELECT count(*) FROM _switchyard.capture_log")? == "0")
-                    .then_some(()),
-            )
-        },
-    )
-    .await?;
+    log_drained(&s.pair).await?;
     assert_same(&s.pair, &tables)?;
     ensure!(rows(&s.pair.new, "loose")?.lines().count() == 6);
     assert_nothing_queued(&s.pair)
