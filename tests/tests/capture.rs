@@ -478,29 +478,36 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
 /// A TRUNCATE made straight on old reaches new through the change log a little later (here:
 /// while a session holds its log rows), after proxied transactions that wrote the same
 /// tables were applied on new in lockstep. Applied in log order it emptied those rows on
-/// new (a table without a key and a keyed one alike); new must end with old's rows, and a
+/// new (a table without a key and keyed ones alike, one with an identity key and a generated
+/// column: the copy that replaces them must carry the one and leave the other to new); new
+/// must end with old's rows, and a
 /// row inserted straight on old after the TRUNCATE must not arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()> {
     let s = proxied(
         "CREATE TABLE history (account int, delta int, note text);
-         CREATE TABLE k (id int PRIMARY KEY, v text);",
+         CREATE TABLE k (id int PRIMARY KEY, v text);
+         CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int,
+                         twice int GENERATED ALWAYS AS (v * 2) STORED);",
     )
     .await?;
+    let tables = ["history", "k", "g"];
     let pair = &s.pair;
     let c = connect_proxy(&s.proxy).await?;
     c.batch_execute(
-        "INSERT INTO history VALUES (1, 10, 'before'); INSERT INTO k VALUES (1, 'before')",
+        "INSERT INTO history VALUES (1, 10, 'before'); INSERT INTO k VALUES (1, 'before'); \
+         INSERT INTO g (v) VALUES (1), (2)",
     )
     .await?;
-    assert_same(pair, &["history", "k"])?;
+    assert_same(pair, &tables)?;
     drop(c);
     // No proxy drains the log while the DBA truncates and a cron job inserts straight on old.
     let Proxied { proxy, pair } = s;
     drop(proxy);
     on(
         &pair.old,
-        "TRUNCATE history, k; INSERT INTO history VALUES (2, 20, 'cron, after the truncate')",
+        "TRUNCATE history, k, g; INSERT INTO history VALUES (2, 20, 'cron, after the truncate'); \
+         INSERT INTO g (v) VALUES (3)",
     )?;
     let holder = pair.old.connect(DB).await?;
     holder
@@ -510,12 +517,19 @@ async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()>
     let c = connect_proxy(&proxy).await?;
     c.batch_execute(
         "INSERT INTO history VALUES (3, 30, 'proxied'), (3, 30, 'proxied'); \
-         INSERT INTO k VALUES (2, 'proxied'); INSERT INTO k VALUES (3, 'proxied')",
+         INSERT INTO k VALUES (2, 'proxied'); INSERT INTO k VALUES (3, 'proxied'); \
+         INSERT INTO g (v) VALUES (4)",
     )
     .await?;
     holder.batch_execute("COMMIT").await?;
     log_drained(&pair).await?;
-    assert_same(&pair, &["history", "k"])?;
+    assert_same(&pair, &tables)?;
+    ensure!(
+        on(
+            &pair.new,
+            "SELECT string_agg(v::text || '/' || twice, ',' ORDER BY id) FROM g"
+        )? == "3/6,4/8"
+    );
     ensure!(rows(&pair.new, "history")?.lines().count() == 3);
     ensure!(
         on(
