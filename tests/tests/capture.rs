@@ -480,8 +480,8 @@ async fn large_objects_are_counted_or_refused_when_strict() -> Result<()> {
 /// tables were applied on new in lockstep. Applied in log order it emptied those rows on
 /// new (a table without a key and keyed ones alike, one with an identity key and a generated
 /// column: the copy that replaces them must carry the one and leave the other to new); new
-/// must end with old's rows, and a
-/// row inserted straight on old after the TRUNCATE must not arrive twice.
+/// must end with old's rows, and a row inserted straight on old after the TRUNCATE must not
+/// arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncate_outside_the_proxy_keeps_later_proxied_writes() -> Result<()> {
     let s = proxied(
