@@ -287,18 +287,36 @@ async fn a_locked_copy_makes_the_tables_writers_wait_and_no_one_else() -> Result
     let failpoint = format!("hold-keyless-until:{}", release.display());
     let args = pair_args(&pair, &["--lock-keyless"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = backfill_failpoint_command(&refs, &failpoint)?
+    let mut child = backfill_failpoint_command(&refs, &failpoint)?
         .spawn()
         .context("starting switchyard-backfill")?;
     let held = "SELECT count(*) FROM pg_locks \
                 WHERE relation = 'bag'::regclass AND mode = 'ShareLock' AND granted";
-    wait_on(
-        &pair.old,
+    // A backfill that ends (or stalls) without taking the lock says why.
+    let locked = poll_until_async(
         "the copy to hold bag in SHARE mode",
         BACKFILL_TIMEOUT,
-        held,
-        "1",
-    )?;
+        || {
+            let exited = child.try_wait().map(|s| s.is_some());
+            let old = &pair.old;
+            async move {
+                if exited? {
+                    return Ok(Some(false));
+                }
+                Ok((on(old, held)? == "1").then_some(true))
+            }
+        },
+    )
+    .await;
+    if !matches!(locked, Ok(true)) {
+        let _ = child.start_kill();
+        let run = wait_backfill(child, Duration::from_secs(20)).await?;
+        anyhow::bail!(
+            "the copy never held bag in SHARE mode ({:?}); the backfill:\n{}",
+            locked.err(),
+            run.text()
+        );
+    }
 
     let writer = proxy.client().await?;
     let insert = tokio::spawn(async move {
