@@ -136,28 +136,22 @@ pub async fn flush_commits(
     settled: &[String],
     committed: &[String],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let list = |xids: &[String]| {
-        xids.iter()
+    // One statement on the marks of `xids` (none when there are none).
+    let on_marks = |what: &str, xids: &[String]| {
+        if xids.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = xids
+            .iter()
             .map(|x| crate::ident::quote_literal(x))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let delete = if settled.is_empty() {
-        String::new()
-    } else {
+            .collect();
         format!(
-            "DELETE FROM _switchyard.applied_intents WHERE xid IN ({}); ",
-            list(settled)
+            "{what} FROM _switchyard.applied_intents WHERE xid IN ({}); ",
+            list.join(", ")
         )
     };
-    let check = if committed.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "SELECT xid FROM _switchyard.applied_intents WHERE xid IN ({}); ",
-            list(committed)
-        )
-    };
+    let delete = on_marks("DELETE", settled);
+    let check = on_marks("SELECT xid", committed);
     let own = "'flush ' || pg_catalog.pg_current_xact_id()";
     let replies = secondary
         .simple_query(&format!(
